@@ -1,0 +1,16 @@
+//! Every attribute word, named once.
+
+pub(crate) const TABLE: &str = "table";
+
+// struct level
+pub(crate) const NAME: &str = "name";
+pub(crate) const SCHEMA: &str = "schema";
+pub(crate) const STRUCT_KEYS: &[&str] = &[NAME, SCHEMA];
+
+// field level
+pub(crate) const PRIMARY_KEY: &str = "primary_key";
+pub(crate) const GENERATED: &str = "generated";
+pub(crate) const RENAME: &str = "rename";
+pub(crate) const SKIP: &str = "skip";
+pub(crate) const JSON: &str = "json";
+pub(crate) const FIELD_KEYS: &[&str] = &[PRIMARY_KEY, GENERATED, RENAME, SKIP, JSON];

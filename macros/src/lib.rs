@@ -1,0 +1,23 @@
+//! Procedural macros of [Tabula](https://docs.rs/tabula). Depend on `tabula`, which
+//! re-exports them; generated code only names `::tabula::__private`.
+
+mod internals;
+mod migrations;
+mod table;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, LitStr, parse_macro_input};
+
+/// Derives `tabula::Table`; documented on the re-export in `tabula`.
+#[proc_macro_derive(Table, attributes(table))]
+pub fn derive_table(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    internals::ctxt::into_tokens(table::derive(&input)).into()
+}
+
+/// Embeds a migrations folder; documented on the re-export in `tabula`.
+#[proc_macro]
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    let dir = parse_macro_input!(input as LitStr);
+    internals::ctxt::into_tokens(migrations::embed(&dir)).into()
+}

@@ -1,0 +1,175 @@
+//! `#[table(...)]` attributes turned into typed settings. Each setting is a slot that
+//! reports a second occurrence, and every unknown key lists the accepted ones.
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::{Attribute, LitStr};
+
+use crate::internals::ctxt::Ctxt;
+use crate::internals::symbol::*;
+use crate::internals::unknown_word_message;
+
+/// A setting that may be given at most once.
+pub(crate) struct Slot<T> {
+    key: &'static str,
+    value: Option<(Span, T)>,
+}
+
+impl<T> Slot<T> {
+    fn new(key: &'static str) -> Self {
+        Slot { key, value: None }
+    }
+
+    fn set(&mut self, cx: &mut Ctxt, span: Span, value: T) {
+        if self.value.is_some() {
+            cx.push(syn::Error::new(
+                span,
+                format!("duplicate `{}` in #[table(...)]", self.key),
+            ));
+        } else {
+            self.value = Some((span, value));
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<&(Span, T)> {
+        self.value.as_ref()
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+/// Struct-level settings.
+pub(crate) struct ContainerAttrs {
+    pub(crate) name: Slot<LitStr>,
+    pub(crate) schema: Slot<LitStr>,
+}
+
+/// Field-level settings.
+pub(crate) struct FieldAttrs {
+    pub(crate) primary_key: Slot<()>,
+    pub(crate) generated: Slot<()>,
+    pub(crate) rename: Slot<LitStr>,
+    pub(crate) skip: Slot<()>,
+    pub(crate) json: Slot<()>,
+}
+
+impl ContainerAttrs {
+    pub(crate) fn from_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
+        let mut out = ContainerAttrs {
+            name: Slot::new(NAME),
+            schema: Slot::new(SCHEMA),
+        };
+        for_each_table_meta(cx, attrs, |cx, meta| {
+            let span = meta
+                .path
+                .get_ident()
+                .map_or_else(Span::call_site, |i| i.span());
+            if meta.path.is_ident(NAME) {
+                let lit: LitStr = meta.value()?.parse()?;
+                out.name.set(cx, span, lit);
+            } else if meta.path.is_ident(SCHEMA) {
+                let lit: LitStr = meta.value()?.parse()?;
+                out.schema.set(cx, span, lit);
+            } else {
+                return Err(unknown_key(&meta, "table attribute", STRUCT_KEYS));
+            }
+            Ok(())
+        });
+        out
+    }
+}
+
+impl FieldAttrs {
+    pub(crate) fn from_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
+        let mut out = FieldAttrs {
+            primary_key: Slot::new(PRIMARY_KEY),
+            generated: Slot::new(GENERATED),
+            rename: Slot::new(RENAME),
+            skip: Slot::new(SKIP),
+            json: Slot::new(JSON),
+        };
+        for_each_table_meta(cx, attrs, |cx, meta| {
+            let span = meta
+                .path
+                .get_ident()
+                .map_or_else(Span::call_site, |i| i.span());
+            let flag = |slot: &mut Slot<()>, cx: &mut Ctxt| -> syn::Result<()> {
+                if meta.input.peek(syn::Token![=]) || meta.input.peek(syn::token::Paren) {
+                    return Err(meta.error(format!(
+                        "`{}` takes no value; write `#[table({})]`",
+                        slot.key, slot.key
+                    )));
+                }
+                slot.set(cx, span, ());
+                Ok(())
+            };
+            if meta.path.is_ident(PRIMARY_KEY) {
+                flag(&mut out.primary_key, cx)
+            } else if meta.path.is_ident(GENERATED) {
+                flag(&mut out.generated, cx)
+            } else if meta.path.is_ident(SKIP) {
+                flag(&mut out.skip, cx)
+            } else if meta.path.is_ident(JSON) {
+                flag(&mut out.json, cx)
+            } else if meta.path.is_ident(RENAME) {
+                let lit: LitStr = meta.value()?.parse()?;
+                out.rename.set(cx, span, lit);
+                Ok(())
+            } else {
+                Err(unknown_key(&meta, "field attribute", FIELD_KEYS))
+            }
+        });
+        out
+    }
+}
+
+/// Runs `each` on every key of every `#[table(...)]` attribute, recording parse errors.
+fn for_each_table_meta(
+    cx: &mut Ctxt,
+    attrs: &[Attribute],
+    mut each: impl FnMut(&mut Ctxt, ParseNestedMeta<'_>) -> syn::Result<()>,
+) {
+    for attr in attrs.iter().filter(|a| a.path().is_ident(TABLE)) {
+        if let syn::Meta::Path(_) = attr.meta {
+            cx.error_spanned_by(attr, "expected `#[table(...)]` with at least one key");
+            continue;
+        }
+        let mut errors = Vec::new();
+        let result = attr.parse_nested_meta(|meta| {
+            // Keep going after a bad key so that every mistake is reported at once.
+            let input = meta.input;
+            if let Err(e) = each(cx, meta) {
+                errors.push(e);
+                skip_value(input);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            cx.push(e);
+        }
+        for e in errors {
+            cx.push(e);
+        }
+    }
+}
+
+/// Consumes what is left of a rejected key (`= value` or `(...)`), so that one bad key
+/// does not turn into a second, confusing "expected `,`" error.
+fn skip_value(input: syn::parse::ParseStream<'_>) {
+    if input.peek(syn::Token![=]) {
+        let _ = input.parse::<syn::Token![=]>();
+        let _ = input.parse::<syn::Expr>();
+    } else if input.peek(syn::token::Paren) {
+        let _ = input.parse::<proc_macro2::Group>();
+    }
+}
+
+fn unknown_key(meta: &ParseNestedMeta<'_>, kind: &str, accepted: &[&str]) -> syn::Error {
+    let word = meta.path.get_ident().map_or_else(
+        || quote::ToTokens::to_token_stream(&meta.path).to_string(),
+        ToString::to_string,
+    );
+    syn::Error::new_spanned(&meta.path, unknown_word_message(kind, &word, accepted))
+}

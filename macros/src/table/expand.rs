@@ -1,0 +1,301 @@
+//! Code generation. Everything the generated code names goes through
+//! `::tabula::__private`; locals are prefixed `__`; type errors are spanned onto the
+//! user's field type.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::ast::{Container, Field};
+use super::check::option_inner;
+
+pub(crate) fn expand(cont: &Container<'_>) -> TokenStream {
+    let items = items(cont);
+    let impls = impls(cont);
+    quote! {
+        #items
+        #[doc(hidden)]
+        const _: () = {
+            #impls
+        };
+    }
+}
+
+fn p() -> TokenStream {
+    quote!(::tabula::__private)
+}
+
+/// `New<Model>`, `<Model>Patch` and the column constants: what user code names.
+pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
+    let p = p();
+    let ident = cont.ident;
+    let vis = cont.vis;
+    let new_ident = format_ident!("New{}", ident);
+    let patch_ident = format_ident!("{}Patch", ident);
+    let (table, _) = cont.table_name();
+
+    let new_fields = cont.columns().filter(|f| !f.is_generated()).map(|f| {
+        let (fvis, fident, ty) = (f.vis, f.ident, f.ty);
+        let doc = format!("Column `{}`.", f.column_name().0);
+        quote! { #[doc = #doc] #fvis #fident: #ty }
+    });
+    let patch_fields = patch_columns(cont).map(|(_, f)| {
+        let (fvis, fident, ty) = (f.vis, f.ident, f.ty);
+        let doc = if option_inner(ty).is_some() {
+            format!(
+                "Column `{}`: `None` leaves it, `Some(None)` sets NULL.",
+                f.column_name().0
+            )
+        } else {
+            format!(
+                "Column `{}`: `None` leaves it unchanged.",
+                f.column_name().0
+            )
+        };
+        quote! { #[doc = #doc] #fvis #fident: #p::Option<#ty> }
+    });
+    let consts = cont.columns().enumerate().map(|(i, f)| {
+        let c = f.const_ident();
+        let ty = f.ty;
+        let (name, _) = f.column_name();
+        let doc = format!("Column `{name}` of `{table}`.");
+        quote! {
+            #[doc = #doc]
+            pub const #c: #p::Column<#ident, #ty> = #p::Column::new(#i, #name);
+        }
+    });
+    let new_doc = format!(
+        "A row to insert into `{table}`: every column of [`{ident}`] but the generated ones."
+    );
+    let patch_doc = format!(
+        "A partial update of [`{ident}`]: set fields are written, `None` fields are left unchanged."
+    );
+    quote! {
+        #[doc = #new_doc]
+        #[derive(Debug, Clone)]
+        #vis struct #new_ident {
+            #(#new_fields,)*
+        }
+
+        #[doc = #patch_doc]
+        #[derive(Debug, Clone, Default)]
+        #vis struct #patch_ident {
+            #(#patch_fields,)*
+        }
+
+        #[automatically_derived]
+        #[allow(dead_code)]
+        impl #ident {
+            #(#consts)*
+        }
+    }
+}
+
+/// Columns a patch can set, with their index in the metadata: all but the primary key.
+fn patch_columns<'c, 'a>(cont: &'c Container<'a>) -> impl Iterator<Item = (usize, &'c Field<'a>)> {
+    cont.columns()
+        .enumerate()
+        .filter(|(_, f)| !f.attrs.primary_key.is_set())
+}
+
+fn impls(cont: &Container<'_>) -> TokenStream {
+    let p = p();
+    let ident = cont.ident;
+    let new_ident = format_ident!("New{}", ident);
+    let patch_ident = format_ident!("{}Patch", ident);
+    let (table, _) = cont.table_name();
+    let schema = match cont.schema() {
+        Some(lit) => quote!(#p::Option::Some(#lit)),
+        None => quote!(#p::Option::None),
+    };
+    let Some(pk) = cont.primary_key() else {
+        return TokenStream::new();
+    };
+    let pk_ident = pk.ident;
+    let pk_ty = pk.ty;
+    let pk_index = cont
+        .columns()
+        .position(|f| f.attrs.primary_key.is_set())
+        .unwrap_or(0);
+
+    let type_checks = cont.columns().filter(|f| !f.is_json()).map(|f| {
+        let ty = f.ty;
+        quote_spanned! {ty.span()=>
+            let _ = <#ty as #p::ColumnType>::SQL_TYPE;
+        }
+    });
+    let column_meta = cont.columns().map(|f| {
+        let (name, _) = f.column_name();
+        let field = super::ast::unraw(f.ident);
+        let ty = f.ty;
+        let primary_key = f.attrs.primary_key.is_set();
+        let generated = f.is_generated();
+        let json = f.is_json();
+        let (sql_type, nullable) = if json {
+            let nullable = option_inner(ty).is_some();
+            (quote!("jsonb"), quote!(#nullable))
+        } else {
+            (
+                quote_spanned!(ty.span()=> <#ty as #p::ColumnType>::SQL_TYPE),
+                quote_spanned!(ty.span()=> <#ty as #p::ColumnType>::NULLABLE),
+            )
+        };
+        quote! {
+            #p::ColumnMeta {
+                name: #name,
+                field: #field,
+                sql_type: #sql_type,
+                primary_key: #primary_key,
+                generated: #generated,
+                nullable: #nullable,
+                json: #json,
+            }
+        }
+    });
+    let decode_fields = cont.fields.iter().map(|f| {
+        let fident = f.ident;
+        if f.attrs.skip.is_set() {
+            return quote!(#fident: #p::Default::default());
+        }
+        let index = cont.columns().position(|c| c.ident == f.ident).unwrap_or(0);
+        let ty = f.ty;
+        let value = match (f.is_json(), option_inner(ty)) {
+            (true, Some(inner)) => quote_spanned! {ty.span()=>
+                #p::decode_json_column::<Self, #p::Option<#inner>>(__row, #index)?
+            },
+            (true, None) => quote_spanned! {ty.span()=>
+                #p::decode_json_column::<Self, #ty>(__row, #index)?
+            },
+            (false, _) => quote_spanned! {ty.span()=>
+                #p::decode_column::<Self, #ty>(__row, #index)?
+            },
+        };
+        quote!(#fident: #value)
+    });
+
+    let insert_fields: Vec<&Field<'_>> = cont.columns().filter(|f| !f.is_generated()).collect();
+    let params = insert_fields.iter().map(|f| {
+        let fident = f.ident;
+        param_expr(f, quote!(&self.#fident))
+    });
+    let arrays = insert_fields.iter().map(|f| {
+        let fident = f.ident;
+        let element = param_element(f, quote!(&__r.#fident));
+        quote! {
+            #p::Box::new(#p::collect_refs(__rows, |__r| #element)) as #p::Box<#p::DynParam<'_>>
+        }
+    });
+    let assignments = patch_columns(cont).map(|(index, f)| {
+        let fident = f.ident;
+        let value = param_expr(f, quote!(__value));
+        quote! {
+            if let #p::Option::Some(__value) = &self.#fident {
+                __out.push((#index, #value));
+            }
+        }
+    });
+    let shape = shape_hash(cont, &table);
+
+    quote! {
+        #[automatically_derived]
+        impl #p::Table for #ident {
+            type Key = #pk_ty;
+            type New = #new_ident;
+            type Patch = #patch_ident;
+
+            const META: &'static #p::TableMeta = &#p::TableMeta {
+                schema: #schema,
+                name: #table,
+                columns: &[#(#column_meta),*],
+                primary_key: #pk_index,
+                shape: #shape,
+            };
+
+            fn from_row(__row: &#p::Row) -> #p::Result<Self> {
+                #(#type_checks)*
+                #p::Result::Ok(Self { #(#decode_fields,)* })
+            }
+
+            fn key(&self) -> &Self::Key {
+                &self.#pk_ident
+            }
+
+            fn statements() -> &'static #p::Statements {
+                static __STATEMENTS: #p::OnceLock<#p::Statements> = #p::OnceLock::new();
+                __STATEMENTS.get_or_init(|| #p::Statements::render(<Self as #p::Table>::META))
+            }
+        }
+
+        #[automatically_derived]
+        impl #p::Insert for #new_ident {
+            type Table = #ident;
+
+            fn params(&self) -> #p::Vec<#p::Param<'_>> {
+                #p::Vec::from([#(#params),*])
+            }
+
+            fn column_arrays(__rows: &[Self]) -> #p::Vec<#p::Box<#p::DynParam<'_>>> {
+                #p::Vec::from([#(#arrays),*])
+            }
+        }
+
+        #[automatically_derived]
+        impl #p::Patch for #patch_ident {
+            type Table = #ident;
+
+            fn assignments(&self) -> #p::Vec<(usize, #p::Param<'_>)> {
+                let mut __out: #p::Vec<(usize, #p::Param<'_>)> = #p::Vec::new();
+                #(#assignments)*
+                __out
+            }
+        }
+    }
+}
+
+/// A `&(dyn ToSql + Sync)` for the field value behind `place` (a reference).
+fn param_expr(f: &Field<'_>, place: TokenStream) -> TokenStream {
+    let p = p();
+    let element = param_element(f, place);
+    quote!(#element as #p::Param<'_>)
+}
+
+/// The bindable reference for the field value behind `place`: the value itself, or a
+/// JSON view of it for `json` fields.
+fn param_element(f: &Field<'_>, place: TokenStream) -> TokenStream {
+    let p = p();
+    let span = f.ty.span();
+    if f.is_json() {
+        if option_inner(f.ty).is_some() {
+            quote_spanned!(span=> #p::json_opt_param(#place))
+        } else {
+            quote_spanned!(span=> #p::json_param(#place))
+        }
+    } else {
+        quote_spanned!(span=> #place)
+    }
+}
+
+/// FNV-1a over the table name and every column's name, flags and type tokens: a
+/// change to any of them changes the hash.
+fn shape_hash(cont: &Container<'_>, table: &str) -> u64 {
+    let mut text = String::from(table);
+    for f in cont.columns() {
+        text.push('|');
+        text.push_str(&f.column_name().0);
+        text.push(':');
+        let ty = f.ty;
+        text.push_str(&quote!(#ty).to_string());
+        text.push_str(if f.is_json() { ":json" } else { "" });
+        text.push_str(if f.attrs.primary_key.is_set() {
+            ":pk"
+        } else {
+            ""
+        });
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}

@@ -1,0 +1,228 @@
+//! One error type for everything Tabula does.
+//!
+//! Database errors are mapped from their SQLSTATE into variants you can match on
+//! (a duplicate key is [`Error::UniqueViolation`] naming the constraint, a missing row
+//! is [`Error::NotFound`] naming the table); whatever has no variant of its own is
+//! [`Error::Database`] with the SQLSTATE and the server's message. Messages are
+//! lowercase and name the table, column or constraint involved; they never contain
+//! the values of a row.
+
+use std::time::Duration;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Tabula.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No row with that key (or matching that filter) exists — or the caller may not see it.
+    #[error("no matching row in table `{table}`")]
+    NotFound {
+        /// The table that was searched.
+        table: &'static str,
+    },
+    /// A unique constraint (primary key included) refused the write.
+    #[error("duplicate key violates unique constraint `{constraint}` on table `{table}`")]
+    UniqueViolation {
+        /// The table written to, as the server reported it.
+        table: String,
+        /// The name of the violated constraint.
+        constraint: String,
+    },
+    /// A foreign key refused the write.
+    #[error("foreign key constraint `{constraint}` on table `{table}` refused the write")]
+    ForeignKeyViolation {
+        /// The table written to.
+        table: String,
+        /// The name of the violated constraint.
+        constraint: String,
+    },
+    /// NULL written to a NOT NULL column.
+    #[error("null value in column `{column}` of table `{table}` violates not-null constraint")]
+    NotNullViolation {
+        /// The table written to.
+        table: String,
+        /// The column that may not be NULL.
+        column: String,
+    },
+    /// A CHECK constraint refused the write.
+    #[error("check constraint `{constraint}` on table `{table}` refused the write")]
+    CheckViolation {
+        /// The table written to.
+        table: String,
+        /// The name of the violated constraint.
+        constraint: String,
+    },
+    /// The database refused the operation to the current role (or a policy forbade it).
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The transaction could not be serialized (SQLSTATE 40001) or deadlocked (40P01),
+    /// and retrying did not help within the configured attempts.
+    #[error("transaction conflict (sqlstate {sqlstate}) after {attempts} attempt(s)")]
+    Conflict {
+        /// `40001` or `40P01`.
+        sqlstate: String,
+        /// How many times the transaction was run.
+        attempts: u32,
+    },
+    /// The connection was lost while COMMIT was in flight: the transaction may or may not
+    /// have been committed. Tabula never retries this blindly; check and decide.
+    #[error("connection lost during commit: the outcome of the transaction is unknown")]
+    CommitOutcomeUnknown,
+    /// Input refused before it reached the database.
+    #[error("invalid input: {0}")]
+    Validation(String),
+    /// A value read from the database did not decode into the model's field.
+    #[error("cannot decode column `{column}` of table `{table}`: {source}")]
+    Decode {
+        /// The table read from.
+        table: &'static str,
+        /// The column that failed.
+        column: &'static str,
+        /// What the driver reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No pooled connection became free (or could be opened) within the deadline.
+    #[error("no database connection available within {0:?}")]
+    PoolTimeout(Duration),
+    /// An operation did not finish within its deadline.
+    #[error("`{operation}` did not finish within {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        operation: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The connection to the database failed or was lost.
+    #[error("database connection error: {0}")]
+    Connection(#[source] tokio_postgres::Error),
+    /// Any other error reported by PostgreSQL.
+    #[error("database error (sqlstate {sqlstate}): {message}")]
+    Database {
+        /// The five-character SQLSTATE.
+        sqlstate: String,
+        /// The server's message.
+        message: String,
+        /// The driver's error, for its details.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A migration could not be applied, or the applied ones do not match the files.
+    #[error("migration {version}: {message}")]
+    Migration {
+        /// The migration's version number.
+        version: i64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration is missing or malformed.
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether trying again later may succeed: a lost connection, a pool or statement
+    /// timeout, a serialization failure or a deadlock. Constraint violations, validation
+    /// errors and [`Error::CommitOutcomeUnknown`] are not transient.
+    ///
+    /// ```
+    /// let e = tabula::Error::PoolTimeout(std::time::Duration::from_secs(1));
+    /// assert!(e.is_transient());
+    /// assert!(!tabula::Error::Validation("bad".into()).is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Conflict { .. }
+            | Error::PoolTimeout(_)
+            | Error::Timeout { .. }
+            | Error::Connection(_) => true,
+            Error::Database { sqlstate, .. } => is_transient_sqlstate(sqlstate),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a database error, when there is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Database { sqlstate, .. } | Error::Conflict { sqlstate, .. } => Some(sqlstate),
+            Error::UniqueViolation { .. } => Some("23505"),
+            Error::ForeignKeyViolation { .. } => Some("23503"),
+            Error::NotNullViolation { .. } => Some("23502"),
+            Error::CheckViolation { .. } => Some("23514"),
+            _ => None,
+        }
+    }
+
+    /// A serialization failure or deadlock, which a transaction retry may resolve.
+    pub(crate) fn is_retryable_conflict(&self) -> bool {
+        matches!(
+            self.sqlstate(),
+            Some(SERIALIZATION_FAILURE | DEADLOCK_DETECTED)
+        )
+    }
+}
+
+pub(crate) const SERIALIZATION_FAILURE: &str = "40001";
+pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
+
+fn is_transient_sqlstate(code: &str) -> bool {
+    // 40xxx transaction rollback, 08xxx connection exceptions, 57P0x shutdown/crash,
+    // 53300 too many connections, 55P03 lock not available, 57014 statement timeout.
+    code.starts_with("40")
+        || code.starts_with("08")
+        || code.starts_with("57P0")
+        || code == "53300"
+        || code == "55P03"
+        || code == "57014"
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Self {
+        let Some(db) = err.as_db_error() else {
+            return Error::Connection(err);
+        };
+        let table = db.table().unwrap_or("?").to_owned();
+        let constraint = || db.constraint().unwrap_or("?").to_owned();
+        match db.code().code() {
+            "23505" => Error::UniqueViolation {
+                table,
+                constraint: constraint(),
+            },
+            "23503" => Error::ForeignKeyViolation {
+                table,
+                constraint: constraint(),
+            },
+            "23502" => Error::NotNullViolation {
+                table,
+                column: db.column().unwrap_or("?").to_owned(),
+            },
+            "23514" => Error::CheckViolation {
+                table,
+                constraint: constraint(),
+            },
+            "42501" => Error::PermissionDenied {
+                message: db.message().to_owned(),
+            },
+            code => Error::Database {
+                sqlstate: code.to_owned(),
+                message: db.message().to_owned(),
+                source: err,
+            },
+        }
+    }
+}
+
+impl From<bb8::RunError<Error>> for Error {
+    fn from(err: bb8::RunError<Error>) -> Self {
+        match err {
+            bb8::RunError::User(e) => e,
+            // bb8 only reports the deadline, not its length; the pool records it.
+            bb8::RunError::TimedOut => Error::PoolTimeout(Duration::ZERO),
+        }
+    }
+}

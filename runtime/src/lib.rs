@@ -1,0 +1,102 @@
+//! # Tabula
+//!
+//! Typed data access and correct caching for applications on PostgreSQL.
+//!
+//! Derive [`Table`] on a model struct and get typed create / read / update / delete,
+//! batch inserts and upserts, transactions with retries, typed errors, migrations and
+//! monitoring:
+//!
+//! ```no_run
+//! use tabula::{Db, Table};
+//!
+//! #[derive(Table, Debug)]
+//! #[table(name = "notes")]
+//! pub struct Note {
+//!     #[table(primary_key, generated)]
+//!     pub id: i64,
+//!     pub body: String,
+//!     pub pinned: Option<bool>,
+//! }
+//!
+//! # async fn run() -> tabula::Result<()> {
+//! let db = Db::connect_from_env().await?;
+//! let note = db.create(NewNote { body: "hello".into(), pinned: None }).await?;
+//! let same: Option<Note> = db.read(note.id).await?;
+//! let edited = db.update::<Note>(note.id, NotePatch { body: Some("bye".into()), ..Default::default() }).await?;
+//! db.delete::<Note>(note.id).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces, one module each: [`db`] (the [`Db`] handle, pool, transactions),
+//! [`table`] (the [`Table`] trait and typed columns), [`query`] (the typed query
+//! builder), [`migrate`], [`monitor`], [`error`].
+
+extern crate self as tabula;
+
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod monitor;
+mod pool;
+pub mod query;
+mod sql;
+pub mod table;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod types;
+
+pub use db::{Db, DbConfig, Isolation};
+pub use error::{Error, Result};
+pub use query::{Order, Query};
+pub use table::{Column, ColumnMeta, ColumnSet, Insert, Patch, Table, TableMeta};
+pub use types::ColumnType;
+
+/// Derives [`Table`] for a struct with named fields; see the [`table`] module.
+///
+/// Struct attributes: `#[table(name = "...")]` (default: the struct name in
+/// snake_case, pluralised: `UserProfile` → `user_profiles`), `schema = "..."`.
+/// Field attributes: `primary_key` (exactly one), `generated` (filled by a database
+/// default, left out of inserts), `rename = "..."`, `skip` (not a column; filled with
+/// `Default` when read), `json` (any serde type, stored as `jsonb`).
+///
+/// Generates `New<Model>` (the insertable fields), `<Model>Patch` (every non-key field
+/// as an `Option`; `Default` leaves everything unchanged) and a typed column constant
+/// per field (`Model::FIELD_NAME`).
+pub use tabula_macros::Table;
+
+/// Embeds the migrations of a folder (relative to the crate's `Cargo.toml`) into the
+/// binary as a [`migrate::Migrator`], checked at compile time.
+///
+/// ```ignore
+/// static MIGRATIONS: std::sync::LazyLock<tabula::migrate::Migrator> =
+///     std::sync::LazyLock::new(|| tabula::embed_migrations!("migrations"));
+/// ```
+pub use tabula_macros::embed_migrations;
+
+/// What generated code uses. Not a public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::migrate::{Migration, Migrator};
+    pub use crate::sql::Statements;
+    pub use crate::table::{
+        Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta, decode_column,
+        decode_json_column,
+    };
+    pub use crate::types::{ColumnType, JsonOptRef, JsonRef, json_opt_param, json_param};
+    pub use crate::{Error, Result};
+    pub use std::boxed::Box;
+    pub use std::default::Default;
+    pub use std::option::Option;
+    pub use std::sync::OnceLock;
+    pub use std::vec::Vec;
+    pub use tokio_postgres::Row;
+    pub use tokio_postgres::types::ToSql;
+
+    /// Sync + Send trait object of a parameter.
+    pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;
+
+    /// `Vec::with_capacity` without naming `Vec` in generated code paths twice.
+    pub fn collect_refs<'a, R: 'a, T: 'a>(rows: &'a [R], get: impl Fn(&'a R) -> T) -> Vec<T> {
+        rows.iter().map(get).collect()
+    }
+}

@@ -1,0 +1,282 @@
+//! Versioned SQL migrations.
+//!
+//! A migration is a file `<version>_<name>.sql` (e.g. `0001_create_profiles.sql`).
+//! [`Migrator::run`] applies the pending ones in version order, each in its own
+//! transaction together with its record in `tabula_migrations` (version, name, SHA-256
+//! checksum, time), so a failing file leaves nothing behind. Every step takes a
+//! transaction-level advisory lock first: processes that start at once queue up, and
+//! each re-checks what is applied after getting the lock, so every file is applied
+//! exactly once. The lock ends with its transaction, so no crash can leave it held.
+//!
+//! A file that was edited after it was applied is refused with [`Error::Migration`]:
+//! change the schema with a new migration instead. Because each file runs inside a
+//! transaction, statements that cannot (`CREATE INDEX CONCURRENTLY`) are not supported.
+//!
+//! Migrations can be read from a folder at run time ([`Migrator::from_dir`]) or
+//! embedded in the binary at compile time with [`embed_migrations!`](crate::embed_migrations).
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::monitor;
+
+/// Advisory lock key: the bytes of "tabulamg" as an i64, unlikely to meet another user's.
+const LOCK_KEY: i64 = 0x7461_6275_6c61_6d67;
+
+const SETUP: &str = "CREATE TABLE IF NOT EXISTS tabula_migrations (
+    version bigint PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// One migration file.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The number before the first `_` of the file name.
+    pub version: i64,
+    /// The rest of the file name, without `.sql`.
+    pub name: Cow<'static, str>,
+    /// The SQL text.
+    pub sql: Cow<'static, str>,
+}
+
+impl Migration {
+    /// A migration from its parts.
+    ///
+    /// ```
+    /// let m = tabula::migrate::Migration::new(1, "init", "CREATE TABLE t (id int)");
+    /// assert_eq!(m.checksum().len(), 64);
+    /// ```
+    pub fn new(
+        version: i64,
+        name: impl Into<Cow<'static, str>>,
+        sql: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Migration {
+            version,
+            name: name.into(),
+            sql: sql.into(),
+        }
+    }
+
+    /// Hex SHA-256 of the SQL text.
+    pub fn checksum(&self) -> String {
+        Sha256::digest(self.sql.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Splits `0001_create_profiles.sql` into `(1, "create_profiles")`.
+///
+/// ```
+/// assert_eq!(tabula::migrate::parse_file_name("0001_init.sql"), Some((1, "init")));
+/// assert_eq!(tabula::migrate::parse_file_name("init.sql"), None);
+/// ```
+pub fn parse_file_name(file_name: &str) -> Option<(i64, &str)> {
+    let stem = file_name.strip_suffix(".sql")?;
+    let (version, name) = stem.split_once('_')?;
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+        return None;
+    }
+    Some((version.parse().ok()?, name))
+}
+
+/// An ordered set of migrations and the runner that applies them.
+#[derive(Debug, Clone)]
+pub struct Migrator {
+    migrations: Vec<Migration>,
+}
+
+/// What [`Migrator::run`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions this run applied, in order.
+    pub applied: Vec<i64>,
+    /// Versions that were already applied.
+    pub already_applied: Vec<i64>,
+}
+
+impl Migrator {
+    /// A migrator over `migrations`; two with the same version are refused.
+    ///
+    /// ```
+    /// use tabula::migrate::{Migration, Migrator};
+    /// let m = Migrator::new(vec![Migration::new(2, "b", "SELECT 1"), Migration::new(1, "a", "SELECT 1")])?;
+    /// assert_eq!(m.migrations()[0].version, 1);
+    /// assert!(Migrator::new(vec![Migration::new(1, "a", ""), Migration::new(1, "b", "")]).is_err());
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn new(mut migrations: Vec<Migration>) -> Result<Self> {
+        migrations.sort_by_key(|m| m.version);
+        if let Some(pair) = migrations.windows(2).find(|w| w[0].version == w[1].version) {
+            return Err(Error::Migration {
+                version: pair[0].version,
+                message: format!(
+                    "two files have this version: `{}` and `{}`",
+                    pair[0].name, pair[1].name
+                ),
+            });
+        }
+        Ok(Migrator { migrations })
+    }
+
+    /// The migrations embedded by [`embed_migrations!`](crate::embed_migrations), which
+    /// already sorted them and refused duplicate versions at compile time.
+    #[doc(hidden)]
+    pub fn embedded(migrations: Vec<Migration>) -> Self {
+        Migrator { migrations }
+    }
+
+    /// Reads every `<version>_<name>.sql` file of `dir`. Other files are refused, so a
+    /// misnamed migration is not silently skipped.
+    ///
+    /// ```no_run
+    /// let migrator = tabula::migrate::Migrator::from_dir("migrations")?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot read migrations folder {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut migrations = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| Error::Config(format!("cannot read {}: {e}", dir.display())))?;
+            let path = entry.path();
+            if !path.is_file() {
+                continue;
+            }
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let (version, name) = parse_file_name(&file_name).ok_or_else(|| {
+                Error::Config(format!(
+                    "migration file `{file_name}` is not named `<version>_<name>.sql`"
+                ))
+            })?;
+            let sql = std::fs::read_to_string(&path)
+                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+            migrations.push(Migration::new(version, name.to_owned(), sql));
+        }
+        Migrator::new(migrations)
+    }
+
+    /// The migrations, in version order.
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
+    }
+
+    /// Applies every pending migration; see the [module docs](self).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let report = tabula::migrate::Migrator::from_dir("migrations")?.run(&db).await?;
+    /// println!("applied {:?}", report.applied);
+    /// # Ok(()) }
+    /// ```
+    pub async fn run(&self, db: &Db) -> Result<MigrationReport> {
+        let applied: Vec<(i64, String, String)> = db
+            .transaction(|tx| async move {
+                tx.with_client(async |c| {
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+                    c.batch_execute(SETUP).await?;
+                    let rows = c
+                        .query("SELECT version, name, checksum FROM tabula_migrations ORDER BY version", &[])
+                        .await?;
+                    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+                })
+                .await
+            })
+            .await?;
+
+        for (version, name, checksum) in &applied {
+            match self.migrations.iter().find(|m| m.version == *version) {
+                Some(m) if m.checksum() != *checksum => {
+                    return Err(Error::Migration {
+                        version: *version,
+                        message: format!(
+                            "`{}` was edited after it was applied (checksum {} in the database, {} on disk); add a new migration instead",
+                            m.name,
+                            short(checksum),
+                            short(&m.checksum())
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => tracing::warn!(
+                    version,
+                    name,
+                    "applied migration is not known to this binary"
+                ),
+            }
+        }
+
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            already_applied: Vec::new(),
+        };
+        for migration in &self.migrations {
+            if applied.iter().any(|(v, _, _)| *v == migration.version) {
+                report.already_applied.push(migration.version);
+                continue;
+            }
+            if apply(db, migration).await? {
+                metrics::counter!(monitor::MIGRATIONS_APPLIED).increment(1);
+                tracing::info!(version = migration.version, name = %migration.name, "applied migration");
+                report.applied.push(migration.version);
+            } else {
+                report.already_applied.push(migration.version);
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Applies one migration unless another process did meanwhile; `Ok(true)` if applied here.
+async fn apply(db: &Db, migration: &Migration) -> Result<bool> {
+    let checksum = migration.checksum();
+    let result = db
+        .transaction(|tx| {
+            let checksum = &checksum;
+            async move {
+                tx.with_client(async |c| {
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+                    let done = c
+                        .query_opt("SELECT 1 FROM tabula_migrations WHERE version = $1", &[&migration.version])
+                        .await?;
+                    if done.is_some() {
+                        return Ok(false);
+                    }
+                    c.batch_execute(&migration.sql).await?;
+                    c.execute(
+                        "INSERT INTO tabula_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        &[&migration.version, &migration.name.as_ref(), checksum],
+                    )
+                    .await?;
+                    Ok(true)
+                })
+                .await
+            }
+        })
+        .await;
+    result.map_err(|e| match e {
+        Error::Migration { .. } => e,
+        other => Error::Migration {
+            version: migration.version,
+            message: format!("`{}` failed: {other}", migration.name),
+        },
+    })
+}
+
+fn short(checksum: &str) -> &str {
+    checksum.get(..12).unwrap_or(checksum)
+}

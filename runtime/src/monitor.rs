@@ -1,0 +1,43 @@
+//! Monitoring: every operation runs in a `tracing` span and records its duration in a
+//! `metrics` histogram; failures are logged with operation, table and error — the
+//! seed's `recordDatabaseOperation` and `logger.error`.
+//!
+//! Tabula only emits through the `metrics` and `tracing` facades; install whichever
+//! recorder and subscriber your application uses. Every metric name is defined here.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// Histogram, seconds: duration of a database operation.
+/// Labels: `operation`, `table`, `outcome` (`ok` or `error`).
+pub const DB_OPERATION_SECONDS: &str = "tabula_db_operation_seconds";
+
+/// Counter: transactions retried after a serialization failure or deadlock.
+pub const DB_TRANSACTION_RETRIES: &str = "tabula_db_transaction_retries_total";
+
+/// Counter: migrations applied.
+pub const MIGRATIONS_APPLIED: &str = "tabula_migrations_applied_total";
+
+/// Records the outcome of one database operation: the histogram sample, and an error
+/// log line when it failed. `NotFound` is an answer, not a failure, and is not logged.
+pub(crate) fn record_db(
+    operation: &'static str,
+    table: &'static str,
+    started: Instant,
+    result: &Result<impl Sized>,
+) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(
+        DB_OPERATION_SECONDS,
+        "operation" => operation,
+        "table" => table,
+        "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
+    if let Err(error) = result {
+        if !matches!(error, Error::NotFound { .. }) {
+            tracing::error!(operation, table, %error, "database error");
+        }
+    }
+}

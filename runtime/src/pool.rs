@@ -1,0 +1,120 @@
+//! The connection pool: bb8 with a manager whose connections carry their own
+//! prepared-statement cache.
+//!
+//! Why bb8 and a manager of our own rather than bb8-postgres or deadpool-postgres: bb8
+//! is already in the tree for Redis (bb8-redis), and owning the manager lets each
+//! connection carry its statement cache and a "mid-transaction" flag. The flag is how a
+//! connection abandoned inside a transaction (an error path, a panic, a dropped future)
+//! is never handed out again: `has_broken` reports it, bb8 closes it, and PostgreSQL
+//! rolls the transaction back when the socket closes. A connection whose socket died is
+//! caught the same way (`Client::is_closed`), without a round trip on every checkout.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use crate::error::{Error, Result};
+use crate::table::Param;
+
+/// Statements kept per connection before the cache is emptied. Fixed model statements
+/// are few; the bound keeps dynamic SQL (e.g. `IN` lists of many lengths) from growing
+/// the cache without limit.
+const STATEMENT_CACHE_CAPACITY: usize = 256;
+
+/// A PostgreSQL connection with its prepared-statement cache.
+pub struct PgConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
+    pub(crate) in_transaction: bool,
+}
+
+impl PgConn {
+    /// The prepared statement for `sql`, preparing it on first use on this connection.
+    pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= STATEMENT_CACHE_CAPACITY {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    pub(crate) async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        let statement = self.prepare(sql).await?;
+        Ok(self.client.query(&statement, params).await?)
+    }
+
+    pub(crate) async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>> {
+        let statement = self.prepare(sql).await?;
+        Ok(self.client.query_opt(&statement, params).await?)
+    }
+
+    pub(crate) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let statement = self.prepare(sql).await?;
+        Ok(self.client.execute(&statement, params).await?)
+    }
+
+    /// Runs statements without parameters (BEGIN, COMMIT, migrations) in one round trip.
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.client.batch_execute(sql).await?)
+    }
+
+    /// The underlying client, for work Tabula has no API for.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// Opens connections for bb8.
+pub(crate) struct PgManager {
+    pub(crate) config: tokio_postgres::Config,
+}
+
+impl PgManager {
+    pub(crate) fn new(mut config: tokio_postgres::Config, connect_timeout: Duration) -> Self {
+        config.connect_timeout(connect_timeout);
+        PgManager { config }
+    }
+}
+
+impl bb8::ManageConnection for PgManager {
+    type Connection = PgConn;
+    type Error = Error;
+
+    async fn connect(&self) -> Result<PgConn> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        // The connection task ends when the socket closes; `Client::is_closed` then
+        // reports it and the pool drops the client.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection closed");
+            }
+        });
+        Ok(PgConn {
+            client,
+            statements: HashMap::new(),
+            in_transaction: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<()> {
+        conn.batch("").await
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.client.is_closed() || conn.in_transaction
+    }
+}

@@ -1,0 +1,266 @@
+//! SQL rendering with sea-query.
+//!
+//! Identifiers come only from model metadata and are passed to sea-query as [`Alias`],
+//! which it always quotes (doubling any `"` inside), so a name from `rename` cannot
+//! break out of its quotes. Values are never rendered into the text: each one is bound
+//! through a [`Binder`], which hands sea-query a numbered marker and afterwards lines
+//! the real parameters up with the order sea-query placed the markers in.
+//!
+//! The statements a model runs on every call (read by key, insert, batch insert,
+//! delete) are rendered once per model into [`Statements`] and reused, so the hot path
+//! does no SQL rendering at all.
+
+use sea_query::{
+    Alias, Expr, ExprTrait, OnConflict, PostgresQueryBuilder, Query, ReturningClause, TableRef,
+    Value,
+};
+use tokio_postgres::types::ToSql;
+
+use crate::table::{Param, TableMeta};
+
+/// The fixed statements of one model.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Statements {
+    /// `"a", "b", …`: every column, in metadata order.
+    pub(crate) select_list: String,
+    /// `SELECT <all> FROM t WHERE pk = $1`
+    pub(crate) read: String,
+    /// `INSERT INTO t (<insertable>) VALUES ($1, …) RETURNING <all>`
+    pub(crate) insert: String,
+    /// `INSERT INTO t (<insertable>) SELECT * FROM unnest($1::type[], …) RETURNING <all>`
+    pub(crate) insert_many: String,
+    /// `DELETE FROM t WHERE pk = $1`
+    pub(crate) delete: String,
+}
+
+impl Statements {
+    /// Renders the fixed statements of a model.
+    pub fn render(meta: &'static TableMeta) -> Statements {
+        let key = Alias::new(meta.key_column().name);
+
+        let read = Query::select()
+            .columns(column_idens(meta))
+            .from(table_ref(meta))
+            .and_where(Expr::col(key.clone()).eq(marker(0)))
+            .to_owned();
+
+        let insert_cols: Vec<Alias> = meta.insert_columns().map(|c| Alias::new(c.name)).collect();
+        let mut insert = Query::insert();
+        insert
+            .into_table(table_ref(meta))
+            .columns(insert_cols.clone())
+            .returning(returning_all(meta));
+        if insert_cols.is_empty() {
+            insert.or_default_values();
+        } else {
+            let markers = (0..insert_cols.len()).map(|i| Expr::val(marker_value(i)));
+            insert.values_panic(markers);
+        }
+
+        // One array parameter per column: any number of rows in one statement, with no
+        // bind-parameter limit. Set-returning functions in one SELECT list advance in
+        // lockstep, so `SELECT unnest($1), unnest($2)` yields the rows back in order.
+        // The casts name each array's element type, which `unnest` alone cannot infer.
+        let unnests = meta
+            .insert_columns()
+            .enumerate()
+            .map(|(i, c)| Expr::cust(format!("unnest(${}::{}[])", i + 1, c.sql_type)));
+        let insert_many = Query::insert()
+            .into_table(table_ref(meta))
+            .columns(insert_cols)
+            .select_from(Query::select().exprs(unnests).to_owned())
+            .map(|q| q.returning(returning_all(meta)).to_owned());
+
+        let delete = Query::delete()
+            .from_table(table_ref(meta))
+            .and_where(Expr::col(key).eq(marker(0)))
+            .to_owned();
+
+        Statements {
+            select_list: select_list(meta),
+            // Markers were placed in parameter order, so `$n` already lines up.
+            read: read.build_postgres().0,
+            insert: insert.build_postgres().0,
+            insert_many: insert_many.map_or_else(|_| String::new(), |q| q.build_postgres().0),
+            delete: delete.build_postgres().0,
+        }
+    }
+}
+
+/// `"schema"."table"` or `"table"`.
+pub(crate) fn table_ref(meta: &TableMeta) -> TableRef {
+    match meta.schema {
+        Some(schema) => (Alias::new(schema), Alias::new(meta.name)).into(),
+        None => Alias::new(meta.name).into(),
+    }
+}
+
+pub(crate) fn column_idens(meta: &TableMeta) -> Vec<Alias> {
+    meta.columns.iter().map(|c| Alias::new(c.name)).collect()
+}
+
+pub(crate) fn returning_all(meta: &TableMeta) -> ReturningClause {
+    Query::returning().columns(column_idens(meta))
+}
+
+fn select_list(meta: &TableMeta) -> String {
+    // Render through sea-query so the quoting rule is the same as everywhere else.
+    let sql = Query::select()
+        .columns(column_idens(meta))
+        .to_string(PostgresQueryBuilder);
+    sql.trim_start_matches("SELECT ").to_owned()
+}
+
+/// The marker sea-query renders for parameter `i`.
+fn marker_value(i: usize) -> Value {
+    Value::Unsigned(Some(u32::try_from(i).unwrap_or(u32::MAX)))
+}
+
+fn marker(i: usize) -> Expr {
+    Expr::val(marker_value(i))
+}
+
+/// A value owned by a statement under construction.
+pub(crate) type OwnedParam = Box<dyn ToSql + Sync + Send>;
+
+enum Slot<'a> {
+    Borrowed(Param<'a>),
+    Owned(OwnedParam),
+}
+
+/// Collects the parameters of a statement built with sea-query.
+#[derive(Default)]
+pub(crate) struct Binder<'a> {
+    slots: Vec<Slot<'a>>,
+}
+
+/// A rendered statement with its parameters in placeholder order.
+pub(crate) struct Bound<'a> {
+    pub(crate) sql: String,
+    slots: Vec<Slot<'a>>,
+    order: Vec<Order>,
+}
+
+enum Order {
+    Mine(usize),
+    Theirs(usize),
+}
+
+impl<'a> Binder<'a> {
+    /// Binds a borrowed value; returns the expression that stands for it.
+    pub(crate) fn borrowed(&mut self, value: Param<'a>) -> Expr {
+        self.slots.push(Slot::Borrowed(value));
+        marker(self.slots.len() - 1)
+    }
+
+    /// Binds an owned value; returns the expression that stands for it.
+    pub(crate) fn owned(&mut self, value: OwnedParam) -> Expr {
+        self.slots.push(Slot::Owned(value));
+        marker(self.slots.len() - 1)
+    }
+
+    /// Renders `statement` and lines the bound values up with its placeholders. Values
+    /// sea-query added by itself (LIMIT, OFFSET) are bound as `int8`.
+    pub(crate) fn finish(self, statement: &impl BuildPostgres) -> Bound<'a> {
+        let (sql, values) = statement.build_postgres();
+        let mut order = Vec::with_capacity(values.0.len());
+        let mut theirs: Vec<OwnedParam> = Vec::new();
+        for value in values.0 {
+            match value {
+                Value::Unsigned(Some(i)) if (i as usize) < self.slots.len() => {
+                    order.push(Order::Mine(i as usize));
+                }
+                other => {
+                    order.push(Order::Theirs(theirs.len()));
+                    theirs.push(sea_value_param(other));
+                }
+            }
+        }
+        let mut slots = self.slots;
+        let base = slots.len();
+        for o in &mut order {
+            if let Order::Theirs(j) = o {
+                *o = Order::Theirs(base + *j);
+            }
+        }
+        slots.extend(theirs.into_iter().map(Slot::Owned));
+        Bound { sql, slots, order }
+    }
+}
+
+impl Bound<'_> {
+    /// The parameters, in placeholder order.
+    pub(crate) fn params(&self) -> Vec<Param<'_>> {
+        self.order
+            .iter()
+            .map(|o| {
+                let i = match o {
+                    Order::Mine(i) | Order::Theirs(i) => *i,
+                };
+                match &self.slots[i] {
+                    Slot::Borrowed(p) => *p,
+                    Slot::Owned(b) => b.as_ref() as Param<'_>,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A value sea-query put into a statement on its own (only integers, in practice).
+fn sea_value_param(value: Value) -> OwnedParam {
+    match value {
+        Value::BigUnsigned(Some(v)) => Box::new(i64::try_from(v).unwrap_or(i64::MAX)),
+        Value::BigInt(Some(v)) => Box::new(v),
+        Value::Unsigned(Some(v)) => Box::new(i64::from(v)),
+        Value::Int(Some(v)) => Box::new(v),
+        Value::Bool(Some(v)) => Box::new(v),
+        Value::String(Some(v)) => Box::new(v),
+        _ => Box::new(Option::<i64>::None),
+    }
+}
+
+/// Statements sea-query can render for PostgreSQL with placeholders.
+pub(crate) trait BuildPostgres {
+    fn build_postgres(&self) -> (String, sea_query::Values);
+}
+
+macro_rules! build_postgres {
+    ($($ty:ty),*) => {$(
+        impl BuildPostgres for $ty {
+            fn build_postgres(&self) -> (String, sea_query::Values) {
+                self.build(PostgresQueryBuilder)
+            }
+        }
+    )*};
+}
+
+build_postgres!(
+    sea_query::SelectStatement,
+    sea_query::InsertStatement,
+    sea_query::UpdateStatement,
+    sea_query::DeleteStatement
+);
+
+/// `ON CONFLICT (cols) DO UPDATE SET <every other insert column> = EXCLUDED.<col>`.
+/// With no other column, the target is set to itself, so the existing row is still
+/// returned (`DO NOTHING` would return no row).
+pub(crate) fn upsert_conflict(meta: &TableMeta, target: &[usize]) -> OnConflict {
+    let target_cols: Vec<Alias> = target
+        .iter()
+        .map(|i| Alias::new(meta.columns[*i].name))
+        .collect();
+    let update: Vec<Alias> = meta
+        .insert_columns()
+        .filter(|c| !target.iter().any(|i| meta.columns[*i].name == c.name))
+        .map(|c| Alias::new(c.name))
+        .collect();
+    let update = if update.is_empty() {
+        target_cols.clone()
+    } else {
+        update
+    };
+    OnConflict::columns(target_cols)
+        .update_columns(update)
+        .to_owned()
+}

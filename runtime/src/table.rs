@@ -1,0 +1,253 @@
+//! What `#[derive(Table)]` produces: the [`Table`] trait with the model's metadata,
+//! typed [`Column`] constants, and the insert ([`Insert`]) and update ([`Patch`]) shapes.
+//!
+//! A model's metadata is a `static`: the column list, which column is the primary key,
+//! which are filled by the database, and a hash of the model's shape (used by cache keys
+//! so that a deploy that changes the struct never decodes an old entry). The SQL of the
+//! fixed statements (read by key, insert, delete, …) is rendered once per model and
+//! reused for every call.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::error::Result;
+use crate::sql::Statements;
+
+/// A parameter bound to a statement.
+pub type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// A model struct mapped to one PostgreSQL table. Derive it with `#[derive(Table)]`.
+///
+/// ```
+/// use tabula::Table;
+///
+/// #[derive(Table, Debug)]
+/// #[table(name = "notes")]
+/// pub struct Note {
+///     #[table(primary_key, generated)]
+///     pub id: i64,
+///     pub body: String,
+/// }
+///
+/// assert_eq!(Note::META.name, "notes");
+/// assert_eq!(Note::BODY.name(), "body");
+/// let _new = NewNote { body: "hello".into() };
+/// let _patch = NotePatch { body: Some("bye".into()) };
+/// ```
+pub trait Table: Sized + Send + Sync + Unpin + 'static {
+    /// The primary key's Rust type.
+    type Key: ToSql + Sync + Send + Clone + fmt::Debug + 'static;
+    /// The insertable shape (`New<Model>`): every column except generated ones.
+    type New: Insert<Table = Self>;
+    /// The update shape (`<Model>Patch`): every column but the key, each optional.
+    type Patch: Patch<Table = Self>;
+
+    /// The model's metadata.
+    const META: &'static TableMeta;
+
+    /// Decodes a row whose columns are [`TableMeta::columns`], in order.
+    fn from_row(row: &Row) -> Result<Self>;
+
+    /// This row's primary key.
+    fn key(&self) -> &Self::Key;
+
+    /// The model's statements, rendered once.
+    #[doc(hidden)]
+    fn statements() -> &'static Statements;
+}
+
+/// The insertable shape of a model, generated as `New<Model>`.
+pub trait Insert: Send + Sync + Sized {
+    /// The model this inserts into.
+    type Table: Table;
+
+    /// The values of [`TableMeta::insert_columns`], in order.
+    fn params(&self) -> Vec<Param<'_>>;
+
+    /// One array per insert column, holding that column's value of every row: the
+    /// parameters of a batch insert through `unnest`.
+    fn column_arrays(rows: &[Self]) -> Vec<Box<dyn ToSql + Sync + Send + '_>>;
+}
+
+/// The update shape of a model, generated as `<Model>Patch`: `None` leaves a column
+/// unchanged; for a nullable column `Some(None)` sets it to NULL.
+pub trait Patch: Default + Send + Sync {
+    /// The model this updates.
+    type Table: Table;
+
+    /// `(column index, value)` of every field that is set.
+    fn assignments(&self) -> Vec<(usize, Param<'_>)>;
+}
+
+/// Metadata of a model's table.
+#[derive(Debug)]
+pub struct TableMeta {
+    /// The schema, when one was given.
+    pub schema: Option<&'static str>,
+    /// The table's name.
+    pub name: &'static str,
+    /// Every column, in field order.
+    pub columns: &'static [ColumnMeta],
+    /// Index of the primary key in `columns`.
+    pub primary_key: usize,
+    /// A hash of the model's shape: table, columns and their Rust types.
+    pub shape: u64,
+}
+
+impl TableMeta {
+    /// The primary key column.
+    pub fn key_column(&self) -> &ColumnMeta {
+        &self.columns[self.primary_key]
+    }
+
+    /// The columns an insert writes: all but the generated ones.
+    pub fn insert_columns(&self) -> impl Iterator<Item = &ColumnMeta> {
+        self.columns.iter().filter(|c| !c.generated)
+    }
+
+    /// The column named `name`, if the model has one.
+    pub fn column(&self, name: &str) -> Option<(usize, &ColumnMeta)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
+    }
+}
+
+/// Metadata of one column.
+#[derive(Debug)]
+pub struct ColumnMeta {
+    /// The column's name in the database.
+    pub name: &'static str,
+    /// The Rust field it maps to.
+    pub field: &'static str,
+    /// The PostgreSQL type the field travels as.
+    pub sql_type: &'static str,
+    /// Whether this is the primary key.
+    pub primary_key: bool,
+    /// Filled by a database default; left out of inserts.
+    pub generated: bool,
+    /// Whether the field is an `Option`.
+    pub nullable: bool,
+    /// Stored as JSON through serde.
+    pub json: bool,
+}
+
+/// A typed column of model `M` whose values are `T`. Generated as constants on the
+/// model (`Profile::USERNAME`), it is how queries name columns, so that a misspelled
+/// column or a value of the wrong type does not compile.
+///
+/// ```
+/// # use tabula::Table;
+/// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub body: String }
+/// let column: tabula::Column<Note, String> = Note::BODY;
+/// assert_eq!(column.name(), "body");
+/// ```
+pub struct Column<M, T> {
+    index: usize,
+    name: &'static str,
+    _marker: PhantomData<fn() -> (M, T)>,
+}
+
+impl<M, T> Column<M, T> {
+    #[doc(hidden)]
+    pub const fn new(index: usize, name: &'static str) -> Self {
+        Column {
+            index,
+            name,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The column's name in the database.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The column's position in the model's metadata.
+    pub const fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl<M, T> Clone for Column<M, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M, T> Copy for Column<M, T> {}
+
+impl<M, T> fmt::Debug for Column<M, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Column({})", self.name)
+    }
+}
+
+/// Decodes column `index` of `row` into the model's field type.
+#[doc(hidden)]
+pub fn decode_column<M: Table, T: tokio_postgres::types::FromSqlOwned>(
+    row: &Row,
+    index: usize,
+) -> Result<T> {
+    row.try_get(index).map_err(|e| decode_error::<M>(index, e))
+}
+
+/// Decodes a `#[table(json)]` column into its serde type.
+#[doc(hidden)]
+pub fn decode_json_column<M: Table, T: serde::de::DeserializeOwned>(
+    row: &Row,
+    index: usize,
+) -> Result<T> {
+    row.try_get::<_, tokio_postgres::types::Json<T>>(index)
+        .map(|json| json.0)
+        .map_err(|e| decode_error::<M>(index, e))
+}
+
+fn decode_error<M: Table>(index: usize, e: tokio_postgres::Error) -> crate::Error {
+    crate::Error::Decode {
+        table: M::META.name,
+        column: M::META.columns.get(index).map_or("?", |c| c.name),
+        source: Box::new(e),
+    }
+}
+
+/// One or more columns of model `M`: a [`Column`] or a tuple of them. Used for upsert
+/// conflict targets.
+///
+/// ```
+/// # use tabula::{ColumnSet, Table};
+/// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub body: String, pub lang: String }
+/// assert_eq!((Note::BODY, Note::LANG).indices(), vec![1, 2]);
+/// ```
+pub trait ColumnSet<M> {
+    /// The columns' positions in the model's metadata.
+    fn indices(&self) -> Vec<usize>;
+}
+
+impl<M, T> ColumnSet<M> for Column<M, T> {
+    fn indices(&self) -> Vec<usize> {
+        vec![self.index]
+    }
+}
+
+macro_rules! column_set_tuples {
+    ($(($($t:ident $v:ident),+)),* $(,)?) => {$(
+        impl<M, $($t),+> ColumnSet<M> for ($(Column<M, $t>,)+) {
+            fn indices(&self) -> Vec<usize> {
+                let ($($v,)+) = self;
+                vec![$($v.index),+]
+            }
+        }
+    )*};
+}
+
+column_set_tuples!(
+    (A a),
+    (A a, B b),
+    (A a, B b, C c),
+    (A a, B b, C c, D d),
+);

@@ -1,0 +1,449 @@
+//! Throwaway PostgreSQL and Redis servers for tests and examples (feature `testkit`).
+//!
+//! Where `DATABASE_URL` (or `REDIS_URL`) is set, that server is used. Otherwise the
+//! first call starts a private server for this process: `initdb` + `postgres` (or
+//! `redis-server`) in a fresh temporary folder, listening on a free loopback port.
+//! Each server runs under a small `sh` supervisor that reads from a pipe only this
+//! process holds; when the process ends — normally, by a panic, or killed — the pipe
+//! closes, the supervisor stops the server and deletes its folder. So test binaries
+//! running in parallel never share a port or a folder, and leave nothing behind.
+//!
+//! PostgreSQL refuses to run as root: when the process is root, the server runs as the
+//! `postgres` system user that Debian's package creates. Debian keeps the server
+//! binaries in `/usr/lib/postgresql/<version>/bin`, which is searched before `PATH`.
+//!
+//! [`database`] gives each test a database of its own, cloned from a template that has
+//! the migrations applied, so tests can run in parallel without seeing each other's rows.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::db::{Db, DbConfig};
+use crate::error::{Error, Result};
+use crate::migrate::Migrator;
+
+const INSTALL_HINT: &str =
+    "install the servers with: sudo apt-get install -y postgresql redis-server";
+
+/// A server started by the test kit, stopped when this process exits.
+#[derive(Debug)]
+pub struct Server {
+    /// Loopback port it listens on.
+    pub port: u16,
+    /// The server's own process id (not the supervisor's).
+    pub pid: u32,
+    // Closing this pipe (at process exit) tells the supervisor to stop the server.
+    _lifeline: ChildStdin,
+    _supervisor: Child,
+}
+
+static POSTGRES: OnceLock<std::result::Result<Server, String>> = OnceLock::new();
+static REDIS: Mutex<Option<Server>> = Mutex::new(None);
+static TEMPLATES: tokio::sync::Mutex<Vec<(String, String)>> =
+    tokio::sync::Mutex::const_new(Vec::new());
+static DATABASE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The admin URL of the PostgreSQL server for tests: `DATABASE_URL`, or a throwaway
+/// server started on first use.
+///
+/// ```no_run
+/// let url = tabula::testkit::postgres_url()?;
+/// # Ok::<(), tabula::Error>(())
+/// ```
+pub fn postgres_url() -> Result<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return Ok(url);
+    }
+    let server = POSTGRES
+        .get_or_init(|| start_postgres().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Config(e.clone()))?;
+    Ok(format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        server.port
+    ))
+}
+
+/// The throwaway PostgreSQL server, if this process started one.
+pub fn postgres_server() -> Option<&'static Server> {
+    POSTGRES.get().and_then(|s| s.as_ref().ok())
+}
+
+/// A URL for Redis: `REDIS_URL`, or a throwaway `redis-server` started on first use.
+///
+/// ```no_run
+/// let url = tabula::testkit::redis_url()?;
+/// # Ok::<(), tabula::Error>(())
+/// ```
+pub fn redis_url() -> Result<String> {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return Ok(url);
+    }
+    let mut redis = REDIS
+        .lock()
+        .map_err(|_| Error::Config("test kit lock poisoned".into()))?;
+    if redis.is_none() {
+        *redis = Some(start_redis()?);
+    }
+    let port = redis.as_ref().map_or(0, |s| s.port);
+    Ok(format!("redis://127.0.0.1:{port}/"))
+}
+
+/// The process id of the throwaway redis-server, if one is running.
+pub fn redis_pid() -> Option<u32> {
+    REDIS.lock().ok()?.as_ref().map(|s| s.pid)
+}
+
+/// A fresh database with `migrator`'s migrations applied, and a [`Db`] connected to it.
+///
+/// The first call per migration set builds a template database; later calls clone it
+/// (`CREATE DATABASE … TEMPLATE`), which takes milliseconds.
+///
+/// ```no_run
+/// # async fn run() -> tabula::Result<()> {
+/// let migrator = tabula::migrate::Migrator::from_dir("migrations")?;
+/// let (db, url) = tabula::testkit::database(&migrator).await?;
+/// # Ok(()) }
+/// ```
+pub async fn database(migrator: &Migrator) -> Result<(Db, String)> {
+    let admin_url = tokio::task::spawn_blocking(postgres_url)
+        .await
+        .map_err(|e| Error::Config(format!("test kit start-up panicked: {e}")))??;
+    let template = template_for(&admin_url, migrator).await?;
+    let name = format!(
+        "tabula_t_{}_{}",
+        std::process::id(),
+        DATABASE_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = Db::connect_with(DbConfig::new(&admin_url).pool_size(1)).await?;
+    admin
+        .execute_batch(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+        ))
+        .await?;
+    let url = with_database(&admin_url, &name)?;
+    Ok((Db::connect(&url).await?, url))
+}
+
+async fn template_for(admin_url: &str, migrator: &Migrator) -> Result<String> {
+    let fingerprint: String = {
+        let all: String = migrator.migrations().iter().map(|m| m.checksum()).collect();
+        crate::migrate::Migration::new(0, "all", all).checksum()[..16].to_owned()
+    };
+    let mut templates = TEMPLATES.lock().await;
+    if let Some((_, name)) = templates.iter().find(|(f, _)| *f == fingerprint) {
+        return Ok(name.clone());
+    }
+    let name = format!("tabula_tpl_{}_{fingerprint}", std::process::id());
+    let admin = Db::connect_with(DbConfig::new(admin_url).pool_size(1)).await?;
+    admin
+        .execute_batch(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+        .await?;
+    admin
+        .execute_batch(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
+    {
+        let template =
+            Db::connect_with(DbConfig::new(with_database(admin_url, &name)?).pool_size(1)).await?;
+        migrator.run(&template).await?;
+    } // the template's pool closes here: CREATE DATABASE … TEMPLATE needs it unused
+    templates.push((fingerprint, name.clone()));
+    Ok(name)
+}
+
+fn with_database(url: &str, database: &str) -> Result<String> {
+    let (base, _) = url
+        .rsplit_once('/')
+        .ok_or_else(|| Error::Config(format!("cannot replace the database in `{url}`")))?;
+    if base.ends_with('/') || !url.starts_with("postgres") {
+        return Err(Error::Config(
+            "the test kit needs DATABASE_URL as postgres://…/dbname".into(),
+        ));
+    }
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    Ok(format!("{base}/{database}{query}"))
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `(uid, gid)` of a system user, from /etc/passwd.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&name) && fields.len() > 3)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+fn find_postgres_bin(program: &str) -> Option<PathBuf> {
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(program))
+        .filter(|p| p.is_file())
+        .collect();
+    // Highest major version first.
+    versioned.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.components()
+                .nth(4)
+                .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    versioned
+        .into_iter()
+        .next()
+        .or_else(|| find_on_path(program))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Config(format!("cannot find a free loopback port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Config(format!("cannot find a free loopback port: {e}")))
+}
+
+fn scratch_dir(kind: &str, owner: Option<(u32, u32)>) -> Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "tabula-{kind}-{}-{nanos}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| {
+            Error::Config(format!(
+                "cannot hand {} to the server user: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(dir)
+}
+
+fn as_user(command: &mut Command, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid);
+    }
+}
+
+/// Starts `program args…` under a supervisor that stops it (SIGINT) and deletes `dir`
+/// when our end of its stdin pipe closes. Returns once `ready` says the server is up.
+fn supervise(
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    port: u16,
+) -> Result<Server> {
+    // $1 = log file, $2 = folder to delete, then the server's command line.
+    let script = r#"log="$1"; dir="$2"; shift 2
+"$@" </dev/null >"$log" 2>&1 &
+server=$!
+echo "$server"
+read -r _ignored
+kill -INT "$server" 2>/dev/null
+wait "$server"
+rm -rf "$dir""#;
+    let log = dir.join("server.log");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(script)
+        .arg("tabula-supervisor")
+        .arg(&log)
+        .arg(dir)
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    as_user(&mut command, owner);
+    let mut child = command
+        .spawn()
+        .map_err(|e| Error::Config(format!("cannot start {}: {e}", program.display())))?;
+    let lifeline = child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::Config("no supervisor pipe".into()))?;
+    let mut pid_line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut pid_line).ok();
+    }
+    let pid: u32 = pid_line
+        .trim()
+        .parse()
+        .map_err(|_| Error::Config(format!("{} did not start", program.display())))?;
+
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(Error::Config(format!(
+                "{} exited at start:\n{log}",
+                program.display()
+            )));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(Error::Config(format!(
+                "{} did not listen within 30 s",
+                program.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Server {
+        port,
+        pid,
+        _lifeline: lifeline,
+        _supervisor: child,
+    })
+}
+
+fn start_postgres() -> Result<Server> {
+    let (Some(initdb), Some(postgres)) =
+        (find_postgres_bin("initdb"), find_postgres_bin("postgres"))
+    else {
+        return Err(Error::Config(format!(
+            "PostgreSQL server binaries (initdb, postgres) not found in /usr/lib/postgresql/*/bin or on PATH; {INSTALL_HINT}; or set DATABASE_URL"
+        )));
+    };
+    let owner = if is_root() {
+        Some(system_user("postgres").ok_or_else(|| {
+            Error::Config(format!(
+                "running as root, and PostgreSQL refuses to: no `postgres` system user to run it as; {INSTALL_HINT}"
+            ))
+        })?)
+    } else {
+        None
+    };
+    let dir = scratch_dir("pg", owner)?;
+    let data = dir.join("data");
+    let mut init = Command::new(&initdb);
+    init.arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_user(&mut init, owner);
+    let output = init
+        .output()
+        .map_err(|e| Error::Config(format!("cannot run {}: {e}", initdb.display())))?;
+    if !output.status.success() {
+        return Err(Error::Config(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    // A port found free may be taken before the server binds it: try a few.
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        let args: Vec<String> = [
+            "-D",
+            &data.to_string_lossy(),
+            "-p",
+            &port.to_string(),
+            "-k",
+            &dir.to_string_lossy(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=400",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match supervise(&postgres, &args, &dir, owner, port) {
+            Ok(server) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Config("postgres did not start".into())))
+}
+
+fn start_redis() -> Result<Server> {
+    let redis = find_on_path("redis-server")
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "redis-server not found; {INSTALL_HINT}; or set REDIS_URL"
+            ))
+        })?;
+    let dir = scratch_dir("redis", None)?;
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match supervise(&redis, &args, &dir, None, port) {
+            Ok(server) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Config("redis-server did not start".into())))
+}

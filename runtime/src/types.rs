@@ -1,0 +1,154 @@
+//! The Rust types a column may have, and how JSON columns travel.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use serde::Serialize;
+use tokio_postgres::types::{FromSqlOwned, IsNull, ToSql, Type, to_sql_checked};
+
+/// A Rust type that can be a column of a [`Table`](crate::Table).
+///
+/// Implemented for `bool`, `i16`, `i32`, `i64`, `f32`, `f64`, `String`, `uuid::Uuid`,
+/// `chrono::DateTime<Utc>`, `chrono::NaiveDate`, `Vec<u8>`, `serde_json::Value`, and
+/// `Option` of each. Any other serde type can be stored as `jsonb` with
+/// `#[table(json)]` on the field.
+///
+/// ```
+/// fn takes_column<T: tabula::ColumnType>() -> &'static str { T::SQL_TYPE }
+/// assert_eq!(takes_column::<Option<i64>>(), "int8");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a supported column type",
+    label = "unsupported column type",
+    note = "supported: bool, i16, i32, i64, f32, f64, String, Uuid, DateTime<Utc>, NaiveDate, Vec<u8>, serde_json::Value, and Option of each",
+    note = "to store any serde type as jsonb, mark the field #[table(json)]"
+)]
+pub trait ColumnType: ToSql + FromSqlOwned + Send + Sync + 'static {
+    /// The PostgreSQL type name used when the column travels as an array (batch insert).
+    const SQL_TYPE: &'static str;
+    /// Whether the column accepts NULL (`Option<_>`).
+    const NULLABLE: bool = false;
+}
+
+macro_rules! column_types {
+    ($($ty:ty => $name:literal),* $(,)?) => {
+        $(impl ColumnType for $ty { const SQL_TYPE: &'static str = $name; })*
+    };
+}
+
+column_types! {
+    bool => "bool",
+    i16 => "int2",
+    i32 => "int4",
+    i64 => "int8",
+    f32 => "float4",
+    f64 => "float8",
+    String => "text",
+    uuid::Uuid => "uuid",
+    chrono::DateTime<chrono::Utc> => "timestamptz",
+    chrono::NaiveDate => "date",
+    Vec<u8> => "bytea",
+    serde_json::Value => "jsonb",
+}
+
+impl<T: ColumnType> ColumnType for Option<T> {
+    const SQL_TYPE: &'static str = T::SQL_TYPE;
+    const NULLABLE: bool = true;
+}
+
+/// A borrowed serde value bound as a `jsonb` parameter without copying it first.
+///
+/// `#[repr(transparent)]` over `T`, so a `&T` can be viewed as a `&JsonRef<T>` for free;
+/// generated code uses it to bind `#[table(json)]` fields.
+#[repr(transparent)]
+pub struct JsonRef<T: ?Sized>(T);
+
+/// Like [`JsonRef`] for an `Option`: `None` is SQL NULL, not the JSON `null`.
+#[repr(transparent)]
+pub struct JsonOptRef<T>(Option<T>);
+
+/// Views a reference to a serde value as a `jsonb` parameter.
+///
+/// ```
+/// let tags = vec!["a", "b"];
+/// let _param = tabula::__private::json_param(&tags);
+/// ```
+pub fn json_param<T: ?Sized>(value: &T) -> &JsonRef<T> {
+    let ptr = value as *const T as *const JsonRef<T>;
+    // SAFETY: JsonRef<T> is #[repr(transparent)] over T: same layout and pointer
+    // metadata, and the lifetime is carried over unchanged.
+    unsafe { &*ptr }
+}
+
+/// Views a reference to an optional serde value as a nullable `jsonb` parameter.
+///
+/// ```
+/// let tags: Option<Vec<String>> = None;
+/// let _param = tabula::__private::json_opt_param(&tags);
+/// ```
+pub fn json_opt_param<T>(value: &Option<T>) -> &JsonOptRef<T> {
+    let ptr = value as *const Option<T> as *const JsonOptRef<T>;
+    // SAFETY: JsonOptRef<T> is #[repr(transparent)] over Option<T>.
+    unsafe { &*ptr }
+}
+
+impl<T: ?Sized> fmt::Debug for JsonRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the value: it may be user data.
+        f.write_str("JsonRef(..)")
+    }
+}
+
+impl<T> fmt::Debug for JsonOptRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JsonOptRef(..)")
+    }
+}
+
+fn write_json<T: Serialize + ?Sized>(
+    value: &T,
+    ty: &Type,
+    out: &mut bytes::BytesMut,
+) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+    use bytes::BufMut;
+    if *ty == Type::JSONB {
+        out.put_u8(1); // jsonb binary format version
+    }
+    serde_json::to_writer(out.writer(), value)?;
+    Ok(IsNull::No)
+}
+
+impl<T: Serialize> ToSql for JsonOptRef<T> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match &self.0 {
+            Some(value) => write_json(value, ty, out),
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+impl<T: Serialize> ToSql for JsonRef<T> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        write_json(&self.0, ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}

@@ -1,0 +1,291 @@
+//! CRUD on a real PostgreSQL: create, read, update, delete, batch, upsert, errors.
+
+mod common;
+
+use common::*;
+use tabula::{Error, Table};
+use uuid::Uuid;
+
+#[tokio::test]
+async fn create_returns_the_stored_row_with_generated_columns() {
+    let db = db().await;
+    let new = new_profile("johndoe");
+    let p = db.create(new.clone()).await.expect("create");
+    assert_eq!(p.username, "johndoe");
+    assert_eq!(p.user_id, new.user_id);
+    assert_eq!(
+        p.status, "active",
+        "database default fills the generated column"
+    );
+    assert_eq!(p.created_at, p.updated_at);
+}
+
+#[tokio::test]
+async fn read_finds_a_created_row_and_none_for_a_missing_key() {
+    let db = db().await;
+    let p = db.create(new_profile("reader")).await.expect("create");
+    let found: Option<Profile> = db.read(p.id).await.expect("read");
+    assert_eq!(found, Some(p));
+    let missing: Option<Profile> = db.read(Uuid::new_v4()).await.expect("read missing");
+    assert_eq!(missing, None);
+}
+
+#[tokio::test]
+async fn update_writes_only_the_set_fields() {
+    let db = db().await;
+    let p = db
+        .create(NewProfile {
+            avatar_url: Some("a.jpg".into()),
+            ..new_profile("before")
+        })
+        .await
+        .expect("create");
+    let patch = ProfilePatch {
+        username: Some("after".into()),
+        ..Default::default()
+    };
+    let q = db.update::<Profile>(p.id, patch).await.expect("update");
+    assert_eq!(q.username, "after");
+    assert_eq!(
+        q.avatar_url.as_deref(),
+        Some("a.jpg"),
+        "unset field left alone"
+    );
+    assert_eq!(q.user_id, p.user_id);
+    assert!(q.updated_at > p.updated_at, "trigger moved updated_at");
+    assert_eq!(db.read::<Profile>(p.id).await.expect("read"), Some(q));
+}
+
+#[tokio::test]
+async fn update_with_some_none_sets_a_nullable_column_to_null() {
+    let db = db().await;
+    let p = db
+        .create(NewProfile {
+            avatar_url: Some("a.jpg".into()),
+            ..new_profile("nullable")
+        })
+        .await
+        .expect("create");
+    let q = db
+        .update::<Profile>(
+            p.id,
+            ProfilePatch {
+                avatar_url: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(q.avatar_url, None);
+}
+
+#[tokio::test]
+async fn empty_patch_returns_the_row_unchanged() {
+    let db = db().await;
+    let p = db.create(new_profile("same")).await.expect("create");
+    let q = db
+        .update::<Profile>(p.id, ProfilePatch::default())
+        .await
+        .expect("update");
+    assert_eq!(q, p);
+}
+
+#[tokio::test]
+async fn update_and_delete_of_a_missing_row_are_not_found() {
+    let db = db().await;
+    let patch = ProfilePatch {
+        username: Some("x".into()),
+        ..Default::default()
+    };
+    let err = db
+        .update::<Profile>(Uuid::new_v4(), patch)
+        .await
+        .expect_err("update missing");
+    assert!(
+        matches!(err, Error::NotFound { table: "profiles" }),
+        "got {err:?}"
+    );
+    let err = db
+        .update::<Profile>(Uuid::new_v4(), ProfilePatch::default())
+        .await
+        .expect_err("empty patch missing");
+    assert!(
+        matches!(err, Error::NotFound { table: "profiles" }),
+        "got {err:?}"
+    );
+    let err = db
+        .delete::<Profile>(Uuid::new_v4())
+        .await
+        .expect_err("delete missing");
+    assert!(
+        matches!(err, Error::NotFound { table: "profiles" }),
+        "got {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_the_row() {
+    let db = db().await;
+    let p = db.create(new_profile("doomed")).await.expect("create");
+    db.delete::<Profile>(p.id).await.expect("delete");
+    assert_eq!(db.read::<Profile>(p.id).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn duplicate_key_is_a_unique_violation_naming_the_constraint() {
+    let db = db().await;
+    db.create(new_profile("taken")).await.expect("first");
+    let err = db
+        .create(new_profile("taken"))
+        .await
+        .expect_err("duplicate");
+    match err {
+        Error::UniqueViolation { table, constraint } => {
+            assert_eq!(table, "profiles");
+            assert_eq!(constraint, "profiles_username_key");
+        }
+        other => panic!("expected UniqueViolation, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_many_inserts_every_row_in_order_in_one_statement() {
+    let db = db().await;
+    let rows: Vec<NewProfile> = (0..2_500)
+        .map(|i| new_profile(&format!("user{i:05}")))
+        .collect();
+    let created = db.create_many(rows.clone()).await.expect("create_many");
+    assert_eq!(created.len(), rows.len());
+    for (new, stored) in rows.iter().zip(&created) {
+        assert_eq!(new.username, stored.username, "returned in input order");
+        assert_eq!(new.user_id, stored.user_id);
+    }
+    let last = created.last().map(|p| p.id).expect("rows");
+    assert!(db.read::<Profile>(last).await.expect("read").is_some());
+}
+
+#[tokio::test]
+async fn create_many_of_nothing_is_a_no_op() {
+    let db = db().await;
+    let created = db
+        .create_many(Vec::<NewProfile>::new())
+        .await
+        .expect("empty batch");
+    assert!(created.is_empty());
+}
+
+#[tokio::test]
+async fn create_many_is_all_or_nothing() {
+    let db = db().await;
+    let mut rows: Vec<NewProfile> = (0..100)
+        .map(|i| new_profile(&format!("batch{i}")))
+        .collect();
+    rows.push(new_profile("batch5")); // collides with an earlier row of the same batch
+    let err = db
+        .create_many(rows)
+        .await
+        .expect_err("duplicate inside batch");
+    assert!(matches!(err, Error::UniqueViolation { .. }), "got {err:?}");
+    let n: i64 = db
+        .with_client(async |c| {
+            Ok(c.query_one("SELECT count(*) FROM profiles", &[])
+                .await?
+                .get(0))
+        })
+        .await
+        .expect("count");
+    assert_eq!(n, 0, "no row of the failed batch was kept");
+}
+
+#[tokio::test]
+async fn create_many_over_one_chunk_is_still_atomic() {
+    let db = db().await;
+    let mut rows: Vec<NewProfile> = (0..20_050)
+        .map(|i| new_profile(&format!("big{i}")))
+        .collect();
+    rows.push(new_profile("big20049")); // fails in the second chunk
+    let err = db
+        .create_many(rows)
+        .await
+        .expect_err("duplicate in second chunk");
+    assert!(matches!(err, Error::UniqueViolation { .. }), "got {err:?}");
+    let n: i64 = db
+        .with_client(async |c| {
+            Ok(c.query_one("SELECT count(*) FROM profiles", &[])
+                .await?
+                .get(0))
+        })
+        .await
+        .expect("count");
+    assert_eq!(n, 0, "the first chunk was rolled back too");
+}
+
+#[tokio::test]
+async fn upsert_inserts_then_updates_on_conflict() {
+    let db = db().await;
+    let first = db
+        .upsert(new_profile("upserted"), Profile::USERNAME)
+        .await
+        .expect("insert");
+    let again = NewProfile {
+        avatar_url: Some("new.jpg".into()),
+        ..new_profile("upserted")
+    };
+    let second = db
+        .upsert(again.clone(), Profile::USERNAME)
+        .await
+        .expect("update");
+    assert_eq!(second.id, first.id, "same row");
+    assert_eq!(second.avatar_url.as_deref(), Some("new.jpg"));
+    assert_eq!(second.user_id, again.user_id);
+}
+
+#[tokio::test]
+async fn json_columns_round_trip_as_value_and_as_serde_type() {
+    let db = db().await;
+    let user = Uuid::new_v4();
+    let e = db
+        .create(NewExperience {
+            user_id: user,
+            content: "climbed".into(),
+            metadata: serde_json::json!({"peak": "K2", "meters": 8611}),
+        })
+        .await
+        .expect("experience");
+    assert_eq!(e.metadata["meters"], 8611);
+    let meta = DocumentMeta {
+        tags: vec!["a".into(), "b\"c".into()],
+        pages: 3,
+    };
+    let d = db
+        .create(NewDocument {
+            user_id: user,
+            name: "doc".into(),
+            content: "text".into(),
+            metadata: meta.clone(),
+        })
+        .await
+        .expect("document");
+    assert_eq!(d.metadata, meta);
+    assert_eq!(
+        db.read::<Document>(d.id)
+            .await
+            .expect("read")
+            .map(|d| d.metadata),
+        Some(meta)
+    );
+}
+
+#[tokio::test]
+async fn values_are_bound_never_spliced_into_sql() {
+    let db = db().await;
+    let nasty = "x'); DROP TABLE profiles; --";
+    let p = db.create(new_profile(nasty)).await.expect("create");
+    assert_eq!(p.username, nasty);
+    assert!(
+        db.read::<Profile>(p.id)
+            .await
+            .expect("table still there")
+            .is_some()
+    );
+}
