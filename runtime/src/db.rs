@@ -277,6 +277,23 @@ impl Db {
         result
     }
 
+    /// [`Db::run`] for statements that change nothing: outside a transaction, a
+    /// connection found dead (the server restarted, or killed it while idle) is
+    /// replaced and the read tried once more, instead of failing the caller.
+    pub(crate) async fn run_read<T>(
+        &self,
+        operation: &'static str,
+        table: &'static str,
+        body: impl AsyncFn(&mut PgConn) -> Result<T>,
+    ) -> Result<T> {
+        match self.run(operation, table, &body).await {
+            Err(Error::Connection(_)) if self.tx.is_none() => {
+                self.run(operation, table, &body).await
+            }
+            other => other,
+        }
+    }
+
     /// Inserts one row and returns it as stored, generated columns included
     /// (`INSERT … RETURNING`).
     ///
@@ -362,7 +379,7 @@ impl Db {
     /// ```
     pub async fn read<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
         let key = key.into();
-        self.run("read", M::META.name, async |conn| {
+        self.run_read("read", M::META.name, async |conn| {
             match conn.query_opt(&M::statements().read, &[&key]).await? {
                 Some(row) => M::from_row(&row).map(Some),
                 None => Ok(None),

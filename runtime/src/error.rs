@@ -186,6 +186,15 @@ impl From<tokio_postgres::Error> for Error {
         let Some(db) = err.as_db_error() else {
             return Error::Connection(err);
         };
+        // A FATAL error ends the session (the server shut the connection down, or an
+        // administrator killed it): report it as the lost connection it is.
+        let fatal = matches!(
+            db.parsed_severity(),
+            Some(tokio_postgres::error::Severity::Fatal | tokio_postgres::error::Severity::Panic)
+        );
+        if fatal || db.code().code().starts_with("08") {
+            return Error::Connection(err);
+        }
         let table = db.table().unwrap_or("?").to_owned();
         let constraint = || db.constraint().unwrap_or("?").to_owned();
         match db.code().code() {

@@ -80,7 +80,7 @@ pub mod __private {
     pub use crate::sql::Statements;
     pub use crate::table::{
         Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta, decode_column,
-        decode_json_column,
+        decode_json_column, decode_json_opt_column,
     };
     pub use crate::types::{ColumnType, JsonOptRef, JsonRef, json_opt_param, json_param};
     pub use crate::{Error, Result};

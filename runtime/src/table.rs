@@ -207,6 +207,17 @@ pub fn decode_json_column<M: Table, T: serde::de::DeserializeOwned>(
         .map_err(|e| decode_error::<M>(index, e))
 }
 
+/// Decodes a nullable `#[table(json)]` column: SQL NULL is `None`.
+#[doc(hidden)]
+pub fn decode_json_opt_column<M: Table, T: serde::de::DeserializeOwned>(
+    row: &Row,
+    index: usize,
+) -> Result<Option<T>> {
+    row.try_get::<_, Option<tokio_postgres::types::Json<T>>>(index)
+        .map(|json| json.map(|j| j.0))
+        .map_err(|e| decode_error::<M>(index, e))
+}
+
 fn decode_error<M: Table>(index: usize, e: tokio_postgres::Error) -> crate::Error {
     crate::Error::Decode {
         table: M::META.name,

@@ -161,7 +161,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         let ty = f.ty;
         let value = match (f.is_json(), option_inner(ty)) {
             (true, Some(inner)) => quote_spanned! {ty.span()=>
-                #p::decode_json_column::<Self, #p::Option<#inner>>(__row, #index)?
+                #p::decode_json_opt_column::<Self, #inner>(__row, #index)?
             },
             (true, None) => quote_spanned! {ty.span()=>
                 #p::decode_json_column::<Self, #ty>(__row, #index)?
