@@ -1,0 +1,118 @@
+//! Migrations: order, idempotence, tamper detection, atomicity, concurrent runners.
+
+mod common;
+
+use tabula::migrate::{Migration, Migrator};
+use tabula::{Db, Error};
+
+async fn empty_db() -> (Db, String) {
+    let none = Migrator::new(Vec::new()).expect("empty migrator");
+    tabula::testkit::database(&none).await.expect("database")
+}
+
+fn two() -> Vec<Migration> {
+    vec![
+        Migration::new(1, "create_counter", "CREATE TABLE counter (n int NOT NULL)"),
+        Migration::new(2, "count_once", "INSERT INTO counter VALUES (1)"),
+    ]
+}
+
+async fn counter(db: &Db) -> i64 {
+    db.with_client(async |c| Ok(c.query_one("SELECT count(*) FROM counter", &[]).await?.get(0)))
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn pending_migrations_apply_in_order_and_only_once() {
+    let (db, _) = empty_db().await;
+    let migrator = Migrator::new(two().into_iter().rev().collect()).expect("migrator");
+    let first = migrator.run(&db).await.expect("first run");
+    assert_eq!(first.applied, vec![1, 2]);
+    let second = migrator.run(&db).await.expect("second run");
+    assert!(second.applied.is_empty());
+    assert_eq!(second.already_applied, vec![1, 2]);
+    assert_eq!(counter(&db).await, 1);
+}
+
+#[tokio::test]
+async fn an_edited_migration_is_refused() {
+    let (db, _) = empty_db().await;
+    Migrator::new(two()).expect("migrator").run(&db).await.expect("apply");
+    let mut edited = two();
+    edited[1] = Migration::new(2, "count_once", "INSERT INTO counter VALUES (2)");
+    let err = Migrator::new(edited).expect("migrator").run(&db).await.expect_err("tampered");
+    match err {
+        Error::Migration { version, message } => {
+            assert_eq!(version, 2);
+            assert!(message.contains("edited after it was applied"), "{message}");
+        }
+        other => panic!("expected Migration error, got {other:?}"),
+    }
+    assert_eq!(counter(&db).await, 1, "nothing ran");
+}
+
+#[tokio::test]
+async fn a_failing_migration_leaves_nothing_behind() {
+    let (db, _) = empty_db().await;
+    let mut broken = two();
+    broken.push(Migration::new(3, "broken", "CREATE TABLE half (id int); SELECT no_such_column FROM counter"));
+    let err = Migrator::new(broken).expect("migrator").run(&db).await.expect_err("broken");
+    assert!(matches!(err, Error::Migration { version: 3, .. }), "got {err:?}");
+    let (half, recorded): (bool, i64) = db
+        .with_client(async |c| {
+            let row = c
+                .query_one(
+                    "SELECT to_regclass('half') IS NOT NULL, (SELECT count(*) FROM tabula_migrations WHERE version = 3)",
+                    &[],
+                )
+                .await?;
+            Ok((row.get(0), row.get(1)))
+        })
+        .await
+        .expect("inspect");
+    assert!(!half, "the table of the failed migration was rolled back");
+    assert_eq!(recorded, 0);
+}
+
+#[tokio::test]
+async fn concurrent_migrators_apply_each_file_exactly_once() {
+    let (_, url) = empty_db().await;
+    let migrator = Migrator::new(two()).expect("migrator");
+    let mut runners = Vec::new();
+    for _ in 0..4 {
+        let (url, migrator) = (url.clone(), migrator.clone());
+        runners.push(tokio::spawn(async move {
+            let db = Db::connect(&url).await.expect("db");
+            migrator.run(&db).await.expect("run")
+        }));
+    }
+    let mut applied = Vec::new();
+    for runner in runners {
+        applied.extend(runner.await.expect("runner").applied);
+    }
+    applied.sort();
+    assert_eq!(applied, vec![1, 2], "each version applied by exactly one runner");
+    let db = Db::connect(&url).await.expect("db");
+    assert_eq!(counter(&db).await, 1);
+}
+
+#[test]
+fn a_misnamed_file_in_a_migrations_folder_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tabula-mig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("0001_ok.sql"), "SELECT 1").expect("write");
+    std::fs::write(dir.join("notes.sql"), "SELECT 1").expect("write");
+    let err = Migrator::from_dir(&dir).expect_err("misnamed");
+    assert!(err.to_string().contains("notes.sql"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_repository_migrations_are_embedded_in_order() {
+    let versions: Vec<i64> = common::MIGRATIONS.migrations().iter().map(|m| m.version).collect();
+    let on_disk = Migrator::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).expect("from_dir");
+    let disk_versions: Vec<i64> = on_disk.migrations().iter().map(|m| m.version).collect();
+    assert_eq!(versions, disk_versions);
+    assert!(!versions.is_empty());
+}
