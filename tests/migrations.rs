@@ -18,9 +18,13 @@ fn two() -> Vec<Migration> {
 }
 
 async fn counter(db: &Db) -> i64 {
-    db.with_client(async |c| Ok(c.query_one("SELECT count(*) FROM counter", &[]).await?.get(0)))
-        .await
-        .expect("count")
+    db.with_client(async |c| {
+        Ok(c.query_one("SELECT count(*) FROM counter", &[])
+            .await?
+            .get(0))
+    })
+    .await
+    .expect("count")
 }
 
 #[tokio::test]
@@ -38,10 +42,18 @@ async fn pending_migrations_apply_in_order_and_only_once() {
 #[tokio::test]
 async fn an_edited_migration_is_refused() {
     let (db, _) = empty_db().await;
-    Migrator::new(two()).expect("migrator").run(&db).await.expect("apply");
+    Migrator::new(two())
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect("apply");
     let mut edited = two();
     edited[1] = Migration::new(2, "count_once", "INSERT INTO counter VALUES (2)");
-    let err = Migrator::new(edited).expect("migrator").run(&db).await.expect_err("tampered");
+    let err = Migrator::new(edited)
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect_err("tampered");
     match err {
         Error::Migration { version, message } => {
             assert_eq!(version, 2);
@@ -56,9 +68,20 @@ async fn an_edited_migration_is_refused() {
 async fn a_failing_migration_leaves_nothing_behind() {
     let (db, _) = empty_db().await;
     let mut broken = two();
-    broken.push(Migration::new(3, "broken", "CREATE TABLE half (id int); SELECT no_such_column FROM counter"));
-    let err = Migrator::new(broken).expect("migrator").run(&db).await.expect_err("broken");
-    assert!(matches!(err, Error::Migration { version: 3, .. }), "got {err:?}");
+    broken.push(Migration::new(
+        3,
+        "broken",
+        "CREATE TABLE half (id int); SELECT no_such_column FROM counter",
+    ));
+    let err = Migrator::new(broken)
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect_err("broken");
+    assert!(
+        matches!(err, Error::Migration { version: 3, .. }),
+        "got {err:?}"
+    );
     let (half, recorded): (bool, i64) = db
         .with_client(async |c| {
             let row = c
@@ -92,7 +115,11 @@ async fn concurrent_migrators_apply_each_file_exactly_once() {
         applied.extend(runner.await.expect("runner").applied);
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2], "each version applied by exactly one runner");
+    assert_eq!(
+        applied,
+        vec![1, 2],
+        "each version applied by exactly one runner"
+    );
     let db = Db::connect(&url).await.expect("db");
     assert_eq!(counter(&db).await, 1);
 }
@@ -110,8 +137,13 @@ fn a_misnamed_file_in_a_migrations_folder_is_refused() {
 
 #[test]
 fn the_repository_migrations_are_embedded_in_order() {
-    let versions: Vec<i64> = common::MIGRATIONS.migrations().iter().map(|m| m.version).collect();
-    let on_disk = Migrator::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).expect("from_dir");
+    let versions: Vec<i64> = common::MIGRATIONS
+        .migrations()
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    let on_disk =
+        Migrator::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).expect("from_dir");
     let disk_versions: Vec<i64> = on_disk.migrations().iter().map(|m| m.version).collect();
     assert_eq!(versions, disk_versions);
     assert!(!versions.is_empty());

@@ -16,9 +16,13 @@ fn alive(pid: u32) -> bool {
 fn probe_starts_servers_then_panics() {
     tabula::testkit::postgres_url().expect("postgres");
     tabula::testkit::redis_url().expect("redis");
-    let pg = tabula::testkit::postgres_server().map(|s| s.pid).unwrap_or(0);
+    let pg = tabula::testkit::postgres_server()
+        .map(|s| s.pid)
+        .unwrap_or(0);
     let redis = tabula::testkit::redis_pid().unwrap_or(0);
-    let port = tabula::testkit::postgres_server().map(|s| s.port).unwrap_or(0);
+    let port = tabula::testkit::postgres_server()
+        .map(|s| s.port)
+        .unwrap_or(0);
     println!("PIDS {pg} {redis}");
     println!("PORT {port}");
     panic!("the probe panics on purpose");
@@ -32,17 +36,34 @@ fn servers_stop_when_the_process_panics() {
     }
     let exe = std::env::current_exe().expect("current exe");
     let out = Command::new(exe)
-        .args(["--ignored", "--exact", "probe_starts_servers_then_panics", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_starts_servers_then_panics",
+            "--nocapture",
+        ])
         .output()
         .expect("run probe");
     assert!(!out.status.success(), "the probe panicked");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("PIDS ")).unwrap_or_else(|| {
-        panic!("probe printed no pids:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
-    });
-    let pids: Vec<u32> = line[5..].split(' ').filter_map(|p| p.parse().ok()).collect();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("PIDS "))
+        .unwrap_or_else(|| {
+            panic!(
+                "probe printed no pids:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let pids: Vec<u32> = line[5..]
+        .split(' ')
+        .filter_map(|p| p.parse().ok())
+        .collect();
     assert_eq!(pids.len(), 2);
-    assert!(pids.iter().all(|p| *p > 0), "both servers were started: {pids:?}");
+    assert!(
+        pids.iter().all(|p| *p > 0),
+        "both servers were started: {pids:?}"
+    );
     let started = Instant::now();
     while pids.iter().any(|p| alive(*p)) {
         assert!(
@@ -61,7 +82,12 @@ fn two_kits_in_one_machine_get_different_ports() {
     let mine = tabula::testkit::postgres_url().expect("postgres");
     let exe = std::env::current_exe().expect("current exe");
     let out = Command::new(exe)
-        .args(["--ignored", "--exact", "probe_starts_servers_then_panics", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_starts_servers_then_panics",
+            "--nocapture",
+        ])
         .output()
         .expect("run probe");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -69,8 +95,14 @@ fn two_kits_in_one_machine_get_different_ports() {
         .lines()
         .find_map(|l| l.strip_prefix("PORT "))
         .unwrap_or_else(|| panic!("second kit did not start while the first runs:\n{stdout}"));
-    let my_port = mine.rsplit(':').next().and_then(|p| p.split('/').next()).unwrap_or_default();
+    let my_port = mine
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap_or_default();
     assert_ne!(my_port, their_port, "each process has its own server");
-    let pid = tabula::testkit::postgres_server().map(|s| s.pid).expect("my server");
+    let pid = tabula::testkit::postgres_server()
+        .map(|s| s.pid)
+        .expect("my server");
     assert!(alive(pid), "my server survived the other kit's exit");
 }

@@ -129,7 +129,7 @@ struct Shared {
 }
 
 /// The connection of a transaction; `None` once it committed or rolled back.
-struct TxConn {
+pub(crate) struct TxConn {
     conn: Option<Pooled>,
 }
 

@@ -47,7 +47,7 @@ mod types;
 
 pub use db::{Db, DbConfig, Isolation};
 pub use error::{Error, Result};
-pub use query::{Order, Query};
+pub use query::{Filter, IntoValue, OrderBy, Query, Selection};
 pub use table::{Column, ColumnMeta, ColumnSet, Insert, Patch, Table, TableMeta};
 pub use types::ColumnType;
 

@@ -23,7 +23,7 @@ use crate::table::Param;
 const STATEMENT_CACHE_CAPACITY: usize = 256;
 
 /// A PostgreSQL connection with its prepared-statement cache.
-pub struct PgConn {
+pub(crate) struct PgConn {
     client: Client,
     statements: HashMap<String, Statement>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.

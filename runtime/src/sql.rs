@@ -22,8 +22,6 @@ use crate::table::{Param, TableMeta};
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Statements {
-    /// `"a", "b", …`: every column, in metadata order.
-    pub(crate) select_list: String,
     /// `SELECT <all> FROM t WHERE pk = $1`
     pub(crate) read: String,
     /// `INSERT INTO t (<insertable>) VALUES ($1, …) RETURNING <all>`
@@ -78,7 +76,6 @@ impl Statements {
             .to_owned();
 
         Statements {
-            select_list: select_list(meta),
             // Markers were placed in parameter order, so `$n` already lines up.
             read: read.build_postgres().0,
             insert: insert.build_postgres().0,
@@ -102,14 +99,6 @@ pub(crate) fn column_idens(meta: &TableMeta) -> Vec<Alias> {
 
 pub(crate) fn returning_all(meta: &TableMeta) -> ReturningClause {
     Query::returning().columns(column_idens(meta))
-}
-
-fn select_list(meta: &TableMeta) -> String {
-    // Render through sea-query so the quoting rule is the same as everywhere else.
-    let sql = Query::select()
-        .columns(column_idens(meta))
-        .to_string(PostgresQueryBuilder);
-    sql.trim_start_matches("SELECT ").to_owned()
 }
 
 /// The marker sea-query renders for parameter `i`.
