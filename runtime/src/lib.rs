@@ -95,8 +95,37 @@ pub mod __private {
     /// Sync + Send trait object of a parameter.
     pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;
 
-    /// `Vec::with_capacity` without naming `Vec` in generated code paths twice.
-    pub fn collect_refs<'a, R: 'a, T: 'a>(rows: &'a [R], get: impl Fn(&'a R) -> T) -> Vec<T> {
-        rows.iter().map(get).collect()
+    /// A field value as a statement parameter; the bound makes an unsupported field
+    /// type one clear error on the field.
+    pub fn column_param<T: ColumnType>(value: &T) -> Param<'_> {
+        value
+    }
+
+    /// One column of a batch as an array parameter.
+    pub fn column_array<'a, R, T: ColumnType>(
+        rows: &'a [R],
+        get: impl Fn(&'a R) -> &'a T,
+    ) -> Box<DynParam<'a>> {
+        Box::new(rows.iter().map(get).collect::<Vec<&T>>())
+    }
+
+    /// One `json` column of a batch as a `jsonb[]` parameter.
+    pub fn json_array<'a, R, T: serde::Serialize + Sync + 'a>(
+        rows: &'a [R],
+        get: impl Fn(&'a R) -> &'a T,
+    ) -> Box<DynParam<'a>> {
+        Box::new(rows.iter().map(|r| json_param(get(r))).collect::<Vec<_>>())
+    }
+
+    /// One nullable `json` column of a batch as a `jsonb[]` parameter.
+    pub fn json_opt_array<'a, R, T: serde::Serialize + Sync + 'a>(
+        rows: &'a [R],
+        get: impl Fn(&'a R) -> &'a Option<T>,
+    ) -> Box<DynParam<'a>> {
+        Box::new(
+            rows.iter()
+                .map(|r| json_opt_param(get(r)))
+                .collect::<Vec<_>>(),
+        )
     }
 }

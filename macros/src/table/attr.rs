@@ -67,10 +67,10 @@ impl ContainerAttrs {
                 .get_ident()
                 .map_or_else(Span::call_site, |i| i.span());
             if meta.path.is_ident(NAME) {
-                let lit: LitStr = meta.value()?.parse()?;
+                let lit = string_value(&meta, NAME)?;
                 out.name.set(cx, span, lit);
             } else if meta.path.is_ident(SCHEMA) {
-                let lit: LitStr = meta.value()?.parse()?;
+                let lit = string_value(&meta, SCHEMA)?;
                 out.schema.set(cx, span, lit);
             } else {
                 return Err(unknown_key(&meta, "table attribute", STRUCT_KEYS));
@@ -114,7 +114,7 @@ impl FieldAttrs {
             } else if meta.path.is_ident(JSON) {
                 flag(&mut out.json, cx)
             } else if meta.path.is_ident(RENAME) {
-                let lit: LitStr = meta.value()?.parse()?;
+                let lit = string_value(&meta, RENAME)?;
                 out.rename.set(cx, span, lit);
                 Ok(())
             } else {
@@ -123,6 +123,16 @@ impl FieldAttrs {
         });
         out
     }
+}
+
+/// The string of `key = "..."`, with the expected form in the error when it is missing.
+fn string_value(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<LitStr> {
+    if !meta.input.peek(syn::Token![=]) {
+        return Err(meta.error(format!(
+            "`{key}` needs a value: write `#[table({key} = \"...\")]`"
+        )));
+    }
+    meta.value()?.parse()
 }
 
 /// Runs `each` on every key of every `#[table(...)]` attribute, recording parse errors.

@@ -72,6 +72,9 @@ fn check_primary_key(cx: &mut Ctxt, cont: &Container<'_>) {
         .filter(|f| f.attrs.primary_key.is_set())
         .collect();
     match keys.as_slice() {
+        // A misspelled `primary_key` was already reported; "no primary key" would only
+        // repeat it.
+        [] if cx.has_errors() => {}
         [] => cx.error_spanned_by(
             cont.ident,
             format!(

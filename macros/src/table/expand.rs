@@ -180,9 +180,18 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     });
     let arrays = insert_fields.iter().map(|f| {
         let fident = f.ident;
-        let element = param_element(f, quote!(&__r.#fident));
-        quote! {
-            #p::Box::new(#p::collect_refs(__rows, |__r| #element)) as #p::Box<#p::DynParam<'_>>
+        let ty = f.ty;
+        let span = ty.span();
+        match (f.is_json(), option_inner(ty)) {
+            (true, Some(_)) => quote_spanned! {span=>
+                #p::json_opt_array(__rows, |__r| &__r.#fident)
+            },
+            (true, None) => quote_spanned! {span=>
+                #p::json_array(__rows, |__r| &__r.#fident)
+            },
+            (false, _) => quote_spanned! {span=>
+                #p::column_array::<_, #ty>(__rows, |__r| &__r.#fident)
+            },
         }
     });
     let assignments = patch_columns(cont).map(|(index, f)| {
@@ -252,26 +261,17 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     }
 }
 
-/// A `&(dyn ToSql + Sync)` for the field value behind `place` (a reference).
+/// A `&(dyn ToSql + Sync)` for the field value behind `place` (a reference): the value
+/// itself (checked to be a `ColumnType`, so a wrong type gets one clear error on the
+/// field), or a JSON view of it for `json` fields.
 fn param_expr(f: &Field<'_>, place: TokenStream) -> TokenStream {
     let p = p();
-    let element = param_element(f, place);
-    quote!(#element as #p::Param<'_>)
-}
-
-/// The bindable reference for the field value behind `place`: the value itself, or a
-/// JSON view of it for `json` fields.
-fn param_element(f: &Field<'_>, place: TokenStream) -> TokenStream {
-    let p = p();
-    let span = f.ty.span();
-    if f.is_json() {
-        if option_inner(f.ty).is_some() {
-            quote_spanned!(span=> #p::json_opt_param(#place))
-        } else {
-            quote_spanned!(span=> #p::json_param(#place))
-        }
-    } else {
-        quote_spanned!(span=> #place)
+    let ty = f.ty;
+    let span = ty.span();
+    match (f.is_json(), option_inner(ty)) {
+        (true, Some(_)) => quote_spanned!(span=> #p::json_opt_param(#place) as #p::Param<'_>),
+        (true, None) => quote_spanned!(span=> #p::json_param(#place) as #p::Param<'_>),
+        (false, _) => quote_spanned!(span=> #p::column_param::<#ty>(#place)),
     }
 }
 

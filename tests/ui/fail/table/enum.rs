@@ -1,0 +1,9 @@
+use tabula::Table;
+
+#[derive(Table)]
+enum Profile {
+    A,
+    B,
+}
+
+fn main() {}

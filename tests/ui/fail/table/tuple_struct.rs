@@ -1,0 +1,6 @@
+use tabula::Table;
+
+#[derive(Table)]
+struct Profile(i64, String);
+
+fn main() {}
