@@ -1,6 +1,8 @@
 //! Procedural macros of [Tabula](https://docs.rs/tabula). Depend on `tabula`, which
 //! re-exports them; generated code only names `::tabula::__private`.
 
+#![warn(missing_docs)]
+
 mod internals;
 mod migrations;
 mod table;

@@ -31,6 +31,8 @@
 //! [`table`] (the [`Table`] trait and typed columns), [`query`] (the typed query
 //! builder), [`migrate`], [`monitor`], [`error`].
 
+#![warn(missing_docs)]
+
 extern crate self as tabula;
 
 pub mod db;
