@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use tabula::{Error, Table};
+use tabula::Error;
 use uuid::Uuid;
 
 #[tokio::test]

@@ -133,7 +133,9 @@ pub(crate) struct TxConn {
     conn: Option<Pooled>,
 }
 
-/// A connection checked out for one operation.
+/// A connection checked out for one operation. Lives on the stack for one call, so
+/// the size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Conn<'a> {
     Pooled(Pooled),
     Tx(MutexGuard<'a, TxConn>),

@@ -35,9 +35,9 @@ pub(crate) fn record_db(
         "outcome" => outcome
     )
     .record(started.elapsed().as_secs_f64());
-    if let Err(error) = result {
-        if !matches!(error, Error::NotFound { .. }) {
-            tracing::error!(operation, table, %error, "database error");
-        }
+    if let Err(error) = result
+        && !matches!(error, Error::NotFound { .. })
+    {
+        tracing::error!(operation, table, %error, "database error");
     }
 }
