@@ -1,1 +1,183 @@
-fn main() {}
+//! Tabula against raw tokio-postgres doing the same work, in the same run, on a
+//! current-thread runtime: read by primary key, load 10,000 rows into structs, single
+//! insert, and a 10,000-row batch insert (against a raw binary COPY).
+//!
+//! Run with `cargo bench --bench crud`. Only the same-run ratios mean anything: single
+//! client latency on small machines swings with CPU idleness.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::pin_mut;
+use tabula::{Db, Table};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+#[derive(Table, Debug, Clone)]
+#[table(name = "profiles")]
+pub struct Profile {
+    #[table(primary_key, generated)]
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    pub avatar_url: Option<String>,
+    #[table(generated)]
+    pub status: String,
+    #[table(generated)]
+    pub created_at: DateTime<Utc>,
+    #[table(generated)]
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, user_id, username, avatar_url, status, created_at, updated_at";
+
+fn raw_decode(row: &tokio_postgres::Row) -> Profile {
+    Profile {
+        id: row.get(0),
+        user_id: row.get(1),
+        username: row.get(2),
+        avatar_url: row.get(3),
+        status: row.get(4),
+        created_at: row.get(5),
+        updated_at: row.get(6),
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn new_profile() -> NewProfile {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    NewProfile {
+        user_id: Uuid::new_v4(),
+        username: format!("bench-{n}"),
+        avatar_url: Some("https://example.com/a.jpg".into()),
+    }
+}
+
+struct Setup {
+    db: Db,
+    raw: Client,
+    read_id: Uuid,
+}
+
+async fn setup(big_table: bool) -> Setup {
+    let migrations = tabula::embed_migrations!("migrations");
+    let (db, url) = tabula::testkit::database(&migrations).await.expect("database");
+    let (raw, connection) = tokio_postgres::connect(&url, NoTls).await.expect("raw client");
+    tokio::spawn(connection);
+    let rows = if big_table { 10_000 } else { 100 };
+    let created = db.create_many((0..rows).map(|_| new_profile()).collect()).await.expect("seed");
+    raw.batch_execute("ANALYZE profiles").await.expect("analyze");
+    Setup { db, raw, read_id: created[rows / 2].id }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn read_by_key(c: &mut Criterion) {
+    let rt = runtime();
+    let s = rt.block_on(setup(false));
+    let stmt = rt
+        .block_on(s.raw.prepare(&format!("SELECT {COLUMNS} FROM profiles WHERE id = $1")))
+        .expect("prepare");
+    let mut group = c.benchmark_group("read_by_key");
+    group.bench_function("raw", |b| {
+        b.to_async(&rt).iter(|| async {
+            let row = s.raw.query_opt(&stmt, &[&s.read_id]).await.expect("raw read");
+            row.map(|r| raw_decode(&r)).expect("row")
+        })
+    });
+    group.bench_function("tabula", |b| {
+        b.to_async(&rt)
+            .iter(|| async { s.db.read::<Profile>(s.read_id).await.expect("read").expect("row") })
+    });
+    group.finish();
+}
+
+fn load_all(c: &mut Criterion) {
+    let rt = runtime();
+    let s = rt.block_on(setup(true));
+    let stmt = rt.block_on(s.raw.prepare(&format!("SELECT {COLUMNS} FROM profiles"))).expect("prepare");
+    let mut group = c.benchmark_group("load_10k_rows");
+    group.bench_function("raw", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows = s.raw.query(&stmt, &[]).await.expect("raw");
+            rows.iter().map(raw_decode).collect::<Vec<_>>()
+        })
+    });
+    group.bench_function("tabula", |b| {
+        b.to_async(&rt).iter(|| async { s.db.query::<Profile>().all().await.expect("all") })
+    });
+    group.finish();
+}
+
+fn insert_one(c: &mut Criterion) {
+    let rt = runtime();
+    let s = rt.block_on(setup(false));
+    let stmt = rt
+        .block_on(s.raw.prepare(&format!(
+            "INSERT INTO profiles (user_id, username, avatar_url) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
+        )))
+        .expect("prepare");
+    let mut group = c.benchmark_group("insert_one");
+    group.bench_function("raw", |b| {
+        b.to_async(&rt).iter(|| async {
+            let p = new_profile();
+            let row = s.raw.query_one(&stmt, &[&p.user_id, &p.username, &p.avatar_url]).await.expect("raw");
+            raw_decode(&row)
+        })
+    });
+    group.bench_function("tabula", |b| {
+        b.to_async(&rt).iter(|| async { s.db.create(new_profile()).await.expect("create") })
+    });
+    group.finish();
+}
+
+fn insert_10k(c: &mut Criterion) {
+    let rt = runtime();
+    let s = rt.block_on(setup(false));
+    let mut group = c.benchmark_group("insert_10k_rows");
+    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group.bench_function("raw_copy", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
+            let sink = s
+                .raw
+                .copy_in("COPY profiles (user_id, username, avatar_url) FROM STDIN BINARY")
+                .await
+                .expect("copy");
+            let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::TEXT]);
+            pin_mut!(writer);
+            for p in &rows {
+                writer.as_mut().write(&[&p.user_id, &p.username, &p.avatar_url]).await.expect("write");
+            }
+            writer.finish().await.expect("finish")
+        })
+    });
+    group.bench_function("tabula_create_many", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
+            s.db.create_many(rows).await.expect("create_many").len()
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = read_by_key, load_all, insert_one, insert_10k
+}
+criterion_main!(benches);
