@@ -66,35 +66,62 @@ struct Setup {
 
 async fn setup(big_table: bool) -> Setup {
     let migrations = tabula::embed_migrations!("migrations");
-    let (db, url) = tabula::testkit::database(&migrations).await.expect("database");
-    let (raw, connection) = tokio_postgres::connect(&url, NoTls).await.expect("raw client");
+    let (db, url) = tabula::testkit::database(&migrations)
+        .await
+        .expect("database");
+    let (raw, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("raw client");
     tokio::spawn(connection);
     let rows = if big_table { 10_000 } else { 100 };
-    let created = db.create_many((0..rows).map(|_| new_profile()).collect()).await.expect("seed");
-    raw.batch_execute("ANALYZE profiles").await.expect("analyze");
-    Setup { db, raw, read_id: created[rows / 2].id }
+    let created = db
+        .create_many((0..rows).map(|_| new_profile()).collect())
+        .await
+        .expect("seed");
+    raw.batch_execute("ANALYZE profiles")
+        .await
+        .expect("analyze");
+    Setup {
+        db,
+        raw,
+        read_id: created[rows / 2].id,
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn read_by_key(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(false));
     let stmt = rt
-        .block_on(s.raw.prepare(&format!("SELECT {COLUMNS} FROM profiles WHERE id = $1")))
+        .block_on(
+            s.raw
+                .prepare(&format!("SELECT {COLUMNS} FROM profiles WHERE id = $1")),
+        )
         .expect("prepare");
     let mut group = c.benchmark_group("read_by_key");
     group.bench_function("raw", |b| {
         b.to_async(&rt).iter(|| async {
-            let row = s.raw.query_opt(&stmt, &[&s.read_id]).await.expect("raw read");
+            let row = s
+                .raw
+                .query_opt(&stmt, &[&s.read_id])
+                .await
+                .expect("raw read");
             row.map(|r| raw_decode(&r)).expect("row")
         })
     });
     group.bench_function("tabula", |b| {
-        b.to_async(&rt)
-            .iter(|| async { s.db.read::<Profile>(s.read_id).await.expect("read").expect("row") })
+        b.to_async(&rt).iter(|| async {
+            s.db.read::<Profile>(s.read_id)
+                .await
+                .expect("read")
+                .expect("row")
+        })
     });
     group.finish();
 }
@@ -102,7 +129,9 @@ fn read_by_key(c: &mut Criterion) {
 fn load_all(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(true));
-    let stmt = rt.block_on(s.raw.prepare(&format!("SELECT {COLUMNS} FROM profiles"))).expect("prepare");
+    let stmt = rt
+        .block_on(s.raw.prepare(&format!("SELECT {COLUMNS} FROM profiles")))
+        .expect("prepare");
     let mut group = c.benchmark_group("load_10k_rows");
     group.bench_function("raw", |b| {
         b.to_async(&rt).iter(|| async {
@@ -111,7 +140,8 @@ fn load_all(c: &mut Criterion) {
         })
     });
     group.bench_function("tabula", |b| {
-        b.to_async(&rt).iter(|| async { s.db.query::<Profile>().all().await.expect("all") })
+        b.to_async(&rt)
+            .iter(|| async { s.db.query::<Profile>().all().await.expect("all") })
     });
     group.finish();
 }
@@ -128,12 +158,17 @@ fn insert_one(c: &mut Criterion) {
     group.bench_function("raw", |b| {
         b.to_async(&rt).iter(|| async {
             let p = new_profile();
-            let row = s.raw.query_one(&stmt, &[&p.user_id, &p.username, &p.avatar_url]).await.expect("raw");
+            let row = s
+                .raw
+                .query_one(&stmt, &[&p.user_id, &p.username, &p.avatar_url])
+                .await
+                .expect("raw");
             raw_decode(&row)
         })
     });
     group.bench_function("tabula", |b| {
-        b.to_async(&rt).iter(|| async { s.db.create(new_profile()).await.expect("create") })
+        b.to_async(&rt)
+            .iter(|| async { s.db.create(new_profile()).await.expect("create") })
     });
     group.finish();
 }
@@ -142,7 +177,9 @@ fn insert_10k(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(false));
     let mut group = c.benchmark_group("insert_10k_rows");
-    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
     group.bench_function("raw_copy", |b| {
         b.to_async(&rt).iter(|| async {
             let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
@@ -154,7 +191,11 @@ fn insert_10k(c: &mut Criterion) {
             let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::TEXT]);
             pin_mut!(writer);
             for p in &rows {
-                writer.as_mut().write(&[&p.user_id, &p.username, &p.avatar_url]).await.expect("write");
+                writer
+                    .as_mut()
+                    .write(&[&p.user_id, &p.username, &p.avatar_url])
+                    .await
+                    .expect("write");
             }
             writer.finish().await.expect("finish")
         })

@@ -52,7 +52,10 @@ async fn main() -> tabula::Result<()> {
             avatar_url: Some("https://example.com/avatar.jpg".into()),
         })
         .await?;
-    println!("created  {} ({}) at {}", profile.username, profile.id, profile.created_at);
+    println!(
+        "created  {} ({}) at {}",
+        profile.username, profile.id, profile.created_at
+    );
 
     // Read
     let read: Option<Profile> = db.read(profile.id).await?;
@@ -62,7 +65,10 @@ async fn main() -> tabula::Result<()> {
     let updated = db
         .update::<Profile>(
             profile.id,
-            ProfilePatch { username: Some(format!("janedoe-{}", &profile.id.simple().to_string()[..6])), ..Default::default() },
+            ProfilePatch {
+                username: Some(format!("janedoe-{}", &profile.id.simple().to_string()[..6])),
+                ..Default::default()
+            },
         )
         .await?;
     println!("updated  {} -> {}", profile.username, updated.username);
@@ -76,11 +82,19 @@ async fn main() -> tabula::Result<()> {
         .limit(10)
         .all()
         .await?;
-    println!("query    {} active profile(s), newest first: {:?}", users.len(), users.first().map(|u| &u.1));
+    println!(
+        "query    {} active profile(s), newest first: {:?}",
+        users.len(),
+        users.first().map(|u| &u.1)
+    );
 
     // Delete
     db.delete::<Profile>(profile.id).await?;
     let gone: Option<Profile> = db.read(profile.id).await?;
-    println!("deleted  {} (read now gives {:?})", profile.id, gone.map(|p| p.id));
+    println!(
+        "deleted  {} (read now gives {:?})",
+        profile.id,
+        gone.map(|p| p.id)
+    );
     Ok(())
 }

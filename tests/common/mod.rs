@@ -79,6 +79,17 @@ pub struct DocumentMeta {
     pub pages: u32,
 }
 
+/// Rows in `profiles`, counted by PostgreSQL.
+pub async fn count_profiles(db: &Db) -> i64 {
+    db.with_client(async |c| {
+        Ok(c.query_one("SELECT count(*) FROM profiles", &[])
+            .await?
+            .get(0))
+    })
+    .await
+    .expect("count")
+}
+
 pub fn new_profile(username: &str) -> NewProfile {
     NewProfile {
         user_id: Uuid::new_v4(),
