@@ -186,15 +186,11 @@ async fn create_many_is_all_or_nothing() {
         .await
         .expect_err("duplicate inside batch");
     assert!(matches!(err, Error::UniqueViolation { .. }), "got {err:?}");
-    let n: i64 = db
-        .with_client(async |c| {
-            Ok(c.query_one("SELECT count(*) FROM profiles", &[])
-                .await?
-                .get(0))
-        })
-        .await
-        .expect("count");
-    assert_eq!(n, 0, "no row of the failed batch was kept");
+    assert_eq!(
+        count_profiles(&db).await,
+        0,
+        "no row of the failed batch was kept"
+    );
 }
 
 #[tokio::test]
@@ -209,15 +205,11 @@ async fn create_many_over_one_chunk_is_still_atomic() {
         .await
         .expect_err("duplicate in second chunk");
     assert!(matches!(err, Error::UniqueViolation { .. }), "got {err:?}");
-    let n: i64 = db
-        .with_client(async |c| {
-            Ok(c.query_one("SELECT count(*) FROM profiles", &[])
-                .await?
-                .get(0))
-        })
-        .await
-        .expect("count");
-    assert_eq!(n, 0, "the first chunk was rolled back too");
+    assert_eq!(
+        count_profiles(&db).await,
+        0,
+        "the first chunk was rolled back too"
+    );
 }
 
 #[tokio::test]
