@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::monitor;
-use crate::pool::{PgConn, PgManager};
+use crate::pool::{LastConnectError, PgConn, PgManager};
 use crate::sql::{self, Binder};
 use crate::table::{ColumnSet, Insert, Param, Patch, Table};
 
@@ -126,6 +126,7 @@ pub struct Db {
 struct Shared {
     pool: bb8::Pool<PgManager>,
     config: DbConfig,
+    connect_errors: LastConnectError,
 }
 
 /// The connection of a transaction; `None` once it committed or rolled back.
@@ -199,19 +200,29 @@ impl Db {
             .url
             .parse()
             .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
+        let manager = PgManager::new(pg, config.connect_timeout);
+        // Open one connection by hand first, so that a wrong URL, password or host is
+        // reported at once with the server's own words.
+        let first = bb8::ManageConnection::connect(&manager).await?;
+        let connect_errors = LastConnectError::default();
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .connection_timeout(config.checkout_timeout.max(Duration::from_millis(1)))
             // Dead sockets are caught by `has_broken` without a round trip per checkout.
             .test_on_check_out(false)
             .retry_connection(false)
-            .build_unchecked(PgManager::new(pg, config.connect_timeout));
-        let db = Db {
-            shared: Arc::new(Shared { pool, config }),
+            .error_sink(Box::new(connect_errors.clone()))
+            .build_unchecked(manager);
+        // Hand the connection opened above to the pool instead of wasting it.
+        let _ = pool.add(first);
+        Ok(Db {
+            shared: Arc::new(Shared {
+                pool,
+                config,
+                connect_errors,
+            }),
             tx: None,
-        };
-        drop(db.checkout().await?);
-        Ok(db)
+        })
     }
 
     /// The configuration this handle was built with.
@@ -234,9 +245,10 @@ impl Db {
                 .get_owned()
                 .await
                 .map_err(|e| match Error::from(e) {
-                    Error::PoolTimeout(_) => {
-                        Error::PoolTimeout(self.shared.config.checkout_timeout)
-                    }
+                    Error::PoolTimeout(_) => match self.shared.connect_errors.take() {
+                        Some(cause) => Error::Connect(cause),
+                        None => Error::PoolTimeout(self.shared.config.checkout_timeout),
+                    },
                     other => other,
                 })?;
             if !conn.is_closed() {
@@ -281,18 +293,24 @@ impl Db {
 
     /// [`Db::run`] for statements that change nothing: outside a transaction, a
     /// connection found dead (the server restarted, or killed it while idle) is
-    /// replaced and the read tried once more, instead of failing the caller.
+    /// dropped and the read tried on another, until a live one answers or every
+    /// pooled connection has been tried — instead of failing the caller.
     pub(crate) async fn run_read<T>(
         &self,
         operation: &'static str,
         table: &'static str,
         body: impl AsyncFn(&mut PgConn) -> Result<T>,
     ) -> Result<T> {
-        match self.run(operation, table, &body).await {
-            Err(Error::Connection(_)) if self.tx.is_none() => {
-                self.run(operation, table, &body).await
+        let mut tries = 0;
+        loop {
+            match self.run(operation, table, &body).await {
+                Err(Error::Connection(_))
+                    if self.tx.is_none() && tries < self.shared.config.pool_size =>
+                {
+                    tries += 1;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 

@@ -90,6 +90,10 @@ pub enum Error {
     /// No pooled connection became free (or could be opened) within the deadline.
     #[error("no database connection available within {0:?}")]
     PoolTimeout(Duration),
+    /// No connection could be opened before the checkout deadline; the message is the
+    /// last error the server or the network gave.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
     /// An operation did not finish within its deadline.
     #[error("`{operation}` did not finish within {after:?}")]
     Timeout {
@@ -99,7 +103,7 @@ pub enum Error {
         after: Duration,
     },
     /// The connection to the database failed or was lost.
-    #[error("database connection error: {0}")]
+    #[error("database connection error: {}", describe(.0))]
     Connection(#[source] tokio_postgres::Error),
     /// Any other error reported by PostgreSQL.
     #[error("database error (sqlstate {sqlstate}): {message}")]
@@ -140,6 +144,7 @@ impl Error {
             Error::Conflict { .. }
             | Error::PoolTimeout(_)
             | Error::Timeout { .. }
+            | Error::Connect(_)
             | Error::Connection(_) => true,
             Error::Database { sqlstate, .. } => is_transient_sqlstate(sqlstate),
             _ => false,
@@ -169,6 +174,14 @@ impl Error {
 
 pub(crate) const SERIALIZATION_FAILURE: &str = "40001";
 pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
+
+/// The driver's error with the server's own message, which its `Display` leaves out.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => err.to_string(),
+    }
+}
 
 fn is_transient_sqlstate(code: &str) -> bool {
     // 40xxx transaction rollback, 08xxx connection exceptions, 57P0x shutdown/crash,

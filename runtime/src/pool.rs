@@ -118,3 +118,29 @@ impl bb8::ManageConnection for PgManager {
         conn.client.is_closed() || conn.in_transaction
     }
 }
+
+/// Keeps the last error bb8 hit while opening a connection. bb8 does not return connect
+/// errors to the caller waiting for a connection — the caller only times out — so the
+/// pool reports this instead of a bare timeout: a wrong password or an unreachable
+/// server is named, not disguised as "pool busy".
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LastConnectError(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl LastConnectError {
+    pub(crate) fn take(&self) -> Option<String> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl bb8::ErrorSink<Error> for LastConnectError {
+    fn sink(&self, error: Error) {
+        tracing::warn!(%error, "cannot open a database connection");
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(error.to_string());
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<Error>> {
+        Box::new(self.clone())
+    }
+}

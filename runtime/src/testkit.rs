@@ -310,7 +310,11 @@ rm -rf "$dir""#;
 
     let started = Instant::now();
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // Both servers accept TCP before they accept work; their log says when they do
+        // ("database system is ready to accept connections", "Ready to accept connections").
+        let ready =
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("eady to accept connections"));
+        if ready && TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
         if let Ok(Some(_)) = child.try_wait() {
