@@ -10,6 +10,20 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs the probe below in a child process of this test binary.
+fn run_probe() -> std::process::Output {
+    let exe = std::env::current_exe().expect("current exe");
+    Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_starts_servers_then_panics",
+            "--nocapture",
+        ])
+        .output()
+        .expect("run probe")
+}
+
 /// Runs in a child process (see below): starts both servers, prints their pids, panics.
 #[test]
 #[ignore = "helper: run by servers_stop_when_the_process_panics in a child process"]
@@ -34,16 +48,7 @@ fn servers_stop_when_the_process_panics() {
         eprintln!("external servers configured; the kit starts none, nothing to check");
         return;
     }
-    let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "probe_starts_servers_then_panics",
-            "--nocapture",
-        ])
-        .output()
-        .expect("run probe");
+    let out = run_probe();
     assert!(!out.status.success(), "the probe panicked");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
@@ -80,16 +85,7 @@ fn two_kits_in_one_machine_get_different_ports() {
         return;
     }
     let mine = tabula::testkit::postgres_url().expect("postgres");
-    let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "probe_starts_servers_then_panics",
-            "--nocapture",
-        ])
-        .output()
-        .expect("run probe");
+    let out = run_probe();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let their_port = stdout
         .lines()

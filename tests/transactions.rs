@@ -10,16 +10,6 @@ use std::time::Duration;
 use common::*;
 use tabula::{Db, DbConfig, Error, Isolation};
 
-async fn count_profiles(db: &Db) -> i64 {
-    db.with_client(async |c| {
-        Ok(c.query_one("SELECT count(*) FROM profiles", &[])
-            .await?
-            .get(0))
-    })
-    .await
-    .expect("count")
-}
-
 #[tokio::test]
 async fn ok_commits_every_write() {
     let db = db().await;
