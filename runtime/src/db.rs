@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -137,12 +137,12 @@ pub(crate) struct TxConn {
 /// A connection checked out for one operation. Lives on the stack for one call, so
 /// the size difference between the variants costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Conn<'a> {
+pub(crate) enum Conn {
     Pooled(Pooled),
-    Tx(MutexGuard<'a, TxConn>),
+    Tx(OwnedMutexGuard<TxConn>),
 }
 
-impl Conn<'_> {
+impl Conn {
     pub(crate) fn get(&mut self) -> Result<&mut PgConn> {
         match self {
             Conn::Pooled(pooled) => Ok(pooled),
@@ -258,9 +258,10 @@ impl Db {
         Err(Error::PoolTimeout(self.shared.config.checkout_timeout))
     }
 
-    pub(crate) async fn conn(&self) -> Result<Conn<'_>> {
+    /// A connection for one operation: the transaction's, or one from the pool.
+    pub(crate) async fn conn(&self) -> Result<Conn> {
         match &self.tx {
-            Some(tx) => Ok(Conn::Tx(tx.lock().await)),
+            Some(tx) => Ok(Conn::Tx(tx.clone().lock_owned().await)),
             None => Ok(Conn::Pooled(self.checkout().await?)),
         }
     }
@@ -437,6 +438,9 @@ impl Db {
             update.value(column, binder.borrowed(value));
         }
         let key_column = sea_query::Alias::new(meta.key_column().name);
+        if let Some(live) = sql::live_rows(meta) {
+            update.and_where(live);
+        }
         update
             .and_where(sea_query::ExprTrait::eq(
                 sea_query::Expr::col(key_column),
@@ -455,6 +459,9 @@ impl Db {
     }
 
     /// Deletes the row with primary key `key`. A missing row is [`Error::NotFound`].
+    /// For a model with a `#[table(soft_delete)]` column, the row is marked deleted
+    /// instead (reads and queries then skip it; see [`Db::restore`] and
+    /// [`Db::hard_delete`]).
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
@@ -475,9 +482,63 @@ impl Db {
         .await
     }
 
+    /// Deletes the row with primary key `key` for good, even for a model with soft
+    /// delete. A missing row is [`Error::NotFound`].
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.hard_delete::<Note>(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn hard_delete<M: Table>(&self, key: impl Into<M::Key>) -> Result<()> {
+        let key = key.into();
+        let meta = M::META;
+        self.run("hard_delete", meta.name, async |conn| {
+            match conn.execute(&M::statements().hard_delete, &[&key]).await? {
+                0 => Err(Error::NotFound { table: meta.name }),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Brings a soft-deleted row back and returns it. A row that is missing or not
+    /// deleted is [`Error::NotFound`]; a model without soft delete is
+    /// [`Error::Validation`].
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64,
+    /// #   #[table(soft_delete)] pub deleted_at: Option<chrono::DateTime<chrono::Utc>> }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note = db.restore::<Note>(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn restore<M: Table>(&self, key: impl Into<M::Key>) -> Result<M> {
+        let key = key.into();
+        let meta = M::META;
+        if meta.soft_delete.is_none() {
+            return Err(Error::Validation(format!(
+                "`{}` has no soft-delete column",
+                meta.name
+            )));
+        }
+        self.run("restore", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&M::statements().restore, &[&key])
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            M::from_row(&row)
+        })
+        .await
+    }
+
     /// Inserts a row, or — when it collides with an existing row on the `conflict`
     /// columns (which need a unique index) — updates that row's other insertable columns
-    /// to the new values. Returns the row as stored.
+    /// to the new values. Returns the row as stored. For a model with soft delete, an
+    /// upsert that lands on a deleted row restores it (clears the mark) and updates it.
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};

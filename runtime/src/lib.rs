@@ -49,7 +49,7 @@ mod types;
 
 pub use db::{Db, DbConfig, Isolation};
 pub use error::{Error, Result};
-pub use query::{Filter, IntoValue, OrderBy, Query, Selection};
+pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
 pub use table::{Column, ColumnMeta, ColumnSet, Insert, Patch, Table, TableMeta};
 pub use types::ColumnType;
 
@@ -84,7 +84,9 @@ pub mod __private {
         Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta, decode_column,
         decode_json_column, decode_json_opt_column,
     };
-    pub use crate::types::{ColumnType, JsonOptRef, JsonRef, json_opt_param, json_param};
+    pub use crate::types::{
+        ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, json_opt_param, json_param,
+    };
     pub use crate::{Error, Result};
     pub use std::boxed::Box;
     pub use std::default::Default;

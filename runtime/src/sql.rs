@@ -28,8 +28,12 @@ pub struct Statements {
     pub(crate) insert: String,
     /// `INSERT INTO t (<insertable>) SELECT * FROM unnest($1::type[], …) RETURNING <all>`
     pub(crate) insert_many: String,
-    /// `DELETE FROM t WHERE pk = $1`
+    /// `DELETE FROM t WHERE pk = $1`, or the soft-delete mark.
     pub(crate) delete: String,
+    /// `DELETE FROM t WHERE pk = $1`, whatever the model.
+    pub(crate) hard_delete: String,
+    /// Clears the soft-delete mark, returning the row (empty without soft delete).
+    pub(crate) restore: String,
 }
 
 impl Statements {
@@ -37,11 +41,14 @@ impl Statements {
     pub fn render(meta: &'static TableMeta) -> Statements {
         let key = Alias::new(meta.key_column().name);
 
-        let read = Query::select()
+        let mut read = Query::select()
             .columns(column_idens(meta))
             .from(table_ref(meta))
             .and_where(Expr::col(key.clone()).eq(marker(0)))
             .to_owned();
+        if let Some(live) = live_rows(meta) {
+            read.and_where(live);
+        }
 
         let insert_cols: Vec<Alias> = meta.insert_columns().map(|c| Alias::new(c.name)).collect();
         let mut insert = Query::insert();
@@ -70,19 +77,50 @@ impl Statements {
             .select_from(Query::select().exprs(unnests).to_owned())
             .map(|q| q.returning(returning_all(meta)).to_owned());
 
-        let delete = Query::delete()
+        let hard_delete = Query::delete()
             .from_table(table_ref(meta))
-            .and_where(Expr::col(key).eq(marker(0)))
-            .to_owned();
+            .and_where(Expr::col(key.clone()).eq(marker(0)))
+            .to_owned()
+            .build_postgres()
+            .0;
+        // With a soft-delete column, `delete` marks the row and `restore` unmarks it.
+        let (delete, restore) = match meta.soft_delete_column() {
+            Some(soft) => {
+                let soft = Alias::new(soft.name);
+                let delete = Query::update()
+                    .table(table_ref(meta))
+                    .value(soft.clone(), Expr::cust("now()"))
+                    .and_where(Expr::col(key.clone()).eq(marker(0)))
+                    .and_where(Expr::col(soft.clone()).is_null())
+                    .to_owned();
+                let restore = Query::update()
+                    .table(table_ref(meta))
+                    .value(soft.clone(), Expr::cust("NULL"))
+                    .and_where(Expr::col(key).eq(marker(0)))
+                    .and_where(Expr::col(soft).is_not_null())
+                    .returning(returning_all(meta))
+                    .to_owned();
+                (delete.build_postgres().0, restore.build_postgres().0)
+            }
+            None => (hard_delete.clone(), String::new()),
+        };
 
         Statements {
             // Markers were placed in parameter order, so `$n` already lines up.
             read: read.build_postgres().0,
             insert: insert.build_postgres().0,
             insert_many: insert_many.map_or_else(|_| String::new(), |q| q.build_postgres().0),
-            delete: delete.build_postgres().0,
+            delete,
+            hard_delete,
+            restore,
         }
     }
+}
+
+/// `<soft-delete column> IS NULL` for models with soft delete: the live rows.
+pub(crate) fn live_rows(meta: &TableMeta) -> Option<Expr> {
+    meta.soft_delete_column()
+        .map(|c| Expr::col(Alias::new(c.name)).is_null())
 }
 
 /// `"schema"."table"` or `"table"`.
@@ -110,8 +148,9 @@ fn marker(i: usize) -> Expr {
     Expr::val(marker_value(i))
 }
 
-/// A value owned by a statement under construction.
-pub(crate) type OwnedParam = Box<dyn ToSql + Sync + Send>;
+/// A value owned by a statement under construction; shared, so a filter can be
+/// rendered more than once (a page query and its count) without copying values.
+pub(crate) type OwnedParam = std::sync::Arc<dyn ToSql + Sync + Send>;
 
 enum Slot<'a> {
     Borrowed(Param<'a>),
@@ -189,7 +228,7 @@ impl Bound<'_> {
                 };
                 match &self.slots[i] {
                     Slot::Borrowed(p) => *p,
-                    Slot::Owned(b) => b.as_ref() as Param<'_>,
+                    Slot::Owned(b) => &**b as Param<'_>,
                 }
             })
             .collect()
@@ -199,13 +238,13 @@ impl Bound<'_> {
 /// A value sea-query put into a statement on its own (only integers, in practice).
 fn sea_value_param(value: Value) -> OwnedParam {
     match value {
-        Value::BigUnsigned(Some(v)) => Box::new(i64::try_from(v).unwrap_or(i64::MAX)),
-        Value::BigInt(Some(v)) => Box::new(v),
-        Value::Unsigned(Some(v)) => Box::new(i64::from(v)),
-        Value::Int(Some(v)) => Box::new(v),
-        Value::Bool(Some(v)) => Box::new(v),
-        Value::String(Some(v)) => Box::new(v),
-        _ => Box::new(Option::<i64>::None),
+        Value::BigUnsigned(Some(v)) => std::sync::Arc::new(i64::try_from(v).unwrap_or(i64::MAX)),
+        Value::BigInt(Some(v)) => std::sync::Arc::new(v),
+        Value::Unsigned(Some(v)) => std::sync::Arc::new(i64::from(v)),
+        Value::Int(Some(v)) => std::sync::Arc::new(v),
+        Value::Bool(Some(v)) => std::sync::Arc::new(v),
+        Value::String(Some(v)) => std::sync::Arc::new(v),
+        _ => std::sync::Arc::new(Option::<i64>::None),
     }
 }
 

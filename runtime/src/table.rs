@@ -39,7 +39,7 @@ pub type Param<'a> = &'a (dyn ToSql + Sync);
 /// ```
 pub trait Table: Sized + Send + Sync + Unpin + 'static {
     /// The primary key's Rust type.
-    type Key: ToSql + Sync + Send + Clone + fmt::Debug + 'static;
+    type Key: crate::ColumnType + Clone + fmt::Debug + serde::Serialize;
     /// The insertable shape (`New<Model>`): every column except generated ones.
     type New: Insert<Table = Self>;
     /// The update shape (`<Model>Patch`): every column but the key, each optional.
@@ -93,6 +93,8 @@ pub struct TableMeta {
     pub columns: &'static [ColumnMeta],
     /// Index of the primary key in `columns`.
     pub primary_key: usize,
+    /// Index of the `#[table(soft_delete)]` column, if the model has one.
+    pub soft_delete: Option<usize>,
     /// A hash of the model's shape: table, columns and their Rust types.
     pub shape: u64,
 }
@@ -101,6 +103,11 @@ impl TableMeta {
     /// The primary key column.
     pub fn key_column(&self) -> &ColumnMeta {
         &self.columns[self.primary_key]
+    }
+
+    /// The soft-delete column, if the model has one.
+    pub fn soft_delete_column(&self) -> Option<&ColumnMeta> {
+        self.soft_delete.map(|i| &self.columns[i])
     }
 
     /// The columns an insert writes: all but the generated ones.

@@ -152,3 +152,16 @@ impl<T: Serialize> ToSql for JsonRef<T> {
 
     to_sql_checked!();
 }
+
+/// The type a `#[table(soft_delete)]` column must have.
+#[diagnostic::on_unimplemented(
+    message = "a #[table(soft_delete)] column must be `Option<DateTime<Utc>>`, not `{Self}`",
+    label = "NULL while the row is live, the deletion time once deleted"
+)]
+pub trait SoftDeleteColumn {}
+
+impl SoftDeleteColumn for Option<chrono::DateTime<chrono::Utc>> {}
+
+/// Compile-time check used by generated code.
+#[doc(hidden)]
+pub fn assert_soft_delete_column<T: SoftDeleteColumn>() {}

@@ -119,8 +119,14 @@ impl Field<'_> {
         self.attrs.json.is_set()
     }
 
+    /// Left out of inserts: filled by the database (`generated`), or the soft-delete
+    /// marker, which only deletes and restores write.
     pub(crate) fn is_generated(&self) -> bool {
-        self.attrs.generated.is_set()
+        self.attrs.generated.is_set() || self.is_soft_delete()
+    }
+
+    pub(crate) fn is_soft_delete(&self) -> bool {
+        self.attrs.soft_delete.is_set()
     }
 
     /// The `SCREAMING_CASE` name of the column constant.

@@ -53,6 +53,7 @@ pub(crate) struct FieldAttrs {
     pub(crate) rename: Slot<LitStr>,
     pub(crate) skip: Slot<()>,
     pub(crate) json: Slot<()>,
+    pub(crate) soft_delete: Slot<()>,
 }
 
 impl ContainerAttrs {
@@ -89,6 +90,7 @@ impl FieldAttrs {
             rename: Slot::new(RENAME),
             skip: Slot::new(SKIP),
             json: Slot::new(JSON),
+            soft_delete: Slot::new(SOFT_DELETE),
         };
         for_each_table_meta(cx, attrs, |cx, meta| {
             let span = meta
@@ -113,6 +115,8 @@ impl FieldAttrs {
                 flag(&mut out.skip, cx)
             } else if meta.path.is_ident(JSON) {
                 flag(&mut out.json, cx)
+            } else if meta.path.is_ident(SOFT_DELETE) {
+                flag(&mut out.soft_delete, cx)
             } else if meta.path.is_ident(RENAME) {
                 let lit = string_value(&meta, RENAME)?;
                 out.rename.set(cx, span, lit);

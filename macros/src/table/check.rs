@@ -96,6 +96,41 @@ fn check_primary_key(cx: &mut Ctxt, cont: &Container<'_>) {
 }
 
 fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
+    let soft: Vec<_> = cont
+        .fields
+        .iter()
+        .filter(|f| f.attrs.soft_delete.is_set())
+        .collect();
+    for extra in soft.iter().skip(1) {
+        let span = extra
+            .attrs
+            .soft_delete
+            .get()
+            .map_or_else(|| extra.ident.span(), |(s, _)| *s);
+        cx.push(syn::Error::new(
+            span,
+            "a second #[table(soft_delete)]; a table has one deletion-time column",
+        ));
+    }
+    for field in &soft {
+        let span = field
+            .attrs
+            .soft_delete
+            .get()
+            .map_or_else(|| field.ident.span(), |(s, _)| *s);
+        for (word, set) in [
+            ("primary_key", field.attrs.primary_key.is_set()),
+            ("generated", field.attrs.generated.is_set()),
+            ("json", field.attrs.json.is_set()),
+        ] {
+            if set {
+                cx.push(syn::Error::new(
+                    span,
+                    format!("`soft_delete` cannot be combined with `{word}`"),
+                ));
+            }
+        }
+    }
     for field in &cont.fields {
         let Some((skip_span, ())) = field.attrs.skip.get() else {
             continue;
@@ -105,6 +140,7 @@ fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
             ("generated", field.attrs.generated.is_set()),
             ("rename", field.attrs.rename.is_set()),
             ("json", field.attrs.json.is_set()),
+            ("soft_delete", field.attrs.soft_delete.is_set()),
         ];
         for (word, set) in conflicts {
             if set {

@@ -95,7 +95,7 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
 fn patch_columns<'c, 'a>(cont: &'c Container<'a>) -> impl Iterator<Item = (usize, &'c Field<'a>)> {
     cont.columns()
         .enumerate()
-        .filter(|(_, f)| !f.attrs.primary_key.is_set())
+        .filter(|(_, f)| !f.attrs.primary_key.is_set() && !f.is_soft_delete())
 }
 
 fn impls(cont: &Container<'_>) -> TokenStream {
@@ -120,10 +120,20 @@ fn impls(cont: &Container<'_>) -> TokenStream {
 
     let type_checks = cont.columns().filter(|f| !f.is_json()).map(|f| {
         let ty = f.ty;
-        quote_spanned! {ty.span()=>
-            let _ = <#ty as #p::ColumnType>::SQL_TYPE;
+        if f.is_soft_delete() {
+            quote_spanned! {ty.span()=>
+                #p::assert_soft_delete_column::<#ty>();
+            }
+        } else {
+            quote_spanned! {ty.span()=>
+                let _ = <#ty as #p::ColumnType>::SQL_TYPE;
+            }
         }
     });
+    let soft_delete = match cont.columns().position(|f| f.is_soft_delete()) {
+        Some(i) => quote!(#p::Option::Some(#i)),
+        None => quote!(#p::Option::None),
+    };
     let column_meta = cont.columns().map(|f| {
         let (name, _) = f.column_name();
         let field = super::ast::unraw(f.ident);
@@ -217,6 +227,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 name: #table,
                 columns: &[#(#column_meta),*],
                 primary_key: #pk_index,
+                soft_delete: #soft_delete,
                 shape: #shape,
             };
 

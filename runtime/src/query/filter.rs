@@ -23,25 +23,25 @@ pub trait IntoValue<T> {
 
 impl<T: ColumnType> IntoValue<T> for T {
     fn into_param(self) -> OwnedParam {
-        Box::new(self)
+        std::sync::Arc::new(self)
     }
 }
 
 impl<T: ColumnType> IntoValue<Option<T>> for T {
     fn into_param(self) -> OwnedParam {
-        Box::new(self)
+        std::sync::Arc::new(self)
     }
 }
 
 impl IntoValue<String> for &str {
     fn into_param(self) -> OwnedParam {
-        Box::new(self.to_owned())
+        std::sync::Arc::new(self.to_owned())
     }
 }
 
 impl IntoValue<Option<String>> for &str {
     fn into_param(self) -> OwnedParam {
-        Box::new(self.to_owned())
+        std::sync::Arc::new(self.to_owned())
     }
 }
 
@@ -56,8 +56,10 @@ pub(crate) enum Op {
     Ge,
     Like,
     ILike,
+    Contains,
 }
 
+#[derive(Clone)]
 pub(crate) enum Node {
     Compare(usize, Op, OwnedParam),
     Between(usize, OwnedParam, OwnedParam),
@@ -199,6 +201,23 @@ impl<M: Table> Column<M, String> {
     }
 }
 
+/// Containment on JSON columns.
+impl<M: Table> Column<M, serde_json::Value> {
+    /// `column @> value`: the JSON document contains `value` (PostgreSQL's jsonb
+    /// containment: objects match on a subset of keys, arrays on a subset of elements).
+    pub fn contains(self, value: serde_json::Value) -> Filter<M> {
+        self.compare(Op::Contains, value)
+    }
+}
+
+/// Containment on nullable JSON columns.
+impl<M: Table> Column<M, Option<serde_json::Value>> {
+    /// `column @> value`; NULL contains nothing.
+    pub fn contains(self, value: serde_json::Value) -> Filter<M> {
+        self.compare(Op::Contains, value)
+    }
+}
+
 impl<M: Table, T: ColumnType> Column<M, Option<T>> {
     /// `column IS NULL`.
     pub fn is_null(self) -> Filter<M> {
@@ -211,21 +230,26 @@ impl<M: Table, T: ColumnType> Column<M, Option<T>> {
     }
 }
 
-
-pub(crate) fn condition(meta: &TableMeta, node: Node, binder: &mut Binder<'static>) -> Expr {
+pub(crate) fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Expr {
     let col = |i: usize| Expr::col(Alias::new(meta.columns[i].name));
     match node {
         Node::Compare(i, op, value) => {
-            let v = binder.owned(value);
+            let v = binder.owned(value.clone());
             match op {
-                Op::Eq => col(i).eq(v),
-                Op::Ne => col(i).ne(v),
-                Op::Lt => col(i).lt(v),
-                Op::Le => col(i).lte(v),
-                Op::Gt => col(i).gt(v),
-                Op::Ge => col(i).gte(v),
-                Op::Like => col(i).binary(sea_query::BinOper::Like, v),
-                Op::ILike => col(i).binary(
+                Op::Eq => col(*i).eq(v),
+                Op::Ne => col(*i).ne(v),
+                Op::Lt => col(*i).lt(v),
+                Op::Le => col(*i).lte(v),
+                Op::Gt => col(*i).gt(v),
+                Op::Ge => col(*i).gte(v),
+                Op::Like => col(*i).binary(sea_query::BinOper::Like, v),
+                Op::Contains => col(*i).binary(
+                    sea_query::BinOper::PgOperator(
+                        sea_query::extension::postgres::PgBinOper::Contains,
+                    ),
+                    v,
+                ),
+                Op::ILike => col(*i).binary(
                     sea_query::BinOper::PgOperator(
                         sea_query::extension::postgres::PgBinOper::ILike,
                     ),
@@ -234,36 +258,31 @@ pub(crate) fn condition(meta: &TableMeta, node: Node, binder: &mut Binder<'stati
             }
         }
         Node::Between(i, low, high) => {
-            let (low, high) = (binder.owned(low), binder.owned(high));
-            col(i).between(low, high)
+            let (low, high) = (binder.owned(low.clone()), binder.owned(high.clone()));
+            col(*i).between(low, high)
         }
         Node::In(i, values, positive) => {
             if values.is_empty() {
                 // IN () is not SQL; an empty list matches nothing (NOT IN: everything).
-                return Expr::cust(if positive { "FALSE" } else { "TRUE" });
+                return Expr::cust(if *positive { "FALSE" } else { "TRUE" });
             }
-            let values: Vec<Expr> = values.into_iter().map(|v| binder.owned(v)).collect();
-            if positive {
-                col(i).is_in(values)
+            let values: Vec<Expr> = values.iter().map(|v| binder.owned(v.clone())).collect();
+            if *positive {
+                col(*i).is_in(values)
             } else {
-                col(i).is_not_in(values)
+                col(*i).is_not_in(values)
             }
         }
-        Node::IsNull(i, true) => col(i).is_null(),
-        Node::IsNull(i, false) => col(i).is_not_null(),
+        Node::IsNull(i, true) => col(*i).is_null(),
+        Node::IsNull(i, false) => col(*i).is_not_null(),
         Node::And(nodes) => combine(meta, nodes, binder, true),
         Node::Or(nodes) => combine(meta, nodes, binder, false),
-        Node::Not(node) => condition(meta, *node, binder).not(),
+        Node::Not(node) => condition(meta, node, binder).not(),
     }
 }
 
-fn combine(
-    meta: &TableMeta,
-    nodes: Vec<Node>,
-    binder: &mut Binder<'static>,
-    all: bool,
-) -> Expr {
-    let mut exprs = nodes.into_iter().map(|n| condition(meta, n, binder));
+fn combine(meta: &TableMeta, nodes: &[Node], binder: &mut Binder<'_>, all: bool) -> Expr {
+    let mut exprs = nodes.iter().map(|n| condition(meta, n, binder));
     let Some(first) = exprs.next() else {
         return Expr::cust(if all { "TRUE" } else { "FALSE" });
     };

@@ -33,10 +33,13 @@ use crate::sql::{self, Binder};
 use crate::table::{Column, Table};
 use crate::types::ColumnType;
 
+mod bulk;
 mod filter;
+mod page;
 
 pub use filter::{Filter, IntoValue};
 use filter::{Node, condition};
+pub use page::{Cursor, Page};
 
 /// One ordering key, from [`Column::asc`] or [`Column::desc`].
 pub struct OrderBy<M> {
@@ -48,13 +51,53 @@ pub struct OrderBy<M> {
 
 impl<M> Clone for OrderBy<M> {
     fn clone(&self) -> Self {
-        OrderBy { column: self.column, descending: self.descending, nulls: self.nulls, _model: PhantomData }
+        OrderBy {
+            column: self.column,
+            descending: self.descending,
+            nulls: self.nulls,
+            _model: PhantomData,
+        }
     }
 }
 
 impl<M> OrderBy<M> {
     pub(crate) fn new(column: usize, descending: bool) -> Self {
-        OrderBy { column, descending, nulls: None, _model: PhantomData }
+        OrderBy {
+            column,
+            descending,
+            nulls: None,
+            _model: PhantomData,
+        }
+    }
+
+    /// Whether NULLs come first under this key (PostgreSQL's default: last when
+    /// ascending, first when descending).
+    pub(crate) fn nulls_come_first(&self) -> bool {
+        self.nulls.unwrap_or(self.descending)
+    }
+
+    /// The same key, the other way round (for paging backwards).
+    pub(crate) fn reversed(&self) -> Self {
+        OrderBy {
+            column: self.column,
+            descending: !self.descending,
+            nulls: Some(!self.nulls_come_first()),
+            _model: PhantomData,
+        }
+    }
+
+    fn render(&self, meta: &crate::TableMeta, q: &mut SelectStatement) {
+        let column = Alias::new(meta.columns[self.column].name);
+        let order = if self.descending {
+            SeaOrder::Desc
+        } else {
+            SeaOrder::Asc
+        };
+        match self.nulls {
+            Some(true) => q.order_by_with_nulls(column, order, NullOrdering::First),
+            Some(false) => q.order_by_with_nulls(column, order, NullOrdering::Last),
+            None => q.order_by(column, order),
+        };
     }
 
     /// NULLs before other values.
@@ -161,6 +204,7 @@ pub struct Query<M, D = WholeRow> {
     order: Vec<OrderBy<M>>,
     limit: Option<u64>,
     offset: Option<u64>,
+    with_deleted: bool,
     _decode: PhantomData<fn() -> D>,
 }
 
@@ -182,6 +226,7 @@ impl Db {
             order: Vec::new(),
             limit: None,
             offset: None,
+            with_deleted: false,
             _decode: PhantomData,
         }
     }
@@ -197,8 +242,15 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             order: self.order,
             limit: self.limit,
             offset: self.offset,
+            with_deleted: self.with_deleted,
             _decode: PhantomData,
         }
+    }
+
+    /// Includes soft-deleted rows (a no-op for models without soft delete).
+    pub fn with_deleted(mut self) -> Self {
+        self.with_deleted = true;
+        self
     }
 
     /// Keeps the rows matching `filter` (several calls combine with AND).
@@ -225,31 +277,26 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         self
     }
 
-    fn statement(
-        self,
-        binder: &mut Binder<'static>,
-        select: impl FnOnce(&mut SelectStatement),
-    ) -> SelectStatement {
+    /// The selected column positions (all of them without `select`).
+    fn selected(&self) -> Vec<usize> {
+        self.columns
+            .clone()
+            .unwrap_or_else(|| (0..M::META.columns.len()).collect())
+    }
+
+    /// `SELECT <selected> FROM t WHERE … ORDER BY … LIMIT … OFFSET …`.
+    fn render(self, binder: &mut Binder<'static>) -> SelectStatement {
         let meta = M::META;
         let mut q = sea_query::Query::select();
         q.from(sql::table_ref(meta));
-        select(&mut q);
-        if !self.filters.is_empty() {
-            let all = Node::And(self.filters);
-            q.and_where(condition(meta, all, binder));
-        }
-        for key in self.order {
-            let column = Alias::new(meta.columns[key.column].name);
-            let order = if key.descending {
-                SeaOrder::Desc
-            } else {
-                SeaOrder::Asc
-            };
-            match key.nulls {
-                Some(true) => q.order_by_with_nulls(column, order, NullOrdering::First),
-                Some(false) => q.order_by_with_nulls(column, order, NullOrdering::Last),
-                None => q.order_by(column, order),
-            };
+        q.columns(
+            self.selected()
+                .into_iter()
+                .map(|i| Alias::new(meta.columns[i].name)),
+        );
+        self.render_where(&mut q, binder);
+        for key in &self.order {
+            key.render(meta, &mut q);
         }
         if let Some(n) = self.limit {
             q.limit(n);
@@ -260,22 +307,24 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         q
     }
 
+    fn render_where(&self, q: &mut SelectStatement, binder: &mut Binder<'static>) {
+        if !self.with_deleted
+            && let Some(live) = sql::live_rows(M::META)
+        {
+            q.and_where(live);
+        }
+        for node in &self.filters {
+            q.and_where(condition(M::META, node, binder));
+        }
+    }
+
     /// Runs the query and returns every row.
     pub async fn all(self) -> Result<Vec<D::Output>> {
-        let meta = M::META;
         let db = self.db.clone();
-        let columns = self.columns.clone();
         let mut binder = Binder::default();
-        let q = self.statement(&mut binder, |q| match &columns {
-            Some(indices) => {
-                q.columns(indices.iter().map(|i| Alias::new(meta.columns[*i].name)));
-            }
-            None => {
-                q.columns(sql::column_idens(meta));
-            }
-        });
+        let q = self.render(&mut binder);
         let bound = binder.finish(&q);
-        db.run_read("query", meta.name, async |conn| {
+        db.run_read("query", M::META.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter().map(D::decode).collect()
         })
@@ -303,34 +352,67 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         }
     }
 
-    /// How many rows match (ignores order; honours limit and offset).
-    pub async fn count(self) -> Result<i64> {
-        let meta = M::META;
-        let db = self.db.clone();
+    /// The statement that counts the matching rows (honouring limit and offset).
+    fn render_count(self, binder: &mut Binder<'static>) -> SelectStatement {
         let paged = self.limit.is_some() || self.offset.is_some();
-        let mut binder = Binder::default();
-        let mut q = Query {
+        let inner = Query {
             order: Vec::new(),
+            columns: Some(Vec::new()),
             ..self
-        }
-        .statement(&mut binder, |q| {
-            if paged {
-                q.expr(Expr::cust("1"));
-            } else {
-                q.expr(Expr::cust("count(*)"));
-            }
-        });
+        };
+        let mut q = inner.render(binder);
         if paged {
-            q = sea_query::Query::select()
+            q.expr(Expr::cust("1"));
+            sea_query::Query::select()
                 .expr(Expr::cust("count(*)"))
                 .from_subquery(q, Alias::new("__page"))
-                .to_owned();
+                .to_owned()
+        } else {
+            q.expr(Expr::cust("count(*)"));
+            q
         }
+    }
+
+    /// How many rows match (ignores order; honours limit and offset).
+    pub async fn count(self) -> Result<i64> {
+        let db = self.db.clone();
+        let mut binder = Binder::default();
+        let q = self.render_count(&mut binder);
         let bound = binder.finish(&q);
-        db.run_read("count", meta.name, async |conn| {
+        db.run_read("count", M::META.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.first()
                 .map_or(Ok(0), |r| get::<M, i64>(r, 0, usize::MAX))
+        })
+        .await
+    }
+
+    /// The planner's estimate of how many rows match, from `EXPLAIN`: instant on any
+    /// table size, but only as good as the table's statistics.
+    pub async fn count_estimate(self) -> Result<i64> {
+        let db = self.db.clone();
+        let mut binder = Binder::default();
+        let q = Query {
+            limit: None,
+            offset: None,
+            ..self
+        }
+        .render_count(&mut binder);
+        let mut bound = binder.finish(&q);
+        bound.sql = format!("EXPLAIN (FORMAT JSON) {}", bound.sql);
+        db.run_read("count_estimate", M::META.name, async |conn| {
+            let rows = conn.query(&bound.sql, &bound.params()).await?;
+            let plan: serde_json::Value = match rows.first() {
+                Some(row) => get::<M, serde_json::Value>(row, 0, usize::MAX)?,
+                None => serde_json::Value::Null,
+            };
+            // The count node sits on top; the rows it reads are its child's estimate.
+            let top = &plan[0]["Plan"];
+            let estimate = top["Plans"][0]["Plan Rows"]
+                .as_f64()
+                .or_else(|| top["Plan Rows"].as_f64())
+                .unwrap_or(0.0);
+            Ok(estimate.round() as i64)
         })
         .await
     }
@@ -339,5 +421,80 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     pub async fn exists(self) -> Result<bool> {
         Ok(self.limit(1).count().await? > 0)
     }
+
+    /// One page by limit and offset, with the total number of matching rows counted as
+    /// asked: exactly (a second query that scans every match), estimated by the
+    /// planner, or not at all.
+    pub async fn page_offset(
+        self,
+        limit: u64,
+        offset: u64,
+        total: Total,
+    ) -> Result<OffsetPage<D::Output>> {
+        let counter: Query<M> = Query {
+            db: self.db.clone(),
+            columns: None,
+            filters: self.filters.clone(),
+            order: Vec::new(),
+            limit: None,
+            offset: None,
+            with_deleted: self.with_deleted,
+            _decode: PhantomData::<fn() -> WholeRow>,
+        };
+        let items = self.limit(limit).offset(offset).all().await?;
+        let total = match total {
+            Total::Exact => Some(counter.count().await?),
+            Total::Estimate => Some(counter.count_estimate().await?),
+            Total::None => None,
+        };
+        Ok(OffsetPage { items, total })
+    }
+
+    /// Streams the rows as PostgreSQL sends them, without holding the whole result in
+    /// memory: the driver reads the socket only as fast as the stream is consumed. The
+    /// stream keeps one pooled connection (or the transaction's) until it ends or is
+    /// dropped.
+    pub async fn stream(
+        self,
+    ) -> Result<impl futures_util::Stream<Item = Result<D::Output>> + Send + 'static> {
+        let db = self.db.clone();
+        let mut binder = Binder::default();
+        let q = self.render(&mut binder);
+        let bound = binder.finish(&q);
+        let mut conn = db.conn().await?;
+        let rows = {
+            let pg = conn.get()?;
+            let statement = pg.prepare(&bound.sql).await?;
+            pg.client().query_raw(&statement, bound.params()).await?
+        };
+        let stream =
+            futures_util::stream::unfold((Box::pin(rows), conn), |(mut rows, conn)| async move {
+                use futures_util::StreamExt;
+                let next = rows.next().await?;
+                let item = next.map_err(Error::from).and_then(|row| D::decode(&row));
+                Some((item, (rows, conn)))
+            });
+        Ok(stream)
+    }
 }
 
+/// Whether [`Query::page_offset`] counts the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Total {
+    /// `count(*)` over every match: exact, and as slow as scanning them.
+    Exact,
+    /// The planner's estimate from `EXPLAIN`: constant time, approximate.
+    Estimate,
+    /// No total.
+    None,
+}
+
+/// A page from [`Query::page_offset`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetPage<T> {
+    /// The rows of this page.
+    pub items: Vec<T>,
+    /// The number of matching rows, when asked for.
+    pub total: Option<i64>,
+}

@@ -1,0 +1,146 @@
+//! Writes by filter: `update_where` and `delete_where`, which report how many rows
+//! they touched. A bulk write without a filter must be asked for by name
+//! (`update_all`, `delete_all`), so a forgotten `.filter(...)` cannot wipe a table.
+
+use sea_query::{Alias, Expr, Query as SeaQuery};
+
+use super::Filter;
+use super::filter::condition;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::sql::{self, Binder};
+use crate::table::{Patch, Table};
+
+impl Db {
+    /// Applies `patch` to every row matching `filter`; returns how many rows changed.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub body: String, pub pinned: bool }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let n = db.update_where(Note::BODY.eq(""), NotePatch { pinned: Some(false), ..Default::default() }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_where<M: Table>(&self, filter: Filter<M>, patch: M::Patch) -> Result<u64> {
+        Ok(self.update_matching::<M>(Some(filter), patch).await?.len() as u64)
+    }
+
+    /// Applies `patch` to every row of the table; returns how many rows changed.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub pinned: bool }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.update_all::<Note>(NotePatch { pinned: Some(false) }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_all<M: Table>(&self, patch: M::Patch) -> Result<u64> {
+        Ok(self.update_matching::<M>(None, patch).await?.len() as u64)
+    }
+
+    /// Deletes every row matching `filter`; returns how many were deleted.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let n = db.delete_where(Note::BODY.eq("")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_where<M: Table>(&self, filter: Filter<M>) -> Result<u64> {
+        Ok(self.delete_matching::<M>(Some(filter)).await?.len() as u64)
+    }
+
+    /// Deletes every row of the table; returns how many were deleted.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64 }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.delete_all::<Note>().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_all<M: Table>(&self) -> Result<u64> {
+        Ok(self.delete_matching::<M>(None).await?.len() as u64)
+    }
+
+    /// UPDATE … RETURNING the keys of the rows it changed.
+    pub(crate) async fn update_matching<M: Table>(
+        &self,
+        filter: Option<Filter<M>>,
+        patch: M::Patch,
+    ) -> Result<Vec<M::Key>> {
+        let meta = M::META;
+        let assignments = patch.assignments();
+        if assignments.is_empty() {
+            return Err(Error::Validation(format!(
+                "an update of `{}` needs at least one field set in the patch",
+                meta.name
+            )));
+        }
+        let mut binder = Binder::default();
+        let mut update = SeaQuery::update();
+        update.table(sql::table_ref(meta));
+        for (index, value) in assignments {
+            update.value(Alias::new(meta.columns[index].name), binder.borrowed(value));
+        }
+        match &filter {
+            Some(filter) => update.and_where(condition(meta, &filter.node, &mut binder)),
+            None => update.and_where(Expr::cust("TRUE")),
+        };
+        if let Some(live) = sql::live_rows(meta) {
+            update.and_where(live);
+        }
+        update.returning_col(Alias::new(meta.key_column().name));
+        let bound = binder.finish(&update);
+        self.run("update_where", meta.name, async |conn| {
+            let rows = conn.query(&bound.sql, &bound.params()).await?;
+            rows.iter()
+                .map(|r| crate::table::decode_column::<M, M::Key>(r, 0))
+                .collect()
+        })
+        .await
+    }
+
+    /// DELETE … RETURNING the keys of the rows it removed.
+    /// With soft delete, marks the live matching rows instead.
+    pub(crate) async fn delete_matching<M: Table>(
+        &self,
+        filter: Option<Filter<M>>,
+    ) -> Result<Vec<M::Key>> {
+        let meta = M::META;
+        let key = Alias::new(meta.key_column().name);
+        let mut binder = Binder::default();
+        let bound = match meta.soft_delete_column() {
+            Some(soft) => {
+                let mut mark = SeaQuery::update();
+                mark.table(sql::table_ref(meta))
+                    .value(Alias::new(soft.name), Expr::cust("now()"));
+                if let Some(filter) = &filter {
+                    mark.and_where(condition(meta, &filter.node, &mut binder));
+                }
+                if let Some(live) = sql::live_rows(meta) {
+                    mark.and_where(live);
+                }
+                mark.returning_col(key);
+                binder.finish(&mark)
+            }
+            None => {
+                let mut delete = SeaQuery::delete();
+                delete.from_table(sql::table_ref(meta));
+                if let Some(filter) = &filter {
+                    delete.and_where(condition(meta, &filter.node, &mut binder));
+                }
+                delete.returning_col(key);
+                binder.finish(&delete)
+            }
+        };
+        self.run("delete_where", meta.name, async |conn| {
+            let rows = conn.query(&bound.sql, &bound.params()).await?;
+            rows.iter()
+                .map(|r| crate::table::decode_column::<M, M::Key>(r, 0))
+                .collect()
+        })
+        .await
+    }
+}
