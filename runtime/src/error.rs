@@ -248,3 +248,17 @@ impl From<bb8::RunError<Error>> for Error {
         }
     }
 }
+
+/// "unknown <kind> `word`; expected one of `a`, `b`" for errors about user input.
+pub(crate) fn unknown_word(kind: &str, word: &str, accepted: &[&str]) -> String {
+    let list = accepted
+        .iter()
+        .map(|a| format!("`{a}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let shown: String = word.chars().take(40).collect();
+    format!(
+        "unknown {kind} `{}`; expected one of {list}",
+        shown.escape_debug()
+    )
+}

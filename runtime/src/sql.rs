@@ -288,7 +288,12 @@ pub(crate) fn upsert_conflict(meta: &TableMeta, target: &[usize]) -> OnConflict 
     } else {
         update
     };
-    OnConflict::columns(target_cols)
+    let mut on = OnConflict::columns(target_cols)
         .update_columns(update)
-        .to_owned()
+        .to_owned();
+    // An upsert that lands on a soft-deleted row brings it back to life.
+    if let Some(soft) = meta.soft_delete_column() {
+        on.value(Alias::new(soft.name), Expr::cust("NULL"));
+    }
+    on
 }

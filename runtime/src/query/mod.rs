@@ -36,10 +36,12 @@ use crate::types::ColumnType;
 mod bulk;
 mod filter;
 mod page;
+pub mod spec;
 
 pub use filter::{Filter, IntoValue};
 use filter::{Node, condition};
 pub use page::{Cursor, Page};
+pub use spec::{QuerySpec, SpecLimits, SpecPage};
 
 /// One ordering key, from [`Column::asc`] or [`Column::desc`].
 pub struct OrderBy<M> {
@@ -454,9 +456,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     /// memory: the driver reads the socket only as fast as the stream is consumed. The
     /// stream keeps one pooled connection (or the transaction's) until it ends or is
     /// dropped.
-    pub async fn stream(
-        self,
-    ) -> Result<impl futures_util::Stream<Item = Result<D::Output>> + Send + 'static> {
+    pub async fn stream(self) -> Result<RowStream<D::Output>> {
         let db = self.db.clone();
         let mut binder = Binder::default();
         let q = self.render(&mut binder);
@@ -474,9 +474,13 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
                 let item = next.map_err(Error::from).and_then(|row| D::decode(&row));
                 Some((item, (rows, conn)))
             });
-        Ok(stream)
+        Ok(Box::pin(stream))
     }
 }
+
+/// The rows of [`Query::stream`], decoded one at a time.
+pub type RowStream<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T>> + Send + 'static>>;
 
 /// Whether [`Query::page_offset`] counts the total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

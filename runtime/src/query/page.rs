@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::sql::Binder;
 use crate::table::{Table, TableMeta};
 
+/// Names of the extra key columns a page query selects; row decoders skip them.
+pub(crate) const KEY_PREFIX: &str = "__tabula_k";
+
 /// A position in a keyset-paginated query; see the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -136,7 +139,10 @@ fn after_condition<M: Table>(
 
 fn value_expr(meta: &TableMeta, column: usize, text: &str, binder: &mut Binder<'_>) -> Expr {
     let param = binder.owned(std::sync::Arc::new(text.to_owned()));
-    param.cast_as(Alias::new(meta.columns[column].sql_type))
+    // Text first: a bare parameter cast to int4 would be asked for as int4.
+    param
+        .cast_as(Alias::new("text"))
+        .cast_as(Alias::new(meta.columns[column].sql_type))
 }
 
 fn after_one<M>(
@@ -267,9 +273,12 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             ..self
         };
         let mut q = query.render(&mut binder);
-        for key in keys {
+        for (k, key) in keys.iter().enumerate() {
             let col = Expr::col(Alias::new(meta.columns[key.column].name));
-            q.expr(col.cast_as(Alias::new("text")));
+            q.expr_as(
+                col.cast_as(Alias::new("text")),
+                Alias::new(format!("{KEY_PREFIX}{k}")),
+            );
         }
         if let Some(values) = values {
             q.and_where(after_condition(keys, values, &mut binder));
