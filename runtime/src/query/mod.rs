@@ -320,6 +320,22 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         }
     }
 
+    /// The SQL this query runs, with `$n` placeholders (values are never in the text).
+    ///
+    /// ```
+    /// # use tabula::Table;
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub body: String }
+    /// # fn sketch(db: tabula::Db) {
+    /// let sql = db.query::<Note>().filter(Note::BODY.eq("x")).limit(5).to_sql();
+    /// assert_eq!(sql, r#"SELECT "id", "body" FROM "notes" WHERE "body" = $1 LIMIT $2"#);
+    /// # }
+    /// ```
+    pub fn to_sql(self) -> String {
+        let mut binder = Binder::default();
+        let q = self.render(&mut binder);
+        binder.finish(&q).sql
+    }
+
     /// Runs the query and returns every row.
     pub async fn all(self) -> Result<Vec<D::Output>> {
         let db = self.db.clone();

@@ -95,7 +95,7 @@ fn encode(payload: &Payload) -> Cursor {
 fn decode<M: Table>(cursor: &Cursor, keys: &[OrderBy<M>]) -> Result<Vec<Option<String>>> {
     let invalid = || Error::Validation(format!("invalid cursor for a query on `{}`", M::META.name));
     let hex = cursor.0.as_bytes();
-    if hex.len() % 2 != 0 || hex.len() > 64 * 1024 {
+    if !hex.len().is_multiple_of(2) || hex.len() > 64 * 1024 {
         return Err(invalid());
     }
     let bytes = hex
