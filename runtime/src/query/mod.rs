@@ -35,7 +35,7 @@ use crate::types::ColumnType;
 
 mod bulk;
 mod filter;
-mod page;
+pub mod page;
 pub mod spec;
 
 pub use filter::{Filter, IntoValue};
