@@ -116,6 +116,10 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A [`CacheService`](crate::cache::CacheService) call failed (only its explicit API
+    /// reports this; `Db` falls back to PostgreSQL instead). Never contains cached bytes.
+    #[error("cache error: {0}")]
+    Cache(String),
     /// A migration could not be applied, or the applied ones do not match the files.
     #[error("migration {version}: {message}")]
     Migration {

@@ -35,6 +35,7 @@
 
 extern crate self as tabula;
 
+pub mod cache;
 pub mod db;
 pub mod error;
 pub mod migrate;
@@ -47,6 +48,7 @@ pub mod table;
 pub mod testkit;
 mod types;
 
+pub use cache::{CacheConfig, CacheService};
 pub use db::{Db, DbConfig, Isolation};
 pub use error::{Error, Result};
 pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
@@ -98,6 +100,16 @@ pub mod __private {
 
     /// Sync + Send trait object of a parameter.
     pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;
+
+    /// Encodes a cached row (generated for models with `cache(ttl = …)`).
+    pub fn cache_encode<T: serde::Serialize>(value: &T) -> Option<Vec<u8>> {
+        serde_json::to_vec(value).ok()
+    }
+
+    /// Decodes a cached row; `None` (a miss) when it does not decode.
+    pub fn cache_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+        serde_json::from_slice(bytes).ok()
+    }
 
     /// A field value as a statement parameter; the bound makes an unsupported field
     /// type one clear error on the field.

@@ -16,6 +16,13 @@ pub const DB_OPERATION_SECONDS: &str = "tabula_db_operation_seconds";
 /// Counter: transactions retried after a serialization failure or deadlock.
 pub const DB_TRANSACTION_RETRIES: &str = "tabula_db_transaction_retries_total";
 
+/// Histogram, seconds: duration of a cache call. Labels: `operation`, `outcome`.
+pub const CACHE_OPERATION_SECONDS: &str = "tabula_cache_operation_seconds";
+
+/// Counter: cache events. Label `event`: `hit`, `miss`, `fill`, `fill_rejected`
+/// (a lease voided by a write), `error`, `invalidation_failed`, `delete`.
+pub const CACHE_EVENTS: &str = "tabula_cache_events_total";
+
 /// Counter: migrations applied.
 pub const MIGRATIONS_APPLIED: &str = "tabula_migrations_applied_total";
 
@@ -40,4 +47,10 @@ pub(crate) fn record_db(
     {
         tracing::error!(operation, table, %error, "database error");
     }
+}
+
+/// Records one cache call (the seed's `recordCacheOperation`).
+pub(crate) fn record_cache(operation: &'static str, started: Instant, outcome: &'static str) {
+    metrics::histogram!(CACHE_OPERATION_SECONDS, "operation" => operation, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
 }

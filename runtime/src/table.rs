@@ -57,6 +57,18 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     /// The model's statements, rendered once.
     #[doc(hidden)]
     fn statements() -> &'static Statements;
+
+    /// The row encoded for the row cache (`None` for models without `cache(ttl = …)`).
+    #[doc(hidden)]
+    fn cache_encode(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// A cached row decoded; `None` when it does not decode (treated as a miss).
+    #[doc(hidden)]
+    fn cache_decode(_bytes: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 /// The insertable shape of a model, generated as `New<Model>`.
@@ -95,6 +107,8 @@ pub struct TableMeta {
     pub primary_key: usize,
     /// Index of the `#[table(soft_delete)]` column, if the model has one.
     pub soft_delete: Option<usize>,
+    /// Seconds rows stay in the row cache (`#[table(cache(ttl = N))]`); `None`: not cached.
+    pub cache_ttl: Option<u64>,
     /// A hash of the model's shape: table, columns and their Rust types.
     pub shape: u64,
 }
@@ -103,6 +117,19 @@ impl TableMeta {
     /// The primary key column.
     pub fn key_column(&self) -> &ColumnMeta {
         &self.columns[self.primary_key]
+    }
+
+    /// `schema.table` or `table`: how the cache names this table.
+    pub fn qualified_name(&self) -> String {
+        match self.schema {
+            Some(schema) => format!("{schema}.{}", self.name),
+            None => self.name.to_owned(),
+        }
+    }
+
+    /// The shape hash as the 16 hex digits cached rows start with.
+    pub fn shape_hex(&self) -> String {
+        format!("{:016x}", self.shape)
     }
 
     /// The soft-delete column, if the model has one.

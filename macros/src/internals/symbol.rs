@@ -5,7 +5,9 @@ pub(crate) const TABLE: &str = "table";
 // struct level
 pub(crate) const NAME: &str = "name";
 pub(crate) const SCHEMA: &str = "schema";
-pub(crate) const STRUCT_KEYS: &[&str] = &[NAME, SCHEMA];
+pub(crate) const CACHE: &str = "cache";
+pub(crate) const TTL: &str = "ttl";
+pub(crate) const STRUCT_KEYS: &[&str] = &[NAME, SCHEMA, CACHE];
 
 // field level
 pub(crate) const PRIMARY_KEY: &str = "primary_key";

@@ -44,6 +44,8 @@ impl<T> Slot<T> {
 pub(crate) struct ContainerAttrs {
     pub(crate) name: Slot<LitStr>,
     pub(crate) schema: Slot<LitStr>,
+    /// `cache(ttl = N)`: seconds, at least 1.
+    pub(crate) cache_ttl: Slot<u64>,
 }
 
 /// Field-level settings.
@@ -61,6 +63,7 @@ impl ContainerAttrs {
         let mut out = ContainerAttrs {
             name: Slot::new(NAME),
             schema: Slot::new(SCHEMA),
+            cache_ttl: Slot::new(CACHE),
         };
         for_each_table_meta(cx, attrs, |cx, meta| {
             let span = meta
@@ -73,6 +76,9 @@ impl ContainerAttrs {
             } else if meta.path.is_ident(SCHEMA) {
                 let lit = string_value(&meta, SCHEMA)?;
                 out.schema.set(cx, span, lit);
+            } else if meta.path.is_ident(CACHE) {
+                let ttl = cache_ttl(&meta)?;
+                out.cache_ttl.set(cx, span, ttl);
             } else {
                 return Err(unknown_key(&meta, "table attribute", STRUCT_KEYS));
             }
@@ -127,6 +133,28 @@ impl FieldAttrs {
         });
         out
     }
+}
+
+/// `cache(ttl = N)`: N whole seconds, at least 1.
+fn cache_ttl(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error("write `cache(ttl = N)` with N in whole seconds"));
+    }
+    let mut ttl = None;
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident(TTL) {
+            let lit: syn::LitInt = inner.value()?.parse()?;
+            let seconds: u64 = lit.base10_parse()?;
+            if seconds == 0 {
+                return Err(syn::Error::new(lit.span(), "`ttl` is in whole seconds and must be at least 1"));
+            }
+            ttl = Some(seconds);
+            Ok(())
+        } else {
+            Err(unknown_key(&inner, "cache option", &[TTL]))
+        }
+    })?;
+    ttl.ok_or_else(|| meta.error("`cache(...)` needs `ttl = N` (whole seconds)"))
 }
 
 /// The string of `key = "..."`, with the expected form in the error when it is missing.

@@ -214,6 +214,20 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         }
     });
     let shape = shape_hash(cont, &table);
+    let (cache_ttl, cache_fns) = match cont.attrs.cache_ttl.get() {
+        Some((span, ttl)) => (
+            quote!(#p::Option::Some(#ttl)),
+            quote_spanned! {*span=>
+                fn cache_encode(&self) -> #p::Option<#p::Vec<u8>> {
+                    #p::cache_encode::<Self>(self)
+                }
+                fn cache_decode(__bytes: &[u8]) -> #p::Option<Self> {
+                    #p::cache_decode::<Self>(__bytes)
+                }
+            },
+        ),
+        None => (quote!(#p::Option::None), TokenStream::new()),
+    };
 
     quote! {
         #[automatically_derived]
@@ -228,6 +242,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 columns: &[#(#column_meta),*],
                 primary_key: #pk_index,
                 soft_delete: #soft_delete,
+                cache_ttl: #cache_ttl,
                 shape: #shape,
             };
 
@@ -244,6 +259,8 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 static __STATEMENTS: #p::OnceLock<#p::Statements> = #p::OnceLock::new();
                 __STATEMENTS.get_or_init(|| #p::Statements::render(<Self as #p::Table>::META))
             }
+
+            #cache_fns
         }
 
         #[automatically_derived]

@@ -1,0 +1,636 @@
+//! Caching: the [`CacheService`] (typed values, lists, sets, hashes with TTLs — the
+//! seed's `cache`), the read-through row cache behind [`Db::read`](crate::Db::read),
+//! cached queries and `#[cached]` functions.
+//!
+//! # The contract
+//!
+//! With Redis reachable, a read that starts after a write returned `Ok` never sees the
+//! value from before the write, from any process:
+//!
+//! - Writes invalidate after their statement (after COMMIT inside a transaction, and
+//!   not at all after a rollback), using the keys the statement itself returned, and
+//!   the write with its invalidation runs to completion even if the caller's future
+//!   is dropped half-way.
+//! - A reader that misses takes a *lease* (a random token) in the same round trip as
+//!   its GET, reads PostgreSQL, and fills only if its lease still stands — one Lua step
+//!   on the server. An invalidation deletes the lease, so a reader that raced a writer
+//!   drops its fill instead of caching the old row (Facebook's memcache leases).
+//! - Query results and `#[cached]` results live under keys that contain per-table
+//!   version counters; every write to a table bumps its counter, which invalidates all
+//!   of them at once with no KEYS or SCAN.
+//! - Row entries carry the hash of the model's shape; an entry written by another
+//!   build of the struct is a miss, never decoded.
+//! - A miss caused by a cache error never fills.
+//!
+//! # Outages
+//!
+//! Every Redis call has a deadline ([`CacheConfig::deadline`], 50 ms by default). After
+//! [`CacheConfig::failure_threshold`] consecutive failures a circuit breaker skips
+//! Redis and sends one probe per [`CacheConfig::probe_interval`]. Meanwhile reads come
+//! from PostgreSQL and writes succeed; no cache error reaches the caller of `Db`.
+//!
+//! An invalidation that fails is not dropped silently: the process marks its cache
+//! *dirty*, and its next successful contact with Redis first bumps a global *epoch*
+//! that is part of every cache key, orphaning every entry written before. The
+//! staleness an outage can cause is therefore bounded: a process that did not itself
+//! see the outage may serve an entry that another process failed to invalidate only
+//! until that process reaches Redis again (at most one probe interval after Redis is
+//! back), and in the worst case — that process dies first — until the entry's TTL.
+//!
+//! Keys are built on the server from the epoch, so Tabula's cache keys need a single
+//! Redis (with replicas if you like), not Redis Cluster.
+//!
+//! Without a Redis URL the same API runs on an in-process backend: correct for one
+//! process, with nothing shared between processes.
+
+mod breaker;
+mod memory;
+mod redis;
+pub(crate) mod row;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::memory::{MemValue, MemoryBackend};
+use self::redis::RedisBackend;
+use crate::error::{Error, Result};
+use crate::monitor;
+
+/// How the cache behaves.
+///
+/// ```
+/// let config = tabula::cache::CacheConfig::default().prefix("myapp").deadline(std::time::Duration::from_millis(20));
+/// assert_eq!(config.prefix, "myapp");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Prepended (with `:`) to every key, so applications can share a Redis.
+    /// Letters, digits, `_`, `-` and `.` only. Default `tabula`.
+    pub prefix: String,
+    /// Deadline of every Redis call. Default 50 ms.
+    pub deadline: Duration,
+    /// Consecutive failures that open the circuit breaker. Default 3.
+    pub failure_threshold: u32,
+    /// How often an open breaker lets one probe through. Default 1 s.
+    pub probe_interval: Duration,
+    /// How long a reader's lease lives (it must cover one database read). Default 5 s.
+    pub lease: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            prefix: "tabula".into(),
+            deadline: Duration::from_millis(50),
+            failure_threshold: 3,
+            probe_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Sets [`CacheConfig::prefix`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`CacheConfig::deadline`].
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets [`CacheConfig::probe_interval`].
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+}
+
+/// Why a cache call did not happen; internal, mapped to [`Error::Cache`] by the public
+/// API and swallowed (with a fallback to PostgreSQL) by the row cache.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    Redis(::redis::RedisError),
+    Timeout,
+    Unavailable,
+    WrongType,
+    Config(String),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The driver's message names the command and the failure, never values.
+            Fault::Redis(e) => write!(f, "redis: {}", e.kind_name()),
+            Fault::Timeout => f.write_str("redis call timed out"),
+            Fault::Unavailable => f.write_str("redis unavailable (circuit open)"),
+            Fault::WrongType => f.write_str("key holds a value of another type"),
+            Fault::Config(m) => f.write_str(m),
+        }
+    }
+}
+
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for ::redis::RedisError {
+    fn kind_name(&self) -> String {
+        let mut text = format!("{:?}", self.kind());
+        if let Some(detail) = self.detail() {
+            text.push_str(": ");
+            text.extend(detail.chars().take(120));
+        }
+        text
+    }
+}
+
+impl From<Fault> for Error {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::Config(m) => Error::Config(m),
+            other => Error::Cache(other.to_string()),
+        }
+    }
+}
+
+pub(crate) enum Backend {
+    Redis(RedisBackend),
+    Memory(MemoryBackend),
+}
+
+pub(crate) struct CacheInner {
+    pub(crate) backend: Backend,
+    pub(crate) config: CacheConfig,
+    /// `{prefix}:` for user keys.
+    user_prefix: String,
+    /// `{prefix}:__tabula` for Tabula's own keys.
+    pub(crate) internal_prefix: String,
+    /// `{prefix}:__tabula:epoch`.
+    pub(crate) epoch_key: String,
+    pub(crate) hooks: row::Hooks,
+}
+
+/// A cache on Redis, or in-process when no Redis is configured; cheap to clone. See the
+/// [module docs](self) for what it guarantees.
+///
+/// ```
+/// # async fn run() -> tabula::Result<()> {
+/// let cache = tabula::cache::CacheService::in_memory(Default::default())?;
+/// cache.set("greeting", &"hello", Some(300)).await?;
+/// assert_eq!(cache.get::<String>("greeting").await?.as_deref(), Some("hello"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CacheService {
+    pub(crate) inner: Arc<CacheInner>,
+}
+
+impl fmt::Debug for CacheService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match self.inner.backend {
+            Backend::Redis(_) => "redis",
+            Backend::Memory(_) => "memory",
+        };
+        f.debug_struct("CacheService").field("backend", &backend).field("prefix", &self.inner.config.prefix).finish()
+    }
+}
+
+const MAX_KEY_BYTES: usize = 1024;
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "cache prefix `{}` must be 1-64 letters, digits, `_`, `-` or `.`",
+            prefix.escape_debug()
+        )))
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Cache(format!("cannot encode value: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    // The message names the type and position, never the bytes.
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::Cache(format!(
+            "cached value does not decode as {}: line {} column {}",
+            std::any::type_name::<T>(),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn ttl(seconds: Option<u64>) -> Result<Option<Duration>> {
+    match seconds {
+        Some(0) => Err(Error::Validation("a TTL of 0 seconds would expire at once; give None for no TTL".into())),
+        other => Ok(other.map(Duration::from_secs)),
+    }
+}
+
+impl CacheService {
+    fn build(backend: Backend, config: CacheConfig) -> Result<Self> {
+        check_prefix(&config.prefix)?;
+        let internal_prefix = format!("{}:__tabula", config.prefix);
+        Ok(CacheService {
+            inner: Arc::new(CacheInner {
+                backend,
+                user_prefix: format!("{}:", config.prefix),
+                epoch_key: format!("{internal_prefix}:epoch"),
+                internal_prefix,
+                config,
+                hooks: row::Hooks::default(),
+            }),
+        })
+    }
+
+    /// A cache on the Redis at `url`. Nothing is sent until first use, so a Redis that
+    /// is down now does not stop the application from starting.
+    ///
+    /// ```no_run
+    /// let cache = tabula::cache::CacheService::redis("redis://127.0.0.1/", Default::default())?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn redis(url: &str, config: CacheConfig) -> Result<Self> {
+        check_prefix(&config.prefix)?;
+        let epoch_key = format!("{}:__tabula:epoch", config.prefix);
+        let backend = RedisBackend::new(url, &config, epoch_key)?;
+        CacheService::build(Backend::Redis(backend), config)
+    }
+
+    /// An in-process cache with the same API.
+    ///
+    /// ```
+    /// let cache = tabula::cache::CacheService::in_memory(Default::default())?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn in_memory(config: CacheConfig) -> Result<Self> {
+        CacheService::build(Backend::Memory(MemoryBackend::default()), config)
+    }
+
+    /// Redis at `REDIS_URL` when it is set, otherwise in-process.
+    ///
+    /// ```
+    /// let cache = tabula::cache::CacheService::from_env()?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => CacheService::redis(&url, CacheConfig::default()),
+            Err(_) => CacheService::in_memory(CacheConfig::default()),
+        }
+    }
+
+    /// Whether this cache is backed by Redis (not in-process).
+    pub fn is_redis(&self) -> bool {
+        matches!(self.inner.backend, Backend::Redis(_))
+    }
+
+    /// Whether the circuit breaker currently skips Redis.
+    pub fn is_degraded(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Redis(r) => r.breaker.is_open(),
+            Backend::Memory(_) => false,
+        }
+    }
+
+    fn key(&self, key: &str) -> Result<String> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::Validation(format!("cache keys must be 1 to {MAX_KEY_BYTES} bytes")));
+        }
+        Ok(format!("{}{key}", self.inner.user_prefix))
+    }
+
+    async fn on_redis<T>(&self, op: &'static str, body: impl AsyncFnOnce(&mut ::redis::aio::MultiplexedConnection) -> std::result::Result<T, ::redis::RedisError>, r: &RedisBackend) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = r.call(body).await;
+        monitor::record_cache(op, started, if result.is_ok() { "ok" } else { "error" });
+        Ok(result?)
+    }
+
+    /// Stores `value` under `key`, for `ttl_seconds` (None: until deleted).
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T, ttl_seconds: Option<u64>) -> Result<()> {
+        let (key, bytes, ttl) = (self.key(key)?, encode(value)?, ttl(ttl_seconds)?);
+        match &self.inner.backend {
+            Backend::Redis(r) => {
+                self.on_redis("set", async |c| {
+                    let mut cmd = ::redis::cmd("SET");
+                    cmd.arg(&key).arg(&bytes);
+                    if let Some(ttl) = ttl {
+                        cmd.arg("PX").arg(ttl.as_millis() as u64);
+                    }
+                    cmd.query_async::<()>(c).await
+                }, r)
+                .await
+            }
+            Backend::Memory(m) => {
+                m.with(|map| map.set(&key, MemValue::Bytes(bytes), ttl));
+                Ok(())
+            }
+        }
+    }
+
+    /// The value under `key`, if any.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let key = self.key(key)?;
+        let bytes: Option<Vec<u8>> = match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("get", async |c| ::redis::cmd("GET").arg(&key).query_async(c).await, r).await?,
+            Backend::Memory(m) => m.with(|map| map.get_bytes(&key)).map_err(|_| Fault::WrongType)?,
+        };
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let key = self.key(key)?;
+        match &self.inner.backend {
+            Backend::Redis(r) => Ok(self.on_redis("delete", async |c| ::redis::cmd("UNLINK").arg(&key).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Memory(m) => Ok(m.with(|map| map.remove(&key))),
+        }
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let key = self.key(key)?;
+        match &self.inner.backend {
+            Backend::Redis(r) => Ok(self.on_redis("exists", async |c| ::redis::cmd("EXISTS").arg(&key).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Memory(m) => Ok(m.with(|map| map.exists(&key))),
+        }
+    }
+
+    /// Sets the TTL of an existing key; whether it existed.
+    pub async fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool> {
+        let key = self.key(key)?;
+        let Some(ttl) = ttl(Some(ttl_seconds))? else { return Ok(false) };
+        match &self.inner.backend {
+            Backend::Redis(r) => Ok(self.on_redis("expire", async |c| ::redis::cmd("PEXPIRE").arg(&key).arg(ttl.as_millis() as u64).query_async::<i64>(c).await, r)
+                .await?
+                > 0),
+            Backend::Memory(m) => Ok(m.with(|map| map.expire(&key, ttl))),
+        }
+    }
+
+    /// Adds `by` to the integer under `key` (0 when absent) and returns the new value.
+    pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        let key = self.key(key)?;
+        match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("incr", async |c| ::redis::cmd("INCRBY").arg(&key).arg(by).query_async(c).await, r).await,
+            Backend::Memory(m) => m.with(|map| {
+                let current = match map.get_bytes(&key) {
+                    Ok(Some(b)) => std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .ok_or_else(|| Error::Cache("value is not an integer".into()))?,
+                    Ok(None) => 0,
+                    Err(_) => return Err(Fault::WrongType.into()),
+                };
+                let next = current.checked_add(by).ok_or_else(|| Error::Cache("increment would overflow".into()))?;
+                map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
+                Ok(next)
+            }),
+        }
+    }
+
+    /// Appends `value` to the list under `key` (the seed's `listPush`); returns its length.
+    pub async fn list_push<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64> {
+        let (key, bytes) = (self.key(key)?, encode(value)?);
+        match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("list_push", async |c| ::redis::cmd("RPUSH").arg(&key).arg(&bytes).query_async(c).await, r).await,
+            Backend::Memory(m) => m.with(|map| match map.entry(&key, || MemValue::List(Default::default())) {
+                MemValue::List(list) => {
+                    list.push_back(bytes);
+                    Ok(list.len() as u64)
+                }
+                _ => Err(Fault::WrongType.into()),
+            }),
+        }
+    }
+
+    /// Removes and returns the first element of the list under `key` (FIFO with
+    /// [`list_push`](Self::list_push)).
+    pub async fn list_pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let key = self.key(key)?;
+        let bytes: Option<Vec<u8>> = match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("list_pop", async |c| ::redis::cmd("LPOP").arg(&key).query_async(c).await, r).await?,
+            Backend::Memory(m) => m.with(|map| {
+                let popped = match map.get(&key) {
+                    None => return Ok(None),
+                    Some(MemValue::List(_)) => match map.entry(&key, || MemValue::List(Default::default())) {
+                        MemValue::List(list) => list.pop_front(),
+                        _ => None,
+                    },
+                    Some(_) => return Err(Error::from(Fault::WrongType)),
+                };
+                map.drop_if_empty(&key);
+                Ok(popped)
+            })?,
+        };
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    /// Elements `start..=stop` of the list (negative indexes count from the end, as in
+    /// Redis `LRANGE`).
+    pub async fn list_range<T: DeserializeOwned>(&self, key: &str, start: i64, stop: i64) -> Result<Vec<T>> {
+        let key = self.key(key)?;
+        let items: Vec<Vec<u8>> = match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("list_range", async |c| ::redis::cmd("LRANGE").arg(&key).arg(start).arg(stop).query_async(c).await, r).await?,
+            Backend::Memory(m) => m.with(|map| match map.get(&key) {
+                None => Ok(Vec::new()),
+                Some(MemValue::List(list)) => {
+                    let len = list.len() as i64;
+                    let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+                    let (from, to) = (norm(start), norm(stop).min(len - 1));
+                    Ok(if from > to { Vec::new() } else { list.iter().skip(from as usize).take((to - from + 1) as usize).cloned().collect() })
+                }
+                Some(_) => Err(Error::from(Fault::WrongType)),
+            })?,
+        };
+        items.iter().map(|b| decode(b)).collect()
+    }
+
+    /// Length of the list under `key`.
+    pub async fn list_len(&self, key: &str) -> Result<u64> {
+        let key = self.key(key)?;
+        match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("list_len", async |c| ::redis::cmd("LLEN").arg(&key).query_async(c).await, r).await,
+            Backend::Memory(m) => m.with(|map| match map.get(&key) {
+                None => Ok(0),
+                Some(MemValue::List(list)) => Ok(list.len() as u64),
+                Some(_) => Err(Fault::WrongType.into()),
+            }),
+        }
+    }
+
+    /// Adds members to the set under `key` (the seed's `setAdd`); returns how many were new.
+    pub async fn set_add<T: Serialize>(&self, key: &str, members: &[T]) -> Result<u64> {
+        let key = self.key(key)?;
+        let members = members.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("set_add", async |c| ::redis::cmd("SADD").arg(&key).arg(&members).query_async(c).await, r).await,
+            Backend::Memory(m) => m.with(|map| match map.entry(&key, || MemValue::Set(Default::default())) {
+                MemValue::Set(set) => Ok(members.into_iter().filter(|m| set.insert(m.clone())).count() as u64),
+                _ => Err(Fault::WrongType.into()),
+            }),
+        }
+    }
+
+    /// Removes members from the set; returns how many were there.
+    pub async fn set_remove<T: Serialize>(&self, key: &str, members: &[T]) -> Result<u64> {
+        let key = self.key(key)?;
+        let members = members.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("set_remove", async |c| ::redis::cmd("SREM").arg(&key).arg(&members).query_async(c).await, r).await,
+            Backend::Memory(m) => m.with(|map| {
+                let removed = match map.get(&key) {
+                    None => 0,
+                    Some(MemValue::Set(_)) => match map.entry(&key, || MemValue::Set(Default::default())) {
+                        MemValue::Set(set) => members.iter().filter(|m| set.remove(*m)).count() as u64,
+                        _ => 0,
+                    },
+                    Some(_) => return Err(Error::from(Fault::WrongType)),
+                };
+                map.drop_if_empty(&key);
+                Ok(removed)
+            }),
+        }
+    }
+
+    /// Every member of the set (in no particular order).
+    pub async fn set_members<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>> {
+        let key = self.key(key)?;
+        let items: Vec<Vec<u8>> = match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("set_members", async |c| ::redis::cmd("SMEMBERS").arg(&key).query_async(c).await, r).await?,
+            Backend::Memory(m) => m.with(|map| match map.get(&key) {
+                None => Ok(Vec::new()),
+                Some(MemValue::Set(set)) => Ok(set.iter().cloned().collect()),
+                Some(_) => Err(Error::from(Fault::WrongType)),
+            })?,
+        };
+        items.iter().map(|b| decode(b)).collect()
+    }
+
+    /// Whether `member` is in the set.
+    pub async fn set_is_member<T: Serialize + ?Sized>(&self, key: &str, member: &T) -> Result<bool> {
+        let (key, member) = (self.key(key)?, encode(member)?);
+        match &self.inner.backend {
+            Backend::Redis(r) => Ok(self.on_redis("set_is_member", async |c| ::redis::cmd("SISMEMBER").arg(&key).arg(&member).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Memory(m) => m.with(|map| match map.get(&key) {
+                None => Ok(false),
+                Some(MemValue::Set(set)) => Ok(set.contains(&member)),
+                Some(_) => Err(Fault::WrongType.into()),
+            }),
+        }
+    }
+
+    /// Sets `field` of the hash under `key` (the seed's `hashSet`); whether it was new.
+    pub async fn hash_set<T: Serialize + ?Sized>(&self, key: &str, field: &str, value: &T) -> Result<bool> {
+        let (key, value) = (self.key(key)?, encode(value)?);
+        match &self.inner.backend {
+            Backend::Redis(r) => Ok(self.on_redis("hash_set", async |c| ::redis::cmd("HSET").arg(&key).arg(field).arg(&value).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Memory(m) => m.with(|map| match map.entry(&key, || MemValue::Hash(Default::default())) {
+                MemValue::Hash(hash) => Ok(hash.insert(field.to_owned(), value).is_none()),
+                _ => Err(Fault::WrongType.into()),
+            }),
+        }
+    }
+
+    /// `field` of the hash under `key`.
+    pub async fn hash_get<T: DeserializeOwned>(&self, key: &str, field: &str) -> Result<Option<T>> {
+        let key = self.key(key)?;
+        let bytes: Option<Vec<u8>> = match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("hash_get", async |c| ::redis::cmd("HGET").arg(&key).arg(field).query_async(c).await, r).await?,
+            Backend::Memory(m) => m.with(|map| match map.get(&key) {
+                None => Ok(None),
+                Some(MemValue::Hash(hash)) => Ok(hash.get(field).cloned()),
+                Some(_) => Err(Error::from(Fault::WrongType)),
+            })?,
+        };
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    /// Every field of the hash under `key`.
+    pub async fn hash_get_all<T: DeserializeOwned>(&self, key: &str) -> Result<HashMap<String, T>> {
+        let key = self.key(key)?;
+        let items: HashMap<String, Vec<u8>> = match &self.inner.backend {
+            Backend::Redis(r) => self.on_redis("hash_get_all", async |c| ::redis::cmd("HGETALL").arg(&key).query_async(c).await, r).await?,
+            Backend::Memory(m) => m.with(|map| match map.get(&key) {
+                None => Ok(HashMap::new()),
+                Some(MemValue::Hash(hash)) => Ok(hash.clone()),
+                Some(_) => Err(Error::from(Fault::WrongType)),
+            })?,
+        };
+        items.into_iter().map(|(k, v)| Ok((k, decode(&v)?))).collect()
+    }
+
+    /// Deletes `field` from the hash; whether it existed.
+    pub async fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
+        let key = self.key(key)?;
+        match &self.inner.backend {
+            Backend::Redis(r) => Ok(self.on_redis("hash_delete", async |c| ::redis::cmd("HDEL").arg(&key).arg(field).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Memory(m) => m.with(|map| {
+                let removed = match map.get(&key) {
+                    None => false,
+                    Some(MemValue::Hash(_)) => match map.entry(&key, || MemValue::Hash(Default::default())) {
+                        MemValue::Hash(hash) => hash.remove(field).is_some(),
+                        _ => false,
+                    },
+                    Some(_) => return Err(Error::from(Fault::WrongType)),
+                };
+                map.drop_if_empty(&key);
+                Ok(removed)
+            }),
+        }
+    }
+
+    /// Deletes every key matching the glob `pattern` (e.g. `profiles:*`, under this
+    /// cache's prefix) with SCAN + UNLINK in batches — never KEYS, so Redis is not
+    /// blocked. Returns how many keys were deleted. Not atomic: keys written meanwhile
+    /// may survive. (Tabula's own row and query caches never need this: they use leases
+    /// and version counters.)
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        let pattern = self.key(pattern)?;
+        match &self.inner.backend {
+            Backend::Redis(r) => {
+                let mut cursor: u64 = 0;
+                let mut deleted = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = self.on_redis("scan", async |c| ::redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(c).await, r)
+                        .await?;
+                    if !keys.is_empty() {
+                        deleted += self.on_redis("unlink", async |c| ::redis::cmd("UNLINK").arg(&keys).query_async::<u64>(c).await, r).await?;
+                    }
+                    if next == 0 {
+                        return Ok(deleted);
+                    }
+                    cursor = next;
+                }
+            }
+            Backend::Memory(m) => Ok(m.with(|map| {
+                let keys = map.keys_matching(&pattern);
+                keys.iter().filter(|k| map.remove(k)).count() as u64
+            })),
+        }
+    }
+}
