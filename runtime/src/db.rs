@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
+use crate::cache::CacheService;
 use crate::error::{Error, Result};
 use crate::monitor;
 use crate::pool::{LastConnectError, PgConn, PgManager};
@@ -52,6 +53,9 @@ pub struct DbConfig {
     /// How many times a transaction runs at most when it hits a serialization failure
     /// or a deadlock. Default 5.
     pub transaction_attempts: u32,
+    /// The cache behind the row cache, cached queries and `#[cached]`. Default none
+    /// ([`Db::connect_from_env`] sets one up from `REDIS_URL`).
+    pub cache: Option<CacheService>,
 }
 
 impl DbConfig {
@@ -64,7 +68,21 @@ impl DbConfig {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             transaction_attempts: 5,
+            cache: None,
         }
+    }
+
+    /// Sets [`DbConfig::cache`].
+    ///
+    /// ```
+    /// let cache = tabula::CacheService::in_memory(Default::default())?;
+    /// let config = tabula::DbConfig::new("postgres://app@localhost/app").cache(cache);
+    /// assert!(config.cache.is_some());
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn cache(mut self, cache: CacheService) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Sets [`DbConfig::pool_size`].
@@ -118,20 +136,45 @@ impl Isolation {
 /// A handle to the database. See the [module docs](self).
 #[derive(Clone)]
 pub struct Db {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// Set when this handle is bound to a transaction.
-    tx: Option<Arc<Mutex<TxConn>>>,
+    pub(crate) tx: Option<Arc<Mutex<TxConn>>>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     pool: bb8::Pool<PgManager>,
-    config: DbConfig,
+    pub(crate) config: DbConfig,
     connect_errors: LastConnectError,
 }
 
 /// The connection of a transaction; `None` once it committed or rolled back.
 pub(crate) struct TxConn {
     conn: Option<Pooled>,
+    /// Cache invalidations of the transaction's writes, applied after COMMIT.
+    pending: Vec<Invalidation>,
+}
+
+/// What a write makes stale: the version counters of the tables it touched (cached
+/// queries and `#[cached]` functions) and the rows it changed (row cache).
+#[derive(Debug, Default)]
+pub(crate) struct Invalidation {
+    pub(crate) counters: Vec<String>,
+    pub(crate) rows: Vec<String>,
+}
+
+impl Invalidation {
+    pub(crate) fn merge(all: Vec<Invalidation>) -> Invalidation {
+        let mut out = Invalidation::default();
+        for inv in all {
+            for c in inv.counters {
+                if !out.counters.contains(&c) {
+                    out.counters.push(c);
+                }
+            }
+            out.rows.extend(inv.rows);
+        }
+        out
+    }
 }
 
 /// A connection checked out for one operation. Lives on the stack for one call, so
@@ -174,7 +217,8 @@ impl Db {
         Db::connect_with(DbConfig::new(url)).await
     }
 
-    /// Connects to `DATABASE_URL`.
+    /// Connects to `DATABASE_URL`, with a cache on `REDIS_URL` when it is set and an
+    /// in-process cache otherwise (which is only right while one process writes).
     ///
     /// ```no_run
     /// # async fn run() -> tabula::Result<()> {
@@ -184,7 +228,7 @@ impl Db {
     pub async fn connect_from_env() -> Result<Db> {
         let url = std::env::var("DATABASE_URL")
             .map_err(|_| Error::Config("DATABASE_URL is not set".into()))?;
-        Db::connect(&url).await
+        Db::connect_with(DbConfig::new(url).cache(CacheService::from_env()?)).await
     }
 
     /// Connects with an explicit configuration, and checks that a connection opens.
@@ -266,21 +310,16 @@ impl Db {
         }
     }
 
-    /// Runs `body` on a connection inside a span, under the statement deadline, and
-    /// records the outcome.
-    pub(crate) async fn run<T>(
+    /// Runs `work` inside a span, under the statement deadline, and records the outcome.
+    pub(crate) async fn timed<T>(
         &self,
         operation: &'static str,
         table: &'static str,
-        body: impl AsyncFnOnce(&mut PgConn) -> Result<T>,
+        work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let started = Instant::now();
         let deadline = self.shared.config.statement_timeout;
         let span = tracing::debug_span!("tabula.db", operation, table);
-        let work = async {
-            let mut conn = self.conn().await?;
-            body(conn.get()?).await
-        };
         let result = match tokio::time::timeout(deadline, work.instrument(span)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
@@ -292,40 +331,33 @@ impl Db {
         result
     }
 
-    /// [`Db::run`] for statements that change nothing: outside a transaction, a
-    /// connection found dead (the server restarted, or killed it while idle) is
-    /// dropped and the read tried on another, until a live one answers or every
-    /// pooled connection has been tried — instead of failing the caller.
-    pub(crate) async fn run_read<T>(
+    /// Runs `body` on a connection inside a span, under the statement deadline, and
+    /// records the outcome.
+    pub(crate) async fn run<T>(
         &self,
         operation: &'static str,
         table: &'static str,
-        body: impl AsyncFn(&mut PgConn) -> Result<T>,
+        body: impl AsyncFnOnce(&mut PgConn) -> Result<T>,
     ) -> Result<T> {
-        let mut tries = 0;
-        loop {
-            match self.run(operation, table, &body).await {
-                Err(Error::Connection(_))
-                    if self.tx.is_none() && tries < self.shared.config.pool_size =>
-                {
-                    tries += 1;
-                }
-                other => return other,
-            }
-        }
+        self.timed(operation, table, async {
+            let mut conn = self.conn().await?;
+            body(conn.get()?).await
+        })
+        .await
     }
 
-    /// Inserts one row and returns it as stored, generated columns included
-    /// (`INSERT … RETURNING`).
-    ///
-    /// ```no_run
-    /// # use tabula::{Db, Table};
-    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
-    /// # async fn run(db: Db) -> tabula::Result<()> {
-    /// let note = db.create(NewNote { body: "hello".into() }).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn create<N: Insert>(&self, new: N) -> Result<N::Table> {
+    /// Whether a read that failed on a dead connection should be tried again (outside a
+    /// transaction, at most once per pooled connection).
+    pub(crate) fn retry_read(&self, error: &Error, tries: &mut u32) -> bool {
+        let retry = matches!(error, Error::Connection(_))
+            && self.tx.is_none()
+            && *tries < self.shared.config.pool_size;
+        *tries += 1;
+        retry
+    }
+
+    /// The statement of [`Db::create`], without its cache invalidation.
+    async fn create_now<N: Insert>(&self, new: N) -> Result<N::Table> {
         let meta = N::Table::META;
         self.run("create", meta.name, async |conn| {
             let sql = &N::Table::statements().insert;
@@ -338,19 +370,8 @@ impl Db {
         .await
     }
 
-    /// Inserts many rows in one statement per 20,000 rows (each column travels as one
-    /// array through `unnest`), all or none: several chunks run in one transaction.
-    /// Returns the stored rows in input order. An empty batch does nothing.
-    ///
-    /// ```no_run
-    /// # use tabula::{Db, Table};
-    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
-    /// # async fn run(db: Db) -> tabula::Result<()> {
-    /// let notes = db.create_many(vec![NewNote { body: "a".into() }, NewNote { body: "b".into() }]).await?;
-    /// assert_eq!(notes.len(), 2);
-    /// # Ok(()) }
-    /// ```
-    pub async fn create_many<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+    /// The statement of [`Db::create_many`], without its cache invalidation.
+    async fn create_many_now<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -389,7 +410,8 @@ impl Db {
         .await
     }
 
-    /// Reads the row with primary key `key`.
+    /// Reads the row with primary key `key` — through the row cache for a model
+    /// declared `#[table(cache(ttl = N))]` (outside transactions); see [`crate::cache`].
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
@@ -399,12 +421,197 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn read<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
+        self.read_through::<M>(key.into()).await
+    }
+
+    /// Reads the row with primary key `key` from PostgreSQL, never from the cache: for
+    /// paths where only the database will do.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let fresh: Option<Note> = db.read_uncached(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_uncached<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
         let key = key.into();
-        self.run_read("read", M::META.name, async |conn| {
+        crate::db::read_on_conn!(self, "read", M::META.name, |conn| {
             match conn.query_opt(&M::statements().read, &[&key]).await? {
                 Some(row) => M::from_row(&row).map(Some),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    /// The statement of [`Db::update`], without its cache invalidation.
+    async fn update_now<M: Table>(&self, key: M::Key, patch: M::Patch) -> Result<M> {
+        let key: M::Key = key;
+        let meta = M::META;
+        let assignments = patch.assignments();
+        if assignments.is_empty() {
+            return self
+                .run("update", meta.name, async |conn| {
+                    let row = conn.query_opt(&M::statements().read, &[&key]).await?;
+                    row.map(|r| M::from_row(&r)).transpose()
+                })
+                .await?
+                .ok_or(Error::NotFound { table: meta.name });
+        }
+        // Built in a block: sea-query statements are not Send and must not live
+        // across an await.
+        let bound = {
+            let mut binder = Binder::default();
+            let mut update = sea_query::Query::update();
+            update.table(sql::table_ref(meta));
+            for (index, value) in assignments {
+                let column = sea_query::Alias::new(meta.columns[index].name);
+                update.value(column, binder.borrowed(value));
+            }
+            let key_column = sea_query::Alias::new(meta.key_column().name);
+            if let Some(live) = sql::live_rows(meta) {
+                update.and_where(live);
+            }
+            update
+                .and_where(sea_query::ExprTrait::eq(
+                    sea_query::Expr::col(key_column),
+                    binder.borrowed(&key),
+                ))
+                .returning(sql::returning_all(meta));
+            binder.finish(update)
+        };
+        self.run("update", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&bound.sql, &bound.params())
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            M::from_row(&row)
+        })
+        .await
+    }
+
+    /// The statement of [`Db::delete`], without its cache invalidation.
+    async fn delete_now<M: Table>(&self, key: M::Key) -> Result<()> {
+        let key: M::Key = key;
+        let meta = M::META;
+        self.run("delete", meta.name, async |conn| {
+            match conn.execute(&M::statements().delete, &[&key]).await? {
+                0 => Err(Error::NotFound { table: meta.name }),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The statement of [`Db::hard_delete`], without its cache invalidation.
+    async fn hard_delete_now<M: Table>(&self, key: M::Key) -> Result<()> {
+        let key: M::Key = key;
+        let meta = M::META;
+        self.run("hard_delete", meta.name, async |conn| {
+            match conn.execute(&M::statements().hard_delete, &[&key]).await? {
+                0 => Err(Error::NotFound { table: meta.name }),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The statement of [`Db::restore`], without its cache invalidation.
+    async fn restore_now<M: Table>(&self, key: M::Key) -> Result<M> {
+        let key: M::Key = key;
+        let meta = M::META;
+        if meta.soft_delete.is_none() {
+            return Err(Error::Validation(format!(
+                "`{}` has no soft-delete column",
+                meta.name
+            )));
+        }
+        self.run("restore", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&M::statements().restore, &[&key])
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            M::from_row(&row)
+        })
+        .await
+    }
+
+    /// The statement of [`Db::upsert`], without its cache invalidation.
+    async fn upsert_now<N: Insert>(&self, new: N, target: Vec<usize>) -> Result<N::Table> {
+        let meta = N::Table::META;
+        if target.is_empty() {
+            return Err(Error::Validation(format!(
+                "upsert into `{}` needs at least one conflict column",
+                meta.name
+            )));
+        }
+        let bound = {
+            let mut binder = Binder::default();
+            let columns: Vec<sea_query::Alias> = meta
+                .insert_columns()
+                .map(|c| sea_query::Alias::new(c.name))
+                .collect();
+            let values: Vec<sea_query::Expr> = new
+                .params()
+                .into_iter()
+                .map(|p| binder.borrowed(p))
+                .collect();
+            let mut insert = sea_query::Query::insert();
+            insert
+                .into_table(sql::table_ref(meta))
+                .columns(columns)
+                .values(values)
+                .map_err(|e| Error::Validation(e.to_string()))?
+                .on_conflict(sql::upsert_conflict(meta, &target))
+                .returning(sql::returning_all(meta));
+            binder.finish(insert)
+        };
+        self.run("upsert", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&bound.sql, &bound.params())
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            N::Table::from_row(&row)
+        })
+        .await
+    }
+
+    /// Inserts one row and returns it as stored, generated columns included
+    /// (`INSERT … RETURNING`).
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note = db.create(NewNote { body: "hello".into() }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create<N: Insert>(&self, new: N) -> Result<N::Table> {
+        let db = self.clone();
+        self.write::<N::Table, _>(async move { db.create_now(new).await }, |_| Vec::new())
+            .await
+    }
+
+    /// Inserts many rows in one statement per 20,000 rows (each column travels as one
+    /// array through `unnest`), all or none: several chunks run in one transaction.
+    /// Returns the stored rows in input order. An empty batch does nothing.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let notes = db.create_many(vec![NewNote { body: "a".into() }, NewNote { body: "b".into() }]).await?;
+    /// assert_eq!(notes.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_many<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.clone();
+        self.write::<N::Table, _>(async move { db.create_many_now(rows).await }, |_| {
+            Vec::new()
         })
         .await
     }
@@ -421,40 +628,12 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn update<M: Table>(&self, key: impl Into<M::Key>, patch: M::Patch) -> Result<M> {
-        let key = key.into();
-        let meta = M::META;
-        let assignments = patch.assignments();
-        if assignments.is_empty() {
-            return self
-                .read::<M>(key)
-                .await?
-                .ok_or(Error::NotFound { table: meta.name });
-        }
-        let mut binder = Binder::default();
-        let mut update = sea_query::Query::update();
-        update.table(sql::table_ref(meta));
-        for (index, value) in assignments {
-            let column = sea_query::Alias::new(meta.columns[index].name);
-            update.value(column, binder.borrowed(value));
-        }
-        let key_column = sea_query::Alias::new(meta.key_column().name);
-        if let Some(live) = sql::live_rows(meta) {
-            update.and_where(live);
-        }
-        update
-            .and_where(sea_query::ExprTrait::eq(
-                sea_query::Expr::col(key_column),
-                binder.borrowed(&key),
-            ))
-            .returning(sql::returning_all(meta));
-        let bound = binder.finish(&update);
-        self.run("update", meta.name, async |conn| {
-            let row = conn
-                .query_opt(&bound.sql, &bound.params())
-                .await?
-                .ok_or(Error::NotFound { table: meta.name })?;
-            M::from_row(&row)
-        })
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write::<M, _>(
+            async move { db.update_now::<M>(key, patch).await },
+            move |_| touched,
+        )
         .await
     }
 
@@ -471,13 +650,10 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn delete<M: Table>(&self, key: impl Into<M::Key>) -> Result<()> {
-        let key = key.into();
-        let meta = M::META;
-        self.run("delete", meta.name, async |conn| {
-            match conn.execute(&M::statements().delete, &[&key]).await? {
-                0 => Err(Error::NotFound { table: meta.name }),
-                _ => Ok(()),
-            }
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write::<M, _>(async move { db.delete_now::<M>(key).await }, move |_| {
+            touched
         })
         .await
     }
@@ -493,14 +669,12 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn hard_delete<M: Table>(&self, key: impl Into<M::Key>) -> Result<()> {
-        let key = key.into();
-        let meta = M::META;
-        self.run("hard_delete", meta.name, async |conn| {
-            match conn.execute(&M::statements().hard_delete, &[&key]).await? {
-                0 => Err(Error::NotFound { table: meta.name }),
-                _ => Ok(()),
-            }
-        })
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write::<M, _>(
+            async move { db.hard_delete_now::<M>(key).await },
+            move |_| touched,
+        )
         .await
     }
 
@@ -517,20 +691,10 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn restore<M: Table>(&self, key: impl Into<M::Key>) -> Result<M> {
-        let key = key.into();
-        let meta = M::META;
-        if meta.soft_delete.is_none() {
-            return Err(Error::Validation(format!(
-                "`{}` has no soft-delete column",
-                meta.name
-            )));
-        }
-        self.run("restore", meta.name, async |conn| {
-            let row = conn
-                .query_opt(&M::statements().restore, &[&key])
-                .await?
-                .ok_or(Error::NotFound { table: meta.name })?;
-            M::from_row(&row)
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write::<M, _>(async move { db.restore_now::<M>(key).await }, move |_| {
+            touched
         })
         .await
     }
@@ -560,31 +724,9 @@ impl Db {
                 meta.name
             )));
         }
-        let mut binder = Binder::default();
-        let columns: Vec<sea_query::Alias> = meta
-            .insert_columns()
-            .map(|c| sea_query::Alias::new(c.name))
-            .collect();
-        let values: Vec<sea_query::Expr> = new
-            .params()
-            .into_iter()
-            .map(|p| binder.borrowed(p))
-            .collect();
-        let mut insert = sea_query::Query::insert();
-        insert
-            .into_table(sql::table_ref(meta))
-            .columns(columns)
-            .values(values)
-            .map_err(|e| Error::Validation(e.to_string()))?
-            .on_conflict(sql::upsert_conflict(meta, &target))
-            .returning(sql::returning_all(meta));
-        let bound = binder.finish(&insert);
-        self.run("upsert", meta.name, async |conn| {
-            let row = conn
-                .query_opt(&bound.sql, &bound.params())
-                .await?
-                .ok_or(Error::NotFound { table: meta.name })?;
-            N::Table::from_row(&row)
+        let db = self.clone();
+        self.write::<N::Table, _>(async move { db.upsert_now(new, target).await }, |row| {
+            vec![row.key().clone()]
         })
         .await
     }
@@ -667,28 +809,49 @@ impl Db {
         conn.in_transaction = true;
         self.with_deadline("begin", conn.batch(isolation.begin()))
             .await?;
-        let state = Arc::new(Mutex::new(TxConn { conn: Some(conn) }));
+        let state = Arc::new(Mutex::new(TxConn {
+            conn: Some(conn),
+            pending: Vec::new(),
+        }));
         let handle = Db {
             shared: self.shared.clone(),
             tx: Some(state.clone()),
         };
         let result = body(handle).await;
-        let Some(mut conn) = state.lock().await.conn.take() else {
+        let (conn, pending) = {
+            let mut state = state.lock().await;
+            (state.conn.take(), std::mem::take(&mut state.pending))
+        };
+        let Some(mut conn) = conn else {
             return Err(Error::Validation(
                 "transaction connection taken twice".into(),
             ));
         };
         match result {
-            Ok(value) => match self.with_deadline("commit", conn.batch("COMMIT")).await {
-                Ok(()) => {
-                    conn.in_transaction = false;
-                    Ok(value)
-                }
-                Err(Error::Connection(_)) | Err(Error::Timeout { .. }) => {
-                    Err(Error::CommitOutcomeUnknown)
-                }
-                Err(e) => Err(e),
-            },
+            Ok(value) => {
+                // COMMIT and the invalidations run in a task of their own, so a caller
+                // that gives up half-way cannot leave committed rows stale in the cache.
+                let db = self.clone();
+                let finish = async move {
+                    let outcome = match db.with_deadline("commit", conn.batch("COMMIT")).await {
+                        Ok(()) => {
+                            conn.in_transaction = false;
+                            Ok(())
+                        }
+                        Err(Error::Connection(_)) | Err(Error::Timeout { .. }) => {
+                            Err(Error::CommitOutcomeUnknown)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    drop(conn);
+                    if matches!(outcome, Ok(()) | Err(Error::CommitOutcomeUnknown)) {
+                        db.apply_invalidation(Invalidation::merge(pending)).await;
+                    }
+                    outcome
+                };
+                join_task(tokio::spawn(finish)).await?;
+                Ok(value)
+            }
             Err(e) => {
                 if self
                     .with_deadline("rollback", conn.batch("ROLLBACK"))
@@ -698,6 +861,54 @@ impl Db {
                     conn.in_transaction = false;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Tells the cache what a write made stale (nothing without a cache).
+    pub(crate) async fn apply_invalidation(&self, invalidation: Invalidation) {
+        if let Some(cache) = &self.shared.config.cache {
+            cache
+                .invalidate(&invalidation.counters, &invalidation.rows)
+                .await;
+        }
+    }
+
+    /// Runs a write and invalidates what it touched: `rows` names the keys of the rows
+    /// it changed (the table's version counter is always bumped). Inside a transaction
+    /// the invalidation waits for COMMIT. Outside one, the statement and its
+    /// invalidation run in a task of their own, so dropping the caller's future cannot
+    /// separate them.
+    pub(crate) async fn write<M: Table, T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+        rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
+    ) -> Result<T> {
+        let Some(cache) = self.shared.config.cache.clone() else {
+            return work.await;
+        };
+        let invalidation = move |value: &T| Invalidation {
+            counters: vec![crate::cache::row::table_counter(M::META)],
+            rows: rows(value)
+                .iter()
+                .map(crate::cache::row::row_suffix::<M>)
+                .collect(),
+        };
+        match &self.tx {
+            Some(tx) => {
+                let value = work.await?;
+                let inv = invalidation(&value);
+                tx.lock().await.pending.push(inv);
+                Ok(value)
+            }
+            None => {
+                join_task(tokio::spawn(async move {
+                    let value = work.await?;
+                    let inv = invalidation(&value);
+                    cache.invalidate(&inv.counters, &inv.rows).await;
+                    Ok(value)
+                }))
+                .await
             }
         }
     }
@@ -739,6 +950,44 @@ impl Db {
     ) -> Result<T> {
         self.run("raw", "-", async |conn| body(conn.client()).await)
             .await
+    }
+}
+
+/// Runs a read on a connection (inside [`Db::timed`]): outside a transaction, a
+/// connection found dead (the server restarted, or killed it while idle) is dropped
+/// and the read tried on another, instead of failing the caller. A macro rather than a
+/// function taking an async closure, so that the returned future stays `Send` for any
+/// caller (async closures called by reference trip a known compiler limitation).
+macro_rules! read_on_conn {
+    ($db:expr, $op:expr, $table:expr, |$conn:ident| $body:block) => {{
+        let __db = &$db;
+        __db.timed($op, $table, async {
+            let mut __tries = 0;
+            loop {
+                let __attempt: $crate::Result<_> = async {
+                    let mut __guard = __db.conn().await?;
+                    let $conn = __guard.get()?;
+                    $body
+                }
+                .await;
+                match __attempt {
+                    Err(e) if __db.retry_read(&e, &mut __tries) => continue,
+                    other => break other,
+                }
+            }
+        })
+    }};
+}
+pub(crate) use read_on_conn;
+
+/// Awaits a task that must not be abandoned, passing its panic on.
+async fn join_task<T>(handle: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    match handle.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::Validation(
+            "the runtime shut down during a write".into(),
+        )),
     }
 }
 

@@ -190,7 +190,7 @@ impl<'a> Binder<'a> {
 
     /// Renders `statement` and lines the bound values up with its placeholders. Values
     /// sea-query added by itself (LIMIT, OFFSET) are bound as `int8`.
-    pub(crate) fn finish(self, statement: &impl BuildPostgres) -> Bound<'a> {
+    pub(crate) fn finish(self, statement: impl BuildPostgres) -> Bound<'a> {
         let (sql, values) = statement.build_postgres();
         let mut order = Vec::with_capacity(values.0.len());
         let mut theirs: Vec<OwnedParam> = Vec::new();

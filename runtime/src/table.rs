@@ -72,7 +72,7 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
 }
 
 /// The insertable shape of a model, generated as `New<Model>`.
-pub trait Insert: Send + Sync + Sized {
+pub trait Insert: Send + Sync + Sized + 'static {
     /// The model this inserts into.
     type Table: Table;
 
@@ -86,7 +86,7 @@ pub trait Insert: Send + Sync + Sized {
 
 /// The update shape of a model, generated as `<Model>Patch`: `None` leaves a column
 /// unchanged; for a nullable column `Some(None)` sets it to NULL.
-pub trait Patch: Default + Send + Sync {
+pub trait Patch: Default + Send + Sync + 'static {
     /// The model this updates.
     type Table: Table;
 

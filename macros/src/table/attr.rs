@@ -146,7 +146,10 @@ fn cache_ttl(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
             let lit: syn::LitInt = inner.value()?.parse()?;
             let seconds: u64 = lit.base10_parse()?;
             if seconds == 0 {
-                return Err(syn::Error::new(lit.span(), "`ttl` is in whole seconds and must be at least 1"));
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "`ttl` is in whole seconds and must be at least 1",
+                ));
             }
             ttl = Some(seconds);
             Ok(())

@@ -61,7 +61,8 @@ impl Breaker {
         self.dirty.store(true, Ordering::Release);
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= self.threshold {
-            let until = self.now_ms() + u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX);
+            let until =
+                self.now_ms() + u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX);
             self.open_until.store(until, Ordering::Release);
         }
         self.probing.store(false, Ordering::Release);

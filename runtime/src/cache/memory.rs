@@ -35,7 +35,10 @@ impl MemoryBackend {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        f(&mut Map { map: &mut guard, now: Instant::now() })
+        f(&mut Map {
+            map: &mut guard,
+            now: Instant::now(),
+        })
     }
 }
 
@@ -46,7 +49,10 @@ pub(crate) struct Map<'a> {
 
 impl Map<'_> {
     fn live(&mut self, key: &str) -> Option<&mut Entry> {
-        let expired = self.map.get(key).is_some_and(|e| e.expires.is_some_and(|t| t <= self.now));
+        let expired = self
+            .map
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|t| t <= self.now));
         if expired {
             self.map.remove(key);
         }
@@ -92,7 +98,13 @@ impl Map<'_> {
     /// The value under `key`, created empty with `make` if absent.
     pub(crate) fn entry(&mut self, key: &str, make: impl FnOnce() -> MemValue) -> &mut MemValue {
         if self.live(key).is_none() {
-            self.map.insert(key.to_owned(), Entry { value: make(), expires: None });
+            self.map.insert(
+                key.to_owned(),
+                Entry {
+                    value: make(),
+                    expires: None,
+                },
+            );
         }
         match self.map.get_mut(key) {
             Some(entry) => &mut entry.value,
@@ -117,7 +129,9 @@ impl Map<'_> {
         let now = self.now;
         self.map
             .iter()
-            .filter(|(k, e)| !e.expires.is_some_and(|t| t <= now) && glob(pattern.as_bytes(), k.as_bytes()))
+            .filter(|(k, e)| {
+                !e.expires.is_some_and(|t| t <= now) && glob(pattern.as_bytes(), k.as_bytes())
+            })
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -133,7 +147,12 @@ pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
             text.first() == Some(&pattern[1]) && glob(&pattern[2..], &text[1..])
         }
         Some(b'[') => {
-            let Some(close) = pattern.iter().skip(1).position(|b| *b == b']').map(|p| p + 1) else {
+            let Some(close) = pattern
+                .iter()
+                .skip(1)
+                .position(|b| *b == b']')
+                .map(|p| p + 1)
+            else {
                 return text.first() == Some(&b'[') && glob(&pattern[1..], &text[1..]);
             };
             let Some(c) = text.first() else { return false };

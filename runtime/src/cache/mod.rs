@@ -201,7 +201,10 @@ impl fmt::Debug for CacheService {
             Backend::Redis(_) => "redis",
             Backend::Memory(_) => "memory",
         };
-        f.debug_struct("CacheService").field("backend", &backend).field("prefix", &self.inner.config.prefix).finish()
+        f.debug_struct("CacheService")
+            .field("backend", &backend)
+            .field("prefix", &self.inner.config.prefix)
+            .finish()
     }
 }
 
@@ -210,7 +213,9 @@ const MAX_KEY_BYTES: usize = 1024;
 fn check_prefix(prefix: &str) -> Result<()> {
     let ok = !prefix.is_empty()
         && prefix.len() <= 64
-        && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -239,7 +244,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 fn ttl(seconds: Option<u64>) -> Result<Option<Duration>> {
     match seconds {
-        Some(0) => Err(Error::Validation("a TTL of 0 seconds would expire at once; give None for no TTL".into())),
+        Some(0) => Err(Error::Validation(
+            "a TTL of 0 seconds would expire at once; give None for no TTL".into(),
+        )),
         other => Ok(other.map(Duration::from_secs)),
     }
 }
@@ -312,12 +319,21 @@ impl CacheService {
 
     fn key(&self, key: &str) -> Result<String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(Error::Validation(format!("cache keys must be 1 to {MAX_KEY_BYTES} bytes")));
+            return Err(Error::Validation(format!(
+                "cache keys must be 1 to {MAX_KEY_BYTES} bytes"
+            )));
         }
         Ok(format!("{}{key}", self.inner.user_prefix))
     }
 
-    async fn on_redis<T>(&self, op: &'static str, body: impl AsyncFnOnce(&mut ::redis::aio::MultiplexedConnection) -> std::result::Result<T, ::redis::RedisError>, r: &RedisBackend) -> Result<T> {
+    async fn on_redis<T>(
+        &self,
+        op: &'static str,
+        body: impl AsyncFnOnce(
+            &mut ::redis::aio::MultiplexedConnection,
+        ) -> std::result::Result<T, ::redis::RedisError>,
+        r: &RedisBackend,
+    ) -> Result<T> {
         let started = std::time::Instant::now();
         let result = r.call(body).await;
         monitor::record_cache(op, started, if result.is_ok() { "ok" } else { "error" });
@@ -325,18 +341,27 @@ impl CacheService {
     }
 
     /// Stores `value` under `key`, for `ttl_seconds` (None: until deleted).
-    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T, ttl_seconds: Option<u64>) -> Result<()> {
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl_seconds: Option<u64>,
+    ) -> Result<()> {
         let (key, bytes, ttl) = (self.key(key)?, encode(value)?, ttl(ttl_seconds)?);
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis("set", async |c| {
-                    let mut cmd = ::redis::cmd("SET");
-                    cmd.arg(&key).arg(&bytes);
-                    if let Some(ttl) = ttl {
-                        cmd.arg("PX").arg(ttl.as_millis() as u64);
-                    }
-                    cmd.query_async::<()>(c).await
-                }, r)
+                self.on_redis(
+                    "set",
+                    async |c| {
+                        let mut cmd = ::redis::cmd("SET");
+                        cmd.arg(&key).arg(&bytes);
+                        if let Some(ttl) = ttl {
+                            cmd.arg("PX").arg(ttl.as_millis() as u64);
+                        }
+                        cmd.query_async::<()>(c).await
+                    },
+                    r,
+                )
                 .await
             }
             Backend::Memory(m) => {
@@ -350,8 +375,17 @@ impl CacheService {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("get", async |c| ::redis::cmd("GET").arg(&key).query_async(c).await, r).await?,
-            Backend::Memory(m) => m.with(|map| map.get_bytes(&key)).map_err(|_| Fault::WrongType)?,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "get",
+                    async |c| ::redis::cmd("GET").arg(&key).query_async(c).await,
+                    r,
+                )
+                .await?
+            }
+            Backend::Memory(m) => m
+                .with(|map| map.get_bytes(&key))
+                .map_err(|_| Fault::WrongType)?,
         };
         bytes.map(|b| decode(&b)).transpose()
     }
@@ -360,7 +394,14 @@ impl CacheService {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
         match &self.inner.backend {
-            Backend::Redis(r) => Ok(self.on_redis("delete", async |c| ::redis::cmd("UNLINK").arg(&key).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Redis(r) => Ok(self
+                .on_redis(
+                    "delete",
+                    async |c| ::redis::cmd("UNLINK").arg(&key).query_async::<i64>(c).await,
+                    r,
+                )
+                .await?
+                > 0),
             Backend::Memory(m) => Ok(m.with(|map| map.remove(&key))),
         }
     }
@@ -369,7 +410,14 @@ impl CacheService {
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
         match &self.inner.backend {
-            Backend::Redis(r) => Ok(self.on_redis("exists", async |c| ::redis::cmd("EXISTS").arg(&key).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Redis(r) => Ok(self
+                .on_redis(
+                    "exists",
+                    async |c| ::redis::cmd("EXISTS").arg(&key).query_async::<i64>(c).await,
+                    r,
+                )
+                .await?
+                > 0),
             Backend::Memory(m) => Ok(m.with(|map| map.exists(&key))),
         }
     }
@@ -377,9 +425,22 @@ impl CacheService {
     /// Sets the TTL of an existing key; whether it existed.
     pub async fn expire(&self, key: &str, ttl_seconds: u64) -> Result<bool> {
         let key = self.key(key)?;
-        let Some(ttl) = ttl(Some(ttl_seconds))? else { return Ok(false) };
+        let Some(ttl) = ttl(Some(ttl_seconds))? else {
+            return Ok(false);
+        };
         match &self.inner.backend {
-            Backend::Redis(r) => Ok(self.on_redis("expire", async |c| ::redis::cmd("PEXPIRE").arg(&key).arg(ttl.as_millis() as u64).query_async::<i64>(c).await, r)
+            Backend::Redis(r) => Ok(self
+                .on_redis(
+                    "expire",
+                    async |c| {
+                        ::redis::cmd("PEXPIRE")
+                            .arg(&key)
+                            .arg(ttl.as_millis() as u64)
+                            .query_async::<i64>(c)
+                            .await
+                    },
+                    r,
+                )
                 .await?
                 > 0),
             Backend::Memory(m) => Ok(m.with(|map| map.expire(&key, ttl))),
@@ -390,7 +451,20 @@ impl CacheService {
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.key(key)?;
         match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("incr", async |c| ::redis::cmd("INCRBY").arg(&key).arg(by).query_async(c).await, r).await,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "incr",
+                    async |c| {
+                        ::redis::cmd("INCRBY")
+                            .arg(&key)
+                            .arg(by)
+                            .query_async(c)
+                            .await
+                    },
+                    r,
+                )
+                .await
+            }
             Backend::Memory(m) => m.with(|map| {
                 let current = match map.get_bytes(&key) {
                     Ok(Some(b)) => std::str::from_utf8(&b)
@@ -400,7 +474,9 @@ impl CacheService {
                     Ok(None) => 0,
                     Err(_) => return Err(Fault::WrongType.into()),
                 };
-                let next = current.checked_add(by).ok_or_else(|| Error::Cache("increment would overflow".into()))?;
+                let next = current
+                    .checked_add(by)
+                    .ok_or_else(|| Error::Cache("increment would overflow".into()))?;
                 map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
                 Ok(next)
             }),
@@ -411,14 +487,31 @@ impl CacheService {
     pub async fn list_push<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64> {
         let (key, bytes) = (self.key(key)?, encode(value)?);
         match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("list_push", async |c| ::redis::cmd("RPUSH").arg(&key).arg(&bytes).query_async(c).await, r).await,
-            Backend::Memory(m) => m.with(|map| match map.entry(&key, || MemValue::List(Default::default())) {
-                MemValue::List(list) => {
-                    list.push_back(bytes);
-                    Ok(list.len() as u64)
-                }
-                _ => Err(Fault::WrongType.into()),
-            }),
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "list_push",
+                    async |c| {
+                        ::redis::cmd("RPUSH")
+                            .arg(&key)
+                            .arg(&bytes)
+                            .query_async(c)
+                            .await
+                    },
+                    r,
+                )
+                .await
+            }
+            Backend::Memory(m) => {
+                m.with(
+                    |map| match map.entry(&key, || MemValue::List(Default::default())) {
+                        MemValue::List(list) => {
+                            list.push_back(bytes);
+                            Ok(list.len() as u64)
+                        }
+                        _ => Err(Fault::WrongType.into()),
+                    },
+                )
+            }
         }
     }
 
@@ -427,14 +520,23 @@ impl CacheService {
     pub async fn list_pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("list_pop", async |c| ::redis::cmd("LPOP").arg(&key).query_async(c).await, r).await?,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "list_pop",
+                    async |c| ::redis::cmd("LPOP").arg(&key).query_async(c).await,
+                    r,
+                )
+                .await?
+            }
             Backend::Memory(m) => m.with(|map| {
                 let popped = match map.get(&key) {
                     None => return Ok(None),
-                    Some(MemValue::List(_)) => match map.entry(&key, || MemValue::List(Default::default())) {
-                        MemValue::List(list) => list.pop_front(),
-                        _ => None,
-                    },
+                    Some(MemValue::List(_)) => {
+                        match map.entry(&key, || MemValue::List(Default::default())) {
+                            MemValue::List(list) => list.pop_front(),
+                            _ => None,
+                        }
+                    }
                     Some(_) => return Err(Error::from(Fault::WrongType)),
                 };
                 map.drop_if_empty(&key);
@@ -446,17 +548,44 @@ impl CacheService {
 
     /// Elements `start..=stop` of the list (negative indexes count from the end, as in
     /// Redis `LRANGE`).
-    pub async fn list_range<T: DeserializeOwned>(&self, key: &str, start: i64, stop: i64) -> Result<Vec<T>> {
+    pub async fn list_range<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<T>> {
         let key = self.key(key)?;
         let items: Vec<Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("list_range", async |c| ::redis::cmd("LRANGE").arg(&key).arg(start).arg(stop).query_async(c).await, r).await?,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "list_range",
+                    async |c| {
+                        ::redis::cmd("LRANGE")
+                            .arg(&key)
+                            .arg(start)
+                            .arg(stop)
+                            .query_async(c)
+                            .await
+                    },
+                    r,
+                )
+                .await?
+            }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(Vec::new()),
                 Some(MemValue::List(list)) => {
                     let len = list.len() as i64;
                     let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
                     let (from, to) = (norm(start), norm(stop).min(len - 1));
-                    Ok(if from > to { Vec::new() } else { list.iter().skip(from as usize).take((to - from + 1) as usize).cloned().collect() })
+                    Ok(if from > to {
+                        Vec::new()
+                    } else {
+                        list.iter()
+                            .skip(from as usize)
+                            .take((to - from + 1) as usize)
+                            .cloned()
+                            .collect()
+                    })
                 }
                 Some(_) => Err(Error::from(Fault::WrongType)),
             })?,
@@ -468,7 +597,14 @@ impl CacheService {
     pub async fn list_len(&self, key: &str) -> Result<u64> {
         let key = self.key(key)?;
         match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("list_len", async |c| ::redis::cmd("LLEN").arg(&key).query_async(c).await, r).await,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "list_len",
+                    async |c| ::redis::cmd("LLEN").arg(&key).query_async(c).await,
+                    r,
+                )
+                .await
+            }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(0),
                 Some(MemValue::List(list)) => Ok(list.len() as u64),
@@ -485,11 +621,31 @@ impl CacheService {
             return Ok(0);
         }
         match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("set_add", async |c| ::redis::cmd("SADD").arg(&key).arg(&members).query_async(c).await, r).await,
-            Backend::Memory(m) => m.with(|map| match map.entry(&key, || MemValue::Set(Default::default())) {
-                MemValue::Set(set) => Ok(members.into_iter().filter(|m| set.insert(m.clone())).count() as u64),
-                _ => Err(Fault::WrongType.into()),
-            }),
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "set_add",
+                    async |c| {
+                        ::redis::cmd("SADD")
+                            .arg(&key)
+                            .arg(&members)
+                            .query_async(c)
+                            .await
+                    },
+                    r,
+                )
+                .await
+            }
+            Backend::Memory(m) => {
+                m.with(
+                    |map| match map.entry(&key, || MemValue::Set(Default::default())) {
+                        MemValue::Set(set) => Ok(members
+                            .into_iter()
+                            .filter(|m| set.insert(m.clone()))
+                            .count() as u64),
+                        _ => Err(Fault::WrongType.into()),
+                    },
+                )
+            }
         }
     }
 
@@ -501,14 +657,31 @@ impl CacheService {
             return Ok(0);
         }
         match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("set_remove", async |c| ::redis::cmd("SREM").arg(&key).arg(&members).query_async(c).await, r).await,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "set_remove",
+                    async |c| {
+                        ::redis::cmd("SREM")
+                            .arg(&key)
+                            .arg(&members)
+                            .query_async(c)
+                            .await
+                    },
+                    r,
+                )
+                .await
+            }
             Backend::Memory(m) => m.with(|map| {
                 let removed = match map.get(&key) {
                     None => 0,
-                    Some(MemValue::Set(_)) => match map.entry(&key, || MemValue::Set(Default::default())) {
-                        MemValue::Set(set) => members.iter().filter(|m| set.remove(*m)).count() as u64,
-                        _ => 0,
-                    },
+                    Some(MemValue::Set(_)) => {
+                        match map.entry(&key, || MemValue::Set(Default::default())) {
+                            MemValue::Set(set) => {
+                                members.iter().filter(|m| set.remove(*m)).count() as u64
+                            }
+                            _ => 0,
+                        }
+                    }
                     Some(_) => return Err(Error::from(Fault::WrongType)),
                 };
                 map.drop_if_empty(&key);
@@ -521,7 +694,14 @@ impl CacheService {
     pub async fn set_members<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>> {
         let key = self.key(key)?;
         let items: Vec<Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("set_members", async |c| ::redis::cmd("SMEMBERS").arg(&key).query_async(c).await, r).await?,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "set_members",
+                    async |c| ::redis::cmd("SMEMBERS").arg(&key).query_async(c).await,
+                    r,
+                )
+                .await?
+            }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(Vec::new()),
                 Some(MemValue::Set(set)) => Ok(set.iter().cloned().collect()),
@@ -532,10 +712,27 @@ impl CacheService {
     }
 
     /// Whether `member` is in the set.
-    pub async fn set_is_member<T: Serialize + ?Sized>(&self, key: &str, member: &T) -> Result<bool> {
+    pub async fn set_is_member<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        member: &T,
+    ) -> Result<bool> {
         let (key, member) = (self.key(key)?, encode(member)?);
         match &self.inner.backend {
-            Backend::Redis(r) => Ok(self.on_redis("set_is_member", async |c| ::redis::cmd("SISMEMBER").arg(&key).arg(&member).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Redis(r) => Ok(self
+                .on_redis(
+                    "set_is_member",
+                    async |c| {
+                        ::redis::cmd("SISMEMBER")
+                            .arg(&key)
+                            .arg(&member)
+                            .query_async::<i64>(c)
+                            .await
+                    },
+                    r,
+                )
+                .await?
+                > 0),
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(false),
                 Some(MemValue::Set(set)) => Ok(set.contains(&member)),
@@ -545,14 +742,37 @@ impl CacheService {
     }
 
     /// Sets `field` of the hash under `key` (the seed's `hashSet`); whether it was new.
-    pub async fn hash_set<T: Serialize + ?Sized>(&self, key: &str, field: &str, value: &T) -> Result<bool> {
+    pub async fn hash_set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        field: &str,
+        value: &T,
+    ) -> Result<bool> {
         let (key, value) = (self.key(key)?, encode(value)?);
         match &self.inner.backend {
-            Backend::Redis(r) => Ok(self.on_redis("hash_set", async |c| ::redis::cmd("HSET").arg(&key).arg(field).arg(&value).query_async::<i64>(c).await, r).await? > 0),
-            Backend::Memory(m) => m.with(|map| match map.entry(&key, || MemValue::Hash(Default::default())) {
-                MemValue::Hash(hash) => Ok(hash.insert(field.to_owned(), value).is_none()),
-                _ => Err(Fault::WrongType.into()),
-            }),
+            Backend::Redis(r) => Ok(self
+                .on_redis(
+                    "hash_set",
+                    async |c| {
+                        ::redis::cmd("HSET")
+                            .arg(&key)
+                            .arg(field)
+                            .arg(&value)
+                            .query_async::<i64>(c)
+                            .await
+                    },
+                    r,
+                )
+                .await?
+                > 0),
+            Backend::Memory(m) => {
+                m.with(
+                    |map| match map.entry(&key, || MemValue::Hash(Default::default())) {
+                        MemValue::Hash(hash) => Ok(hash.insert(field.to_owned(), value).is_none()),
+                        _ => Err(Fault::WrongType.into()),
+                    },
+                )
+            }
         }
     }
 
@@ -560,7 +780,20 @@ impl CacheService {
     pub async fn hash_get<T: DeserializeOwned>(&self, key: &str, field: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("hash_get", async |c| ::redis::cmd("HGET").arg(&key).arg(field).query_async(c).await, r).await?,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "hash_get",
+                    async |c| {
+                        ::redis::cmd("HGET")
+                            .arg(&key)
+                            .arg(field)
+                            .query_async(c)
+                            .await
+                    },
+                    r,
+                )
+                .await?
+            }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(None),
                 Some(MemValue::Hash(hash)) => Ok(hash.get(field).cloned()),
@@ -574,28 +807,53 @@ impl CacheService {
     pub async fn hash_get_all<T: DeserializeOwned>(&self, key: &str) -> Result<HashMap<String, T>> {
         let key = self.key(key)?;
         let items: HashMap<String, Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => self.on_redis("hash_get_all", async |c| ::redis::cmd("HGETALL").arg(&key).query_async(c).await, r).await?,
+            Backend::Redis(r) => {
+                self.on_redis(
+                    "hash_get_all",
+                    async |c| ::redis::cmd("HGETALL").arg(&key).query_async(c).await,
+                    r,
+                )
+                .await?
+            }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(HashMap::new()),
                 Some(MemValue::Hash(hash)) => Ok(hash.clone()),
                 Some(_) => Err(Error::from(Fault::WrongType)),
             })?,
         };
-        items.into_iter().map(|(k, v)| Ok((k, decode(&v)?))).collect()
+        items
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v)?)))
+            .collect()
     }
 
     /// Deletes `field` from the hash; whether it existed.
     pub async fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
         let key = self.key(key)?;
         match &self.inner.backend {
-            Backend::Redis(r) => Ok(self.on_redis("hash_delete", async |c| ::redis::cmd("HDEL").arg(&key).arg(field).query_async::<i64>(c).await, r).await? > 0),
+            Backend::Redis(r) => Ok(self
+                .on_redis(
+                    "hash_delete",
+                    async |c| {
+                        ::redis::cmd("HDEL")
+                            .arg(&key)
+                            .arg(field)
+                            .query_async::<i64>(c)
+                            .await
+                    },
+                    r,
+                )
+                .await?
+                > 0),
             Backend::Memory(m) => m.with(|map| {
                 let removed = match map.get(&key) {
                     None => false,
-                    Some(MemValue::Hash(_)) => match map.entry(&key, || MemValue::Hash(Default::default())) {
-                        MemValue::Hash(hash) => hash.remove(field).is_some(),
-                        _ => false,
-                    },
+                    Some(MemValue::Hash(_)) => {
+                        match map.entry(&key, || MemValue::Hash(Default::default())) {
+                            MemValue::Hash(hash) => hash.remove(field).is_some(),
+                            _ => false,
+                        }
+                    }
                     Some(_) => return Err(Error::from(Fault::WrongType)),
                 };
                 map.drop_if_empty(&key);
@@ -616,10 +874,35 @@ impl CacheService {
                 let mut cursor: u64 = 0;
                 let mut deleted = 0u64;
                 loop {
-                    let (next, keys): (u64, Vec<String>) = self.on_redis("scan", async |c| ::redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(c).await, r)
+                    let (next, keys): (u64, Vec<String>) = self
+                        .on_redis(
+                            "scan",
+                            async |c| {
+                                ::redis::cmd("SCAN")
+                                    .arg(cursor)
+                                    .arg("MATCH")
+                                    .arg(&pattern)
+                                    .arg("COUNT")
+                                    .arg(500)
+                                    .query_async(c)
+                                    .await
+                            },
+                            r,
+                        )
                         .await?;
                     if !keys.is_empty() {
-                        deleted += self.on_redis("unlink", async |c| ::redis::cmd("UNLINK").arg(&keys).query_async::<u64>(c).await, r).await?;
+                        deleted += self
+                            .on_redis(
+                                "unlink",
+                                async |c| {
+                                    ::redis::cmd("UNLINK")
+                                        .arg(&keys)
+                                        .query_async::<u64>(c)
+                                        .await
+                                },
+                                r,
+                            )
+                            .await?;
                     }
                     if next == 0 {
                         return Ok(deleted);

@@ -27,13 +27,16 @@ pub(crate) struct RedisBackend {
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackend").field("deadline", &self.deadline).finish()
+        f.debug_struct("RedisBackend")
+            .field("deadline", &self.deadline)
+            .finish()
     }
 }
 
 impl RedisBackend {
     pub(crate) fn new(url: &str, config: &CacheConfig, epoch_key: String) -> Result<Self, Fault> {
-        let client = redis::Client::open(url).map_err(|e| Fault::Config(format!("invalid redis url: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| Fault::Config(format!("invalid redis url: {e}")))?;
         Ok(RedisBackend {
             client,
             conn: Mutex::new(None),
@@ -50,10 +53,14 @@ impl RedisBackend {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.deadline))
             .set_response_timeout(Some(self.deadline));
-        let conn = tokio::time::timeout(self.deadline, self.client.get_multiplexed_async_connection_with_config(&config))
-            .await
-            .map_err(|_| Fault::Timeout)?
-            .map_err(Fault::Redis)?;
+        let conn = tokio::time::timeout(
+            self.deadline,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| Fault::Timeout)?
+        .map_err(Fault::Redis)?;
         if let Ok(mut slot) = self.conn.lock() {
             *slot = Some(conn.clone());
         }
@@ -130,7 +137,12 @@ impl Fault {
     fn is_connection_fault(&self) -> bool {
         match self {
             Fault::Timeout => true,
-            Fault::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
+            Fault::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+            }
             _ => false,
         }
     }

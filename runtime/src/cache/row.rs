@@ -115,7 +115,11 @@ fn token() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     format!("{:016x}{:08x}", hasher.finish(), std::process::id())
 }
 
@@ -138,7 +142,13 @@ impl CacheService {
     }
 
     pub(crate) async fn before_fill(&self) {
-        let hook = self.inner.hooks.before_fill.lock().ok().and_then(|h| h.clone());
+        let hook = self
+            .inner
+            .hooks
+            .before_fill
+            .lock()
+            .ok()
+            .and_then(|h| h.clone());
         if let Some(hook) = hook {
             hook().await;
         }
@@ -155,8 +165,17 @@ impl CacheService {
         let lookup = match &self.inner.backend {
             Backend::Redis(r) => {
                 let lease = millis(self.inner.config.lease);
-                let args: [&[u8]; 5] = [self.base().as_bytes(), suffix.as_bytes(), token.as_bytes(), &lease, shape.as_bytes()];
-                match r.script::<(i64, Option<Vec<u8>>)>(&ROW_GET, &[&self.inner.epoch_key], &args).await {
+                let args: [&[u8]; 5] = [
+                    self.base().as_bytes(),
+                    suffix.as_bytes(),
+                    token.as_bytes(),
+                    &lease,
+                    shape.as_bytes(),
+                ];
+                match r
+                    .script::<(i64, Option<Vec<u8>>)>(&ROW_GET, &[&self.inner.epoch_key], &args)
+                    .await
+                {
                     Ok((1, Some(value))) => Lookup::Hit(value),
                     Ok(_) => Lookup::Miss(Some(token)),
                     Err(_) => Lookup::Miss(None),
@@ -168,7 +187,11 @@ impl CacheService {
                     Ok(Some(v)) if v.starts_with(shape.as_bytes()) => Lookup::Hit(v),
                     _ => {
                         let lease = format!("{}:0:l:{suffix}", self.base());
-                        map.set(&lease, MemValue::Bytes(token.clone().into_bytes()), Some(self.inner.config.lease));
+                        map.set(
+                            &lease,
+                            MemValue::Bytes(token.clone().into_bytes()),
+                            Some(self.inner.config.lease),
+                        );
                         Lookup::Miss(Some(token))
                     }
                 }
@@ -185,15 +208,27 @@ impl CacheService {
     }
 
     /// Many row entries at once; misses take a lease (one token for all).
-    pub(crate) async fn row_get_many(&self, suffixes: &[String], shape: &str) -> (Vec<Option<Vec<u8>>>, Option<String>) {
+    pub(crate) async fn row_get_many(
+        &self,
+        suffixes: &[String],
+        shape: &str,
+    ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
         let token = token();
         let result = match &self.inner.backend {
             Backend::Redis(r) => {
                 let lease = millis(self.inner.config.lease);
-                let mut args: Vec<&[u8]> = vec![self.base().as_bytes(), token.as_bytes(), &lease, shape.as_bytes()];
+                let mut args: Vec<&[u8]> = vec![
+                    self.base().as_bytes(),
+                    token.as_bytes(),
+                    &lease,
+                    shape.as_bytes(),
+                ];
                 args.extend(suffixes.iter().map(|s| s.as_bytes()));
-                match r.script::<Vec<Option<Vec<u8>>>>(&ROW_GET_MANY, &[&self.inner.epoch_key], &args).await {
+                match r
+                    .script::<Vec<Option<Vec<u8>>>>(&ROW_GET_MANY, &[&self.inner.epoch_key], &args)
+                    .await
+                {
                     Ok(values) if values.len() == suffixes.len() => (values, Some(token)),
                     _ => (vec![None; suffixes.len()], None),
                 }
@@ -201,14 +236,20 @@ impl CacheService {
             Backend::Memory(m) => m.with(|map| {
                 let values = suffixes
                     .iter()
-                    .map(|suffix| match map.get_bytes(&format!("{}:0:r:{suffix}", self.base())) {
-                        Ok(Some(v)) if v.starts_with(shape.as_bytes()) => Some(v),
-                        _ => {
-                            let lease = format!("{}:0:l:{suffix}", self.base());
-                            map.set(&lease, MemValue::Bytes(token.clone().into_bytes()), Some(self.inner.config.lease));
-                            None
-                        }
-                    })
+                    .map(
+                        |suffix| match map.get_bytes(&format!("{}:0:r:{suffix}", self.base())) {
+                            Ok(Some(v)) if v.starts_with(shape.as_bytes()) => Some(v),
+                            _ => {
+                                let lease = format!("{}:0:l:{suffix}", self.base());
+                                map.set(
+                                    &lease,
+                                    MemValue::Bytes(token.clone().into_bytes()),
+                                    Some(self.inner.config.lease),
+                                );
+                                None
+                            }
+                        },
+                    )
                     .collect();
                 (values, Some(token))
             }),
@@ -216,12 +257,21 @@ impl CacheService {
         let hits = result.0.iter().filter(|v| v.is_some()).count() as u64;
         self.event("hit", hits);
         self.event("miss", suffixes.len() as u64 - hits);
-        monitor::record_cache("row_get_many", started, if result.1.is_some() { "ok" } else { "error" });
+        monitor::record_cache(
+            "row_get_many",
+            started,
+            if result.1.is_some() { "ok" } else { "error" },
+        );
         result
     }
 
     /// Fills the entries whose leases still hold `token`; returns how many were filled.
-    pub(crate) async fn row_fill(&self, token: &str, entries: &[(String, Vec<u8>)], ttl: Duration) -> u64 {
+    pub(crate) async fn row_fill(
+        &self,
+        token: &str,
+        entries: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> u64 {
         if entries.is_empty() {
             return 0;
         }
@@ -235,14 +285,20 @@ impl CacheService {
                     args.push(suffix.as_bytes());
                     args.push(value);
                 }
-                r.script::<u64>(&ROW_FILL, &[&self.inner.epoch_key], &args).await.unwrap_or(0)
+                r.script::<u64>(&ROW_FILL, &[&self.inner.epoch_key], &args)
+                    .await
+                    .unwrap_or(0)
             }
             Backend::Memory(m) => m.with(|map| {
                 let mut filled = 0;
                 for (suffix, value) in entries {
                     let lease = format!("{}:0:l:{suffix}", self.base());
                     if map.get_bytes(&lease).ok().flatten().as_deref() == Some(token.as_bytes()) {
-                        map.set(&format!("{}:0:r:{suffix}", self.base()), MemValue::Bytes(value.clone()), Some(ttl));
+                        map.set(
+                            &format!("{}:0:r:{suffix}", self.base()),
+                            MemValue::Bytes(value.clone()),
+                            Some(ttl),
+                        );
                         map.remove(&lease);
                         filled += 1;
                     }
@@ -269,7 +325,9 @@ impl CacheService {
                 let mut args: Vec<&[u8]> = vec![self.base().as_bytes(), n.as_bytes()];
                 args.extend(counters.iter().map(|c| c.as_bytes()));
                 args.extend(rows.iter().map(|s| s.as_bytes()));
-                r.script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args).await.is_ok()
+                r.script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args)
+                    .await
+                    .is_ok()
             }
             Backend::Memory(m) => m.with(|map| {
                 for counter in counters {
@@ -292,7 +350,11 @@ impl CacheService {
         };
         if !ok {
             self.event("invalidation_failed", 1);
-            tracing::warn!(counters = counters.len(), rows = rows.len(), "cache invalidation not delivered; the epoch will be bumped when redis is back");
+            tracing::warn!(
+                counters = counters.len(),
+                rows = rows.len(),
+                "cache invalidation not delivered; the epoch will be bumped when redis is back"
+            );
         }
         monitor::record_cache("invalidate", started, if ok { "ok" } else { "error" });
         ok
@@ -312,13 +374,23 @@ impl CacheService {
             Backend::Redis(r) => {
                 let n = counters.len().to_string();
                 let mode: &[u8] = if delete { b"del" } else { b"get" };
-                let mut args: Vec<&[u8]> = vec![self.base().as_bytes(), mode, kind.as_bytes(), n.as_bytes()];
+                let mut args: Vec<&[u8]> =
+                    vec![self.base().as_bytes(), mode, kind.as_bytes(), n.as_bytes()];
                 args.extend(counters.iter().map(|c| c.as_bytes()));
                 args.push(suffix.as_bytes());
                 if delete {
-                    r.script::<(String, i64)>(&VERSIONED, &[&self.inner.epoch_key], &args).await.ok().map(|(k, _)| (k, None))
+                    r.script::<(String, i64)>(&VERSIONED, &[&self.inner.epoch_key], &args)
+                        .await
+                        .ok()
+                        .map(|(k, _)| (k, None))
                 } else {
-                    r.script::<(String, Option<Vec<u8>>)>(&VERSIONED, &[&self.inner.epoch_key], &args).await.ok()
+                    r.script::<(String, Option<Vec<u8>>)>(
+                        &VERSIONED,
+                        &[&self.inner.epoch_key],
+                        &args,
+                    )
+                    .await
+                    .ok()
                 }
             }
             Backend::Memory(m) => Some(m.with(|map| {
@@ -349,7 +421,11 @@ impl CacheService {
             None => "error",
         };
         self.event(event, 1);
-        monitor::record_cache("versioned", started, if result.is_some() { "ok" } else { "error" });
+        monitor::record_cache(
+            "versioned",
+            started,
+            if result.is_some() { "ok" } else { "error" },
+        );
         result
     }
 
@@ -360,10 +436,20 @@ impl CacheService {
         match &self.inner.backend {
             Backend::Redis(r) => {
                 let _ = r
-                    .call(async |c| redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl.as_millis() as u64).query_async::<()>(c).await)
+                    .call(async |c| {
+                        redis::cmd("SET")
+                            .arg(key)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(ttl.as_millis() as u64)
+                            .query_async::<()>(c)
+                            .await
+                    })
                     .await;
             }
-            Backend::Memory(m) => m.with(|map| map.set(key, MemValue::Bytes(value.to_vec()), Some(ttl))),
+            Backend::Memory(m) => {
+                m.with(|map| map.set(key, MemValue::Bytes(value.to_vec()), Some(ttl)))
+            }
         }
         self.event("fill", 1);
     }
@@ -371,5 +457,148 @@ impl CacheService {
     /// Bumps counters only (e.g. clearing every entry of a `#[cached]` function).
     pub(crate) async fn bump(&self, counters: &[String]) -> bool {
         self.invalidate(counters, &[]).await
+    }
+}
+
+/// `v:<table>`: the version counter of a table.
+pub(crate) fn table_counter(meta: &crate::TableMeta) -> String {
+    format!("v:{}", meta.qualified_name())
+}
+
+/// `<table>:<key as JSON>`: the row-cache name of a row (without epoch or shape).
+pub(crate) fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
+    format!(
+        "{}:{}",
+        M::META.qualified_name(),
+        serde_json::to_string(key).unwrap_or_default()
+    )
+}
+
+impl crate::Db {
+    /// The cache of this handle, when reads of `M` go through it: the model declares
+    /// `cache(ttl = …)`, a cache is configured, and the handle is not in a transaction
+    /// (a transaction must see its own writes).
+    fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, Duration)> {
+        let ttl = M::META.cache_ttl?;
+        if self.tx.is_some() {
+            return None;
+        }
+        let cache = self.shared.config.cache.clone()?;
+        Some((cache, Duration::from_secs(ttl)))
+    }
+
+    /// [`Db::read`] through the row cache.
+    pub(crate) async fn read_through<M: crate::Table>(
+        &self,
+        key: M::Key,
+    ) -> crate::Result<Option<M>> {
+        let Some((cache, ttl)) = self.row_cache::<M>() else {
+            return self.read_uncached::<M>(key).await;
+        };
+        let suffix = row_suffix::<M>(&key);
+        let shape = M::META.shape_hex();
+        let token = match cache.row_get(&suffix, &shape).await {
+            Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
+                Some(row) => return Ok(Some(row)),
+                // Undecodable: a miss, and not ours to overwrite.
+                None => None,
+            },
+            Lookup::Miss(token) => token,
+        };
+        let row = self.read_uncached::<M>(key).await?;
+        if let (Some(row), Some(token)) = (&row, token)
+            && let Some(encoded) = row.cache_encode()
+        {
+            let mut value = shape.into_bytes();
+            value.extend(encoded);
+            cache.row_fill(&token, &[(suffix, value)], ttl).await;
+        }
+        Ok(row)
+    }
+
+    /// Reads many rows by primary key: one cache round trip for all of them, one query
+    /// for the misses, one round trip to fill them. The result lines up with `keys`.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let notes: Vec<Option<Note>> = db.read_many(&[1, 2, 3]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_many<M: crate::Table + Clone>(
+        &self,
+        keys: &[M::Key],
+    ) -> crate::Result<Vec<Option<M>>> {
+        Ok(self.read_many_counted(keys).await?.0)
+    }
+
+    /// Fills the row cache with these rows in one pipelined round trip (the seed's
+    /// "cache warming"); returns how many entries were filled.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] #[table(cache(ttl = 60))] #[derive(serde::Serialize, serde::Deserialize)]
+    /// # pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.warm::<Note>(&[1, 2, 3]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn warm<M: crate::Table + Clone>(&self, keys: &[M::Key]) -> crate::Result<u64> {
+        Ok(self.read_many_counted::<M>(keys).await?.1)
+    }
+
+    async fn read_many_counted<M: crate::Table + Clone>(
+        &self,
+        keys: &[M::Key],
+    ) -> crate::Result<(Vec<Option<M>>, u64)> {
+        if keys.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let cache = self.row_cache::<M>();
+        let suffixes: Vec<String> = keys.iter().map(row_suffix::<M>).collect();
+        let shape = M::META.shape_hex();
+        let (cached, token) = match &cache {
+            Some((cache, _)) => cache.row_get_many(&suffixes, &shape).await,
+            None => (vec![None; keys.len()], None),
+        };
+        let mut out: Vec<Option<M>> = cached
+            .iter()
+            .map(|b| {
+                b.as_ref()
+                    .and_then(|b| b.get(16..))
+                    .and_then(M::cache_decode)
+            })
+            .collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| out[*i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok((out, 0));
+        }
+        let wanted: Vec<M::Key> = missing.iter().map(|i| keys[*i].clone()).collect();
+        let found: std::collections::HashMap<String, M> = self
+            .read_keys::<M>(wanted)
+            .await?
+            .into_iter()
+            .map(|row| (row_suffix::<M>(row.key()), row))
+            .collect();
+        let mut fills = Vec::new();
+        for i in missing {
+            let Some(row) = found.get(&suffixes[i]) else {
+                continue;
+            };
+            if token.is_some()
+                && let Some(encoded) = row.cache_encode()
+            {
+                let mut value = shape.clone().into_bytes();
+                value.extend(encoded);
+                fills.push((suffixes[i].clone(), value));
+            }
+            out[i] = Some(row.clone());
+        }
+        let filled = match (&cache, &token) {
+            (Some((cache, ttl)), Some(token)) => cache.row_fill(token, &fills, *ttl).await,
+            _ => 0,
+        };
+        Ok((out, filled))
     }
 }

@@ -92,7 +92,7 @@ impl Db {
             update.and_where(live);
         }
         update.returning_col(Alias::new(meta.key_column().name));
-        let bound = binder.finish(&update);
+        let bound = binder.finish(update);
         self.run("update_where", meta.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter()
@@ -123,7 +123,7 @@ impl Db {
                     mark.and_where(live);
                 }
                 mark.returning_col(key);
-                binder.finish(&mark)
+                binder.finish(mark)
             }
             None => {
                 let mut delete = SeaQuery::delete();
@@ -132,7 +132,7 @@ impl Db {
                     delete.and_where(condition(meta, &filter.node, &mut binder));
                 }
                 delete.returning_col(key);
-                binder.finish(&delete)
+                binder.finish(delete)
             }
         };
         self.run("delete_where", meta.name, async |conn| {

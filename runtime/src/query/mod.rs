@@ -211,6 +211,19 @@ pub struct Query<M, D = WholeRow> {
 }
 
 impl Db {
+    /// The rows whose primary key is one of `keys` (one query, uncached).
+    pub(crate) async fn read_keys<M: Table>(&self, keys: Vec<M::Key>) -> Result<Vec<M>> {
+        let values: Vec<crate::sql::OwnedParam> = keys
+            .into_iter()
+            .map(|k| std::sync::Arc::new(k) as crate::sql::OwnedParam)
+            .collect();
+        let mut query = self.query::<M>();
+        query
+            .filters
+            .push(Node::In(M::META.primary_key, values, true));
+        query.all().await
+    }
+
     /// Starts a query on model `M`.
     ///
     /// ```no_run
@@ -333,7 +346,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     pub fn to_sql(self) -> String {
         let mut binder = Binder::default();
         let q = self.render(&mut binder);
-        binder.finish(&q).sql
+        binder.finish(q).sql
     }
 
     /// Runs the query and returns every row.
@@ -341,8 +354,8 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let db = self.db.clone();
         let mut binder = Binder::default();
         let q = self.render(&mut binder);
-        let bound = binder.finish(&q);
-        db.run_read("query", M::META.name, async |conn| {
+        let bound = binder.finish(q);
+        crate::db::read_on_conn!(db, "query", M::META.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter().map(D::decode).collect()
         })
@@ -396,8 +409,8 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let db = self.db.clone();
         let mut binder = Binder::default();
         let q = self.render_count(&mut binder);
-        let bound = binder.finish(&q);
-        db.run_read("count", M::META.name, async |conn| {
+        let bound = binder.finish(q);
+        crate::db::read_on_conn!(db, "count", M::META.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.first()
                 .map_or(Ok(0), |r| get::<M, i64>(r, 0, usize::MAX))
@@ -416,9 +429,9 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             ..self
         }
         .render_count(&mut binder);
-        let mut bound = binder.finish(&q);
+        let mut bound = binder.finish(q);
         bound.sql = format!("EXPLAIN (FORMAT JSON) {}", bound.sql);
-        db.run_read("count_estimate", M::META.name, async |conn| {
+        crate::db::read_on_conn!(db, "count_estimate", M::META.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             let plan: serde_json::Value = match rows.first() {
                 Some(row) => get::<M, serde_json::Value>(row, 0, usize::MAX)?,
@@ -476,7 +489,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let db = self.db.clone();
         let mut binder = Binder::default();
         let q = self.render(&mut binder);
-        let bound = binder.finish(&q);
+        let bound = binder.finish(q);
         let mut conn = db.conn().await?;
         let rows = {
             let pg = conn.get()?;

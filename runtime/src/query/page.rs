@@ -283,9 +283,9 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         if let Some(values) = values {
             q.and_where(after_condition(keys, values, &mut binder));
         }
-        let bound = binder.finish(&q);
+        let bound = binder.finish(q);
         let limit = usize::try_from(size).unwrap_or(usize::MAX);
-        db.run_read("page", meta.name, async |conn| {
+        crate::db::read_on_conn!(db, "page", meta.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             let more = rows.len() > limit;
             let mut items = Vec::with_capacity(rows.len().min(limit));
