@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+mod cached;
 mod internals;
 mod migrations;
 mod table;
@@ -22,4 +23,11 @@ pub fn derive_table(input: TokenStream) -> TokenStream {
 pub fn embed_migrations(input: TokenStream) -> TokenStream {
     let dir = parse_macro_input!(input as LitStr);
     internals::ctxt::into_tokens(migrations::embed(&dir)).into()
+}
+
+/// Memoizes an async function or method in the cache; documented on the re-export in
+/// `tabula`.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, input: TokenStream) -> TokenStream {
+    cached::cached(args.into(), input.into()).into()
 }

@@ -244,6 +244,9 @@ impl Db {
             .url
             .parse()
             .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
+        if let Some(cache) = &config.cache {
+            cache.install_global();
+        }
         let manager = PgManager::new(pg, config.connect_timeout);
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.

@@ -68,6 +68,34 @@ pub use types::ColumnType;
 /// per field (`Model::FIELD_NAME`).
 pub use tabula_macros::Table;
 
+/// Memoizes an async function or method in the cache: `#[cached(ttl = 300)]`.
+///
+/// Options: `ttl = N` (whole seconds, required), `tables(Model, …)` (any write to these
+/// tables drops every entry), `skip(arg, …)` (arguments left out of the key),
+/// `key = <expr>` (the key instead of the arguments), `name = "..."` (instead of the
+/// function's path). The receiver is never part of the key. For a `Result` only `Ok`
+/// is cached; any other value (`None` included) is cached as returned. Every argument
+/// in the key must be `serde::Serialize` and the cached value `Serialize +
+/// DeserializeOwned`. Also generates `<fn>_invalidate(args…)` and `<fn>_clear()`. See
+/// [`cache`] for the contract and the cache used.
+///
+/// ```no_run
+/// use tabula::{cached, Table};
+///
+/// #[derive(Table, Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// pub struct Profile { #[table(primary_key)] pub id: i64, pub username: String }
+///
+/// pub struct UserService { db: tabula::Db }
+///
+/// impl UserService {
+///     #[cached(ttl = 300, tables(Profile))]
+///     pub async fn user_profile(&self, id: i64) -> tabula::Result<Option<Profile>> {
+///         self.db.read::<Profile>(id).await
+///     }
+/// }
+/// ```
+pub use tabula_macros::cached;
+
 /// Embeds the migrations of a folder (relative to the crate's `Cargo.toml`) into the
 /// binary as a [`migrate::Migrator`], checked at compile time.
 ///
@@ -80,6 +108,10 @@ pub use tabula_macros::embed_migrations;
 /// What generated code uses. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cache::memo::{
+        MemoSpec, MemoStore, OkOnly, Plain, assert_key_arg, memo, memo_clear, memo_invalidate,
+        memo_key,
+    };
     pub use crate::migrate::{Migration, Migrator};
     pub use crate::sql::Statements;
     pub use crate::table::{

@@ -218,6 +218,23 @@ impl<'a> Binder<'a> {
 }
 
 impl Bound<'_> {
+    /// SHA-256 of the SQL and the values (by their `Debug` form, which is unambiguous
+    /// for every column type): the identity of a query in the query cache.
+    pub(crate) fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.sql.as_bytes());
+        for param in self.params() {
+            hash.update([0u8]);
+            hash.update(format!("{param:?}").as_bytes());
+        }
+        hash.finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The parameters, in placeholder order.
     pub(crate) fn params(&self) -> Vec<Param<'_>> {
         self.order

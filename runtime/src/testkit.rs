@@ -417,7 +417,95 @@ fn start_postgres() -> Result<Server> {
     Err(last.unwrap_or_else(|| Error::Config("postgres did not start".into())))
 }
 
+/// A redis-server of one test's own, which the test may stop, start again on the
+/// same port, or freeze (SIGSTOP) to simulate an outage or a hung server.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    server: Mutex<Option<Server>>,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free loopback port.
+    ///
+    /// ```no_run
+    /// let redis = tabula::testkit::PrivateRedis::start()?;
+    /// redis.stop();
+    /// redis.restart()?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn start() -> Result<PrivateRedis> {
+        let server = start_redis_on(None)?;
+        Ok(PrivateRedis {
+            port: server.port,
+            server: Mutex::new(Some(server)),
+        })
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops it and waits until its port refuses connections.
+    pub fn stop(&self) {
+        if let Ok(mut server) = self.server.lock() {
+            *server = None; // closing the lifeline makes the supervisor stop it
+        }
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&self) -> Result<()> {
+        let server = start_redis_on(Some(self.port))?;
+        if let Ok(mut slot) = self.server.lock() {
+            *slot = Some(server);
+        }
+        Ok(())
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .server
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.pid));
+        if let Some(pid) = pid {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        // A frozen server would ignore the supervisor's SIGINT.
+        self.resume();
+    }
+}
+
 fn start_redis() -> Result<Server> {
+    start_redis_on(None)
+}
+
+fn start_redis_on(fixed_port: Option<u16>) -> Result<Server> {
     let redis = find_on_path("redis-server")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
         .ok_or_else(|| {
@@ -428,7 +516,10 @@ fn start_redis() -> Result<Server> {
     let dir = scratch_dir("redis", None)?;
     let mut last = None;
     for _ in 0..5 {
-        let port = free_port()?;
+        let port = match fixed_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let args: Vec<String> = [
             "--port",
             &port.to_string(),

@@ -44,9 +44,12 @@
 //! process, with nothing shared between processes.
 
 mod breaker;
+pub(crate) mod memo;
 mod memory;
 mod redis;
 pub(crate) mod row;
+
+pub use row::FillHook;
 
 use std::collections::HashMap;
 use std::fmt;

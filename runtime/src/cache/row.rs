@@ -20,7 +20,7 @@ local base = ARGV[1] .. ':' .. e
 local v = redis.call('GET', base .. ':r:' .. ARGV[2])
 if v and string.sub(v, 1, 16) == ARGV[5] then return {1, v} end
 redis.call('SET', base .. ':l:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
-return {0}",
+return {0, false}",
     )
 });
 

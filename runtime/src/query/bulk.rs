@@ -22,7 +22,7 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn update_where<M: Table>(&self, filter: Filter<M>, patch: M::Patch) -> Result<u64> {
-        Ok(self.update_matching::<M>(Some(filter), patch).await?.len() as u64)
+        self.bulk_update::<M>(Some(filter), patch).await
     }
 
     /// Applies `patch` to every row of the table; returns how many rows changed.
@@ -35,7 +35,7 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn update_all<M: Table>(&self, patch: M::Patch) -> Result<u64> {
-        Ok(self.update_matching::<M>(None, patch).await?.len() as u64)
+        self.bulk_update::<M>(None, patch).await
     }
 
     /// Deletes every row matching `filter`; returns how many were deleted.
@@ -48,7 +48,7 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn delete_where<M: Table>(&self, filter: Filter<M>) -> Result<u64> {
-        Ok(self.delete_matching::<M>(Some(filter)).await?.len() as u64)
+        self.bulk_delete::<M>(Some(filter)).await
     }
 
     /// Deletes every row of the table; returns how many were deleted.
@@ -61,7 +61,35 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn delete_all<M: Table>(&self) -> Result<u64> {
-        Ok(self.delete_matching::<M>(None).await?.len() as u64)
+        self.bulk_delete::<M>(None).await
+    }
+
+    /// Invalidates exactly the rows the statement returned (RETURNING their keys), so
+    /// no per-row hook is needed and no row is missed.
+    async fn bulk_update<M: Table>(
+        &self,
+        filter: Option<Filter<M>>,
+        patch: M::Patch,
+    ) -> Result<u64> {
+        let db = self.clone();
+        let keys = self
+            .write::<M, _>(
+                async move { db.update_matching::<M>(filter, patch).await },
+                |keys: &Vec<M::Key>| keys.clone(),
+            )
+            .await?;
+        Ok(keys.len() as u64)
+    }
+
+    async fn bulk_delete<M: Table>(&self, filter: Option<Filter<M>>) -> Result<u64> {
+        let db = self.clone();
+        let keys = self
+            .write::<M, _>(
+                async move { db.delete_matching::<M>(filter).await },
+                |keys: &Vec<M::Key>| keys.clone(),
+            )
+            .await?;
+        Ok(keys.len() as u64)
     }
 
     /// UPDATE … RETURNING the keys of the rows it changed.
@@ -78,21 +106,24 @@ impl Db {
                 meta.name
             )));
         }
-        let mut binder = Binder::default();
-        let mut update = SeaQuery::update();
-        update.table(sql::table_ref(meta));
-        for (index, value) in assignments {
-            update.value(Alias::new(meta.columns[index].name), binder.borrowed(value));
-        }
-        match &filter {
-            Some(filter) => update.and_where(condition(meta, &filter.node, &mut binder)),
-            None => update.and_where(Expr::cust("TRUE")),
+        // In a block: sea-query statements are not Send.
+        let bound = {
+            let mut binder = Binder::default();
+            let mut update = SeaQuery::update();
+            update.table(sql::table_ref(meta));
+            for (index, value) in assignments {
+                update.value(Alias::new(meta.columns[index].name), binder.borrowed(value));
+            }
+            match &filter {
+                Some(filter) => update.and_where(condition(meta, &filter.node, &mut binder)),
+                None => update.and_where(Expr::cust("TRUE")),
+            };
+            if let Some(live) = sql::live_rows(meta) {
+                update.and_where(live);
+            }
+            update.returning_col(Alias::new(meta.key_column().name));
+            binder.finish(update)
         };
-        if let Some(live) = sql::live_rows(meta) {
-            update.and_where(live);
-        }
-        update.returning_col(Alias::new(meta.key_column().name));
-        let bound = binder.finish(update);
         self.run("update_where", meta.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter()

@@ -354,12 +354,25 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let db = self.db.clone();
         let mut binder = Binder::default();
         let q = self.render(&mut binder);
-        let bound = binder.finish(q);
-        crate::db::read_on_conn!(db, "query", M::META.name, |conn| {
-            let rows = conn.query(&bound.sql, &bound.params()).await?;
-            rows.iter().map(D::decode).collect()
-        })
-        .await
+        fetch::<M, D>(&db, &binder.finish(q)).await
+    }
+
+    /// Caches this query's result for `ttl_seconds` under the table's version counter:
+    /// any write to the table makes every cached query of it miss (see
+    /// [`crate::cache`]). Inside a transaction, or without a cache, it runs uncached.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let ids: Vec<i64> = db.query::<Note>().select(Note::ID).limit(10).cached(60).all().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cached(self, ttl_seconds: u64) -> CachedQuery<M, D> {
+        CachedQuery {
+            query: self,
+            ttl_seconds,
+        }
     }
 
     /// The first row, if any (adds `LIMIT 1`).
@@ -504,6 +517,75 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
                 Some((item, (rows, conn)))
             });
         Ok(Box::pin(stream))
+    }
+}
+
+/// Runs a rendered query and decodes its rows.
+async fn fetch<M: Table, D: Decode<M>>(
+    db: &Db,
+    bound: &crate::sql::Bound<'static>,
+) -> Result<Vec<D::Output>> {
+    crate::db::read_on_conn!(db, "query", M::META.name, |conn| {
+        let rows = conn.query(&bound.sql, &bound.params()).await?;
+        rows.iter().map(D::decode).collect()
+    })
+    .await
+}
+
+/// A query whose result is cached; from [`Query::cached`].
+#[must_use = "a query does nothing until .all() runs it"]
+pub struct CachedQuery<M, D> {
+    query: Query<M, D>,
+    ttl_seconds: u64,
+}
+
+impl<M: Table, D: Decode<M>> CachedQuery<M, D>
+where
+    D::Output: serde::Serialize + serde::de::DeserializeOwned,
+{
+    /// Every row, from the cache when this exact query (SQL and values) was answered
+    /// since the table's last write.
+    pub async fn all(self) -> Result<Vec<D::Output>> {
+        if self.ttl_seconds == 0 {
+            return Err(Error::Validation(
+                "a cached query needs a TTL of at least 1 second".into(),
+            ));
+        }
+        let db = self.query.db.clone();
+        let mut binder = Binder::default();
+        let q = self.query.render(&mut binder);
+        let bound = binder.finish(q);
+        let cache = match (&db.shared.config.cache, &db.tx) {
+            (Some(cache), None) => cache.clone(),
+            _ => return fetch::<M, D>(&db, &bound).await,
+        };
+        let meta = M::META;
+        let suffix = format!(
+            "{}:{}:{}",
+            meta.qualified_name(),
+            meta.shape_hex(),
+            bound.fingerprint()
+        );
+        let counters = [crate::cache::row::table_counter(meta)];
+        let found = cache.versioned("q", &counters, &suffix, false).await;
+        if let Some((_, Some(bytes))) = &found
+            && let Ok(rows) = serde_json::from_slice::<Vec<D::Output>>(bytes)
+        {
+            return Ok(rows);
+        }
+        let rows = fetch::<M, D>(&db, &bound).await?;
+        if let Some((key, _)) = found
+            && let Ok(bytes) = serde_json::to_vec(&rows)
+        {
+            cache
+                .versioned_fill(
+                    &key,
+                    &bytes,
+                    std::time::Duration::from_secs(self.ttl_seconds),
+                )
+                .await;
+        }
+        Ok(rows)
     }
 }
 

@@ -1,0 +1,688 @@
+//! The cache contract (see `tabula::cache`) on real Redis and PostgreSQL, and the
+//! cache service's data structures on both backends.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tabula::testkit::PrivateRedis;
+use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+use uuid::Uuid;
+
+/// The seed's profile with a row cache.
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(name = "profiles", cache(ttl = 300))]
+struct Cached {
+    #[table(primary_key, generated)]
+    id: Uuid,
+    user_id: Uuid,
+    username: String,
+    avatar_url: Option<String>,
+}
+
+/// The same table through a struct of another shape (as after a deploy).
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(name = "profiles", cache(ttl = 300))]
+struct Reshaped {
+    #[table(primary_key, generated)]
+    id: Uuid,
+    username: String,
+    #[table(generated)]
+    status: String,
+}
+
+fn unique_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn redis_cache(url: &str) -> CacheService {
+    let config = CacheConfig::default()
+        .prefix(unique_prefix())
+        .probe_interval(Duration::from_millis(200));
+    CacheService::redis(url, config).expect("cache")
+}
+
+fn shared_redis() -> CacheService {
+    redis_cache(&tabula::testkit::redis_url().expect("redis"))
+}
+
+async fn db_with(cache: CacheService) -> Db {
+    let (_, url) = common::db_and_url().await;
+    Db::connect_with(DbConfig::new(url).cache(cache))
+        .await
+        .expect("db")
+}
+
+fn new_cached(name: &str) -> NewCached {
+    NewCached {
+        user_id: Uuid::new_v4(),
+        username: name.into(),
+        avatar_url: None,
+    }
+}
+
+/// Changes a row behind the cache's back, so a test can tell a cached answer from a
+/// fresh one.
+async fn poke(db: &Db, id: Uuid, avatar: &str) {
+    let avatar = avatar.to_owned();
+    db.with_client(async |c| {
+        c.execute(
+            "UPDATE profiles SET avatar_url = $1 WHERE id = $2",
+            &[&avatar, &id],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+    .expect("poke");
+}
+
+async fn avatar(db: &Db, id: Uuid) -> Option<String> {
+    db.read::<Cached>(id)
+        .await
+        .expect("read")
+        .expect("row")
+        .avatar_url
+}
+
+#[tokio::test]
+async fn reads_are_served_from_the_cache_after_the_first() {
+    for cache in [
+        shared_redis(),
+        CacheService::in_memory(CacheConfig::default()).expect("memory"),
+    ] {
+        let db = db_with(cache).await;
+        let p = db.create(new_cached("cached")).await.expect("create");
+        assert_eq!(avatar(&db, p.id).await, None); // fills
+        poke(&db, p.id, "behind-the-back").await;
+        assert_eq!(
+            avatar(&db, p.id).await,
+            None,
+            "second read came from the cache"
+        );
+        let fresh = db
+            .read_uncached::<Cached>(p.id)
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(
+            fresh.avatar_url.as_deref(),
+            Some("behind-the-back"),
+            "uncached read asks PostgreSQL"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_write_invalidates_the_row() {
+    let db = db_with(shared_redis()).await;
+    let p = db.create(new_cached("writes")).await.expect("create");
+    let _ = avatar(&db, p.id).await;
+    db.update::<Cached>(
+        p.id,
+        CachedPatch {
+            avatar_url: Some(Some("a".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("update");
+    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("a"), "update");
+    db.update_where(
+        Cached::ID.eq(p.id),
+        CachedPatch {
+            avatar_url: Some(Some("b".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("update_where");
+    assert_eq!(
+        avatar(&db, p.id).await.as_deref(),
+        Some("b"),
+        "update_where"
+    );
+    db.upsert(
+        NewCached {
+            avatar_url: Some("c".into()),
+            ..new_cached("writes")
+        },
+        Cached::USERNAME,
+    )
+    .await
+    .expect("upsert");
+    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("c"), "upsert");
+    db.delete_where(Cached::ID.eq(p.id))
+        .await
+        .expect("delete_where");
+    assert_eq!(
+        db.read::<Cached>(p.id).await.expect("read"),
+        None,
+        "delete_where"
+    );
+    let q = db.create(new_cached("deleted")).await.expect("create");
+    let _ = avatar(&db, q.id).await;
+    db.delete::<Cached>(q.id).await.expect("delete");
+    assert_eq!(db.read::<Cached>(q.id).await.expect("read"), None, "delete");
+}
+
+#[tokio::test]
+async fn transactions_invalidate_after_commit_and_not_after_rollback() {
+    let db = db_with(shared_redis()).await;
+    let p = db.create(new_cached("tx")).await.expect("create");
+    let _ = avatar(&db, p.id).await;
+    let outside = db.clone();
+    db.transaction(|tx| {
+        let outside = outside.clone();
+        async move {
+            tx.update::<Cached>(
+                p.id,
+                CachedPatch {
+                    avatar_url: Some(Some("committed".into())),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            // Not committed yet: others still see (and may cache) the old row.
+            assert_eq!(avatar(&outside, p.id).await, None);
+            Ok(())
+        }
+    })
+    .await
+    .expect("commit");
+    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("committed"));
+
+    let rolled: tabula::Result<()> = db
+        .transaction(|tx| async move {
+            tx.update::<Cached>(
+                p.id,
+                CachedPatch {
+                    avatar_url: Some(Some("rolled-back".into())),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Err(tabula::Error::Validation("abort".into()))
+        })
+        .await;
+    assert!(rolled.is_err());
+    // The entry survived: a rollback invalidates nothing. Prove it by a change behind
+    // the cache's back that the cached read does not see.
+    poke(&db, p.id, "poked").await;
+    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("committed"));
+}
+
+#[tokio::test]
+async fn a_reader_paused_before_its_fill_cannot_cache_a_row_a_writer_changed() {
+    let cache = shared_redis();
+    let db = db_with(cache.clone()).await;
+    let p = db.create(new_cached("race")).await.expect("create");
+    let (at_fill_tx, at_fill_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let gates = Arc::new(std::sync::Mutex::new(Some((at_fill_tx, go_rx))));
+    cache.set_fill_hook(Some(Arc::new(move || {
+        let gates = gates.lock().ok().and_then(|mut g| g.take());
+        Box::pin(async move {
+            if let Some((at_fill, go)) = gates {
+                let _ = at_fill.send(());
+                let _ = go.await;
+            }
+        })
+    })));
+    let reader = {
+        let db = db.clone();
+        tokio::spawn(async move { db.read::<Cached>(p.id).await })
+    };
+    tokio::time::timeout(Duration::from_secs(10), at_fill_rx)
+        .await
+        .expect("reader reached its fill in time")
+        .expect("reader reached its fill with the old row");
+    db.update::<Cached>(
+        p.id,
+        CachedPatch {
+            avatar_url: Some(Some("new".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("writer");
+    go_tx.send(()).expect("release reader");
+    let old = reader.await.expect("join").expect("read").expect("row");
+    assert_eq!(old.avatar_url, None, "the reader read before the write");
+    cache.set_fill_hook(None);
+    assert_eq!(
+        avatar(&db, p.id).await.as_deref(),
+        Some("new"),
+        "its fill was dropped: no stale entry"
+    );
+}
+
+#[tokio::test]
+async fn cached_queries_are_invalidated_by_any_write_to_the_table() {
+    let db = db_with(shared_redis()).await;
+    let p = db.create(new_cached("q1")).await.expect("create");
+    let names = || {
+        db.query::<Cached>()
+            .select(Cached::USERNAME)
+            .order_by(Cached::USERNAME.asc())
+            .cached(60)
+            .all()
+    };
+    assert_eq!(names().await.expect("first"), ["q1"]);
+    db.execute_batch(
+        "INSERT INTO profiles (user_id, username) VALUES (gen_random_uuid(), 'behind')",
+    )
+    .await
+    .expect("raw");
+    assert_eq!(
+        names().await.expect("cached"),
+        ["q1"],
+        "served from the cache"
+    );
+    db.update::<Cached>(
+        p.id,
+        CachedPatch {
+            username: Some("q2".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("update");
+    assert_eq!(
+        names().await.expect("after write"),
+        ["behind", "q2"],
+        "a write bumped the table's version"
+    );
+}
+
+#[tokio::test]
+async fn an_entry_of_another_model_shape_is_never_decoded() {
+    let db = db_with(shared_redis()).await;
+    let p = db.create(new_cached("shape")).await.expect("create");
+    let _ = avatar(&db, p.id).await; // cached in Cached's shape
+    db.execute_batch(&format!(
+        "UPDATE profiles SET username = 'renamed' WHERE id = '{}'",
+        p.id
+    ))
+    .await
+    .expect("raw");
+    let other = db.read::<Reshaped>(p.id).await.expect("read").expect("row");
+    assert_eq!(
+        other.username, "renamed",
+        "the other shape missed and read PostgreSQL"
+    );
+    assert_eq!(other.status, "active");
+}
+
+#[tokio::test]
+async fn warm_and_read_many_use_one_round_trip_each_way() {
+    let db = db_with(shared_redis()).await;
+    let rows = db
+        .create_many((0..20).map(|i| new_cached(&format!("w{i}"))).collect())
+        .await
+        .expect("seed");
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(db.warm::<Cached>(&ids).await.expect("warm"), 20);
+    assert_eq!(
+        db.warm::<Cached>(&ids).await.expect("warm again"),
+        0,
+        "all hits now"
+    );
+    poke(&db, ids[3], "behind").await;
+    let mut keys = ids.clone();
+    keys.push(Uuid::new_v4());
+    let many = db.read_many::<Cached>(&keys).await.expect("read_many");
+    assert_eq!(many.len(), 21);
+    assert_eq!(
+        many[3].as_ref().and_then(|r| r.avatar_url.clone()),
+        None,
+        "from the cache"
+    );
+    assert_eq!(many[7].as_ref().map(|r| r.id), Some(ids[7]));
+    assert!(many[20].is_none(), "a missing key is None");
+}
+
+#[tokio::test]
+async fn a_dropped_read_leaves_no_entry_behind() {
+    let cache = shared_redis();
+    let db = db_with(cache.clone()).await;
+    let p = db.create(new_cached("cancel")).await.expect("create");
+    cache.set_fill_hook(Some(Arc::new(|| Box::pin(std::future::pending::<()>()))));
+    let dropped = tokio::time::timeout(Duration::from_millis(100), db.read::<Cached>(p.id)).await;
+    assert!(dropped.is_err(), "the read was dropped mid-fill");
+    cache.set_fill_hook(None);
+    poke(&db, p.id, "fresh").await;
+    assert_eq!(
+        avatar(&db, p.id).await.as_deref(),
+        Some("fresh"),
+        "nothing was cached by the dropped read"
+    );
+}
+
+#[tokio::test]
+async fn stress_no_read_sees_a_value_older_than_the_last_completed_write() {
+    let db = db_with(shared_redis()).await;
+    let rows = db
+        .create_many((0..200).map(|i| new_cached(&format!("s{i}"))).collect())
+        .await
+        .expect("seed");
+    let ids: Arc<Vec<Uuid>> = Arc::new(rows.iter().map(|r| r.id).collect());
+    // The last version each row's writer finished writing (its avatar is that number).
+    let done: Arc<Vec<AtomicI64>> = Arc::new((0..ids.len()).map(|_| AtomicI64::new(-1)).collect());
+    let stale = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let (db, ids, done) = (db.clone(), ids.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            for step in 0..250i64 {
+                let row = (w + 4 * (step as usize * 7)) % ids.len();
+                let row = row - row % 4 + w; // each row has one writer
+                let version = done[row].load(Ordering::SeqCst) + 1;
+                let patch = CachedPatch {
+                    avatar_url: Some(Some(version.to_string())),
+                    ..Default::default()
+                };
+                db.update::<Cached>(ids[row], patch).await.expect("write");
+                done[row].store(version, Ordering::SeqCst);
+            }
+        }));
+    }
+    for r in 0..6usize {
+        let (db, ids, done, stale) = (db.clone(), ids.clone(), done.clone(), stale.clone());
+        tasks.push(tokio::spawn(async move {
+            for step in 0..400usize {
+                let row = (r * 31 + step * 13) % ids.len();
+                let floor = done[row].load(Ordering::SeqCst);
+                let got = db
+                    .read::<Cached>(ids[row])
+                    .await
+                    .expect("read")
+                    .expect("row");
+                let seen: i64 = got
+                    .avatar_url
+                    .as_deref()
+                    .map_or(-1, |v| v.parse().unwrap_or(-1));
+                if seen < floor {
+                    stale.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(stale.load(Ordering::SeqCst), 0, "stale reads");
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_workload_costs_no_request_and_the_cache_comes_back() {
+    let redis = PrivateRedis::start().expect("redis");
+    let cache = redis_cache(&redis.url());
+    let db = db_with(cache.clone()).await;
+    let p = db.create(new_cached("outage")).await.expect("create");
+    let _ = avatar(&db, p.id).await;
+    redis.stop();
+    for i in 0..20 {
+        let patch = CachedPatch {
+            avatar_url: Some(Some(format!("down-{i}"))),
+            ..Default::default()
+        };
+        db.update::<Cached>(p.id, patch)
+            .await
+            .expect("write while redis is down");
+        assert_eq!(
+            avatar(&db, p.id).await,
+            Some(format!("down-{i}")),
+            "read while redis is down"
+        );
+    }
+    assert!(cache.is_degraded(), "the breaker opened");
+    redis.restart().expect("restart");
+    tokio::time::sleep(Duration::from_millis(300)).await; // one probe interval
+    // The breaker probes on traffic: keep reading until Redis is used again.
+    let started = Instant::now();
+    loop {
+        let seen = avatar(&db, p.id).await;
+        assert_eq!(
+            seen.as_deref(),
+            Some("down-19"),
+            "reads stay correct while recovering"
+        );
+        if !cache.is_degraded() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cache not used again within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = avatar(&db, p.id).await; // fill
+    poke(&db, p.id, "behind").await;
+    assert_eq!(
+        avatar(&db, p.id).await.as_deref(),
+        Some("down-19"),
+        "served from the cache again"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_redis_costs_one_deadline_per_call_and_serves_nothing_stale_after() {
+    let redis = PrivateRedis::start().expect("redis");
+    let cache = redis_cache(&redis.url());
+    let db = db_with(cache.clone()).await;
+    let p = db.create(new_cached("hung")).await.expect("create");
+    let _ = avatar(&db, p.id).await; // cached: avatar None
+    redis.pause();
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let started = Instant::now();
+        let patch = CachedPatch {
+            avatar_url: Some(Some(format!("while-hung-{i}"))),
+            ..Default::default()
+        };
+        db.update::<Cached>(p.id, patch)
+            .await
+            .expect("write while hung");
+        assert_eq!(avatar(&db, p.id).await, Some(format!("while-hung-{i}")));
+        slowest = slowest.max(started.elapsed());
+    }
+    // Two cache calls per round (invalidate + read), each bounded by the 50 ms deadline.
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a round took {slowest:?}"
+    );
+    redis.resume();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The entry cached before the hang still sits in Redis, but the epoch bump on
+    // recovery orphaned it.
+    let started = Instant::now();
+    loop {
+        assert_eq!(
+            avatar(&db, p.id).await.as_deref(),
+            Some("while-hung-9"),
+            "never the pre-hang value"
+        );
+        if !cache.is_degraded() || started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cache.is_degraded());
+}
+
+async fn structures(cache: &CacheService) {
+    cache
+        .set("k", &serde_json::json!({"a": 1}), Some(300))
+        .await
+        .expect("set");
+    assert_eq!(
+        cache.get::<serde_json::Value>("k").await.expect("get"),
+        Some(serde_json::json!({"a": 1}))
+    );
+    assert!(cache.exists("k").await.expect("exists"));
+    assert!(cache.delete("k").await.expect("delete"));
+    assert!(!cache.exists("k").await.expect("exists"));
+    assert_eq!(cache.get::<String>("k").await.expect("get"), None);
+    assert_eq!(cache.incr("n", 5).await.expect("incr"), 5);
+    assert_eq!(cache.incr("n", -2).await.expect("incr"), 3);
+    assert_eq!(cache.get::<i64>("n").await.expect("get"), Some(3));
+
+    assert_eq!(cache.list_push("queue", "item1").await.expect("push"), 1);
+    assert_eq!(cache.list_push("queue", "item2").await.expect("push"), 2);
+    assert_eq!(
+        cache
+            .list_range::<String>("queue", 0, -1)
+            .await
+            .expect("range"),
+        ["item1", "item2"]
+    );
+    assert_eq!(cache.list_len("queue").await.expect("len"), 2);
+    assert_eq!(
+        cache
+            .list_pop::<String>("queue")
+            .await
+            .expect("pop")
+            .as_deref(),
+        Some("item1")
+    );
+    assert_eq!(
+        cache
+            .list_pop::<String>("queue")
+            .await
+            .expect("pop")
+            .as_deref(),
+        Some("item2")
+    );
+    assert_eq!(cache.list_pop::<String>("queue").await.expect("pop"), None);
+
+    assert_eq!(
+        cache
+            .set_add("uniqueUsers", &["user1", "user2", "user1"])
+            .await
+            .expect("sadd"),
+        2
+    );
+    let mut users = cache
+        .set_members::<String>("uniqueUsers")
+        .await
+        .expect("members");
+    users.sort();
+    assert_eq!(users, ["user1", "user2"]);
+    assert!(
+        cache
+            .set_is_member("uniqueUsers", "user2")
+            .await
+            .expect("member")
+    );
+    assert_eq!(
+        cache
+            .set_remove("uniqueUsers", &["user2", "nobody"])
+            .await
+            .expect("srem"),
+        1
+    );
+    assert!(
+        !cache
+            .set_is_member("uniqueUsers", "user2")
+            .await
+            .expect("member")
+    );
+
+    assert!(
+        cache
+            .hash_set("userPrefs", "theme", "dark")
+            .await
+            .expect("hset")
+    );
+    assert!(
+        !cache
+            .hash_set("userPrefs", "theme", "light")
+            .await
+            .expect("hset again")
+    );
+    assert_eq!(
+        cache
+            .hash_get::<String>("userPrefs", "theme")
+            .await
+            .expect("hget")
+            .as_deref(),
+        Some("light")
+    );
+    cache
+        .hash_set("userPrefs", "lang", "en")
+        .await
+        .expect("hset");
+    assert_eq!(
+        cache
+            .hash_get_all::<String>("userPrefs")
+            .await
+            .expect("hgetall")
+            .len(),
+        2
+    );
+    assert!(cache.hash_delete("userPrefs", "lang").await.expect("hdel"));
+    assert_eq!(
+        cache
+            .hash_get::<String>("userPrefs", "lang")
+            .await
+            .expect("hget"),
+        None
+    );
+
+    for i in 0..30 {
+        cache
+            .set(&format!("profiles:{i}"), &i, None)
+            .await
+            .expect("set");
+    }
+    cache.set("documents:1", &1, None).await.expect("set");
+    assert_eq!(
+        cache
+            .invalidate_pattern("profiles:*")
+            .await
+            .expect("pattern"),
+        30
+    );
+    assert!(cache.exists("documents:1").await.expect("exists"));
+
+    cache
+        .set("short", &"lived", Some(1))
+        .await
+        .expect("set ttl");
+    cache.list_push("short-list", "x").await.expect("push");
+    assert!(cache.expire("short-list", 1).await.expect("expire"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        cache.get::<String>("short").await.expect("get"),
+        None,
+        "TTL expired"
+    );
+    assert_eq!(
+        cache.list_len("short-list").await.expect("len"),
+        0,
+        "expire applied"
+    );
+
+    let err = cache.set("zero", &1, Some(0)).await.expect_err("ttl 0");
+    assert!(matches!(err, tabula::Error::Validation(_)));
+    let err = cache.list_push("n", "x").await.expect_err("wrong type");
+    assert!(matches!(err, tabula::Error::Cache(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn data_structures_work_the_same_on_redis_and_in_process() {
+    structures(&shared_redis()).await;
+    structures(
+        &CacheService::in_memory(CacheConfig::default().prefix(unique_prefix())).expect("memory"),
+    )
+    .await;
+}
