@@ -26,7 +26,8 @@ fn install() {
     ONCE.call_once(|| {
         let url = tabula::testkit::redis_url().expect("redis");
         let prefix = format!("memo{}", std::process::id());
-        let cache = CacheService::redis(&url, CacheConfig::default().prefix(prefix)).expect("cache");
+        let cache =
+            CacheService::redis(&url, CacheConfig::default().prefix(prefix)).expect("cache");
         assert!(cache.install_global());
     });
 }
@@ -35,7 +36,9 @@ async fn db() -> Db {
     install();
     let (_, url) = common::db_and_url().await;
     let cache = CacheService::global().expect("global cache").clone();
-    Db::connect_with(DbConfig::new(url).cache(cache)).await.expect("db")
+    Db::connect_with(DbConfig::new(url).cache(cache))
+        .await
+        .expect("db")
 }
 
 struct UserService {
@@ -75,21 +78,37 @@ async fn square(n: u32) -> Option<u32> {
 }
 
 fn service(db: Db) -> UserService {
-    UserService { db, calls: AtomicU32::new(0) }
+    UserService {
+        db,
+        calls: AtomicU32::new(0),
+    }
 }
 
 #[tokio::test]
 async fn a_method_result_is_cached_until_a_write_to_its_table() {
     let db = db().await;
     let s = service(db.clone());
-    let p = db.create(NewProfile { user_id: Uuid::new_v4(), username: "memo".into(), avatar_url: None }).await.expect("create");
+    let p = db
+        .create(NewProfile {
+            user_id: Uuid::new_v4(),
+            username: "memo".into(),
+            avatar_url: None,
+        })
+        .await
+        .expect("create");
     let first = s.user_profile(p.id).await.expect("first").expect("row");
     let again = s.user_profile(p.id).await.expect("again").expect("row");
     assert_eq!(first, again);
     assert_eq!(s.calls.load(Ordering::SeqCst), 1, "second call was a hit");
-    db.update::<Profile>(p.id, ProfilePatch { username: Some("renamed".into()), ..Default::default() })
-        .await
-        .expect("write to a tied table");
+    db.update::<Profile>(
+        p.id,
+        ProfilePatch {
+            username: Some("renamed".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("write to a tied table");
     let after = s.user_profile(p.id).await.expect("after").expect("row");
     assert_eq!(after.username, "renamed");
     assert_eq!(s.calls.load(Ordering::SeqCst), 2);
@@ -101,7 +120,10 @@ async fn the_receiver_is_not_part_of_the_key_and_skipped_arguments_are_not_eithe
     let (a, b) = (service(db.clone()), service(db));
     assert_eq!(a.double(21_000_001, "x").await, 42_000_002);
     assert_eq!(b.double(21_000_001, "y").await, 42_000_002);
-    assert_eq!(a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst),
+        1
+    );
 }
 
 #[tokio::test]
@@ -143,11 +165,23 @@ async fn free_functions_cache_none_and_can_be_invalidated_or_cleared() {
     assert_eq!(FREE_CALLS.load(Ordering::SeqCst) - before, 2);
     square_invalidate(12).await;
     assert_eq!(square(12).await, Some(144));
-    assert_eq!(FREE_CALLS.load(Ordering::SeqCst) - before, 3, "one entry dropped");
+    assert_eq!(
+        FREE_CALLS.load(Ordering::SeqCst) - before,
+        3,
+        "one entry dropped"
+    );
     assert_eq!(square(0).await, None);
-    assert_eq!(FREE_CALLS.load(Ordering::SeqCst) - before, 3, "the other kept");
+    assert_eq!(
+        FREE_CALLS.load(Ordering::SeqCst) - before,
+        3,
+        "the other kept"
+    );
     square_clear().await;
     assert_eq!(square(0).await, None);
     assert_eq!(square(12).await, Some(144));
-    assert_eq!(FREE_CALLS.load(Ordering::SeqCst) - before, 5, "all entries dropped");
+    assert_eq!(
+        FREE_CALLS.load(Ordering::SeqCst) - before,
+        5,
+        "all entries dropped"
+    );
 }

@@ -130,7 +130,7 @@ impl Map<'_> {
         self.map
             .iter()
             .filter(|(k, e)| {
-                !e.expires.is_some_and(|t| t <= now) && glob(pattern.as_bytes(), k.as_bytes())
+                e.expires.is_none_or(|t| t > now) && glob(pattern.as_bytes(), k.as_bytes())
             })
             .map(|(k, _)| k.clone())
             .collect()

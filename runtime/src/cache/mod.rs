@@ -166,6 +166,8 @@ impl From<Fault> for Error {
     }
 }
 
+/// One per cache, behind an `Arc`: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     Redis(RedisBackend),
     Memory(MemoryBackend),
