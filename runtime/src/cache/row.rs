@@ -521,7 +521,7 @@ impl crate::Db {
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
-    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # #[derive(Table, Clone)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
     /// # async fn run(db: Db) -> tabula::Result<()> {
     /// let notes: Vec<Option<Note>> = db.read_many(&[1, 2, 3]).await?;
     /// # Ok(()) }
@@ -538,7 +538,7 @@ impl crate::Db {
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
-    /// # #[derive(Table)] #[table(cache(ttl = 60))] #[derive(serde::Serialize, serde::Deserialize)]
+    /// # #[derive(Table, Clone)] #[table(cache(ttl = 60))] #[derive(serde::Serialize, serde::Deserialize)]
     /// # pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
     /// # async fn run(db: Db) -> tabula::Result<()> {
     /// db.warm::<Note>(&[1, 2, 3]).await?;
