@@ -139,6 +139,8 @@ pub struct Db {
     pub(crate) shared: Arc<Shared>,
     /// Set when this handle is bound to a transaction.
     pub(crate) tx: Option<Arc<Mutex<TxConn>>>,
+    /// Set for a user-scoped handle (see [`crate::auth`]).
+    pub(crate) scope: Option<Arc<crate::auth::Scope>>,
 }
 
 pub(crate) struct Shared {
@@ -269,6 +271,7 @@ impl Db {
                 connect_errors,
             }),
             tx: None,
+            scope: None,
         })
     }
 
@@ -307,10 +310,22 @@ impl Db {
 
     /// A connection for one operation: the transaction's, or one from the pool.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        match &self.tx {
-            Some(tx) => Ok(Conn::Tx(tx.clone().lock_owned().await)),
-            None => Ok(Conn::Pooled(self.checkout().await?)),
+        if let Some(tx) = &self.tx {
+            return Ok(Conn::Tx(tx.clone().lock_owned().await));
         }
+        if self.scope.is_some() {
+            // A scoped statement runs only inside the scoped transaction `timed` opened;
+            // anything else would run with the service role's rights, so refuse.
+            return match crate::auth::current_scoped_tx() {
+                Some(state) => Ok(Conn::Tx(state.lock_owned().await)),
+                None => Err(Error::Validation(
+                    "this operation is not available on a user-scoped handle outside a transaction; \
+                     run it inside `transaction`"
+                        .into(),
+                )),
+            };
+        }
+        Ok(Conn::Pooled(self.checkout().await?))
     }
 
     /// Runs `work` inside a span, under the statement deadline, and records the outcome.
@@ -323,6 +338,14 @@ impl Db {
         let started = Instant::now();
         let deadline = self.shared.config.statement_timeout;
         let span = tracing::debug_span!("tabula.db", operation, table);
+        let work = async {
+            match &self.scope {
+                Some(scope) if self.tx.is_none() && crate::auth::current_scoped_tx().is_none() => {
+                    self.in_scope(scope, work).await
+                }
+                _ => work.await,
+            }
+        };
         let result = match tokio::time::timeout(deadline, work.instrument(span)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
@@ -331,6 +354,36 @@ impl Db {
             }),
         };
         monitor::record_db(operation, table, started, &result);
+        result
+    }
+
+    /// Runs `work` in a transaction of its own that switched to the scope's role and
+    /// claims (SET LOCAL, set_config(…, true)); COMMIT on `Ok`, ROLLBACK on `Err`.
+    /// Both end with the transaction, and a connection abandoned half-way is closed,
+    /// so nothing reaches the next user of the pooled connection.
+    async fn in_scope<T>(
+        &self,
+        scope: &crate::auth::Scope,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut conn = self.checkout().await?;
+        conn.in_transaction = true;
+        conn.batch(&format!("BEGIN; {}", scope.setup_sql())).await?;
+        let state = Arc::new(Mutex::new(TxConn {
+            conn: Some(conn),
+            pending: Vec::new(),
+        }));
+        let result = crate::auth::with_scoped_tx(state.clone(), work).await;
+        let conn = state.lock().await.conn.take();
+        let Some(mut conn) = conn else {
+            return Err(Error::Validation("scoped connection taken twice".into()));
+        };
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        match conn.batch(end).await {
+            Ok(()) => conn.in_transaction = false,
+            Err(e) if result.is_ok() => return Err(e),
+            Err(_) => {}
+        }
         result
     }
 
@@ -810,8 +863,11 @@ impl Db {
         // Set before BEGIN: if anything below is cut short, the pool closes the
         // connection instead of reusing it mid-transaction.
         conn.in_transaction = true;
-        self.with_deadline("begin", conn.batch(isolation.begin()))
-            .await?;
+        let begin = match &self.scope {
+            Some(scope) => format!("{}; {}", isolation.begin(), scope.setup_sql()),
+            None => isolation.begin().to_owned(),
+        };
+        self.with_deadline("begin", conn.batch(&begin)).await?;
         let state = Arc::new(Mutex::new(TxConn {
             conn: Some(conn),
             pending: Vec::new(),
@@ -819,6 +875,7 @@ impl Db {
         let handle = Db {
             shared: self.shared.clone(),
             tx: Some(state.clone()),
+            scope: self.scope.clone(),
         };
         let result = body(handle).await;
         let (conn, pending) = {

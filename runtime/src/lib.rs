@@ -35,6 +35,7 @@
 
 extern crate self as tabula;
 
+pub mod auth;
 pub mod cache;
 pub mod db;
 pub mod error;

@@ -480,7 +480,9 @@ impl crate::Db {
     /// (a transaction must see its own writes).
     fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, Duration)> {
         let ttl = M::META.cache_ttl?;
-        if self.tx.is_some() {
+        // Transactions must see their own writes; scoped handles must see only what
+        // the policy shows them (see `crate::auth`).
+        if self.tx.is_some() || self.scope.is_some() {
             return None;
         }
         let cache = self.shared.config.cache.clone()?;

@@ -555,8 +555,8 @@ where
         let mut binder = Binder::default();
         let q = self.query.render(&mut binder);
         let bound = binder.finish(q);
-        let cache = match (&db.shared.config.cache, &db.tx) {
-            (Some(cache), None) => cache.clone(),
+        let cache = match (&db.shared.config.cache, &db.tx, &db.scope) {
+            (Some(cache), None, None) => cache.clone(),
             _ => return fetch::<M, D>(&db, &bound).await,
         };
         let meta = M::META;

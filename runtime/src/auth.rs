@@ -1,0 +1,153 @@
+//! Row Level Security: user-scoped handles that PostgreSQL's policies enforce.
+//!
+//! [`Db::as_user`], [`Db::as_claims`] and [`Db::as_anon`] return a handle with the
+//! whole API — CRUD, queries, transactions — whose every statement runs inside a
+//! transaction that first ran `SET LOCAL ROLE authenticated` (or `anon`) and
+//! `set_config('request.jwt.claims', <claims>, true)`, sent with the BEGIN in one round
+//! trip. Both end with the transaction; a connection given up half-way (an error, a
+//! panic, a dropped future) is closed rather than returned to the pool. So no role and
+//! no claims ever reach the next user of a pooled connection. The unscoped `Db` stays
+//! the application's own role — the table owner, which RLS does not restrict (the
+//! "service role").
+//!
+//! `migrations/0002_auth_and_row_level_security.sql` provides what Supabase policies
+//! expect on any PostgreSQL: the roles `anon`, `authenticated`, `service_role`, and
+//! `auth.uid()`, `auth.role()`, `auth.jwt()` reading the claims (an absent or empty
+//! setting is NULL, never an error), plus owner policies on the seed's tables.
+//!
+//! A row the policy hides is `NotFound` on read, update and delete — the same answer
+//! as a row that does not exist — and an insert the policy refuses is
+//! `PermissionDenied`.
+//!
+//! # The cache under RLS
+//!
+//! Scoped handles never read the shared row cache or query cache: a row cached by one
+//! user (or by the service role) would otherwise answer before the policy runs — a known
+//! leak in other systems. Their writes still invalidate like any other, so every
+//! scope's later reads, cached or not, see them. `#[cached]` functions know nothing of
+//! scopes: put the user in the key (an argument) when a result depends on who asks.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::db::{Db, TxConn};
+use crate::error::{Error, Result};
+
+tokio::task_local! {
+    static SCOPED_TX: Arc<Mutex<TxConn>>;
+}
+
+/// The scoped transaction this task is running in, if any.
+pub(crate) fn current_scoped_tx() -> Option<Arc<Mutex<TxConn>>> {
+    SCOPED_TX.try_with(Arc::clone).ok()
+}
+
+pub(crate) async fn with_scoped_tx<T>(
+    state: Arc<Mutex<TxConn>>,
+    work: impl Future<Output = T>,
+) -> T {
+    SCOPED_TX.scope(state, work).await
+}
+
+/// Who a scoped handle acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scope {
+    role: &'static str,
+    claims: String,
+}
+
+impl Scope {
+    /// `SET LOCAL ROLE …; SELECT set_config('request.jwt.claims', '…', true)`. The role
+    /// is one of three constants; the claims are JSON text quoted as a standard SQL
+    /// literal (quotes doubled; standard_conforming_strings makes backslashes plain).
+    pub(crate) fn setup_sql(&self) -> String {
+        format!(
+            "SET LOCAL ROLE {}; SELECT set_config('request.jwt.claims', '{}', true)",
+            self.role,
+            self.claims.replace('\'', "''")
+        )
+    }
+}
+
+const ROLES: &[&str] = &["anon", "authenticated", "service_role"];
+
+impl Db {
+    fn scoped(&self, scope: Scope) -> Db {
+        Db {
+            shared: self.shared.clone(),
+            tx: None,
+            scope: Some(Arc::new(scope)),
+        }
+    }
+
+    /// A handle acting as the user `user_id` (role `authenticated`, claims
+    /// `{"sub": user_id, "role": "authenticated"}`).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db, user: uuid::Uuid) -> tabula::Result<()> {
+    /// let mine = db.as_user(user);
+    /// # Ok(()) }
+    /// ```
+    pub fn as_user(&self, user_id: uuid::Uuid) -> Db {
+        let claims = serde_json::json!({ "sub": user_id, "role": "authenticated" });
+        self.scoped(Scope {
+            role: "authenticated",
+            claims: claims.to_string(),
+        })
+    }
+
+    /// A handle acting with arbitrary JWT claims; its role is the claims' `role`
+    /// (`anon`, `authenticated` or `service_role`; `authenticated` when absent).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let scoped = db.as_claims(serde_json::json!({ "sub": "5b1f…", "role": "authenticated", "org": 7 }))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn as_claims(&self, claims: serde_json::Value) -> Result<Db> {
+        if !claims.is_object() {
+            return Err(Error::Validation("claims must be a JSON object".into()));
+        }
+        let role = match claims.get("role") {
+            None => "authenticated",
+            Some(serde_json::Value::String(role)) => ROLES
+                .iter()
+                .find(|r| **r == role.as_str())
+                .copied()
+                .ok_or_else(|| {
+                    Error::Validation(crate::error::unknown_word("role", role, ROLES))
+                })?,
+            Some(_) => {
+                return Err(Error::Validation(
+                    "the `role` claim must be a string".into(),
+                ));
+            }
+        };
+        let text = claims.to_string();
+        if text.len() > 64 * 1024 {
+            return Err(Error::Validation("claims are larger than 64 KiB".into()));
+        }
+        Ok(self.scoped(Scope { role, claims: text }))
+    }
+
+    /// A handle acting as an anonymous request (role `anon`, no `sub`).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let anon = db.as_anon();
+    /// # Ok(()) }
+    /// ```
+    pub fn as_anon(&self) -> Db {
+        self.scoped(Scope {
+            role: "anon",
+            claims: r#"{"role":"anon"}"#.into(),
+        })
+    }
+
+    /// Whether this handle is user-scoped.
+    pub fn is_scoped(&self) -> bool {
+        self.scope.is_some()
+    }
+}
