@@ -424,7 +424,8 @@ fn random_operations_match_an_in_memory_model_of_the_policy() {
                         }
                     }
                     Op::Update { actor, row } => {
-                        let Some(entry) = model.get_mut(row % model.len().max(1)) else {
+                        let len = model.len().max(1);
+                        let Some(entry) = model.get_mut(row % len) else {
                             continue;
                         };
                         let patch = ProfilePatch {
