@@ -231,6 +231,11 @@ impl From<tokio_postgres::Error> for Error {
                 table,
                 constraint: constraint(),
             },
+            // Text PostgreSQL cannot store (a NUL byte, an unsupported escape in jsonb):
+            // bad input, not a server fault.
+            "22021" | "22P05" => {
+                Error::Validation(format!("value rejected by the database: {}", db.message()))
+            }
             "42501" => Error::PermissionDenied {
                 message: db.message().to_owned(),
             },

@@ -323,6 +323,12 @@ fn parse_value(
             column.name, limits.max_value_bytes
         )));
     }
+    if contains_nul(value) {
+        return Err(invalid(format!(
+            "value for column `{}` contains a NUL character, which PostgreSQL text cannot hold",
+            column.name
+        )));
+    }
     let text = value.as_str();
     let int = || {
         value
@@ -373,6 +379,15 @@ fn parse_value(
         }
     };
     Ok(param)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 fn truncate(value: &Value) -> String {
