@@ -285,7 +285,10 @@ async fn values_are_bound_never_spliced_into_sql() {
 #[tokio::test]
 async fn text_postgres_cannot_store_is_a_validation_error_and_writes_nothing() {
     let db = db().await;
-    let err = db.create(new_profile("nul\0byte")).await.expect_err("NUL in text");
+    let err = db
+        .create(new_profile("nul\0byte"))
+        .await
+        .expect_err("NUL in text");
     assert!(matches!(err, Error::Validation(_)), "got {err:?}");
     assert_eq!(count_profiles(&db).await, 0);
 }
