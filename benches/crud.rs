@@ -126,6 +126,36 @@ fn read_by_key(c: &mut Criterion) {
     group.finish();
 }
 
+fn scoped_read(c: &mut Criterion) {
+    let rt = runtime();
+    let s = rt.block_on(setup(false));
+    let owner: Uuid = rt
+        .block_on(s.db.read::<Profile>(s.read_id))
+        .expect("read")
+        .expect("row")
+        .user_id;
+    let scoped = s.db.as_user(owner);
+    let mut group = c.benchmark_group("scoped_read_by_key");
+    group.bench_function("unscoped", |b| {
+        b.to_async(&rt).iter(|| async {
+            s.db.read::<Profile>(s.read_id)
+                .await
+                .expect("read")
+                .expect("row")
+        })
+    });
+    group.bench_function("as_user", |b| {
+        b.to_async(&rt).iter(|| async {
+            scoped
+                .read::<Profile>(s.read_id)
+                .await
+                .expect("read")
+                .expect("row")
+        })
+    });
+    group.finish();
+}
+
 fn load_all(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(true));
@@ -219,6 +249,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = read_by_key, load_all, insert_one, insert_10k
+    targets = read_by_key, scoped_read, load_all, insert_one, insert_10k
 }
 criterion_main!(benches);

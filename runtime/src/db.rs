@@ -368,7 +368,8 @@ impl Db {
     ) -> Result<T> {
         let mut conn = self.checkout().await?;
         conn.in_transaction = true;
-        conn.batch(&format!("BEGIN; {}", scope.setup_sql())).await?;
+        // Sent with the first statement, in one round trip (see `PgConn::pending_setup`).
+        conn.pending_setup = Some(format!("BEGIN; {}", scope.setup_sql()));
         let state = Arc::new(Mutex::new(TxConn {
             conn: Some(conn),
             pending: Vec::new(),
@@ -1008,8 +1009,11 @@ impl Db {
         &self,
         body: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
     ) -> Result<T> {
-        self.run("raw", "-", async |conn| body(conn.client()).await)
-            .await
+        self.run("raw", "-", async |conn| {
+            conn.flush_setup().await?;
+            body(conn.client()).await
+        })
+        .await
     }
 }
 

@@ -28,6 +28,9 @@ pub(crate) struct PgConn {
     statements: HashMap<String, Statement>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
     pub(crate) in_transaction: bool,
+    /// Statements (a scoped BEGIN) still to send; they travel in the same pipeline as
+    /// the next statement instead of costing a round trip of their own.
+    pub(crate) pending_setup: Option<String>,
 }
 
 impl PgConn {
@@ -46,7 +49,9 @@ impl PgConn {
 
     pub(crate) async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let statement = self.prepare(sql).await?;
-        Ok(self.client.query(&statement, params).await?)
+        let client = &self.client;
+        let pending = self.pending_setup.take();
+        run_after(client, pending, client.query(&statement, params)).await
     }
 
     pub(crate) async fn query_opt(
@@ -55,17 +60,35 @@ impl PgConn {
         params: &[Param<'_>],
     ) -> Result<Option<Row>> {
         let statement = self.prepare(sql).await?;
-        Ok(self.client.query_opt(&statement, params).await?)
+        let client = &self.client;
+        let pending = self.pending_setup.take();
+        run_after(client, pending, client.query_opt(&statement, params)).await
     }
 
     pub(crate) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let statement = self.prepare(sql).await?;
-        Ok(self.client.execute(&statement, params).await?)
+        let client = &self.client;
+        let pending = self.pending_setup.take();
+        run_after(client, pending, client.execute(&statement, params)).await
     }
 
     /// Runs statements without parameters (BEGIN, COMMIT, migrations) in one round trip.
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.client.batch_execute(sql).await?)
+        match self.pending_setup.take() {
+            Some(setup) => Ok(self
+                .client
+                .batch_execute(&format!("{setup}; {sql}"))
+                .await?),
+            None => Ok(self.client.batch_execute(sql).await?),
+        }
+    }
+
+    /// Sends any pending setup now (before handing out the raw client).
+    pub(crate) async fn flush_setup(&mut self) -> Result<()> {
+        if let Some(setup) = self.pending_setup.take() {
+            self.client.batch_execute(&setup).await?;
+        }
+        Ok(())
     }
 
     /// The underlying client, for work Tabula has no API for.
@@ -75,6 +98,26 @@ impl PgConn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+}
+
+/// Runs `statement` pipelined behind `setup` (if any): both requests go out before
+/// either answer is awaited, and PostgreSQL runs them in order. A failed setup fails
+/// the call whatever the statement did (it cannot have run in the intended
+/// transaction); the connection, still marked in a transaction, is then closed rather
+/// than reused.
+async fn run_after<T>(
+    client: &Client,
+    setup: Option<String>,
+    statement: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match setup {
+        None => Ok(statement.await?),
+        Some(setup) => {
+            let (setup, result) = tokio::join!(client.batch_execute(&setup), statement);
+            setup?;
+            Ok(result?)
+        }
     }
 }
 
@@ -107,6 +150,7 @@ impl bb8::ManageConnection for PgManager {
             client,
             statements: HashMap::new(),
             in_transaction: false,
+            pending_setup: None,
         })
     }
 

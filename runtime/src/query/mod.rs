@@ -507,6 +507,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let rows = {
             let pg = conn.get()?;
             let statement = pg.prepare(&bound.sql).await?;
+            pg.flush_setup().await?;
             pg.client().query_raw(&statement, bound.params()).await?
         };
         let stream =
