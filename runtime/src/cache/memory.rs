@@ -112,6 +112,22 @@ impl Map<'_> {
         }
     }
 
+    /// Runs `f` on the value under `key` when there is one (`absent` otherwise), then
+    /// removes the key if that emptied its collection, as Redis does.
+    pub(crate) fn modify<T>(
+        &mut self,
+        key: &str,
+        absent: T,
+        f: impl FnOnce(&mut MemValue) -> T,
+    ) -> T {
+        let result = match self.live(key) {
+            Some(entry) => f(&mut entry.value),
+            None => return absent,
+        };
+        self.drop_if_empty(key);
+        result
+    }
+
     /// Removes `key` if its collection became empty (as Redis does).
     pub(crate) fn drop_if_empty(&mut self, key: &str) {
         let empty = match self.map.get(key).map(|e| &e.value) {

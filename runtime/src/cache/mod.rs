@@ -534,18 +534,10 @@ impl CacheService {
                 .await?
             }
             Backend::Memory(m) => m.with(|map| {
-                let popped = match map.get(&key) {
-                    None => return Ok(None),
-                    Some(MemValue::List(_)) => {
-                        match map.entry(&key, || MemValue::List(Default::default())) {
-                            MemValue::List(list) => list.pop_front(),
-                            _ => None,
-                        }
-                    }
-                    Some(_) => return Err(Error::from(Fault::WrongType)),
-                };
-                map.drop_if_empty(&key);
-                Ok(popped)
+                map.modify(&key, Ok(None), |value| match value {
+                    MemValue::List(list) => Ok(list.pop_front()),
+                    _ => Err(Error::from(Fault::WrongType)),
+                })
             })?,
         };
         bytes.map(|b| decode(&b)).transpose()
@@ -677,20 +669,12 @@ impl CacheService {
                 .await
             }
             Backend::Memory(m) => m.with(|map| {
-                let removed = match map.get(&key) {
-                    None => 0,
-                    Some(MemValue::Set(_)) => {
-                        match map.entry(&key, || MemValue::Set(Default::default())) {
-                            MemValue::Set(set) => {
-                                members.iter().filter(|m| set.remove(*m)).count() as u64
-                            }
-                            _ => 0,
-                        }
+                map.modify(&key, Ok(0), |value| match value {
+                    MemValue::Set(set) => {
+                        Ok(members.iter().filter(|m| set.remove(*m)).count() as u64)
                     }
-                    Some(_) => return Err(Error::from(Fault::WrongType)),
-                };
-                map.drop_if_empty(&key);
-                Ok(removed)
+                    _ => Err(Fault::WrongType.into()),
+                })
             }),
         }
     }
@@ -851,18 +835,10 @@ impl CacheService {
                 .await?
                 > 0),
             Backend::Memory(m) => m.with(|map| {
-                let removed = match map.get(&key) {
-                    None => false,
-                    Some(MemValue::Hash(_)) => {
-                        match map.entry(&key, || MemValue::Hash(Default::default())) {
-                            MemValue::Hash(hash) => hash.remove(field).is_some(),
-                            _ => false,
-                        }
-                    }
-                    Some(_) => return Err(Error::from(Fault::WrongType)),
-                };
-                map.drop_if_empty(&key);
-                Ok(removed)
+                map.modify(&key, Ok(false), |value| match value {
+                    MemValue::Hash(hash) => Ok(hash.remove(field).is_some()),
+                    _ => Err(Fault::WrongType.into()),
+                })
             }),
         }
     }
