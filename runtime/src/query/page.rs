@@ -92,6 +92,10 @@ fn encode(payload: &Payload) -> Cursor {
     Cursor(json.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+fn cursor_at(fingerprint: &str, keys: &[Option<String>]) -> Cursor {
+    encode(&Payload { o: fingerprint.to_owned(), k: keys.to_vec() })
+}
+
 fn decode<M: Table>(cursor: &Cursor, keys: &[OrderBy<M>]) -> Result<Vec<Option<String>>> {
     let invalid = || Error::Validation(format!("invalid cursor for a query on `{}`", M::META.name));
     let hex = cursor.0.as_bytes();
@@ -205,12 +209,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let values = after.map(|c| decode(c, &keys)).transpose()?;
         let (items, more, key_texts) = self.fetch_keyset(size, &keys, values.as_deref()).await?;
         let print = fingerprint(&keys);
-        let cursor = |k: &Vec<Option<String>>| {
-            encode(&Payload {
-                o: print.clone(),
-                k: k.clone(),
-            })
-        };
+        let cursor = |k: &Vec<Option<String>>| cursor_at(&print, k);
         Ok(Page {
             next: if more {
                 key_texts.last().map(cursor)
@@ -237,12 +236,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         items.reverse();
         key_texts.reverse();
         let print = fingerprint(&keys);
-        let cursor = |k: &Vec<Option<String>>| {
-            encode(&Payload {
-                o: print.clone(),
-                k: k.clone(),
-            })
-        };
+        let cursor = |k: &Vec<Option<String>>| cursor_at(&print, k);
         Ok(Page {
             prev: if more {
                 key_texts.first().map(cursor)
