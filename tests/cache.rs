@@ -19,6 +19,7 @@ struct Cached {
     #[table(primary_key, generated)]
     id: Uuid,
     user_id: Uuid,
+    #[table(unique)]
     username: String,
     avatar_url: Option<String>,
 }
@@ -685,4 +686,57 @@ async fn data_structures_work_the_same_on_redis_and_in_process() {
         &CacheService::in_memory(CacheConfig::default().prefix(unique_prefix())).expect("memory"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_unique_field_finder_is_cached_and_never_answers_with_the_wrong_row() {
+    let db = db_with(shared_redis()).await;
+    let p = db.create(new_cached("finder")).await.expect("create");
+    assert_eq!(
+        Cached::by_username(&db, "finder").await.expect("find"),
+        Some(p.clone())
+    );
+    poke(&db, p.id, "behind").await;
+    let cached = Cached::by_username(&db, "finder")
+        .await
+        .expect("find")
+        .expect("row");
+    assert_eq!(cached.avatar_url, None, "served from the cache");
+
+    // The value moves to a new name: the old name finds nothing, the new one the row.
+    db.update::<Cached>(
+        p.id,
+        CachedPatch {
+            username: Some("renamed".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("rename");
+    assert_eq!(
+        Cached::by_username(&db, "finder").await.expect("old name"),
+        None
+    );
+    let renamed = Cached::by_username(&db, "renamed")
+        .await
+        .expect("new name")
+        .expect("row");
+    assert_eq!(renamed.id, p.id);
+
+    // Another row takes the old name: the stale mapping must not lead to the first row.
+    let q = db
+        .create(new_cached("finder"))
+        .await
+        .expect("reuse the name");
+    assert_eq!(
+        Cached::by_username(&db, "finder")
+            .await
+            .expect("reused")
+            .map(|r| r.id),
+        Some(q.id)
+    );
+    assert_eq!(
+        Cached::by_username(&db, "nobody").await.expect("missing"),
+        None
+    );
 }

@@ -122,7 +122,7 @@ pub mod __private {
     pub use crate::types::{
         ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, json_opt_param, json_param,
     };
-    pub use crate::{Error, Result};
+    pub use crate::{Db, Error, Result};
     pub use std::boxed::Box;
     pub use std::default::Default;
     pub use std::option::Option;

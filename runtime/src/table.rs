@@ -39,7 +39,11 @@ pub type Param<'a> = &'a (dyn ToSql + Sync);
 /// ```
 pub trait Table: Sized + Send + Sync + Unpin + 'static {
     /// The primary key's Rust type.
-    type Key: crate::ColumnType + Clone + fmt::Debug + serde::Serialize;
+    type Key: crate::ColumnType
+        + Clone
+        + fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned;
     /// The insertable shape (`New<Model>`): every column except generated ones.
     type New: Insert<Table = Self>;
     /// The update shape (`<Model>Patch`): every column but the key, each optional.

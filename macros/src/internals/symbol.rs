@@ -16,4 +16,13 @@ pub(crate) const RENAME: &str = "rename";
 pub(crate) const SKIP: &str = "skip";
 pub(crate) const JSON: &str = "json";
 pub(crate) const SOFT_DELETE: &str = "soft_delete";
-pub(crate) const FIELD_KEYS: &[&str] = &[PRIMARY_KEY, GENERATED, RENAME, SKIP, JSON, SOFT_DELETE];
+pub(crate) const UNIQUE: &str = "unique";
+pub(crate) const FIELD_KEYS: &[&str] = &[
+    PRIMARY_KEY,
+    GENERATED,
+    RENAME,
+    SKIP,
+    JSON,
+    SOFT_DELETE,
+    UNIQUE,
+];

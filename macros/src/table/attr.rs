@@ -56,6 +56,7 @@ pub(crate) struct FieldAttrs {
     pub(crate) skip: Slot<()>,
     pub(crate) json: Slot<()>,
     pub(crate) soft_delete: Slot<()>,
+    pub(crate) unique: Slot<()>,
 }
 
 impl ContainerAttrs {
@@ -97,6 +98,7 @@ impl FieldAttrs {
             skip: Slot::new(SKIP),
             json: Slot::new(JSON),
             soft_delete: Slot::new(SOFT_DELETE),
+            unique: Slot::new(UNIQUE),
         };
         for_each_table_meta(cx, attrs, |cx, meta| {
             let span = meta
@@ -123,6 +125,8 @@ impl FieldAttrs {
                 flag(&mut out.json, cx)
             } else if meta.path.is_ident(SOFT_DELETE) {
                 flag(&mut out.soft_delete, cx)
+            } else if meta.path.is_ident(UNIQUE) {
+                flag(&mut out.unique, cx)
             } else if meta.path.is_ident(RENAME) {
                 let lit = string_value(&meta, RENAME)?;
                 out.rename.set(cx, span, lit);

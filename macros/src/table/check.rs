@@ -96,6 +96,25 @@ fn check_primary_key(cx: &mut Ctxt, cont: &Container<'_>) {
 }
 
 fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
+    for field in cont.fields.iter().filter(|f| f.attrs.unique.is_set()) {
+        let span = field
+            .attrs
+            .unique
+            .get()
+            .map_or_else(|| field.ident.span(), |(s, _)| *s);
+        if field.attrs.json.is_set() {
+            cx.push(syn::Error::new(
+                span,
+                "`unique` finders compare plain column values; a `json` field cannot be one",
+            ));
+        }
+        if field.attrs.primary_key.is_set() {
+            cx.push(syn::Error::new(
+                span,
+                "the primary key is already unique: read it with `db.read`",
+            ));
+        }
+    }
     let soft: Vec<_> = cont
         .fields
         .iter()
@@ -141,6 +160,7 @@ fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
             ("rename", field.attrs.rename.is_set()),
             ("json", field.attrs.json.is_set()),
             ("soft_delete", field.attrs.soft_delete.is_set()),
+            ("unique", field.attrs.unique.is_set()),
         ];
         for (word, set) in conflicts {
             if set {

@@ -64,6 +64,24 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
             pub const #c: #p::Column<#ident, #ty> = #p::Column::new(#i, #name);
         }
     });
+    let finders = cont.columns().filter(|f| f.attrs.unique.is_set()).map(|f| {
+        let c = f.const_ident();
+        let ty = f.ty;
+        let name = format_ident!("by_{}", super::ast::unraw(f.ident));
+        let (column, _) = f.column_name();
+        let doc = format!(
+            "The row whose `{column}` is `value` (a unique column), through the row cache when `{table}` has one."
+        );
+        quote! {
+            #[doc = #doc]
+            pub async fn #name(
+                db: &#p::Db,
+                value: impl ::core::convert::Into<#ty>,
+            ) -> #p::Result<#p::Option<Self>> {
+                db.find_unique(Self::#c, value.into()).await
+            }
+        }
+    });
     let new_doc = format!(
         "A row to insert into `{table}`: every column of [`{ident}`] but the generated ones."
     );
@@ -87,6 +105,7 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
         #[allow(dead_code)]
         impl #ident {
             #(#consts)*
+            #(#finders)*
         }
     }
 }

@@ -474,6 +474,13 @@ pub(crate) fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
     )
 }
 
+/// Whether `row`'s field `field` still holds `wanted` (compared as JSON, as cached).
+fn holds<M: crate::Table>(row: &M, field: &str, wanted: &serde_json::Value) -> bool {
+    row.cache_encode()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get(field) == Some(wanted))
+}
+
 impl crate::Db {
     /// The cache of this handle, when reads of `M` go through it: the model declares
     /// `cache(ttl = …)`, a cache is configured, and the handle is not in a transaction
@@ -516,6 +523,87 @@ impl crate::Db {
             cache.row_fill(&token, &[(suffix, value)], ttl).await;
         }
         Ok(row)
+    }
+
+    /// The row whose unique `column` equals `value` (generated as `Model::by_<field>` for
+    /// fields marked `#[table(unique)]`). With a row cache, the value maps to the row's
+    /// key under a lease like any row, and the row itself comes from the row cache; a
+    /// mapping is trusted only if the row it leads to still holds `value` — so a
+    /// changed or reused value can never answer with the wrong row, and writes need no
+    /// extra invalidation for it.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, #[table(unique)] pub slug: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note: Option<Note> = Note::by_slug(&db, "hello").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn find_unique<M: crate::Table, T>(
+        &self,
+        column: crate::Column<M, T>,
+        value: T,
+    ) -> crate::Result<Option<M>>
+    where
+        T: crate::ColumnType + Clone + serde::Serialize,
+    {
+        let Some((cache, ttl)) = self.row_cache::<M>() else {
+            return self.query::<M>().filter(column.eq(value)).first().await;
+        };
+        let meta = M::META;
+        let field = meta.columns[column.index()].field;
+        let wanted = serde_json::to_value(&value).unwrap_or_default();
+        let suffix = format!(
+            "{}#{}:{}",
+            meta.qualified_name(),
+            meta.columns[column.index()].name,
+            wanted
+        );
+        let shape = meta.shape_hex();
+        let mut lookup = cache.row_get(&suffix, &shape).await;
+        if let Lookup::Hit(bytes) = &lookup {
+            if let Some(key) = bytes
+                .get(16..)
+                .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
+                && let Some(row) = self.read_through::<M>(key).await?
+            {
+                if holds(&row, field, &wanted) {
+                    return Ok(Some(row));
+                }
+            }
+            // A stale mapping: drop it, and take a lease to fill the right one.
+            cache.invalidate(&[], std::slice::from_ref(&suffix)).await;
+            lookup = cache.row_get(&suffix, &shape).await;
+        }
+        let token = match lookup {
+            Lookup::Miss(token) => token,
+            Lookup::Hit(_) => None,
+        };
+        // The key by the unique column, then the row through the row cache, so both
+        // entries are warm after one miss.
+        let key_column = crate::Column::<M, M::Key>::new(meta.primary_key, meta.key_column().name);
+        let Some(key) = self
+            .query::<M>()
+            .select(key_column)
+            .filter(column.eq(value.clone()))
+            .first()
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(row) = self.read_through::<M>(key).await? else {
+            return Ok(None); // deleted in between
+        };
+        if !holds(&row, field, &wanted) {
+            // The value moved in between: answer from PostgreSQL, cache nothing.
+            return self.query::<M>().filter(column.eq(value)).first().await;
+        }
+        if let (Some(token), Ok(key)) = (token, serde_json::to_vec(row.key())) {
+            let mut entry = shape.into_bytes();
+            entry.extend(key);
+            cache.row_fill(&token, &[(suffix, entry)], ttl).await;
+        }
+        Ok(Some(row))
     }
 
     /// Reads many rows by primary key: one cache round trip for all of them, one query

@@ -93,7 +93,10 @@ fn encode(payload: &Payload) -> Cursor {
 }
 
 fn cursor_at(fingerprint: &str, keys: &[Option<String>]) -> Cursor {
-    encode(&Payload { o: fingerprint.to_owned(), k: keys.to_vec() })
+    encode(&Payload {
+        o: fingerprint.to_owned(),
+        k: keys.to_vec(),
+    })
 }
 
 fn decode<M: Table>(cursor: &Cursor, keys: &[OrderBy<M>]) -> Result<Vec<Option<String>>> {
