@@ -566,10 +566,9 @@ impl crate::Db {
                 .get(16..)
                 .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
                 && let Some(row) = self.read_through::<M>(key).await?
+                && holds(&row, field, &wanted)
             {
-                if holds(&row, field, &wanted) {
-                    return Ok(Some(row));
-                }
+                return Ok(Some(row));
             }
             // A stale mapping: drop it, and take a lease to fill the right one.
             cache.invalidate(&[], std::slice::from_ref(&suffix)).await;
