@@ -116,6 +116,12 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The thing to create exists already (an uploaded object without `upsert`).
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The object store failed.
+    #[error("storage error: {0}")]
+    Storage(String),
     /// A [`CacheService`](crate::cache::CacheService) call failed (only its explicit API
     /// reports this; `Db` falls back to PostgreSQL instead). Never contains cached bytes.
     #[error("cache error: {0}")]

@@ -44,6 +44,7 @@ pub mod monitor;
 mod pool;
 pub mod query;
 mod sql;
+pub mod storage;
 pub mod table;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -1,0 +1,776 @@
+//! File storage: buckets and objects whose bytes live in an object store (the local
+//! filesystem by default; any `object_store` backend by configuration) and whose
+//! metadata lives in PostgreSQL (`storage.buckets`, `storage.objects`), so listing,
+//! sorting and permissions work like the rest of Tabula.
+//!
+//! # Consistency
+//!
+//! An upload streams the body to a temporary object, then — in one database
+//! transaction — writes the metadata row and renames the temporary object into place.
+//! A failed or interrupted upload therefore leaves no row pointing at missing bytes and
+//! no visible partial object (at worst an invisible temporary file). Concurrent uploads
+//! to one key serialize on the row: the object ends as one of the uploads, whole, with
+//! matching metadata.
+//!
+//! # Caching and signing
+//!
+//! Small objects are cached on download under their ETag, honouring the object's
+//! `cache_control` (`no-store`/`no-cache`/`private` are never cached; `max-age` sets the
+//! TTL); an overwrite changes the ETag, so an old copy can never be served, and the old
+//! entry is deleted. Signed URLs carry an HMAC-SHA256 over purpose, bucket, exact path
+//! and expiry, checked in constant time; the key comes from configuration (at least 32
+//! bytes), never a default.
+
+#[cfg(feature = "http")]
+pub mod http;
+mod keys;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use hmac::{Hmac, Mac};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use keys::{validate_bucket, validate_path};
+
+use crate::Table;
+use crate::cache::CacheService;
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+/// A bucket row.
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(schema = "storage", name = "buckets")]
+pub struct Bucket {
+    /// The bucket's name.
+    #[table(primary_key)]
+    pub id: String,
+    /// Whether objects are served without a signature.
+    pub public: bool,
+    /// Largest object accepted, in bytes.
+    pub file_size_limit: Option<i64>,
+    /// Content types accepted (`image/*` wildcards allowed); all when absent.
+    #[table(json)]
+    pub allowed_mime_types: Option<Vec<String>>,
+    /// When it was created.
+    #[table(generated)]
+    pub created_at: DateTime<Utc>,
+}
+
+/// An object's metadata row.
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(schema = "storage", name = "objects")]
+pub struct FileObject {
+    /// Row id.
+    #[table(primary_key, generated)]
+    pub id: Uuid,
+    /// Its bucket.
+    pub bucket_id: String,
+    /// Its path inside the bucket.
+    pub name: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// MIME type.
+    pub content_type: String,
+    /// `Cache-Control` to serve it with.
+    pub cache_control: String,
+    /// SHA-256 of the bytes (hex), the ETag.
+    pub etag: String,
+    /// The user who uploaded it, if known.
+    pub owner: Option<Uuid>,
+    /// User metadata.
+    pub metadata: serde_json::Value,
+    /// When it was first uploaded.
+    #[table(generated)]
+    pub created_at: DateTime<Utc>,
+    /// When it was last written.
+    #[table(generated)]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How a bucket is created.
+#[derive(Debug, Clone, Default)]
+pub struct BucketOptions {
+    /// Served without a signature.
+    pub public: bool,
+    /// Largest object accepted, in bytes.
+    pub max_size: Option<u64>,
+    /// Accepted content types (`image/*` allowed); all when `None`.
+    pub allowed_types: Option<Vec<String>>,
+}
+
+/// How a file is uploaded (the seed's `{ contentType, cacheControl }` plus `upsert`).
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// MIME type; default `application/octet-stream`.
+    pub content_type: String,
+    /// `Cache-Control` in seconds, as in the seed (`"3600"` → `max-age=3600`), or a full
+    /// header value. Default `max-age=3600`.
+    pub cache_control: String,
+    /// Overwrite an existing object instead of failing with [`Error::Conflict`].
+    pub upsert: bool,
+    /// The uploading user.
+    pub owner: Option<Uuid>,
+    /// User metadata stored with the object.
+    pub metadata: serde_json::Value,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            content_type: "application/octet-stream".into(),
+            cache_control: "max-age=3600".into(),
+            upsert: false,
+            owner: None,
+            metadata: serde_json::json!({}),
+        }
+    }
+}
+
+/// Sort column of [`ListOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortColumn {
+    /// By path.
+    #[default]
+    Name,
+    /// By first upload.
+    CreatedAt,
+    /// By last write.
+    UpdatedAt,
+    /// By size.
+    Size,
+}
+
+/// How [`StorageService::list_files`] sorts, pages and filters.
+#[derive(Debug, Clone)]
+pub struct ListOptions {
+    /// At most this many (default 100, at most 1000).
+    pub limit: u64,
+    /// Skip this many.
+    pub offset: u64,
+    /// Only names containing this text (case-insensitive).
+    pub search: Option<String>,
+    /// Sort column.
+    pub sort_by: SortColumn,
+    /// Descending.
+    pub descending: bool,
+}
+
+impl Default for ListOptions {
+    fn default() -> Self {
+        ListOptions {
+            limit: 100,
+            offset: 0,
+            search: None,
+            sort_by: SortColumn::Name,
+            descending: false,
+        }
+    }
+}
+
+/// Objects at most this large are cached on download.
+const CACHE_MAX_BYTES: i64 = 256 * 1024;
+
+/// What a signed URL allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Reading the object.
+    Download,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Download => "download",
+        }
+    }
+}
+
+/// The storage service; see the [module docs](self). Cheap to clone.
+#[derive(Clone)]
+pub struct StorageService {
+    db: Db,
+    store: Arc<dyn ObjectStore>,
+    signing_key: Arc<[u8]>,
+    base_url: Arc<str>,
+    cache: Option<CacheService>,
+}
+
+impl std::fmt::Debug for StorageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageService")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+impl StorageService {
+    /// A service over `store`, signing with `signing_key` (at least 32 bytes), building
+    /// URLs under `base_url` (where [`http::router`] is served), caching downloads in the
+    /// `Db`'s cache when it has one.
+    ///
+    /// ```no_run
+    /// # fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let store = std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix("/srv/files").unwrap());
+    /// let storage = tabula::storage::StorageService::new(db, store, b"a signing key of thirty-two bytes!!", "https://files.example.com")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn new(
+        db: Db,
+        store: Arc<dyn ObjectStore>,
+        signing_key: &[u8],
+        base_url: &str,
+    ) -> Result<Self> {
+        if signing_key.len() < 32 {
+            return Err(Error::Config(
+                "the storage signing key must be at least 32 bytes".into(),
+            ));
+        }
+        let cache = db.config().cache.clone();
+        Ok(StorageService {
+            db,
+            store,
+            signing_key: signing_key.into(),
+            base_url: base_url.trim_end_matches('/').into(),
+            cache,
+        })
+    }
+
+    /// A service on the local filesystem under `root` (created if missing).
+    ///
+    /// ```no_run
+    /// # fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let storage = tabula::storage::StorageService::local(db, "/srv/files", b"a signing key of thirty-two bytes!!", "http://localhost:3000")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn local(
+        db: Db,
+        root: impl AsRef<std::path::Path>,
+        signing_key: &[u8],
+        base_url: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(root.as_ref()).map_err(|e| {
+            Error::Config(format!(
+                "cannot create storage root {}: {e}",
+                root.as_ref().display()
+            ))
+        })?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(root.as_ref())
+            .map_err(|e| Error::Config(format!("cannot open storage root: {e}")))?;
+        StorageService::new(db, Arc::new(store), signing_key, base_url)
+    }
+
+    /// Creates a bucket.
+    pub async fn create_bucket(&self, name: &str, options: BucketOptions) -> Result<Bucket> {
+        validate_bucket(name)?;
+        let max = options
+            .max_size
+            .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        self.db
+            .create(NewBucket {
+                id: name.to_owned(),
+                public: options.public,
+                file_size_limit: max,
+                allowed_mime_types: options.allowed_types,
+            })
+            .await
+    }
+
+    async fn bucket(&self, name: &str) -> Result<Bucket> {
+        validate_bucket(name)?;
+        self.db
+            .read::<Bucket>(name.to_owned())
+            .await?
+            .ok_or(Error::NotFound {
+                table: "storage.buckets",
+            })
+    }
+
+    /// The metadata of an object.
+    pub async fn object(&self, bucket: &str, path: &str) -> Result<FileObject> {
+        validate_bucket(bucket)?;
+        validate_path(path)?;
+        self.db
+            .query::<FileObject>()
+            .filter(FileObject::BUCKET_ID.eq(bucket))
+            .filter(FileObject::NAME.eq(path))
+            .first()
+            .await?
+            .ok_or(Error::NotFound {
+                table: "storage.objects",
+            })
+    }
+
+    /// The URL of an object in a public bucket.
+    pub fn public_url(&self, bucket: &str, path: &str) -> String {
+        format!(
+            "{}/object/public/{bucket}/{}",
+            self.base_url,
+            keys::encode_path(path)
+        )
+    }
+
+    /// Uploads `body` to `bucket`/`path` and returns its public URL (the seed's
+    /// `uploadFile`).
+    ///
+    /// ```no_run
+    /// # async fn run(storage: tabula::storage::StorageService) -> tabula::Result<()> {
+    /// let url = storage.upload_file("avatars", "user123/avatar.jpg", b"...".to_vec(), tabula::storage::UploadOptions {
+    ///     content_type: "image/jpeg".into(), cache_control: "3600".into(), ..Default::default()
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload_file(
+        &self,
+        bucket: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        options: UploadOptions,
+    ) -> Result<String> {
+        let body: Bytes = body.into();
+        let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+        self.upload_stream(bucket, path, stream, options).await
+    }
+
+    /// Uploads a body that arrives in chunks, without holding it whole in memory.
+    pub async fn upload_stream(
+        &self,
+        bucket: &str,
+        path: &str,
+        body: impl Stream<Item = std::io::Result<Bytes>> + Send,
+        options: UploadOptions,
+    ) -> Result<String> {
+        validate_path(path)?;
+        let bucket_row = self.bucket(bucket).await?;
+        if let Some(allowed) = &bucket_row.allowed_mime_types
+            && !allowed
+                .iter()
+                .any(|pattern| keys::mime_matches(pattern, &options.content_type))
+        {
+            return Err(Error::Validation(format!(
+                "content type `{}` is not allowed in bucket `{bucket}`",
+                options.content_type.escape_debug()
+            )));
+        }
+        let cache_control = keys::cache_control(&options.cache_control)?;
+        let limit = bucket_row.file_size_limit.unwrap_or(i64::MAX);
+
+        // 1. Stream to a temporary object, hashing and counting as we go.
+        let temp = StorePath::from(format!(".tmp/{}", Uuid::new_v4()));
+        let upload = self
+            .store
+            .put_multipart(&temp)
+            .await
+            .map_err(storage_error)?;
+        let mut writer = object_store::WriteMultipart::new(upload);
+        let mut hasher = Sha256::new();
+        let mut size: i64 = 0;
+        let mut body = std::pin::pin!(body);
+        let streamed: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| Error::Storage(format!("reading the upload body: {e}")))?;
+                size += chunk.len() as i64;
+                if size > limit {
+                    return Err(Error::Validation(format!(
+                        "object is larger than bucket `{bucket}` allows ({limit} bytes)"
+                    )));
+                }
+                hasher.update(&chunk);
+                writer.wait_for_capacity(4).await.map_err(storage_error)?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = streamed {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer.finish().await.map_err(storage_error)?;
+        let etag: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+
+        // 2. Metadata row and rename, in one transaction.
+        let final_path = keys::store_path(bucket, path);
+        let row = NewFileObject {
+            bucket_id: bucket.to_owned(),
+            name: path.to_owned(),
+            size,
+            content_type: options.content_type.clone(),
+            cache_control,
+            etag,
+            owner: options.owner,
+            metadata: options.metadata.clone(),
+        };
+        let store = self.store.clone();
+        let (bucket_s, path_s) = (bucket.to_owned(), path.to_owned());
+        let temp_for_tx = temp.clone();
+        let result = self
+            .db
+            .transaction(move |tx| {
+                let (row, store, temp, final_path) = (
+                    row.clone(),
+                    store.clone(),
+                    temp_for_tx.clone(),
+                    final_path.clone(),
+                );
+                let (bucket, path) = (bucket_s.clone(), path_s.clone());
+                async move {
+                    // Lock the key's row (if any) so concurrent uploads to it serialize.
+                    let previous = tx
+                        .query::<FileObject>()
+                        .filter(FileObject::BUCKET_ID.eq(bucket.as_str()))
+                        .filter(FileObject::NAME.eq(path.as_str()))
+                        .first()
+                        .await?;
+                    let stored = match previous {
+                        Some(_) if !options.upsert => {
+                            return Err(Error::AlreadyExists(format!("object `{bucket}/{path}`")));
+                        }
+                        _ => {
+                            tx.upsert(row, (FileObject::BUCKET_ID, FileObject::NAME))
+                                .await?
+                        }
+                    };
+                    store
+                        .rename(&temp, &final_path)
+                        .await
+                        .map_err(storage_error)?;
+                    Ok((stored, previous))
+                }
+            })
+            .await;
+        let (stored, previous) = match result {
+            Ok(pair) => pair,
+            Err(e) => {
+                let _ = self.store.delete(&temp).await;
+                return Err(match e {
+                    Error::UniqueViolation { .. } => {
+                        Error::AlreadyExists(format!("object `{bucket}/{path}`"))
+                    }
+                    other => other,
+                });
+            }
+        };
+        if let Some(previous) = previous
+            && previous.etag != stored.etag
+        {
+            self.forget_cached(&previous).await;
+        }
+        Ok(self.public_url(bucket, path))
+    }
+
+    fn cache_key(object: &FileObject) -> String {
+        format!(
+            "__storage:{}:{}:{}",
+            object.bucket_id, object.name, object.etag
+        )
+    }
+
+    async fn forget_cached(&self, object: &FileObject) {
+        if let Some(cache) = &self.cache {
+            let _ = cache.delete(&Self::cache_key(object)).await;
+        }
+    }
+
+    /// The bytes of an object (the seed's `downloadFile`), from the cache when a small
+    /// object was downloaded before and its `cache_control` allows it.
+    pub async fn download_file(&self, bucket: &str, path: &str) -> Result<Bytes> {
+        Ok(self.download(bucket, path).await?.1)
+    }
+
+    /// Metadata and bytes of an object.
+    pub async fn download(&self, bucket: &str, path: &str) -> Result<(FileObject, Bytes)> {
+        let object = self.object(bucket, path).await?;
+        let ttl = keys::cache_ttl(&object.cache_control).filter(|_| object.size <= CACHE_MAX_BYTES);
+        if let (Some(cache), Some(_)) = (&self.cache, ttl)
+            && let Ok(Some(bytes)) = cache
+                .get::<serde_bytes_compat::Blob>(&Self::cache_key(&object))
+                .await
+        {
+            return Ok((object, Bytes::from(bytes.0)));
+        }
+        let bytes = self.read_bytes(&object).await?;
+        if let (Some(cache), Some(ttl)) = (&self.cache, ttl) {
+            let _ = cache
+                .set(
+                    &Self::cache_key(&object),
+                    &serde_bytes_compat::Blob(bytes.to_vec()),
+                    Some(ttl),
+                )
+                .await;
+        }
+        Ok((object, bytes))
+    }
+
+    /// The bytes of an object straight from the store.
+    pub(crate) async fn read_bytes(&self, object: &FileObject) -> Result<Bytes> {
+        let location = keys::store_path(&object.bucket_id, &object.name);
+        let result = self.store.get(&location).await.map_err(storage_error)?;
+        result.bytes().await.map_err(storage_error)
+    }
+
+    /// A range of an object's bytes straight from the store.
+    pub(crate) async fn read_range(
+        &self,
+        object: &FileObject,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
+        let location = keys::store_path(&object.bucket_id, &object.name);
+        self.store
+            .get_range(&location, range)
+            .await
+            .map_err(storage_error)
+    }
+
+    /// A URL that allows downloading `bucket`/`path` for `expires_in` seconds (the
+    /// seed's `createSignedUrl`).
+    pub async fn create_signed_url(
+        &self,
+        bucket: &str,
+        path: &str,
+        expires_in: u64,
+    ) -> Result<String> {
+        self.object(bucket, path).await?;
+        if expires_in == 0 || expires_in > 7 * 24 * 3600 {
+            return Err(Error::Validation(
+                "expires_in must be 1 second to 7 days".into(),
+            ));
+        }
+        let expires = Utc::now().timestamp() + expires_in as i64;
+        let token = self.sign(Purpose::Download, bucket, path, expires);
+        Ok(format!(
+            "{}/object/sign/{bucket}/{}?token={token}",
+            self.base_url,
+            keys::encode_path(path)
+        ))
+    }
+
+    fn mac(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.signing_key)
+            .expect("HMAC takes keys of any length");
+        // Newlines cannot occur in bucket names or validated paths: fields cannot run together.
+        mac.update(format!("{}\n{bucket}\n{path}\n{expires}", purpose.as_str()).as_bytes());
+        mac
+    }
+
+    fn sign(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> String {
+        let tag = self
+            .mac(purpose, bucket, path, expires)
+            .finalize()
+            .into_bytes();
+        format!(
+            "{expires}.{}",
+            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+
+    /// Checks a token for `purpose` on exactly `bucket`/`path`: expired, malformed or
+    /// tampered tokens are [`Error::PermissionDenied`].
+    pub fn verify(&self, purpose: Purpose, bucket: &str, path: &str, token: &str) -> Result<()> {
+        let denied = |why: &str| Error::PermissionDenied {
+            message: format!("signed URL {why}"),
+        };
+        let (expires, tag) = token
+            .split_once('.')
+            .ok_or_else(|| denied("is malformed"))?;
+        let expires: i64 = expires.parse().map_err(|_| denied("is malformed"))?;
+        if tag.len() != 64 {
+            return Err(denied("is malformed"));
+        }
+        let tag: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(tag.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| denied("is malformed"))?;
+        self.mac(purpose, bucket, path, expires)
+            .verify_slice(&tag)
+            .map_err(|_| denied("has a bad signature"))?;
+        if Utc::now().timestamp() > expires {
+            return Err(denied("has expired"));
+        }
+        Ok(())
+    }
+
+    /// Objects of `bucket` under `prefix`, sorted and paged (the seed's `listFiles`).
+    pub async fn list_files(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        options: ListOptions,
+    ) -> Result<Vec<FileObject>> {
+        validate_bucket(bucket)?;
+        if !prefix.is_empty() {
+            validate_path(prefix.trim_end_matches('/'))?;
+        }
+        if options.limit == 0 || options.limit > 1000 {
+            return Err(Error::Validation("limit must be 1 to 1000".into()));
+        }
+        let mut query = self
+            .db
+            .query::<FileObject>()
+            .filter(FileObject::BUCKET_ID.eq(bucket));
+        if !prefix.is_empty() {
+            let prefix = format!("{}/", prefix.trim_end_matches('/'));
+            query = query.filter(FileObject::NAME.like(format!("{}%", keys::escape_like(&prefix))));
+        }
+        if let Some(search) = &options.search {
+            query =
+                query.filter(FileObject::NAME.ilike(format!("%{}%", keys::escape_like(search))));
+        }
+        let key = match (options.sort_by, options.descending) {
+            (SortColumn::Name, false) => FileObject::NAME.asc(),
+            (SortColumn::Name, true) => FileObject::NAME.desc(),
+            (SortColumn::CreatedAt, false) => FileObject::CREATED_AT.asc(),
+            (SortColumn::CreatedAt, true) => FileObject::CREATED_AT.desc(),
+            (SortColumn::UpdatedAt, false) => FileObject::UPDATED_AT.asc(),
+            (SortColumn::UpdatedAt, true) => FileObject::UPDATED_AT.desc(),
+            (SortColumn::Size, false) => FileObject::SIZE.asc(),
+            (SortColumn::Size, true) => FileObject::SIZE.desc(),
+        };
+        query
+            .order_by(key)
+            .order_by(FileObject::NAME.asc())
+            .limit(options.limit)
+            .offset(options.offset)
+            .all()
+            .await
+    }
+
+    /// Deletes objects; returns how many existed.
+    pub async fn delete_files(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
+        let mut deleted = 0;
+        for path in paths {
+            let Ok(object) = self.object(bucket, path).await else {
+                continue;
+            };
+            let location = keys::store_path(bucket, path);
+            let store = self.store.clone();
+            let id = object.id;
+            self.db
+                .transaction(move |tx| {
+                    let (store, location) = (store.clone(), location.clone());
+                    async move {
+                        tx.hard_delete::<FileObject>(id).await?;
+                        match store.delete(&location).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(storage_error(e)),
+                        }
+                    }
+                })
+                .await?;
+            self.forget_cached(&object).await;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Moves an object to a new path in the same bucket (fails if the target exists).
+    pub async fn move_file(&self, bucket: &str, from: &str, to: &str) -> Result<()> {
+        self.relocate(bucket, from, to, true).await
+    }
+
+    /// Copies an object to a new path in the same bucket (fails if the target exists).
+    pub async fn copy_file(&self, bucket: &str, from: &str, to: &str) -> Result<()> {
+        self.relocate(bucket, from, to, false).await
+    }
+
+    async fn relocate(&self, bucket: &str, from: &str, to: &str, remove: bool) -> Result<()> {
+        validate_path(to)?;
+        let object = self.object(bucket, from).await?;
+        let (src, dst) = (keys::store_path(bucket, from), keys::store_path(bucket, to));
+        let store = self.store.clone();
+        let to = to.to_owned();
+        self.db
+            .transaction(move |tx| {
+                let (store, src, dst, object, to) = (
+                    store.clone(),
+                    src.clone(),
+                    dst.clone(),
+                    object.clone(),
+                    to.clone(),
+                );
+                async move {
+                    let copy = NewFileObject {
+                        bucket_id: object.bucket_id.clone(),
+                        name: to,
+                        size: object.size,
+                        content_type: object.content_type.clone(),
+                        cache_control: object.cache_control.clone(),
+                        etag: object.etag.clone(),
+                        owner: object.owner,
+                        metadata: object.metadata.clone(),
+                    };
+                    tx.create(copy).await?;
+                    if remove {
+                        tx.hard_delete::<FileObject>(object.id).await?;
+                        store
+                            .rename_if_not_exists(&src, &dst)
+                            .await
+                            .map_err(storage_error)?;
+                    } else {
+                        store
+                            .copy_if_not_exists(&src, &dst)
+                            .await
+                            .map_err(storage_error)?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                Error::UniqueViolation { .. } => Error::AlreadyExists("the target path".into()),
+                other => other,
+            })
+    }
+}
+
+fn storage_error(e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::NotFound {
+            table: "storage.objects",
+        },
+        other => Error::Storage(other.to_string()),
+    }
+}
+
+/// Bytes stored in the cache as a JSON array would triple their size; this stores them
+/// as a hex string instead.
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) struct Blob(pub(super) Vec<u8>);
+
+    impl Serialize for Blob {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(
+                &self
+                    .0
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            )
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Blob {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(d)?;
+            (0..text.len() / 2)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map(Blob)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}

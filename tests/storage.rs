@@ -1,0 +1,714 @@
+//! The storage service on real PostgreSQL, a real filesystem store and real HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tabula::storage::{
+    BucketOptions, ListOptions, Purpose, SortColumn, StorageService, UploadOptions,
+};
+use tabula::{CacheConfig, CacheService, Db, DbConfig, Error};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEY: &[u8] = b"test signing key, thirty-two bytes or more";
+
+struct Kit {
+    storage: StorageService,
+    root: std::path::PathBuf,
+    base: String,
+}
+
+async fn kit() -> Kit {
+    let (_, url) = common::db_and_url().await;
+    let cache = CacheService::in_memory(CacheConfig::default()).expect("cache");
+    let db = Db::connect_with(DbConfig::new(url).cache(cache))
+        .await
+        .expect("db");
+    let root = std::env::temp_dir().join(format!(
+        "tabula-store-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let storage = StorageService::local(db, &root, KEY, &base).expect("storage");
+    let app = tabula::storage::http::router(storage.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    storage
+        .create_bucket(
+            "avatars",
+            BucketOptions {
+                public: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("bucket");
+    storage
+        .create_bucket("documents", BucketOptions::default())
+        .await
+        .expect("bucket");
+    Kit {
+        storage,
+        root,
+        base,
+    }
+}
+
+fn jpeg() -> UploadOptions {
+    UploadOptions {
+        content_type: "image/jpeg".into(),
+        cache_control: "3600".into(),
+        ..Default::default()
+    }
+}
+
+/// A minimal HTTP/1.1 client: status, headers (lowercase names) and body.
+async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let mut request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn upload_then_download_round_trips_bytes_and_metadata() {
+    let k = kit().await;
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let url = k
+        .storage
+        .upload_file("avatars", "user123/avatar.jpg", body.clone(), jpeg())
+        .await
+        .expect("upload");
+    assert_eq!(
+        url,
+        format!("{}/object/public/avatars/user123/avatar.jpg", k.base)
+    );
+    let (meta, bytes) = k
+        .storage
+        .download("avatars", "user123/avatar.jpg")
+        .await
+        .expect("download");
+    assert_eq!(bytes.as_ref(), body.as_slice());
+    assert_eq!(
+        (
+            meta.size,
+            meta.content_type.as_str(),
+            meta.cache_control.as_str()
+        ),
+        (100_000, "image/jpeg", "max-age=3600")
+    );
+    assert_eq!(meta.etag.len(), 64);
+}
+
+#[tokio::test]
+async fn an_existing_object_is_a_conflict_without_upsert() {
+    let k = kit().await;
+    k.storage
+        .upload_file("avatars", "a.jpg", b"one".to_vec(), jpeg())
+        .await
+        .expect("first");
+    let err = k
+        .storage
+        .upload_file("avatars", "a.jpg", b"two".to_vec(), jpeg())
+        .await
+        .expect_err("second");
+    assert!(matches!(err, Error::AlreadyExists(_)), "got {err:?}");
+    assert_eq!(
+        k.storage
+            .download_file("avatars", "a.jpg")
+            .await
+            .expect("download")
+            .as_ref(),
+        b"one"
+    );
+    k.storage
+        .upload_file(
+            "avatars",
+            "a.jpg",
+            b"two".to_vec(),
+            UploadOptions {
+                upsert: true,
+                ..jpeg()
+            },
+        )
+        .await
+        .expect("upsert");
+    assert_eq!(
+        k.storage
+            .download_file("avatars", "a.jpg")
+            .await
+            .expect("download")
+            .as_ref(),
+        b"two"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_download_is_invalidated_by_an_overwrite() {
+    let k = kit().await;
+    k.storage
+        .upload_file("avatars", "c.jpg", b"v1".to_vec(), jpeg())
+        .await
+        .expect("upload");
+    assert_eq!(
+        k.storage
+            .download_file("avatars", "c.jpg")
+            .await
+            .expect("fill")
+            .as_ref(),
+        b"v1"
+    );
+    // Change the bytes behind the service's back: the cached copy still answers.
+    std::fs::write(k.root.join("avatars/c.jpg"), b"XX").expect("poke");
+    assert_eq!(
+        k.storage
+            .download_file("avatars", "c.jpg")
+            .await
+            .expect("cached")
+            .as_ref(),
+        b"v1"
+    );
+    k.storage
+        .upload_file(
+            "avatars",
+            "c.jpg",
+            b"v2".to_vec(),
+            UploadOptions {
+                upsert: true,
+                ..jpeg()
+            },
+        )
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        k.storage
+            .download_file("avatars", "c.jpg")
+            .await
+            .expect("after overwrite")
+            .as_ref(),
+        b"v2"
+    );
+    let nocache = UploadOptions {
+        cache_control: "no-store".into(),
+        ..jpeg()
+    };
+    k.storage
+        .upload_file("avatars", "n.jpg", b"n1".to_vec(), nocache)
+        .await
+        .expect("upload");
+    let _ = k
+        .storage
+        .download_file("avatars", "n.jpg")
+        .await
+        .expect("download");
+    std::fs::write(k.root.join("avatars/n.jpg"), b"n2").expect("poke");
+    assert_eq!(
+        k.storage
+            .download_file("avatars", "n.jpg")
+            .await
+            .expect("no-store")
+            .as_ref(),
+        b"n2"
+    );
+}
+
+#[tokio::test]
+async fn listing_sorts_by_every_column_both_ways_and_pages() {
+    let k = kit().await;
+    for (name, size) in [
+        ("u/b.txt", 3),
+        ("u/a.txt", 1),
+        ("u/c.txt", 2),
+        ("other/z.txt", 9),
+    ] {
+        k.storage
+            .upload_file(
+                "documents",
+                name,
+                vec![b'x'; size],
+                UploadOptions::default(),
+            )
+            .await
+            .expect("upload");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let names = |files: Vec<tabula::storage::FileObject>| {
+        files.into_iter().map(|f| f.name).collect::<Vec<_>>()
+    };
+    let list = |sort_by, descending| {
+        k.storage.list_files(
+            "documents",
+            "u",
+            ListOptions {
+                sort_by,
+                descending,
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(
+        names(list(SortColumn::Name, false).await.expect("list")),
+        ["u/a.txt", "u/b.txt", "u/c.txt"]
+    );
+    assert_eq!(
+        names(list(SortColumn::Name, true).await.expect("list")),
+        ["u/c.txt", "u/b.txt", "u/a.txt"]
+    );
+    assert_eq!(
+        names(list(SortColumn::Size, false).await.expect("list")),
+        ["u/a.txt", "u/c.txt", "u/b.txt"]
+    );
+    assert_eq!(
+        names(list(SortColumn::Size, true).await.expect("list")),
+        ["u/b.txt", "u/c.txt", "u/a.txt"]
+    );
+    assert_eq!(
+        names(list(SortColumn::CreatedAt, false).await.expect("list")),
+        ["u/b.txt", "u/a.txt", "u/c.txt"]
+    );
+    assert_eq!(
+        names(list(SortColumn::CreatedAt, true).await.expect("list")),
+        ["u/c.txt", "u/a.txt", "u/b.txt"]
+    );
+    assert_eq!(
+        names(list(SortColumn::UpdatedAt, true).await.expect("list")),
+        ["u/c.txt", "u/a.txt", "u/b.txt"]
+    );
+    let page = k
+        .storage
+        .list_files(
+            "documents",
+            "u",
+            ListOptions {
+                limit: 2,
+                offset: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(names(page), ["u/b.txt", "u/c.txt"]);
+    let search = k
+        .storage
+        .list_files(
+            "documents",
+            "",
+            ListOptions {
+                search: Some("Z.T".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("search");
+    assert_eq!(names(search), ["other/z.txt"]);
+}
+
+#[tokio::test]
+async fn signed_urls_are_refused_when_expired_or_tampered() {
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "private/doc.pdf",
+            b"%PDF".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    let url = k
+        .storage
+        .create_signed_url("documents", "private/doc.pdf", 3600)
+        .await
+        .expect("sign");
+    let (status, _, body) = http_get(&url, &[]).await;
+    assert_eq!((status, body.as_slice()), (200, b"%PDF".as_slice()));
+    let token = url.split("token=").nth(1).expect("token").to_owned();
+    k.storage
+        .verify(Purpose::Download, "documents", "private/doc.pdf", &token)
+        .expect("valid");
+    // One changed byte in the path, the expiry or the signature.
+    assert!(
+        k.storage
+            .verify(Purpose::Download, "documents", "private/doc.pdX", &token)
+            .is_err()
+    );
+    let (expiry, sig) = token.split_once('.').expect("parts");
+    let later: i64 = expiry.parse::<i64>().expect("expiry") + 1;
+    assert!(
+        k.storage
+            .verify(
+                Purpose::Download,
+                "documents",
+                "private/doc.pdf",
+                &format!("{later}.{sig}")
+            )
+            .is_err()
+    );
+    let mut flipped = sig.to_owned();
+    flipped.replace_range(0..1, if sig.starts_with('0') { "1" } else { "0" });
+    assert!(
+        k.storage
+            .verify(
+                Purpose::Download,
+                "documents",
+                "private/doc.pdf",
+                &format!("{expiry}.{flipped}")
+            )
+            .is_err()
+    );
+    let expired = format!("{}.{sig}", chrono::Utc::now().timestamp() - 10);
+    assert!(
+        k.storage
+            .verify(Purpose::Download, "documents", "private/doc.pdf", &expired)
+            .is_err()
+    );
+    // Over HTTP: a token for one path does not open another; no token is 403.
+    k.storage
+        .upload_file(
+            "documents",
+            "private/other.pdf",
+            b"secret".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    let other = url.replace("doc.pdf", "other.pdf");
+    assert_eq!(http_get(&other, &[]).await.0, 403);
+    assert_eq!(
+        http_get(
+            &format!("{}/object/sign/documents/private/doc.pdf", k.base),
+            &[]
+        )
+        .await
+        .0,
+        403
+    );
+    // A private bucket is not served on the public route.
+    assert_eq!(
+        http_get(
+            &format!("{}/object/public/documents/private/doc.pdf", k.base),
+            &[]
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn traversal_and_malformed_keys_are_refused() {
+    let k = kit().await;
+    for bad in [
+        "../escape",
+        "/abs",
+        "a//b",
+        "a\\b",
+        "nul\u{0}",
+        "a/../b",
+        ".tmp/x",
+        "",
+    ] {
+        let err = k
+            .storage
+            .upload_file("avatars", bad, b"x".to_vec(), jpeg())
+            .await
+            .expect_err(bad);
+        assert!(matches!(err, Error::Validation(_)), "{bad:?}: {err:?}");
+    }
+    let long = "a".repeat(1025);
+    assert!(matches!(
+        k.storage
+            .upload_file("avatars", &long, b"x".to_vec(), jpeg())
+            .await,
+        Err(Error::Validation(_))
+    ));
+    assert!(!k.root.join("escape").exists());
+    assert_eq!(
+        http_get(&format!("{}/object/public/avatars/a/%2E%2E/b", k.base), &[])
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        http_get(
+            &format!("{}/object/public/avatars/missing.jpg", k.base),
+            &[]
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn bucket_limits_on_size_and_content_type() {
+    let k = kit().await;
+    let options = BucketOptions {
+        public: false,
+        max_size: Some(10),
+        allowed_types: Some(vec!["image/*".into()]),
+    };
+    k.storage
+        .create_bucket("limited", options)
+        .await
+        .expect("bucket");
+    let err = k
+        .storage
+        .upload_file("limited", "big.jpg", vec![0u8; 11], jpeg())
+        .await
+        .expect_err("too big");
+    assert!(matches!(err, Error::Validation(_)));
+    let err = k
+        .storage
+        .upload_file(
+            "limited",
+            "page.html",
+            vec![0u8; 5],
+            UploadOptions {
+                content_type: "text/html".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(err, Err(Error::Validation(_))));
+    k.storage
+        .upload_file(
+            "limited",
+            "ok.png",
+            vec![0u8; 10],
+            UploadOptions {
+                content_type: "image/png".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("fits");
+    assert_eq!(
+        k.storage
+            .list_files("limited", "", ListOptions::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_failed_upload_leaves_no_row_and_no_visible_object() {
+    let k = kit().await;
+    let chunks = vec![
+        Ok(Bytes::from_static(b"partial")),
+        Err(std::io::Error::other("client went away")),
+    ];
+    let err = k
+        .storage
+        .upload_stream(
+            "avatars",
+            "broken.jpg",
+            futures_util::stream::iter(chunks),
+            jpeg(),
+        )
+        .await
+        .expect_err("broken body");
+    assert!(matches!(err, Error::Storage(_)), "got {err:?}");
+    assert!(matches!(
+        k.storage.object("avatars", "broken.jpg").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(!k.root.join("avatars/broken.jpg").exists());
+}
+
+#[tokio::test]
+async fn concurrent_uploads_to_one_key_end_with_one_consistent_object() {
+    let k = kit().await;
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let storage = k.storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = vec![i; 1000 + usize::from(i)];
+            storage
+                .upload_file(
+                    "avatars",
+                    "race.bin",
+                    body,
+                    UploadOptions {
+                        upsert: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("upload");
+    }
+    let (meta, bytes) = k
+        .storage
+        .download("avatars", "race.bin")
+        .await
+        .expect("download");
+    assert_eq!(meta.size as usize, bytes.len());
+    let fill = bytes[0];
+    assert!(bytes.iter().all(|b| *b == fill), "bytes of one upload only");
+    assert_eq!(
+        bytes.len(),
+        1000 + usize::from(fill),
+        "metadata matches those bytes"
+    );
+}
+
+#[tokio::test]
+async fn the_router_serves_headers_conditional_and_range_requests() {
+    let k = kit().await;
+    let body: Vec<u8> = (0..=255u8).collect();
+    let url = k
+        .storage
+        .upload_file("avatars", "dir/pic.jpg", body.clone(), jpeg())
+        .await
+        .expect("upload");
+    let (status, headers, got) = http_get(&url, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, body);
+    assert_eq!(header(&headers, "content-type"), Some("image/jpeg"));
+    assert_eq!(header(&headers, "cache-control"), Some("max-age=3600"));
+    let etag = header(&headers, "etag").expect("etag").to_owned();
+    let (status, _, got) = http_get(&url, &[("If-None-Match", &etag)]).await;
+    assert_eq!((status, got.len()), (304, 0));
+    let (status, headers, got) = http_get(&url, &[("Range", "bytes=10-19")]).await;
+    assert_eq!(status, 206);
+    assert_eq!(got, body[10..20].to_vec());
+    assert_eq!(header(&headers, "content-range"), Some("bytes 10-19/256"));
+    assert_eq!(http_get(&url, &[("Range", "bytes=300-")]).await.0, 416);
+}
+
+#[tokio::test]
+async fn delete_move_and_copy() {
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "a.txt",
+            b"A".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    k.storage
+        .upload_file(
+            "documents",
+            "b.txt",
+            b"B".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    k.storage
+        .copy_file("documents", "a.txt", "copy/a.txt")
+        .await
+        .expect("copy");
+    k.storage
+        .move_file("documents", "b.txt", "moved/b.txt")
+        .await
+        .expect("move");
+    assert_eq!(
+        k.storage
+            .download_file("documents", "copy/a.txt")
+            .await
+            .expect("copy")
+            .as_ref(),
+        b"A"
+    );
+    assert_eq!(
+        k.storage
+            .download_file("documents", "moved/b.txt")
+            .await
+            .expect("moved")
+            .as_ref(),
+        b"B"
+    );
+    assert!(matches!(
+        k.storage.object("documents", "b.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        k.storage
+            .copy_file("documents", "a.txt", "copy/a.txt")
+            .await,
+        Err(Error::AlreadyExists(_))
+    ));
+    assert_eq!(
+        k.storage
+            .delete_files("documents", &["a.txt", "copy/a.txt", "nope.txt"])
+            .await
+            .expect("delete"),
+        2
+    );
+    assert!(!k.root.join("documents/a.txt").exists());
+    assert_eq!(
+        k.storage
+            .list_files("documents", "", ListOptions::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
