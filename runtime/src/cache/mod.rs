@@ -352,7 +352,17 @@ impl CacheService {
         value: &T,
         ttl_seconds: Option<u64>,
     ) -> Result<()> {
-        let (key, bytes, ttl) = (self.key(key)?, encode(value)?, ttl(ttl_seconds)?);
+        self.set_bytes(key, encode(value)?, ttl_seconds).await
+    }
+
+    /// Stores raw bytes (no serde), e.g. file contents.
+    pub(crate) async fn set_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<()> {
+        let (key, ttl) = (self.key(key)?, ttl(ttl_seconds)?);
         match &self.inner.backend {
             Backend::Redis(r) => {
                 self.on_redis(
@@ -378,6 +388,11 @@ impl CacheService {
 
     /// The value under `key`, if any.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.get_bytes(key).await?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Raw bytes stored by [`set_bytes`](Self::set_bytes).
+    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
             Backend::Redis(r) => {
@@ -392,7 +407,7 @@ impl CacheService {
                 .with(|map| map.get_bytes(&key))
                 .map_err(|_| Fault::WrongType)?,
         };
-        bytes.map(|b| decode(&b)).transpose()
+        Ok(bytes)
     }
 
     /// Deletes `key`; whether it existed.

@@ -495,20 +495,14 @@ impl StorageService {
         let object = self.object(bucket, path).await?;
         let ttl = keys::cache_ttl(&object.cache_control).filter(|_| object.size <= CACHE_MAX_BYTES);
         if let (Some(cache), Some(_)) = (&self.cache, ttl)
-            && let Ok(Some(bytes)) = cache
-                .get::<serde_bytes_compat::Blob>(&Self::cache_key(&object))
-                .await
+            && let Ok(Some(bytes)) = cache.get_bytes(&Self::cache_key(&object)).await
         {
-            return Ok((object, Bytes::from(bytes.0)));
+            return Ok((object, Bytes::from(bytes)));
         }
         let bytes = self.read_bytes(&object).await?;
         if let (Some(cache), Some(ttl)) = (&self.cache, ttl) {
             let _ = cache
-                .set(
-                    &Self::cache_key(&object),
-                    &serde_bytes_compat::Blob(bytes.to_vec()),
-                    Some(ttl),
-                )
+                .set_bytes(&Self::cache_key(&object), bytes.to_vec(), Some(ttl))
                 .await;
         }
         Ok((object, bytes))
@@ -522,6 +516,7 @@ impl StorageService {
     }
 
     /// A range of an object's bytes straight from the store.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) async fn read_range(
         &self,
         object: &FileObject,
@@ -741,36 +736,5 @@ fn storage_error(e: object_store::Error) -> Error {
             table: "storage.objects",
         },
         other => Error::Storage(other.to_string()),
-    }
-}
-
-/// Bytes stored in the cache as a JSON array would triple their size; this stores them
-/// as a hex string instead.
-mod serde_bytes_compat {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(super) struct Blob(pub(super) Vec<u8>);
-
-    impl Serialize for Blob {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(
-                &self
-                    .0
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            )
-        }
-    }
-
-    impl<'de> Deserialize<'de> for Blob {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let text = String::deserialize(d)?;
-            (0..text.len() / 2)
-                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map(Blob)
-                .map_err(serde::de::Error::custom)
-        }
     }
 }
