@@ -213,7 +213,7 @@ impl std::fmt::Debug for StorageService {
 
 impl StorageService {
     /// A service over `store`, signing with `signing_key` (at least 32 bytes), building
-    /// URLs under `base_url` (where [`http::router`] is served), caching downloads in the
+    /// URLs under `base_url` (where `http::router`, feature `http`, is served), caching downloads in the
     /// `Db`'s cache when it has one.
     ///
     /// ```no_run
@@ -268,6 +268,7 @@ impl StorageService {
     }
 
     /// Creates a bucket.
+    #[tracing::instrument(name = "tabula.storage.create_bucket", skip_all, fields(bucket = name))]
     pub async fn create_bucket(&self, name: &str, options: BucketOptions) -> Result<Bucket> {
         validate_bucket(name)?;
         let max = options
@@ -340,6 +341,7 @@ impl StorageService {
     }
 
     /// Uploads a body that arrives in chunks, without holding it whole in memory.
+    #[tracing::instrument(name = "tabula.storage.upload_stream", skip_all, fields(bucket = bucket, path = path))]
     pub async fn upload_stream(
         &self,
         bucket: &str,
@@ -491,6 +493,7 @@ impl StorageService {
     }
 
     /// Metadata and bytes of an object.
+    #[tracing::instrument(name = "tabula.storage.download", skip_all, fields(bucket = bucket, path = path))]
     pub async fn download(&self, bucket: &str, path: &str) -> Result<(FileObject, Bytes)> {
         let object = self.object(bucket, path).await?;
         let ttl = keys::cache_ttl(&object.cache_control).filter(|_| object.size <= CACHE_MAX_BYTES);
@@ -531,6 +534,7 @@ impl StorageService {
 
     /// A URL that allows downloading `bucket`/`path` for `expires_in` seconds (the
     /// seed's `createSignedUrl`).
+    #[tracing::instrument(name = "tabula.storage.create_signed_url", skip_all, fields(bucket = bucket, path = path))]
     pub async fn create_signed_url(
         &self,
         bucket: &str,
@@ -598,6 +602,7 @@ impl StorageService {
     }
 
     /// Objects of `bucket` under `prefix`, sorted and paged (the seed's `listFiles`).
+    #[tracing::instrument(name = "tabula.storage.list_files", skip_all, fields(bucket = bucket))]
     pub async fn list_files(
         &self,
         bucket: &str,
@@ -643,6 +648,7 @@ impl StorageService {
     }
 
     /// Deletes objects; returns how many existed.
+    #[tracing::instrument(name = "tabula.storage.delete_files", skip_all, fields(bucket = bucket))]
     pub async fn delete_files(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
         let mut deleted = 0;
         for path in paths {
@@ -680,6 +686,7 @@ impl StorageService {
         self.relocate(bucket, from, to, false).await
     }
 
+    #[tracing::instrument(name = "tabula.storage.relocate", skip_all, fields(bucket = bucket, from = from, to = to))]
     async fn relocate(&self, bucket: &str, from: &str, to: &str, remove: bool) -> Result<()> {
         validate_path(to)?;
         let object = self.object(bucket, from).await?;
