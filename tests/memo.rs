@@ -26,8 +26,13 @@ fn install() {
     ONCE.call_once(|| {
         let url = tabula::testkit::redis_url().expect("redis");
         let prefix = format!("memo{}", std::process::id());
-        let cache =
-            CacheService::redis(&url, CacheConfig::default().prefix(prefix)).expect("cache");
+        let cache = CacheService::redis(
+            &url,
+            CacheConfig::default()
+                .prefix(prefix)
+                .deadline(std::time::Duration::from_secs(2)),
+        )
+        .expect("cache");
         assert!(cache.install_global());
     });
 }

@@ -28,7 +28,9 @@ async fn db_with_cache() -> Db {
     let prefix = format!("rls{}x{}", std::process::id(), Uuid::new_v4().simple());
     let cache = CacheService::redis(
         &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default().prefix(prefix),
+        CacheConfig::default()
+            .prefix(prefix)
+            .deadline(std::time::Duration::from_secs(2)),
     )
     .expect("cache");
     Db::connect_with(DbConfig::new(url).cache(cache).pool_size(3))
