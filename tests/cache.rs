@@ -503,11 +503,10 @@ async fn a_hung_redis_costs_one_deadline_per_call_and_serves_nothing_stale_after
         assert_eq!(avatar(&db, p.id).await, Some(format!("while-hung-{i}")));
         slowest = slowest.max(started.elapsed());
     }
-    // Two cache calls per round (invalidate + read), each bounded by the 50 ms deadline.
-    assert!(
-        slowest < Duration::from_millis(400),
-        "a round took {slowest:?}"
-    );
+    // Two cache calls per round (invalidate + read), each bounded by the 50 ms deadline,
+    // plus two statements; the bound leaves room for a loaded machine, and is still far
+    // from the 30 s a default pool checkout would wait.
+    assert!(slowest < Duration::from_secs(1), "a round took {slowest:?}");
     redis.resume();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The entry cached before the hang still sits in Redis, but the epoch bump on
