@@ -292,3 +292,25 @@ async fn text_postgres_cannot_store_is_a_validation_error_and_writes_nothing() {
     assert!(matches!(err, Error::Validation(_)), "got {err:?}");
     assert_eq!(count_profiles(&db).await, 0);
 }
+
+#[tokio::test]
+async fn a_schema_change_does_not_break_cached_statements() {
+    let (_, url) = db_and_url().await;
+    let db = tabula::Db::connect_with(tabula::DbConfig::new(url).pool_size(1))
+        .await
+        .expect("db");
+    let p = db
+        .create(new_profile("before-migration"))
+        .await
+        .expect("create");
+    assert!(db.read::<Profile>(p.id).await.expect("read").is_some()); // statement cached
+    // A migration changes the column's type under the cached plan.
+    db.execute_batch("ALTER TABLE profiles ALTER COLUMN avatar_url TYPE varchar(500)")
+        .await
+        .expect("alter");
+    let again = db
+        .read::<Profile>(p.id)
+        .await
+        .expect("read after the schema change");
+    assert_eq!(again.map(|r| r.id), Some(p.id));
+}

@@ -48,10 +48,17 @@ impl PgConn {
     }
 
     pub(crate) async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        let result = self.query_once(sql, params).await;
+        if self.forget_stale_plan(sql, &result) {
+            return self.query_once(sql, params).await;
+        }
+        result
+    }
+
+    async fn query_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let statement = self.prepare(sql).await?;
-        let client = &self.client;
         let pending = self.pending_setup.take();
-        run_after(client, pending, client.query(&statement, params)).await
+        run_after(&self.client, pending, self.client.query(&statement, params)).await
     }
 
     pub(crate) async fn query_opt(
@@ -59,17 +66,54 @@ impl PgConn {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Option<Row>> {
+        let result = self.query_opt_once(sql, params).await;
+        if self.forget_stale_plan(sql, &result) {
+            return self.query_opt_once(sql, params).await;
+        }
+        result
+    }
+
+    async fn query_opt_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         let statement = self.prepare(sql).await?;
-        let client = &self.client;
         let pending = self.pending_setup.take();
-        run_after(client, pending, client.query_opt(&statement, params)).await
+        run_after(
+            &self.client,
+            pending,
+            self.client.query_opt(&statement, params),
+        )
+        .await
     }
 
     pub(crate) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let result = self.execute_once(sql, params).await;
+        if self.forget_stale_plan(sql, &result) {
+            return self.execute_once(sql, params).await;
+        }
+        result
+    }
+
+    async fn execute_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let statement = self.prepare(sql).await?;
-        let client = &self.client;
         let pending = self.pending_setup.take();
-        run_after(client, pending, client.execute(&statement, params)).await
+        run_after(
+            &self.client,
+            pending,
+            self.client.execute(&statement, params),
+        )
+        .await
+    }
+
+    /// A cached statement whose plan a schema change invalidated ("cached plan must
+    /// not change result type", 0A000) or that the server dropped (26000) is prepared
+    /// again — once, and only outside a transaction, where the failure did not abort
+    /// anything.
+    fn forget_stale_plan<T>(&mut self, sql: &str, result: &Result<T>) -> bool {
+        let stale = matches!(result, Err(crate::Error::Database { sqlstate, .. }) if sqlstate == "0A000" || sqlstate == "26000");
+        if stale && !self.in_transaction {
+            self.statements.remove(sql);
+            return true;
+        }
+        false
     }
 
     /// Runs statements without parameters (BEGIN, COMMIT, migrations) in one round trip.
