@@ -9,7 +9,7 @@
 //! For a function returning `Result`, only `Ok` values are cached; for any other return
 //! type (`Option` included: `None` is cached too) the value is cached as returned.
 //! Concurrent callers with the same key in one process run the body once: the first
-//! runs it while the others wait, then read what it cached.
+//! runs it while the others wait, then take its result (even if the cache is down).
 //!
 //! The cache used is the global one ([`CacheService::install_global`]; a `Db` built
 //! with a cache installs it if none is). Without one, the body simply runs.
@@ -39,7 +39,15 @@ pub struct MemoSpec {
 
 static GLOBAL: OnceLock<CacheService> = OnceLock::new();
 
-type Flights = Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>;
+/// One in-flight call per key: the turn to run it, and what the caller who ran it
+/// produced (encoded), so the callers who waited need not ask the cache again.
+#[derive(Default)]
+struct Flight {
+    turn: tokio::sync::Mutex<()>,
+    result: OnceLock<Vec<u8>>,
+}
+
+type Flights = Mutex<HashMap<String, Weak<Flight>>>;
 
 fn flights() -> &'static Flights {
     static FLIGHTS: OnceLock<Flights> = OnceLock::new();
@@ -146,32 +154,39 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
     if let (Some(hit), _) = lookup::<S>(cache, spec, &key).await {
         return hit;
     }
-    // Single flight: one caller per key runs the body; the rest wait, then look again.
-    let gate = {
+    // Single flight: one caller per key runs the body; the others wait for it and take
+    // its result (or, if it produced none worth keeping, look again and run it too).
+    let flight = {
         let mut map = match flights().lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
         map.retain(|_, weak| weak.strong_count() > 0);
         match map.get(&key).and_then(Weak::upgrade) {
-            Some(gate) => gate,
+            Some(flight) => flight,
             None => {
-                let gate = Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(key.clone(), Arc::downgrade(&gate));
-                gate
+                let flight = Arc::new(Flight::default());
+                map.insert(key.clone(), Arc::downgrade(&flight));
+                flight
             }
         }
     };
-    let _turn = gate.lock().await;
+    let _turn = flight.turn.lock().await;
+    if let Some(value) = flight.result.get().and_then(|bytes| S::load(bytes)) {
+        return value;
+    }
     let (hit, full_key) = lookup::<S>(cache, spec, &key).await;
     if let Some(hit) = hit {
         return hit;
     }
     let value = body.await;
-    if let (Some(full_key), Some(bytes)) = (full_key, value.store()) {
-        cache
-            .versioned_fill(&full_key, &bytes, Duration::from_secs(spec.ttl))
-            .await;
+    if let Some(bytes) = value.store() {
+        if let Some(full_key) = full_key {
+            cache
+                .versioned_fill(&full_key, &bytes, Duration::from_secs(spec.ttl))
+                .await;
+        }
+        let _ = flight.result.set(bytes);
     }
     value
 }
