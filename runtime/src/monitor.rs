@@ -23,6 +23,9 @@ pub const CACHE_OPERATION_SECONDS: &str = "tabula_cache_operation_seconds";
 /// (a lease voided by a write), `error`, `invalidation_failed`, `delete`.
 pub const CACHE_EVENTS: &str = "tabula_cache_events_total";
 
+/// Histogram, seconds: duration of a storage operation. Labels: `operation`, `outcome`.
+pub const STORAGE_OPERATION_SECONDS: &str = "tabula_storage_operation_seconds";
+
 /// Counter: migrations applied.
 pub const MIGRATIONS_APPLIED: &str = "tabula_migrations_applied_total";
 
@@ -53,4 +56,23 @@ pub(crate) fn record_db(
 pub(crate) fn record_cache(operation: &'static str, started: Instant, outcome: &'static str) {
     metrics::histogram!(CACHE_OPERATION_SECONDS, "operation" => operation, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Records one storage operation; failures are logged with the operation and error.
+pub(crate) fn record_storage(
+    operation: &'static str,
+    started: Instant,
+    result: &Result<impl Sized>,
+) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(STORAGE_OPERATION_SECONDS, "operation" => operation, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(error) = result
+        && !matches!(
+            error,
+            Error::NotFound { .. } | Error::Validation(_) | Error::AlreadyExists(_)
+        )
+    {
+        tracing::error!(operation, %error, "storage error");
+    }
 }

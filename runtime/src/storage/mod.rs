@@ -270,18 +270,24 @@ impl StorageService {
     /// Creates a bucket.
     #[tracing::instrument(name = "tabula.storage.create_bucket", skip_all, fields(bucket = name))]
     pub async fn create_bucket(&self, name: &str, options: BucketOptions) -> Result<Bucket> {
-        validate_bucket(name)?;
-        let max = options
-            .max_size
-            .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-        self.db
-            .create(NewBucket {
-                id: name.to_owned(),
-                public: options.public,
-                file_size_limit: max,
-                allowed_mime_types: options.allowed_types,
-            })
-            .await
+        measured(
+            "create_bucket",
+            Box::pin(async {
+                validate_bucket(name)?;
+                let max = options
+                    .max_size
+                    .map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+                self.db
+                    .create(NewBucket {
+                        id: name.to_owned(),
+                        public: options.public,
+                        file_size_limit: max,
+                        allowed_mime_types: options.allowed_types,
+                    })
+                    .await
+            }),
+        )
+        .await
     }
 
     async fn bucket(&self, name: &str) -> Result<Bucket> {
@@ -349,128 +355,136 @@ impl StorageService {
         body: impl Stream<Item = std::io::Result<Bytes>> + Send,
         options: UploadOptions,
     ) -> Result<String> {
-        validate_path(path)?;
-        let bucket_row = self.bucket(bucket).await?;
-        if let Some(allowed) = &bucket_row.allowed_mime_types
-            && !allowed
-                .iter()
-                .any(|pattern| keys::mime_matches(pattern, &options.content_type))
-        {
-            return Err(Error::Validation(format!(
-                "content type `{}` is not allowed in bucket `{bucket}`",
-                options.content_type.escape_debug()
-            )));
-        }
-        let cache_control = keys::cache_control(&options.cache_control)?;
-        let limit = bucket_row.file_size_limit.unwrap_or(i64::MAX);
-
-        // 1. Stream to a temporary object, hashing and counting as we go.
-        let temp = StorePath::from(format!(".tmp/{}", Uuid::new_v4()));
-        let upload = self
-            .store
-            .put_multipart(&temp)
-            .await
-            .map_err(storage_error)?;
-        let mut writer = object_store::WriteMultipart::new(upload);
-        let mut hasher = Sha256::new();
-        let mut size: i64 = 0;
-        let mut body = std::pin::pin!(body);
-        let streamed: Result<()> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk =
-                    chunk.map_err(|e| Error::Storage(format!("reading the upload body: {e}")))?;
-                size += chunk.len() as i64;
-                if size > limit {
+        measured(
+            "upload",
+            Box::pin(async {
+                validate_path(path)?;
+                let bucket_row = self.bucket(bucket).await?;
+                if let Some(allowed) = &bucket_row.allowed_mime_types
+                    && !allowed
+                        .iter()
+                        .any(|pattern| keys::mime_matches(pattern, &options.content_type))
+                {
                     return Err(Error::Validation(format!(
-                        "object is larger than bucket `{bucket}` allows ({limit} bytes)"
+                        "content type `{}` is not allowed in bucket `{bucket}`",
+                        options.content_type.escape_debug()
                     )));
                 }
-                hasher.update(&chunk);
-                writer.wait_for_capacity(4).await.map_err(storage_error)?;
-                writer.put(chunk);
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = streamed {
-            let _ = writer.abort().await;
-            return Err(e);
-        }
-        writer.finish().await.map_err(storage_error)?;
-        let etag: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+                let cache_control = keys::cache_control(&options.cache_control)?;
+                let limit = bucket_row.file_size_limit.unwrap_or(i64::MAX);
 
-        // 2. Metadata row and rename, in one transaction.
-        let final_path = keys::store_path(bucket, path);
-        let row = NewFileObject {
-            bucket_id: bucket.to_owned(),
-            name: path.to_owned(),
-            size,
-            content_type: options.content_type.clone(),
-            cache_control,
-            etag,
-            owner: options.owner,
-            metadata: options.metadata.clone(),
-        };
-        let store = self.store.clone();
-        let (bucket_s, path_s) = (bucket.to_owned(), path.to_owned());
-        let temp_for_tx = temp.clone();
-        let result = self
-            .db
-            .transaction(move |tx| {
-                let (row, store, temp, final_path) = (
-                    row.clone(),
-                    store.clone(),
-                    temp_for_tx.clone(),
-                    final_path.clone(),
-                );
-                let (bucket, path) = (bucket_s.clone(), path_s.clone());
-                async move {
-                    // Lock the key's row (if any) so concurrent uploads to it serialize.
-                    let previous = tx
-                        .query::<FileObject>()
-                        .filter(FileObject::BUCKET_ID.eq(bucket.as_str()))
-                        .filter(FileObject::NAME.eq(path.as_str()))
-                        .first()
-                        .await?;
-                    let stored = match previous {
-                        Some(_) if !options.upsert => {
-                            return Err(Error::AlreadyExists(format!("object `{bucket}/{path}`")));
+                // 1. Stream to a temporary object, hashing and counting as we go.
+                let temp = StorePath::from(format!(".tmp/{}", Uuid::new_v4()));
+                let upload = self
+                    .store
+                    .put_multipart(&temp)
+                    .await
+                    .map_err(storage_error)?;
+                let mut writer = object_store::WriteMultipart::new(upload);
+                let mut hasher = Sha256::new();
+                let mut size: i64 = 0;
+                let mut body = std::pin::pin!(body);
+                let streamed: Result<()> = async {
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk
+                            .map_err(|e| Error::Storage(format!("reading the upload body: {e}")))?;
+                        size += chunk.len() as i64;
+                        if size > limit {
+                            return Err(Error::Validation(format!(
+                                "object is larger than bucket `{bucket}` allows ({limit} bytes)"
+                            )));
                         }
-                        _ => {
-                            tx.upsert(row, (FileObject::BUCKET_ID, FileObject::NAME))
-                                .await?
-                        }
-                    };
-                    store
-                        .rename(&temp, &final_path)
-                        .await
-                        .map_err(storage_error)?;
-                    Ok((stored, previous))
-                }
-            })
-            .await;
-        let (stored, previous) = match result {
-            Ok(pair) => pair,
-            Err(e) => {
-                let _ = self.store.delete(&temp).await;
-                return Err(match e {
-                    Error::UniqueViolation { .. } => {
-                        Error::AlreadyExists(format!("object `{bucket}/{path}`"))
+                        hasher.update(&chunk);
+                        writer.wait_for_capacity(4).await.map_err(storage_error)?;
+                        writer.put(chunk);
                     }
-                    other => other,
-                });
-            }
-        };
-        if let Some(previous) = previous
-            && previous.etag != stored.etag
-        {
-            self.forget_cached(&previous).await;
-        }
-        Ok(self.public_url(bucket, path))
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = streamed {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+                writer.finish().await.map_err(storage_error)?;
+                let etag: String = hasher
+                    .finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+
+                // 2. Metadata row and rename, in one transaction.
+                let final_path = keys::store_path(bucket, path);
+                let row = NewFileObject {
+                    bucket_id: bucket.to_owned(),
+                    name: path.to_owned(),
+                    size,
+                    content_type: options.content_type.clone(),
+                    cache_control,
+                    etag,
+                    owner: options.owner,
+                    metadata: options.metadata.clone(),
+                };
+                let store = self.store.clone();
+                let (bucket_s, path_s) = (bucket.to_owned(), path.to_owned());
+                let temp_for_tx = temp.clone();
+                let result = self
+                    .db
+                    .transaction(move |tx| {
+                        let (row, store, temp, final_path) = (
+                            row.clone(),
+                            store.clone(),
+                            temp_for_tx.clone(),
+                            final_path.clone(),
+                        );
+                        let (bucket, path) = (bucket_s.clone(), path_s.clone());
+                        async move {
+                            // Lock the key's row (if any) so concurrent uploads to it serialize.
+                            let previous = tx
+                                .query::<FileObject>()
+                                .filter(FileObject::BUCKET_ID.eq(bucket.as_str()))
+                                .filter(FileObject::NAME.eq(path.as_str()))
+                                .first()
+                                .await?;
+                            let stored = match previous {
+                                Some(_) if !options.upsert => {
+                                    return Err(Error::AlreadyExists(format!(
+                                        "object `{bucket}/{path}`"
+                                    )));
+                                }
+                                _ => {
+                                    tx.upsert(row, (FileObject::BUCKET_ID, FileObject::NAME))
+                                        .await?
+                                }
+                            };
+                            store
+                                .rename(&temp, &final_path)
+                                .await
+                                .map_err(storage_error)?;
+                            Ok((stored, previous))
+                        }
+                    })
+                    .await;
+                let (stored, previous) = match result {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        let _ = self.store.delete(&temp).await;
+                        return Err(match e {
+                            Error::UniqueViolation { .. } => {
+                                Error::AlreadyExists(format!("object `{bucket}/{path}`"))
+                            }
+                            other => other,
+                        });
+                    }
+                };
+                if let Some(previous) = previous
+                    && previous.etag != stored.etag
+                {
+                    self.forget_cached(&previous).await;
+                }
+                Ok(self.public_url(bucket, path))
+            }),
+        )
+        .await
     }
 
     fn cache_key(object: &FileObject) -> String {
@@ -495,20 +509,27 @@ impl StorageService {
     /// Metadata and bytes of an object.
     #[tracing::instrument(name = "tabula.storage.download", skip_all, fields(bucket = bucket, path = path))]
     pub async fn download(&self, bucket: &str, path: &str) -> Result<(FileObject, Bytes)> {
-        let object = self.object(bucket, path).await?;
-        let ttl = keys::cache_ttl(&object.cache_control).filter(|_| object.size <= CACHE_MAX_BYTES);
-        if let (Some(cache), Some(_)) = (&self.cache, ttl)
-            && let Ok(Some(bytes)) = cache.get_bytes(&Self::cache_key(&object)).await
-        {
-            return Ok((object, Bytes::from(bytes)));
-        }
-        let bytes = self.read_bytes(&object).await?;
-        if let (Some(cache), Some(ttl)) = (&self.cache, ttl) {
-            let _ = cache
-                .set_bytes(&Self::cache_key(&object), bytes.to_vec(), Some(ttl))
-                .await;
-        }
-        Ok((object, bytes))
+        measured(
+            "download",
+            Box::pin(async {
+                let object = self.object(bucket, path).await?;
+                let ttl = keys::cache_ttl(&object.cache_control)
+                    .filter(|_| object.size <= CACHE_MAX_BYTES);
+                if let (Some(cache), Some(_)) = (&self.cache, ttl)
+                    && let Ok(Some(bytes)) = cache.get_bytes(&Self::cache_key(&object)).await
+                {
+                    return Ok((object, Bytes::from(bytes)));
+                }
+                let bytes = self.read_bytes(&object).await?;
+                if let (Some(cache), Some(ttl)) = (&self.cache, ttl) {
+                    let _ = cache
+                        .set_bytes(&Self::cache_key(&object), bytes.to_vec(), Some(ttl))
+                        .await;
+                }
+                Ok((object, bytes))
+            }),
+        )
+        .await
     }
 
     /// The bytes of an object straight from the store.
@@ -541,19 +562,25 @@ impl StorageService {
         path: &str,
         expires_in: u64,
     ) -> Result<String> {
-        self.object(bucket, path).await?;
-        if expires_in == 0 || expires_in > 7 * 24 * 3600 {
-            return Err(Error::Validation(
-                "expires_in must be 1 second to 7 days".into(),
-            ));
-        }
-        let expires = Utc::now().timestamp() + expires_in as i64;
-        let token = self.sign(Purpose::Download, bucket, path, expires);
-        Ok(format!(
-            "{}/object/sign/{bucket}/{}?token={token}",
-            self.base_url,
-            keys::encode_path(path)
-        ))
+        measured(
+            "create_signed_url",
+            Box::pin(async {
+                self.object(bucket, path).await?;
+                if expires_in == 0 || expires_in > 7 * 24 * 3600 {
+                    return Err(Error::Validation(
+                        "expires_in must be 1 second to 7 days".into(),
+                    ));
+                }
+                let expires = Utc::now().timestamp() + expires_in as i64;
+                let token = self.sign(Purpose::Download, bucket, path, expires);
+                Ok(format!(
+                    "{}/object/sign/{bucket}/{}?token={token}",
+                    self.base_url,
+                    keys::encode_path(path)
+                ))
+            }),
+        )
+        .await
     }
 
     fn mac(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> Hmac<Sha256> {
@@ -609,71 +636,84 @@ impl StorageService {
         prefix: &str,
         options: ListOptions,
     ) -> Result<Vec<FileObject>> {
-        validate_bucket(bucket)?;
-        if !prefix.is_empty() {
-            validate_path(prefix.trim_end_matches('/'))?;
-        }
-        if options.limit == 0 || options.limit > 1000 {
-            return Err(Error::Validation("limit must be 1 to 1000".into()));
-        }
-        let mut query = self
-            .db
-            .query::<FileObject>()
-            .filter(FileObject::BUCKET_ID.eq(bucket));
-        if !prefix.is_empty() {
-            let prefix = format!("{}/", prefix.trim_end_matches('/'));
-            query = query.filter(FileObject::NAME.like(format!("{}%", keys::escape_like(&prefix))));
-        }
-        if let Some(search) = &options.search {
-            query =
-                query.filter(FileObject::NAME.ilike(format!("%{}%", keys::escape_like(search))));
-        }
-        let key = match (options.sort_by, options.descending) {
-            (SortColumn::Name, false) => FileObject::NAME.asc(),
-            (SortColumn::Name, true) => FileObject::NAME.desc(),
-            (SortColumn::CreatedAt, false) => FileObject::CREATED_AT.asc(),
-            (SortColumn::CreatedAt, true) => FileObject::CREATED_AT.desc(),
-            (SortColumn::UpdatedAt, false) => FileObject::UPDATED_AT.asc(),
-            (SortColumn::UpdatedAt, true) => FileObject::UPDATED_AT.desc(),
-            (SortColumn::Size, false) => FileObject::SIZE.asc(),
-            (SortColumn::Size, true) => FileObject::SIZE.desc(),
-        };
-        query
-            .order_by(key)
-            .order_by(FileObject::NAME.asc())
-            .limit(options.limit)
-            .offset(options.offset)
-            .all()
-            .await
+        measured(
+            "list",
+            Box::pin(async {
+                validate_bucket(bucket)?;
+                if !prefix.is_empty() {
+                    validate_path(prefix.trim_end_matches('/'))?;
+                }
+                if options.limit == 0 || options.limit > 1000 {
+                    return Err(Error::Validation("limit must be 1 to 1000".into()));
+                }
+                let mut query = self
+                    .db
+                    .query::<FileObject>()
+                    .filter(FileObject::BUCKET_ID.eq(bucket));
+                if !prefix.is_empty() {
+                    let prefix = format!("{}/", prefix.trim_end_matches('/'));
+                    query = query
+                        .filter(FileObject::NAME.like(format!("{}%", keys::escape_like(&prefix))));
+                }
+                if let Some(search) = &options.search {
+                    query = query
+                        .filter(FileObject::NAME.ilike(format!("%{}%", keys::escape_like(search))));
+                }
+                let key = match (options.sort_by, options.descending) {
+                    (SortColumn::Name, false) => FileObject::NAME.asc(),
+                    (SortColumn::Name, true) => FileObject::NAME.desc(),
+                    (SortColumn::CreatedAt, false) => FileObject::CREATED_AT.asc(),
+                    (SortColumn::CreatedAt, true) => FileObject::CREATED_AT.desc(),
+                    (SortColumn::UpdatedAt, false) => FileObject::UPDATED_AT.asc(),
+                    (SortColumn::UpdatedAt, true) => FileObject::UPDATED_AT.desc(),
+                    (SortColumn::Size, false) => FileObject::SIZE.asc(),
+                    (SortColumn::Size, true) => FileObject::SIZE.desc(),
+                };
+                query
+                    .order_by(key)
+                    .order_by(FileObject::NAME.asc())
+                    .limit(options.limit)
+                    .offset(options.offset)
+                    .all()
+                    .await
+            }),
+        )
+        .await
     }
 
     /// Deletes objects; returns how many existed.
     #[tracing::instrument(name = "tabula.storage.delete_files", skip_all, fields(bucket = bucket))]
     pub async fn delete_files(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
-        let mut deleted = 0;
-        for path in paths {
-            let Ok(object) = self.object(bucket, path).await else {
-                continue;
-            };
-            let location = keys::store_path(bucket, path);
-            let store = self.store.clone();
-            let id = object.id;
-            self.db
-                .transaction(move |tx| {
-                    let (store, location) = (store.clone(), location.clone());
-                    async move {
-                        tx.hard_delete::<FileObject>(id).await?;
-                        match store.delete(&location).await {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                            Err(e) => Err(storage_error(e)),
-                        }
-                    }
-                })
-                .await?;
-            self.forget_cached(&object).await;
-            deleted += 1;
-        }
-        Ok(deleted)
+        measured(
+            "delete",
+            Box::pin(async {
+                let mut deleted = 0;
+                for path in paths {
+                    let Ok(object) = self.object(bucket, path).await else {
+                        continue;
+                    };
+                    let location = keys::store_path(bucket, path);
+                    let store = self.store.clone();
+                    let id = object.id;
+                    self.db
+                        .transaction(move |tx| {
+                            let (store, location) = (store.clone(), location.clone());
+                            async move {
+                                tx.hard_delete::<FileObject>(id).await?;
+                                match store.delete(&location).await {
+                                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                                    Err(e) => Err(storage_error(e)),
+                                }
+                            }
+                        })
+                        .await?;
+                    self.forget_cached(&object).await;
+                    deleted += 1;
+                }
+                Ok(deleted)
+            }),
+        )
+        .await
     }
 
     /// Moves an object to a new path in the same bucket (fails if the target exists).
@@ -688,53 +728,72 @@ impl StorageService {
 
     #[tracing::instrument(name = "tabula.storage.relocate", skip_all, fields(bucket = bucket, from = from, to = to))]
     async fn relocate(&self, bucket: &str, from: &str, to: &str, remove: bool) -> Result<()> {
-        validate_path(to)?;
-        let object = self.object(bucket, from).await?;
-        let (src, dst) = (keys::store_path(bucket, from), keys::store_path(bucket, to));
-        let store = self.store.clone();
-        let to = to.to_owned();
-        self.db
-            .transaction(move |tx| {
-                let (store, src, dst, object, to) = (
-                    store.clone(),
-                    src.clone(),
-                    dst.clone(),
-                    object.clone(),
-                    to.clone(),
-                );
-                async move {
-                    let copy = NewFileObject {
-                        bucket_id: object.bucket_id.clone(),
-                        name: to,
-                        size: object.size,
-                        content_type: object.content_type.clone(),
-                        cache_control: object.cache_control.clone(),
-                        etag: object.etag.clone(),
-                        owner: object.owner,
-                        metadata: object.metadata.clone(),
-                    };
-                    tx.create(copy).await?;
-                    if remove {
-                        tx.hard_delete::<FileObject>(object.id).await?;
-                        store
-                            .rename_if_not_exists(&src, &dst)
-                            .await
-                            .map_err(storage_error)?;
-                    } else {
-                        store
-                            .copy_if_not_exists(&src, &dst)
-                            .await
-                            .map_err(storage_error)?;
-                    }
-                    Ok(())
-                }
-            })
-            .await
-            .map_err(|e| match e {
-                Error::UniqueViolation { .. } => Error::AlreadyExists("the target path".into()),
-                other => other,
-            })
+        measured(
+            "relocate",
+            Box::pin(async {
+                validate_path(to)?;
+                let object = self.object(bucket, from).await?;
+                let (src, dst) = (keys::store_path(bucket, from), keys::store_path(bucket, to));
+                let store = self.store.clone();
+                let to = to.to_owned();
+                self.db
+                    .transaction(move |tx| {
+                        let (store, src, dst, object, to) = (
+                            store.clone(),
+                            src.clone(),
+                            dst.clone(),
+                            object.clone(),
+                            to.clone(),
+                        );
+                        async move {
+                            let copy = NewFileObject {
+                                bucket_id: object.bucket_id.clone(),
+                                name: to,
+                                size: object.size,
+                                content_type: object.content_type.clone(),
+                                cache_control: object.cache_control.clone(),
+                                etag: object.etag.clone(),
+                                owner: object.owner,
+                                metadata: object.metadata.clone(),
+                            };
+                            tx.create(copy).await?;
+                            if remove {
+                                tx.hard_delete::<FileObject>(object.id).await?;
+                                store
+                                    .rename_if_not_exists(&src, &dst)
+                                    .await
+                                    .map_err(storage_error)?;
+                            } else {
+                                store
+                                    .copy_if_not_exists(&src, &dst)
+                                    .await
+                                    .map_err(storage_error)?;
+                            }
+                            Ok(())
+                        }
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        Error::UniqueViolation { .. } => {
+                            Error::AlreadyExists("the target path".into())
+                        }
+                        other => other,
+                    })
+            }),
+        )
+        .await
     }
+}
+
+/// Runs a storage operation and records its duration (`tabula_storage_operation_seconds`).
+async fn measured<T>(
+    operation: &'static str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let started = std::time::Instant::now();
+    let result = work.await;
+    crate::monitor::record_storage(operation, started, &result);
+    result
 }
 
 fn storage_error(e: object_store::Error) -> Error {
