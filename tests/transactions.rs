@@ -229,3 +229,48 @@ async fn a_pool_checkout_has_a_deadline() {
     );
     hold.abort();
 }
+
+#[tokio::test]
+async fn a_connection_lost_at_commit_is_reported_as_an_unknown_outcome_not_retried() {
+    let (_, url) = db_and_url().await;
+    let db = Db::connect(&url).await.expect("db");
+    let killer = Db::connect(&url).await.expect("killer");
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counted = attempts.clone();
+    let result: tabula::Result<()> = db
+        .transaction(move |tx| {
+            let (killer, counted) = (killer.clone(), counted.clone());
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tx.create(new_profile("maybe-committed")).await?;
+                let pid: i32 = tx
+                    .with_client(async |c| {
+                        Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+                    })
+                    .await?;
+                // The server kills this transaction's connection just before COMMIT.
+                killer
+                    .with_client(async |c| {
+                        c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await?;
+                        Ok(())
+                    })
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(())
+            }
+        })
+        .await;
+    assert!(
+        matches!(result, Err(Error::CommitOutcomeUnknown)),
+        "got {result:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "never retried blindly");
+    assert!(!Error::CommitOutcomeUnknown.is_transient());
+    // The pool replaced the dead connection.
+    assert_eq!(
+        count_profiles(&db).await,
+        0,
+        "this time the transaction did not commit"
+    );
+}
