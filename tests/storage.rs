@@ -66,17 +66,32 @@ fn jpeg() -> UploadOptions {
     }
 }
 
+type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A minimal HTTP/1.1 client: status, headers (lowercase names) and body.
-async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+async fn http_get(url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request("GET", url, headers, &[]).await
+}
+
+async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_once('/').expect("path");
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let mut request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut request = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.expect("send");
+    stream.write_all(body).await.expect("send body");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
     let split = raw
@@ -710,5 +725,63 @@ async fn delete_move_and_copy() {
             .expect("list")
             .len(),
         1
+    );
+}
+
+#[tokio::test]
+async fn signed_uploads_work_and_a_token_never_serves_another_purpose() {
+    let k = kit().await;
+    let upload = k
+        .storage
+        .create_signed_upload_url("documents", "inbox/report.txt", 600)
+        .await
+        .expect("sign upload");
+    let (status, _, body) = http_request(
+        "PUT",
+        &upload,
+        &[
+            ("Content-Type", "text/plain"),
+            ("Cache-Control", "no-store"),
+        ],
+        b"quarterly",
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (meta, bytes) = k
+        .storage
+        .download("documents", "inbox/report.txt")
+        .await
+        .expect("download");
+    assert_eq!(
+        (
+            bytes.as_ref(),
+            meta.content_type.as_str(),
+            meta.cache_control.as_str()
+        ),
+        (b"quarterly".as_slice(), "text/plain", "no-store")
+    );
+    // The upload token cannot download, and a download token cannot upload.
+    let as_download = upload.replace("/object/upload/sign/", "/object/sign/");
+    assert_eq!(http_get(&as_download, &[]).await.0, 403);
+    let download = k
+        .storage
+        .create_signed_url("documents", "inbox/report.txt", 600)
+        .await
+        .expect("sign download");
+    let as_upload = download.replace("/object/sign/", "/object/upload/sign/");
+    assert_eq!(
+        http_request("PUT", &as_upload, &[], b"overwritten").await.0,
+        403
+    );
+    // Nor another path.
+    let elsewhere = upload.replace("report.txt", "other.txt");
+    assert_eq!(http_request("PUT", &elsewhere, &[], b"x").await.0, 403);
+    assert_eq!(
+        k.storage
+            .download_file("documents", "inbox/report.txt")
+            .await
+            .expect("intact")
+            .as_ref(),
+        b"quarterly"
     );
 }

@@ -1,5 +1,7 @@
 //! An axum [`Router`] serving public objects and signed URLs (feature `http`):
 //! `GET /object/public/{bucket}/{*path}` and `GET /object/sign/{bucket}/{*path}?token=…`,
+//! plus signed uploads: `PUT /object/upload/sign/{bucket}/{*path}?token=…` with the body
+//! (streamed; `Content-Type` and `Cache-Control` request headers are stored),
 //! with `Content-Type`, `Cache-Control`, `ETag` / `If-None-Match` (304) and single
 //! `Range` requests (206). A bad or expired signature is 403, a missing object 404, a
 //! malformed path 400.
@@ -28,6 +30,10 @@ pub fn router(storage: StorageService) -> Router {
     Router::new()
         .route("/object/public/{bucket}/{*path}", get(public))
         .route("/object/sign/{bucket}/{*path}", get(signed))
+        .route(
+            "/object/upload/sign/{bucket}/{*path}",
+            axum::routing::put(signed_upload),
+        )
         .with_state(storage)
 }
 
@@ -93,6 +99,52 @@ async fn signed(
         return failure(e);
     }
     serve(&storage, &bucket, &path, &headers).await
+}
+
+async fn signed_upload(
+    State(storage): State<StorageService>,
+    Path((bucket, path)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = validate_bucket(&bucket).and_then(|()| validate_path(&path)) {
+        return failure(e);
+    }
+    let Some(token) = query.token else {
+        return failure(Error::PermissionDenied {
+            message: "signed URL without a token".into(),
+        });
+    };
+    if let Err(e) = storage.verify(Purpose::Upload, &bucket, &path, &token) {
+        return failure(e);
+    }
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut options = super::UploadOptions {
+        upsert: true,
+        ..Default::default()
+    };
+    if let Some(content_type) = text(header::CONTENT_TYPE) {
+        options.content_type = content_type;
+    }
+    if let Some(cache_control) = text(header::CACHE_CONTROL) {
+        options.cache_control = cache_control;
+    }
+    use futures_util::TryStreamExt;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    match storage.upload_stream(&bucket, &path, stream, options).await {
+        Ok(url) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "url": url })),
+        )
+            .into_response(),
+        Err(e) => failure(e),
+    }
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: the half-open range.

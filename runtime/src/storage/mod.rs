@@ -183,12 +183,15 @@ const CACHE_MAX_BYTES: i64 = 256 * 1024;
 pub enum Purpose {
     /// Reading the object.
     Download,
+    /// Writing the object (one upload to exactly that path).
+    Upload,
 }
 
 impl Purpose {
     fn as_str(self) -> &'static str {
         match self {
             Purpose::Download => "download",
+            Purpose::Upload => "upload",
         }
     }
 }
@@ -581,6 +584,31 @@ impl StorageService {
             }),
         )
         .await
+    }
+
+    /// A URL that allows uploading `bucket`/`path` (with `PUT`, through
+    /// `http::router`) for `expires_in` seconds. The token is bound to the purpose: it
+    /// cannot be used to download, nor a download token to upload.
+    pub async fn create_signed_upload_url(
+        &self,
+        bucket: &str,
+        path: &str,
+        expires_in: u64,
+    ) -> Result<String> {
+        self.bucket(bucket).await?;
+        validate_path(path)?;
+        if expires_in == 0 || expires_in > 24 * 3600 {
+            return Err(Error::Validation(
+                "expires_in must be 1 second to 1 day".into(),
+            ));
+        }
+        let expires = Utc::now().timestamp() + expires_in as i64;
+        let token = self.sign(Purpose::Upload, bucket, path, expires);
+        Ok(format!(
+            "{}/object/upload/sign/{bucket}/{}?token={token}",
+            self.base_url,
+            keys::encode_path(path)
+        ))
     }
 
     fn mac(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> Hmac<Sha256> {
