@@ -785,3 +785,127 @@ async fn signed_uploads_work_and_a_token_never_serves_another_purpose() {
         b"quarterly"
     );
 }
+
+#[test]
+fn arbitrary_object_keys_are_refused_or_stored_inside_their_bucket() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let k = rt.block_on(kit());
+    let keys = prop_oneof![
+        "[a-z./\\\\%~ -]{0,24}",
+        ".{0,40}",
+        prop::sample::select(vec![
+            "..",
+            "a/..",
+            "./a",
+            "a/./b",
+            "a//b",
+            "/etc/passwd",
+            "%2e%2e/x",
+            "..\\x",
+            "a\u{0}b"
+        ])
+        .prop_map(str::to_owned),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&keys, |key| {
+        let outcome = rt.block_on(k.storage.upload_file(
+            "documents",
+            &key,
+            key.as_bytes().to_vec(),
+            UploadOptions {
+                upsert: true,
+                ..Default::default()
+            },
+        ));
+        match outcome {
+            Ok(_) => {
+                let stored = rt
+                    .block_on(k.storage.download_file("documents", &key))
+                    .expect("download");
+                prop_assert_eq!(stored.as_ref(), key.as_bytes());
+                // A traversal would have to step out of the bucket's folder: the key has
+                // no `..` segment and the store encodes the rest.
+                prop_assert!(
+                    !key.split('/').any(|segment| segment == ".."),
+                    "{key:?} was accepted"
+                );
+            }
+            Err(Error::Validation(_) | Error::AlreadyExists(_)) => {}
+            Err(other) => return Err(TestCaseError::fail(format!("{key:?}: {other}"))),
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Every byte written lies under the store's root, inside a bucket (or the hidden
+    // temporary folder).
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out)
+            } else {
+                out.push(path)
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&k.root, &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        let relative = file.strip_prefix(&k.root).expect("under the root");
+        let top = relative
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        assert!(
+            matches!(top.as_deref(), Some("documents" | "avatars" | ".tmp")),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_cannot_be_both_a_file_and_a_folder() {
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "a/b.txt",
+            b"x".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("a/b.txt");
+    let err = k
+        .storage
+        .upload_file("documents", "a", b"y".to_vec(), UploadOptions::default())
+        .await
+        .expect_err("a");
+    assert!(matches!(err, Error::AlreadyExists(_)), "got {err:?}");
+    k.storage
+        .upload_file("documents", "c", b"y".to_vec(), UploadOptions::default())
+        .await
+        .expect("c");
+    let err = k
+        .storage
+        .upload_file("documents", "c/d", b"z".to_vec(), UploadOptions::default())
+        .await
+        .expect_err("c/d");
+    assert!(matches!(err, Error::AlreadyExists(_)), "got {err:?}");
+    assert!(matches!(
+        k.storage.copy_file("documents", "c", "a").await,
+        Err(Error::AlreadyExists(_))
+    ));
+}

@@ -441,6 +441,7 @@ impl StorageService {
                         );
                         let (bucket, path) = (bucket_s.clone(), path_s.clone());
                         async move {
+                            check_no_clash(&tx, &bucket, &path).await?;
                             // Lock the key's row (if any) so concurrent uploads to it serialize.
                             let previous = tx
                                 .query::<FileObject>()
@@ -784,6 +785,7 @@ impl StorageService {
                                 owner: object.owner,
                                 metadata: object.metadata.clone(),
                             };
+                            check_no_clash(&tx, &copy.bucket_id, &copy.name).await?;
                             tx.create(copy).await?;
                             if remove {
                                 tx.hard_delete::<FileObject>(object.id).await?;
@@ -822,6 +824,34 @@ async fn measured<T>(
     let result = work.await;
     crate::monitor::record_storage(operation, started, &result);
     result
+}
+
+/// Refuses a key that is a folder of another object (`a` when `a/b` exists) or lies
+/// under one (`a/b` when `a` exists). Object stores allow both, filesystems do not;
+/// refusing everywhere keeps buckets portable between backends.
+async fn check_no_clash(tx: &Db, bucket: &str, path: &str) -> Result<()> {
+    let folders: Vec<String> = path
+        .match_indices('/')
+        .map(|(i, _)| path[..i].to_owned())
+        .collect();
+    let under = format!("{}/%", keys::escape_like(path));
+    let clash = tx
+        .query::<FileObject>()
+        .select(FileObject::NAME)
+        .filter(FileObject::BUCKET_ID.eq(bucket))
+        .filter(
+            FileObject::NAME
+                .like(under)
+                .or(FileObject::NAME.is_in(folders)),
+        )
+        .first()
+        .await?;
+    match clash {
+        Some(other) => Err(Error::AlreadyExists(format!(
+            "`{bucket}/{other}`, which clashes with `{path}` (a key cannot be both a file and a folder)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn storage_error(e: object_store::Error) -> Error {
