@@ -1,6 +1,6 @@
 //! # Tabula
 //!
-//! Typed data access and correct caching for applications on PostgreSQL.
+//! Typed data access and correct caching for applications on PostgreSQL and Redis.
 //!
 //! Derive [`Table`] on a model struct and get typed create / read / update / delete,
 //! batch inserts and upserts, transactions with retries, typed errors, migrations and
@@ -29,7 +29,10 @@
 //!
 //! The pieces, one module each: [`db`] (the [`Db`] handle, pool, transactions),
 //! [`table`] (the [`Table`] trait and typed columns), [`query`] (the typed query
-//! builder), [`migrate`], [`monitor`], [`error`].
+//! builder, paging, `QuerySpec`), [`cache`] (the cache service, the row cache and its
+//! contract, `#[cached]`), [`auth`] (Row Level Security through user-scoped handles),
+//! [`storage`] (files), [`migrate`], [`monitor`], [`error`], and `testkit` (feature
+//! `testkit`: throwaway servers for tests and examples).
 
 #![warn(missing_docs)]
 
