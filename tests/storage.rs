@@ -796,7 +796,7 @@ fn arbitrary_object_keys_are_refused_or_stored_inside_their_bucket() {
         .expect("runtime");
     let k = rt.block_on(kit());
     let keys = prop_oneof![
-        "[a-z./\\\\%~ -]{0,24}",
+        "[a-zA-Z0-9./\\\\%~:#@ -]{0,24}",
         ".{0,40}",
         prop::sample::select(vec![
             "..",
@@ -811,11 +811,16 @@ fn arbitrary_object_keys_are_refused_or_stored_inside_their_bucket() {
         ])
         .prop_map(str::to_owned),
     ];
-    let mut runner = TestRunner::new(Config {
+    // A fixed seed: the same 300 keys on every run, so CI cannot flake on a new one.
+    let config = Config {
         cases: 300,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    let rng = proptest::test_runner::TestRng::deterministic_rng(
+        proptest::test_runner::RngAlgorithm::ChaCha,
+    );
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&keys, |key| {
         let outcome = rt.block_on(k.storage.upload_file(
             "documents",

@@ -30,8 +30,10 @@ pub fn validate_bucket(name: &str) -> Result<()> {
     }
 }
 
-/// An object key: relative, `/`-separated, no empty, `.` or `..` segment, no
-/// backslash, NUL or control character, at most 1024 bytes.
+/// An object key: relative, `/`-separated, no empty, `.` or `..` segment, at most 1024
+/// bytes, made of letters, digits, spaces and `- _ . ~ ! $ & ' ( ) * + , ; = @` — a
+/// set every backend stores as is (no `:`, `#`, `%`, `?`, backslash or control
+/// character).
 ///
 /// ```
 /// assert!(tabula::storage::validate_path("user123/avatar.jpg").is_ok());
@@ -57,6 +59,18 @@ pub fn validate_path(path: &str) -> Result<()> {
     }
     if path.chars().any(|c| c == '\\' || c.is_control()) {
         return bad("contains a backslash or a control character");
+    }
+    // A portable set: what every backend (filesystem paths, S3 keys, URLs) takes as
+    // is. `:` (a drive letter on Windows and in file URLs), `#` (object_store's
+    // multipart suffix), `%`, `?` and the like are refused rather than mangled.
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || " -_.~!$&'()*+,;=@/".contains(*c)))
+    {
+        return bad(&format!(
+            "contains `{}`; use letters, digits, spaces and - _ . ~ ! $ & ' ( ) * + , ; = @",
+            c.escape_debug()
+        ));
     }
     if path
         .split('/')
