@@ -95,7 +95,6 @@ pub(crate) fn expand(function: &ItemFn, options: &Options, checked: &Function) -
             #p::memo_clear(&__tabula_spec).await
         }
     };
-    let _ = function.span();
     quote! {
         #memoized
         #companions

@@ -215,6 +215,15 @@ impl fmt::Debug for CacheService {
 
 const MAX_KEY_BYTES: usize = 1024;
 
+/// `redis_cmd!("SADD", key, members)`: a command with its arguments.
+macro_rules! redis_cmd {
+    ($name:literal $(, $arg:expr)* $(,)?) => {{
+        let mut cmd = ::redis::cmd($name);
+        $(cmd.arg($arg);)*
+        cmd
+    }};
+}
+
 fn check_prefix(prefix: &str) -> Result<()> {
     let ok = !prefix.is_empty()
         && prefix.len() <= 64
@@ -331,16 +340,16 @@ impl CacheService {
         Ok(format!("{}{key}", self.inner.user_prefix))
     }
 
-    async fn on_redis<T>(
+    /// Runs one Redis command (built with `redis_cmd!`) under the deadline and breaker,
+    /// and records it.
+    async fn redis_cmd<T: ::redis::FromRedisValue>(
         &self,
         op: &'static str,
-        body: impl AsyncFnOnce(
-            &mut ::redis::aio::MultiplexedConnection,
-        ) -> std::result::Result<T, ::redis::RedisError>,
         r: &RedisBackend,
+        cmd: ::redis::Cmd,
     ) -> Result<T> {
         let started = std::time::Instant::now();
-        let result = r.call(body).await;
+        let result = r.call(async |c| cmd.query_async(c).await).await;
         monitor::record_cache(op, started, if result.is_ok() { "ok" } else { "error" });
         Ok(result?)
     }
@@ -365,19 +374,11 @@ impl CacheService {
         let (key, ttl) = (self.key(key)?, ttl(ttl_seconds)?);
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "set",
-                    async |c| {
-                        let mut cmd = ::redis::cmd("SET");
-                        cmd.arg(&key).arg(&bytes);
-                        if let Some(ttl) = ttl {
-                            cmd.arg("PX").arg(ttl.as_millis() as u64);
-                        }
-                        cmd.query_async::<()>(c).await
-                    },
-                    r,
-                )
-                .await
+                let mut cmd = redis_cmd!("SET", &key, &bytes);
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX").arg(ttl.as_millis() as u64);
+                }
+                self.redis_cmd::<()>("set", r, cmd).await
             }
             Backend::Memory(m) => {
                 m.with(|map| map.set(&key, MemValue::Bytes(bytes), ttl));
@@ -395,14 +396,7 @@ impl CacheService {
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
-            Backend::Redis(r) => {
-                self.on_redis(
-                    "get",
-                    async |c| ::redis::cmd("GET").arg(&key).query_async(c).await,
-                    r,
-                )
-                .await?
-            }
+            Backend::Redis(r) => self.redis_cmd("get", r, redis_cmd!("GET", &key)).await?,
             Backend::Memory(m) => m
                 .with(|map| map.get_bytes(&key))
                 .map_err(|_| Fault::WrongType)?,
@@ -415,11 +409,7 @@ impl CacheService {
         let key = self.key(key)?;
         match &self.inner.backend {
             Backend::Redis(r) => Ok(self
-                .on_redis(
-                    "delete",
-                    async |c| ::redis::cmd("UNLINK").arg(&key).query_async::<i64>(c).await,
-                    r,
-                )
+                .redis_cmd::<i64>("delete", r, redis_cmd!("UNLINK", &key))
                 .await?
                 > 0),
             Backend::Memory(m) => Ok(m.with(|map| map.remove(&key))),
@@ -431,11 +421,7 @@ impl CacheService {
         let key = self.key(key)?;
         match &self.inner.backend {
             Backend::Redis(r) => Ok(self
-                .on_redis(
-                    "exists",
-                    async |c| ::redis::cmd("EXISTS").arg(&key).query_async::<i64>(c).await,
-                    r,
-                )
+                .redis_cmd::<i64>("exists", r, redis_cmd!("EXISTS", &key))
                 .await?
                 > 0),
             Backend::Memory(m) => Ok(m.with(|map| map.exists(&key))),
@@ -450,16 +436,10 @@ impl CacheService {
         };
         match &self.inner.backend {
             Backend::Redis(r) => Ok(self
-                .on_redis(
+                .redis_cmd::<i64>(
                     "expire",
-                    async |c| {
-                        ::redis::cmd("PEXPIRE")
-                            .arg(&key)
-                            .arg(ttl.as_millis() as u64)
-                            .query_async::<i64>(c)
-                            .await
-                    },
                     r,
+                    redis_cmd!("PEXPIRE", &key, ttl.as_millis() as u64),
                 )
                 .await?
                 > 0),
@@ -472,18 +452,8 @@ impl CacheService {
         let key = self.key(key)?;
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "incr",
-                    async |c| {
-                        ::redis::cmd("INCRBY")
-                            .arg(&key)
-                            .arg(by)
-                            .query_async(c)
-                            .await
-                    },
-                    r,
-                )
-                .await
+                self.redis_cmd("incr", r, redis_cmd!("INCRBY", &key, by))
+                    .await
             }
             Backend::Memory(m) => m.with(|map| {
                 let current = match map.get_bytes(&key) {
@@ -508,18 +478,8 @@ impl CacheService {
         let (key, bytes) = (self.key(key)?, encode(value)?);
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "list_push",
-                    async |c| {
-                        ::redis::cmd("RPUSH")
-                            .arg(&key)
-                            .arg(&bytes)
-                            .query_async(c)
-                            .await
-                    },
-                    r,
-                )
-                .await
+                self.redis_cmd("list_push", r, redis_cmd!("RPUSH", &key, &bytes))
+                    .await
             }
             Backend::Memory(m) => {
                 m.with(
@@ -541,12 +501,8 @@ impl CacheService {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "list_pop",
-                    async |c| ::redis::cmd("LPOP").arg(&key).query_async(c).await,
-                    r,
-                )
-                .await?
+                self.redis_cmd("list_pop", r, redis_cmd!("LPOP", &key))
+                    .await?
             }
             Backend::Memory(m) => m.with(|map| {
                 map.modify(&key, Ok(None), |value| match value {
@@ -569,19 +525,8 @@ impl CacheService {
         let key = self.key(key)?;
         let items: Vec<Vec<u8>> = match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "list_range",
-                    async |c| {
-                        ::redis::cmd("LRANGE")
-                            .arg(&key)
-                            .arg(start)
-                            .arg(stop)
-                            .query_async(c)
-                            .await
-                    },
-                    r,
-                )
-                .await?
+                self.redis_cmd("list_range", r, redis_cmd!("LRANGE", &key, start, stop))
+                    .await?
             }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(Vec::new()),
@@ -610,12 +555,8 @@ impl CacheService {
         let key = self.key(key)?;
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "list_len",
-                    async |c| ::redis::cmd("LLEN").arg(&key).query_async(c).await,
-                    r,
-                )
-                .await
+                self.redis_cmd("list_len", r, redis_cmd!("LLEN", &key))
+                    .await
             }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(0),
@@ -634,18 +575,8 @@ impl CacheService {
         }
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "set_add",
-                    async |c| {
-                        ::redis::cmd("SADD")
-                            .arg(&key)
-                            .arg(&members)
-                            .query_async(c)
-                            .await
-                    },
-                    r,
-                )
-                .await
+                self.redis_cmd("set_add", r, redis_cmd!("SADD", &key, &members))
+                    .await
             }
             Backend::Memory(m) => {
                 m.with(
@@ -670,18 +601,8 @@ impl CacheService {
         }
         match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "set_remove",
-                    async |c| {
-                        ::redis::cmd("SREM")
-                            .arg(&key)
-                            .arg(&members)
-                            .query_async(c)
-                            .await
-                    },
-                    r,
-                )
-                .await
+                self.redis_cmd("set_remove", r, redis_cmd!("SREM", &key, &members))
+                    .await
             }
             Backend::Memory(m) => m.with(|map| {
                 map.modify(&key, Ok(0), |value| match value {
@@ -699,12 +620,8 @@ impl CacheService {
         let key = self.key(key)?;
         let items: Vec<Vec<u8>> = match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "set_members",
-                    async |c| ::redis::cmd("SMEMBERS").arg(&key).query_async(c).await,
-                    r,
-                )
-                .await?
+                self.redis_cmd("set_members", r, redis_cmd!("SMEMBERS", &key))
+                    .await?
             }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(Vec::new()),
@@ -724,17 +641,7 @@ impl CacheService {
         let (key, member) = (self.key(key)?, encode(member)?);
         match &self.inner.backend {
             Backend::Redis(r) => Ok(self
-                .on_redis(
-                    "set_is_member",
-                    async |c| {
-                        ::redis::cmd("SISMEMBER")
-                            .arg(&key)
-                            .arg(&member)
-                            .query_async::<i64>(c)
-                            .await
-                    },
-                    r,
-                )
+                .redis_cmd::<i64>("set_is_member", r, redis_cmd!("SISMEMBER", &key, &member))
                 .await?
                 > 0),
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
@@ -755,18 +662,7 @@ impl CacheService {
         let (key, value) = (self.key(key)?, encode(value)?);
         match &self.inner.backend {
             Backend::Redis(r) => Ok(self
-                .on_redis(
-                    "hash_set",
-                    async |c| {
-                        ::redis::cmd("HSET")
-                            .arg(&key)
-                            .arg(field)
-                            .arg(&value)
-                            .query_async::<i64>(c)
-                            .await
-                    },
-                    r,
-                )
+                .redis_cmd::<i64>("hash_set", r, redis_cmd!("HSET", &key, field, &value))
                 .await?
                 > 0),
             Backend::Memory(m) => {
@@ -785,18 +681,8 @@ impl CacheService {
         let key = self.key(key)?;
         let bytes: Option<Vec<u8>> = match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "hash_get",
-                    async |c| {
-                        ::redis::cmd("HGET")
-                            .arg(&key)
-                            .arg(field)
-                            .query_async(c)
-                            .await
-                    },
-                    r,
-                )
-                .await?
+                self.redis_cmd("hash_get", r, redis_cmd!("HGET", &key, field))
+                    .await?
             }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(None),
@@ -812,12 +698,8 @@ impl CacheService {
         let key = self.key(key)?;
         let items: HashMap<String, Vec<u8>> = match &self.inner.backend {
             Backend::Redis(r) => {
-                self.on_redis(
-                    "hash_get_all",
-                    async |c| ::redis::cmd("HGETALL").arg(&key).query_async(c).await,
-                    r,
-                )
-                .await?
+                self.redis_cmd("hash_get_all", r, redis_cmd!("HGETALL", &key))
+                    .await?
             }
             Backend::Memory(m) => m.with(|map| match map.get(&key) {
                 None => Ok(HashMap::new()),
@@ -836,17 +718,7 @@ impl CacheService {
         let key = self.key(key)?;
         match &self.inner.backend {
             Backend::Redis(r) => Ok(self
-                .on_redis(
-                    "hash_delete",
-                    async |c| {
-                        ::redis::cmd("HDEL")
-                            .arg(&key)
-                            .arg(field)
-                            .query_async::<i64>(c)
-                            .await
-                    },
-                    r,
-                )
+                .redis_cmd::<i64>("hash_delete", r, redis_cmd!("HDEL", &key, field))
                 .await?
                 > 0),
             Backend::Memory(m) => m.with(|map| {
@@ -871,33 +743,15 @@ impl CacheService {
                 let mut deleted = 0u64;
                 loop {
                     let (next, keys): (u64, Vec<String>) = self
-                        .on_redis(
+                        .redis_cmd(
                             "scan",
-                            async |c| {
-                                ::redis::cmd("SCAN")
-                                    .arg(cursor)
-                                    .arg("MATCH")
-                                    .arg(&pattern)
-                                    .arg("COUNT")
-                                    .arg(500)
-                                    .query_async(c)
-                                    .await
-                            },
                             r,
+                            redis_cmd!("SCAN", cursor, "MATCH", &pattern, "COUNT", 500),
                         )
                         .await?;
                     if !keys.is_empty() {
                         deleted += self
-                            .on_redis(
-                                "unlink",
-                                async |c| {
-                                    ::redis::cmd("UNLINK")
-                                        .arg(&keys)
-                                        .query_async::<u64>(c)
-                                        .await
-                                },
-                                r,
-                            )
+                            .redis_cmd::<u64>("unlink", r, redis_cmd!("UNLINK", &keys))
                             .await?;
                     }
                     if next == 0 {
