@@ -73,6 +73,32 @@ pub enum Error {
     /// have been committed. Tabula never retries this blindly; check and decide.
     #[error("connection lost during commit: the outcome of the transaction is unknown")]
     CommitOutcomeUnknown,
+    /// PostgreSQL rolled the transaction back although its body returned `Ok`: a
+    /// statement in it failed (and the body handled the error), so COMMIT could only
+    /// roll back. Nothing the transaction wrote exists. Use a nested
+    /// [`Db::transaction`](crate::Db::transaction) (a savepoint) around a statement whose
+    /// failure you mean to handle.
+    #[error("the transaction was rolled back by the database: a statement in it failed{}", .sqlstate.as_deref().map(|s| format!(" (sqlstate {s})")).unwrap_or_default())]
+    TransactionAborted {
+        /// The SQLSTATE of the failure that aborted it, when Tabula saw it.
+        sqlstate: Option<String>,
+    },
+    /// A write outlived its deadline and no answer came from the server before the
+    /// connection was given up: it may or may not have been applied. Never retried by
+    /// Tabula, and not [transient](Error::is_transient): check before writing again.
+    /// The cache entries it could have touched are invalidated all the same.
+    #[error("`{operation}` on table `{table}` got no answer within its deadline: it may or may not have been applied")]
+    OutcomeUnknown {
+        /// The write that was cut off.
+        operation: &'static str,
+        /// The table it wrote to.
+        table: &'static str,
+    },
+    /// The API was used in a way that cannot work (a statement on a transaction from
+    /// inside its own `with_client` body, a handle used after its transaction ended…).
+    /// A bug in the calling code, not bad data: see the message for the right form.
+    #[error("misuse of the api: {0}")]
+    Misuse(String),
     /// Input refused before it reached the database.
     #[error("invalid input: {0}")]
     Validation(String),
