@@ -197,7 +197,7 @@ async fn a_scoped_handle_sees_and_touches_only_its_own_rows_even_with_a_warm_cac
     // Outside a transaction a scoped stream is refused rather than run unscoped.
     assert!(matches!(
         as_alice.query::<Profile>().stream().await.err(),
-        Some(Error::Validation(_))
+        Some(Error::Misuse(_))
     ));
 }
 

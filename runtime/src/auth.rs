@@ -2,9 +2,10 @@
 //!
 //! [`Db::as_user`], [`Db::as_claims`] and [`Db::as_anon`] return a handle with the
 //! whole API — CRUD, queries, transactions — whose every statement runs inside a
-//! transaction that first ran `SET LOCAL ROLE authenticated` (or `anon`) and
-//! `set_config('request.jwt.claims', <claims>, true)`, sent with the BEGIN in one round
-//! trip. Both end with the transaction; a connection given up half-way (an error, a
+//! transaction that first switched to the role `authenticated` (or `anon`) and the
+//! claims — `set_config('role', $1, true)` and `set_config('request.jwt.claims', $2,
+//! true)`, both bound parameters, never SQL text — sent with the BEGIN and the first
+//! statement in one round trip. Both end with the transaction; a connection given up half-way (an error, a
 //! panic, a dropped future) is closed rather than returned to the pool. So no role and
 //! no claims ever reach the next user of a pooled connection. The unscoped `Db` stays
 //! the application's own role — the table owner, which RLS does not restrict (the
@@ -30,24 +31,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
-use crate::db::{Db, TxConn};
+use crate::db::{Db, TxHandle};
 use crate::error::{Error, Result};
 
 tokio::task_local! {
-    static SCOPED_TX: Arc<Mutex<TxConn>>;
+    static SCOPED_TX: TxHandle;
 }
 
 /// The scoped transaction this task is running in, if any.
-pub(crate) fn current_scoped_tx() -> Option<Arc<Mutex<TxConn>>> {
-    SCOPED_TX.try_with(Arc::clone).ok()
+pub(crate) fn current_scoped_tx() -> Option<TxHandle> {
+    SCOPED_TX.try_with(Clone::clone).ok()
 }
 
-pub(crate) async fn with_scoped_tx<T>(
-    state: Arc<Mutex<TxConn>>,
-    work: impl Future<Output = T>,
-) -> T {
+pub(crate) async fn with_scoped_tx<T>(state: TxHandle, work: impl Future<Output = T>) -> T {
     SCOPED_TX.scope(state, work).await
 }
 
@@ -55,19 +51,16 @@ pub(crate) async fn with_scoped_tx<T>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Scope {
     role: &'static str,
-    claims: String,
+    claims: Arc<str>,
 }
 
 impl Scope {
-    /// `SET LOCAL ROLE …; SELECT set_config('request.jwt.claims', '…', true)`. The role
-    /// is one of three constants; the claims are JSON text quoted as a standard SQL
-    /// literal (quotes doubled; standard_conforming_strings makes backslashes plain).
-    pub(crate) fn setup_sql(&self) -> String {
-        format!(
-            "SET LOCAL ROLE {}; SELECT set_config('request.jwt.claims', '{}', true)",
-            self.role,
-            self.claims.replace('\'', "''")
-        )
+    /// The role and the claims (JSON text) a transaction switches to. They travel as
+    /// bound parameters of `set_config('role', $1, true)` and
+    /// `set_config('request.jwt.claims', $2, true)` — never as SQL text, so no server
+    /// setting (`standard_conforming_strings = off`) can change what they say.
+    pub(crate) fn parts(&self) -> (&'static str, Arc<str>) {
+        (self.role, self.claims.clone())
     }
 }
 
@@ -94,7 +87,7 @@ impl Db {
         let claims = serde_json::json!({ "sub": user_id, "role": "authenticated" });
         self.scoped(Scope {
             role: "authenticated",
-            claims: claims.to_string(),
+            claims: claims.to_string().into(),
         })
     }
 
@@ -129,7 +122,10 @@ impl Db {
         if text.len() > 64 * 1024 {
             return Err(Error::Validation("claims are larger than 64 KiB".into()));
         }
-        Ok(self.scoped(Scope { role, claims: text }))
+        Ok(self.scoped(Scope {
+            role,
+            claims: text.into(),
+        }))
     }
 
     /// A handle acting as an anonymous request (role `anon`, no `sub`).

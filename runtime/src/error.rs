@@ -87,7 +87,9 @@ pub enum Error {
     /// connection was given up: it may or may not have been applied. Never retried by
     /// Tabula, and not [transient](Error::is_transient): check before writing again.
     /// The cache entries it could have touched are invalidated all the same.
-    #[error("`{operation}` on table `{table}` got no answer within its deadline: it may or may not have been applied")]
+    #[error(
+        "`{operation}` on table `{table}` got no answer within its deadline: it may or may not have been applied"
+    )]
     OutcomeUnknown {
         /// The write that was cut off.
         operation: &'static str,
@@ -209,6 +211,10 @@ impl Error {
 }
 
 pub(crate) const SERIALIZATION_FAILURE: &str = "40001";
+/// The server cancelled the statement (its `statement_timeout`, or a cancel request).
+pub(crate) const QUERY_CANCELED: &str = "57014";
+/// A statement sent in a transaction that an earlier failure aborted.
+pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";
 pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
 
 /// The driver's error with the server's own message, which its `Display` leaves out.

@@ -29,8 +29,9 @@ pub const STORAGE_OPERATION_SECONDS: &str = "tabula_storage_operation_seconds";
 /// Counter: migrations applied.
 pub const MIGRATIONS_APPLIED: &str = "tabula_migrations_applied_total";
 
-/// Records the outcome of one database operation: the histogram sample, and an error
-/// log line when it failed. `NotFound` is an answer, not a failure, and is not logged.
+/// Records the outcome of one database operation: the histogram sample, and a log line
+/// when it failed — at `error` for failures, at `debug` for answers the caller is
+/// expected to handle (see `is_expected`).
 pub(crate) fn record_db(
     operation: &'static str,
     table: &'static str,
@@ -45,11 +46,28 @@ pub(crate) fn record_db(
         "outcome" => outcome
     )
     .record(started.elapsed().as_secs_f64());
-    if let Err(error) = result
-        && !matches!(error, Error::NotFound { .. })
-    {
-        tracing::error!(operation, table, %error, "database error");
+    if let Err(error) = result {
+        if is_expected(error) {
+            tracing::debug!(operation, table, %error, "database operation refused");
+        } else {
+            tracing::error!(operation, table, %error, "database error");
+        }
     }
+}
+
+/// Errors that are answers the caller is expected to handle (a duplicate, a missing
+/// row, refused input, a policy): logged at `debug`, still counted in the metric.
+fn is_expected(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::NotFound { .. }
+            | Error::UniqueViolation { .. }
+            | Error::ForeignKeyViolation { .. }
+            | Error::NotNullViolation { .. }
+            | Error::CheckViolation { .. }
+            | Error::PermissionDenied { .. }
+            | Error::Validation(_)
+    )
 }
 
 /// Records one cache call (the seed's `recordCacheOperation`).

@@ -10,9 +10,10 @@
 //! caught the same way (`Client::is_closed`), without a round trip on every checkout.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{CancelToken, Client, NoTls, Row, Statement};
 
 use crate::error::{Error, Result};
 use crate::table::Param;
@@ -22,18 +23,57 @@ use crate::table::Param;
 /// the cache without limit.
 const STATEMENT_CACHE_CAPACITY: usize = 256;
 
+/// Switches a transaction to a user's role and claims. Both are bound parameters, never
+/// spliced into SQL text, so no server setting (`standard_conforming_strings = off`)
+/// and no claim value can change what the statement means.
+const SET_SCOPE: &str =
+    "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)";
+
+/// The transaction id of the current transaction, NULL until it has written.
+pub(crate) const CURRENT_XID: &str = "SELECT pg_current_xact_id_if_assigned()::text";
+
+/// What opens a transaction on a connection: sent in the same pipeline as the next
+/// statement, so it costs no round trip of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    /// `BEGIN` with its isolation level.
+    pub(crate) begin: &'static str,
+    /// The user scope to switch to (role, claims as JSON text).
+    pub(crate) scope: Option<(&'static str, Arc<str>)>,
+}
+
 /// A PostgreSQL connection with its prepared-statement cache.
 pub(crate) struct PgConn {
     client: Client,
+    cancel: CancelToken,
     statements: HashMap<String, Statement>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
     pub(crate) in_transaction: bool,
-    /// Statements (a scoped BEGIN) still to send; they travel in the same pipeline as
-    /// the next statement instead of costing a round trip of their own.
-    pub(crate) pending_setup: Option<String>,
+    /// Set while a statement is on its way or its answer is not read yet. A connection
+    /// dropped with it set (a deadline fired, the caller's future was dropped) has its
+    /// statement cancelled on the server and is closed, never handed out again.
+    pub(crate) in_flight: bool,
+    /// Set when the session may carry state Tabula did not put there (the raw client
+    /// was handed out inside a transaction): the connection is closed on release.
+    pub(crate) discard: bool,
+    /// The transaction to open with the next statement (see [`Setup`]).
+    pub(crate) pending_setup: Option<Setup>,
+    /// The current transaction's id, once it has written (captured in the same
+    /// pipeline as the write; see [`crate::db`]'s commit protocol).
+    pub(crate) xid: Option<String>,
+    /// The SQLSTATE of the last statement that failed in the current transaction.
+    pub(crate) failure: Option<String>,
 }
 
 impl PgConn {
+    /// Opens a transaction with the next statement (see [`Setup`]).
+    pub(crate) fn begin(&mut self, setup: Setup) {
+        self.in_transaction = true;
+        self.xid = None;
+        self.failure = None;
+        self.pending_setup = Some(setup);
+    }
+
     /// The prepared statement for `sql`, preparing it on first use on this connection.
     pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement> {
         if let Some(statement) = self.statements.get(sql) {
@@ -57,8 +97,10 @@ impl PgConn {
 
     async fn query_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let statement = self.prepare(sql).await?;
-        let pending = self.pending_setup.take();
-        run_after(&self.client, pending, self.client.query(&statement, params)).await
+        let extras = self.extras().await?;
+        self.in_flight = true;
+        let outcome = pipelined(&self.client, extras, self.client.query(&statement, params)).await;
+        self.settle(outcome)
     }
 
     pub(crate) async fn query_opt(
@@ -75,13 +117,15 @@ impl PgConn {
 
     async fn query_opt_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         let statement = self.prepare(sql).await?;
-        let pending = self.pending_setup.take();
-        run_after(
+        let extras = self.extras().await?;
+        self.in_flight = true;
+        let outcome = pipelined(
             &self.client,
-            pending,
+            extras,
             self.client.query_opt(&statement, params),
         )
-        .await
+        .await;
+        self.settle(outcome)
     }
 
     pub(crate) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
@@ -94,13 +138,15 @@ impl PgConn {
 
     async fn execute_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let statement = self.prepare(sql).await?;
-        let pending = self.pending_setup.take();
-        run_after(
+        let extras = self.extras().await?;
+        self.in_flight = true;
+        let outcome = pipelined(
             &self.client,
-            pending,
+            extras,
             self.client.execute(&statement, params),
         )
-        .await
+        .await;
+        self.settle(outcome)
     }
 
     /// A cached statement whose plan a schema change invalidated ("cached plan must
@@ -118,21 +164,68 @@ impl PgConn {
 
     /// Runs statements without parameters (BEGIN, COMMIT, migrations) in one round trip.
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
-        match self.pending_setup.take() {
-            Some(setup) => Ok(self
-                .client
-                .batch_execute(&format!("{setup}; {sql}"))
-                .await?),
-            None => Ok(self.client.batch_execute(sql).await?),
-        }
+        let extras = self.extras().await?;
+        self.in_flight = true;
+        let outcome = pipelined(&self.client, extras, self.client.batch_execute(sql)).await;
+        self.settle(outcome)
     }
 
     /// Sends any pending setup now (before handing out the raw client).
     pub(crate) async fn flush_setup(&mut self) -> Result<()> {
-        if let Some(setup) = self.pending_setup.take() {
-            self.client.batch_execute(&setup).await?;
+        if self.pending_setup.is_none() {
+            return Ok(());
         }
-        Ok(())
+        let extras = self.extras().await?;
+        self.in_flight = true;
+        let outcome = pipelined(&self.client, extras, async { Ok(()) }).await;
+        self.settle(outcome)
+    }
+
+    /// What travels in front of (setup) and behind (the transaction id) the next
+    /// statement. Prepares what it needs first, outside any pipeline.
+    async fn extras(&mut self) -> Result<Extras> {
+        let setup = self.pending_setup.take();
+        let scope = match setup.as_ref().and_then(|s| s.scope.clone()) {
+            Some((role, claims)) => Some((self.prepare(SET_SCOPE).await?, role, claims)),
+            None => None,
+        };
+        // Inside a transaction that has not written yet, ask for its id behind every
+        // statement: NULL until one of them writes, then kept for the commit protocol.
+        let xid = if (self.in_transaction || setup.is_some()) && self.xid.is_none() {
+            Some(self.prepare(CURRENT_XID).await?)
+        } else {
+            None
+        };
+        Ok(Extras {
+            begin: setup.map(|s| s.begin),
+            scope,
+            xid,
+        })
+    }
+
+    /// Records what a pipelined call learned (the transaction id, a failure inside
+    /// the transaction) and clears the in-flight mark: the answer was read.
+    fn settle<T>(&mut self, (result, xid): (Result<T>, Option<String>)) -> Result<T> {
+        self.in_flight = false;
+        if xid.is_some() {
+            self.xid = xid;
+        }
+        if let Err(e) = &result
+            && self.in_transaction
+        {
+            self.failure = Some(e.sqlstate().unwrap_or_default().to_owned());
+        }
+        result
+    }
+
+    /// Closes what the raw client may have left in the session (settings, temporary
+    /// tables, advisory locks, LISTEN, prepared statements): `DISCARD ALL`. A
+    /// connection it fails on (a transaction left open) is closed instead.
+    pub(crate) async fn reset_session(&mut self) {
+        self.statements.clear();
+        if self.client.batch_execute("DISCARD ALL").await.is_err() {
+            self.discard = true;
+        }
     }
 
     /// The underlying client, for work Tabula has no API for.
@@ -145,23 +238,61 @@ impl PgConn {
     }
 }
 
-/// Runs `statement` pipelined behind `setup` (if any): both requests go out before
-/// either answer is awaited, and PostgreSQL runs them in order. A failed setup fails
-/// the call whatever the statement did (it cannot have run in the intended
-/// transaction); the connection, still marked in a transaction, is then closed rather
-/// than reused.
-async fn run_after<T>(
+/// Requests pipelined around a statement; see [`PgConn::extras`].
+struct Extras {
+    begin: Option<&'static str>,
+    scope: Option<(Statement, &'static str, Arc<str>)>,
+    xid: Option<Statement>,
+}
+
+/// Runs `statement` pipelined between the extras: every request goes out before any
+/// answer is awaited, and PostgreSQL runs them in order. A failed setup fails the call
+/// whatever the statement did (it cannot have run in the intended transaction); the
+/// connection, still marked in a transaction, is then closed rather than reused.
+async fn pipelined<T>(
     client: &Client,
-    setup: Option<String>,
+    extras: Extras,
     statement: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> Result<T> {
-    match setup {
-        None => Ok(statement.await?),
-        Some(setup) => {
-            let (setup, result) = tokio::join!(client.batch_execute(&setup), statement);
-            setup?;
-            Ok(result?)
+) -> (Result<T>, Option<String>) {
+    let begin = async {
+        match extras.begin {
+            Some(begin) => client.batch_execute(begin).await,
+            None => Ok(()),
         }
+    };
+    let scope = async {
+        match &extras.scope {
+            Some((set, role, claims)) => client
+                .execute(set, &[role, &claims.as_ref()])
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    let xid = async {
+        match &extras.xid {
+            Some(query) => client.query_opt(query, &[]).await.ok().flatten(),
+            None => None,
+        }
+    };
+    let (begin, scope, result, xid) = tokio::join!(begin, scope, statement, xid);
+    let xid = xid.and_then(|row| row.try_get::<_, Option<String>>(0).ok().flatten());
+    let result = match (begin, scope) {
+        (Err(e), _) | (_, Err(e)) => Err(Error::from(e)),
+        _ => result.map_err(Error::from),
+    };
+    (result, xid)
+}
+
+/// Sends a cancel request for a statement whose answer nobody will read (from a
+/// destructor, so without waiting for it).
+pub(crate) fn cancel_in_background(token: CancelToken) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            if let Err(e) = token.cancel_query(NoTls).await {
+                tracing::debug!(error = %e, "cancel request failed");
+            }
+        });
     }
 }
 
@@ -171,8 +302,24 @@ pub(crate) struct PgManager {
 }
 
 impl PgManager {
-    pub(crate) fn new(mut config: tokio_postgres::Config, connect_timeout: Duration) -> Self {
+    /// Every connection carries the statement deadline as its session default
+    /// (`statement_timeout` in the startup options), so the server itself stops a
+    /// statement that outlives it — a lock wait included — and the failure is known.
+    /// `RESET ALL` and `DISCARD ALL` return to it.
+    pub(crate) fn new(
+        mut config: tokio_postgres::Config,
+        connect_timeout: Duration,
+        statement_timeout: Duration,
+    ) -> Self {
         config.connect_timeout(connect_timeout);
+        let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
+        let options = match config.get_options() {
+            Some(user) if !user.trim().is_empty() => {
+                format!("{user} -c statement_timeout={ms}")
+            }
+            _ => format!("-c statement_timeout={ms}"),
+        };
+        config.options(&options);
         PgManager { config }
     }
 }
@@ -191,10 +338,15 @@ impl bb8::ManageConnection for PgManager {
             }
         });
         Ok(PgConn {
+            cancel: client.cancel_token(),
             client,
             statements: HashMap::new(),
             in_transaction: false,
+            in_flight: false,
+            discard: false,
             pending_setup: None,
+            xid: None,
+            failure: None,
         })
     }
 
@@ -203,7 +355,11 @@ impl bb8::ManageConnection for PgManager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        conn.client.is_closed() || conn.in_transaction
+        if conn.in_flight && !conn.client.is_closed() {
+            // Nobody will read the answer: stop the statement on the server too.
+            cancel_in_background(conn.cancel.clone());
+        }
+        conn.client.is_closed() || conn.in_transaction || conn.in_flight || conn.discard
     }
 }
 

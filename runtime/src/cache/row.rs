@@ -454,6 +454,23 @@ impl CacheService {
         self.event("fill", 1);
     }
 
+    /// Turns what writes touched (see `crate::db`'s invalidation seam) into key
+    /// operations: the version counter of every table written, and the row entries
+    /// of the rows named.
+    pub(crate) async fn invalidate_writes(&self, writes: &[crate::db::Invalidation]) -> bool {
+        let mut counters: Vec<String> = Vec::new();
+        let mut rows = Vec::new();
+        for write in writes {
+            let counter = table_counter(write.table);
+            if !counters.contains(&counter) {
+                counters.push(counter);
+            }
+            let table = write.table.qualified_name();
+            rows.extend(write.keys.iter().map(|key| format!("{table}:{key}")));
+        }
+        self.invalidate(&counters, &rows).await
+    }
+
     /// Bumps counters only (e.g. clearing every entry of a `#[cached]` function).
     pub(crate) async fn bump(&self, counters: &[String]) -> bool {
         self.invalidate(counters, &[]).await

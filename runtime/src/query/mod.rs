@@ -504,19 +504,30 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let q = self.render(&mut binder);
         let bound = binder.finish(q);
         let mut conn = db.conn().await?;
+        let mark = db.mark_streaming();
+        let pooled = matches!(conn, crate::db::Conn::Pooled(_));
         let rows = {
             let pg = conn.get()?;
             let statement = pg.prepare(&bound.sql).await?;
             pg.flush_setup().await?;
-            pg.client().query_raw(&statement, bound.params()).await?
+            let rows = pg.client().query_raw(&statement, bound.params()).await?;
+            // A pooled connection dropped before the stream ends is closed (and its
+            // statement cancelled) rather than handed out with rows still coming.
+            pg.in_flight = pooled;
+            rows
         };
-        let stream =
-            futures_util::stream::unfold((Box::pin(rows), conn), |(mut rows, conn)| async move {
-                use futures_util::StreamExt;
-                let next = rows.next().await?;
-                let item = next.map_err(Error::from).and_then(|row| D::decode(&row));
-                Some((item, (rows, conn)))
-            });
+        let state = (Box::pin(rows), conn, mark);
+        let stream = futures_util::stream::unfold(state, |(mut rows, mut conn, mark)| async move {
+            use futures_util::StreamExt;
+            let Some(next) = rows.next().await else {
+                if let Ok(pg) = conn.get() {
+                    pg.in_flight = false;
+                }
+                return None;
+            };
+            let item = next.map_err(Error::from).and_then(|row| D::decode(&row));
+            Some((item, (rows, conn, mark)))
+        });
         Ok(Box::pin(stream))
     }
 }

@@ -1,0 +1,414 @@
+//! Checking out a connection and running one operation on it: the pool or the
+//! transaction's connection, the statement deadline, the user scope of a one-shot
+//! scoped call, and the re-entrancy checks that turn a would-be deadlock into
+//! [`Error::Misuse`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tracing::Instrument;
+
+use super::{Db, Invalidation, Pooled};
+use crate::error::{Error, Result};
+use crate::monitor;
+use crate::pool::{PgConn, Setup};
+
+/// The connection of a transaction; `None` once it committed or rolled back.
+pub(crate) struct TxConn {
+    pub(crate) conn: Option<Pooled>,
+    /// Cache invalidations of the transaction's writes, applied after COMMIT.
+    pub(crate) pending: Vec<Invalidation>,
+}
+
+/// What every handle of one transaction shares besides the connection.
+#[derive(Default)]
+pub(crate) struct TxShared {
+    /// Set while a stream from this transaction holds its connection.
+    pub(crate) streaming: AtomicBool,
+    /// How many savepoints are open.
+    pub(crate) depth: AtomicU32,
+}
+
+/// A handle's link to its transaction: the connection, and the savepoint depth the
+/// handle belongs to (0 for the transaction itself).
+#[derive(Clone)]
+pub(crate) struct TxHandle {
+    pub(crate) conn: Arc<Mutex<TxConn>>,
+    pub(crate) shared: Arc<TxShared>,
+    pub(crate) depth: u32,
+}
+
+tokio::task_local! {
+    /// The transactions whose connection the running code holds (inside a
+    /// `with_client` body): a statement on one of them from here cannot get it.
+    static HOLDING: Vec<usize>;
+}
+
+impl TxHandle {
+    pub(crate) fn new(conn: Pooled) -> TxHandle {
+        TxHandle {
+            conn: Arc::new(Mutex::new(TxConn {
+                conn: Some(conn),
+                pending: Vec::new(),
+            })),
+            shared: Arc::default(),
+            depth: 0,
+        }
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.conn) as usize
+    }
+
+    /// The transaction's connection for one statement, or a clear error where waiting
+    /// for it could never end.
+    async fn acquire(&self) -> Result<OwnedMutexGuard<TxConn>> {
+        let id = self.id();
+        if HOLDING.try_with(|held| held.contains(&id)).unwrap_or(false) {
+            return Err(Error::Misuse(
+                "a statement on a transaction (or user-scoped handle) was issued from inside \
+                 its own `with_client` body, which holds the connection; use the raw client \
+                 there, or make the call outside the body"
+                    .into(),
+            ));
+        }
+        if self.shared.depth.load(Ordering::Acquire) != self.depth {
+            return Err(Error::Misuse(
+                "this transaction handle was used while a nested transaction (a savepoint) is \
+                 open on it; use the nested transaction's handle until it ends"
+                    .into(),
+            ));
+        }
+        let guard = match self.conn.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) if self.shared.streaming.load(Ordering::Acquire) => {
+                return Err(Error::Misuse(
+                    "a stream from this transaction is still open and holds its connection; \
+                     read it to the end or drop it first"
+                        .into(),
+                ));
+            }
+            Err(_) => self.conn.clone().lock_owned().await,
+        };
+        match guard.conn.as_deref() {
+            None => Err(Error::Misuse(
+                "the transaction this handle belongs to has already ended".into(),
+            )),
+            Some(conn) if conn.in_flight => Err(Error::TransactionAborted {
+                sqlstate: None,
+                // A statement of this transaction was abandoned mid-flight (a deadline,
+                // a dropped future): what it did is unknown, so the transaction can
+                // only roll back.
+            }),
+            Some(_) => Ok(guard),
+        }
+    }
+
+    /// Takes the connection and pending invalidations out when the transaction ends.
+    pub(crate) async fn take(&self) -> (Option<Pooled>, Vec<Invalidation>) {
+        let mut state = self.conn.lock().await;
+        (state.conn.take(), std::mem::take(&mut state.pending))
+    }
+}
+
+/// Marks a transaction's connection as held by an open stream (see
+/// [`Db::mark_streaming`]); cleared when the stream ends or is dropped.
+pub(crate) struct Streaming(Option<Arc<TxShared>>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.0 {
+            shared.streaming.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// A connection checked out for one operation. Lives on the stack for one call, so
+/// the size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Conn {
+    Pooled(Pooled),
+    Tx(OwnedMutexGuard<TxConn>),
+}
+
+impl Conn {
+    pub(crate) fn get(&mut self) -> Result<&mut PgConn> {
+        match self {
+            Conn::Pooled(pooled) => Ok(pooled),
+            Conn::Tx(guard) => guard.conn.as_deref_mut().ok_or_else(|| {
+                Error::Misuse("the transaction this handle belongs to has already ended".into())
+            }),
+        }
+    }
+}
+
+/// Operations that only read: a client-side deadline on one of them is a plain
+/// [`Error::Timeout`]. Anything else may have written, so its lost answer is
+/// [`Error::OutcomeUnknown`].
+const READS: &[&str] = &[
+    "read",
+    "read_many",
+    "query",
+    "count",
+    "count_estimate",
+    "page",
+    "exists",
+    "stream",
+    "query_spec",
+];
+
+/// How long the client waits for an answer beyond the server's own deadline.
+pub(crate) fn grace(deadline: Duration) -> Duration {
+    (deadline / 2).clamp(Duration::from_millis(200), Duration::from_secs(5))
+}
+
+impl Db {
+    pub(crate) async fn checkout(&self) -> Result<Pooled> {
+        // A connection whose socket closed while idle is dropped by the pool when it is
+        // returned broken; take another. The bound keeps a dead server from looping us.
+        for _ in 0..=self.shared.config.pool_size {
+            let conn = self
+                .shared
+                .pool
+                .get_owned()
+                .await
+                .map_err(|e| match Error::from(e) {
+                    Error::PoolTimeout(_) => match self.shared.connect_errors.take() {
+                        Some(cause) => Error::Connect(cause),
+                        None => Error::PoolTimeout(self.shared.config.checkout_timeout),
+                    },
+                    other => other,
+                })?;
+            if !conn.is_closed() {
+                return Ok(conn);
+            }
+        }
+        Err(Error::PoolTimeout(self.shared.config.checkout_timeout))
+    }
+
+    /// The scoped transaction this handle's statements run in: the handle's own, or
+    /// the one-shot transaction a scoped call opened.
+    fn current_tx(&self) -> Option<TxHandle> {
+        match (&self.tx, &self.scope) {
+            (Some(tx), _) => Some(tx.clone()),
+            (None, Some(_)) => crate::auth::current_scoped_tx(),
+            (None, None) => None,
+        }
+    }
+
+    /// Marks this handle's transaction (if any) as held by a stream, so that a
+    /// statement on it meanwhile is [`Error::Misuse`] instead of waiting forever.
+    pub(crate) fn mark_streaming(&self) -> Streaming {
+        let shared = self.current_tx().map(|tx| tx.shared);
+        if let Some(shared) = &shared {
+            shared.streaming.store(true, Ordering::Release);
+        }
+        Streaming(shared)
+    }
+
+    /// A connection for one operation: the transaction's, or one from the pool.
+    pub(crate) async fn conn(&self) -> Result<Conn> {
+        if let Some(tx) = self.current_tx() {
+            return Ok(Conn::Tx(tx.acquire().await?));
+        }
+        if self.scope.is_some() {
+            // A scoped statement runs only inside the scoped transaction `timed` opened;
+            // anything else would run with the service role's rights, so refuse.
+            return Err(Error::Misuse(
+                "this operation is not available on a user-scoped handle outside a transaction; \
+                 run it inside `transaction`"
+                    .into(),
+            ));
+        }
+        Ok(Conn::Pooled(self.checkout().await?))
+    }
+
+    /// Runs `work` inside a span, under the statement deadline, and records the outcome.
+    ///
+    /// `work` is boxed before anything else: the operations' state machines nest, and
+    /// would otherwise make every public future (and the stack of a debug build) as
+    /// large as the deepest one.
+    pub(crate) fn timed<'a, T: 'a>(
+        &'a self,
+        operation: &'static str,
+        table: &'static str,
+        work: impl Future<Output = Result<T>> + 'a,
+    ) -> impl Future<Output = Result<T>> + 'a {
+        let span = tracing::debug_span!("tabula.db", operation, table);
+        let work = Box::pin(
+            async move {
+                match &self.scope {
+                    Some(scope)
+                        if self.tx.is_none() && crate::auth::current_scoped_tx().is_none() =>
+                    {
+                        self.in_scope(scope, work).await
+                    }
+                    _ => work.await,
+                }
+            }
+            .instrument(span),
+        );
+        async move {
+            let started = Instant::now();
+            let deadline = self.shared.config.statement_timeout;
+            let result = match tokio::time::timeout(deadline + grace(deadline), work).await {
+                // The server's own deadline: it cancelled the statement, nothing happened.
+                Ok(Err(e)) if e.sqlstate() == Some(crate::error::QUERY_CANCELED) => {
+                    Err(Error::Timeout {
+                        operation,
+                        after: deadline,
+                    })
+                }
+                Ok(result) => result,
+                // No answer at all: the connection was dropped mid-flight (its statement
+                // cancelled, the connection closed). A write may or may not have landed.
+                Err(_) if READS.contains(&operation) => Err(Error::Timeout {
+                    operation,
+                    after: deadline,
+                }),
+                Err(_) => Err(Error::OutcomeUnknown { operation, table }),
+            };
+            monitor::record_db(operation, table, started, &result);
+            result
+        }
+    }
+
+    /// Runs `work` in a transaction of its own that switched to the scope's role and
+    /// claims (both transaction-local); COMMIT on `Ok`, ROLLBACK on `Err`. Both end
+    /// with the transaction, and a connection abandoned half-way is closed, so nothing
+    /// reaches the next user of the pooled connection.
+    async fn in_scope<T>(
+        &self,
+        scope: &crate::auth::Scope,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut conn = self.checkout().await?;
+        conn.begin(Setup {
+            begin: "BEGIN",
+            scope: Some(scope.parts()),
+        });
+        let tx = TxHandle::new(conn);
+        let result = crate::auth::with_scoped_tx(tx.clone(), work).await;
+        let (conn, _) = tx.take().await;
+        let Some(conn) = conn else {
+            return Err(Error::Misuse("scoped connection taken twice".into()));
+        };
+        let ended = self.end(conn, result.is_ok(), &[]).await;
+        match (result, ended) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Runs `body` on a connection inside a span, under the statement deadline, and
+    /// records the outcome.
+    pub(crate) async fn run<T>(
+        &self,
+        operation: &'static str,
+        table: &'static str,
+        body: impl AsyncFnOnce(&mut PgConn) -> Result<T>,
+    ) -> Result<T> {
+        self.timed(operation, table, async {
+            let mut conn = self.conn().await?;
+            body(conn.get()?).await
+        })
+        .await
+    }
+
+    /// Whether a read that failed on a dead connection should be tried again (outside a
+    /// transaction, at most once per pooled connection).
+    pub(crate) fn retry_read(&self, error: &Error, tries: &mut u32) -> bool {
+        let retry = matches!(error, Error::Connection(_))
+            && self.current_tx().is_none()
+            && *tries < self.shared.config.pool_size;
+        *tries += 1;
+        retry
+    }
+
+    /// Runs raw SQL statements (no parameters, no results), e.g. for set-up scripts.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// db.execute_batch("CREATE TABLE IF NOT EXISTS t (id int)").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_batch(&self, sql: &str) -> Result<()> {
+        self.run("execute_batch", "-", async |conn| conn.batch(sql).await)
+            .await
+    }
+
+    /// Runs `body` with the raw tokio-postgres client of one pooled connection (or the
+    /// transaction's), for the SQL Tabula has no API for.
+    ///
+    /// The connection comes back clean: after a pooled connection's body, `DISCARD ALL`
+    /// drops whatever session state the body left (settings, temporary tables, advisory
+    /// locks, prepared statements); a transaction's connection that was handed out is
+    /// closed when the transaction ends instead of going back to the pool. Inside the
+    /// body, a statement through the same transaction or scoped handle is
+    /// [`Error::Misuse`] (the body holds its connection) — use the raw client there.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let n: i64 = db.with_client(async |c| Ok(c.query_one("SELECT 1::int8", &[]).await?.get(0))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_client<T>(
+        &self,
+        body: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
+    ) -> Result<T> {
+        self.timed("raw", "-", async {
+            let tx = self.current_tx();
+            let mut conn = self.conn().await?;
+            let pg = conn.get()?;
+            pg.flush_setup().await?;
+            pg.in_flight = true;
+            let result = match &tx {
+                Some(tx) => {
+                    let mut held = HOLDING.try_with(Clone::clone).unwrap_or_default();
+                    held.push(tx.id());
+                    HOLDING.scope(held, body(pg.client())).await
+                }
+                None => body(pg.client()).await,
+            };
+            pg.in_flight = false;
+            if pg.in_transaction {
+                // A plain SET inside a transaction outlives its COMMIT.
+                pg.discard = true;
+            } else {
+                pg.reset_session().await;
+            }
+            result
+        })
+        .await
+    }
+}
+
+/// Runs a read on a connection (inside [`Db::timed`]): outside a transaction, a
+/// connection found dead (the server restarted, or killed it while idle) is dropped
+/// and the read tried on another, instead of failing the caller. A macro rather than a
+/// function taking an async closure, so that the returned future stays `Send` for any
+/// caller (async closures called by reference trip a known compiler limitation).
+macro_rules! read_on_conn {
+    ($db:expr, $op:expr, $table:expr, |$conn:ident| $body:block) => {{
+        let __db = &$db;
+        __db.timed($op, $table, async {
+            let mut __tries = 0;
+            loop {
+                let __attempt: $crate::Result<_> = async {
+                    let mut __guard = __db.conn().await?;
+                    let $conn = __guard.get()?;
+                    $body
+                }
+                .await;
+                match __attempt {
+                    Err(e) if __db.retry_read(&e, &mut __tries) => continue,
+                    other => break other,
+                }
+            }
+        })
+    }};
+}
+pub(crate) use read_on_conn;

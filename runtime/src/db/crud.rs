@@ -1,0 +1,395 @@
+//! Create, read, update, delete, upsert: one statement each, rendered once per model
+//! (see [`crate::table`]) and run through [`Db::run`]; writes report what they touched
+//! to the cache through [`Db::write`].
+
+use super::Db;
+use crate::error::{Error, Result};
+use crate::sql::{self, Binder};
+use crate::table::{ColumnSet, Insert, Param, Patch, Table};
+
+/// Rows per statement in [`Db::create_many`]. Arrays have no bind-parameter limit; the
+/// chunk only bounds the size of one message.
+const BATCH_CHUNK_ROWS: usize = 20_000;
+
+impl Db {
+    async fn create_now<N: Insert>(&self, new: N) -> Result<N::Table> {
+        let meta = N::Table::META;
+        self.run("create", meta.name, async |conn| {
+            let sql = &N::Table::statements().insert;
+            let row = conn
+                .query_opt(sql, &new.params())
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            N::Table::from_row(&row)
+        })
+        .await
+    }
+
+    /// The statement of [`Db::create_many`], without its cache invalidation.
+    async fn create_many_now<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        if rows.len() > BATCH_CHUNK_ROWS && self.tx.is_none() {
+            let rows = &rows;
+            return self
+                .transaction(move |tx| async move { tx.insert_chunks(rows).await })
+                .await;
+        }
+        self.insert_chunks(&rows).await
+    }
+
+    async fn insert_chunks<N: Insert>(&self, rows: &[N]) -> Result<Vec<N::Table>> {
+        let meta = N::Table::META;
+        self.run("create_many", meta.name, async |conn| {
+            let statements = N::Table::statements();
+            let mut out = Vec::with_capacity(rows.len());
+            if meta.insert_columns().next().is_none() {
+                // Every column is generated: there is nothing to put in an array.
+                for _ in rows {
+                    let row = conn.query_opt(&statements.insert, &[]).await?;
+                    out.extend(row.map(|r| N::Table::from_row(&r)).transpose()?);
+                }
+                return Ok(out);
+            }
+            for chunk in rows.chunks(BATCH_CHUNK_ROWS) {
+                let arrays = N::column_arrays(chunk);
+                let params: Vec<Param<'_>> =
+                    arrays.iter().map(|a| a.as_ref() as Param<'_>).collect();
+                for row in conn.query(&statements.insert_many, &params).await? {
+                    out.push(N::Table::from_row(&row)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Reads the row with primary key `key` — through the row cache for a model
+    /// declared `#[table(cache(ttl = N))]` (outside transactions); see [`crate::cache`].
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note: Option<Note> = db.read(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
+        // Boxed: the cache lookup and the database read nest several state machines.
+        Box::pin(self.read_through::<M>(key.into())).await
+    }
+
+    /// Reads the row with primary key `key` from PostgreSQL, never from the cache: for
+    /// paths where only the database will do.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let fresh: Option<Note> = db.read_uncached(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_uncached<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
+        let key = key.into();
+        crate::db::read_on_conn!(self, "read", M::META.name, |conn| {
+            match conn.query_opt(&M::statements().read, &[&key]).await? {
+                Some(row) => M::from_row(&row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// The statement of [`Db::update`], without its cache invalidation.
+    async fn update_now<M: Table>(&self, key: M::Key, patch: M::Patch) -> Result<M> {
+        let key: M::Key = key;
+        let meta = M::META;
+        let assignments = patch.assignments();
+        if assignments.is_empty() {
+            return self
+                .run("update", meta.name, async |conn| {
+                    let row = conn.query_opt(&M::statements().read, &[&key]).await?;
+                    row.map(|r| M::from_row(&r)).transpose()
+                })
+                .await?
+                .ok_or(Error::NotFound { table: meta.name });
+        }
+        // Built in a block: sea-query statements are not Send and must not live
+        // across an await.
+        let bound = {
+            let mut binder = Binder::default();
+            let mut update = sea_query::Query::update();
+            update.table(sql::table_ref(meta));
+            for (index, value) in assignments {
+                let column = sea_query::Alias::new(meta.columns[index].name);
+                update.value(column, binder.borrowed(value));
+            }
+            let key_column = sea_query::Alias::new(meta.key_column().name);
+            if let Some(live) = sql::live_rows(meta) {
+                update.and_where(live);
+            }
+            update
+                .and_where(sea_query::ExprTrait::eq(
+                    sea_query::Expr::col(key_column),
+                    binder.borrowed(&key),
+                ))
+                .returning(sql::returning_all(meta));
+            binder.finish(update)
+        };
+        self.run("update", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&bound.sql, &bound.params())
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            M::from_row(&row)
+        })
+        .await
+    }
+
+    /// The statement of [`Db::delete`], without its cache invalidation.
+    async fn delete_now<M: Table>(&self, key: M::Key) -> Result<()> {
+        let key: M::Key = key;
+        let meta = M::META;
+        self.run("delete", meta.name, async |conn| {
+            match conn.execute(&M::statements().delete, &[&key]).await? {
+                0 => Err(Error::NotFound { table: meta.name }),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The statement of [`Db::hard_delete`], without its cache invalidation.
+    async fn hard_delete_now<M: Table>(&self, key: M::Key) -> Result<()> {
+        let key: M::Key = key;
+        let meta = M::META;
+        self.run("hard_delete", meta.name, async |conn| {
+            match conn.execute(&M::statements().hard_delete, &[&key]).await? {
+                0 => Err(Error::NotFound { table: meta.name }),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The statement of [`Db::restore`], without its cache invalidation.
+    async fn restore_now<M: Table>(&self, key: M::Key) -> Result<M> {
+        let key: M::Key = key;
+        let meta = M::META;
+        if meta.soft_delete.is_none() {
+            return Err(Error::Validation(format!(
+                "`{}` has no soft-delete column",
+                meta.name
+            )));
+        }
+        self.run("restore", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&M::statements().restore, &[&key])
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            M::from_row(&row)
+        })
+        .await
+    }
+
+    /// The statement of [`Db::upsert`], without its cache invalidation.
+    async fn upsert_now<N: Insert>(&self, new: N, target: Vec<usize>) -> Result<N::Table> {
+        let meta = N::Table::META;
+        if target.is_empty() {
+            return Err(Error::Validation(format!(
+                "upsert into `{}` needs at least one conflict column",
+                meta.name
+            )));
+        }
+        let bound = {
+            let mut binder = Binder::default();
+            let columns: Vec<sea_query::Alias> = meta
+                .insert_columns()
+                .map(|c| sea_query::Alias::new(c.name))
+                .collect();
+            let values: Vec<sea_query::Expr> = new
+                .params()
+                .into_iter()
+                .map(|p| binder.borrowed(p))
+                .collect();
+            let mut insert = sea_query::Query::insert();
+            insert
+                .into_table(sql::table_ref(meta))
+                .columns(columns)
+                .values(values)
+                .map_err(|e| Error::Validation(e.to_string()))?
+                .on_conflict(sql::upsert_conflict(meta, &target))
+                .returning(sql::returning_all(meta));
+            binder.finish(insert)
+        };
+        self.run("upsert", meta.name, async |conn| {
+            let row = conn
+                .query_opt(&bound.sql, &bound.params())
+                .await?
+                .ok_or(Error::NotFound { table: meta.name })?;
+            N::Table::from_row(&row)
+        })
+        .await
+    }
+
+    /// Inserts one row and returns it as stored, generated columns included
+    /// (`INSERT … RETURNING`).
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note = db.create(NewNote { body: "hello".into() }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create<N: Insert>(&self, new: N) -> Result<N::Table> {
+        let db = self.clone();
+        self.write::<N::Table, _>(async move { db.create_now(new).await }, |_| Vec::new())
+            .await
+    }
+
+    /// Inserts many rows in one statement per 20,000 rows (each column travels as one
+    /// array through `unnest`), all or none: several chunks run in one transaction.
+    /// Returns the stored rows in input order. An empty batch does nothing.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let notes = db.create_many(vec![NewNote { body: "a".into() }, NewNote { body: "b".into() }]).await?;
+    /// assert_eq!(notes.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_many<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.clone();
+        self.write::<N::Table, _>(async move { db.create_many_now(rows).await }, |_| {
+            Vec::new()
+        })
+        .await
+    }
+
+    /// Updates the columns set in `patch` of the row with primary key `key` and returns
+    /// the row as stored. A missing row is [`Error::NotFound`]. An empty patch changes
+    /// nothing and returns the row.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note = db.update::<Note>(7, NotePatch { body: Some("edited".into()) }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update<M: Table>(&self, key: impl Into<M::Key>, patch: M::Patch) -> Result<M> {
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write_touching::<M, _>(
+            async move { db.update_now::<M>(key, patch).await },
+            touched,
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Deletes the row with primary key `key`. A missing row is [`Error::NotFound`].
+    /// For a model with a `#[table(soft_delete)]` column, the row is marked deleted
+    /// instead (reads and queries then skip it; see [`Db::restore`] and
+    /// [`Db::hard_delete`]).
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.delete::<Note>(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete<M: Table>(&self, key: impl Into<M::Key>) -> Result<()> {
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write_touching::<M, _>(
+            async move { db.delete_now::<M>(key).await },
+            touched,
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Deletes the row with primary key `key` for good, even for a model with soft
+    /// delete. A missing row is [`Error::NotFound`].
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.hard_delete::<Note>(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn hard_delete<M: Table>(&self, key: impl Into<M::Key>) -> Result<()> {
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write_touching::<M, _>(
+            async move { db.hard_delete_now::<M>(key).await },
+            touched,
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Brings a soft-deleted row back and returns it. A row that is missing or not
+    /// deleted is [`Error::NotFound`]; a model without soft delete is
+    /// [`Error::Validation`].
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64,
+    /// #   #[table(soft_delete)] pub deleted_at: Option<chrono::DateTime<chrono::Utc>> }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let note = db.restore::<Note>(7).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn restore<M: Table>(&self, key: impl Into<M::Key>) -> Result<M> {
+        let (db, key) = (self.clone(), key.into());
+        let touched = vec![key.clone()];
+        self.write_touching::<M, _>(
+            async move { db.restore_now::<M>(key).await },
+            touched,
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Inserts a row, or — when it collides with an existing row on the `conflict`
+    /// columns (which need a unique index) — updates that row's other insertable columns
+    /// to the new values. Returns the row as stored. For a model with soft delete, an
+    /// upsert that lands on a deleted row restores it (clears the mark) and updates it.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Tag { #[table(primary_key)] pub name: String, pub uses: i64 }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let tag = db.upsert(NewTag { name: "rust".into(), uses: 1 }, Tag::NAME).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn upsert<N: Insert>(
+        &self,
+        new: N,
+        conflict: impl ColumnSet<N::Table>,
+    ) -> Result<N::Table> {
+        let meta = N::Table::META;
+        let target = conflict.indices();
+        if target.is_empty() {
+            return Err(Error::Validation(format!(
+                "upsert into `{}` needs at least one conflict column",
+                meta.name
+            )));
+        }
+        let db = self.clone();
+        self.write::<N::Table, _>(async move { db.upsert_now(new, target).await }, |row| {
+            vec![row.key().clone()]
+        })
+        .await
+    }
+}

@@ -1,0 +1,557 @@
+//! The database path never misreports an outcome: aborted transactions, savepoints,
+//! server-side deadlines, commits whose answer was lost, re-entrant calls, claims under
+//! `standard_conforming_strings = off`, and session state left by the escape hatch.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tabula::{Db, DbConfig, Error};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    client
+}
+
+async fn usernames(db: &Db) -> Vec<String> {
+    db.with_client(async |c| {
+        Ok(
+            c.query("SELECT username FROM profiles ORDER BY username", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    })
+    .await
+    .expect("usernames")
+}
+
+// ---- 1. aborted transactions and savepoints ----------------------------------------
+
+#[tokio::test]
+async fn a_transaction_whose_statement_failed_is_an_error_even_if_the_body_returns_ok() {
+    let db = db().await;
+    let result = db
+        .transaction(|tx| async move {
+            tx.create(new_profile("kept?")).await?;
+            // The body handles the error, but PostgreSQL has aborted the transaction.
+            let dup = tx.create(new_profile("kept?")).await;
+            assert!(matches!(dup, Err(Error::UniqueViolation { .. })), "{dup:?}");
+            Ok("looks fine")
+        })
+        .await;
+    assert!(
+        matches!(result, Err(Error::TransactionAborted { .. })),
+        "a rolled-back transaction was reported as {result:?}"
+    );
+    assert!(usernames(&db).await.is_empty(), "nothing was committed");
+}
+
+#[tokio::test]
+async fn a_nested_transaction_is_a_savepoint_whose_error_leaves_the_outer_usable() {
+    let db = db().await;
+    let result = db
+        .transaction(|tx| async move {
+            tx.create(new_profile("a")).await?;
+            let nested = tx
+                .transaction(|inner| async move {
+                    inner.create(new_profile("inner-ok")).await?;
+                    inner.create(new_profile("a")).await // unique violation
+                })
+                .await;
+            assert!(
+                matches!(nested, Err(Error::UniqueViolation { .. })),
+                "{nested:?}"
+            );
+            // The outer transaction is still usable after the savepoint rolled back.
+            tx.create(new_profile("b")).await?;
+            let committed = tx
+                .transaction(|inner| async move { inner.create(new_profile("c")).await })
+                .await?;
+            Ok(committed.username)
+        })
+        .await;
+    assert_eq!(result.expect("outer commits"), "c");
+    assert_eq!(usernames(&db).await, ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn a_panic_in_a_nested_transaction_rolls_back_to_its_savepoint_and_propagates() {
+    let db = db().await;
+    let inner_db = db.clone();
+    let task = tokio::spawn(async move {
+        inner_db
+            .transaction(|tx| async move {
+                tx.create(new_profile("outer")).await?;
+                tx.transaction(|inner| async move {
+                    inner.create(new_profile("doomed")).await?;
+                    if inner.in_transaction() {
+                        panic!("boom in the savepoint");
+                    }
+                    Ok(())
+                })
+                .await
+            })
+            .await
+    });
+    assert!(task.await.is_err(), "the panic propagates");
+    assert!(
+        usernames(&db).await.is_empty(),
+        "the whole transaction rolled back"
+    );
+}
+
+// ---- 2. deadlines are enforced by the server ---------------------------------------
+
+async fn short_deadline_db(url: &str, deadline: Duration) -> Db {
+    Db::connect_with(DbConfig::new(url).pool_size(2).statement_timeout(deadline))
+        .await
+        .expect("db")
+}
+
+#[tokio::test]
+async fn an_update_blocked_past_its_deadline_is_cancelled_on_the_server_and_never_lands() {
+    let (db, url) = db_and_url().await;
+    let row = db.create(new_profile("locked")).await.expect("create");
+    let fast = short_deadline_db(&url, Duration::from_millis(300)).await;
+
+    let mut holder = raw(&url).await;
+    let lock = holder.transaction().await.expect("begin");
+    lock.execute(
+        "SELECT 1 FROM profiles WHERE id = $1 FOR UPDATE",
+        &[&row.id],
+    )
+    .await
+    .expect("lock");
+
+    let patch = ProfilePatch {
+        username: Some("changed".into()),
+        ..Default::default()
+    };
+    let err = fast
+        .update::<Profile>(row.id, patch)
+        .await
+        .expect_err("blocked past the deadline");
+    assert!(matches!(err, Error::Timeout { .. }), "got {err:?}");
+    assert!(
+        err.is_transient(),
+        "a cancelled write is known not to have happened"
+    );
+
+    // The server no longer waits on the lock: the statement was cancelled there.
+    let started = Instant::now();
+    let waiting: i64 = loop {
+        let n: i64 = raw(&url)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if n == 0 || started.elapsed() > Duration::from_secs(2) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(waiting, 0, "a statement still waits on the row lock");
+    println!(
+        "lock wait ended {:?} after the error was returned",
+        started.elapsed()
+    );
+    lock.commit().await.expect("release");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = db.read_uncached::<Profile>(row.id).await.expect("read");
+    assert_eq!(
+        now.expect("row").username,
+        "locked",
+        "the timed-out update landed later"
+    );
+}
+
+#[tokio::test]
+async fn a_create_that_times_out_on_a_unique_index_inserts_nothing() {
+    let (db, url) = db_and_url().await;
+    let fast = short_deadline_db(&url, Duration::from_millis(300)).await;
+    let mut holder = raw(&url).await;
+    let pending = holder.transaction().await.expect("begin");
+    pending
+        .execute(
+            "INSERT INTO profiles (user_id, username) VALUES (gen_random_uuid(), 'taken')",
+            &[],
+        )
+        .await
+        .expect("insert");
+    let err = fast
+        .create(new_profile("taken"))
+        .await
+        .expect_err("waits on the other transaction's index entry");
+    assert!(matches!(err, Error::Timeout { .. }), "got {err:?}");
+    pending.rollback().await.expect("rollback");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        usernames(&db).await.is_empty(),
+        "the create reported as timed out inserted its row later"
+    );
+}
+
+#[tokio::test]
+async fn a_statement_left_running_does_not_delay_the_next_caller() {
+    let (_, url) = db_and_url().await;
+    let fast = Db::connect_with(
+        DbConfig::new(&url)
+            .pool_size(1)
+            .statement_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect("db");
+    let slow = fast
+        .with_client(async |c| {
+            c.batch_execute("SELECT pg_sleep(3)").await?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(slow, Err(Error::Timeout { .. })), "got {slow:?}");
+    let started = Instant::now();
+    fast.read::<Profile>(uuid::Uuid::new_v4())
+        .await
+        .expect("the next caller is served");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "the next caller waited {:?}",
+        started.elapsed()
+    );
+}
+
+// ---- 3. a commit whose answer is lost is resolved -----------------------------------
+
+/// A TCP proxy to PostgreSQL that can swallow the server's answers on the connections
+/// open at the moment of the cut (later connections pass).
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let conns = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let swallowed = Arc::new(AtomicBool::new(false));
+                conns.lock().expect("lock").push(swallowed.clone());
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if swallowed.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    /// From now on, the server's answers on every open connection are lost.
+    fn cut(&self) {
+        for conn in self.cut.lock().expect("lock").iter() {
+            conn.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn through(url: &str, port: u16) -> String {
+    let mut config: tokio_postgres::Config = url.parse().expect("url");
+    config.host("127.0.0.1").port(port);
+    let user = config.get_user().expect("user").to_owned();
+    let dbname = config.get_dbname().expect("dbname").to_owned();
+    format!("postgres://{user}@127.0.0.1:{port}/{dbname}")
+}
+
+fn server_addr(url: &str) -> std::net::SocketAddr {
+    let config: tokio_postgres::Config = url.parse().expect("url");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_resolved_with_the_server_and_reported_ok() {
+    let (db, url) = db_and_url().await;
+    let proxy = Proxy::start(server_addr(&url)).await;
+    let via = Db::connect_with(
+        DbConfig::new(through(&url, proxy.port)).statement_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .expect("db through the proxy");
+    let proxy = Arc::new(proxy);
+    let cutter = proxy.clone();
+    let result = via
+        .transaction(move |tx| {
+            let cutter = cutter.clone();
+            async move {
+                let row = tx.create(new_profile("landed")).await?;
+                cutter.cut(); // COMMIT reaches the server; its answer never comes back
+                Ok(row.username)
+            }
+        })
+        .await;
+    assert_eq!(
+        result.expect("the commit landed and the server says so"),
+        "landed"
+    );
+    assert_eq!(usernames(&db).await, ["landed"]);
+}
+
+#[tokio::test]
+async fn a_connection_killed_before_commit_is_resolved_as_not_committed() {
+    let (db, url) = db_and_url().await;
+    let killer = raw(&url).await;
+    let killer = Arc::new(killer);
+    let result: tabula::Result<()> = db
+        .transaction(move |tx| {
+            let killer = killer.clone();
+            async move {
+                tx.create(new_profile("never")).await?;
+                let pid: i32 = tx
+                    .with_client(async |c| {
+                        Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+                    })
+                    .await?;
+                killer
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .expect("terminate");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(())
+            }
+        })
+        .await;
+    let err = result.expect_err("the transaction cannot have committed");
+    assert!(
+        !matches!(err, Error::CommitOutcomeUnknown),
+        "the outcome is known (the server aborted it): {err:?}"
+    );
+    assert!(usernames(&db).await.is_empty());
+}
+
+// ---- 4. re-entrancy -------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_statement_on_a_transaction_from_inside_its_with_client_is_a_misuse_error() {
+    let db = db().await;
+    let started = Instant::now();
+    let result = db
+        .transaction(|tx| async move {
+            let again = tx.clone();
+            tx.with_client(async move |_c| again.read::<Profile>(uuid::Uuid::new_v4()).await)
+                .await
+        })
+        .await;
+    assert!(matches!(result, Err(Error::Misuse(_))), "got {result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "it deadlocked");
+}
+
+#[tokio::test]
+async fn a_statement_on_a_scoped_handle_from_inside_its_with_client_is_a_misuse_error() {
+    let db = db().await;
+    let user = db.as_user(uuid::Uuid::new_v4());
+    let again = user.clone();
+    let started = Instant::now();
+    let result = user
+        .with_client(async move |_c| again.read::<Profile>(uuid::Uuid::new_v4()).await)
+        .await;
+    assert!(matches!(result, Err(Error::Misuse(_))), "got {result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "it deadlocked");
+}
+
+#[tokio::test]
+async fn joined_statements_on_one_transaction_both_run() {
+    let db = db().await;
+    let result = db
+        .transaction(|tx| async move {
+            let (a, b) = tokio::join!(tx.create(new_profile("j1")), tx.create(new_profile("j2")));
+            Ok((a?, b?))
+        })
+        .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(usernames(&db).await, ["j1", "j2"]);
+}
+
+#[test]
+fn public_futures_stay_small() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let db = rt.block_on(db());
+    let id = uuid::Uuid::new_v4();
+    let sizes = [
+        ("read", std::mem::size_of_val(&db.read::<Profile>(id))),
+        (
+            "create",
+            std::mem::size_of_val(&db.create(new_profile("x"))),
+        ),
+        (
+            "create_many",
+            std::mem::size_of_val(&db.create_many(vec![new_profile("x")])),
+        ),
+        (
+            "update",
+            std::mem::size_of_val(&db.update::<Profile>(id, ProfilePatch::default())),
+        ),
+        ("delete", std::mem::size_of_val(&db.delete::<Profile>(id))),
+        (
+            "query().all()",
+            std::mem::size_of_val(&db.query::<Profile>().all()),
+        ),
+        (
+            "transaction",
+            std::mem::size_of_val(&db.transaction(|_tx| async move { Ok(()) })),
+        ),
+        (
+            "with_client",
+            std::mem::size_of_val(&db.with_client(async |_c| Ok(()))),
+        ),
+    ];
+    for (name, size) in sizes {
+        println!("{name}: {size} bytes");
+    }
+    for (name, size) in sizes {
+        assert!(size <= 2048, "the future of `{name}` is {size} bytes");
+    }
+}
+
+#[test]
+fn a_create_inside_with_client_fits_a_small_stack() {
+    let handle = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let db = db().await;
+                let other = db.clone();
+                db.with_client(async move |_c| other.create(new_profile("deep")).await)
+                    .await
+                    .expect("create inside with_client");
+            });
+        })
+        .expect("thread");
+    assert!(handle.join().is_ok(), "overflowed a 1 MiB stack");
+}
+
+// ---- 8. claims are bound, never spliced ------------------------------------------------
+
+#[tokio::test]
+async fn claims_survive_standard_conforming_strings_off() {
+    let (db, url) = db_and_url().await;
+    let dbname = url.rsplit('/').next().expect("dbname").to_owned();
+    db.execute_batch(&format!(
+        "ALTER DATABASE \"{dbname}\" SET standard_conforming_strings = off"
+    ))
+    .await
+    .expect("alter");
+    let fresh = Db::connect(&url).await.expect("db");
+    let off: String = fresh
+        .with_client(async |c| {
+            Ok(c.query_one("SHOW standard_conforming_strings", &[])
+                .await?
+                .get(0))
+        })
+        .await
+        .expect("show");
+    assert_eq!(off, "off", "the setting is off for this test");
+    let attacker = uuid::Uuid::new_v4();
+    let victim = uuid::Uuid::new_v4();
+    let forged = format!("{attacker}\\\",\\\"sub\\\":\\\"{victim}");
+    let claims = serde_json::json!({ "sub": forged, "role": "authenticated" });
+    let scoped = fresh.as_claims(claims.clone()).expect("claims");
+    let seen: serde_json::Value = scoped
+        .transaction(|tx| async move {
+            tx.with_client(async |c| {
+                let text: String = c
+                    .query_one("SELECT current_setting('request.jwt.claims', true)", &[])
+                    .await?
+                    .get(0);
+                Ok(serde_json::from_str(&text).unwrap_or_default())
+            })
+            .await
+        })
+        .await
+        .expect("scoped read");
+    assert_eq!(
+        seen, claims,
+        "the claims the server saw differ from those given"
+    );
+}
+
+// ---- 9. the escape hatch leaves no session state behind --------------------------------
+
+#[tokio::test]
+async fn a_session_setting_made_through_with_client_does_not_reach_the_next_user() {
+    let (_, url) = db_and_url().await;
+    let db = Db::connect_with(DbConfig::new(&url).pool_size(1))
+        .await
+        .expect("db");
+    let show = async |db: &Db| -> String {
+        db.with_client(async |c| Ok(c.query_one("SHOW application_name", &[]).await?.get(0)))
+            .await
+            .expect("show")
+    };
+    let before = show(&db).await;
+    // Positive control: inside one call the setting holds.
+    let inside: String = db
+        .with_client(async |c| {
+            c.batch_execute("SET application_name = 'leaked'").await?;
+            Ok(c.query_one("SHOW application_name", &[]).await?.get(0))
+        })
+        .await
+        .expect("set");
+    assert_eq!(inside, "leaked");
+    assert_eq!(
+        show(&db).await,
+        before,
+        "a session SET reached the next user"
+    );
+    // The same through a transaction's with_client (a plain SET outlives COMMIT).
+    db.transaction(|tx| async move {
+        tx.with_client(async |c| Ok(c.batch_execute("SET application_name = 'leaked'").await?))
+            .await
+    })
+    .await
+    .expect("tx");
+    assert_eq!(show(&db).await, before, "a SET inside a transaction leaked");
+    // And the connection still works for typed calls afterwards.
+    db.create(new_profile("after")).await.expect("create");
+}
