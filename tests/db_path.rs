@@ -274,7 +274,6 @@ impl Proxy {
                             break;
                         }
                     }
-                    }
                 });
             }
         });
