@@ -148,3 +148,112 @@ fn the_repository_migrations_are_embedded_in_order() {
     assert_eq!(versions, disk_versions);
     assert!(!versions.is_empty());
 }
+
+fn one_and_three() -> Vec<Migration> {
+    vec![
+        Migration::new(1, "create_counter", "CREATE TABLE counter (n int NOT NULL)"),
+        Migration::new(3, "count_three", "INSERT INTO counter VALUES (3)"),
+    ]
+}
+
+fn late_two() -> Migration {
+    Migration::new(2, "late_table", "CREATE TABLE late (id int)")
+}
+
+async fn table_exists(db: &Db, name: &str) -> bool {
+    db.with_client(async |c| {
+        Ok(c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?
+            .get(0))
+    })
+    .await
+    .expect("to_regclass")
+}
+
+#[tokio::test]
+async fn a_migration_below_the_latest_applied_is_refused() {
+    let (db, _) = empty_db().await;
+    Migrator::new(one_and_three())
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect("apply 1 and 3");
+    let mut with_late = one_and_three();
+    with_late.push(late_two());
+    let err = Migrator::new(with_late)
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect_err("2 arrives after 3 was applied");
+    match err {
+        Error::Migration { version, message } => {
+            assert_eq!(version, 2);
+            assert!(
+                message.contains("`late_table`")
+                    && message.contains("migration 3 is already applied"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Migration error, got {other:?}"),
+    }
+    assert!(!table_exists(&db, "late").await, "the late migration ran");
+}
+
+#[tokio::test]
+async fn a_late_migration_applies_when_out_of_order_is_allowed() {
+    let (db, _) = empty_db().await;
+    Migrator::new(one_and_three())
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect("apply 1 and 3");
+    let mut with_late = one_and_three();
+    with_late.push(late_two());
+    let report = Migrator::new(with_late)
+        .expect("migrator")
+        .allow_out_of_order(true)
+        .run(&db)
+        .await
+        .expect("opted in");
+    assert_eq!(report.applied, vec![2]);
+    assert!(table_exists(&db, "late").await);
+}
+
+#[test]
+fn an_over_long_version_in_a_folder_is_named_precisely() {
+    let dir = std::env::temp_dir().join(format!("tabula-mig-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("99999999999999999999_x.sql"), "SELECT 1").expect("write");
+    let err = Migrator::from_dir(&dir).expect_err("over-long version");
+    let message = err.to_string();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        message.contains("`99999999999999999999_x.sql` has a version too large")
+            && message.contains("9223372036854775807"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_build_script_watches_the_migrations_folder_and_each_file() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+    let mut out = Vec::new();
+    tabula::build::write_rerun_lines(dir, &mut out).expect("rerun lines");
+    let lines: Vec<String> = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines[0], format!("cargo:rerun-if-changed={dir}"));
+    let files = Migrator::from_dir(dir)
+        .expect("from_dir")
+        .migrations()
+        .len();
+    assert_eq!(lines.len(), 1 + files, "{lines:#?}");
+    // And this package's build script uses it.
+    let build_rs = include_str!("../build.rs");
+    assert!(
+        build_rs.contains("rerun_if_migrations_change(\"migrations\")"),
+        "build.rs does not watch migrations/"
+    );
+}

@@ -584,7 +584,7 @@ async fn a_failed_upload_leaves_no_row_and_no_visible_object() {
         )
         .await
         .expect_err("broken body");
-    assert!(matches!(err, Error::Storage(_)), "got {err:?}");
+    assert!(matches!(err, Error::Storage { .. }), "got {err:?}");
     assert!(matches!(
         k.storage.object("avatars", "broken.jpg").await,
         Err(Error::NotFound { .. })
@@ -913,4 +913,374 @@ async fn a_key_cannot_be_both_a_file_and_a_folder() {
         k.storage.copy_file("documents", "c", "a").await,
         Err(Error::AlreadyExists(_))
     ));
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_without_upsert_have_exactly_one_winner_and_leave_no_stray_bytes() {
+    let k = kit().await;
+    const UPLOADS: u8 = 8;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(usize::from(UPLOADS)));
+    let mut tasks = Vec::new();
+    for i in 0..UPLOADS {
+        let (storage, start) = (k.storage.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let body = vec![i; 4096 + usize::from(i)];
+            let outcome = storage
+                .upload_file("documents", "race/one.bin", body, UploadOptions::default())
+                .await;
+            (i, outcome)
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.expect("join") {
+            (i, Ok(_)) => winners.push(i),
+            (_, Err(Error::AlreadyExists(_))) => {}
+            (i, Err(other)) => panic!("upload {i} failed with {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one upload may win, got {winners:?}"
+    );
+    let winner = winners[0];
+    let (meta, bytes) = k
+        .storage
+        .download("documents", "race/one.bin")
+        .await
+        .expect("download");
+    assert_eq!(
+        bytes.to_vec(),
+        vec![winner; 4096 + usize::from(winner)],
+        "the winner's bytes"
+    );
+    assert_eq!(meta.size as usize, bytes.len());
+    let files = files_under(&k.root);
+    assert_eq!(
+        files,
+        vec![k.root.join("documents/race/one.bin")],
+        "the losers' bytes were left in the store"
+    );
+}
+
+#[tokio::test]
+async fn a_segment_longer_than_255_bytes_is_refused_up_front_without_a_server_path() {
+    let k = kit().await;
+    let root = k.root.to_string_lossy().into_owned();
+    for key in [
+        "a".repeat(256),
+        format!("dir/{}", "b".repeat(256)),
+        // `~` is stored as `%7E`: 86 of them take 258 bytes on disk.
+        "~".repeat(86),
+        // Each byte of `é` is stored as three.
+        "é".repeat(43),
+    ] {
+        let err = k
+            .storage
+            .upload_file("documents", &key, b"x".to_vec(), UploadOptions::default())
+            .await
+            .expect_err("over-long segment");
+        assert!(matches!(err, Error::Validation(_)), "{key}: got {err:?}");
+        assert!(!err.to_string().contains(&root), "server path in `{err}`");
+    }
+    // The limit itself is fine.
+    k.storage
+        .upload_file(
+            "documents",
+            &"c".repeat(255),
+            b"x".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("a 255-byte segment");
+    k.storage
+        .upload_file(
+            "documents",
+            &"~".repeat(85),
+            b"x".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("85 `~`: 255 bytes stored");
+}
+
+#[tokio::test]
+async fn store_failures_name_no_server_path_and_keep_their_source() {
+    let k = kit().await;
+    // A file where the store needs a folder: moving the upload into place fails.
+    std::fs::create_dir_all(k.root.join("documents")).expect("dir");
+    std::fs::write(k.root.join("documents/blocker"), b"not a folder").expect("poke");
+    let root = k.root.to_string_lossy().into_owned();
+    let err = k
+        .storage
+        .upload_file(
+            "documents",
+            "blocker/x.txt",
+            b"x".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect_err("the store cannot write there");
+    assert!(matches!(err, Error::Storage { .. }), "got {err:?}");
+    let message = err.to_string();
+    assert!(!message.contains(&root), "server path in `{message}`");
+    assert!(message.contains("documents/blocker/x.txt"), "{message}");
+    let source = std::error::Error::source(&err).expect("the store's error is the source");
+    assert!(
+        source.to_string().contains(&root),
+        "the source keeps the details for the log: {source}"
+    );
+    // Over HTTP the client sees a status and its reason, nothing of the server.
+    let url = k
+        .storage
+        .create_signed_upload_url("documents", "blocker/y.txt", 600)
+        .await
+        .expect("sign");
+    let (status, _, body) = http_request("PUT", &url, &[], b"y").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 500, "{body}");
+    assert!(!body.contains(&root), "server path in the response: {body}");
+    assert!(
+        !body.contains("blocker"),
+        "store details in the response: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_signed_upload_url_uploads_exactly_once() {
+    let k = kit().await;
+    let url = k
+        .storage
+        .create_signed_upload_url("documents", "inbox/once.txt", 600)
+        .await
+        .expect("sign");
+    assert_eq!(http_request("PUT", &url, &[], b"first").await.0, 200);
+    let (status, _, _) = http_request("PUT", &url, &[], b"second").await;
+    assert_eq!(status, 403, "a used token must not upload again");
+    assert_eq!(
+        k.storage
+            .download_file("documents", "inbox/once.txt")
+            .await
+            .expect("download")
+            .as_ref(),
+        b"first"
+    );
+    // Deleting the object does not revive the token.
+    k.storage
+        .delete_files("documents", &["inbox/once.txt"])
+        .await
+        .expect("delete");
+    assert_eq!(http_request("PUT", &url, &[], b"third").await.0, 403);
+    // A second URL for the same path is a second grant.
+    let again = k
+        .storage
+        .create_signed_upload_url("documents", "inbox/once.txt", 600)
+        .await
+        .expect("sign again");
+    assert_ne!(again, url, "each URL is a distinct token");
+    assert_eq!(http_request("PUT", &again, &[], b"fourth").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_with_one_signed_upload_url_succeed_once() {
+    let k = kit().await;
+    let url = k
+        .storage
+        .create_signed_upload_url("documents", "inbox/race.txt", 600)
+        .await
+        .expect("sign");
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+    let mut tasks = Vec::new();
+    for i in 0..6u8 {
+        let (url, start) = (url.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            (i, http_request("PUT", &url, &[], &[b'a' + i; 64]).await.0)
+        }));
+    }
+    let mut ok = Vec::new();
+    for task in tasks {
+        let (i, status) = task.await.expect("join");
+        match status {
+            200 => ok.push(i),
+            403 => {}
+            other => panic!("PUT {i}: status {other}"),
+        }
+    }
+    assert_eq!(ok.len(), 1, "one token, one upload: {ok:?}");
+    assert_eq!(
+        k.storage
+            .download_file("documents", "inbox/race.txt")
+            .await
+            .expect("download")
+            .to_vec(),
+        vec![b'a' + ok[0]; 64]
+    );
+    assert_eq!(
+        files_under(&k.root),
+        vec![k.root.join("documents/inbox/race.txt")],
+        "the refused uploads left bytes behind"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_signed_upload_does_not_use_up_its_token() {
+    let k = kit().await;
+    k.storage
+        .create_bucket(
+            "small",
+            BucketOptions {
+                max_size: Some(4),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("bucket");
+    let url = k
+        .storage
+        .create_signed_upload_url("small", "f.bin", 600)
+        .await
+        .expect("sign");
+    assert_eq!(http_request("PUT", &url, &[], b"too large").await.0, 400);
+    assert_eq!(http_request("PUT", &url, &[], b"ok").await.0, 200);
+    assert_eq!(http_request("PUT", &url, &[], b"ok").await.0, 403);
+}
+
+#[tokio::test]
+async fn a_signed_token_verifies_only_in_its_canonical_spelling() {
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "p/doc.txt",
+            b"doc".to_vec(),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    let verify = |token: &str| {
+        k.storage
+            .verify(Purpose::Download, "documents", "p/doc.txt", token)
+    };
+    // A token whose signature part has a `0` nibble to replace with `+`.
+    let mut token = String::new();
+    for _ in 0..100 {
+        let url = k
+            .storage
+            .create_signed_url("documents", "p/doc.txt", 3600)
+            .await
+            .expect("sign");
+        token = url.split("token=").nth(1).expect("token").to_owned();
+        if token
+            .split_once('.')
+            .is_some_and(|(_, rest)| rest.contains('0'))
+        {
+            break;
+        }
+    }
+    verify(&token).expect("the token as minted");
+    let (expiry, rest) = token.split_once('.').expect("expiry");
+    let zero = expiry.len() + 1 + rest.find('0').expect("a 0 nibble");
+    let mut plus = token.clone();
+    plus.replace_range(zero..zero + 1, "+");
+    let mutations = [
+        (
+            "uppercase hex",
+            format!("{expiry}.{}", rest.to_ascii_uppercase()),
+        ),
+        ("`+` for a `0` nibble", plus),
+        ("`+` on the expiry", format!("+{token}")),
+        ("a leading zero on the expiry", format!("0{token}")),
+        ("two leading zeros on the expiry", format!("00{token}")),
+        ("a space before", format!(" {token}")),
+        ("a space after", format!("{token} ")),
+        ("a trailing dot", format!("{token}.")),
+    ];
+    for (what, mutated) in &mutations {
+        assert_ne!(mutated, &token);
+        assert!(verify(mutated).is_err(), "{what} verified: {mutated}");
+        let url = format!("{}/object/sign/documents/p/doc.txt?token={mutated}", k.base)
+            .replace('+', "%2B")
+            .replace(' ', "%20");
+        assert_eq!(http_get(&url, &[]).await.0, 403, "{what} over HTTP");
+    }
+    // Every byte of the token changed, to a neighbour and to its other case.
+    for i in 0..token.len() {
+        let byte = token.as_bytes()[i];
+        for other in [byte ^ 1, byte.to_ascii_uppercase(), b'+'] {
+            if other == byte {
+                continue;
+            }
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] = other;
+            let mutated = String::from_utf8_lossy(&bytes).into_owned();
+            assert!(
+                verify(&mutated).is_err(),
+                "byte {i} {:?} -> {:?} verified",
+                byte as char,
+                other as char
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn range_requests_are_parsed_strictly_over_http() {
+    let k = kit().await;
+    let body: Vec<u8> = (0..=255u8).collect();
+    let url = k
+        .storage
+        .upload_file("avatars", "r.bin", body.clone(), jpeg())
+        .await
+        .expect("upload");
+    let get = |range: &'static str| {
+        let url = url.clone();
+        async move { http_get(&url, &[("Range", range)]).await }
+    };
+    // One satisfiable range: 206.
+    let (status, headers, got) = get("bytes=-5").await;
+    assert_eq!((status, got.as_slice()), (206, &body[251..]));
+    assert_eq!(header(&headers, "content-range"), Some("bytes 251-255/256"));
+    // Malformed: ignored, the whole object (RFC 9110 §14.2).
+    for malformed in [
+        "bytes=+1-+5",
+        "bytes=-+5",
+        "bytes= 0 - 9",
+        "bytes=0 - 9",
+        "bytes=5-1",
+        "bytes=0x1-2",
+        "items=0-9",
+    ] {
+        let (status, headers, got) = get(malformed).await;
+        assert_eq!(status, 200, "{malformed:?}");
+        assert_eq!(got, body, "{malformed:?}");
+        assert_eq!(header(&headers, "content-range"), None, "{malformed:?}");
+    }
+    // Several ranges, some satisfiable: the whole object, documented, never 416.
+    for multi in ["bytes=0-1,3-4", "bytes=0-1, 300-", "bytes=-1,0-0"] {
+        let (status, _, got) = get(multi).await;
+        assert_eq!((status, got.len()), (200, body.len()), "{multi:?}");
+    }
+    // Nothing satisfiable: 416 with the size.
+    for unsatisfiable in ["bytes=256-", "bytes=300-400, 500-", "bytes=-0"] {
+        let (status, headers, _) = get(unsatisfiable).await;
+        assert_eq!(status, 416, "{unsatisfiable:?}");
+        assert_eq!(header(&headers, "content-range"), Some("bytes */256"));
+    }
 }

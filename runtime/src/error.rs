@@ -147,9 +147,17 @@ pub enum Error {
     /// The thing to create exists already (an uploaded object without `upsert`).
     #[error("{0} already exists")]
     AlreadyExists(String),
-    /// The object store failed.
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// The object store failed, or an upload body could not be read. The message names
+    /// the operation and the object key, never a server path, so it may be shown to a
+    /// client; the store's own error (which may name one) is kept as the source, for logs.
+    #[error("storage error: {message}")]
+    Storage {
+        /// What failed, without server paths.
+        message: String,
+        /// The object store's (or the body's) error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A [`CacheService`](crate::cache::CacheService) call failed (only its explicit API
     /// reports this; `Db` falls back to PostgreSQL instead). Never contains cached bytes.
     #[error("cache error: {0}")]

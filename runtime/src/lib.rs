@@ -39,6 +39,7 @@
 extern crate self as tabula;
 
 pub mod auth;
+pub mod build;
 pub mod cache;
 pub mod db;
 pub mod error;
@@ -102,7 +103,10 @@ pub use tabula_macros::Table;
 pub use tabula_macros::cached;
 
 /// Embeds the migrations of a folder (relative to the crate's `Cargo.toml`) into the
-/// binary as a [`migrate::Migrator`], checked at compile time.
+/// binary as a [`migrate::Migrator`], checked at compile time (file names, duplicate
+/// and over-long versions). Edited files are re-embedded by rustc; to re-embed when a
+/// file is *added*, call [`build::rerun_if_migrations_change`] from the crate's
+/// `build.rs`.
 ///
 /// ```ignore
 /// static MIGRATIONS: std::sync::LazyLock<tabula::migrate::Migrator> =

@@ -9,11 +9,18 @@
 //! exactly once. The lock ends with its transaction, so no crash can leave it held.
 //!
 //! A file that was edited after it was applied is refused with [`Error::Migration`]:
-//! change the schema with a new migration instead. Because each file runs inside a
+//! change the schema with a new migration instead. So is a pending migration whose
+//! version is lower than the latest applied one (a file added "in the past", typically
+//! from a branch merged late): applying it after its successors would run the files in
+//! an order no fresh database sees. Rename it with a higher version, or opt in with
+//! [`Migrator::allow_out_of_order`]. Because each file runs inside a
 //! transaction, statements that cannot (`CREATE INDEX CONCURRENTLY`) are not supported.
 //!
 //! Migrations can be read from a folder at run time ([`Migrator::from_dir`]) or
-//! embedded in the binary at compile time with [`embed_migrations!`](crate::embed_migrations).
+//! embedded in the binary at compile time with [`embed_migrations!`](crate::embed_migrations);
+//! both follow one file-name rule ([`parse_file_name`]). A build script calling
+//! [`build::rerun_if_migrations_change`](crate::build::rerun_if_migrations_change)
+//! makes Cargo re-embed the folder when a file is added to it.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -73,25 +80,23 @@ impl Migration {
     }
 }
 
-/// Splits `0001_create_profiles.sql` into `(1, "create_profiles")`.
+/// Splits `0001_create_profiles.sql` into `(1, "create_profiles")`; `None` for a name
+/// that is not a migration's (the reason: [`tabula_build::parse_migration_file_name`]).
 ///
 /// ```
 /// assert_eq!(tabula::migrate::parse_file_name("0001_init.sql"), Some((1, "init")));
 /// assert_eq!(tabula::migrate::parse_file_name("init.sql"), None);
+/// assert_eq!(tabula::migrate::parse_file_name("99999999999999999999_x.sql"), None);
 /// ```
 pub fn parse_file_name(file_name: &str) -> Option<(i64, &str)> {
-    let stem = file_name.strip_suffix(".sql")?;
-    let (version, name) = stem.split_once('_')?;
-    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
-        return None;
-    }
-    Some((version.parse().ok()?, name))
+    tabula_build::parse_migration_file_name(file_name).ok()
 }
 
 /// An ordered set of migrations and the runner that applies them.
 #[derive(Debug, Clone)]
 pub struct Migrator {
     migrations: Vec<Migration>,
+    allow_out_of_order: bool,
 }
 
 /// What [`Migrator::run`] did.
@@ -124,18 +129,43 @@ impl Migrator {
                 ),
             });
         }
-        Ok(Migrator { migrations })
+        Ok(Migrator {
+            migrations,
+            allow_out_of_order: false,
+        })
+    }
+
+    /// Whether a pending migration whose version is lower than the latest applied one
+    /// is applied (`true`) or refused with [`Error::Migration`] (`false`, the default).
+    ///
+    /// Refusing is the safe default: a database that applied 1, 3 and then 2 ran its
+    /// files in an order that a fresh database (1, 2, 3) never does, so the two can end
+    /// with different schemas. Allow it only when the late file is independent of the
+    /// ones after it.
+    ///
+    /// ```
+    /// use tabula::migrate::{Migration, Migrator};
+    /// let m = Migrator::new(vec![Migration::new(1, "a", "SELECT 1")])?.allow_out_of_order(true);
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn allow_out_of_order(mut self, allow: bool) -> Self {
+        self.allow_out_of_order = allow;
+        self
     }
 
     /// The migrations embedded by [`embed_migrations!`](crate::embed_migrations), which
     /// already sorted them and refused duplicate versions at compile time.
     #[doc(hidden)]
     pub fn embedded(migrations: Vec<Migration>) -> Self {
-        Migrator { migrations }
+        Migrator {
+            migrations,
+            allow_out_of_order: false,
+        }
     }
 
-    /// Reads every `<version>_<name>.sql` file of `dir`. Other files are refused, so a
-    /// misnamed migration is not silently skipped.
+    /// Reads every `<version>_<name>.sql` file of `dir`. Other files are refused with
+    /// [`Error::Config`] naming the file and the rule it breaks (a version too large for
+    /// 64 bits included), so a misnamed migration is not silently skipped.
     ///
     /// ```no_run
     /// let migrator = tabula::migrate::Migrator::from_dir("migrations")?;
@@ -158,11 +188,8 @@ impl Migrator {
                 continue;
             }
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            let (version, name) = parse_file_name(&file_name).ok_or_else(|| {
-                Error::Config(format!(
-                    "migration file `{file_name}` is not named `<version>_<name>.sql`"
-                ))
-            })?;
+            let (version, name) = tabula_build::parse_migration_file_name(&file_name)
+                .map_err(|e| Error::Config(e.to_string()))?;
             let sql = std::fs::read_to_string(&path)
                 .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
             migrations.push(Migration::new(version, name.to_owned(), sql));
@@ -220,6 +247,18 @@ impl Migrator {
             }
         }
 
+        // Refuse before applying anything, so a refused run changes nothing. `apply`
+        // checks again under the lock, against what other processes applied meanwhile.
+        if !self.allow_out_of_order
+            && let Some(latest) = applied.iter().map(|(v, _, _)| *v).max()
+            && let Some(late) = self
+                .migrations
+                .iter()
+                .find(|m| m.version < latest && !applied.iter().any(|(v, _, _)| *v == m.version))
+        {
+            return Err(out_of_order(late, latest));
+        }
+
         let mut report = MigrationReport {
             applied: Vec::new(),
             already_applied: Vec::new(),
@@ -229,7 +268,7 @@ impl Migrator {
                 report.already_applied.push(migration.version);
                 continue;
             }
-            if apply(db, migration).await? {
+            if apply(db, migration, self.allow_out_of_order).await? {
                 metrics::counter!(monitor::MIGRATIONS_APPLIED).increment(1);
                 tracing::info!(version = migration.version, name = %migration.name, "applied migration");
                 report.applied.push(migration.version);
@@ -241,8 +280,21 @@ impl Migrator {
     }
 }
 
+/// The refusal of `late`, pending below the applied version `latest`.
+fn out_of_order(late: &Migration, latest: i64) -> Error {
+    Error::Migration {
+        version: late.version,
+        message: format!(
+            "`{}` is pending but migration {latest} is already applied; migrations apply in \
+             version order, so give it a version above {latest} (or opt in with \
+             `Migrator::allow_out_of_order(true)`)",
+            late.name
+        ),
+    }
+}
+
 /// Applies one migration unless another process did meanwhile; `Ok(true)` if applied here.
-async fn apply(db: &Db, migration: &Migration) -> Result<bool> {
+async fn apply(db: &Db, migration: &Migration, allow_out_of_order: bool) -> Result<bool> {
     let checksum = migration.checksum();
     let result = db
         .transaction(|tx| {
@@ -255,6 +307,15 @@ async fn apply(db: &Db, migration: &Migration) -> Result<bool> {
                         .await?;
                     if done.is_some() {
                         return Ok(false);
+                    }
+                    if !allow_out_of_order {
+                        let latest: Option<i64> = c
+                            .query_one("SELECT max(version) FROM tabula_migrations", &[])
+                            .await?
+                            .get(0);
+                        if let Some(latest) = latest.filter(|l| *l > migration.version) {
+                            return Err(out_of_order(migration, latest));
+                        }
                     }
                     c.batch_execute(&migration.sql).await?;
                     c.execute(

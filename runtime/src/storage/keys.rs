@@ -7,6 +7,10 @@ use crate::error::{Error, Result};
 /// Longest object key accepted, in bytes.
 pub(crate) const MAX_PATH_BYTES: usize = 1024;
 
+/// Longest segment accepted, in bytes as the store writes it: the file-name limit of
+/// common filesystems (ext4, XFS, APFS, NTFS in UTF-16 units).
+pub(crate) const MAX_SEGMENT_BYTES: usize = 255;
+
 /// A bucket name: 1–63 of `a-z 0-9 . _ -`, starting with a letter or digit.
 ///
 /// ```
@@ -33,11 +37,14 @@ pub fn validate_bucket(name: &str) -> Result<()> {
 /// An object key: relative, `/`-separated, no empty, `.` or `..` segment, at most 1024
 /// bytes, made of letters, digits, spaces and `- _ . ~ ! $ & ' ( ) * + , ; = @` — a
 /// set every backend stores as is (no `:`, `#`, `%`, `?`, backslash or control
-/// character).
+/// character) — with no segment longer than 255 bytes as stored (the file-name limit
+/// of common filesystems; the store writes `~`, `*` and each byte of a non-ASCII
+/// letter as three bytes, `%7E`).
 ///
 /// ```
 /// assert!(tabula::storage::validate_path("user123/avatar.jpg").is_ok());
-/// for bad in ["../secret", "/abs", "a//b", "a\\b", "a\u{0}b", "a/./b", ""] {
+/// assert!(tabula::storage::validate_path(&"a".repeat(255)).is_ok());
+/// for bad in ["../secret", "/abs", "a//b", "a\\b", "a\u{0}b", "a/./b", "", &"a".repeat(256)] {
 ///     assert!(tabula::storage::validate_path(bad).is_err(), "{bad:?}");
 /// }
 /// ```
@@ -77,6 +84,11 @@ pub fn validate_path(path: &str) -> Result<()> {
         .any(|segment| segment.is_empty() || segment == "." || segment == "..")
     {
         return bad("has an empty, `.` or `..` segment");
+    }
+    if path.split('/').any(|segment| {
+        object_store::path::PathPart::from(segment).as_ref().len() > MAX_SEGMENT_BYTES
+    }) {
+        return bad("has a segment longer than 255 bytes as stored");
     }
     if path.starts_with(".tmp") {
         return bad("uses the reserved `.tmp` prefix");

@@ -8,33 +8,53 @@
 //! An upload streams the body to a temporary object, then — in one database
 //! transaction — writes the metadata row and renames the temporary object into place.
 //! A failed or interrupted upload therefore leaves no row pointing at missing bytes and
-//! no visible partial object (at worst an invisible temporary file). Concurrent uploads
-//! to one key serialize on the row: the object ends as one of the uploads, whole, with
-//! matching metadata.
+//! no visible partial object (at worst an invisible temporary file). Concurrent writes
+//! to one key serialize on an advisory lock of that key (see [`upload`](self#uploads)):
+//! without `upsert` exactly one of them succeeds and the others are
+//! [`Error::AlreadyExists`]; with it, the object ends as one of the uploads, whole,
+//! with matching metadata.
+//!
+//! # Uploads
+//!
+//! Every writer of a key holds, for its transaction, a shared advisory lock on each
+//! folder above the key and an exclusive one on the key, shallowest first: writes to
+//! one key (or to `a` and `a/b`) run one at a time, writes to `a/b` and `a/c` do not
+//! wait on each other, and no two writers can wait on each other in a cycle.
+//!
+//! # Errors
+//!
+//! Object-store failures are [`Error::Storage`] whose message names the operation and
+//! the object key but never a server path (a filesystem store's errors name its files);
+//! the store's error is kept as the [source](std::error::Error::source), for logs.
 //!
 //! # Caching and signing
 //!
 //! Small objects are cached on download under their ETag, honouring the object's
 //! `cache_control` (`no-store`/`no-cache`/`private` are never cached; `max-age` sets the
 //! TTL); an overwrite changes the ETag, so an old copy can never be served, and the old
-//! entry is deleted. Signed URLs carry an HMAC-SHA256 over purpose, bucket, exact path
-//! and expiry, checked in constant time; the key comes from configuration (at least 32
+//! entry is deleted. Signed URLs carry an HMAC-SHA256 over purpose, bucket, exact path,
+//! expiry and a random nonce, checked in constant time; the key comes from configuration (at least 32
 //! bytes), never a default.
+//!
+//! A token is `<expires>.<nonce>.<tag>`: the expiry in Unix seconds (decimal digits, no
+//! sign, no leading zero), 16 random bytes and the HMAC, both in lowercase hex of exact
+//! length. Only that canonical form verifies (a parsed token is rendered again and
+//! compared byte for byte), so one grant has one spelling. Download tokens work until
+//! they expire; upload tokens are single-use
+//! ([`StorageService::upload_signed_stream`]).
 
 #[cfg(feature = "http")]
 pub mod http;
 mod keys;
+mod signing;
+mod upload;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{Stream, StreamExt};
-use hmac::{Hmac, Mac};
-use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use keys::{validate_bucket, validate_path};
@@ -183,7 +203,7 @@ const CACHE_MAX_BYTES: i64 = 256 * 1024;
 pub enum Purpose {
     /// Reading the object.
     Download,
-    /// Writing the object (one upload to exactly that path).
+    /// Writing the object: one upload to exactly that path (the token is single-use).
     Upload,
 }
 
@@ -327,170 +347,6 @@ impl StorageService {
         )
     }
 
-    /// Uploads `body` to `bucket`/`path` and returns its public URL (the seed's
-    /// `uploadFile`).
-    ///
-    /// ```no_run
-    /// # async fn run(storage: tabula::storage::StorageService) -> tabula::Result<()> {
-    /// let url = storage.upload_file("avatars", "user123/avatar.jpg", b"...".to_vec(), tabula::storage::UploadOptions {
-    ///     content_type: "image/jpeg".into(), cache_control: "3600".into(), ..Default::default()
-    /// }).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn upload_file(
-        &self,
-        bucket: &str,
-        path: &str,
-        body: impl Into<Bytes>,
-        options: UploadOptions,
-    ) -> Result<String> {
-        let body: Bytes = body.into();
-        let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
-        self.upload_stream(bucket, path, stream, options).await
-    }
-
-    /// Uploads a body that arrives in chunks, without holding it whole in memory.
-    #[tracing::instrument(name = "tabula.storage.upload_stream", skip_all, fields(bucket = bucket, path = path))]
-    pub async fn upload_stream(
-        &self,
-        bucket: &str,
-        path: &str,
-        body: impl Stream<Item = std::io::Result<Bytes>> + Send,
-        options: UploadOptions,
-    ) -> Result<String> {
-        measured(
-            "upload",
-            Box::pin(async {
-                validate_path(path)?;
-                let bucket_row = self.bucket(bucket).await?;
-                if let Some(allowed) = &bucket_row.allowed_mime_types
-                    && !allowed
-                        .iter()
-                        .any(|pattern| keys::mime_matches(pattern, &options.content_type))
-                {
-                    return Err(Error::Validation(format!(
-                        "content type `{}` is not allowed in bucket `{bucket}`",
-                        options.content_type.escape_debug()
-                    )));
-                }
-                let cache_control = keys::cache_control(&options.cache_control)?;
-                let limit = bucket_row.file_size_limit.unwrap_or(i64::MAX);
-
-                // 1. Stream to a temporary object, hashing and counting as we go.
-                let temp = StorePath::from(format!(".tmp/{}", Uuid::new_v4()));
-                let upload = self
-                    .store
-                    .put_multipart(&temp)
-                    .await
-                    .map_err(storage_error)?;
-                let mut writer = object_store::WriteMultipart::new(upload);
-                let mut hasher = Sha256::new();
-                let mut size: i64 = 0;
-                let mut body = std::pin::pin!(body);
-                let streamed: Result<()> = async {
-                    while let Some(chunk) = body.next().await {
-                        let chunk = chunk
-                            .map_err(|e| Error::Storage(format!("reading the upload body: {e}")))?;
-                        size += chunk.len() as i64;
-                        if size > limit {
-                            return Err(Error::Validation(format!(
-                                "object is larger than bucket `{bucket}` allows ({limit} bytes)"
-                            )));
-                        }
-                        hasher.update(&chunk);
-                        writer.wait_for_capacity(4).await.map_err(storage_error)?;
-                        writer.put(chunk);
-                    }
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = streamed {
-                    let _ = writer.abort().await;
-                    return Err(e);
-                }
-                writer.finish().await.map_err(storage_error)?;
-                let etag: String = hasher
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-
-                // 2. Metadata row and rename, in one transaction.
-                let final_path = keys::store_path(bucket, path);
-                let row = NewFileObject {
-                    bucket_id: bucket.to_owned(),
-                    name: path.to_owned(),
-                    size,
-                    content_type: options.content_type.clone(),
-                    cache_control,
-                    etag,
-                    owner: options.owner,
-                    metadata: options.metadata.clone(),
-                };
-                let store = self.store.clone();
-                let (bucket_s, path_s) = (bucket.to_owned(), path.to_owned());
-                let temp_for_tx = temp.clone();
-                let result = self
-                    .db
-                    .transaction(move |tx| {
-                        let (row, store, temp, final_path) = (
-                            row.clone(),
-                            store.clone(),
-                            temp_for_tx.clone(),
-                            final_path.clone(),
-                        );
-                        let (bucket, path) = (bucket_s.clone(), path_s.clone());
-                        async move {
-                            check_no_clash(&tx, &bucket, &path).await?;
-                            // Lock the key's row (if any) so concurrent uploads to it serialize.
-                            let previous = tx
-                                .query::<FileObject>()
-                                .filter(FileObject::BUCKET_ID.eq(bucket.as_str()))
-                                .filter(FileObject::NAME.eq(path.as_str()))
-                                .first()
-                                .await?;
-                            let stored = match previous {
-                                Some(_) if !options.upsert => {
-                                    return Err(Error::AlreadyExists(format!(
-                                        "object `{bucket}/{path}`"
-                                    )));
-                                }
-                                _ => {
-                                    tx.upsert(row, (FileObject::BUCKET_ID, FileObject::NAME))
-                                        .await?
-                                }
-                            };
-                            store
-                                .rename(&temp, &final_path)
-                                .await
-                                .map_err(storage_error)?;
-                            Ok((stored, previous))
-                        }
-                    })
-                    .await;
-                let (stored, previous) = match result {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        let _ = self.store.delete(&temp).await;
-                        return Err(match e {
-                            Error::UniqueViolation { .. } => {
-                                Error::AlreadyExists(format!("object `{bucket}/{path}`"))
-                            }
-                            other => other,
-                        });
-                    }
-                };
-                if let Some(previous) = previous
-                    && previous.etag != stored.etag
-                {
-                    self.forget_cached(&previous).await;
-                }
-                Ok(self.public_url(bucket, path))
-            }),
-        )
-        .await
-    }
-
     fn cache_key(object: &FileObject) -> String {
         format!(
             "__storage:{}:{}:{}",
@@ -539,8 +395,13 @@ impl StorageService {
     /// The bytes of an object straight from the store.
     pub(crate) async fn read_bytes(&self, object: &FileObject) -> Result<Bytes> {
         let location = keys::store_path(&object.bucket_id, &object.name);
-        let result = self.store.get(&location).await.map_err(storage_error)?;
-        result.bytes().await.map_err(storage_error)
+        let key = format!("{}/{}", object.bucket_id, object.name);
+        let result = self
+            .store
+            .get(&location)
+            .await
+            .map_err(store_error("reading", &key))?;
+        result.bytes().await.map_err(store_error("reading", &key))
     }
 
     /// A range of an object's bytes straight from the store.
@@ -554,107 +415,10 @@ impl StorageService {
         self.store
             .get_range(&location, range)
             .await
-            .map_err(storage_error)
-    }
-
-    /// A URL that allows downloading `bucket`/`path` for `expires_in` seconds (the
-    /// seed's `createSignedUrl`).
-    #[tracing::instrument(name = "tabula.storage.create_signed_url", skip_all, fields(bucket = bucket, path = path))]
-    pub async fn create_signed_url(
-        &self,
-        bucket: &str,
-        path: &str,
-        expires_in: u64,
-    ) -> Result<String> {
-        measured(
-            "create_signed_url",
-            Box::pin(async {
-                self.object(bucket, path).await?;
-                if expires_in == 0 || expires_in > 7 * 24 * 3600 {
-                    return Err(Error::Validation(
-                        "expires_in must be 1 second to 7 days".into(),
-                    ));
-                }
-                let expires = Utc::now().timestamp() + expires_in as i64;
-                let token = self.sign(Purpose::Download, bucket, path, expires);
-                Ok(format!(
-                    "{}/object/sign/{bucket}/{}?token={token}",
-                    self.base_url,
-                    keys::encode_path(path)
-                ))
-            }),
-        )
-        .await
-    }
-
-    /// A URL that allows uploading `bucket`/`path` (with `PUT`, through
-    /// `http::router`) for `expires_in` seconds. The token is bound to the purpose: it
-    /// cannot be used to download, nor a download token to upload.
-    pub async fn create_signed_upload_url(
-        &self,
-        bucket: &str,
-        path: &str,
-        expires_in: u64,
-    ) -> Result<String> {
-        self.bucket(bucket).await?;
-        validate_path(path)?;
-        if expires_in == 0 || expires_in > 24 * 3600 {
-            return Err(Error::Validation(
-                "expires_in must be 1 second to 1 day".into(),
-            ));
-        }
-        let expires = Utc::now().timestamp() + expires_in as i64;
-        let token = self.sign(Purpose::Upload, bucket, path, expires);
-        Ok(format!(
-            "{}/object/upload/sign/{bucket}/{}?token={token}",
-            self.base_url,
-            keys::encode_path(path)
-        ))
-    }
-
-    fn mac(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.signing_key)
-            .expect("HMAC takes keys of any length");
-        // Newlines cannot occur in bucket names or validated paths: fields cannot run together.
-        mac.update(format!("{}\n{bucket}\n{path}\n{expires}", purpose.as_str()).as_bytes());
-        mac
-    }
-
-    fn sign(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> String {
-        let tag = self
-            .mac(purpose, bucket, path, expires)
-            .finalize()
-            .into_bytes();
-        format!(
-            "{expires}.{}",
-            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        )
-    }
-
-    /// Checks a token for `purpose` on exactly `bucket`/`path`: expired, malformed or
-    /// tampered tokens are [`Error::PermissionDenied`].
-    pub fn verify(&self, purpose: Purpose, bucket: &str, path: &str, token: &str) -> Result<()> {
-        let denied = |why: &str| Error::PermissionDenied {
-            message: format!("signed URL {why}"),
-        };
-        let (expires, tag) = token
-            .split_once('.')
-            .ok_or_else(|| denied("is malformed"))?;
-        let expires: i64 = expires.parse().map_err(|_| denied("is malformed"))?;
-        if tag.len() != 64 {
-            return Err(denied("is malformed"));
-        }
-        let tag: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(tag.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| denied("is malformed"))?;
-        self.mac(purpose, bucket, path, expires)
-            .verify_slice(&tag)
-            .map_err(|_| denied("has a bad signature"))?;
-        if Utc::now().timestamp() > expires {
-            return Err(denied("has expired"));
-        }
-        Ok(())
+            .map_err(store_error(
+                "reading",
+                &format!("{}/{}", object.bucket_id, object.name),
+            ))
     }
 
     /// Objects of `bucket` under `prefix`, sorted and paged (the seed's `listFiles`).
@@ -731,7 +495,9 @@ impl StorageService {
                                 tx.hard_delete::<FileObject>(id).await?;
                                 match store.delete(&location).await {
                                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                                    Err(e) => Err(storage_error(e)),
+                                    Err(e) => {
+                                        Err(store_error("deleting", &format!("{bucket}/{path}"))(e))
+                                    }
                                 }
                             }
                         })
@@ -785,6 +551,8 @@ impl StorageService {
                                 owner: object.owner,
                                 metadata: object.metadata.clone(),
                             };
+                            let key = format!("{}/{}", copy.bucket_id, copy.name);
+                            upload::lock_key(&tx, &copy.bucket_id, &copy.name).await?;
                             check_no_clash(&tx, &copy.bucket_id, &copy.name).await?;
                             tx.create(copy).await?;
                             if remove {
@@ -792,12 +560,12 @@ impl StorageService {
                                 store
                                     .rename_if_not_exists(&src, &dst)
                                     .await
-                                    .map_err(storage_error)?;
+                                    .map_err(store_error("moving", &key))?;
                             } else {
                                 store
                                     .copy_if_not_exists(&src, &dst)
                                     .await
-                                    .map_err(storage_error)?;
+                                    .map_err(store_error("copying", &key))?;
                             }
                             Ok(())
                         }
@@ -854,11 +622,48 @@ async fn check_no_clash(tx: &Db, bucket: &str, path: &str) -> Result<()> {
     }
 }
 
-fn storage_error(e: object_store::Error) -> Error {
-    match e {
-        object_store::Error::NotFound { .. } => Error::NotFound {
-            table: "storage.objects",
-        },
-        other => Error::Storage(other.to_string()),
+/// Maps an object-store error met while `operation` (`"reading"`, …) the object `key`
+/// (`bucket/path`): a missing object is [`Error::NotFound`]; anything else is
+/// [`Error::Storage`] with a message that names the operation, the key and the kind
+/// of failure — never the store's own text, which for a filesystem names server paths —
+/// and the store's error as its source.
+fn store_error(operation: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> Error {
+    let key = key.to_owned();
+    move |e| {
+        let kind = match &e {
+            object_store::Error::NotFound { .. } => {
+                return Error::NotFound {
+                    table: "storage.objects",
+                };
+            }
+            object_store::Error::AlreadyExists { .. } => "the target exists in the store".into(),
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => "the store denied access".into(),
+            object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. } => "the store does not support it".into(),
+            object_store::Error::InvalidPath { .. } => "the store refused the path".into(),
+            // Look for the operating system's reason (a file name too long, a file where
+            // a folder should be…): its kind names no path.
+            _ => match io_kind(&e) {
+                Some(kind) => format!("the store failed: {kind}"),
+                None => "the store failed".into(),
+            },
+        };
+        Error::Storage {
+            message: format!("{operation} `{}` failed: {kind}", key.escape_debug()),
+            source: Some(Box::new(e)),
+        }
     }
+}
+
+/// The kind of the first I/O error in `error`'s source chain.
+fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = e.source();
+    }
+    None
 }

@@ -1,0 +1,327 @@
+//! Uploads: stream to a temporary object, then — in one transaction that holds the
+//! key's lock — check, write the metadata row and rename the bytes into place.
+//!
+//! # Concurrency
+//!
+//! Every writer of a key first takes transaction-scoped PostgreSQL advisory locks:
+//! shared on each folder above the key, exclusive on the key itself (in that order,
+//! shallowest first, so two writers can never wait on each other in a cycle). Uploads
+//! to one key therefore run their check-write-rename one at a time, and so do an
+//! upload to `a` and one to `a/b` (which would make `a` both a file and a folder),
+//! while uploads to `a/b` and `a/c` do not wait on each other. Without `upsert`
+//! exactly one of several concurrent uploads wins and the others get
+//! [`Error::AlreadyExists`]; with it, the object ends as the last upload, whole, with
+//! its metadata. A loser's bytes never leave its temporary object, which is deleted.
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as StorePath;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::signing::Grant;
+use super::{
+    FileObject, NewFileObject, Purpose, StorageService, UploadOptions, check_no_clash, keys,
+    store_error, validate_path,
+};
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+/// First key of the two-key advisory locks on object keys (`tbst`); the two-key space
+/// never meets the one-key space that migrations and most applications use.
+const KEY_LOCK_CLASS: i32 = 0x7462_7374;
+
+/// Second key of the advisory lock on `bucket`/`key`: 32 bits of its SHA-256. Two keys
+/// that collide only wait on each other more than they need to.
+fn lock_id(bucket: &str, key: &str) -> i32 {
+    let digest = Sha256::digest(format!("{bucket}\n{key}").as_bytes());
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Takes the write lock of `bucket`/`path` for the rest of the transaction `tx`: shared
+/// on each folder above it, then exclusive on the key (see the [module docs](self)).
+pub(super) async fn lock_key(tx: &Db, bucket: &str, path: &str) -> Result<()> {
+    let folders: Vec<i32> = path
+        .match_indices('/')
+        .map(|(i, _)| lock_id(bucket, &path[..i]))
+        .collect();
+    let key = lock_id(bucket, path);
+    tx.with_client(async |c| {
+        for folder in &folders {
+            c.execute(
+                "SELECT pg_advisory_xact_lock_shared($1, $2)",
+                &[&KEY_LOCK_CLASS, folder],
+            )
+            .await?;
+        }
+        c.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&KEY_LOCK_CLASS, &key],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+impl StorageService {
+    /// Uploads `body` to `bucket`/`path` and returns its public URL (the seed's
+    /// `uploadFile`). Without `options.upsert`, an existing object is
+    /// [`Error::AlreadyExists`], also when several uploads race for one new key: exactly
+    /// one wins.
+    ///
+    /// ```no_run
+    /// # async fn run(storage: tabula::storage::StorageService) -> tabula::Result<()> {
+    /// let url = storage.upload_file("avatars", "user123/avatar.jpg", b"...".to_vec(), tabula::storage::UploadOptions {
+    ///     content_type: "image/jpeg".into(), cache_control: "3600".into(), ..Default::default()
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload_file(
+        &self,
+        bucket: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        options: UploadOptions,
+    ) -> Result<String> {
+        let body: Bytes = body.into();
+        let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+        self.upload_stream(bucket, path, stream, options).await
+    }
+
+    /// Uploads a body that arrives in chunks, without holding it whole in memory; see
+    /// [`upload_file`](Self::upload_file) and the [module docs](super).
+    #[tracing::instrument(name = "tabula.storage.upload_stream", skip_all, fields(bucket = bucket, path = path))]
+    pub async fn upload_stream(
+        &self,
+        bucket: &str,
+        path: &str,
+        body: impl Stream<Item = std::io::Result<Bytes>> + Send,
+        options: UploadOptions,
+    ) -> Result<String> {
+        super::measured(
+            "upload",
+            Box::pin(self.upload(bucket, path, body, options, None)),
+        )
+        .await
+    }
+
+    /// Uploads with a token of [`create_signed_upload_url`](Self::create_signed_upload_url)
+    /// (what `http::router` does for `PUT /object/upload/sign/…`).
+    ///
+    /// The token must be valid for [`Purpose::Upload`] on exactly `bucket`/`path`
+    /// ([`Error::PermissionDenied`] otherwise), and it is **single-use**: its id is
+    /// recorded in `storage.upload_tokens` in the transaction that writes the object,
+    /// so of several uploads with one token — one after another or at once — exactly one
+    /// succeeds; the others are [`Error::PermissionDenied`] and leave no bytes behind.
+    /// An upload that fails (too large, refused type, broken body) does not consume
+    /// the token. `options.upsert` says whether it may replace an existing object.
+    pub async fn upload_signed_stream(
+        &self,
+        bucket: &str,
+        path: &str,
+        token: &str,
+        body: impl Stream<Item = std::io::Result<Bytes>> + Send,
+        options: UploadOptions,
+    ) -> Result<String> {
+        super::measured(
+            "signed_upload",
+            Box::pin(async {
+                let grant = self.grant(Purpose::Upload, bucket, path, token)?;
+                // Refuse a spent token before reading the body; the transaction below
+                // decides for uploads that race.
+                let spent = self
+                    .db
+                    .with_client(async |c| {
+                        Ok(c.query_opt(
+                            "SELECT 1 FROM storage.upload_tokens WHERE id = $1",
+                            &[&grant.nonce],
+                        )
+                        .await?
+                        .is_some())
+                    })
+                    .await?;
+                if spent {
+                    return Err(token_spent());
+                }
+                self.upload(bucket, path, body, options, Some(grant)).await
+            }),
+        )
+        .await
+    }
+
+    async fn upload(
+        &self,
+        bucket: &str,
+        path: &str,
+        body: impl Stream<Item = std::io::Result<Bytes>> + Send,
+        options: UploadOptions,
+        grant: Option<Grant>,
+    ) -> Result<String> {
+        validate_path(path)?;
+        let bucket_row = self.bucket(bucket).await?;
+        if let Some(allowed) = &bucket_row.allowed_mime_types
+            && !allowed
+                .iter()
+                .any(|pattern| keys::mime_matches(pattern, &options.content_type))
+        {
+            return Err(Error::Validation(format!(
+                "content type `{}` is not allowed in bucket `{bucket}`",
+                options.content_type.escape_debug()
+            )));
+        }
+        let cache_control = keys::cache_control(&options.cache_control)?;
+        let limit = bucket_row.file_size_limit.unwrap_or(i64::MAX);
+        let key = format!("{bucket}/{path}");
+
+        // 1. Stream to a temporary object, hashing and counting as we go.
+        let temp = StorePath::from(format!(".tmp/{}", Uuid::new_v4()));
+        let upload = self
+            .store
+            .put_multipart(&temp)
+            .await
+            .map_err(store_error("writing", &key))?;
+        let mut writer = object_store::WriteMultipart::new(upload);
+        let mut hasher = Sha256::new();
+        let mut size: i64 = 0;
+        let mut body = std::pin::pin!(body);
+        let streamed: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| Error::Storage {
+                    message: format!("reading the upload body of `{key}` failed"),
+                    source: Some(Box::new(e)),
+                })?;
+                size += chunk.len() as i64;
+                if size > limit {
+                    return Err(Error::Validation(format!(
+                        "object is larger than bucket `{bucket}` allows ({limit} bytes)"
+                    )));
+                }
+                hasher.update(&chunk);
+                writer
+                    .wait_for_capacity(4)
+                    .await
+                    .map_err(store_error("writing", &key))?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = streamed {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(store_error("writing", &key))?;
+        let etag: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+
+        // 2. Under the key's lock: checks, metadata row and rename, in one transaction.
+        let final_path = keys::store_path(bucket, path);
+        let row = NewFileObject {
+            bucket_id: bucket.to_owned(),
+            name: path.to_owned(),
+            size,
+            content_type: options.content_type.clone(),
+            cache_control,
+            etag,
+            owner: options.owner,
+            metadata: options.metadata.clone(),
+        };
+        let upsert = options.upsert;
+        let result = self
+            .db
+            .transaction(|tx| {
+                let (row, temp, final_path, key) = (&row, &temp, &final_path, &key);
+                async move {
+                    lock_key(&tx, bucket, path).await?;
+                    if let Some(grant) = grant {
+                        consume(&tx, grant, bucket, path).await?;
+                    }
+                    check_no_clash(&tx, bucket, path).await?;
+                    let previous = tx
+                        .query::<FileObject>()
+                        .filter(FileObject::BUCKET_ID.eq(bucket))
+                        .filter(FileObject::NAME.eq(path))
+                        .first()
+                        .await?;
+                    let stored = match &previous {
+                        Some(_) if !upsert => {
+                            return Err(Error::AlreadyExists(format!("object `{key}`")));
+                        }
+                        Some(_) => {
+                            tx.upsert(row.clone(), (FileObject::BUCKET_ID, FileObject::NAME))
+                                .await?
+                        }
+                        // A plain INSERT: should a writer ever bypass the lock, the
+                        // unique key still refuses the second row.
+                        None => tx.create(row.clone()).await?,
+                    };
+                    self.store
+                        .rename(temp, final_path)
+                        .await
+                        .map_err(store_error("moving into place", key))?;
+                    Ok((stored, previous))
+                }
+            })
+            .await;
+        let (stored, previous) = match result {
+            Ok(pair) => pair,
+            Err(e) => {
+                let _ = self.store.delete(&temp).await;
+                return Err(match e {
+                    Error::UniqueViolation { .. } => {
+                        Error::AlreadyExists(format!("object `{key}`"))
+                    }
+                    other => other,
+                });
+            }
+        };
+        if let Some(previous) = previous
+            && previous.etag != stored.etag
+        {
+            self.forget_cached(&previous).await;
+        }
+        Ok(self.public_url(bucket, path))
+    }
+}
+
+fn token_spent() -> Error {
+    Error::PermissionDenied {
+        message: "signed upload URL was already used".into(),
+    }
+}
+
+/// Records `grant` as used, inside the upload's transaction: the row commits with the
+/// object or not at all. A concurrent upload with the same token waits on the primary
+/// key until this transaction ends, then finds it taken. Rows of tokens expired for a
+/// day are removed on the way (a day of margin for clock skew between this process,
+/// which checks expiry, and the database).
+async fn consume(tx: &Db, grant: Grant, bucket: &str, path: &str) -> Result<()> {
+    let recorded = tx
+        .with_client(async |c| {
+            c.execute(
+                "DELETE FROM storage.upload_tokens WHERE expires_at < now() - interval '1 day'",
+                &[],
+            )
+            .await?;
+            Ok(c.execute(
+                "INSERT INTO storage.upload_tokens (id, bucket_id, name, expires_at) \
+                 VALUES ($1, $2, $3, to_timestamp($4::int8)) ON CONFLICT (id) DO NOTHING",
+                &[&grant.nonce, &bucket, &path, &grant.expires],
+            )
+            .await?)
+        })
+        .await?;
+    if recorded == 1 {
+        Ok(())
+    } else {
+        Err(token_spent())
+    }
+}
