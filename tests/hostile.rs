@@ -100,7 +100,11 @@ fn dropping_filters_a_hundred_thousand_deep_does_not_overflow_the_stack() {
         drop(not_chain(100_000));
         drop(and_or_chain(100_000));
         // Built on one side and dropped inside a combinator.
-        drop(not_chain(100_000).and(and_or_chain(100_000)).or(not_chain(50_000)));
+        drop(
+            not_chain(100_000)
+                .and(and_or_chain(100_000))
+                .or(not_chain(50_000)),
+        );
     });
 }
 
@@ -325,7 +329,10 @@ async fn forged_cursors_are_validation_errors_before_any_sql() {
     // Wrong number of parts, wrong shapes, not hex, not JSON.
     for (what, keys) in [
         ("too few keys", serde_json::json!(good[..3])),
-        ("too many keys", serde_json::json!([good.clone(), good.clone()].concat())),
+        (
+            "too many keys",
+            serde_json::json!([good.clone(), good.clone()].concat()),
+        ),
         ("no keys", serde_json::json!([])),
         ("keys not a list", serde_json::json!("1,2")),
     ] {
@@ -347,7 +354,10 @@ async fn forged_cursors_are_validation_errors_before_any_sql() {
     for (what, token) in forged {
         let cursor = tabula::Cursor::new(token);
         for result in [
-            keyed(&db).page(3, Some(&cursor)).await.map(|p| p.items.len()),
+            keyed(&db)
+                .page(3, Some(&cursor))
+                .await
+                .map(|p| p.items.len()),
             keyed(&db)
                 .page_before(3, &cursor)
                 .await
@@ -355,7 +365,9 @@ async fn forged_cursors_are_validation_errors_before_any_sql() {
         ] {
             match result {
                 Err(Error::Validation(_)) => {}
-                other => panic!("forged cursor ({what}): expected a validation error, got {other:?}"),
+                other => {
+                    panic!("forged cursor ({what}): expected a validation error, got {other:?}")
+                }
             }
         }
     }
@@ -377,10 +389,7 @@ async fn a_nan_cursor_on_a_float_key_is_a_position_not_an_error() {
     db.execute_batch("UPDATE cursor_rows SET ratio = 'NaN' WHERE id % 10 = 0")
         .await
         .expect("NaN rows");
-    let q = || {
-        db.query::<CursorRow>()
-            .order_by(CursorRow::RATIO.asc())
-    };
+    let q = || db.query::<CursorRow>().order_by(CursorRow::RATIO.asc());
     let all = q().all().await.expect("all");
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -393,7 +402,10 @@ async fn a_nan_cursor_on_a_float_key_is_a_position_not_an_error() {
         }
     }
     assert_eq!(seen.len(), all.len());
-    assert_eq!(seen.iter().map(|r| r.id).collect::<Vec<_>>(), all.iter().map(|r| r.id).collect::<Vec<_>>());
+    assert_eq!(
+        seen.iter().map(|r| r.id).collect::<Vec<_>>(),
+        all.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
 }
 
 // ---- QuerySpec ------------------------------------------------------------------
@@ -428,17 +440,30 @@ async fn hostile_names_in_a_query_spec_are_validation_errors() {
             continue;
         }
         for (part, s) in [
-            ("filter", spec(serde_json::json!({ "filters": [{ "column": name, "op": "eq", "value": "ann" }] }))),
+            (
+                "filter",
+                spec(
+                    serde_json::json!({ "filters": [{ "column": name, "op": "eq", "value": "ann" }] }),
+                ),
+            ),
             ("eq", spec(serde_json::json!({ "eq": { name: "ann" } }))),
-            ("order", spec(serde_json::json!({ "order": [{ "column": name }] }))),
-            ("select", spec(serde_json::json!({ "select": [name, "id"] }))),
+            (
+                "order",
+                spec(serde_json::json!({ "order": [{ "column": name }] })),
+            ),
+            (
+                "select",
+                spec(serde_json::json!({ "select": [name, "id"] })),
+            ),
         ] {
             if part == "select" && (name == "*" || name.is_empty()) {
                 continue; // "*" and "" in a select list mean "every column".
             }
             match db.query_spec::<Profile>(&s, &limits).await {
                 Err(Error::Validation(_)) => {}
-                other => panic!("{part} naming {name:?}: expected a validation error, got {other:?}"),
+                other => {
+                    panic!("{part} naming {name:?}: expected a validation error, got {other:?}")
+                }
             }
         }
     }
@@ -467,4 +492,191 @@ async fn a_query_spec_in_list_of_seventy_thousand_values_is_answered() {
     let page = db.query_spec::<Profile>(&s, &limits).await.expect("big in");
     assert_eq!(page.rows.len(), 1);
     assert_eq!(page.rows[0]["username"], "bob");
+}
+
+// ---- the depth limit, everywhere --------------------------------------------------
+
+#[tokio::test]
+async fn rendering_a_too_deep_filter_is_a_validation_error_on_a_small_stack() {
+    let db = db().await;
+    on_stack(256, move || {
+        for depth in [1_000, 100_000] {
+            let not = db.query::<Profile>().filter(not_chain(depth)).to_sql();
+            is_validation(not, &format!("to_sql, not chain {depth} deep"));
+            let and_or = db.query::<Profile>().filter(and_or_chain(depth)).to_sql();
+            is_validation(and_or, &format!("to_sql, and/or chain {depth} deep"));
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deepest_allowed_filter_runs_and_one_level_more_is_refused() {
+    let db = seeded().await;
+    let limit = tabula::query::MAX_FILTER_DEPTH;
+    // A leaf is one level; each `not` adds one.
+    let at_limit = limit - 1;
+    let d = db.clone();
+    let n = tokio::spawn(async move {
+        d.query::<Profile>()
+            .filter(not_chain(at_limit))
+            .count()
+            .await
+    })
+    .await
+    .expect("the query task crashed")
+    .expect("a filter at the limit runs");
+    // An odd number of `not`s negates `username = 'ann'`.
+    assert_eq!(n, if at_limit % 2 == 1 { 4 } else { 1 });
+    is_validation(
+        db.query::<Profile>()
+            .filter(not_chain(at_limit + 1))
+            .count()
+            .await,
+        "one level over the limit",
+    );
+    // The same limit holds for an alternation of and / or (two parts per level).
+    let d = db.clone();
+    tokio::spawn(async move {
+        d.query::<Profile>()
+            .filter(and_or_chain(limit - 1))
+            .all()
+            .await
+    })
+    .await
+    .expect("the query task crashed")
+    .expect("an and/or chain at the limit runs");
+    is_validation(
+        db.query::<Profile>()
+            .filter(and_or_chain(limit))
+            .all()
+            .await,
+        "and/or one level over the limit",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_executor_refuses_a_too_deep_filter_and_writes_nothing() {
+    let db = seeded().await;
+    let deep = || not_chain(1_000);
+    let q = || db.query::<Profile>().filter(deep());
+    is_validation(q().first().await, "first");
+    is_validation(q().one().await, "one");
+    is_validation(q().exists().await, "exists");
+    is_validation(q().count_estimate().await, "count_estimate");
+    is_validation(q().page(10, None).await, "page");
+    is_validation(
+        q().page_offset(10, 0, tabula::Total::Exact).await,
+        "page_offset",
+    );
+    is_validation(q().stream().await.map(|_| ()), "stream");
+    is_validation(q().cached(60).all().await, "cached");
+    is_validation(
+        db.update_where(
+            deep(),
+            ProfilePatch {
+                avatar_url: Some(Some("x".into())),
+                ..Default::default()
+            },
+        )
+        .await,
+        "update_where",
+    );
+    is_validation(db.delete_where(deep()).await, "delete_where");
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 5);
+    assert_eq!(
+        db.query::<Profile>()
+            .filter(Profile::AVATAR_URL.eq("x"))
+            .count()
+            .await
+            .expect("count"),
+        0,
+        "nothing was updated"
+    );
+}
+
+#[tokio::test]
+async fn in_lists_render_the_same_sql_whatever_their_length() {
+    let db = db().await;
+    let sql = |n: usize| {
+        db.query::<Profile>()
+            .filter(Profile::USERNAME.is_in((0..n).map(|i| format!("u{i}"))))
+            .filter(Profile::AVATAR_URL.not_in((0..n).map(|i| format!("a{i}"))))
+            .to_sql()
+            .expect("render")
+    };
+    let one = sql(1);
+    assert_eq!(
+        one,
+        r#"SELECT "id", "user_id", "username", "avatar_url", "status", "created_at", "updated_at" FROM "profiles" WHERE "username" = ANY($1) AND "avatar_url" <> ALL($2)"#
+    );
+    for n in [0, 2, 1_000, 70_000] {
+        assert_eq!(sql(n), one, "a list of {n} renders like a list of 1");
+    }
+}
+
+#[tokio::test]
+async fn a_statement_over_the_parameter_limit_is_a_validation_error() {
+    let db = seeded().await;
+    // 70,000 separate comparisons cannot be one array; they are refused before sending.
+    let wide = (0..70_000)
+        .map(|i| Profile::USERNAME.eq(format!("x{i}")))
+        .fold(Profile::USERNAME.eq("bob"), Filter::or);
+    match db.query::<Profile>().filter(wide).count().await {
+        Err(Error::Validation(message)) => assert!(message.contains("65535"), "{message}"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    // The connection is fine afterwards.
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_json_value_in_a_query_spec_is_a_validation_error() {
+    let db = db().await;
+    db.execute_batch("CREATE TABLE docs (id int8 PRIMARY KEY, body jsonb NOT NULL)")
+        .await
+        .expect("schema");
+    let limits = SpecLimits::default();
+    for depth in [100, 1_000] {
+        let mut value = serde_json::json!(1);
+        for _ in 0..depth {
+            value = serde_json::Value::Array(vec![value]);
+        }
+        let s = QuerySpec {
+            filters: vec![tabula::query::spec::FilterSpec {
+                column: "body".into(),
+                op: "contains".into(),
+                value: Some(value),
+            }],
+            ..QuerySpec::default()
+        };
+        let d = db.clone();
+        let result = tokio::spawn(async move { d.query_spec::<Doc>(&s, &limits).await })
+            .await
+            .expect("the query task crashed");
+        match result {
+            Err(Error::Validation(message)) => assert!(message.contains("deeper"), "{message}"),
+            other => panic!("depth {depth}: expected a validation error, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "docs")]
+struct Doc {
+    #[table(primary_key)]
+    id: i64,
+    body: serde_json::Value,
+}
+
+#[tokio::test]
+async fn a_query_spec_naming_an_order_column_twice_is_a_validation_error() {
+    let db = seeded().await;
+    let keys: Vec<serde_json::Value> = (0..10_000)
+        .map(|_| serde_json::json!({ "column": "username" }))
+        .collect();
+    let s = spec(serde_json::json!({ "order": keys }));
+    match db.query_spec::<Profile>(&s, &SpecLimits::default()).await {
+        Err(Error::Validation(message)) => assert!(message.contains("twice"), "{message}"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
 }

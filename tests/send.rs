@@ -84,7 +84,11 @@ fn every_public_future(
     // Queries.
     let q = || {
         db.query::<Profile>()
-            .filter(Profile::USERNAME.is_in(["a", "b"]).or(Profile::AVATAR_URL.is_null()))
+            .filter(
+                Profile::USERNAME
+                    .is_in(["a", "b"])
+                    .or(Profile::AVATAR_URL.is_null()),
+            )
             .order_by(Profile::CREATED_AT.desc())
     };
     assert_send(q().all());

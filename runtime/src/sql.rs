@@ -10,11 +10,11 @@
 //! delete) are rendered once per model into [`Statements`] and reused, so the hot path
 //! does no SQL rendering at all.
 
+use bytes::{BufMut, BytesMut};
 use sea_query::{
     Alias, Expr, ExprTrait, OnConflict, PostgresQueryBuilder, Query, ReturningClause, TableRef,
     Value,
 };
-use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use crate::error::{Error, Result};
@@ -176,7 +176,10 @@ impl ParamList {
         values: impl IntoIterator<Item = V>,
     ) -> OwnedParam {
         std::sync::Arc::new(ParamList(
-            values.into_iter().map(crate::IntoValue::into_param).collect(),
+            values
+                .into_iter()
+                .map(crate::IntoValue::into_param)
+                .collect(),
         ))
     }
 

@@ -38,8 +38,8 @@ mod filter;
 pub mod page;
 pub mod spec;
 
-pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 use filter::Node;
+pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 pub use page::{Cursor, Page};
 pub use spec::{QuerySpec, SpecLimits, SpecPage};
 
@@ -372,7 +372,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     }
 
     /// The SQL this query runs, with `$n` placeholders (values are never in the text).
-    /// A filter nested deeper than [`MAX_FILTER_DEPTH`](filter::MAX_FILTER_DEPTH) is an
+    /// A filter nested deeper than [`MAX_FILTER_DEPTH`] is an
     /// [`Error::Validation`].
     ///
     /// ```

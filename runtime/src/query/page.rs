@@ -136,7 +136,11 @@ fn decode<M: Table>(cursor: &Cursor, keys: &[OrderBy<M>]) -> Result<Vec<Option<S
                 "invalid cursor for a query on `{}`: its value for `{}` is not a {}",
                 M::META.name,
                 column.name,
-                if value.is_some() { column.sql_type } else { "non-NULL value" }
+                if value.is_some() {
+                    column.sql_type
+                } else {
+                    "non-NULL value"
+                }
             )));
         }
     }
@@ -382,11 +386,16 @@ fn is_infinity(text: &str) -> bool {
 /// that neither overflows to infinity nor underflows to zero (both are errors in
 /// PostgreSQL, while Rust rounds them silently).
 fn float_is_valid(text: &str, parse: impl Fn(&str) -> Option<f64>) -> bool {
-    let word = text.strip_prefix(['+', '-']).unwrap_or(text).to_ascii_lowercase();
+    let word = text
+        .strip_prefix(['+', '-'])
+        .unwrap_or(text)
+        .to_ascii_lowercase();
     if matches!(word.as_str(), "nan" | "inf" | "infinity") {
         return !(word == "nan" && text.len() != 3);
     }
-    let decimal = text.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+    let decimal = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
     let Some(value) = parse(text).filter(|_| decimal) else {
         return false;
     };
@@ -427,13 +436,17 @@ fn timestamp_is_valid(text: &str) -> bool {
         && !clock.starts_with("24");
     let fraction_ok = fraction.len() <= 6
         && fraction.bytes().all(|c| c.is_ascii_digit())
-        && (fraction.is_empty() == !time.contains('.'));
+        && (fraction.is_empty() != time.contains('.'));
     let offset_ok = offset == "Z" || {
         let parts: Vec<&str> = offset[1..].split(':').collect();
         (1..=3).contains(&parts.len())
-            && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_digit()))
+            && parts
+                .iter()
+                .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_digit()))
             && parts[0].parse::<u32>().is_ok_and(|h| h <= 15)
-            && parts[1..].iter().all(|p| p.parse::<u32>().is_ok_and(|m| m <= 59))
+            && parts[1..]
+                .iter()
+                .all(|p| p.parse::<u32>().is_ok_and(|m| m <= 59))
     };
     clock_ok && fraction_ok && offset_ok
 }
