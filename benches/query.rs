@@ -54,7 +54,8 @@ fn query_ten_rows(c: &mut Criterion) {
         .filter(Profile::STATUS.eq("active"))
         .order_by(Profile::CREATED_AT.desc())
         .limit(10)
-        .to_sql();
+        .to_sql()
+        .expect("render");
     let stmt = rt.block_on(raw.prepare(&sql)).expect("prepare");
     let mut group = c.benchmark_group("filter_order_limit_10");
     group.bench_function("raw", |b| {
@@ -93,6 +94,7 @@ fn query_ten_rows(c: &mut Criterion) {
                 .order_by(Profile::CREATED_AT.desc())
                 .limit(10)
                 .to_sql()
+                .expect("render")
         })
     });
 }

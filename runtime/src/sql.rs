@@ -10,13 +10,18 @@
 //! delete) are rendered once per model into [`Statements`] and reused, so the hot path
 //! does no SQL rendering at all.
 
+use bytes::{BufMut, BytesMut};
 use sea_query::{
     Alias, Expr, ExprTrait, OnConflict, PostgresQueryBuilder, Query, ReturningClause, TableRef,
     Value,
 };
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
+use crate::error::{Error, Result};
 use crate::table::{Param, TableMeta};
+
+/// The most parameters one statement may bind: the protocol counts them in 16 bits.
+pub(crate) const MAX_PARAMS: usize = u16::MAX as usize;
 
 /// The fixed statements of one model.
 #[doc(hidden)]
@@ -131,6 +136,12 @@ pub(crate) fn table_ref(meta: &TableMeta) -> TableRef {
     }
 }
 
+/// `name` as a quoted identifier (`"` doubled), for the rare expression sea-query
+/// cannot build; everywhere else identifiers go through [`Alias`].
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 pub(crate) fn column_idens(meta: &TableMeta) -> Vec<Alias> {
     meta.columns.iter().map(|c| Alias::new(c.name)).collect()
 }
@@ -151,6 +162,70 @@ fn marker(i: usize) -> Expr {
 /// A value owned by a statement under construction; shared, so a filter can be
 /// rendered more than once (a page query and its count) without copying values.
 pub(crate) type OwnedParam = std::sync::Arc<dyn ToSql + Sync + Send>;
+
+/// A list of values bound as ONE array parameter (`col = ANY($1)`), whatever its length:
+/// the SQL text does not depend on the length, and no list can exceed the 65,535
+/// parameters of a statement. The values are type-erased, so the array is written in
+/// PostgreSQL's binary array format here, each element by its own `ToSql` against the
+/// array's element type (a value of the wrong type is refused by that check).
+#[derive(Debug)]
+pub(crate) struct ParamList(Vec<OwnedParam>);
+
+impl ParamList {
+    pub(crate) fn collect<V: crate::IntoValue<T>, T>(
+        values: impl IntoIterator<Item = V>,
+    ) -> OwnedParam {
+        std::sync::Arc::new(ParamList(
+            values
+                .into_iter()
+                .map(crate::IntoValue::into_param)
+                .collect(),
+        ))
+    }
+
+    pub(crate) fn from_params(values: Vec<OwnedParam>) -> OwnedParam {
+        std::sync::Arc::new(ParamList(values))
+    }
+}
+
+impl ToSql for ParamList {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let Kind::Array(member) = ty.kind() else {
+            return Err(format!("a list of values binds as an array, not as {ty}").into());
+        };
+        // Header: one dimension, the has-NULL flag (patched below), the element type,
+        // then the dimension's length and lower bound.
+        out.put_i32(1);
+        let has_null_at = out.len();
+        out.put_i32(0);
+        out.put_u32(member.oid());
+        out.put_i32(i32::try_from(self.0.len())?);
+        out.put_i32(1);
+        for value in &self.0 {
+            let len_at = out.len();
+            out.put_i32(0);
+            let len = match value.to_sql_checked(member, out)? {
+                IsNull::Yes => {
+                    out[has_null_at..has_null_at + 4].copy_from_slice(&1i32.to_be_bytes());
+                    -1
+                }
+                IsNull::No => i32::try_from(out.len() - len_at - 4)?,
+            };
+            out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Array(_))
+    }
+
+    to_sql_checked!();
+}
 
 enum Slot<'a> {
     Borrowed(Param<'a>),
@@ -218,6 +293,20 @@ impl<'a> Binder<'a> {
 }
 
 impl Bound<'_> {
+    /// Refuses a statement with more parameters than the protocol can carry, as
+    /// [`Error::Validation`] before it is sent (the driver would fail it as a broken
+    /// connection).
+    pub(crate) fn within_limits(self, table: &str) -> Result<Self> {
+        if self.order.len() > MAX_PARAMS {
+            return Err(Error::Validation(format!(
+                "a statement on `{table}` would bind {} values, over PostgreSQL's limit of {MAX_PARAMS}; \
+                 pass long lists of values with `is_in` / `not_in`, which bind one array",
+                self.order.len()
+            )));
+        }
+        Ok(self)
+    }
+
     /// SHA-256 of the SQL and the values (by their `Debug` form, which is unambiguous
     /// for every column type): the identity of a query in the query cache.
     pub(crate) fn fingerprint(&self) -> String {

@@ -5,7 +5,7 @@
 use sea_query::{Alias, Expr, Query as SeaQuery};
 
 use super::Filter;
-use super::filter::condition;
+use super::filter;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::sql::{self, Binder};
@@ -71,6 +71,10 @@ impl Db {
         filter: Option<Filter<M>>,
         patch: M::Patch,
     ) -> Result<u64> {
+        // Refused before the write begins (and invalidates anything).
+        if let Some(filter) = &filter {
+            filter::check_depth(M::META.name, &filter.node)?;
+        }
         let db = self.clone();
         let keys = self
             .write::<M, _>(
@@ -82,6 +86,9 @@ impl Db {
     }
 
     async fn bulk_delete<M: Table>(&self, filter: Option<Filter<M>>) -> Result<u64> {
+        if let Some(filter) = &filter {
+            filter::check_depth(M::META.name, &filter.node)?;
+        }
         let db = self.clone();
         let keys = self
             .write::<M, _>(
@@ -115,14 +122,14 @@ impl Db {
                 update.value(Alias::new(meta.columns[index].name), binder.borrowed(value));
             }
             match &filter {
-                Some(filter) => update.and_where(condition(meta, &filter.node, &mut binder)),
+                Some(filter) => update.and_where(filter::render(meta, &filter.node, &mut binder)?),
                 None => update.and_where(Expr::cust("TRUE")),
             };
             if let Some(live) = sql::live_rows(meta) {
                 update.and_where(live);
             }
             update.returning_col(Alias::new(meta.key_column().name));
-            binder.finish(update)
+            binder.finish(update).within_limits(meta.name)?
         };
         self.run("update_where", meta.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
@@ -148,7 +155,7 @@ impl Db {
                 mark.table(sql::table_ref(meta))
                     .value(Alias::new(soft.name), Expr::cust("now()"));
                 if let Some(filter) = &filter {
-                    mark.and_where(condition(meta, &filter.node, &mut binder));
+                    mark.and_where(filter::render(meta, &filter.node, &mut binder)?);
                 }
                 if let Some(live) = sql::live_rows(meta) {
                     mark.and_where(live);
@@ -160,12 +167,13 @@ impl Db {
                 let mut delete = SeaQuery::delete();
                 delete.from_table(sql::table_ref(meta));
                 if let Some(filter) = &filter {
-                    delete.and_where(condition(meta, &filter.node, &mut binder));
+                    delete.and_where(filter::render(meta, &filter.node, &mut binder)?);
                 }
                 delete.returning_col(key);
                 binder.finish(delete)
             }
-        };
+        }
+        .within_limits(meta.name)?;
         self.run("delete_where", meta.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter()

@@ -1,12 +1,24 @@
 //! Filters: typed comparisons built from a model's columns, combined with and / or /
 //! not, rendered to sea-query with every value bound as a parameter.
+//!
+//! A filter is a tree, and a tree can come from untrusted input, so nothing walks it
+//! by recursion unless its depth was checked first: the depth itself is measured with
+//! an explicit stack ([`check_depth`]), a tree is dropped with an explicit stack (the
+//! `Drop` of [`Node`]), and only [`render`], which checks the depth against
+//! [`MAX_FILTER_DEPTH`] before anything else, turns a tree into SQL. An `and` / `or`
+//! of many parts is rendered as a balanced tree, so a filter of 70,000 alternatives is
+//! 17 levels deep in SQL, not 70,000. An `IN` list is one array parameter
+//! (`col = ANY($1)`), so its length changes neither the SQL text nor the number of
+//! parameters.
 
 use std::marker::PhantomData;
 
+use sea_query::extension::postgres::PgFunc;
 use sea_query::{Alias, Expr, ExprTrait};
 
 use super::OrderBy;
-use crate::sql::{Binder, OwnedParam};
+use crate::error::{Error, Result};
+use crate::sql::{Binder, OwnedParam, ParamList};
 use crate::table::{Column, Table, TableMeta};
 use crate::types::ColumnType;
 
@@ -59,15 +71,84 @@ pub(crate) enum Op {
     Contains,
 }
 
-#[derive(Clone)]
+/// The deepest a filter may nest, in levels of the SQL it renders to: each `not` is a
+/// level, and an `and` / `or` of `n` parts is ⌈log₂ n⌉ levels (it is rendered as a
+/// balanced tree), so a chain `a.and(b).and(c)…` of any length costs a handful of
+/// levels while each `.not()` or alternation of `and` and `or` costs one. A deeper
+/// filter, from the typed builder or a [`QuerySpec`](super::QuerySpec) alike, is an
+/// [`Error::Validation`] before any SQL is rendered. Hand-written filters stay far
+/// below it; the limit exists so that input cannot drive rendering (here, in sea-query
+/// and in PostgreSQL's parser) arbitrarily deep.
+pub const MAX_FILTER_DEPTH: usize = 64;
+
+/// A filter tree. Not `Clone`: a deep tree must never be walked by recursion, and a
+/// derived `clone` would.
 pub(crate) enum Node {
     Compare(usize, Op, OwnedParam),
     Between(usize, OwnedParam, OwnedParam),
-    In(usize, Vec<OwnedParam>, bool),
+    /// `col = ANY($1)` (true) or `col <> ALL($1)` (false), the list one [`ParamList`].
+    In(usize, OwnedParam, bool),
     IsNull(usize, bool),
     And(Vec<Node>),
     Or(Vec<Node>),
     Not(Box<Node>),
+}
+
+impl Node {
+    /// A node with no children and nothing to bind (`TRUE`), to leave behind when a
+    /// child is moved out.
+    const EMPTY: Node = Node::And(Vec::new());
+
+    /// Moves this node's children onto `stack`, leaving it childless.
+    fn detach_children(&mut self, stack: &mut Vec<Node>) {
+        match self {
+            Node::And(children) | Node::Or(children) => stack.append(children),
+            Node::Not(child) => stack.push(std::mem::replace(&mut **child, Node::EMPTY)),
+            _ => {}
+        }
+    }
+}
+
+/// Drops the tree with an explicit stack: the derived drop glue would recurse once per
+/// level and overflow the stack (aborting the process) on a deep enough tree.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut stack = Vec::new();
+        self.detach_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.detach_children(&mut stack);
+            // `node` is childless here: its own drop does not recurse.
+        }
+    }
+}
+
+/// ⌈log₂ n⌉: the levels of a balanced binary tree over `n` parts.
+fn balanced_levels(n: usize) -> usize {
+    n.next_power_of_two().trailing_zeros() as usize
+}
+
+/// Checks that `node` renders at most [`MAX_FILTER_DEPTH`] levels deep, walking it with
+/// an explicit stack and stopping at the first path that is too deep.
+pub(crate) fn check_depth(table: &str, node: &Node) -> Result<()> {
+    // Each entry: a node and the levels above it.
+    let mut stack: Vec<(&Node, usize)> = vec![(node, 0)];
+    while let Some((node, above)) = stack.pop() {
+        let here = above + 1;
+        if here > MAX_FILTER_DEPTH {
+            return Err(Error::Validation(format!(
+                "a filter on `{table}` nests deeper than {MAX_FILTER_DEPTH} levels"
+            )));
+        }
+        match node {
+            Node::Not(child) => stack.push((child, here)),
+            Node::And(children) | Node::Or(children) if !children.is_empty() => {
+                let levels = balanced_levels(children.len());
+                stack.extend(children.iter().map(|c| (c, above + levels)));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A filter on rows of model `M`, built from its columns and combined with
@@ -93,25 +174,21 @@ impl<M> Filter<M> {
     }
 
     /// Both this and `other`.
-    pub fn and(self, other: Filter<M>) -> Filter<M> {
-        Filter::new(match self.node {
-            Node::And(mut all) => {
-                all.push(other.node);
-                Node::And(all)
-            }
-            node => Node::And(vec![node, other.node]),
-        })
+    pub fn and(mut self, other: Filter<M>) -> Filter<M> {
+        if let Node::And(all) = &mut self.node {
+            all.push(other.node);
+            return self;
+        }
+        Filter::new(Node::And(vec![self.node, other.node]))
     }
 
     /// This or `other`.
-    pub fn or(self, other: Filter<M>) -> Filter<M> {
-        Filter::new(match self.node {
-            Node::Or(mut any) => {
-                any.push(other.node);
-                Node::Or(any)
-            }
-            node => Node::Or(vec![node, other.node]),
-        })
+    pub fn or(mut self, other: Filter<M>) -> Filter<M> {
+        if let Node::Or(any) = &mut self.node {
+            any.push(other.node);
+            return self;
+        }
+        Filter::new(Node::Or(vec![self.node, other.node]))
     }
 
     /// Not this.
@@ -165,16 +242,20 @@ impl<M: Table, T: ColumnType> Column<M, T> {
         ))
     }
 
-    /// `column IN (values…)`; an empty list matches no row.
+    /// `column IN (values…)`, sent as `column = ANY($1)` with the list as one array
+    /// parameter: any length, and the same SQL text whatever the length (so the
+    /// prepared statement is reused). An empty list matches no row; a NULL column is in
+    /// no list.
     pub fn is_in<V: IntoValue<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<M> {
-        let values = values.into_iter().map(IntoValue::into_param).collect();
-        Filter::new(Node::In(self.index(), values, true))
+        Filter::new(Node::In(self.index(), ParamList::collect(values), true))
     }
 
-    /// `column NOT IN (values…)`; an empty list matches every row.
+    /// `column NOT IN (values…)`, sent as `column <> ALL($1)`, which PostgreSQL defines
+    /// to mean the same, NULLs included: an empty list matches every row (even where
+    /// the column is NULL); otherwise a row whose column is NULL is not returned (SQL's
+    /// `NULL NOT IN (…)` is NULL, not true), nor is any row when the list holds a NULL.
     pub fn not_in<V: IntoValue<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<M> {
-        let values = values.into_iter().map(IntoValue::into_param).collect();
-        Filter::new(Node::In(self.index(), values, false))
+        Filter::new(Node::In(self.index(), ParamList::collect(values), false))
     }
 
     /// Ascending order on this column.
@@ -230,7 +311,15 @@ impl<M: Table, T: ColumnType> Column<M, Option<T>> {
     }
 }
 
-pub(crate) fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Expr {
+/// The condition `node` stands for, after checking its depth: the only way a filter
+/// becomes SQL.
+pub(crate) fn render(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Result<Expr> {
+    check_depth(meta.name, node)?;
+    Ok(condition(meta, node, binder))
+}
+
+/// Recursive, so only for trees whose depth [`check_depth`] bounded.
+fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Expr {
     let col = |i: usize| Expr::col(Alias::new(meta.columns[i].name));
     match node {
         Node::Compare(i, op, value) => {
@@ -261,16 +350,14 @@ pub(crate) fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) 
             let (low, high) = (binder.owned(low.clone()), binder.owned(high.clone()));
             col(*i).between(low, high)
         }
-        Node::In(i, values, positive) => {
-            if values.is_empty() {
-                // IN () is not SQL; an empty list matches nothing (NOT IN: everything).
-                return Expr::cust(if *positive { "FALSE" } else { "TRUE" });
-            }
-            let values: Vec<Expr> = values.iter().map(|v| binder.owned(v.clone())).collect();
+        Node::In(i, list, positive) => {
+            // `= ANY` of an empty array is false and `<> ALL` of one true, for every
+            // row: what `IN ()` and `NOT IN ()` would mean if SQL had them.
+            let list = binder.owned(list.clone());
             if *positive {
-                col(*i).is_in(values)
+                col(*i).eq(PgFunc::any(list))
             } else {
-                col(*i).is_not_in(values)
+                col(*i).ne(PgFunc::all(list))
             }
         }
         Node::IsNull(i, true) => col(*i).is_null(),
@@ -281,10 +368,24 @@ pub(crate) fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) 
     }
 }
 
+/// Joins the parts pairwise, level by level: a balanced tree ⌈log₂ n⌉ deep, where a
+/// left fold would nest `n` deep and overflow the stack of whatever renders or drops
+/// it (sea-query, PostgreSQL's parser) on a wide enough filter.
 fn combine(meta: &TableMeta, nodes: &[Node], binder: &mut Binder<'_>, all: bool) -> Expr {
-    let mut exprs = nodes.iter().map(|n| condition(meta, n, binder));
-    let Some(first) = exprs.next() else {
-        return Expr::cust(if all { "TRUE" } else { "FALSE" });
-    };
-    exprs.fold(first, |acc, e| if all { acc.and(e) } else { acc.or(e) })
+    let mut level: Vec<Expr> = nodes.iter().map(|n| condition(meta, n, binder)).collect();
+    while level.len() > 1 {
+        let mut parts = level.into_iter();
+        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
+        while let Some(a) = parts.next() {
+            next.push(match parts.next() {
+                Some(b) if all => a.and(b),
+                Some(b) => a.or(b),
+                None => a,
+            });
+        }
+        level = next;
+    }
+    level
+        .pop()
+        .unwrap_or_else(|| Expr::cust(if all { "TRUE" } else { "FALSE" }))
 }

@@ -29,7 +29,7 @@ use tokio_postgres::types::FromSqlOwned;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::sql::{self, Binder};
+use crate::sql::{self, Binder, Bound};
 use crate::table::{Column, Table};
 use crate::types::ColumnType;
 
@@ -38,8 +38,8 @@ mod filter;
 pub mod page;
 pub mod spec;
 
-pub use filter::{Filter, IntoValue};
-use filter::{Node, condition};
+use filter::Node;
+pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 pub use page::{Cursor, Page};
 pub use spec::{QuerySpec, SpecLimits, SpecPage};
 
@@ -218,9 +218,11 @@ impl Db {
             .map(|k| std::sync::Arc::new(k) as crate::sql::OwnedParam)
             .collect();
         let mut query = self.query::<M>();
-        query
-            .filters
-            .push(Node::In(M::META.primary_key, values, true));
+        query.filters.push(Node::In(
+            M::META.primary_key,
+            crate::sql::ParamList::from_params(values),
+            true,
+        ));
         query.all().await
     }
 
@@ -299,62 +301,98 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             .unwrap_or_else(|| (0..M::META.columns.len()).collect())
     }
 
-    /// `SELECT <selected> FROM t WHERE … ORDER BY … LIMIT … OFFSET …`.
-    fn render(self, binder: &mut Binder<'static>) -> SelectStatement {
+    /// `SELECT <columns> FROM t WHERE <live rows and filters> ORDER BY … LIMIT … OFFSET …`,
+    /// after checking every filter's depth.
+    ///
+    /// Rendering is synchronous and ends in a [`Bound`], which is `Send`: sea-query's
+    /// statements are not, so none of them may live in an `async fn` (its future would
+    /// not be `Send`, and could not be spawned or awaited in an axum handler).
+    fn statement(
+        &self,
+        binder: &mut Binder<'static>,
+        columns: &[usize],
+        order: &[OrderBy<M>],
+        limit: Option<u64>,
+        offset: Option<u64>,
+    ) -> Result<SelectStatement> {
         let meta = M::META;
         let mut q = sea_query::Query::select();
         q.from(sql::table_ref(meta));
-        q.columns(
-            self.selected()
-                .into_iter()
-                .map(|i| Alias::new(meta.columns[i].name)),
-        );
-        self.render_where(&mut q, binder);
-        for key in &self.order {
-            key.render(meta, &mut q);
-        }
-        if let Some(n) = self.limit {
-            q.limit(n);
-        }
-        if let Some(n) = self.offset {
-            q.offset(n);
-        }
-        q
-    }
-
-    fn render_where(&self, q: &mut SelectStatement, binder: &mut Binder<'static>) {
+        q.columns(columns.iter().map(|i| Alias::new(meta.columns[*i].name)));
         if !self.with_deleted
-            && let Some(live) = sql::live_rows(M::META)
+            && let Some(live) = sql::live_rows(meta)
         {
             q.and_where(live);
         }
         for node in &self.filters {
-            q.and_where(condition(M::META, node, binder));
+            q.and_where(filter::render(meta, node, binder)?);
         }
+        for key in order {
+            key.render(meta, &mut q);
+        }
+        if let Some(n) = limit {
+            q.limit(n);
+        }
+        if let Some(n) = offset {
+            q.offset(n);
+        }
+        Ok(q)
+    }
+
+    /// The statement of [`all`](Self::all), bound.
+    fn bind(&self) -> Result<Bound<'static>> {
+        let mut binder = Binder::default();
+        let q = self.statement(
+            &mut binder,
+            &self.selected(),
+            &self.order,
+            self.limit,
+            self.offset,
+        )?;
+        binder.finish(q).within_limits(M::META.name)
+    }
+
+    /// The statement that counts the matching rows, bound: honouring limit and offset
+    /// when `paged`, ignoring them otherwise.
+    fn bind_count(&self, paged: bool) -> Result<Bound<'static>> {
+        let mut binder = Binder::default();
+        let q = if paged && (self.limit.is_some() || self.offset.is_some()) {
+            let mut page = self.statement(&mut binder, &[], &[], self.limit, self.offset)?;
+            page.expr(Expr::cust("1"));
+            sea_query::Query::select()
+                .expr(Expr::cust("count(*)"))
+                .from_subquery(page, Alias::new("__page"))
+                .to_owned()
+        } else {
+            let mut q = self.statement(&mut binder, &[], &[], None, None)?;
+            q.expr(Expr::cust("count(*)"));
+            q
+        };
+        binder.finish(q).within_limits(M::META.name)
     }
 
     /// The SQL this query runs, with `$n` placeholders (values are never in the text).
+    /// A filter nested deeper than [`MAX_FILTER_DEPTH`] is an
+    /// [`Error::Validation`].
     ///
     /// ```
     /// # use tabula::Table;
     /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, pub body: String }
-    /// # fn sketch(db: tabula::Db) {
-    /// let sql = db.query::<Note>().filter(Note::BODY.eq("x")).limit(5).to_sql();
+    /// # fn sketch(db: tabula::Db) -> tabula::Result<()> {
+    /// let sql = db.query::<Note>().filter(Note::BODY.eq("x")).limit(5).to_sql()?;
     /// assert_eq!(sql, r#"SELECT "id", "body" FROM "notes" WHERE "body" = $1 LIMIT $2"#);
-    /// # }
+    /// let listed = db.query::<Note>().filter(Note::ID.is_in([1_i64, 2, 3])).to_sql()?;
+    /// assert_eq!(listed, r#"SELECT "id", "body" FROM "notes" WHERE "id" = ANY($1)"#);
+    /// # Ok(()) }
     /// ```
-    pub fn to_sql(self) -> String {
-        let mut binder = Binder::default();
-        let q = self.render(&mut binder);
-        binder.finish(q).sql
+    pub fn to_sql(self) -> Result<String> {
+        Ok(self.bind()?.sql)
     }
 
     /// Runs the query and returns every row.
     pub async fn all(self) -> Result<Vec<D::Output>> {
-        let db = self.db.clone();
-        let mut binder = Binder::default();
-        let q = self.render(&mut binder);
-        fetch::<M, D>(&db, &binder.finish(q)).await
+        let bound = self.bind()?;
+        fetch::<M, D>(&self.db, &bound).await
     }
 
     /// Caches this query's result for `ttl_seconds` under the table's version counter:
@@ -396,69 +434,17 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         }
     }
 
-    /// The statement that counts the matching rows (honouring limit and offset).
-    fn render_count(self, binder: &mut Binder<'static>) -> SelectStatement {
-        let paged = self.limit.is_some() || self.offset.is_some();
-        let inner = Query {
-            order: Vec::new(),
-            columns: Some(Vec::new()),
-            ..self
-        };
-        let mut q = inner.render(binder);
-        if paged {
-            q.expr(Expr::cust("1"));
-            sea_query::Query::select()
-                .expr(Expr::cust("count(*)"))
-                .from_subquery(q, Alias::new("__page"))
-                .to_owned()
-        } else {
-            q.expr(Expr::cust("count(*)"));
-            q
-        }
-    }
-
     /// How many rows match (ignores order; honours limit and offset).
     pub async fn count(self) -> Result<i64> {
-        let db = self.db.clone();
-        let mut binder = Binder::default();
-        let q = self.render_count(&mut binder);
-        let bound = binder.finish(q);
-        crate::db::read_on_conn!(db, "count", M::META.name, |conn| {
-            let rows = conn.query(&bound.sql, &bound.params()).await?;
-            rows.first()
-                .map_or(Ok(0), |r| get::<M, i64>(r, 0, usize::MAX))
-        })
-        .await
+        let bound = self.bind_count(true)?;
+        run_count::<M>(&self.db, &bound).await
     }
 
     /// The planner's estimate of how many rows match, from `EXPLAIN`: instant on any
     /// table size, but only as good as the table's statistics.
     pub async fn count_estimate(self) -> Result<i64> {
-        let db = self.db.clone();
-        let mut binder = Binder::default();
-        let q = Query {
-            limit: None,
-            offset: None,
-            ..self
-        }
-        .render_count(&mut binder);
-        let mut bound = binder.finish(q);
-        bound.sql = format!("EXPLAIN (FORMAT JSON) {}", bound.sql);
-        crate::db::read_on_conn!(db, "count_estimate", M::META.name, |conn| {
-            let rows = conn.query(&bound.sql, &bound.params()).await?;
-            let plan: serde_json::Value = match rows.first() {
-                Some(row) => get::<M, serde_json::Value>(row, 0, usize::MAX)?,
-                None => serde_json::Value::Null,
-            };
-            // The count node sits on top; the rows it reads are its child's estimate.
-            let top = &plan[0]["Plan"];
-            let estimate = top["Plans"][0]["Plan Rows"]
-                .as_f64()
-                .or_else(|| top["Plan Rows"].as_f64())
-                .unwrap_or(0.0);
-            Ok(estimate.round() as i64)
-        })
-        .await
+        let bound = self.bind_count(false)?;
+        run_estimate::<M>(&self.db, bound).await
     }
 
     /// Whether any row matches.
@@ -475,21 +461,17 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         offset: u64,
         total: Total,
     ) -> Result<OffsetPage<D::Output>> {
-        let counter: Query<M> = Query {
-            db: self.db.clone(),
-            columns: None,
-            filters: self.filters.clone(),
-            order: Vec::new(),
-            limit: None,
-            offset: None,
-            with_deleted: self.with_deleted,
-            _decode: PhantomData::<fn() -> WholeRow>,
-        };
-        let items = self.limit(limit).offset(offset).all().await?;
-        let total = match total {
-            Total::Exact => Some(counter.count().await?),
-            Total::Estimate => Some(counter.count_estimate().await?),
+        // Both statements are bound before either runs, so a bad filter fails first.
+        let counter = match total {
             Total::None => None,
+            _ => Some(self.bind_count(false)?),
+        };
+        let db = self.db.clone();
+        let items = self.limit(limit).offset(offset).all().await?;
+        let total = match (total, counter) {
+            (Total::Exact, Some(bound)) => Some(run_count::<M>(&db, &bound).await?),
+            (Total::Estimate, Some(bound)) => Some(run_estimate::<M>(&db, bound).await?),
+            _ => None,
         };
         Ok(OffsetPage { items, total })
     }
@@ -499,10 +481,8 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     /// stream keeps one pooled connection (or the transaction's) until it ends or is
     /// dropped.
     pub async fn stream(self) -> Result<RowStream<D::Output>> {
-        let db = self.db.clone();
-        let mut binder = Binder::default();
-        let q = self.render(&mut binder);
-        let bound = binder.finish(q);
+        let bound = self.bind()?;
+        let db = &self.db;
         let mut conn = db.conn().await?;
         let mark = db.mark_streaming();
         let pooled = matches!(conn, crate::db::Conn::Pooled(_));
@@ -530,6 +510,36 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         });
         Ok(Box::pin(stream))
     }
+}
+
+/// Runs a bound `count(*)`.
+async fn run_count<M: Table>(db: &Db, bound: &Bound<'static>) -> Result<i64> {
+    crate::db::read_on_conn!(db, "count", M::META.name, |conn| {
+        let rows = conn.query(&bound.sql, &bound.params()).await?;
+        rows.first()
+            .map_or(Ok(0), |r| get::<M, i64>(r, 0, usize::MAX))
+    })
+    .await
+}
+
+/// Runs a bound `count(*)` under `EXPLAIN` and reads the planner's estimate.
+async fn run_estimate<M: Table>(db: &Db, mut bound: Bound<'static>) -> Result<i64> {
+    bound.sql = format!("EXPLAIN (FORMAT JSON) {}", bound.sql);
+    crate::db::read_on_conn!(db, "count_estimate", M::META.name, |conn| {
+        let rows = conn.query(&bound.sql, &bound.params()).await?;
+        let plan: serde_json::Value = match rows.first() {
+            Some(row) => get::<M, serde_json::Value>(row, 0, usize::MAX)?,
+            None => serde_json::Value::Null,
+        };
+        // The count node sits on top; the rows it reads are its child's estimate.
+        let top = &plan[0]["Plan"];
+        let estimate = top["Plans"][0]["Plan Rows"]
+            .as_f64()
+            .or_else(|| top["Plan Rows"].as_f64())
+            .unwrap_or(0.0);
+        Ok(estimate.round() as i64)
+    })
+    .await
 }
 
 /// Runs a rendered query and decodes its rows.
@@ -563,10 +573,8 @@ where
                 "a cached query needs a TTL of at least 1 second".into(),
             ));
         }
-        let db = self.query.db.clone();
-        let mut binder = Binder::default();
-        let q = self.query.render(&mut binder);
-        let bound = binder.finish(q);
+        let bound = self.query.bind()?;
+        let db = self.query.db;
         let cache = match (&db.shared.config.cache, &db.tx, &db.scope) {
             (Some(cache), None, None) => cache.clone(),
             _ => return fetch::<M, D>(&db, &bound).await,

@@ -7,7 +7,10 @@
 //! last row's values of those keys (as PostgreSQL renders them as text, which casts back
 //! exactly) and a fingerprint of the order, so a cursor from another order is refused.
 //! It is opaque, not secret: its values are bound as parameters, and a forged one only
-//! moves the page.
+//! moves the page. A cursor is untrusted input, so before any SQL is sent each value
+//! is checked against its key column's type (a number that parses and fits, a real
+//! date, a UUID, text without NUL, …) and a NULL only for a nullable column; anything
+//! else is an [`Error::Validation`], never a database error.
 
 use std::fmt;
 
@@ -16,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Decode, OrderBy, Query};
 use crate::error::{Error, Result};
-use crate::sql::Binder;
+use crate::sql::{Binder, Bound};
 use crate::table::{Table, TableMeta};
 
 /// Names of the extra key columns a page query selects; row decoders skip them.
@@ -118,6 +121,28 @@ fn decode<M: Table>(cursor: &Cursor, keys: &[OrderBy<M>]) -> Result<Vec<Option<S
             "the cursor belongs to another order of `{}`",
             M::META.name
         )));
+    }
+    // Each value must be one the key's column can hold, checked here: the cursor is
+    // untrusted, and a value PostgreSQL cannot cast would come back as a database
+    // error (a server error for what is bad input).
+    for (key, value) in keys.iter().zip(&payload.k) {
+        let column = &M::META.columns[key.column];
+        let fits = match value {
+            None => column.nullable,
+            Some(text) => key_text_is_valid(column.sql_type, text),
+        };
+        if !fits {
+            return Err(Error::Validation(format!(
+                "invalid cursor for a query on `{}`: its value for `{}` is not a {}",
+                M::META.name,
+                column.name,
+                if value.is_some() {
+                    column.sql_type
+                } else {
+                    "non-NULL value"
+                }
+            )));
+        }
     }
     Ok(payload.k)
 }
@@ -251,6 +276,35 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         })
     }
 
+    /// The statement of one keyset page, bound: `size + 1` rows in the order `keys`
+    /// after `values`, each row followed by its key values as text.
+    fn bind_keyset(
+        &self,
+        size: u64,
+        keys: &[OrderBy<M>],
+        values: Option<&[Option<String>]>,
+    ) -> Result<Bound<'static>> {
+        let meta = M::META;
+        let mut binder = Binder::default();
+        let mut q = self.statement(
+            &mut binder,
+            &self.selected(),
+            keys,
+            Some(size.saturating_add(1)),
+            None,
+        )?;
+        for (k, key) in keys.iter().enumerate() {
+            q.expr_as(
+                key_text(meta, key.column),
+                Alias::new(format!("{KEY_PREFIX}{k}")),
+            );
+        }
+        if let Some(values) = values {
+            q.and_where(after_condition(keys, values, &mut binder));
+        }
+        binder.finish(q).within_limits(meta.name)
+    }
+
     /// Fetches `size + 1` rows in the order `keys` after `values`; returns the rows, whether
     /// there were more, and each row's key values as text.
     async fn fetch_keyset(
@@ -259,30 +313,10 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         keys: &[OrderBy<M>],
         values: Option<&[Option<String>]>,
     ) -> Result<(Vec<D::Output>, bool, Vec<Vec<Option<String>>>)> {
-        let meta = M::META;
-        let db = self.db.clone();
+        let bound = self.bind_keyset(size, keys, values)?;
         let selected = self.selected().len();
-        let mut binder = Binder::default();
-        let query = Query {
-            order: keys.to_vec(),
-            limit: Some(size.saturating_add(1)),
-            offset: None,
-            ..self
-        };
-        let mut q = query.render(&mut binder);
-        for (k, key) in keys.iter().enumerate() {
-            let col = Expr::col(Alias::new(meta.columns[key.column].name));
-            q.expr_as(
-                col.cast_as(Alias::new("text")),
-                Alias::new(format!("{KEY_PREFIX}{k}")),
-            );
-        }
-        if let Some(values) = values {
-            q.and_where(after_condition(keys, values, &mut binder));
-        }
-        let bound = binder.finish(q);
         let limit = usize::try_from(size).unwrap_or(usize::MAX);
-        crate::db::read_on_conn!(db, "page", meta.name, |conn| {
+        crate::db::read_on_conn!(self.db, "page", M::META.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             let more = rows.len() > limit;
             let mut items = Vec::with_capacity(rows.len().min(limit));
@@ -298,4 +332,121 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         })
         .await
     }
+}
+
+/// A key column as the text a cursor carries. Timestamps and dates go through their
+/// JSON form, which is ISO 8601 whatever the session's `DateStyle` (their plain text
+/// form is not); every other type through its text output. Either casts back exactly.
+fn key_text(meta: &TableMeta, column: usize) -> Expr {
+    let column = &meta.columns[column];
+    match column.sql_type {
+        "timestamptz" | "date" => Expr::cust(format!(
+            "to_json({}) #>> '{{}}'",
+            crate::sql::quote_ident(column.name)
+        )),
+        _ => Expr::col(Alias::new(column.name)).cast_as(Alias::new("text")),
+    }
+}
+
+/// Whether `text` is a value of `sql_type` as a cursor carries it (see [`key_text`]):
+/// only forms PostgreSQL casts back without error, so a forged cursor is refused here
+/// instead of reaching the database as an invalid-input error. Dates and timestamps
+/// outside the years 1 to 9999 are refused too.
+fn key_text_is_valid(sql_type: &str, text: &str) -> bool {
+    match sql_type {
+        "bool" => matches!(text, "true" | "false"),
+        "int2" => text.parse::<i16>().is_ok(),
+        "int4" => text.parse::<i32>().is_ok(),
+        "int8" => text.parse::<i64>().is_ok(),
+        "float4" => float_is_valid(text, |t| t.parse::<f32>().map(f64::from).ok()),
+        "float8" => float_is_valid(text, |t| t.parse::<f64>().ok()),
+        // PostgreSQL text cannot hold NUL.
+        "text" => !text.contains('\0'),
+        "uuid" => text.len() == 36 && uuid::Uuid::parse_str(text).is_ok(),
+        "date" => is_infinity(text) || date_is_valid(text),
+        "timestamptz" => is_infinity(text) || timestamp_is_valid(text),
+        "bytea" => text.strip_prefix("\\x").is_some_and(|hex| {
+            hex.len().is_multiple_of(2) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        }),
+        // jsonb rejects the NUL escape; the JSON nesting of serde_json's parser (128)
+        // is well inside PostgreSQL's.
+        "jsonb" => {
+            !text.contains("\\u0000") && serde_json::from_str::<serde_json::Value>(text).is_ok()
+        }
+        // Every column type is listed above; an unknown one cannot be checked.
+        _ => false,
+    }
+}
+
+fn is_infinity(text: &str) -> bool {
+    matches!(text, "infinity" | "-infinity")
+}
+
+/// A float as `float4in` / `float8in` accept it: the special words, or a decimal
+/// that neither overflows to infinity nor underflows to zero (both are errors in
+/// PostgreSQL, while Rust rounds them silently).
+fn float_is_valid(text: &str, parse: impl Fn(&str) -> Option<f64>) -> bool {
+    let word = text
+        .strip_prefix(['+', '-'])
+        .unwrap_or(text)
+        .to_ascii_lowercase();
+    if matches!(word.as_str(), "nan" | "inf" | "infinity") {
+        return !(word == "nan" && text.len() != 3);
+    }
+    let decimal = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+    let Some(value) = parse(text).filter(|_| decimal) else {
+        return false;
+    };
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let nonzero = mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    value.is_finite() && (value != 0.0 || !nonzero)
+}
+
+/// `YYYY-MM-DD`, a real date from year 1 to 9999.
+fn date_is_valid(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) {
+        return false;
+    }
+    if !digits(8..10) {
+        return false;
+    }
+    let number = |r: std::ops::Range<usize>| text[r].parse::<u32>().unwrap_or(0);
+    let year = i32::try_from(number(0..4)).unwrap_or(0);
+    year >= 1 && chrono::NaiveDate::from_ymd_opt(year, number(5..7), number(8..10)).is_some()
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}]` and a UTC offset `Z`, `±HH`, `±HH:MM` or
+/// `±HH:MM:SS` (PostgreSQL prints seconds for historical local-mean-time zones).
+fn timestamp_is_valid(text: &str) -> bool {
+    let b = text.as_bytes();
+    if b.len() < 20 || !date_is_valid(&text[..10]) || !matches!(b[10], b'T' | b' ') {
+        return false;
+    }
+    let (time, offset) = match text[11..].find(['Z', '+', '-']) {
+        Some(at) => text[11..].split_at(at),
+        None => return false,
+    };
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let clock_ok = clock.len() == 8
+        && chrono::NaiveTime::parse_from_str(clock, "%H:%M:%S").is_ok()
+        && !clock.starts_with("24");
+    let fraction_ok = fraction.len() <= 6
+        && fraction.bytes().all(|c| c.is_ascii_digit())
+        && (fraction.is_empty() != time.contains('.'));
+    let offset_ok = offset == "Z" || {
+        let parts: Vec<&str> = offset[1..].split(':').collect();
+        (1..=3).contains(&parts.len())
+            && parts
+                .iter()
+                .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_digit()))
+            && parts[0].parse::<u32>().is_ok_and(|h| h <= 15)
+            && parts[1..]
+                .iter()
+                .all(|p| p.parse::<u32>().is_ok_and(|m| m <= 59))
+    };
+    clock_ok && fraction_ok && offset_ok
 }

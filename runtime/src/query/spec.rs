@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
-use super::filter::{Node, Op};
+use super::filter::{MAX_FILTER_DEPTH, Node, Op};
 use super::page::{Cursor, KEY_PREFIX};
 use super::{Decode, OrderBy, Query};
 use crate::db::Db;
@@ -315,6 +315,8 @@ fn parse_value(
             column.sql_type
         ))
     };
+    // First, before anything walks the value by recursion (printing, cloning, binding).
+    check_json_depth(column, value)?;
     if let Value::String(s) = value
         && s.len() > limits.max_value_bytes
     {
@@ -368,7 +370,11 @@ fn parse_value(
         ),
         "jsonb" => match text {
             // From a query string: the text is the JSON document.
-            Some(t) => Arc::new(serde_json::from_str::<Value>(t).map_err(|_| bad())?),
+            Some(t) => {
+                let parsed = serde_json::from_str::<Value>(t).map_err(|_| bad())?;
+                check_json_depth(column, &parsed)?;
+                Arc::new(parsed)
+            }
             None => Arc::new(value.clone()),
         },
         _ => {
@@ -381,13 +387,43 @@ fn parse_value(
     Ok(param)
 }
 
-fn contains_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        _ => false,
+/// Refuses a JSON value nested deeper than [`MAX_FILTER_DEPTH`], measured with an
+/// explicit stack: a value built in memory (not parsed from text, where serde_json
+/// stops at 128) can be nested without bound.
+fn check_json_depth(column: &ColumnMeta, value: &Value) -> Result<()> {
+    let mut stack = vec![(value, 1)];
+    while let Some((value, depth)) = stack.pop() {
+        if depth > MAX_FILTER_DEPTH {
+            return Err(invalid(format!(
+                "value for column `{}` nests deeper than {MAX_FILTER_DEPTH} levels",
+                column.name
+            )));
+        }
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
     }
+    Ok(())
+}
+
+fn contains_nul(value: &Value) -> bool {
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn truncate(value: &Value) -> String {
@@ -461,7 +497,12 @@ fn filter_node(meta: &TableMeta, spec: &FilterSpec, limits: &SpecLimits) -> Resu
                 .iter()
                 .map(|v| parse_value(meta, col, v, limits))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Node::In(index, values, spec.op == "in"))
+            // One array parameter, whatever the length (see `Column::is_in`).
+            Ok(Node::In(
+                index,
+                crate::sql::ParamList::from_params(values),
+                spec.op == "in",
+            ))
         }
         "is_null" => Ok(Node::IsNull(index, true)),
         "not_null" => Ok(Node::IsNull(index, false)),
@@ -533,25 +574,35 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         for filter in &spec.filters {
             self.filters.push(filter_node(meta, filter, limits)?);
         }
-        match &spec.order {
-            Some(OrderSpec::Map(map)) => {
-                for (name, direction) in map {
-                    self.order
-                        .push(order_key(meta, name, Some(direction), None)?);
-                }
-            }
-            Some(OrderSpec::Keys(keys)) => {
-                for key in keys {
-                    self.order.push(order_key(
+        let keys: Vec<OrderBy<M>> = match &spec.order {
+            Some(OrderSpec::Map(map)) => map
+                .iter()
+                .map(|(name, direction)| order_key(meta, name, Some(direction), None))
+                .collect::<Result<_>>()?,
+            Some(OrderSpec::Keys(keys)) => keys
+                .iter()
+                .map(|key| {
+                    order_key(
                         meta,
                         &key.column,
                         key.direction.as_deref(),
                         key.nulls.as_deref(),
-                    )?);
-                }
+                    )
+                })
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        // A second key on the same column never changes the order; refusing it bounds
+        // the keys (and the keyset condition, quadratic in them) by the model's columns.
+        for (i, key) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|k| k.column == key.column) {
+                return Err(invalid(format!(
+                    "column `{}` appears twice in the order",
+                    meta.columns[key.column].name
+                )));
             }
-            None => {}
         }
+        self.order.extend(keys);
         let limit = spec.limit.unwrap_or(limits.default_limit);
         if limit > limits.max_limit {
             return Err(invalid(format!(
