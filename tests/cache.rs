@@ -698,10 +698,14 @@ async fn data_structures_work_the_same_on_redis_and_in_process() {
 async fn a_unique_field_finder_is_cached_and_never_answers_with_the_wrong_row() {
     let db = db_with(shared_redis()).await;
     let p = db.create(new_cached("finder")).await.expect("create");
-    assert_eq!(
-        Cached::by_username(&db, "finder").await.expect("find"),
-        Some(p.clone())
-    );
+    // The first miss costs one query and fills the value → key mapping; the next
+    // call reads the row by key, which fills the row entry.
+    for _ in 0..2 {
+        assert_eq!(
+            Cached::by_username(&db, "finder").await.expect("find"),
+            Some(p.clone())
+        );
+    }
     poke(&db, p.id, "behind").await;
     let cached = Cached::by_username(&db, "finder")
         .await

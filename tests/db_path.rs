@@ -5,12 +5,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tabula::{Db, DbConfig, Error};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn raw(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -234,60 +232,6 @@ async fn a_statement_left_running_does_not_delay_the_next_caller() {
 
 // ---- 3. a commit whose answer is lost is resolved -----------------------------------
 
-/// A TCP proxy to PostgreSQL that can swallow the server's answers on the connections
-/// open at the moment of the cut (later connections pass).
-struct Proxy {
-    port: u16,
-    cut: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
-}
-
-impl Proxy {
-    async fn start(target: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let cut: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let conns = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                    continue;
-                };
-                let swallowed = Arc::new(AtomicBool::new(false));
-                conns.lock().expect("lock").push(swallowed.clone());
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                });
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = sr.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        if swallowed.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    /// From now on, the server's answers on every open connection are lost.
-    fn cut(&self) {
-        for conn in self.cut.lock().expect("lock").iter() {
-            conn.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
 fn through(url: &str, port: u16) -> String {
     let mut config: tokio_postgres::Config = url.parse().expect("url");
     config.host("127.0.0.1").port(port);
@@ -305,7 +249,7 @@ fn server_addr(url: &str) -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_commit_whose_answer_is_lost_is_resolved_with_the_server_and_reported_ok() {
     let (db, url) = db_and_url().await;
-    let proxy = Proxy::start(server_addr(&url)).await;
+    let proxy = common::Proxy::start(server_addr(&url)).await;
     let via = Db::connect_with(
         DbConfig::new(through(&url, proxy.port)).statement_timeout(Duration::from_millis(500)),
     )
@@ -318,7 +262,7 @@ async fn a_commit_whose_answer_is_lost_is_resolved_with_the_server_and_reported_
             let cutter = cutter.clone();
             async move {
                 let row = tx.create(new_profile("landed")).await?;
-                cutter.cut(); // COMMIT reaches the server; its answer never comes back
+                cutter.cut_replies(); // COMMIT reaches the server; its answer never comes back
                 Ok(row.username)
             }
         })

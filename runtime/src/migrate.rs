@@ -211,6 +211,8 @@ impl Migrator {
     /// # Ok(()) }
     /// ```
     pub async fn run(&self, db: &Db) -> Result<MigrationReport> {
+        // Migrations change the schema the cache's cascades follow.
+        db.forget_schema();
         let applied: Vec<(i64, String, String)> = db
             .transaction(|tx| async move {
                 tx.with_client(async |c| {

@@ -20,8 +20,13 @@ pub const DB_TRANSACTION_RETRIES: &str = "tabula_db_transaction_retries_total";
 pub const CACHE_OPERATION_SECONDS: &str = "tabula_cache_operation_seconds";
 
 /// Counter: cache events. Label `event`: `hit`, `miss`, `fill`, `fill_rejected`
-/// (a lease voided by a write), `error`, `invalidation_failed`, `delete`.
+/// (a lease voided by a write), `error`, `invalidation_failed`, `delete`, `too_large`
+/// (a value over the size limit, not cached).
 pub const CACHE_EVENTS: &str = "tabula_cache_events_total";
+
+/// Counter: `#[cached]` calls that ran without the cache. Label `reason`: `key` (the
+/// arguments could not be encoded) or `scoped` (the body ran under a user scope).
+pub const MEMO_BYPASS: &str = "tabula_memo_bypass_total";
 
 /// Histogram, seconds: duration of a storage operation. Labels: `operation`, `outcome`.
 pub const STORAGE_OPERATION_SECONDS: &str = "tabula_storage_operation_seconds";

@@ -66,6 +66,49 @@ pub(crate) struct PgConn {
 }
 
 impl PgConn {
+    /// The identity of the database this connection reaches, for cache namespaces:
+    /// `db` + 16 hex digits of a hash of the cluster's system identifier (or, where
+    /// the role may not read it, the server's address and port) and the database's
+    /// name and oid.
+    pub(crate) async fn identity(&self) -> Result<String> {
+        use sha2::Digest;
+        let sysid = self
+            .client
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .ok()
+            .and_then(|row| row.try_get::<_, String>(0).ok());
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_database()::text, \
+                        (SELECT oid::text FROM pg_database WHERE datname = current_database()), \
+                        coalesce(host(inet_server_addr()), 'local') || ':' || \
+                        coalesce(inet_server_port()::text, current_setting('port'))",
+                &[],
+            )
+            .await?;
+        let (name, oid, server): (String, Option<String>, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let seed = format!(
+            "{}\0{name}\0{}",
+            sysid.unwrap_or(server),
+            oid.unwrap_or_default()
+        );
+        let digest = sha2::Sha256::digest(seed.as_bytes());
+        Ok(format!(
+            "db{}",
+            digest
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ))
+    }
+
     /// Opens a transaction with the next statement (see [`Setup`]).
     pub(crate) fn begin(&mut self, setup: Setup) {
         self.in_transaction = true;

@@ -97,3 +97,80 @@ pub fn new_profile(username: &str) -> NewProfile {
         avatar_url: None,
     }
 }
+
+/// A TCP proxy in front of a server that a test can cut: on the connections open at
+/// the moment of the cut, the server's replies (or all traffic) are swallowed, as a
+/// network partition would; connections opened later pass.
+pub struct Proxy {
+    pub port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<Link>>>,
+}
+
+#[derive(Clone, Default)]
+struct Link {
+    replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<Link>>> = Default::default();
+        let registry = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let link = Link::default();
+                registry.lock().expect("lock").push(link.clone());
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, link.requests.clone()));
+                tokio::spawn(pump(sr, cw, link.replies));
+            }
+        });
+        Proxy { port, conns }
+    }
+
+    /// The server's answers on every open connection are lost from now on.
+    pub fn cut_replies(&self) {
+        for link in self.conns.lock().expect("lock").iter() {
+            link.replies
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Every byte on every open connection is lost from now on, both ways.
+    pub fn cut_all(&self) {
+        for link in self.conns.lock().expect("lock").iter() {
+            link.replies
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            link.requests
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if swallow.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}

@@ -2,9 +2,8 @@
 //!
 //! After `threshold` consecutive failures the breaker opens: cache calls are skipped
 //! (reads go to PostgreSQL, fills are dropped) until `probe_interval` has passed; then
-//! one call is let through as a probe. Any failure also marks the cache *dirty*: an
-//! invalidation may have been lost, so before the cache is used again the epoch is bumped,
-//! which orphans every entry written before (see [`crate::cache`]).
+//! one call is let through as a probe. Failures only decide whether Redis is tried; a
+//! lost *invalidation* is tracked by the backend (see `redis.rs`), never by this.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ pub(crate) struct Breaker {
     /// Milliseconds since `started` until which the breaker stays open.
     open_until: AtomicU64,
     probing: AtomicBool,
-    dirty: AtomicBool,
 }
 
 impl Breaker {
@@ -30,7 +28,6 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
-            dirty: AtomicBool::new(false),
         }
     }
 
@@ -58,7 +55,6 @@ impl Breaker {
     }
 
     pub(crate) fn failure(&self) {
-        self.dirty.store(true, Ordering::Release);
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= self.threshold {
             let until =
@@ -66,14 +62,6 @@ impl Breaker {
             self.open_until.store(until, Ordering::Release);
         }
         self.probing.store(false, Ordering::Release);
-    }
-
-    pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn clean(&self) {
-        self.dirty.store(false, Ordering::Release);
     }
 
     pub(crate) fn is_open(&self) -> bool {

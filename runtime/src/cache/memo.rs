@@ -11,8 +11,17 @@
 //! Concurrent callers with the same key in one process run the body once: the first
 //! runs it while the others wait, then take its result (even if the cache is down).
 //!
-//! The cache used is the global one ([`CacheService::install_global`]; a `Db` built
-//! with a cache installs it if none is). Without one, the body simply runs.
+//! Single flight joins only a computation keyed by the same table versions, so a call
+//! that begins after a write never gets a value computed before it. A body that ran
+//! any statement through a user-scoped handle (Row Level Security) produced an answer
+//! for that user only: it is neither cached nor shared. Arguments that cannot be
+//! encoded as a key bypass the cache for that call. Both are counted in
+//! `tabula_memo_bypass_total` and logged once per function.
+//!
+//! The cache used is the one installed with [`CacheService::install_global`] —
+//! explicitly: connecting a `Db` installs nothing. Every `Db` write also bumps the
+//! versions of the written tables in that cache when it is not the `Db`'s own, so a
+//! memo is invalidated whichever handle writes. Without one, the body simply runs.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -81,17 +90,44 @@ impl MemoSpec {
     }
 }
 
-/// The key suffix of one call: the function's name and a hash of its arguments.
+/// The key suffix of one call: the function's name and a hash of its arguments. Empty
+/// when the arguments cannot be encoded (a map with non-string keys, say): that call
+/// then bypasses the cache (see [`memo`]) instead of sharing an entry with others.
 #[doc(hidden)]
 pub fn memo_key<A: Serialize + ?Sized>(spec: &MemoSpec, args: &A) -> String {
     use sha2::Digest;
-    let json = serde_json::to_vec(args).unwrap_or_default();
+    let Ok(json) = serde_json::to_vec(args) else {
+        return String::new();
+    };
     let hash: String = sha2::Sha256::digest(&json)
         .iter()
         .take(16)
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("{}:{hash}", spec.name)
+}
+
+tokio::task_local! {
+    /// Set while a memoized body runs: whether it ran a statement under a user scope.
+    static FRAME: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// Called by `Db` for every operation of a user-scoped handle: a memo whose body ran
+/// one must not be shared (see [`memo`]).
+pub(crate) fn note_scoped() {
+    let _ = FRAME.try_with(|scoped| scoped.store(true, std::sync::atomic::Ordering::Release));
+}
+
+fn bypass(reason: &'static str, name: &str) {
+    metrics::counter!(crate::monitor::MEMO_BYPASS, "reason" => reason).increment(1);
+    static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    if let Ok(mut logged) = LOGGED.lock()
+        && !logged.iter().any(|n| n == name)
+        && logged.len() < 1000
+    {
+        logged.push(name.to_owned());
+        tracing::warn!(memo = name, reason, "#[cached] call not cached");
+    }
 }
 
 /// How a return type is stored: `Result` keeps only `Ok`, everything else as is.
@@ -151,22 +187,38 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
     let Some(cache) = CacheService::global() else {
         return body.await;
     };
-    if let (Some(hit), _) = lookup::<S>(cache, spec, &key).await {
+    if key.is_empty() {
+        bypass("key", &spec.name);
+        return body.await;
+    }
+    let (mut hit, mut full_key) = lookup::<S>(cache, spec, &key).await;
+    if hit.is_none() && full_key.is_none() {
+        // The cache failed (a dropped connection is replaced on the next call): one
+        // more try; an open circuit breaker answers at once.
+        (hit, full_key) = lookup::<S>(cache, spec, &key).await;
+    }
+    if let Some(hit) = hit {
         return hit;
     }
-    // Single flight: one caller per key runs the body; the others wait for it and take
-    // its result (or, if it produced none worth keeping, look again and run it too).
+    // The versioned key names the tables' versions this lookup saw; without it (the
+    // cache is down) no computation can be shown to be recent enough to share.
+    let Some(full_key) = full_key else {
+        return run_body(spec, body).await.0;
+    };
+    // Single flight: one caller per versioned key runs the body; the others wait and
+    // take its result. A call that starts after a write sees the bumped version, so it
+    // never joins a computation that began before the write.
     let flight = {
         let mut map = match flights().lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
         map.retain(|_, weak| weak.strong_count() > 0);
-        match map.get(&key).and_then(Weak::upgrade) {
+        match map.get(&full_key).and_then(Weak::upgrade) {
             Some(flight) => flight,
             None => {
                 let flight = Arc::new(Flight::default());
-                map.insert(key.clone(), Arc::downgrade(&flight));
+                map.insert(full_key.clone(), Arc::downgrade(&flight));
                 flight
             }
         }
@@ -179,7 +231,10 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
     if let Some(hit) = hit {
         return hit;
     }
-    let value = body.await;
+    let (value, scoped) = run_body(spec, body).await;
+    if scoped {
+        return value;
+    }
     if let Some(bytes) = value.store() {
         if let Some(full_key) = full_key {
             cache
@@ -191,9 +246,24 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
     value
 }
 
+/// Runs a memoized body, noting whether it ran any statement under a user scope: such
+/// a result depends on who asked, so it is never stored nor handed to another caller.
+async fn run_body<S>(spec: &MemoSpec, body: impl Future<Output = S>) -> (S, bool) {
+    let scoped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let value = FRAME.scope(scoped.clone(), body).await;
+    let scoped = scoped.load(std::sync::atomic::Ordering::Acquire);
+    if scoped {
+        bypass("scoped", &spec.name);
+    }
+    (value, scoped)
+}
+
 /// Drops the entry of one call.
 #[doc(hidden)]
 pub async fn memo_invalidate(spec: &MemoSpec, key: String) {
+    if key.is_empty() {
+        return;
+    }
     if let Some(cache) = CacheService::global() {
         cache.versioned("m", &spec.counters(), &key, true).await;
     }

@@ -84,6 +84,15 @@ pub struct CacheConfig {
     pub probe_interval: Duration,
     /// How long a reader's lease lives (it must cover one database read). Default 5 s.
     pub lease: Duration,
+    /// The namespace of Tabula's entries (rows, queries, memos) under the prefix.
+    /// Default `None`: the identity of the database the [`Db`](crate::Db) is connected
+    /// to (its cluster's system identifier and the database's name and oid, read once
+    /// at connect), so two databases on one Redis never share an entry. Set it to share
+    /// entries deliberately, or to separate two handles on one database. From the
+    /// environment: `TABULA_CACHE_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// Values larger than this are not cached (counted as `too_large`). Default 1 MiB.
+    pub max_value_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -94,6 +103,8 @@ impl Default for CacheConfig {
             failure_threshold: 3,
             probe_interval: Duration::from_secs(1),
             lease: Duration::from_secs(5),
+            namespace: None,
+            max_value_bytes: 1024 * 1024,
         }
     }
 }
@@ -102,6 +113,18 @@ impl CacheConfig {
     /// Sets [`CacheConfig::prefix`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`CacheConfig::namespace`] (letters, digits, `_`, `-`, `.`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets [`CacheConfig::max_value_bytes`].
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
         self
     }
 
@@ -169,23 +192,25 @@ impl From<Fault> for Error {
 /// One per cache, behind an `Arc`: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
-    Redis(RedisBackend),
+    Redis(Arc<RedisBackend>),
     Memory(MemoryBackend),
 }
 
 pub(crate) struct CacheInner {
-    pub(crate) backend: Backend,
+    /// Shared by every view of one cache (the application's, and each database's).
+    pub(crate) backend: Arc<Backend>,
     pub(crate) config: CacheConfig,
-    /// `{prefix}:` for user keys.
+    /// `{prefix}:u:` for the keys of this service's key-value API; a database's view
+    /// (see `bound`) keeps the keys it stores (storage downloads) in its namespace.
     user_prefix: String,
-    /// `{prefix}:__tabula` for Tabula's own keys.
+    /// `{prefix}:t:{namespace}` for Tabula's own keys.
     pub(crate) internal_prefix: String,
-    /// `{prefix}:__tabula:epoch`.
+    /// `{internal_prefix}:epoch`.
     pub(crate) epoch_key: String,
-    pub(crate) hooks: row::Hooks,
+    pub(crate) hooks: Arc<row::Hooks>,
 }
 
-/// A cache on Redis, or in-process when no Redis is configured; cheap to clone. See the
+/// A cache on Redis, or in-process when asked for; cheap to clone. See the
 /// [module docs](self) for what it guarantees.
 ///
 /// ```
@@ -202,13 +227,14 @@ pub struct CacheService {
 
 impl fmt::Debug for CacheService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let backend = match self.inner.backend {
+        let backend = match *self.inner.backend {
             Backend::Redis(_) => "redis",
             Backend::Memory(_) => "memory",
         };
         f.debug_struct("CacheService")
             .field("backend", &backend)
             .field("prefix", &self.inner.config.prefix)
+            .field("namespace", &self.inner.internal_prefix)
             .finish()
     }
 }
@@ -268,17 +294,69 @@ fn ttl(seconds: Option<u64>) -> Result<Option<Duration>> {
 impl CacheService {
     fn build(backend: Backend, config: CacheConfig) -> Result<Self> {
         check_prefix(&config.prefix)?;
-        let internal_prefix = format!("{}:__tabula", config.prefix);
-        Ok(CacheService {
+        if let Some(namespace) = &config.namespace {
+            check_prefix(namespace)?;
+        }
+        let namespace = config.namespace.clone().unwrap_or_else(|| "app".into());
+        let user_prefix = format!("{}:u:", config.prefix);
+        Ok(CacheService::view(
+            Arc::new(backend),
+            config,
+            &namespace,
+            user_prefix,
+        ))
+    }
+
+    fn view(
+        backend: Arc<Backend>,
+        config: CacheConfig,
+        namespace: &str,
+        user_prefix: String,
+    ) -> CacheService {
+        let internal_prefix = format!("{}:t:{namespace}", config.prefix);
+        let epoch_key = format!("{internal_prefix}:epoch");
+        if let Backend::Redis(r) = &*backend {
+            r.register_epoch(&epoch_key);
+        }
+        CacheService {
             inner: Arc::new(CacheInner {
                 backend,
-                user_prefix: format!("{}:", config.prefix),
-                epoch_key: format!("{internal_prefix}:epoch"),
+                user_prefix,
+                epoch_key,
                 internal_prefix,
                 config,
-                hooks: row::Hooks::default(),
+                hooks: Arc::default(),
             }),
-        })
+        }
+    }
+
+    /// This cache as seen by the database `identity`: the same backend, Tabula's
+    /// entries under the configured namespace or, by default, under the database's
+    /// identity (see [`CacheConfig::namespace`]).
+    pub(crate) fn bound(&self, identity: &str) -> CacheService {
+        let namespace = self
+            .inner
+            .config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| identity.to_owned());
+        let internal = format!("{}:t:{namespace}", self.inner.config.prefix);
+        let mut view = CacheService::view(
+            self.inner.backend.clone(),
+            self.inner.config.clone(),
+            &namespace,
+            format!("{internal}:s:"),
+        );
+        if let Some(inner) = Arc::get_mut(&mut view.inner) {
+            inner.hooks = self.inner.hooks.clone();
+        }
+        view
+    }
+
+    /// Whether two services write Tabula's entries to the same place.
+    pub(crate) fn same_namespace(&self, other: &CacheService) -> bool {
+        Arc::ptr_eq(&self.inner.backend, &other.inner.backend)
+            && self.inner.internal_prefix == other.inner.internal_prefix
     }
 
     /// A cache on the Redis at `url`. Nothing is sent until first use, so a Redis that
@@ -289,13 +367,12 @@ impl CacheService {
     /// # Ok::<(), tabula::Error>(())
     /// ```
     pub fn redis(url: &str, config: CacheConfig) -> Result<Self> {
-        check_prefix(&config.prefix)?;
-        let epoch_key = format!("{}:__tabula:epoch", config.prefix);
-        let backend = RedisBackend::new(url, &config, epoch_key)?;
-        CacheService::build(Backend::Redis(backend), config)
+        let backend = RedisBackend::new(url, &config)?;
+        CacheService::build(Backend::Redis(Arc::new(backend)), config)
     }
 
-    /// An in-process cache with the same API.
+    /// An in-process cache with the same API. It is right for one process only:
+    /// nothing it holds is seen, or invalidated, by another process.
     ///
     /// ```
     /// let cache = tabula::cache::CacheService::in_memory(Default::default())?;
@@ -305,27 +382,53 @@ impl CacheService {
         CacheService::build(Backend::Memory(MemoryBackend::default()), config)
     }
 
-    /// Redis at `REDIS_URL` when it is set, otherwise in-process.
+    /// The cache the environment asks for: Redis at `REDIS_URL` when it is set;
+    /// otherwise an in-process cache only when `TABULA_CACHE=memory` (correct for a
+    /// single process), and no cache at all by default — a cache that other processes
+    /// cannot see would serve them stale rows. `TABULA_CACHE_NAMESPACE` sets
+    /// [`CacheConfig::namespace`]. One log line says which cache is in use.
     ///
     /// ```
     /// let cache = tabula::cache::CacheService::from_env()?;
     /// # Ok::<(), tabula::Error>(())
     /// ```
-    pub fn from_env() -> Result<Self> {
-        match std::env::var("REDIS_URL") {
-            Ok(url) => CacheService::redis(&url, CacheConfig::default()),
-            Err(_) => CacheService::in_memory(CacheConfig::default()),
+    pub fn from_env() -> Result<Option<Self>> {
+        let mut config = CacheConfig::default();
+        if let Ok(namespace) = std::env::var("TABULA_CACHE_NAMESPACE") {
+            config = config.namespace(namespace);
         }
+        let cache = match (std::env::var("REDIS_URL"), std::env::var("TABULA_CACHE")) {
+            (Ok(url), _) => {
+                tracing::info!("tabula cache: redis (REDIS_URL)");
+                Some(CacheService::redis(&url, config)?)
+            }
+            (Err(_), Ok(kind)) if kind == "memory" => {
+                tracing::info!("tabula cache: in-process (TABULA_CACHE=memory), one process only");
+                Some(CacheService::in_memory(config)?)
+            }
+            (Err(_), Ok(kind)) if !kind.is_empty() && kind != "none" => {
+                return Err(Error::Config(crate::error::unknown_word(
+                    "TABULA_CACHE",
+                    &kind,
+                    &["memory", "none"],
+                )));
+            }
+            _ => {
+                tracing::info!("tabula cache: none (set REDIS_URL, or TABULA_CACHE=memory)");
+                None
+            }
+        };
+        Ok(cache)
     }
 
     /// Whether this cache is backed by Redis (not in-process).
     pub fn is_redis(&self) -> bool {
-        matches!(self.inner.backend, Backend::Redis(_))
+        matches!(*self.inner.backend, Backend::Redis(_))
     }
 
     /// Whether the circuit breaker currently skips Redis.
     pub fn is_degraded(&self) -> bool {
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => r.breaker.is_open(),
             Backend::Memory(_) => false,
         }
@@ -372,7 +475,7 @@ impl CacheService {
         ttl_seconds: Option<u64>,
     ) -> Result<()> {
         let (key, ttl) = (self.key(key)?, ttl(ttl_seconds)?);
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 let mut cmd = redis_cmd!("SET", &key, &bytes);
                 if let Some(ttl) = ttl {
@@ -395,7 +498,7 @@ impl CacheService {
     /// Raw bytes stored by [`set_bytes`](Self::set_bytes).
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(key)?;
-        let bytes: Option<Vec<u8>> = match &self.inner.backend {
+        let bytes: Option<Vec<u8>> = match &*self.inner.backend {
             Backend::Redis(r) => self.redis_cmd("get", r, redis_cmd!("GET", &key)).await?,
             Backend::Memory(m) => m
                 .with(|map| map.get_bytes(&key))
@@ -407,7 +510,7 @@ impl CacheService {
     /// Deletes `key`; whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => Ok(self
                 .redis_cmd::<i64>("delete", r, redis_cmd!("UNLINK", &key))
                 .await?
@@ -419,7 +522,7 @@ impl CacheService {
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => Ok(self
                 .redis_cmd::<i64>("exists", r, redis_cmd!("EXISTS", &key))
                 .await?
@@ -434,7 +537,7 @@ impl CacheService {
         let Some(ttl) = ttl(Some(ttl_seconds))? else {
             return Ok(false);
         };
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => Ok(self
                 .redis_cmd::<i64>(
                     "expire",
@@ -450,7 +553,7 @@ impl CacheService {
     /// Adds `by` to the integer under `key` (0 when absent) and returns the new value.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.key(key)?;
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("incr", r, redis_cmd!("INCRBY", &key, by))
                     .await
@@ -476,7 +579,7 @@ impl CacheService {
     /// Appends `value` to the list under `key` (the seed's `listPush`); returns its length.
     pub async fn list_push<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64> {
         let (key, bytes) = (self.key(key)?, encode(value)?);
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("list_push", r, redis_cmd!("RPUSH", &key, &bytes))
                     .await
@@ -499,7 +602,7 @@ impl CacheService {
     /// [`list_push`](Self::list_push)).
     pub async fn list_pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
-        let bytes: Option<Vec<u8>> = match &self.inner.backend {
+        let bytes: Option<Vec<u8>> = match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("list_pop", r, redis_cmd!("LPOP", &key))
                     .await?
@@ -523,7 +626,7 @@ impl CacheService {
         stop: i64,
     ) -> Result<Vec<T>> {
         let key = self.key(key)?;
-        let items: Vec<Vec<u8>> = match &self.inner.backend {
+        let items: Vec<Vec<u8>> = match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("list_range", r, redis_cmd!("LRANGE", &key, start, stop))
                     .await?
@@ -553,7 +656,7 @@ impl CacheService {
     /// Length of the list under `key`.
     pub async fn list_len(&self, key: &str) -> Result<u64> {
         let key = self.key(key)?;
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("list_len", r, redis_cmd!("LLEN", &key))
                     .await
@@ -573,7 +676,7 @@ impl CacheService {
         if members.is_empty() {
             return Ok(0);
         }
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("set_add", r, redis_cmd!("SADD", &key, &members))
                     .await
@@ -599,7 +702,7 @@ impl CacheService {
         if members.is_empty() {
             return Ok(0);
         }
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("set_remove", r, redis_cmd!("SREM", &key, &members))
                     .await
@@ -618,7 +721,7 @@ impl CacheService {
     /// Every member of the set (in no particular order).
     pub async fn set_members<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>> {
         let key = self.key(key)?;
-        let items: Vec<Vec<u8>> = match &self.inner.backend {
+        let items: Vec<Vec<u8>> = match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("set_members", r, redis_cmd!("SMEMBERS", &key))
                     .await?
@@ -639,7 +742,7 @@ impl CacheService {
         member: &T,
     ) -> Result<bool> {
         let (key, member) = (self.key(key)?, encode(member)?);
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => Ok(self
                 .redis_cmd::<i64>("set_is_member", r, redis_cmd!("SISMEMBER", &key, &member))
                 .await?
@@ -660,7 +763,7 @@ impl CacheService {
         value: &T,
     ) -> Result<bool> {
         let (key, value) = (self.key(key)?, encode(value)?);
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => Ok(self
                 .redis_cmd::<i64>("hash_set", r, redis_cmd!("HSET", &key, field, &value))
                 .await?
@@ -679,7 +782,7 @@ impl CacheService {
     /// `field` of the hash under `key`.
     pub async fn hash_get<T: DeserializeOwned>(&self, key: &str, field: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
-        let bytes: Option<Vec<u8>> = match &self.inner.backend {
+        let bytes: Option<Vec<u8>> = match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("hash_get", r, redis_cmd!("HGET", &key, field))
                     .await?
@@ -696,7 +799,7 @@ impl CacheService {
     /// Every field of the hash under `key`.
     pub async fn hash_get_all<T: DeserializeOwned>(&self, key: &str) -> Result<HashMap<String, T>> {
         let key = self.key(key)?;
-        let items: HashMap<String, Vec<u8>> = match &self.inner.backend {
+        let items: HashMap<String, Vec<u8>> = match &*self.inner.backend {
             Backend::Redis(r) => {
                 self.redis_cmd("hash_get_all", r, redis_cmd!("HGETALL", &key))
                     .await?
@@ -716,7 +819,7 @@ impl CacheService {
     /// Deletes `field` from the hash; whether it existed.
     pub async fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
         let key = self.key(key)?;
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => Ok(self
                 .redis_cmd::<i64>("hash_delete", r, redis_cmd!("HDEL", &key, field))
                 .await?
@@ -737,7 +840,7 @@ impl CacheService {
     /// and version counters.)
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         let pattern = self.key(pattern)?;
-        match &self.inner.backend {
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 let mut cursor: u64 = 0;
                 let mut deleted = 0u64;

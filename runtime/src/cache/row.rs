@@ -1,5 +1,21 @@
 //! The cache protocol on the wire (scripts) and its use by [`Db`]: the read-through row
 //! cache with leases, invalidation after writes, versioned keys for queries and memos.
+//!
+//! # Keys
+//!
+//! Under a namespace's base (`{prefix}:t:{namespace}`) and its current epoch `e`:
+//!
+//! - `{base}:{e}:r:{table}:{g}:{key}` — a row entry (16 hex digits of the model's
+//!   shape, then the encoded row), `g` being the table's generation;
+//! - `{base}:{e}:l:{table}:{g}:{key}` — the lease of a reader filling it;
+//! - `{base}:{e}:g:{table}` — the table's generation: bumped when rows of the table
+//!   changed that cannot be named (a cascade, an unknown outcome, `invalidate_table`);
+//! - `{base}:{e}:v:{table}` — the table's version: bumped by every write to it (and by
+//!   every cascade into it); part of the keys of cached queries (`q:`) and memos (`m:`);
+//! - `{base}:epoch` — the epoch, random, replaced after an invalidation was lost.
+//!
+//! The scripts (in `lua/`, sharing `prelude.lua`) are the one statement of the
+//! protocol; the in-process backend below follows the same rules step for step.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,90 +24,20 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
+use super::memory::Map;
 use super::{Backend, CacheService, MemValue};
 use crate::monitor;
 
-/// Reads a row entry; on a miss, takes a lease in the same step.
-/// KEYS: epoch. ARGV: base, suffix, token, lease ms, shape.
-static ROW_GET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local e = redis.call('GET', KEYS[1]) or '0'
-local base = ARGV[1] .. ':' .. e
-local v = redis.call('GET', base .. ':r:' .. ARGV[2])
-if v and string.sub(v, 1, 16) == ARGV[5] then return {1, v} end
-redis.call('SET', base .. ':l:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
-return {0, false}",
-    )
-});
+const PRELUDE: &str = include_str!("lua/prelude.lua");
 
-/// The same for many rows: returns one value (or false) per suffix.
-/// KEYS: epoch. ARGV: base, token, lease ms, shape, suffixes…
-static ROW_GET_MANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local e = redis.call('GET', KEYS[1]) or '0'
-local base = ARGV[1] .. ':' .. e
-local out = {}
-for i = 5, #ARGV do
-  local v = redis.call('GET', base .. ':r:' .. ARGV[i])
-  if v and string.sub(v, 1, 16) == ARGV[4] then
-    out[i - 4] = v
-  else
-    redis.call('SET', base .. ':l:' .. ARGV[i], ARGV[2], 'PX', ARGV[3])
-    out[i - 4] = false
-  end
-end
-return out",
-    )
-});
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
 
-/// Fills rows whose lease still holds `token`; returns how many were filled.
-/// KEYS: epoch. ARGV: base, token, ttl ms, then suffix/value pairs.
-static ROW_FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local e = redis.call('GET', KEYS[1]) or '0'
-local base = ARGV[1] .. ':' .. e
-local filled = 0
-for i = 4, #ARGV, 2 do
-  local lease = base .. ':l:' .. ARGV[i]
-  if redis.call('GET', lease) == ARGV[2] then
-    redis.call('SET', base .. ':r:' .. ARGV[i], ARGV[i + 1], 'PX', ARGV[3])
-    redis.call('DEL', lease)
-    filled = filled + 1
-  end
-end
-return filled",
-    )
-});
-
-/// Bumps version counters and deletes row entries with their leases.
-/// KEYS: epoch. ARGV: base, number of counters, counters…, row suffixes…
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local e = redis.call('GET', KEYS[1]) or '0'
-local base = ARGV[1] .. ':' .. e
-local n = tonumber(ARGV[2])
-for i = 3, 2 + n do redis.call('INCR', base .. ':' .. ARGV[i]) end
-for i = 3 + n, #ARGV do
-  redis.call('DEL', base .. ':r:' .. ARGV[i], base .. ':l:' .. ARGV[i])
-end
-return 1",
-    )
-});
-
-/// Resolves a versioned key (its counters read on the server) and GETs or DELs it.
-/// KEYS: epoch. ARGV: base, mode (get / del), kind, number of counters, counters…, suffix.
-static VERSIONED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local e = redis.call('GET', KEYS[1]) or '0'
-local base = ARGV[1] .. ':' .. e
-local n = tonumber(ARGV[4])
-local parts = {}
-for i = 5, 4 + n do parts[#parts + 1] = redis.call('GET', base .. ':' .. ARGV[i]) or '0' end
-local k = base .. ':' .. ARGV[3] .. ':' .. table.concat(parts, ',') .. ':' .. ARGV[5 + n]
-if ARGV[2] == 'del' then return {k, redis.call('DEL', k)} end
-return {k, redis.call('GET', k)}",
-    )
-});
+static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_get.lua")));
+static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_fill.lua")));
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
+static VERSIONED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/versioned.lua")));
 
 /// A pause inserted between a reader's database read and its fill — for tests that
 /// need to place a write exactly there.
@@ -110,7 +56,7 @@ pub(crate) enum Lookup {
     Miss(Option<String>),
 }
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -127,9 +73,46 @@ fn millis(d: Duration) -> Vec<u8> {
     d.as_millis().to_string().into_bytes()
 }
 
+/// The in-process backend's names, the same as the scripts' (its epoch is fixed: it
+/// cannot lose an invalidation).
+struct MemKeys<'a>(&'a str);
+
+impl MemKeys<'_> {
+    fn base(&self) -> String {
+        format!("{}:0", self.0)
+    }
+
+    fn row(&self, map: &mut Map<'_>, kind: &str, table: &str, key: &str) -> String {
+        let generation = map
+            .get_bytes(&format!("{}:g:{table}", self.base()))
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| "0".into());
+        format!("{}:{kind}:{table}:{generation}:{key}", self.base())
+    }
+
+    fn incr(&self, map: &mut Map<'_>, name: &str) {
+        let key = format!("{}:{name}", self.base());
+        let next = map
+            .get_bytes(&key)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
+    }
+}
+
 impl CacheService {
     fn base(&self) -> &str {
         &self.inner.internal_prefix
+    }
+
+    /// The arguments every script starts with: the base and a fresh epoch.
+    fn script_args(&self) -> (String, String) {
+        (self.base().to_owned(), super::redis::fresh_epoch())
     }
 
     /// Installs (or with `None` removes) a hook run between a reader's database read
@@ -155,92 +138,63 @@ impl CacheService {
     }
 
     fn event(&self, event: &'static str, n: u64) {
-        metrics::counter!(monitor::CACHE_EVENTS, "event" => event).increment(n);
+        if n > 0 {
+            metrics::counter!(monitor::CACHE_EVENTS, "event" => event).increment(n);
+        }
     }
 
     /// GET a row entry of `shape`; on a miss, take a lease.
-    pub(crate) async fn row_get(&self, suffix: &str, shape: &str) -> Lookup {
-        let started = Instant::now();
-        let token = token();
-        let lookup = match &self.inner.backend {
-            Backend::Redis(r) => {
-                let lease = millis(self.inner.config.lease);
-                let args: [&[u8]; 5] = [
-                    self.base().as_bytes(),
-                    suffix.as_bytes(),
-                    token.as_bytes(),
-                    &lease,
-                    shape.as_bytes(),
-                ];
-                match r
-                    .script::<(i64, Option<Vec<u8>>)>(&ROW_GET, &[&self.inner.epoch_key], &args)
-                    .await
-                {
-                    Ok((1, Some(value))) => Lookup::Hit(value),
-                    Ok(_) => Lookup::Miss(Some(token)),
-                    Err(_) => Lookup::Miss(None),
-                }
-            }
-            Backend::Memory(m) => m.with(|map| {
-                let key = format!("{}:0:r:{suffix}", self.base());
-                match map.get_bytes(&key) {
-                    Ok(Some(v)) if v.starts_with(shape.as_bytes()) => Lookup::Hit(v),
-                    _ => {
-                        let lease = format!("{}:0:l:{suffix}", self.base());
-                        map.set(
-                            &lease,
-                            MemValue::Bytes(token.clone().into_bytes()),
-                            Some(self.inner.config.lease),
-                        );
-                        Lookup::Miss(Some(token))
-                    }
-                }
-            }),
-        };
-        let (event, outcome) = match &lookup {
-            Lookup::Hit(_) => ("hit", "ok"),
-            Lookup::Miss(Some(_)) => ("miss", "ok"),
-            Lookup::Miss(None) => ("error", "error"),
-        };
-        self.event(event, 1);
-        monitor::record_cache("row_get", started, outcome);
-        lookup
+    pub(crate) async fn row_get(&self, table: &str, key: &str, shape: &str) -> Lookup {
+        let (mut values, token) = self
+            .row_get_many(table, std::slice::from_ref(&key.to_owned()), shape)
+            .await;
+        match (values.pop().flatten(), token) {
+            (Some(value), _) => Lookup::Hit(value),
+            (None, token) => Lookup::Miss(token),
+        }
     }
 
-    /// Many row entries at once; misses take a lease (one token for all).
+    /// Row entries of `table` at once; misses take a lease (one token for all). The
+    /// token is `None` when the cache failed: nothing may be filled then.
     pub(crate) async fn row_get_many(
         &self,
-        suffixes: &[String],
+        table: &str,
+        keys: &[String],
         shape: &str,
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
         let token = token();
-        let result = match &self.inner.backend {
+        let result = match &*self.inner.backend {
             Backend::Redis(r) => {
+                let (base, fresh) = self.script_args();
                 let lease = millis(self.inner.config.lease);
                 let mut args: Vec<&[u8]> = vec![
-                    self.base().as_bytes(),
+                    base.as_bytes(),
+                    fresh.as_bytes(),
+                    table.as_bytes(),
                     token.as_bytes(),
                     &lease,
                     shape.as_bytes(),
                 ];
-                args.extend(suffixes.iter().map(|s| s.as_bytes()));
+                args.extend(keys.iter().map(|s| s.as_bytes()));
                 match r
-                    .script::<Vec<Option<Vec<u8>>>>(&ROW_GET_MANY, &[&self.inner.epoch_key], &args)
+                    .script::<Vec<Option<Vec<u8>>>>(&ROW_GET, &[&self.inner.epoch_key], &args)
                     .await
                 {
-                    Ok(values) if values.len() == suffixes.len() => (values, Some(token)),
-                    _ => (vec![None; suffixes.len()], None),
+                    Ok(values) if values.len() == keys.len() => (values, Some(token)),
+                    _ => (vec![None; keys.len()], None),
                 }
             }
             Backend::Memory(m) => m.with(|map| {
-                let values = suffixes
+                let names = MemKeys(self.base());
+                let values = keys
                     .iter()
-                    .map(
-                        |suffix| match map.get_bytes(&format!("{}:0:r:{suffix}", self.base())) {
+                    .map(|key| {
+                        let entry = names.row(map, "r", table, key);
+                        match map.get_bytes(&entry) {
                             Ok(Some(v)) if v.starts_with(shape.as_bytes()) => Some(v),
                             _ => {
-                                let lease = format!("{}:0:l:{suffix}", self.base());
+                                let lease = names.row(map, "l", table, key);
                                 map.set(
                                     &lease,
                                     MemValue::Bytes(token.clone().into_bytes()),
@@ -248,41 +202,61 @@ impl CacheService {
                                 );
                                 None
                             }
-                        },
-                    )
+                        }
+                    })
                     .collect();
                 (values, Some(token))
             }),
         };
         let hits = result.0.iter().filter(|v| v.is_some()).count() as u64;
-        self.event("hit", hits);
-        self.event("miss", suffixes.len() as u64 - hits);
+        match result.1 {
+            Some(_) => {
+                self.event("hit", hits);
+                self.event("miss", keys.len() as u64 - hits);
+            }
+            None => self.event("error", 1),
+        }
         monitor::record_cache(
-            "row_get_many",
+            "row_get",
             started,
             if result.1.is_some() { "ok" } else { "error" },
         );
         result
     }
 
-    /// Fills the entries whose leases still hold `token`; returns how many were filled.
+    /// Fills the entries of `table` whose leases still hold `token`; returns how many
+    /// were filled. Values over [`CacheConfig::max_value_bytes`](super::CacheConfig)
+    /// are not cached. A failed fill is a miss, nothing more.
     pub(crate) async fn row_fill(
         &self,
+        table: &str,
         token: &str,
         entries: &[(String, Vec<u8>)],
         ttl: Duration,
     ) -> u64 {
+        let limit = self.inner.config.max_value_bytes;
+        let too_large = entries.iter().filter(|(_, v)| v.len() > limit).count() as u64;
+        self.event("too_large", too_large);
+        let entries: Vec<&(String, Vec<u8>)> =
+            entries.iter().filter(|(_, v)| v.len() <= limit).collect();
         if entries.is_empty() {
             return 0;
         }
         self.before_fill().await;
         let started = Instant::now();
-        let filled = match &self.inner.backend {
+        let filled = match &*self.inner.backend {
             Backend::Redis(r) => {
+                let (base, fresh) = self.script_args();
                 let ttl_ms = millis(ttl);
-                let mut args: Vec<&[u8]> = vec![self.base().as_bytes(), token.as_bytes(), &ttl_ms];
-                for (suffix, value) in entries {
-                    args.push(suffix.as_bytes());
+                let mut args: Vec<&[u8]> = vec![
+                    base.as_bytes(),
+                    fresh.as_bytes(),
+                    table.as_bytes(),
+                    token.as_bytes(),
+                    &ttl_ms,
+                ];
+                for (key, value) in &entries {
+                    args.push(key.as_bytes());
                     args.push(value);
                 }
                 r.script::<u64>(&ROW_FILL, &[&self.inner.epoch_key], &args)
@@ -290,15 +264,13 @@ impl CacheService {
                     .unwrap_or(0)
             }
             Backend::Memory(m) => m.with(|map| {
+                let names = MemKeys(self.base());
                 let mut filled = 0;
-                for (suffix, value) in entries {
-                    let lease = format!("{}:0:l:{suffix}", self.base());
+                for (key, value) in &entries {
+                    let lease = names.row(map, "l", table, key);
                     if map.get_bytes(&lease).ok().flatten().as_deref() == Some(token.as_bytes()) {
-                        map.set(
-                            &format!("{}:0:r:{suffix}", self.base()),
-                            MemValue::Bytes(value.clone()),
-                            Some(ttl),
-                        );
+                        let entry = names.row(map, "r", table, key);
+                        map.set(&entry, MemValue::Bytes(value.clone()), Some(ttl));
                         map.remove(&lease);
                         filled += 1;
                     }
@@ -312,38 +284,61 @@ impl CacheService {
         filled
     }
 
-    /// Bumps `counters` and deletes `rows` (with their leases). `false` when Redis could
-    /// not be told: the breaker is then dirty, and the epoch is bumped on recovery.
-    pub(crate) async fn invalidate(&self, counters: &[String], rows: &[String]) -> bool {
-        if counters.is_empty() && rows.is_empty() {
+    /// Bumps `counters` and table `generations`, and deletes `rows` (table, key) with
+    /// their leases. `false` when Redis could not be told: the backend is then dirty,
+    /// and the lost invalidation is delivered as a new epoch as soon as Redis answers
+    /// (see `redis.rs`).
+    pub(crate) async fn invalidate(
+        &self,
+        counters: &[String],
+        generations: &[String],
+        rows: &[(String, String)],
+    ) -> bool {
+        if counters.is_empty() && generations.is_empty() && rows.is_empty() {
             return true;
         }
         let started = Instant::now();
-        let ok = match &self.inner.backend {
+        let ok = match &*self.inner.backend {
             Backend::Redis(r) => {
-                let n = counters.len().to_string();
-                let mut args: Vec<&[u8]> = vec![self.base().as_bytes(), n.as_bytes()];
+                let (base, fresh) = self.script_args();
+                let (n, g) = (counters.len().to_string(), generations.len().to_string());
+                let mut args: Vec<&[u8]> = vec![base.as_bytes(), fresh.as_bytes(), n.as_bytes()];
                 args.extend(counters.iter().map(|c| c.as_bytes()));
-                args.extend(rows.iter().map(|s| s.as_bytes()));
-                r.script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args)
-                    .await
-                    .is_ok()
+                args.push(g.as_bytes());
+                args.extend(generations.iter().map(|c| c.as_bytes()));
+                for (table, key) in rows {
+                    args.push(table.as_bytes());
+                    args.push(key.as_bytes());
+                }
+                let mut delivered = r
+                    .script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args)
+                    .await;
+                if matches!(&delivered, Err(fault) if fault.is_broken_connection()) {
+                    // A connection broken before this call (Redis restarted): deliver on
+                    // a new one rather than flush every entry for it.
+                    delivered = r
+                        .script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args)
+                        .await;
+                }
+                let delivered = delivered.is_ok();
+                if !delivered {
+                    r.mark_dirty();
+                }
+                delivered
             }
             Backend::Memory(m) => m.with(|map| {
+                let names = MemKeys(self.base());
                 for counter in counters {
-                    let key = format!("{}:0:{counter}", self.base());
-                    let next = map
-                        .get_bytes(&key)
-                        .ok()
-                        .flatten()
-                        .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok())
-                        .unwrap_or(0)
-                        + 1;
-                    map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
+                    names.incr(map, counter);
                 }
-                for suffix in rows {
-                    map.remove(&format!("{}:0:r:{suffix}", self.base()));
-                    map.remove(&format!("{}:0:l:{suffix}", self.base()));
+                for table in generations {
+                    names.incr(map, &format!("g:{table}"));
+                }
+                for (table, key) in rows {
+                    let entry = names.row(map, "r", table, key);
+                    let lease = names.row(map, "l", table, key);
+                    map.remove(&entry);
+                    map.remove(&lease);
                 }
                 true
             }),
@@ -353,11 +348,41 @@ impl CacheService {
             tracing::warn!(
                 counters = counters.len(),
                 rows = rows.len(),
-                "cache invalidation not delivered; the epoch will be bumped when redis is back"
+                "cache invalidation not delivered; a new epoch replaces it when redis answers"
             );
         }
         monitor::record_cache("invalidate", started, if ok { "ok" } else { "error" });
         ok
+    }
+
+    /// Turns what writes touched (see `crate::db`'s invalidation seam) into key
+    /// operations: the version of every table written and of every table a write can
+    /// cascade to; the generation of every table whose changed rows cannot be named
+    /// (cascades, unknown outcomes); the entries of the rows named.
+    pub(crate) async fn invalidate_writes(
+        &self,
+        writes: &[crate::db::Invalidation],
+        cascades: &crate::db::Cascades,
+    ) -> bool {
+        let (counters, generations) = touched_tables(writes, cascades);
+        let rows: Vec<(String, String)> = writes
+            .iter()
+            .flat_map(|w| {
+                let table = w.table.qualified_name();
+                w.keys.iter().map(move |k| (table.clone(), k.clone()))
+            })
+            .collect();
+        self.invalidate(&counters, &generations, &rows).await
+    }
+
+    /// The versions alone (for a cache that holds only memos of these tables).
+    pub(crate) async fn invalidate_tables(
+        &self,
+        writes: &[crate::db::Invalidation],
+        cascades: &crate::db::Cascades,
+    ) -> bool {
+        let (counters, _) = touched_tables(writes, cascades);
+        self.invalidate(&counters, &[], &[]).await
     }
 
     /// Resolves the versioned key `kind:<counters>:suffix` and GETs (or with `delete`,
@@ -370,12 +395,18 @@ impl CacheService {
         delete: bool,
     ) -> Option<(String, Option<Vec<u8>>)> {
         let started = Instant::now();
-        let result = match &self.inner.backend {
+        let result = match &*self.inner.backend {
             Backend::Redis(r) => {
+                let (base, fresh) = self.script_args();
                 let n = counters.len().to_string();
                 let mode: &[u8] = if delete { b"del" } else { b"get" };
-                let mut args: Vec<&[u8]> =
-                    vec![self.base().as_bytes(), mode, kind.as_bytes(), n.as_bytes()];
+                let mut args: Vec<&[u8]> = vec![
+                    base.as_bytes(),
+                    fresh.as_bytes(),
+                    mode,
+                    kind.as_bytes(),
+                    n.as_bytes(),
+                ];
                 args.extend(counters.iter().map(|c| c.as_bytes()));
                 args.push(suffix.as_bytes());
                 if delete {
@@ -394,17 +425,18 @@ impl CacheService {
                 }
             }
             Backend::Memory(m) => Some(m.with(|map| {
+                let names = MemKeys(self.base());
                 let parts: Vec<String> = counters
                     .iter()
                     .map(|c| {
-                        map.get_bytes(&format!("{}:0:{c}", self.base()))
+                        map.get_bytes(&format!("{}:{c}", names.base()))
                             .ok()
                             .flatten()
                             .and_then(|b| String::from_utf8(b).ok())
                             .unwrap_or_else(|| "0".into())
                     })
                     .collect();
-                let key = format!("{}:0:{kind}:{}:{suffix}", self.base(), parts.join(","));
+                let key = format!("{}:{kind}:{}:{suffix}", names.base(), parts.join(","));
                 if delete {
                     map.remove(&key);
                     (key, None)
@@ -431,9 +463,13 @@ impl CacheService {
 
     /// Stores a value under a key resolved by [`versioned`](Self::versioned). Safe
     /// without a lease: a write meanwhile bumped a counter, so this key is already one
-    /// no reader will ask for.
+    /// no reader will ask for. Values over the size limit are not cached.
     pub(crate) async fn versioned_fill(&self, key: &str, value: &[u8], ttl: Duration) {
-        match &self.inner.backend {
+        if value.len() > self.inner.config.max_value_bytes {
+            self.event("too_large", 1);
+            return;
+        }
+        match &*self.inner.backend {
             Backend::Redis(r) => {
                 let _ = r
                     .call(async |c| {
@@ -454,27 +490,38 @@ impl CacheService {
         self.event("fill", 1);
     }
 
-    /// Turns what writes touched (see `crate::db`'s invalidation seam) into key
-    /// operations: the version counter of every table written, and the row entries
-    /// of the rows named.
-    pub(crate) async fn invalidate_writes(&self, writes: &[crate::db::Invalidation]) -> bool {
-        let mut counters: Vec<String> = Vec::new();
-        let mut rows = Vec::new();
-        for write in writes {
-            let counter = table_counter(write.table);
-            if !counters.contains(&counter) {
-                counters.push(counter);
-            }
-            let table = write.table.qualified_name();
-            rows.extend(write.keys.iter().map(|key| format!("{table}:{key}")));
-        }
-        self.invalidate(&counters, &rows).await
-    }
-
     /// Bumps counters only (e.g. clearing every entry of a `#[cached]` function).
     pub(crate) async fn bump(&self, counters: &[String]) -> bool {
-        self.invalidate(counters, &[]).await
+        self.invalidate(counters, &[], &[]).await
     }
+}
+
+/// The version counters and generations writes touch, cascades included.
+fn touched_tables(
+    writes: &[crate::db::Invalidation],
+    cascades: &crate::db::Cascades,
+) -> (Vec<String>, Vec<String>) {
+    let mut counters: Vec<String> = Vec::new();
+    let mut generations: Vec<String> = Vec::new();
+    let add = |list: &mut Vec<String>, item: String| {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    };
+    for write in writes {
+        let table = write.table.qualified_name();
+        add(&mut counters, format!("v:{table}"));
+        if write.every_row {
+            add(&mut generations, table.clone());
+        }
+        if write.cascades {
+            for dependent in cascades.of(&table) {
+                add(&mut counters, format!("v:{dependent}"));
+                add(&mut generations, dependent.clone());
+            }
+        }
+    }
+    (counters, generations)
 }
 
 /// `v:<table>`: the version counter of a table.
@@ -482,13 +529,9 @@ pub(crate) fn table_counter(meta: &crate::TableMeta) -> String {
     format!("v:{}", meta.qualified_name())
 }
 
-/// `<table>:<key as JSON>`: the row-cache name of a row (without epoch or shape).
+/// The row-cache name of a row within its table (the key as JSON text).
 pub(crate) fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
-    format!(
-        "{}:{}",
-        M::META.qualified_name(),
-        serde_json::to_string(key).unwrap_or_default()
-    )
+    crate::db::key_text::<M>(key)
 }
 
 /// Whether `row`'s field `field` still holds `wanted` (compared as JSON, as cached).
@@ -509,7 +552,7 @@ impl crate::Db {
         if self.tx.is_some() || self.scope.is_some() {
             return None;
         }
-        let cache = self.shared.config.cache.clone()?;
+        let cache = self.shared.cache.clone()?;
         Some((cache, Duration::from_secs(ttl)))
     }
 
@@ -522,8 +565,9 @@ impl crate::Db {
             return self.read_uncached::<M>(key).await;
         };
         let suffix = row_suffix::<M>(&key);
+        let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
-        let token = match cache.row_get(&suffix, &shape).await {
+        let token = match cache.row_get(&table, &suffix, &shape).await {
             Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
                 Some(row) => return Ok(Some(row)),
                 // Undecodable: a miss, and not ours to overwrite.
@@ -537,7 +581,9 @@ impl crate::Db {
         {
             let mut value = shape.into_bytes();
             value.extend(encoded);
-            cache.row_fill(&token, &[(suffix, value)], ttl).await;
+            cache
+                .row_fill(&table, &token, &[(suffix, value)], ttl)
+                .await;
         }
         Ok(row)
     }
@@ -570,14 +616,10 @@ impl crate::Db {
         let meta = M::META;
         let field = meta.columns[column.index()].field;
         let wanted = serde_json::to_value(&value).unwrap_or_default();
-        let suffix = format!(
-            "{}#{}:{}",
-            meta.qualified_name(),
-            meta.columns[column.index()].name,
-            wanted
-        );
+        let table = meta.qualified_name();
+        let suffix = format!("#{}:{}", meta.columns[column.index()].name, wanted);
         let shape = meta.shape_hex();
-        let mut lookup = cache.row_get(&suffix, &shape).await;
+        let mut lookup = cache.row_get(&table, &suffix, &shape).await;
         if let Lookup::Hit(bytes) = &lookup {
             if let Some(key) = bytes
                 .get(16..)
@@ -588,38 +630,29 @@ impl crate::Db {
                 return Ok(Some(row));
             }
             // A stale mapping: drop it, and take a lease to fill the right one.
-            cache.invalidate(&[], std::slice::from_ref(&suffix)).await;
-            lookup = cache.row_get(&suffix, &shape).await;
+            cache
+                .invalidate(&[], &[], &[(table.clone(), suffix.clone())])
+                .await;
+            lookup = cache.row_get(&table, &suffix, &shape).await;
         }
         let token = match lookup {
             Lookup::Miss(token) => token,
             Lookup::Hit(_) => None,
         };
-        // The key by the unique column, then the row through the row cache, so both
-        // entries are warm after one miss.
-        let key_column = crate::Column::<M, M::Key>::new(meta.primary_key, meta.key_column().name);
-        let Some(key) = self
-            .query::<M>()
-            .select(key_column)
-            .filter(column.eq(value.clone()))
-            .first()
-            .await?
-        else {
-            return Ok(None);
-        };
-        let Some(row) = self.read_through::<M>(key).await? else {
-            return Ok(None); // deleted in between
-        };
-        if !holds(&row, field, &wanted) {
-            // The value moved in between: answer from PostgreSQL, cache nothing.
-            return self.query::<M>().filter(column.eq(value)).first().await;
-        }
-        if let (Some(token), Ok(key)) = (token, serde_json::to_vec(row.key())) {
+        // One query for the row by the unique column — exactly what an uncached read
+        // costs, also while the cache is unavailable — and, when a lease was taken, the
+        // mapping to its key is filled (the row entry fills on its first read by key).
+        let row = self.query::<M>().filter(column.eq(value)).first().await?;
+        if let (Some(row), Some(token)) = (&row, token)
+            && let Ok(key) = serde_json::to_vec(row.key())
+        {
             let mut entry = shape.into_bytes();
             entry.extend(key);
-            cache.row_fill(&token, &[(suffix, entry)], ttl).await;
+            cache
+                .row_fill(&table, &token, &[(suffix, entry)], ttl)
+                .await;
         }
-        Ok(Some(row))
+        Ok(row)
     }
 
     /// Reads many rows by primary key: one cache round trip for all of them, one query
@@ -663,9 +696,10 @@ impl crate::Db {
         }
         let cache = self.row_cache::<M>();
         let suffixes: Vec<String> = keys.iter().map(row_suffix::<M>).collect();
+        let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
         let (cached, token) = match &cache {
-            Some((cache, _)) => cache.row_get_many(&suffixes, &shape).await,
+            Some((cache, _)) => cache.row_get_many(&table, &suffixes, &shape).await,
             None => (vec![None; keys.len()], None),
         };
         let mut out: Vec<Option<M>> = cached
@@ -702,7 +736,7 @@ impl crate::Db {
             out[i] = Some(row.clone());
         }
         let filled = match (&cache, &token) {
-            (Some((cache, ttl)), Some(token)) => cache.row_fill(token, &fills, *ttl).await,
+            (Some((cache, ttl)), Some(token)) => cache.row_fill(&table, token, &fills, *ttl).await,
             _ => 0,
         };
         Ok((out, filled))

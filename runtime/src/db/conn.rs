@@ -238,6 +238,9 @@ impl Db {
         work: impl Future<Output = Result<T>> + 'a,
     ) -> impl Future<Output = Result<T>> + 'a {
         let span = tracing::debug_span!("tabula.db", operation, table);
+        if self.scope.is_some() {
+            crate::cache::memo::note_scoped();
+        }
         let work = Box::pin(
             async move {
                 match &self.scope {
@@ -336,8 +339,12 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn execute_batch(&self, sql: &str) -> Result<()> {
-        self.run("execute_batch", "-", async |conn| conn.batch(sql).await)
-            .await
+        let result = self
+            .run("execute_batch", "-", async |conn| conn.batch(sql).await)
+            .await;
+        // DDL may have changed the foreign keys the cache follows.
+        self.forget_schema();
+        result
     }
 
     /// Runs `body` with the raw tokio-postgres client of one pooled connection (or the

@@ -57,7 +57,7 @@ use crate::pool::{LastConnectError, PgManager};
 
 pub(crate) use conn::{Conn, TxHandle, read_on_conn};
 pub use tx::Isolation;
-pub(crate) use write::Invalidation;
+pub(crate) use write::{Cascades, Invalidation, key_text};
 
 type Pooled = bb8::PooledConnection<'static, PgManager>;
 
@@ -157,6 +157,11 @@ pub(crate) struct Shared {
     pool: bb8::Pool<PgManager>,
     /// Opens connections outside the pool (to resolve a lost COMMIT).
     manager: PgManager,
+    /// The cache as this database sees it (see [`Db::cache`]).
+    pub(crate) cache: Option<CacheService>,
+    /// Which tables a write to a table can change through foreign-key actions; read
+    /// from the catalog on first need, forgotten after DDL through this handle.
+    pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
     pub(crate) config: DbConfig,
     connect_errors: LastConnectError,
 }
@@ -182,8 +187,9 @@ impl Db {
         Db::connect_with(DbConfig::new(url)).await
     }
 
-    /// Connects to `DATABASE_URL`, with a cache on `REDIS_URL` when it is set and an
-    /// in-process cache otherwise (which is only right while one process writes).
+    /// Connects to `DATABASE_URL`, with the cache the environment asks for (see
+    /// [`CacheService::from_env`]: Redis at `REDIS_URL`; no cache without it, unless
+    /// `TABULA_CACHE=memory` asks for an in-process one).
     ///
     /// ```no_run
     /// # async fn run() -> tabula::Result<()> {
@@ -193,7 +199,9 @@ impl Db {
     pub async fn connect_from_env() -> Result<Db> {
         let url = std::env::var("DATABASE_URL")
             .map_err(|_| Error::Config("DATABASE_URL is not set".into()))?;
-        Db::connect_with(DbConfig::new(url).cache(CacheService::from_env()?)).await
+        let mut config = DbConfig::new(url);
+        config.cache = CacheService::from_env()?;
+        Db::connect_with(config).await
     }
 
     /// Connects with an explicit configuration, and checks that a connection opens.
@@ -209,9 +217,6 @@ impl Db {
             .url
             .parse()
             .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
-        if let Some(cache) = &config.cache {
-            cache.install_global();
-        }
         let manager = PgManager::new(pg, config.connect_timeout, config.statement_timeout);
         let spare = PgManager {
             config: manager.config.clone(),
@@ -219,6 +224,13 @@ impl Db {
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
         let first = bb8::ManageConnection::connect(&manager).await?;
+        // The cache's view of this database: its entries under the database's identity
+        // (or the configured namespace), so two databases never share one.
+        let cache = match &config.cache {
+            Some(cache) if cache.inner.config.namespace.is_some() => Some(cache.bound("")),
+            Some(cache) => Some(cache.bound(&first.identity().await?)),
+            None => None,
+        };
         let connect_errors = LastConnectError::default();
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
@@ -235,11 +247,29 @@ impl Db {
                 pool,
                 manager: spare,
                 config,
+                cache,
                 connect_errors,
+                foreign_keys: std::sync::RwLock::new(None),
             }),
             tx: None,
             scope: None,
         })
+    }
+
+    /// The cache this handle reads through and invalidates: the configured one, with
+    /// Tabula's entries in this database's namespace (see
+    /// [`CacheConfig::namespace`](crate::CacheConfig::namespace)). Install it for
+    /// `#[cached]` functions with [`CacheService::install_global`].
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) {
+    /// if let Some(cache) = db.cache() {
+    ///     cache.install_global();
+    /// }
+    /// # }
+    /// ```
+    pub fn cache(&self) -> Option<&CacheService> {
+        self.shared.cache.as_ref()
     }
 
     /// The configuration this handle was built with.

@@ -421,7 +421,9 @@ impl Db {
     /// then applies `writes` again, so a write that landed late cannot leave a stale
     /// entry behind.
     pub(crate) fn settle_later(&self, xid: Option<String>, writes: Vec<Invalidation>) {
-        if self.shared.config.cache.is_none() || writes.is_empty() {
+        if (self.shared.cache.is_none() && crate::cache::CacheService::global().is_none())
+            || writes.is_empty()
+        {
             return;
         }
         let db = self.clone();

@@ -3,8 +3,10 @@
 //! (see [`crate::cache`]) turns that into key operations, cascades included. `db`
 //! never builds a cache key.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use super::Db;
 use crate::error::{Error, Result};
@@ -20,6 +22,9 @@ pub(crate) struct Invalidation {
     /// Rows changed that cannot be named (a write whose outcome is unknown): every
     /// row entry of the table goes.
     pub(crate) every_row: bool,
+    /// Whether the write can change rows of other tables through foreign keys
+    /// (`ON DELETE` / `ON UPDATE` actions): anything but an insert.
+    pub(crate) cascades: bool,
 }
 
 impl Invalidation {
@@ -28,6 +33,7 @@ impl Invalidation {
             table: M::META,
             keys: keys.iter().map(key_text::<M>).collect(),
             every_row: false,
+            cascades: true,
         }
     }
 }
@@ -37,11 +43,159 @@ pub(crate) fn key_text<M: Table>(key: &M::Key) -> String {
     serde_json::to_string(key).unwrap_or_default()
 }
 
+/// Which tables a write to a table can change through foreign-key actions
+/// (`ON DELETE` / `ON UPDATE` `CASCADE`, `SET NULL`, `SET DEFAULT`), followed
+/// transitively. Read from the catalog; names as [`TableMeta::qualified_name`] gives
+/// them (tables in `public` without their schema).
+#[derive(Debug, Default)]
+pub(crate) struct Cascades {
+    dependents: HashMap<String, Vec<String>>,
+}
+
+const FOREIGN_KEY_ACTIONS: &str = "SELECT rn.nspname::text, r.relname::text, cn.nspname::text, c.relname::text \
+     FROM pg_constraint k \
+     JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+     JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+     WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))";
+
+impl Cascades {
+    fn from_edges(edges: Vec<(String, String)>) -> Cascades {
+        let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (parent, child) in &edges {
+            direct.entry(parent).or_default().push(child);
+        }
+        let mut dependents = HashMap::new();
+        for parent in direct.keys() {
+            // Breadth first, with a visited set: cycles in the graph end here.
+            let mut seen: Vec<String> = Vec::new();
+            let mut queue: Vec<&str> = direct[parent].clone();
+            while let Some(table) = queue.pop() {
+                if table == *parent || seen.iter().any(|s| s == table) {
+                    continue;
+                }
+                seen.push(table.to_owned());
+                queue.extend(direct.get(table).into_iter().flatten());
+            }
+            dependents.insert((*parent).to_owned(), seen);
+        }
+        Cascades { dependents }
+    }
+
+    /// The tables a write to `table` can change besides itself.
+    pub(crate) fn of(&self, table: &str) -> &[String] {
+        self.dependents.get(table).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn table_name(schema: &str, name: &str) -> String {
+    match schema {
+        "public" => name.to_owned(),
+        schema => format!("{schema}.{name}"),
+    }
+}
+
 impl Db {
-    /// Tells the cache what writes touched (nothing without a cache).
+    /// The foreign-key actions of this database, read once (and again after DDL run
+    /// through this handle). Unreadable: none, logged.
+    pub(crate) async fn cascades(&self) -> Arc<Cascades> {
+        if let Some(known) = self.shared.foreign_keys.read().ok().and_then(|g| g.clone()) {
+            return known;
+        }
+        let loaded = self
+            .run("foreign_keys", "-", async |conn| {
+                let rows = conn.query(FOREIGN_KEY_ACTIONS, &[]).await?;
+                let mut edges = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let (ps, p, cs, c): (String, String, String, String) = (
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    );
+                    edges.push((table_name(&ps, &p), table_name(&cs, &c)));
+                }
+                Ok(Cascades::from_edges(edges))
+            })
+            .await;
+        match loaded {
+            Ok(cascades) => {
+                let cascades = Arc::new(cascades);
+                if let Ok(mut slot) = self.shared.foreign_keys.write() {
+                    *slot = Some(cascades.clone());
+                }
+                cascades
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read foreign keys: cascades are not invalidated");
+                Arc::default()
+            }
+        }
+    }
+
+    /// Forgets the foreign keys read before (the schema may have changed).
+    pub(crate) fn forget_schema(&self) {
+        if let Ok(mut slot) = self.shared.foreign_keys.write() {
+            *slot = None;
+        }
+    }
+
+    /// Drops the cache entries of the rows of `M` with these keys, and every cached
+    /// query and memo over `M`: for writes Tabula cannot see (raw SQL, triggers, other
+    /// applications). Cascades along foreign keys are followed as for Tabula's own
+    /// writes. Never fails: an undelivered invalidation is delivered by the cache's
+    /// outage handling (see [`crate::cache`]).
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table, serde::Serialize, serde::Deserialize)] #[table(cache(ttl = 60))]
+    /// # pub struct Note { #[table(primary_key)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.execute_batch("UPDATE notes SET body = upper(body) WHERE id = 7").await?;
+    /// db.invalidate::<Note>(&[7]).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate<M: Table>(&self, keys: &[M::Key]) {
+        let mut write = Invalidation::of::<M>(keys);
+        write.cascades = true;
+        self.apply_invalidation(&[write]).await;
+    }
+
+    /// Drops every cache entry of table `M` — rows, cached queries, memos — e.g.
+    /// after a bulk change made outside Tabula.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table, serde::Serialize, serde::Deserialize)] #[table(cache(ttl = 60))]
+    /// # pub struct Note { #[table(primary_key)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.invalidate_table::<Note>().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_table<M: Table>(&self) {
+        let mut write = Invalidation::of::<M>(&[]);
+        write.every_row = true;
+        write.cascades = true;
+        self.apply_invalidation(&[write]).await;
+    }
+
+    /// Tells the caches what writes touched (nothing without a cache): this
+    /// handle's, and the one `#[cached]` functions use when it is another (its memos
+    /// over these tables must not outlive the write either).
     pub(crate) async fn apply_invalidation(&self, writes: &[Invalidation]) {
-        if let Some(cache) = &self.shared.config.cache {
-            cache.invalidate_writes(writes).await;
+        let memo = crate::cache::CacheService::global()
+            .filter(|memo| !self.cache().is_some_and(|own| own.same_namespace(memo)));
+        if self.cache().is_none() && memo.is_none() {
+            return;
+        }
+        let cascades = match writes.iter().any(|w| w.cascades) {
+            true => self.cascades().await,
+            false => Arc::default(),
+        };
+        if let Some(cache) = self.cache() {
+            cache.invalidate_writes(writes, &cascades).await;
+        }
+        if let Some(memo) = memo {
+            memo.invalidate_tables(writes, &cascades).await;
         }
     }
 
@@ -69,6 +223,9 @@ impl Db {
         known: Vec<M::Key>,
         rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
     ) -> impl Future<Output = Result<T>> + Send + '_ {
+        if self.scope.is_some() {
+            crate::cache::memo::note_scoped();
+        }
         let work: Pin<Box<dyn Future<Output = Result<T>> + Send>> = Box::pin(work);
         self.write_boxed::<M, T>(work, known, rows)
     }
@@ -79,7 +236,7 @@ impl Db {
         known: Vec<M::Key>,
         rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
     ) -> Result<T> {
-        if self.shared.config.cache.is_none() {
+        if self.shared.cache.is_none() && crate::cache::CacheService::global().is_none() {
             return work.await;
         }
         let touched = move |result: &Result<T>| -> Option<Invalidation> {

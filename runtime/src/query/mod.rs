@@ -575,7 +575,7 @@ where
         }
         let bound = self.query.bind()?;
         let db = self.query.db;
-        let cache = match (&db.shared.config.cache, &db.tx, &db.scope) {
+        let cache = match (&db.shared.cache, &db.tx, &db.scope) {
             (Some(cache), None, None) => cache.clone(),
             _ => return fetch::<M, D>(&db, &bound).await,
         };

@@ -256,7 +256,7 @@ impl StorageService {
                 "the storage signing key must be at least 32 bytes".into(),
             ));
         }
-        let cache = db.config().cache.clone();
+        let cache = db.cache().cloned();
         Ok(StorageService {
             db,
             store,
