@@ -247,6 +247,18 @@ fn is_transient_sqlstate(code: &str) -> bool {
 impl From<tokio_postgres::Error> for Error {
     fn from(err: tokio_postgres::Error) -> Self {
         let Some(db) = err.as_db_error() else {
+            // A value that does not fit its parameter or column type is a bug in the
+            // calling code (the raw client's), not a lost connection to retry.
+            let text = err.to_string();
+            if !err.is_closed()
+                && (text.starts_with("error serializing")
+                    || text.starts_with("error deserializing"))
+            {
+                let cause = std::error::Error::source(&err)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                return Error::Misuse(format!("{text}{cause}"));
+            }
             return Error::Connection(err);
         };
         // A FATAL error ends the session (the server shut the connection down, or an
