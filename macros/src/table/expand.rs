@@ -234,17 +234,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     });
     let shape = shape_hash(cont, &table);
     let (cache_ttl, cache_fns) = match cont.attrs.cache_ttl.get() {
-        Some((span, ttl)) => (
-            quote!(#p::Option::Some(#ttl)),
-            quote_spanned! {*span=>
-                fn cache_encode(&self) -> #p::Option<#p::Vec<u8>> {
-                    #p::cache_encode::<Self>(self)
-                }
-                fn cache_decode(__bytes: &[u8]) -> #p::Option<Self> {
-                    #p::cache_decode::<Self>(__bytes)
-                }
-            },
-        ),
+        Some((_, ttl)) => (quote!(#p::Option::Some(#ttl)), cache_fns(cont)),
         None => (quote!(#p::Option::None), TokenStream::new()),
     };
 
@@ -262,7 +252,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 primary_key: #pk_index,
                 soft_delete: #soft_delete,
                 cache_ttl: #cache_ttl,
-                shape: #shape,
+                shape: #p::row_shape(#shape),
             };
 
             fn from_row(__row: &#p::Row) -> #p::Result<Self> {
@@ -303,6 +293,92 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 let mut __out: #p::Vec<(usize, #p::Param<'_>)> = #p::Vec::new();
                 #(#assignments)*
                 __out
+            }
+        }
+    }
+}
+
+/// The row cache's encode / decode / compare for a model with `cache(ttl = …)`: they
+/// walk the columns in metadata order, each through its type's `CacheCodec` (`json`
+/// fields through their serde, the column's own form), so the model's own serde
+/// attributes play no part and it needs no serde derives at all.
+fn cache_fns(cont: &Container<'_>) -> TokenStream {
+    let p = p();
+    let columns: Vec<&Field<'_>> = cont.columns().collect();
+    let encode = columns.iter().map(|f| {
+        let fident = f.ident;
+        let ty = f.ty;
+        match (f.is_json(), option_inner(ty)) {
+            (true, Some(_)) => {
+                quote_spanned!(ty.span()=> #p::encode_json_opt(&self.#fident, &mut __out)?;)
+            }
+            (true, None) => {
+                quote_spanned!(ty.span()=> #p::encode_json(&self.#fident, &mut __out)?;)
+            }
+            (false, _) => quote_spanned! {ty.span()=>
+                <#ty as #p::CacheCodec>::encode(&self.#fident, &mut __out);
+            },
+        }
+    });
+    let locals: Vec<_> = (0..columns.len())
+        .map(|i| format_ident!("__c{}", i))
+        .collect();
+    let decode = columns.iter().zip(&locals).map(|(f, local)| {
+        let ty = f.ty;
+        let value = match (f.is_json(), option_inner(ty)) {
+            (true, Some(inner)) => {
+                quote_spanned!(ty.span()=> #p::decode_json_opt::<#inner>(&mut __reader))
+            }
+            (true, None) => quote_spanned!(ty.span()=> #p::decode_json::<#ty>(&mut __reader)),
+            (false, _) => {
+                quote_spanned!(ty.span()=> <#ty as #p::CacheCodec>::decode(&mut __reader))
+            }
+        };
+        quote!(let #local = #value?;)
+    });
+    let construct = cont.fields.iter().map(|f| {
+        let fident = f.ident;
+        match columns.iter().position(|c| c.ident == f.ident) {
+            Some(i) => {
+                let local = &locals[i];
+                quote!(#fident: #local)
+            }
+            None => quote!(#fident: #p::Default::default()),
+        }
+    });
+    let holds = columns.iter().enumerate().map(|(i, f)| {
+        let fident = f.ident;
+        let ty = f.ty;
+        let same = if f.is_json() {
+            quote_spanned!(ty.span()=> #p::same_json::<#ty>(__value, &self.#fident))
+        } else {
+            quote_spanned!(ty.span()=> #p::same_encoding::<#ty>(__value, &self.#fident))
+        };
+        quote! {
+            #i => match __value.downcast_ref::<#ty>() {
+                #p::Option::Some(__value) => #same,
+                #p::Option::None => false,
+            },
+        }
+    });
+    quote! {
+        fn cache_encode(&self) -> #p::Option<#p::Vec<u8>> {
+            let mut __out = #p::Vec::new();
+            #(#encode)*
+            #p::Option::Some(__out)
+        }
+
+        fn cache_decode(__bytes: &[u8]) -> #p::Option<Self> {
+            let mut __reader = #p::CodecReader::new(__bytes);
+            #(#decode)*
+            __reader.finish()?;
+            #p::Option::Some(Self { #(#construct,)* })
+        }
+
+        fn cache_column_holds(&self, __index: usize, __value: &dyn #p::Any) -> bool {
+            match __index {
+                #(#holds)*
+                _ => false,
             }
         }
     }
