@@ -203,6 +203,16 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     });
 
     let insert_fields: Vec<&Field<'_>> = cont.columns().filter(|f| !f.is_generated()).collect();
+    // Each body that binds field values first names `<T as ColumnType>` itself: rustc
+    // then counts a later `T: ColumnType` bound at the same span as implied by it, and
+    // the identical errors of several bodies are printed once, so an unsupported field
+    // type is one error, not one per use.
+    let insert_checks: Vec<TokenStream> = insert_fields
+        .iter()
+        .copied()
+        .filter_map(column_type_check)
+        .collect();
+    let patch_checks = patch_columns(cont).filter_map(|(_, f)| column_type_check(f));
     let params = insert_fields.iter().map(|f| {
         let fident = f.ident;
         param_expr(f, quote!(&self.#fident))
@@ -277,10 +287,12 @@ fn impls(cont: &Container<'_>) -> TokenStream {
             type Table = #ident;
 
             fn params(&self) -> #p::Vec<#p::Param<'_>> {
+                #(#insert_checks)*
                 #p::Vec::from([#(#params),*])
             }
 
             fn column_arrays(__rows: &[Self]) -> #p::Vec<#p::Box<#p::DynParam<'_>>> {
+                #(#insert_checks)*
                 #p::Vec::from([#(#arrays),*])
             }
         }
@@ -290,6 +302,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
             type Table = #ident;
 
             fn assignments(&self) -> #p::Vec<(usize, #p::Param<'_>)> {
+                #(#patch_checks)*
                 let mut __out: #p::Vec<(usize, #p::Param<'_>)> = #p::Vec::new();
                 #(#assignments)*
                 __out
@@ -352,7 +365,9 @@ fn cache_fns(cont: &Container<'_>) -> TokenStream {
         let same = if f.is_json() {
             quote_spanned!(ty.span()=> #p::same_json::<#ty>(__value, &self.#fident))
         } else {
-            quote_spanned!(ty.span()=> #p::same_encoding::<#ty>(__value, &self.#fident))
+            quote_spanned! {ty.span()=>
+                #p::same_encoding(__value, &self.#fident, <#ty as #p::CacheCodec>::encode)
+            }
         };
         quote! {
             #i => match __value.downcast_ref::<#ty>() {
@@ -382,6 +397,18 @@ fn cache_fns(cont: &Container<'_>) -> TokenStream {
             }
         }
     }
+}
+
+/// `let _ = <T as ColumnType>::SQL_TYPE;` on the field's type span, for plain (not
+/// `json`) columns: the one place an unsupported type is reported.
+fn column_type_check(f: &Field<'_>) -> Option<TokenStream> {
+    let p = p();
+    let ty = f.ty;
+    (!f.is_json()).then(|| {
+        quote_spanned! {ty.span()=>
+            let _ = <#ty as #p::ColumnType>::SQL_TYPE;
+        }
+    })
 }
 
 /// A `&(dyn ToSql + Sync)` for the field value behind `place` (a reference): the value
