@@ -7,6 +7,8 @@ mod cached;
 mod internals;
 mod migrations;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use proc_macro::TokenStream;
 use syn::{DeriveInput, LitStr, parse_macro_input};

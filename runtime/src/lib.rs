@@ -124,13 +124,15 @@ pub mod __private {
     pub use crate::migrate::{Migration, Migrator};
     pub use crate::sql::Statements;
     pub use crate::table::{
-        Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta, decode_column,
-        decode_json_column, decode_json_opt_column,
+        CacheCodec, CodecReader, Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta,
+        decode_column, decode_json, decode_json_column, decode_json_opt, decode_json_opt_column,
+        encode_json, encode_json_opt, row_shape, same_encoding, same_json,
     };
     pub use crate::types::{
         ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, json_opt_param, json_param,
     };
     pub use crate::{Db, Error, Result};
+    pub use std::any::Any;
     pub use std::boxed::Box;
     pub use std::default::Default;
     pub use std::option::Option;
@@ -141,16 +143,6 @@ pub mod __private {
 
     /// Sync + Send trait object of a parameter.
     pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;
-
-    /// Encodes a cached row (generated for models with `cache(ttl = …)`).
-    pub fn cache_encode<T: serde::Serialize>(value: &T) -> Option<Vec<u8>> {
-        serde_json::to_vec(value).ok()
-    }
-
-    /// Decodes a cached row; `None` (a miss) when it does not decode.
-    pub fn cache_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
-        serde_json::from_slice(bytes).ok()
-    }
 
     /// A field value as a statement parameter; the bound makes an unsupported field
     /// type one clear error on the field.

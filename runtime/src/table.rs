@@ -7,6 +7,8 @@
 //! fixed statements (read by key, insert, delete, …) is rendered once per model and
 //! reused for every call.
 
+mod codec;
+
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -15,6 +17,12 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::Result;
 use crate::sql::Statements;
+
+pub use codec::{CODEC_VERSION, CacheCodec, CodecReader, write_bytes, write_len};
+#[doc(hidden)]
+pub use codec::{
+    decode_json, decode_json_opt, encode_json, encode_json_opt, row_shape, same_encoding, same_json,
+};
 
 /// A parameter bound to a statement.
 pub type Param<'a> = &'a (dyn ToSql + Sync);
@@ -62,16 +70,28 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     #[doc(hidden)]
     fn statements() -> &'static Statements;
 
-    /// The row encoded for the row cache (`None` for models without `cache(ttl = …)`).
+    /// The row encoded for the row cache: every column in order, each by its
+    /// [`CacheCodec`] (never by the model's serde impls). `None` for models without
+    /// `cache(ttl = …)`, and when a `json` field fails to serialize.
     #[doc(hidden)]
     fn cache_encode(&self) -> Option<Vec<u8>> {
         None
     }
 
-    /// A cached row decoded; `None` when it does not decode (treated as a miss).
+    /// A cached row decoded; `None` when the bytes are not exactly one encoded row
+    /// (treated as a miss). Never panics, whatever the bytes.
     #[doc(hidden)]
     fn cache_decode(_bytes: &[u8]) -> Option<Self> {
         None
+    }
+
+    /// Whether column `index` of this row holds `value` (a value of that column's type;
+    /// `false` for any other type), compared by the column's cache encoding. How a
+    /// `unique` lookup checks the row it was led to. `false` for models without
+    /// `cache(ttl = …)`.
+    #[doc(hidden)]
+    fn cache_column_holds(&self, _index: usize, _value: &dyn std::any::Any) -> bool {
+        false
     }
 }
 
@@ -113,7 +133,8 @@ pub struct TableMeta {
     pub soft_delete: Option<usize>,
     /// Seconds rows stay in the row cache (`#[table(cache(ttl = N))]`); `None`: not cached.
     pub cache_ttl: Option<u64>,
-    /// A hash of the model's shape: table, columns and their Rust types.
+    /// A hash of the model's shape: table, columns and their Rust types, and the row
+    /// cache's encoding version ([`CODEC_VERSION`]).
     pub shape: u64,
 }
 

@@ -203,6 +203,16 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     });
 
     let insert_fields: Vec<&Field<'_>> = cont.columns().filter(|f| !f.is_generated()).collect();
+    // Each body that binds field values first names `<T as ColumnType>` itself: rustc
+    // then counts a later `T: ColumnType` bound at the same span as implied by it, and
+    // the identical errors of several bodies are printed once, so an unsupported field
+    // type is one error, not one per use.
+    let insert_checks: Vec<TokenStream> = insert_fields
+        .iter()
+        .copied()
+        .filter_map(column_type_check)
+        .collect();
+    let patch_checks = patch_columns(cont).filter_map(|(_, f)| column_type_check(f));
     let params = insert_fields.iter().map(|f| {
         let fident = f.ident;
         param_expr(f, quote!(&self.#fident))
@@ -234,17 +244,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     });
     let shape = shape_hash(cont, &table);
     let (cache_ttl, cache_fns) = match cont.attrs.cache_ttl.get() {
-        Some((span, ttl)) => (
-            quote!(#p::Option::Some(#ttl)),
-            quote_spanned! {*span=>
-                fn cache_encode(&self) -> #p::Option<#p::Vec<u8>> {
-                    #p::cache_encode::<Self>(self)
-                }
-                fn cache_decode(__bytes: &[u8]) -> #p::Option<Self> {
-                    #p::cache_decode::<Self>(__bytes)
-                }
-            },
-        ),
+        Some((_, ttl)) => (quote!(#p::Option::Some(#ttl)), cache_fns(cont)),
         None => (quote!(#p::Option::None), TokenStream::new()),
     };
 
@@ -262,7 +262,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 primary_key: #pk_index,
                 soft_delete: #soft_delete,
                 cache_ttl: #cache_ttl,
-                shape: #shape,
+                shape: #p::row_shape(#shape),
             };
 
             fn from_row(__row: &#p::Row) -> #p::Result<Self> {
@@ -287,10 +287,12 @@ fn impls(cont: &Container<'_>) -> TokenStream {
             type Table = #ident;
 
             fn params(&self) -> #p::Vec<#p::Param<'_>> {
+                #(#insert_checks)*
                 #p::Vec::from([#(#params),*])
             }
 
             fn column_arrays(__rows: &[Self]) -> #p::Vec<#p::Box<#p::DynParam<'_>>> {
+                #(#insert_checks)*
                 #p::Vec::from([#(#arrays),*])
             }
         }
@@ -300,12 +302,113 @@ fn impls(cont: &Container<'_>) -> TokenStream {
             type Table = #ident;
 
             fn assignments(&self) -> #p::Vec<(usize, #p::Param<'_>)> {
+                #(#patch_checks)*
                 let mut __out: #p::Vec<(usize, #p::Param<'_>)> = #p::Vec::new();
                 #(#assignments)*
                 __out
             }
         }
     }
+}
+
+/// The row cache's encode / decode / compare for a model with `cache(ttl = …)`: they
+/// walk the columns in metadata order, each through its type's `CacheCodec` (`json`
+/// fields through their serde, the column's own form), so the model's own serde
+/// attributes play no part and it needs no serde derives at all.
+fn cache_fns(cont: &Container<'_>) -> TokenStream {
+    let p = p();
+    let columns: Vec<&Field<'_>> = cont.columns().collect();
+    let encode = columns.iter().map(|f| {
+        let fident = f.ident;
+        let ty = f.ty;
+        match (f.is_json(), option_inner(ty)) {
+            (true, Some(_)) => {
+                quote_spanned!(ty.span()=> #p::encode_json_opt(&self.#fident, &mut __out)?;)
+            }
+            (true, None) => {
+                quote_spanned!(ty.span()=> #p::encode_json(&self.#fident, &mut __out)?;)
+            }
+            (false, _) => quote_spanned! {ty.span()=>
+                <#ty as #p::CacheCodec>::encode(&self.#fident, &mut __out);
+            },
+        }
+    });
+    let locals: Vec<_> = (0..columns.len())
+        .map(|i| format_ident!("__c{}", i))
+        .collect();
+    let decode = columns.iter().zip(&locals).map(|(f, local)| {
+        let ty = f.ty;
+        let value = match (f.is_json(), option_inner(ty)) {
+            (true, Some(inner)) => {
+                quote_spanned!(ty.span()=> #p::decode_json_opt::<#inner>(&mut __reader))
+            }
+            (true, None) => quote_spanned!(ty.span()=> #p::decode_json::<#ty>(&mut __reader)),
+            (false, _) => {
+                quote_spanned!(ty.span()=> <#ty as #p::CacheCodec>::decode(&mut __reader))
+            }
+        };
+        quote!(let #local = #value?;)
+    });
+    let construct = cont.fields.iter().map(|f| {
+        let fident = f.ident;
+        match columns.iter().position(|c| c.ident == f.ident) {
+            Some(i) => {
+                let local = &locals[i];
+                quote!(#fident: #local)
+            }
+            None => quote!(#fident: #p::Default::default()),
+        }
+    });
+    let holds = columns.iter().enumerate().map(|(i, f)| {
+        let fident = f.ident;
+        let ty = f.ty;
+        let same = if f.is_json() {
+            quote_spanned!(ty.span()=> #p::same_json::<#ty>(__value, &self.#fident))
+        } else {
+            quote_spanned! {ty.span()=>
+                #p::same_encoding(__value, &self.#fident, <#ty as #p::CacheCodec>::encode)
+            }
+        };
+        quote! {
+            #i => match __value.downcast_ref::<#ty>() {
+                #p::Option::Some(__value) => #same,
+                #p::Option::None => false,
+            },
+        }
+    });
+    quote! {
+        fn cache_encode(&self) -> #p::Option<#p::Vec<u8>> {
+            let mut __out = #p::Vec::new();
+            #(#encode)*
+            #p::Option::Some(__out)
+        }
+
+        fn cache_decode(__bytes: &[u8]) -> #p::Option<Self> {
+            let mut __reader = #p::CodecReader::new(__bytes);
+            #(#decode)*
+            __reader.finish()?;
+            #p::Option::Some(Self { #(#construct,)* })
+        }
+
+        fn cache_column_holds(&self, __index: usize, __value: &dyn #p::Any) -> bool {
+            match __index {
+                #(#holds)*
+                _ => false,
+            }
+        }
+    }
+}
+
+/// `let _ = <T as ColumnType>::SQL_TYPE;` on the field's type span, for plain (not
+/// `json`) columns: the one place an unsupported type is reported.
+fn column_type_check(f: &Field<'_>) -> Option<TokenStream> {
+    let p = p();
+    let ty = f.ty;
+    (!f.is_json()).then(|| {
+        quote_spanned! {ty.span()=>
+            let _ = <#ty as #p::ColumnType>::SQL_TYPE;
+        }
+    })
 }
 
 /// A `&(dyn ToSql + Sync)` for the field value behind `place` (a reference): the value

@@ -18,16 +18,14 @@ pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
         return cx.check().map(|()| TokenStream::new());
     };
     check::check(&mut cx, &cont);
-    if cx.has_errors() {
-        let stub = fallback::stub(&cont);
-        return match cx.check() {
-            Err(errors) => {
-                let mut tokens = errors.into_compile_error();
-                tokens.extend(stub);
-                Ok(tokens)
-            }
-            Ok(()) => Ok(stub),
-        };
+    match cx.check() {
+        Ok(()) => Ok(expand::expand(&cont)),
+        // The errors, and a stub of everything the rest of the crate may name, so
+        // that only the real mistakes are reported.
+        Err(errors) => {
+            let mut tokens = errors.into_compile_error();
+            tokens.extend(fallback::stub(&cont));
+            Ok(tokens)
+        }
     }
-    Ok(expand::expand(&cont))
 }

@@ -534,11 +534,10 @@ pub(crate) fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
     crate::db::key_text::<M>(key)
 }
 
-/// Whether `row`'s field `field` still holds `wanted` (compared as JSON, as cached).
-fn holds<M: crate::Table>(row: &M, field: &str, wanted: &serde_json::Value) -> bool {
-    row.cache_encode()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.get(field) == Some(wanted))
+/// Whether `row`'s column `index` still holds `wanted` (compared as the row cache
+/// encodes the column, not through the model's serde).
+fn holds<M: crate::Table, T: 'static>(row: &M, index: usize, wanted: &T) -> bool {
+    row.cache_column_holds(index, wanted)
 }
 
 impl crate::Db {
@@ -614,7 +613,6 @@ impl crate::Db {
             return self.query::<M>().filter(column.eq(value)).first().await;
         };
         let meta = M::META;
-        let field = meta.columns[column.index()].field;
         let wanted = serde_json::to_value(&value).unwrap_or_default();
         let table = meta.qualified_name();
         let suffix = format!("#{}:{}", meta.columns[column.index()].name, wanted);
@@ -625,7 +623,7 @@ impl crate::Db {
                 .get(16..)
                 .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
                 && let Some(row) = self.read_through::<M>(key).await?
-                && holds(&row, field, &wanted)
+                && holds(&row, column.index(), &value)
             {
                 return Ok(Some(row));
             }
