@@ -296,6 +296,74 @@ async fn a_cache_hit_ignores_serde_skip_rename_and_serialize_with() {
 }
 
 #[tokio::test]
+async fn a_cached_query_hit_ignores_serde_attributes_and_needs_no_serde() {
+    let (db, _) = cached_db().await;
+    execute(&db, CREATE_BARE).await;
+    let quirky = db
+        .create(NewSerdeQuirks {
+            user_id: Uuid::new_v4(),
+            username: "quirky".into(),
+            avatar_url: Some("https://example.invalid/a.png".into()),
+        })
+        .await
+        .expect("create");
+    let bare = db.create(full()).await.expect("create");
+    let fresh = db
+        .query::<SerdeQuirks>()
+        .cached(60)
+        .all()
+        .await
+        .expect("fill");
+    let hit = db
+        .query::<SerdeQuirks>()
+        .cached(60)
+        .all()
+        .await
+        .expect("hit");
+    assert_eq!(
+        hit, fresh,
+        "a cached query hit differs from the rows it cached"
+    );
+    assert_eq!(hit[0].avatar_url, quirky.avatar_url);
+    let bare_rows = db
+        .query::<Bare>()
+        .cached(60)
+        .all()
+        .await
+        .expect("fill bare");
+    assert_eq!(
+        db.query::<Bare>().cached(60).all().await.expect("hit bare"),
+        bare_rows
+    );
+    assert_eq!(bare_rows[0].id, bare.id);
+    let pairs = db
+        .query::<Bare>()
+        .select((Bare::ID, Bare::O_AT))
+        .cached(60)
+        .all()
+        .await
+        .expect("selection");
+    assert_eq!(
+        db.query::<Bare>()
+            .select((Bare::ID, Bare::O_AT))
+            .cached(60)
+            .all()
+            .await
+            .expect("hit"),
+        pairs
+    );
+    // The hits really were hits: a change behind the cache's back is not seen.
+    execute(&db, "UPDATE profiles SET avatar_url = 'poked'").await;
+    let again = db
+        .query::<SerdeQuirks>()
+        .cached(60)
+        .all()
+        .await
+        .expect("hit");
+    assert_eq!(again[0].avatar_url, quirky.avatar_url);
+}
+
+#[tokio::test]
 async fn a_model_without_serde_derives_is_cached_with_every_column_type_intact() {
     let (db, _) = cached_db().await;
     execute(&db, CREATE_BARE).await;

@@ -23,7 +23,9 @@ use tokio_postgres::types::{FromSqlOwned, IsNull, ToSql, Type, to_sql_checked};
     note = "supported: bool, i16, i32, i64, f32, f64, String, Uuid, DateTime<Utc>, NaiveDate, Vec<u8>, serde_json::Value, and Option of each",
     note = "to store any serde type as jsonb, mark the field #[table(json)]"
 )]
-pub trait ColumnType: ToSql + FromSqlOwned + Send + Sync + 'static {
+pub trait ColumnType:
+    ToSql + FromSqlOwned + crate::table::CacheCodec + Send + Sync + 'static
+{
     /// The PostgreSQL type name used when the column travels as an array (batch insert).
     const SQL_TYPE: &'static str;
     /// Whether the column accepts NULL (`Option<_>`).

@@ -119,7 +119,7 @@ impl<M> OrderBy<M> {
 /// query then returns the columns' values (a tuple for a tuple).
 pub trait Selection<M> {
     /// What one row decodes into.
-    type Output: Send + 'static;
+    type Output: Send + crate::table::CacheCodec + 'static;
     /// The selected columns' positions in the model's metadata.
     fn indices(&self) -> Vec<usize>;
     /// Decodes one row of the selected columns.
@@ -173,6 +173,40 @@ selection_tuples!(
 pub trait Decode<M>: Send + Sync {
     type Output: Send + 'static;
     fn decode(row: &Row) -> Result<Self::Output>;
+    /// The rows as a cached query stores them: by Tabula's column codec, never by the
+    /// caller's serde attributes. `None` when a row cannot be encoded.
+    fn encode_rows(rows: &[Self::Output]) -> Option<Vec<u8>>;
+    /// The rows back; `None` for bytes that are not a valid encoding (a miss).
+    fn decode_rows(bytes: &[u8]) -> Option<Vec<Self::Output>>;
+}
+
+/// Encodes each item with `each` after the count.
+fn encode_all<T>(
+    items: &[T],
+    mut each: impl FnMut(&T, &mut Vec<u8>) -> Option<()>,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::table::write_len(&mut out, items.len());
+    for item in items {
+        each(item, &mut out)?;
+    }
+    Some(out)
+}
+
+/// Decodes a count, then that many items with `each`; every byte must be used.
+fn decode_all<T>(
+    bytes: &[u8],
+    mut each: impl FnMut(&mut crate::table::CodecReader<'_>) -> Option<T>,
+) -> Option<Vec<T>> {
+    let mut input = crate::table::CodecReader::new(bytes);
+    // Each item takes at least one byte, so the count is bounded by the input.
+    let count = input.len_prefix()?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        items.push(each(&mut input)?);
+    }
+    input.finish()?;
+    Some(items)
 }
 
 /// Decodes whole rows into the model.
@@ -184,6 +218,15 @@ impl<M: Table> Decode<M> for WholeRow {
     fn decode(row: &Row) -> Result<M> {
         M::from_row(row)
     }
+    fn encode_rows(rows: &[M]) -> Option<Vec<u8>> {
+        encode_all(rows, |row, out| {
+            crate::table::write_bytes(out, &row.cache_encode()?);
+            Some(())
+        })
+    }
+    fn decode_rows(bytes: &[u8]) -> Option<Vec<M>> {
+        decode_all(bytes, |input| M::cache_decode(input.bytes()?))
+    }
 }
 
 /// Decodes a [`Selection`].
@@ -194,6 +237,17 @@ impl<M, S: Selection<M>> Decode<M> for Selected<S> {
     type Output = S::Output;
     fn decode(row: &Row) -> Result<S::Output> {
         S::decode(row)
+    }
+    fn encode_rows(rows: &[S::Output]) -> Option<Vec<u8>> {
+        use crate::table::CacheCodec;
+        encode_all(rows, |row, out| {
+            row.encode(out);
+            Some(())
+        })
+    }
+    fn decode_rows(bytes: &[u8]) -> Option<Vec<S::Output>> {
+        use crate::table::CacheCodec;
+        decode_all(bytes, S::Output::decode)
     }
 }
 
@@ -561,10 +615,7 @@ pub struct CachedQuery<M, D> {
     ttl_seconds: u64,
 }
 
-impl<M: Table, D: Decode<M>> CachedQuery<M, D>
-where
-    D::Output: serde::Serialize + serde::de::DeserializeOwned,
-{
+impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
     /// Every row, from the cache when this exact query (SQL and values) was answered
     /// since the table's last write.
     pub async fn all(self) -> Result<Vec<D::Output>> {
@@ -589,13 +640,13 @@ where
         let counters = [crate::cache::row::table_counter(meta)];
         let found = cache.versioned("q", &counters, &suffix, false).await;
         if let Some((_, Some(bytes))) = &found
-            && let Ok(rows) = serde_json::from_slice::<Vec<D::Output>>(bytes)
+            && let Some(rows) = D::decode_rows(bytes)
         {
             return Ok(rows);
         }
         let rows = fetch::<M, D>(&db, &bound).await?;
         if let Some((key, _)) = found
-            && let Ok(bytes) = serde_json::to_vec(&rows)
+            && let Some(bytes) = D::encode_rows(&rows)
         {
             cache
                 .versioned_fill(

@@ -638,6 +638,15 @@ impl<M: Table> Decode<M> for JsonRow {
         }
         Ok(out)
     }
+
+    fn encode_rows(rows: &[Map<String, Value>]) -> Option<Vec<u8>> {
+        // JSON objects are this decoder's own output: no user serde is involved.
+        serde_json::to_vec(rows).ok()
+    }
+
+    fn decode_rows(bytes: &[u8]) -> Option<Vec<Map<String, Value>>> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 fn json_value(row: &Row, i: usize, ty: &Type) -> std::result::Result<Value, tokio_postgres::Error> {

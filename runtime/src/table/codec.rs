@@ -428,3 +428,26 @@ mod tests {
         }
     }
 }
+
+macro_rules! tuple_codecs {
+    ($(($($t:ident $i:tt),+)),* $(,)?) => {$(
+        impl<$($t: CacheCodec),+> CacheCodec for ($($t,)+) {
+            fn encode(&self, out: &mut Vec<u8>) {
+                $(self.$i.encode(out);)+
+            }
+            fn decode(input: &mut CodecReader<'_>) -> Option<Self> {
+                Some(($($t::decode(input)?,)+))
+            }
+        }
+    )*};
+}
+
+// Rows of a selection of columns (see `Query::select`).
+tuple_codecs!(
+    (A 0),
+    (A 0, B 1),
+    (A 0, B 1, C 2),
+    (A 0, B 1, C 2, D 3),
+    (A 0, B 1, C 2, D 3, E 4),
+    (A 0, B 1, C 2, D 3, E 4, F 5),
+);
