@@ -682,7 +682,7 @@ async fn structures(cache: &CacheService) {
     let err = cache.set("zero", &1, Some(0)).await.expect_err("ttl 0");
     assert!(matches!(err, tabula::Error::Validation(_)));
     let err = cache.list_push("n", "x").await.expect_err("wrong type");
-    assert!(matches!(err, tabula::Error::Cache(_)), "{err:?}");
+    assert!(matches!(err, tabula::Error::Cache { .. }), "{err:?}");
 }
 
 #[tokio::test]

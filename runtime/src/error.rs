@@ -160,8 +160,14 @@ pub enum Error {
     },
     /// A [`CacheService`](crate::cache::CacheService) call failed (only its explicit API
     /// reports this; `Db` falls back to PostgreSQL instead). Never contains cached bytes.
-    #[error("cache error: {0}")]
-    Cache(String),
+    #[error("cache error: {message}")]
+    Cache {
+        /// What failed; never the cached bytes.
+        message: String,
+        /// The driver's (or the decoder's) error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A migration could not be applied, or the applied ones do not match the files.
     #[error("migration {version}: {message}")]
     Migration {
@@ -176,6 +182,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A cache error with a message and no underlying error.
+    pub(crate) fn cache(message: impl Into<String>) -> Error {
+        Error::Cache {
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// Whether trying again later may succeed: a lost connection, a pool or statement
     /// timeout, a serialization failure or a deadlock. Constraint violations, validation
     /// errors and [`Error::CommitOutcomeUnknown`] are not transient.

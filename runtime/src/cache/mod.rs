@@ -218,7 +218,11 @@ impl From<Fault> for Error {
     fn from(fault: Fault) -> Self {
         match fault {
             Fault::Config(m) => Error::Config(m),
-            other => Error::Cache(other.to_string()),
+            Fault::Redis(e) => Error::Cache {
+                message: format!("redis: {}", e.kind_name()),
+                source: Some(Box::new(e)),
+            },
+            other => Error::cache(other.to_string()),
         }
     }
 }
@@ -301,13 +305,17 @@ fn check_prefix(prefix: &str) -> Result<()> {
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Cache(format!("cannot encode value: {e}")))
+    serde_json::to_vec(value).map_err(|e| Error::Cache {
+        message: "cannot encode value".into(),
+        source: Some(Box::new(e)),
+    })
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     // The message names the type and position, never the bytes.
     serde_json::from_slice(bytes).map_err(|e| {
-        Error::Cache(format!(
+        // No source: a decoder's message may quote the bytes.
+        Error::cache(format!(
             "cached value does not decode as {}: line {} column {}",
             std::any::type_name::<T>(),
             e.line(),
@@ -597,13 +605,13 @@ impl CacheService {
                     Ok(Some(b)) => std::str::from_utf8(&b)
                         .ok()
                         .and_then(|s| s.parse::<i64>().ok())
-                        .ok_or_else(|| Error::Cache("value is not an integer".into()))?,
+                        .ok_or_else(|| Error::cache("value is not an integer"))?,
                     Ok(None) => 0,
                     Err(_) => return Err(Fault::WrongType.into()),
                 };
                 let next = current
                     .checked_add(by)
-                    .ok_or_else(|| Error::Cache("increment would overflow".into()))?;
+                    .ok_or_else(|| Error::cache("increment would overflow"))?;
                 map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
                 Ok(next)
             }),

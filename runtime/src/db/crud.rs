@@ -178,7 +178,7 @@ impl Db {
         let key: M::Key = key;
         let meta = M::META;
         if meta.soft_delete.is_none() {
-            return Err(Error::Validation(format!(
+            return Err(Error::Misuse(format!(
                 "`{}` has no soft-delete column",
                 meta.name
             )));
@@ -197,7 +197,7 @@ impl Db {
     async fn upsert_now<N: Insert>(&self, new: N, target: Vec<usize>) -> Result<N::Table> {
         let meta = N::Table::META;
         if target.is_empty() {
-            return Err(Error::Validation(format!(
+            return Err(Error::Misuse(format!(
                 "upsert into `{}` needs at least one conflict column",
                 meta.name
             )));
@@ -340,7 +340,7 @@ impl Db {
 
     /// Brings a soft-deleted row back and returns it. A row that is missing or not
     /// deleted is [`Error::NotFound`]; a model without soft delete is
-    /// [`Error::Validation`].
+    /// [`Error::Misuse`].
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
@@ -381,7 +381,7 @@ impl Db {
         let meta = N::Table::META;
         let target = conflict.indices();
         if target.is_empty() {
-            return Err(Error::Validation(format!(
+            return Err(Error::Misuse(format!(
                 "upsert into `{}` needs at least one conflict column",
                 meta.name
             )));
