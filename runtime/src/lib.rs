@@ -35,6 +35,7 @@
 //! `testkit`: throwaway servers for tests and examples).
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate self as tabula;
 
@@ -48,9 +49,12 @@ pub mod monitor;
 mod pool;
 pub mod query;
 mod sql;
+#[cfg(feature = "storage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "storage")))]
 pub mod storage;
 pub mod table;
 #[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 mod types;
 

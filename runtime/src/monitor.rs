@@ -82,6 +82,7 @@ pub(crate) fn record_cache(operation: &'static str, started: Instant, outcome: &
 }
 
 /// Records one storage operation; failures are logged with the operation and error.
+#[cfg(feature = "storage")]
 pub(crate) fn record_storage(
     operation: &'static str,
     started: Instant,
