@@ -323,6 +323,81 @@ async fn a_memo_computed_under_a_user_scope_is_never_served_to_another() {
     );
 }
 
+impl ScopedService {
+    #[cached(ttl = 60, name = "contract_visible_by_stream", tables(Profile))]
+    async fn visible_by_stream(&self) -> tabula::Result<usize> {
+        use futures_util::StreamExt;
+        self.db
+            .transaction(|tx| async move {
+                let mut rows = tx.query::<Profile>().stream().await?;
+                let mut n = 0;
+                while let Some(row) = rows.next().await {
+                    row?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_memo_streaming_under_a_user_scope_is_never_served_to_another() {
+    install_memo_cache();
+    let (_, url) = common::db_and_url().await;
+    let db = connect(&url, install_memo_cache()).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    for (user, name) in [(alice, "a1"), (alice, "a2"), (bob, "b1")] {
+        db.create(NewProfile {
+            user_id: user,
+            username: name.into(),
+            avatar_url: None,
+        })
+        .await
+        .expect("create");
+    }
+    let a = ScopedService {
+        db: db.as_user(alice),
+    }
+    .visible_by_stream()
+    .await
+    .expect("alice");
+    let b = ScopedService {
+        db: db.as_user(bob),
+    }
+    .visible_by_stream()
+    .await
+    .expect("bob");
+    assert_eq!((a, b), (2, 1), "bob was served alice's memo");
+}
+
+#[cached(ttl = 60, name = "contract_float")]
+async fn describe(x: f64) -> String {
+    format!("{x}")
+}
+
+#[cached(ttl = 60, name = "contract_option_option")]
+async fn describe_option(x: Option<Option<i32>>) -> String {
+    format!("{x:?}")
+}
+
+#[tokio::test]
+async fn memo_arguments_json_cannot_tell_apart_get_their_own_entries() {
+    install_memo_cache();
+    assert_eq!(describe(f64::NAN).await, "NaN");
+    assert_eq!(
+        describe(f64::INFINITY).await,
+        "inf",
+        "infinity was served NaN's memo"
+    );
+    assert_eq!(describe_option(None).await, "None");
+    assert_eq!(
+        describe_option(Some(None)).await,
+        "Some(None)",
+        "Some(None) was served None's memo"
+    );
+}
+
 static SLOW_CALLS: AtomicU32 = AtomicU32::new(0);
 
 struct Reader {
@@ -533,6 +608,66 @@ async fn a_delete_that_cascades_invalidates_the_rows_and_queries_of_dependent_ta
             .await
             .expect("q")
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_key_added_through_with_client_is_followed() {
+    let (_, url) = common::db_and_url().await;
+    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    db.execute_batch(
+        "CREATE TABLE cascade_parents (id bigint PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE cascade_adopted (id bigint PRIMARY KEY, parent_id bigint);",
+    )
+    .await
+    .expect("schema");
+    db.create(NewParent {
+        id: 1,
+        name: "p".into(),
+    })
+    .await
+    .expect("parent");
+    db.create(NewAdopted {
+        id: 7,
+        parent_id: Some(1),
+    })
+    .await
+    .expect("adopted");
+    // A delete reads the foreign keys (none yet).
+    db.create(NewParent {
+        id: 2,
+        name: "q".into(),
+    })
+    .await
+    .expect("parent");
+    db.delete::<Parent>(2).await.expect("delete");
+    db.with_client(async |c| {
+        c.batch_execute(
+            "ALTER TABLE cascade_adopted ADD FOREIGN KEY (parent_id) \
+             REFERENCES cascade_parents ON DELETE SET NULL",
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+    .expect("alter");
+    assert_eq!(
+        db.read::<Adopted>(7)
+            .await
+            .expect("read")
+            .expect("row")
+            .parent_id,
+        Some(1)
+    );
+    db.delete::<Parent>(1).await.expect("delete");
+    assert_eq!(
+        db.read::<Adopted>(7)
+            .await
+            .expect("read")
+            .expect("row")
+            .parent_id,
+        None,
+        "ON DELETE SET NULL served stale"
     );
 }
 

@@ -498,3 +498,101 @@ async fn a_session_setting_made_through_with_client_does_not_reach_the_next_user
     // And the connection still works for typed calls afterwards.
     db.create(new_profile("after")).await.expect("create");
 }
+
+// ---- found by an outside attack ---------------------------------------------------
+
+#[tokio::test]
+async fn a_nested_transaction_dropped_half_way_makes_the_transaction_roll_back() {
+    let db = db().await;
+    let outcome = db
+        .transaction(|tx| async move {
+            let abandoned = tokio::time::timeout(
+                Duration::from_millis(200),
+                tx.transaction(|sp| async move {
+                    sp.create(new_profile("abandoned")).await?;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Ok(())
+                }),
+            )
+            .await;
+            assert!(abandoned.is_err(), "the nested body timed out");
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::TransactionAborted { .. })),
+        "got {outcome:?}"
+    );
+    assert!(
+        usernames(&db).await.is_empty(),
+        "the abandoned savepoint's write was committed"
+    );
+}
+
+#[tokio::test]
+async fn a_second_nested_transaction_beside_an_open_one_is_a_misuse_error() {
+    let db = db().await;
+    let outcome = db
+        .transaction(|tx| async move {
+            let (a, b) = tokio::join!(
+                tx.transaction(|sp| async move {
+                    sp.create(new_profile("join-a")).await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(())
+                }),
+                tx.transaction(|sp| async move {
+                    sp.create(new_profile("join-b")).await?;
+                    Ok(())
+                }),
+            );
+            Ok((a.is_ok(), b))
+        })
+        .await;
+    let (a_ok, b) = outcome.expect("the outer transaction commits");
+    assert!(a_ok, "the first nested transaction runs");
+    assert!(matches!(b, Err(Error::Misuse(_))), "got {b:?}");
+    assert_eq!(
+        usernames(&db).await,
+        ["join-a"],
+        "each nested call kept its promise"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_ended_through_the_raw_client_is_never_reported_as_ok() {
+    let db = db().await;
+    let outcome = db
+        .transaction(|tx| async move {
+            tx.create(new_profile("raw-rolled-back")).await?;
+            tx.with_client(async |c| Ok(c.batch_execute("ROLLBACK").await?))
+                .await?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(outcome, Err(Error::Misuse(_))), "got {outcome:?}");
+    assert!(usernames(&db).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_from_a_task_spawned_inside_with_client_is_misuse_not_a_hang() {
+    let db = db().await;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        db.transaction(|tx| async move {
+            let inner = tx.clone();
+            tx.with_client(async move |_c| {
+                tokio::spawn(async move { inner.query::<Profile>().count().await })
+                    .await
+                    .expect("join")
+            })
+            .await
+        }),
+    )
+    .await;
+    assert!(
+        matches!(outcome, Ok(Err(Error::Misuse(_)))),
+        "{outcome:?} after {:?}",
+        started.elapsed()
+    );
+}

@@ -1,6 +1,7 @@
 //! Row Level Security: user-scoped handles that PostgreSQL's policies enforce.
 //!
-//! [`Db::as_user`], [`Db::as_claims`] and [`Db::as_anon`] return a handle with the
+//! [`Db::as_user`](crate::Db::as_user), [`Db::as_claims`](crate::Db::as_claims) and
+//! [`Db::as_anon`](crate::Db::as_anon) return a handle with the
 //! whole API — CRUD, queries, transactions — whose every statement runs inside a
 //! transaction that first switched to the role `authenticated` (or `anon`) and the
 //! claims — `set_config('role', $1, true)` and `set_config('request.jwt.claims', $2,
@@ -28,78 +29,32 @@
 //! scope's later reads, cached or not, see them. `#[cached]` functions know nothing of
 //! scopes: put the user in the key (an argument) when a result depends on who asks.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use crate::db::{Db, TxHandle};
 use crate::error::{Error, Result};
 
-tokio::task_local! {
-    static SCOPED_TX: TxHandle;
-}
-
-/// The scoped transaction this task is running in, if any.
-pub(crate) fn current_scoped_tx() -> Option<TxHandle> {
-    SCOPED_TX.try_with(Clone::clone).ok()
-}
-
-pub(crate) async fn with_scoped_tx<T>(state: TxHandle, work: impl Future<Output = T>) -> T {
-    SCOPED_TX.scope(state, work).await
-}
-
-/// Who a scoped handle acts as.
+/// Who a scoped handle acts as: a role and the JWT claims its policies read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Scope {
     role: &'static str,
     claims: Arc<str>,
 }
 
-impl Scope {
-    /// The role and the claims (JSON text) a transaction switches to. They travel as
-    /// bound parameters of `set_config('role', $1, true)` and
-    /// `set_config('request.jwt.claims', $2, true)` — never as SQL text, so no server
-    /// setting (`standard_conforming_strings = off`) can change what they say.
-    pub(crate) fn parts(&self) -> (&'static str, Arc<str>) {
-        (self.role, self.claims.clone())
-    }
-}
-
 const ROLES: &[&str] = &["anon", "authenticated", "service_role"];
 
-impl Db {
-    fn scoped(&self, scope: Scope) -> Db {
-        Db {
-            shared: self.shared.clone(),
-            tx: None,
-            scope: Some(Arc::new(scope)),
+impl Scope {
+    /// The user `user_id`: role `authenticated`, claims `{"sub": …, "role": …}`.
+    pub(crate) fn user(user_id: uuid::Uuid) -> Scope {
+        let claims = serde_json::json!({ "sub": user_id, "role": "authenticated" });
+        Scope {
+            role: "authenticated",
+            claims: claims.to_string().into(),
         }
     }
 
-    /// A handle acting as the user `user_id` (role `authenticated`, claims
-    /// `{"sub": user_id, "role": "authenticated"}`).
-    ///
-    /// ```no_run
-    /// # async fn run(db: tabula::Db, user: uuid::Uuid) -> tabula::Result<()> {
-    /// let mine = db.as_user(user);
-    /// # Ok(()) }
-    /// ```
-    pub fn as_user(&self, user_id: uuid::Uuid) -> Db {
-        let claims = serde_json::json!({ "sub": user_id, "role": "authenticated" });
-        self.scoped(Scope {
-            role: "authenticated",
-            claims: claims.to_string().into(),
-        })
-    }
-
-    /// A handle acting with arbitrary JWT claims; its role is the claims' `role`
-    /// (`anon`, `authenticated` or `service_role`; `authenticated` when absent).
-    ///
-    /// ```no_run
-    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
-    /// let scoped = db.as_claims(serde_json::json!({ "sub": "5b1f…", "role": "authenticated", "org": 7 }))?;
-    /// # Ok(()) }
-    /// ```
-    pub fn as_claims(&self, claims: serde_json::Value) -> Result<Db> {
+    /// Arbitrary claims; the role is the claims' `role` (one of `anon`,
+    /// `authenticated`, `service_role`; `authenticated` when absent).
+    pub(crate) fn claims(claims: &serde_json::Value) -> Result<Scope> {
         if !claims.is_object() {
             return Err(Error::Validation("claims must be a JSON object".into()));
         }
@@ -122,28 +77,25 @@ impl Db {
         if text.len() > 64 * 1024 {
             return Err(Error::Validation("claims are larger than 64 KiB".into()));
         }
-        Ok(self.scoped(Scope {
+        Ok(Scope {
             role,
             claims: text.into(),
-        }))
-    }
-
-    /// A handle acting as an anonymous request (role `anon`, no `sub`).
-    ///
-    /// ```no_run
-    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
-    /// let anon = db.as_anon();
-    /// # Ok(()) }
-    /// ```
-    pub fn as_anon(&self) -> Db {
-        self.scoped(Scope {
-            role: "anon",
-            claims: r#"{"role":"anon"}"#.into(),
         })
     }
 
-    /// Whether this handle is user-scoped.
-    pub fn is_scoped(&self) -> bool {
-        self.scope.is_some()
+    /// An anonymous request: role `anon`, no `sub`.
+    pub(crate) fn anon() -> Scope {
+        Scope {
+            role: "anon",
+            claims: r#"{"role":"anon"}"#.into(),
+        }
+    }
+
+    /// The role and the claims (JSON text) a transaction switches to. They travel as
+    /// bound parameters of `set_config('role', $1, true)` and
+    /// `set_config('request.jwt.claims', $2, true)` — never as SQL text, so no server
+    /// setting (`standard_conforming_strings = off`) can change what they say.
+    pub(crate) fn parts(&self) -> (&'static str, Arc<str>) {
+        (self.role, self.claims.clone())
     }
 }

@@ -126,7 +126,7 @@ pub mod __private {
         memo_key,
     };
     pub use crate::migrate::{Migration, Migrator};
-    pub use crate::sql::Statements;
+    pub use crate::table::Statements;
     pub use crate::table::{
         CacheCodec, CodecReader, Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta,
         decode_column, decode_json, decode_json_column, decode_json_opt, decode_json_opt_column,

@@ -29,8 +29,11 @@ const STATEMENT_CACHE_CAPACITY: usize = 256;
 const SET_SCOPE: &str =
     "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)";
 
-/// The transaction id of the current transaction, NULL until it has written.
-pub(crate) const CURRENT_XID: &str = "SELECT pg_current_xact_id_if_assigned()::text";
+/// The transaction id of the current transaction (NULL until it has written), and the
+/// mark BEGIN set (see `db/tx.rs`). Asked behind statements until the id is known, and
+/// in the same pipeline as COMMIT — so it is always prepared by then.
+pub(crate) const CURRENT_XID: &str =
+    "SELECT pg_current_xact_id_if_assigned()::text, current_setting('tabula.tx', true)";
 
 /// What opens a transaction on a connection: sent in the same pipeline as the next
 /// statement, so it costs no round trip of its own.
@@ -68,8 +71,9 @@ pub(crate) struct PgConn {
 impl PgConn {
     /// The identity of the database this connection reaches, for cache namespaces:
     /// `db` + 16 hex digits of a hash of the cluster's system identifier (or, where
-    /// the role may not read it, the server's address and port) and the database's
-    /// name and oid.
+    /// the role may not read it, the server's address, port and start time — two
+    /// clusters behind one address differ there; a restart then starts a cold cache)
+    /// and the database's name and oid.
     pub(crate) async fn identity(&self) -> Result<String> {
         use sha2::Digest;
         let sysid = self
@@ -87,7 +91,8 @@ impl PgConn {
                 "SELECT current_database()::text, \
                         (SELECT oid::text FROM pg_database WHERE datname = current_database()), \
                         coalesce(host(inet_server_addr()), 'local') || ':' || \
-                        coalesce(inet_server_port()::text, current_setting('port'))",
+                        coalesce(inet_server_port()::text, current_setting('port')) || '@' || \
+                        pg_postmaster_start_time()::text",
                 &[],
             )
             .await?;

@@ -18,28 +18,10 @@ use sea_query::{
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use crate::error::{Error, Result};
-use crate::table::{Param, TableMeta};
+use crate::table::{Param, Statements, TableMeta};
 
 /// The most parameters one statement may bind: the protocol counts them in 16 bits.
 pub(crate) const MAX_PARAMS: usize = u16::MAX as usize;
-
-/// The fixed statements of one model.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Statements {
-    /// `SELECT <all> FROM t WHERE pk = $1`
-    pub(crate) read: String,
-    /// `INSERT INTO t (<insertable>) VALUES ($1, …) RETURNING <all>`
-    pub(crate) insert: String,
-    /// `INSERT INTO t (<insertable>) SELECT * FROM unnest($1::type[], …) RETURNING <all>`
-    pub(crate) insert_many: String,
-    /// `DELETE FROM t WHERE pk = $1`, or the soft-delete mark.
-    pub(crate) delete: String,
-    /// `DELETE FROM t WHERE pk = $1`, whatever the model.
-    pub(crate) hard_delete: String,
-    /// Clears the soft-delete mark, returning the row (empty without soft delete).
-    pub(crate) restore: String,
-}
 
 impl Statements {
     /// Renders the fixed statements of a model.

@@ -16,13 +16,30 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::Result;
-use crate::sql::Statements;
 
 pub use codec::{CODEC_VERSION, CacheCodec, CodecReader, write_bytes, write_len};
 #[doc(hidden)]
 pub use codec::{
     decode_json, decode_json_opt, encode_json, encode_json_opt, row_shape, same_encoding, same_json,
 };
+
+/// The fixed statements of one model.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Statements {
+    /// `SELECT <all> FROM t WHERE pk = $1`
+    pub(crate) read: String,
+    /// `INSERT INTO t (<insertable>) VALUES ($1, …) RETURNING <all>`
+    pub(crate) insert: String,
+    /// `INSERT INTO t (<insertable>) SELECT * FROM unnest($1::type[], …) RETURNING <all>`
+    pub(crate) insert_many: String,
+    /// `DELETE FROM t WHERE pk = $1`, or the soft-delete mark.
+    pub(crate) delete: String,
+    /// `DELETE FROM t WHERE pk = $1`, whatever the model.
+    pub(crate) hard_delete: String,
+    /// Clears the soft-delete mark, returning the row (empty without soft delete).
+    pub(crate) restore: String,
+}
 
 /// A parameter bound to a statement.
 pub type Param<'a> = &'a (dyn ToSql + Sync);

@@ -1,6 +1,6 @@
 //! The runtime of `#[cached]`: memoized async functions.
 //!
-//! An entry's key is the function's name plus a hash of its arguments (as JSON), under
+//! An entry's key is the function's name plus a hash of its arguments, under
 //! version counters: one of the function's own (bumped by `<fn>_clear`) and one per
 //! table named in `tables(...)` (bumped by every write to that table), resolved on the
 //! Redis server in the same round trip as the GET. So a write to a tied table, or a
@@ -14,8 +14,11 @@
 //! Single flight joins only a computation keyed by the same table versions, so a call
 //! that begins after a write never gets a value computed before it. A body that ran
 //! any statement through a user-scoped handle (Row Level Security) produced an answer
-//! for that user only: it is neither cached nor shared. Arguments that cannot be
-//! encoded as a key bypass the cache for that call. Both are counted in
+//! for that user only: it is neither cached nor shared (work the body hands to a task
+//! of its own with `tokio::spawn` is not seen: keep scoped work on the body's task, or
+//! put the user in the arguments). Arguments whose `Serialize` fails bypass the cache
+//! for that call; all others are keyed injectively (NaN, infinity, `None` and
+//! `Some(None)` each get their own key). Both are counted in
 //! `tabula_memo_bypass_total` and logged once per function.
 //!
 //! The cache used is the one installed with [`CacheService::install_global`] —
@@ -90,16 +93,18 @@ impl MemoSpec {
     }
 }
 
-/// The key suffix of one call: the function's name and a hash of its arguments. Empty
-/// when the arguments cannot be encoded (a map with non-string keys, say): that call
-/// then bypasses the cache (see [`memo`]) instead of sharing an entry with others.
+/// The key suffix of one call: the function's name and a hash of its arguments,
+/// encoded injectively (see `cache/key.rs`: values JSON cannot tell apart — NaN and
+/// infinity, `None` and `Some(None)` — get different keys). Empty when an argument's
+/// `Serialize` impl fails: that call then bypasses the cache (see [`memo`]) instead of
+/// sharing an entry with others.
 #[doc(hidden)]
 pub fn memo_key<A: Serialize + ?Sized>(spec: &MemoSpec, args: &A) -> String {
     use sha2::Digest;
-    let Ok(json) = serde_json::to_vec(args) else {
+    let Some(bytes) = super::key::key_bytes(args) else {
         return String::new();
     };
-    let hash: String = sha2::Sha256::digest(&json)
+    let hash: String = sha2::Sha256::digest(&bytes)
         .iter()
         .take(16)
         .map(|b| format!("{b:02x}"))

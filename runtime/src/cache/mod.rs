@@ -78,6 +78,7 @@
 //! otherwise, and logs which.
 
 mod breaker;
+mod key;
 pub(crate) mod memo;
 mod memory;
 mod redis;

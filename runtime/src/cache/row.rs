@@ -355,33 +355,22 @@ impl CacheService {
         ok
     }
 
-    /// Turns what writes touched (see `crate::db`'s invalidation seam) into key
-    /// operations: the version of every table written and of every table a write can
-    /// cascade to; the generation of every table whose changed rows cannot be named
-    /// (cascades, unknown outcomes); the entries of the rows named.
-    pub(crate) async fn invalidate_writes(
-        &self,
-        writes: &[crate::db::Invalidation],
-        cascades: &crate::db::Cascades,
-    ) -> bool {
-        let (counters, generations) = touched_tables(writes, cascades);
+    /// Turns what writes touched (the seam `db` reports through, see [`Touched`])
+    /// into key operations: the version of every table written and of every table a
+    /// write cascades to; the generation of every table whose changed rows cannot be
+    /// named (cascades, unknown outcomes); the entries of the rows named.
+    pub(crate) async fn invalidate_writes(&self, writes: &[Touched]) -> bool {
+        let (counters, generations) = touched_tables(writes);
         let rows: Vec<(String, String)> = writes
             .iter()
-            .flat_map(|w| {
-                let table = w.table.qualified_name();
-                w.keys.iter().map(move |k| (table.clone(), k.clone()))
-            })
+            .flat_map(|w| w.keys.iter().map(|k| (w.table.clone(), k.clone())))
             .collect();
         self.invalidate(&counters, &generations, &rows).await
     }
 
     /// The versions alone (for a cache that holds only memos of these tables).
-    pub(crate) async fn invalidate_tables(
-        &self,
-        writes: &[crate::db::Invalidation],
-        cascades: &crate::db::Cascades,
-    ) -> bool {
-        let (counters, _) = touched_tables(writes, cascades);
+    pub(crate) async fn invalidate_tables(&self, writes: &[Touched]) -> bool {
+        let (counters, _) = touched_tables(writes);
         self.invalidate(&counters, &[], &[]).await
     }
 
@@ -496,11 +485,21 @@ impl CacheService {
     }
 }
 
+/// What one write touched, as the cache is told: never cache keys, only names.
+#[derive(Debug, Clone)]
+pub(crate) struct Touched {
+    /// The table written to ([`TableMeta::qualified_name`](crate::TableMeta::qualified_name)).
+    pub(crate) table: String,
+    /// The keys (as JSON text) of the rows it changed.
+    pub(crate) keys: Vec<String>,
+    /// Rows of the table changed that cannot be named.
+    pub(crate) every_row: bool,
+    /// The tables its foreign-key actions can change (their rows cannot be named).
+    pub(crate) cascade_to: Vec<String>,
+}
+
 /// The version counters and generations writes touch, cascades included.
-fn touched_tables(
-    writes: &[crate::db::Invalidation],
-    cascades: &crate::db::Cascades,
-) -> (Vec<String>, Vec<String>) {
+fn touched_tables(writes: &[Touched]) -> (Vec<String>, Vec<String>) {
     let mut counters: Vec<String> = Vec::new();
     let mut generations: Vec<String> = Vec::new();
     let add = |list: &mut Vec<String>, item: String| {
@@ -509,16 +508,13 @@ fn touched_tables(
         }
     };
     for write in writes {
-        let table = write.table.qualified_name();
-        add(&mut counters, format!("v:{table}"));
+        add(&mut counters, format!("v:{}", write.table));
         if write.every_row {
-            add(&mut generations, table.clone());
+            add(&mut generations, write.table.clone());
         }
-        if write.cascades {
-            for dependent in cascades.of(&table) {
-                add(&mut counters, format!("v:{dependent}"));
-                add(&mut generations, dependent.clone());
-            }
+        for dependent in &write.cascade_to {
+            add(&mut counters, format!("v:{dependent}"));
+            add(&mut generations, dependent.clone());
         }
     }
     (counters, generations)
@@ -527,216 +523,4 @@ fn touched_tables(
 /// `v:<table>`: the version counter of a table.
 pub(crate) fn table_counter(meta: &crate::TableMeta) -> String {
     format!("v:{}", meta.qualified_name())
-}
-
-/// The row-cache name of a row within its table (the key as JSON text).
-pub(crate) fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
-    crate::db::key_text::<M>(key)
-}
-
-/// Whether `row`'s column `index` still holds `wanted` (compared as the row cache
-/// encodes the column, not through the model's serde).
-fn holds<M: crate::Table, T: 'static>(row: &M, index: usize, wanted: &T) -> bool {
-    row.cache_column_holds(index, wanted)
-}
-
-impl crate::Db {
-    /// The cache of this handle, when reads of `M` go through it: the model declares
-    /// `cache(ttl = …)`, a cache is configured, and the handle is not in a transaction
-    /// (a transaction must see its own writes).
-    fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, Duration)> {
-        let ttl = M::META.cache_ttl?;
-        // Transactions must see their own writes; scoped handles must see only what
-        // the policy shows them (see `crate::auth`).
-        if self.tx.is_some() || self.scope.is_some() {
-            return None;
-        }
-        let cache = self.shared.cache.clone()?;
-        Some((cache, Duration::from_secs(ttl)))
-    }
-
-    /// [`Db::read`] through the row cache.
-    pub(crate) async fn read_through<M: crate::Table>(
-        &self,
-        key: M::Key,
-    ) -> crate::Result<Option<M>> {
-        let Some((cache, ttl)) = self.row_cache::<M>() else {
-            return self.read_uncached::<M>(key).await;
-        };
-        let suffix = row_suffix::<M>(&key);
-        let table = M::META.qualified_name();
-        let shape = M::META.shape_hex();
-        let token = match cache.row_get(&table, &suffix, &shape).await {
-            Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
-                Some(row) => return Ok(Some(row)),
-                // Undecodable: a miss, and not ours to overwrite.
-                None => None,
-            },
-            Lookup::Miss(token) => token,
-        };
-        let row = self.read_uncached::<M>(key).await?;
-        if let (Some(row), Some(token)) = (&row, token)
-            && let Some(encoded) = row.cache_encode()
-        {
-            let mut value = shape.into_bytes();
-            value.extend(encoded);
-            cache
-                .row_fill(&table, &token, &[(suffix, value)], ttl)
-                .await;
-        }
-        Ok(row)
-    }
-
-    /// The row whose unique `column` equals `value` (generated as `Model::by_<field>` for
-    /// fields marked `#[table(unique)]`). With a row cache, the value maps to the row's
-    /// key under a lease like any row, and the row itself comes from the row cache; a
-    /// mapping is trusted only if the row it leads to still holds `value` — so a
-    /// changed or reused value can never answer with the wrong row, and writes need no
-    /// extra invalidation for it.
-    ///
-    /// ```no_run
-    /// # use tabula::{Db, Table};
-    /// # #[derive(Table)] pub struct Note { #[table(primary_key)] pub id: i64, #[table(unique)] pub slug: String }
-    /// # async fn run(db: Db) -> tabula::Result<()> {
-    /// let note: Option<Note> = Note::by_slug(&db, "hello").await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn find_unique<M: crate::Table, T>(
-        &self,
-        column: crate::Column<M, T>,
-        value: T,
-    ) -> crate::Result<Option<M>>
-    where
-        T: crate::ColumnType + Clone + serde::Serialize,
-    {
-        let Some((cache, ttl)) = self.row_cache::<M>() else {
-            return self.query::<M>().filter(column.eq(value)).first().await;
-        };
-        let meta = M::META;
-        let wanted = serde_json::to_value(&value).unwrap_or_default();
-        let table = meta.qualified_name();
-        let suffix = format!("#{}:{}", meta.columns[column.index()].name, wanted);
-        let shape = meta.shape_hex();
-        let mut lookup = cache.row_get(&table, &suffix, &shape).await;
-        if let Lookup::Hit(bytes) = &lookup {
-            if let Some(key) = bytes
-                .get(16..)
-                .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
-                && let Some(row) = self.read_through::<M>(key).await?
-                && holds(&row, column.index(), &value)
-            {
-                return Ok(Some(row));
-            }
-            // A stale mapping: drop it, and take a lease to fill the right one.
-            cache
-                .invalidate(&[], &[], &[(table.clone(), suffix.clone())])
-                .await;
-            lookup = cache.row_get(&table, &suffix, &shape).await;
-        }
-        let token = match lookup {
-            Lookup::Miss(token) => token,
-            Lookup::Hit(_) => None,
-        };
-        // One query for the row by the unique column — exactly what an uncached read
-        // costs, also while the cache is unavailable — and, when a lease was taken, the
-        // mapping to its key is filled (the row entry fills on its first read by key).
-        let row = self.query::<M>().filter(column.eq(value)).first().await?;
-        if let (Some(row), Some(token)) = (&row, token)
-            && let Ok(key) = serde_json::to_vec(row.key())
-        {
-            let mut entry = shape.into_bytes();
-            entry.extend(key);
-            cache
-                .row_fill(&table, &token, &[(suffix, entry)], ttl)
-                .await;
-        }
-        Ok(row)
-    }
-
-    /// Reads many rows by primary key: one cache round trip for all of them, one query
-    /// for the misses, one round trip to fill them. The result lines up with `keys`.
-    ///
-    /// ```no_run
-    /// # use tabula::{Db, Table};
-    /// # #[derive(Table, Clone)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
-    /// # async fn run(db: Db) -> tabula::Result<()> {
-    /// let notes: Vec<Option<Note>> = db.read_many(&[1, 2, 3]).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn read_many<M: crate::Table + Clone>(
-        &self,
-        keys: &[M::Key],
-    ) -> crate::Result<Vec<Option<M>>> {
-        Ok(self.read_many_counted(keys).await?.0)
-    }
-
-    /// Fills the row cache with these rows in one pipelined round trip (the seed's
-    /// "cache warming"); returns how many entries were filled.
-    ///
-    /// ```no_run
-    /// # use tabula::{Db, Table};
-    /// # #[derive(Table, Clone)] #[table(cache(ttl = 60))] #[derive(serde::Serialize, serde::Deserialize)]
-    /// # pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
-    /// # async fn run(db: Db) -> tabula::Result<()> {
-    /// db.warm::<Note>(&[1, 2, 3]).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn warm<M: crate::Table + Clone>(&self, keys: &[M::Key]) -> crate::Result<u64> {
-        Ok(self.read_many_counted::<M>(keys).await?.1)
-    }
-
-    async fn read_many_counted<M: crate::Table + Clone>(
-        &self,
-        keys: &[M::Key],
-    ) -> crate::Result<(Vec<Option<M>>, u64)> {
-        if keys.is_empty() {
-            return Ok((Vec::new(), 0));
-        }
-        let cache = self.row_cache::<M>();
-        let suffixes: Vec<String> = keys.iter().map(row_suffix::<M>).collect();
-        let table = M::META.qualified_name();
-        let shape = M::META.shape_hex();
-        let (cached, token) = match &cache {
-            Some((cache, _)) => cache.row_get_many(&table, &suffixes, &shape).await,
-            None => (vec![None; keys.len()], None),
-        };
-        let mut out: Vec<Option<M>> = cached
-            .iter()
-            .map(|b| {
-                b.as_ref()
-                    .and_then(|b| b.get(16..))
-                    .and_then(M::cache_decode)
-            })
-            .collect();
-        let missing: Vec<usize> = (0..keys.len()).filter(|i| out[*i].is_none()).collect();
-        if missing.is_empty() {
-            return Ok((out, 0));
-        }
-        let wanted: Vec<M::Key> = missing.iter().map(|i| keys[*i].clone()).collect();
-        let found: std::collections::HashMap<String, M> = self
-            .read_keys::<M>(wanted)
-            .await?
-            .into_iter()
-            .map(|row| (row_suffix::<M>(row.key()), row))
-            .collect();
-        let mut fills = Vec::new();
-        for i in missing {
-            let Some(row) = found.get(&suffixes[i]) else {
-                continue;
-            };
-            if token.is_some()
-                && let Some(encoded) = row.cache_encode()
-            {
-                let mut value = shape.clone().into_bytes();
-                value.extend(encoded);
-                fills.push((suffixes[i].clone(), value));
-            }
-            out[i] = Some(row.clone());
-        }
-        let filled = match (&cache, &token) {
-            (Some((cache, ttl)), Some(token)) => cache.row_fill(&table, token, &fills, *ttl).await,
-            _ => 0,
-        };
-        Ok((out, filled))
-    }
 }

@@ -28,8 +28,15 @@ pub(crate) struct TxConn {
 pub(crate) struct TxShared {
     /// Set while a stream from this transaction holds its connection.
     pub(crate) streaming: AtomicBool,
+    /// Set while a `with_client` body holds its connection.
+    pub(crate) raw: AtomicBool,
     /// How many savepoints are open.
     pub(crate) depth: AtomicU32,
+    /// Savepoints opened so far (their names are unique within the transaction).
+    pub(crate) savepoints: AtomicU32,
+    /// Set when a nested transaction was abandoned half-way (its future dropped):
+    /// what it did is unknown, so the transaction can only roll back.
+    pub(crate) abandoned: AtomicBool,
 }
 
 /// A handle's link to its transaction: the connection, and the savepoint depth the
@@ -39,12 +46,6 @@ pub(crate) struct TxHandle {
     pub(crate) conn: Arc<Mutex<TxConn>>,
     pub(crate) shared: Arc<TxShared>,
     pub(crate) depth: u32,
-}
-
-tokio::task_local! {
-    /// The transactions whose connection the running code holds (inside a
-    /// `with_client` body): a statement on one of them from here cannot get it.
-    static HOLDING: Vec<usize>;
 }
 
 impl TxHandle {
@@ -59,31 +60,20 @@ impl TxHandle {
         }
     }
 
-    fn id(&self) -> usize {
-        Arc::as_ptr(&self.conn) as usize
-    }
-
     /// The transaction's connection for one statement, or a clear error where waiting
     /// for it could never end.
     async fn acquire(&self) -> Result<OwnedMutexGuard<TxConn>> {
-        let id = self.id();
-        if HOLDING.try_with(|held| held.contains(&id)).unwrap_or(false) {
-            return Err(Error::Misuse(
-                "a statement on a transaction (or user-scoped handle) was issued from inside \
-                 its own `with_client` body, which holds the connection; use the raw client \
-                 there, or make the call outside the body"
-                    .into(),
-            ));
-        }
-        if self.shared.depth.load(Ordering::Acquire) != self.depth {
-            return Err(Error::Misuse(
-                "this transaction handle was used while a nested transaction (a savepoint) is \
-                 open on it; use the nested transaction's handle until it ends"
-                    .into(),
-            ));
-        }
+        self.check_depth()?;
         let guard = match self.conn.clone().try_lock_owned() {
             Ok(guard) => guard,
+            Err(_) if self.shared.raw.load(Ordering::Acquire) => {
+                return Err(Error::Misuse(
+                    "a statement on a transaction (or user-scoped handle) was issued while a \
+                     `with_client` body holds its connection; use the raw client there, or \
+                     make the call outside the body"
+                        .into(),
+                ));
+            }
             Err(_) if self.shared.streaming.load(Ordering::Acquire) => {
                 return Err(Error::Misuse(
                     "a stream from this transaction is still open and holds its connection; \
@@ -93,6 +83,11 @@ impl TxHandle {
             }
             Err(_) => self.conn.clone().lock_owned().await,
         };
+        // Again: a nested transaction may have opened while this call waited.
+        self.check_depth()?;
+        if self.shared.abandoned.load(Ordering::Acquire) {
+            return Err(Error::TransactionAborted { sqlstate: None });
+        }
         match guard.conn.as_deref() {
             None => Err(Error::Misuse(
                 "the transaction this handle belongs to has already ended".into(),
@@ -107,10 +102,38 @@ impl TxHandle {
         }
     }
 
+    fn check_depth(&self) -> Result<()> {
+        if self.shared.depth.load(Ordering::Acquire) != self.depth {
+            return Err(Error::Misuse(
+                "this transaction handle was used while a nested transaction (a savepoint) is \
+                 open on it; use the nested transaction's handle until it ends"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Takes the connection and pending invalidations out when the transaction ends.
     pub(crate) async fn take(&self) -> (Option<Pooled>, Vec<Invalidation>) {
         let mut state = self.conn.lock().await;
         (state.conn.take(), std::mem::take(&mut state.pending))
+    }
+}
+
+/// Marks a transaction's connection as held by a `with_client` body; cleared when the
+/// body ends or is dropped.
+struct RawHold(Arc<TxShared>);
+
+impl RawHold {
+    fn new(shared: Arc<TxShared>) -> RawHold {
+        shared.raw.store(true, Ordering::Release);
+        RawHold(shared)
+    }
+}
+
+impl Drop for RawHold {
+    fn drop(&mut self) {
+        self.0.raw.store(false, Ordering::Release);
     }
 }
 
@@ -194,7 +217,7 @@ impl Db {
     fn current_tx(&self) -> Option<TxHandle> {
         match (&self.tx, &self.scope) {
             (Some(tx), _) => Some(tx.clone()),
-            (None, Some(_)) => crate::auth::current_scoped_tx(),
+            (None, Some(_)) => super::scope::current_scoped_tx(),
             (None, None) => None,
         }
     }
@@ -211,6 +234,9 @@ impl Db {
 
     /// A connection for one operation: the transaction's, or one from the pool.
     pub(crate) async fn conn(&self) -> Result<Conn> {
+        if self.scope.is_some() {
+            crate::cache::memo::note_scoped();
+        }
         if let Some(tx) = self.current_tx() {
             return Ok(Conn::Tx(tx.acquire().await?));
         }
@@ -245,7 +271,7 @@ impl Db {
             async move {
                 match &self.scope {
                     Some(scope)
-                        if self.tx.is_none() && crate::auth::current_scoped_tx().is_none() =>
+                        if self.tx.is_none() && super::scope::current_scoped_tx().is_none() =>
                     {
                         self.in_scope(scope, work).await
                     }
@@ -290,16 +316,17 @@ impl Db {
     ) -> Result<T> {
         let mut conn = self.checkout().await?;
         conn.begin(Setup {
-            begin: "BEGIN",
+            begin: super::Isolation::ReadCommitted.begin(),
             scope: Some(scope.parts()),
         });
         let tx = TxHandle::new(conn);
-        let result = crate::auth::with_scoped_tx(tx.clone(), work).await;
+        let result = super::scope::with_scoped_tx(tx.clone(), work).await;
         let (conn, _) = tx.take().await;
+        let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             return Err(Error::Misuse("scoped connection taken twice".into()));
         };
-        let ended = self.end(conn, result.is_ok(), &[]).await;
+        let ended = self.end(conn, result.is_ok(), abandoned, &[]).await;
         match (result, ended) {
             (Ok(value), Ok(())) => Ok(value),
             (Ok(_), Err(e)) | (Err(e), _) => Err(e),
@@ -372,14 +399,11 @@ impl Db {
             let pg = conn.get()?;
             pg.flush_setup().await?;
             pg.in_flight = true;
-            let result = match &tx {
-                Some(tx) => {
-                    let mut held = HOLDING.try_with(Clone::clone).unwrap_or_default();
-                    held.push(tx.id());
-                    HOLDING.scope(held, body(pg.client())).await
-                }
-                None => body(pg.client()).await,
-            };
+            // While the body holds the connection, any other statement on this
+            // transaction — from this task or another — is refused, not queued forever.
+            let raw = tx.as_ref().map(|tx| RawHold::new(tx.shared.clone()));
+            let result = body(pg.client()).await;
+            drop(raw);
             pg.in_flight = false;
             if pg.in_transaction {
                 // A plain SET inside a transaction outlives its COMMIT.
@@ -387,6 +411,8 @@ impl Db {
             } else {
                 pg.reset_session().await;
             }
+            // The body may have changed the schema (a foreign key the cache follows).
+            self.forget_schema();
             result
         })
         .await

@@ -43,8 +43,10 @@
 //! open, cannot run — the connection is in use — and is [`Error::Misuse`] at once
 //! instead of a deadlock.
 
+mod cached;
 mod conn;
 mod crud;
+mod scope;
 mod tx;
 mod write;
 
@@ -57,7 +59,7 @@ use crate::pool::{LastConnectError, PgManager};
 
 pub(crate) use conn::{Conn, TxHandle, read_on_conn};
 pub use tx::Isolation;
-pub(crate) use write::{Cascades, Invalidation, key_text};
+pub(crate) use write::{Invalidation, key_text};
 
 type Pooled = bb8::PooledConnection<'static, PgManager>;
 

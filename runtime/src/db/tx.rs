@@ -49,11 +49,17 @@ pub enum Isolation {
 }
 
 impl Isolation {
-    fn begin(self) -> &'static str {
+    /// BEGIN, and a transaction-local mark the commit protocol checks: a transaction
+    /// ended behind Tabula's back (a raw COMMIT or ROLLBACK) has lost it.
+    pub(crate) fn begin(self) -> &'static str {
         match self {
-            Isolation::ReadCommitted => "BEGIN",
-            Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-            Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            Isolation::ReadCommitted => "BEGIN; SELECT set_config('tabula.tx', '1', true)",
+            Isolation::RepeatableRead => {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT set_config('tabula.tx', '1', true)"
+            }
+            Isolation::Serializable => {
+                "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT set_config('tabula.tx', '1', true)"
+            }
         }
     }
 }
@@ -64,6 +70,11 @@ enum Resolution {
     Aborted,
     Unknown,
 }
+
+/// Sent in the same pipeline as COMMIT: the transaction's id (NULL if it never
+/// wrote) and the mark BEGIN set. It fails in an aborted transaction; it finds no mark
+/// when the transaction was ended behind Tabula's back.
+const COMMIT_PROBE: &str = crate::pool::CURRENT_XID;
 
 const XACT_STATUS: &str = "SELECT pg_xact_status(($1::text)::xid8)";
 /// The backend still running the transaction (an `xid` is the low 32 bits of the
@@ -167,25 +178,50 @@ impl Db {
         }
     }
 
+    /// Runs `body` under a SAVEPOINT: one nested transaction at a time per level (a
+    /// second one started beside it is [`Error::Misuse`]); released on `Ok`, rolled
+    /// back to on `Err` or a panic. A nested transaction whose future is dropped
+    /// half-way leaves the whole transaction able only to roll back.
     async fn savepoint<T>(
         &self,
         tx: &TxHandle,
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let name = format!("tabula_sp_{}", tx.depth + 1);
-        self.run("savepoint", "-", async |conn| {
-            conn.batch(&format!("SAVEPOINT {name}")).await
-        })
-        .await?;
-        tx.shared.depth.store(tx.depth + 1, Ordering::Release);
+        tx.shared
+            .depth
+            .compare_exchange(tx.depth, tx.depth + 1, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| {
+                Error::Misuse(
+                    "a nested transaction was started beside another one on the same \
+                     transaction; run them one after the other"
+                        .into(),
+                )
+            })?;
+        let guard = SavepointGuard {
+            tx: tx.clone(),
+            done: false,
+        };
+        let inner = self.nested(tx);
+        let name = format!(
+            "tabula_sp_{}",
+            tx.shared.savepoints.fetch_add(1, Ordering::AcqRel) + 1
+        );
+        let opened = inner
+            .run("savepoint", "-", async |conn| {
+                conn.batch(&format!("SAVEPOINT {name}")).await
+            })
+            .await;
+        if let Err(e) = opened {
+            guard.finish();
+            return Err(e);
+        }
         let result = std::panic::AssertUnwindSafe(body).catch_unwind().await;
-        tx.shared.depth.store(tx.depth, Ordering::Release);
         let end = match &result {
             Ok(Ok(_)) => format!("RELEASE SAVEPOINT {name}"),
             _ => format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"),
         };
         let rolled_back = !matches!(result, Ok(Ok(_)));
-        let ended = self
+        let ended = inner
             .run("savepoint", "-", async |conn| {
                 let ended = conn.batch(&end).await;
                 if ended.is_ok() && rolled_back {
@@ -196,6 +232,7 @@ impl Db {
                 ended
             })
             .await;
+        guard.finish();
         match (result, ended) {
             (Err(panic), _) => std::panic::resume_unwind(panic),
             (Ok(Err(e)), _) => Err(e),
@@ -228,6 +265,7 @@ impl Db {
         };
         let result = body(handle).await;
         let (conn, pending) = tx.take().await;
+        let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             return Err(Error::Misuse("transaction connection taken twice".into()));
         };
@@ -237,7 +275,7 @@ impl Db {
                 // that gives up half-way cannot leave committed rows stale in the cache.
                 let db = self.clone();
                 join_task(tokio::spawn(async move {
-                    let outcome = db.end(conn, true, &pending).await;
+                    let outcome = db.end(conn, true, abandoned, &pending).await;
                     match &outcome {
                         Ok(()) => db.apply_invalidation(&pending).await,
                         Err(Error::CommitOutcomeUnknown) => {
@@ -251,7 +289,7 @@ impl Db {
                 Ok(value)
             }
             Err(e) => {
-                let _ = self.end(conn, false, &[]).await;
+                let _ = self.end(conn, false, abandoned, &[]).await;
                 Err(e)
             }
         }
@@ -262,6 +300,7 @@ impl Db {
         &self,
         mut conn: Pooled,
         commit: bool,
+        abandoned: bool,
         writes: &[Invalidation],
     ) -> Result<()> {
         if conn.pending_setup.take().is_some() {
@@ -270,7 +309,7 @@ impl Db {
             return Ok(());
         }
         let deadline = self.shared.config.statement_timeout;
-        let aborted = conn.in_flight || conn.failure.is_some();
+        let aborted = conn.in_flight || conn.failure.is_some() || abandoned;
         if !commit || aborted {
             conn.in_flight = false;
             let rolled_back = tokio::time::timeout(deadline, conn.batch("ROLLBACK")).await;
@@ -284,9 +323,18 @@ impl Db {
                 false => Ok(()),
             };
         }
-        let probe = match conn.prepare(crate::pool::CURRENT_XID).await {
-            Ok(probe) => probe,
-            Err(e) => return self.resolve_lost_commit(conn, e, writes).await,
+        // Prepared already (it travelled behind the transaction's statements); the
+        // deadline only matters for a transaction that ran none through Tabula.
+        let probe = match tokio::time::timeout(deadline, conn.prepare(COMMIT_PROBE)).await {
+            Ok(Ok(probe)) => probe,
+            Ok(Err(e)) => return self.resolve_lost_commit(conn, e, writes).await,
+            Err(_) => {
+                let lost = Error::Timeout {
+                    operation: "commit",
+                    after: deadline,
+                };
+                return self.resolve_lost_commit(conn, lost, writes).await;
+            }
         };
         conn.in_flight = true;
         let client = conn.client();
@@ -317,6 +365,22 @@ impl Db {
             Ok(()) => {
                 conn.in_transaction = false;
                 match probe.map_err(Error::from) {
+                    Ok(Some(row))
+                        if row
+                            .try_get::<_, Option<String>>(1)
+                            .ok()
+                            .flatten()
+                            .as_deref()
+                            != Some("1") =>
+                    {
+                        // COMMIT found no transaction: it was ended through the raw
+                        // client, and what it kept is not Tabula's to report.
+                        Err(Error::Misuse(
+                            "the transaction was ended through `with_client` (a raw COMMIT or \
+                             ROLLBACK); what it kept is unknown to Tabula"
+                                .into(),
+                        ))
+                    }
                     Ok(_) => Ok(()),
                     // The probe failed in an aborted transaction: COMMIT rolled back.
                     Err(e) if !matches!(e, Error::Connection(_)) => {
@@ -458,6 +522,29 @@ impl Db {
         })
         .await
         .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Closes a savepoint's level when it ends — or, dropped half-way, marks the
+/// transaction abandoned (it can then only roll back).
+struct SavepointGuard {
+    tx: TxHandle,
+    done: bool,
+}
+
+impl SavepointGuard {
+    fn finish(mut self) {
+        self.done = true;
+        self.tx.shared.depth.store(self.tx.depth, Ordering::Release);
+    }
+}
+
+impl Drop for SavepointGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.tx.shared.abandoned.store(true, Ordering::Release);
+            self.tx.shared.depth.store(self.tx.depth, Ordering::Release);
+        }
     }
 }
 

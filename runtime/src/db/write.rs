@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::Db;
+use crate::cache::row::Touched;
 use crate::error::{Error, Result};
 use crate::table::{Table, TableMeta};
 
@@ -191,11 +192,27 @@ impl Db {
             true => self.cascades().await,
             false => Arc::default(),
         };
+        let touched: Vec<Touched> = writes
+            .iter()
+            .map(|w| {
+                let table = w.table.qualified_name();
+                let cascade_to = match w.cascades {
+                    true => cascades.of(&table).to_vec(),
+                    false => Vec::new(),
+                };
+                Touched {
+                    table,
+                    keys: w.keys.clone(),
+                    every_row: w.every_row,
+                    cascade_to,
+                }
+            })
+            .collect();
         if let Some(cache) = self.cache() {
-            cache.invalidate_writes(writes, &cascades).await;
+            cache.invalidate_writes(&touched).await;
         }
         if let Some(memo) = memo {
-            memo.invalidate_tables(writes, &cascades).await;
+            memo.invalidate_tables(&touched).await;
         }
     }
 

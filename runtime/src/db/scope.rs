@@ -1,0 +1,74 @@
+//! User-scoped handles: the `Db` side of Row Level Security (see [`crate::auth`] for
+//! the model and its guarantees). A scoped handle's statements run in a transaction
+//! that switched to the scope's role and claims; a one-shot call opens one of its own,
+//! found by the statements it runs through a task-local.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::{Db, TxHandle};
+use crate::auth::Scope;
+use crate::error::Result;
+
+tokio::task_local! {
+    static SCOPED_TX: TxHandle;
+}
+
+/// The scoped transaction this task is running in, if any.
+pub(crate) fn current_scoped_tx() -> Option<TxHandle> {
+    SCOPED_TX.try_with(Clone::clone).ok()
+}
+
+pub(crate) async fn with_scoped_tx<T>(state: TxHandle, work: impl Future<Output = T>) -> T {
+    SCOPED_TX.scope(state, work).await
+}
+
+impl Db {
+    fn scoped(&self, scope: Scope) -> Db {
+        Db {
+            shared: self.shared.clone(),
+            tx: None,
+            scope: Some(Arc::new(scope)),
+        }
+    }
+
+    /// A handle acting as the user `user_id` (role `authenticated`, claims
+    /// `{"sub": user_id, "role": "authenticated"}`).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db, user: uuid::Uuid) -> tabula::Result<()> {
+    /// let mine = db.as_user(user);
+    /// # Ok(()) }
+    /// ```
+    pub fn as_user(&self, user_id: uuid::Uuid) -> Db {
+        self.scoped(Scope::user(user_id))
+    }
+
+    /// A handle acting with arbitrary JWT claims; its role is the claims' `role`
+    /// (`anon`, `authenticated` or `service_role`; `authenticated` when absent).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let scoped = db.as_claims(serde_json::json!({ "sub": "5b1f…", "role": "authenticated", "org": 7 }))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn as_claims(&self, claims: serde_json::Value) -> Result<Db> {
+        Ok(self.scoped(Scope::claims(&claims)?))
+    }
+
+    /// A handle acting as an anonymous request (role `anon`, no `sub`).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let anon = db.as_anon();
+    /// # Ok(()) }
+    /// ```
+    pub fn as_anon(&self) -> Db {
+        self.scoped(Scope::anon())
+    }
+
+    /// Whether this handle is user-scoped.
+    pub fn is_scoped(&self) -> bool {
+        self.scope.is_some()
+    }
+}
