@@ -156,6 +156,48 @@ async fn an_explicit_namespace_separates_two_handles_on_one_database() {
     );
 }
 
+#[tokio::test]
+async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_database() {
+    let (_, url) = common::db_and_url().await;
+    // Two handles in one process, each with a cache of its own (another prefix).
+    let one = connect(&url, shared_redis(&unique_prefix())).await;
+    let two = connect(&url, shared_redis(&unique_prefix())).await;
+    let row = one
+        .create(NewProfile {
+            user_id: Uuid::new_v4(),
+            username: "before".into(),
+            avatar_url: None,
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        two.read::<Profile>(row.id)
+            .await
+            .expect("read")
+            .expect("row")
+            .username,
+        "before"
+    );
+    one.update::<Profile>(
+        row.id,
+        ProfilePatch {
+            username: Some("after".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("update");
+    assert_eq!(
+        two.read::<Profile>(row.id)
+            .await
+            .expect("read")
+            .expect("row")
+            .username,
+        "after",
+        "the other handle's cache served the row from before the write"
+    );
+}
+
 // ---- 11. user keys never touch Tabula's own ------------------------------------------
 
 #[tokio::test]

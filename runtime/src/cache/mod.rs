@@ -249,6 +249,50 @@ pub(crate) struct CacheInner {
     pub(crate) hooks: Arc<row::Hooks>,
 }
 
+/// Every cache a `Db` of this process reads through, by the identity of its database.
+/// A write through one handle invalidates all of them (see [`others_for_database`]), so
+/// two handles on one database with different caches (another prefix, namespace or
+/// backend) never serve each other's stale rows. Redis caches with the same prefix and
+/// namespace count as one (see `same_namespace`). Entries go when their caches do.
+static DATABASE_CACHES: std::sync::Mutex<Vec<(String, std::sync::Weak<CacheInner>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records `cache` as one that holds rows of the database `identity`.
+pub(crate) fn register_for_database(identity: &str, cache: &CacheService) {
+    if let Ok(mut all) = DATABASE_CACHES.lock() {
+        all.retain(|(_, weak)| weak.strong_count() > 0);
+        let known = all.iter().any(|(id, weak)| {
+            id == identity
+                && weak
+                    .upgrade()
+                    .is_some_and(|other| CacheService { inner: other }.same_namespace(cache))
+        });
+        if !known {
+            all.push((identity.to_owned(), Arc::downgrade(&cache.inner)));
+        }
+    }
+}
+
+/// The caches of the database `identity` other than `own` (one per namespace).
+pub(crate) fn others_for_database(identity: &str, own: &CacheService) -> Vec<CacheService> {
+    let Ok(all) = DATABASE_CACHES.lock() else {
+        return Vec::new();
+    };
+    let mut found: Vec<CacheService> = Vec::new();
+    for (id, weak) in all.iter() {
+        if id != identity {
+            continue;
+        }
+        if let Some(inner) = weak.upgrade() {
+            let cache = CacheService { inner };
+            if !cache.same_namespace(own) && !found.iter().any(|c| c.same_namespace(&cache)) {
+                found.push(cache);
+            }
+        }
+    }
+    found
+}
+
 /// A cache on Redis, or in-process when asked for; cheap to clone. See the
 /// [module docs](self) for what it guarantees.
 ///
@@ -397,9 +441,16 @@ impl CacheService {
     }
 
     /// Whether two services write Tabula's entries to the same place.
+    ///
+    /// Two Redis caches with the same prefix and namespace are taken to be one cache
+    /// (clients of one server, reached perhaps by different routes); an in-process
+    /// cache is only ever itself.
     pub(crate) fn same_namespace(&self, other: &CacheService) -> bool {
-        Arc::ptr_eq(&self.inner.backend, &other.inner.backend)
-            && self.inner.internal_prefix == other.inner.internal_prefix
+        let same_kind = match (&*self.inner.backend, &*other.inner.backend) {
+            (Backend::Redis(_), Backend::Redis(_)) => true,
+            _ => Arc::ptr_eq(&self.inner.backend, &other.inner.backend),
+        };
+        same_kind && self.inner.internal_prefix == other.inner.internal_prefix
     }
 
     /// A cache on the Redis at `url`. Nothing is sent until first use, so a Redis that

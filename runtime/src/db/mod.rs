@@ -161,6 +161,8 @@ pub(crate) struct Shared {
     manager: PgManager,
     /// The cache as this database sees it (see [`Db::cache`]).
     pub(crate) cache: Option<CacheService>,
+    /// The database's identity (see `PgConn::identity`), when a cache is configured.
+    pub(crate) identity: String,
     /// Which tables a write to a table can change through foreign-key actions; read
     /// from the catalog on first need, forgotten after DDL through this handle.
     pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
@@ -228,11 +230,15 @@ impl Db {
         let first = bb8::ManageConnection::connect(&manager).await?;
         // The cache's view of this database: its entries under the database's identity
         // (or the configured namespace), so two databases never share one.
-        let cache = match &config.cache {
-            Some(cache) if cache.inner.config.namespace.is_some() => Some(cache.bound("")),
-            Some(cache) => Some(cache.bound(&first.identity().await?)),
-            None => None,
+        let identity = match &config.cache {
+            Some(_) => first.identity().await?,
+            None => String::new(),
         };
+        let cache = config.cache.as_ref().map(|cache| {
+            let bound = cache.bound(&identity);
+            crate::cache::register_for_database(&identity, &bound);
+            bound
+        });
         let connect_errors = LastConnectError::default();
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
@@ -250,6 +256,7 @@ impl Db {
                 manager: spare,
                 config,
                 cache,
+                identity,
                 connect_errors,
                 foreign_keys: std::sync::RwLock::new(None),
             }),

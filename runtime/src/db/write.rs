@@ -210,6 +210,11 @@ impl Db {
             .collect();
         if let Some(cache) = self.cache() {
             cache.invalidate_writes(&touched).await;
+            // Other caches of this process over the same database (another prefix,
+            // namespace or backend) hold the same rows.
+            for other in crate::cache::others_for_database(&self.shared.identity, cache) {
+                other.invalidate_writes(&touched).await;
+            }
         }
         if let Some(memo) = memo {
             memo.invalidate_tables(&touched).await;
