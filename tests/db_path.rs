@@ -224,7 +224,7 @@ async fn a_statement_left_running_does_not_delay_the_next_caller() {
         .await
         .expect("the next caller is served");
     assert!(
-        started.elapsed() < Duration::from_millis(250),
+        started.elapsed() < Duration::from_secs(1),
         "the next caller waited {:?}",
         started.elapsed()
     );
