@@ -65,6 +65,39 @@ async fn an_edited_migration_is_refused() {
 }
 
 #[tokio::test]
+async fn a_migration_that_would_end_its_own_transaction_is_refused_before_it_runs() {
+    let (db, _) = empty_db().await;
+    let mut broken = two();
+    broken.push(Migration::new(
+        3,
+        "commits_half",
+        "CREATE TABLE half (n int); -- a COMMIT in a comment is fine\n\
+         CREATE FUNCTION f() RETURNS int AS $$ BEGIN RETURN 1; END $$ LANGUAGE plpgsql;\n\
+         COMMIT; BEGIN; SELECT 1/0;",
+    ));
+    let err = Migrator::new(broken)
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect_err("refused");
+    match &err {
+        Error::Migration { version: 3, message } => {
+            assert!(message.contains("top-level `COMMIT`"), "{message}");
+        }
+        other => panic!("expected Migration error, got {other:?}"),
+    }
+    let half: bool = db
+        .with_client(async |c| {
+            Ok(c.query_one("SELECT to_regclass('half') IS NOT NULL", &[])
+                .await?
+                .get(0))
+        })
+        .await
+        .expect("inspect");
+    assert!(!half, "the migration was half-applied");
+}
+
+#[tokio::test]
 async fn a_failing_migration_leaves_nothing_behind() {
     let (db, _) = empty_db().await;
     let mut broken = two();

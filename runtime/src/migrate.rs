@@ -295,8 +295,132 @@ fn out_of_order(late: &Migration, latest: i64) -> Error {
     }
 }
 
+/// Statements that would end (or nest) the transaction a migration runs in: a
+/// `COMMIT` in a file would make it half-applied, with no record, forever failing.
+const TRANSACTION_CONTROL: &[&str] = &[
+    "begin", "start", "commit", "end", "rollback", "abort", "prepare",
+];
+
+/// The first word of each top-level statement of `sql`, lowercased: comments
+/// (`--`, nested `/* */`), quoted strings (`'…'`, `E'…'`), quoted identifiers and
+/// dollar-quoted bodies (`$tag$…$tag$`, function bodies) are skipped, not split.
+fn statement_heads(sql: &str) -> Vec<String> {
+    let bytes = sql.as_bytes();
+    let mut heads = Vec::new();
+    let mut head = String::new();
+    let mut at_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                while i < bytes.len() {
+                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'\'' | b'"' => {
+                let escapes = b == b'\'' && i > 0 && matches!(bytes[i - 1], b'e' | b'E');
+                i += 1;
+                while i < bytes.len() {
+                    if escapes && bytes[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if bytes[i] == b {
+                        if bytes.get(i + 1) == Some(&b) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                at_start = false;
+                continue;
+            }
+            b'$' => {
+                // `$tag$` opens a dollar-quoted body that runs to the same `$tag$`.
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                    .map(|n| i + 1 + n);
+                if let Some(end) = tag_end.filter(|e| bytes[*e] == b'$') {
+                    let tag = &sql[i..=end];
+                    match sql[end + 1..].find(tag) {
+                        Some(close) => i = end + 1 + close + tag.len(),
+                        None => i = bytes.len(),
+                    }
+                    at_start = false;
+                    continue;
+                }
+            }
+            b';' => {
+                if !head.is_empty() {
+                    heads.push(std::mem::take(&mut head));
+                }
+                at_start = true;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if at_start {
+            if b.is_ascii_alphabetic() || (!head.is_empty() && b == b'_') {
+                head.push(b.to_ascii_lowercase() as char);
+            } else if !head.is_empty() || !b.is_ascii_whitespace() {
+                at_start = false;
+            }
+        }
+        i += 1;
+    }
+    if !head.is_empty() {
+        heads.push(head);
+    }
+    heads
+}
+
+/// Refuses a migration whose SQL would end the transaction it runs in.
+fn check_no_transaction_control(migration: &Migration) -> Result<()> {
+    match statement_heads(&migration.sql)
+        .into_iter()
+        .find(|head| TRANSACTION_CONTROL.contains(&head.as_str()))
+    {
+        Some(head) => Err(Error::Migration {
+            version: migration.version,
+            message: format!(
+                "`{}` contains a top-level `{}`: each migration runs in one transaction that \
+                 Tabula opens and commits with its record, so a file may not end or nest it",
+                migration.name,
+                head.to_uppercase()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Applies one migration unless another process did meanwhile; `Ok(true)` if applied here.
 async fn apply(db: &Db, migration: &Migration, allow_out_of_order: bool) -> Result<bool> {
+    check_no_transaction_control(migration)?;
     let checksum = migration.checksum();
     let result = db
         .transaction(|tx| {
@@ -342,4 +466,20 @@ async fn apply(db: &Db, migration: &Migration, allow_out_of_order: bool) -> Resu
 
 fn short(checksum: &str) -> &str {
     checksum.get(..12).unwrap_or(checksum)
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::statement_heads;
+
+    #[test]
+    fn heads_skip_comments_strings_and_bodies() {
+        let sql = "-- COMMIT in a comment\n/* ROLLBACK /* nested */ */ CREATE TABLE t (a text DEFAULT 'x; COMMIT');\n\
+                   CREATE FUNCTION f() RETURNS void AS $body$ BEGIN COMMIT; END $body$ LANGUAGE plpgsql;\n\
+                   INSERT INTO t VALUES (E'it\\'s; ROLLBACK'); commit; \"q;\" ";
+        assert_eq!(
+            statement_heads(sql),
+            ["create", "create", "insert", "commit"]
+        );
+    }
 }
