@@ -81,7 +81,10 @@ async fn a_migration_that_would_end_its_own_transaction_is_refused_before_it_run
         .await
         .expect_err("refused");
     match &err {
-        Error::Migration { version: 3, message } => {
+        Error::Migration {
+            version: 3,
+            message,
+        } => {
             assert!(message.contains("top-level `COMMIT`"), "{message}");
         }
         other => panic!("expected Migration error, got {other:?}"),

@@ -17,6 +17,7 @@ struct Kit {
     storage: StorageService,
     root: std::path::PathBuf,
     base: String,
+    db: Db,
 }
 
 async fn kit() -> Kit {
@@ -34,7 +35,7 @@ async fn kit() -> Kit {
         .await
         .expect("listener");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let storage = StorageService::local(db, &root, KEY, &base).expect("storage");
+    let storage = StorageService::local(db.clone(), &root, KEY, &base).expect("storage");
     let app = tabula::storage::http::router(storage.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     storage
@@ -55,6 +56,7 @@ async fn kit() -> Kit {
         storage,
         root,
         base,
+        db,
     }
 }
 
@@ -1283,4 +1285,75 @@ async fn range_requests_are_parsed_strictly_over_http() {
         assert_eq!(status, 416, "{unsatisfiable:?}");
         assert_eq!(header(&headers, "content-range"), Some("bytes */256"));
     }
+}
+
+/// A deferred trigger that fails the COMMIT of any object row with this content type.
+async fn fail_commits_of(db: &Db, content_type: &str) {
+    db.execute_batch(&format!(
+        "CREATE FUNCTION public.boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.content_type = '{content_type}' THEN RAISE EXCEPTION 'boom at commit'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE CONSTRAINT TRIGGER boom AFTER INSERT OR UPDATE ON storage.objects \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.boom();"
+    ))
+    .await
+    .expect("trigger");
+}
+
+fn with_type(upsert: bool, content_type: &str) -> UploadOptions {
+    UploadOptions {
+        upsert,
+        content_type: content_type.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_whose_commit_fails_leaves_no_bytes_at_the_key() {
+    let k = kit().await;
+    fail_commits_of(&k.db, "x/boom").await;
+    let result = k
+        .storage
+        .upload_file(
+            "avatars",
+            "newkey.txt",
+            b"stray".to_vec(),
+            with_type(false, "x/boom"),
+        )
+        .await;
+    assert!(result.is_err(), "the commit fails: {result:?}");
+    let files = files_under(&k.root);
+    assert!(
+        files.is_empty(),
+        "bytes without a row, or leftovers: {files:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upsert_whose_commit_fails_keeps_the_previous_bytes() {
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "doc.txt",
+            b"old".to_vec(),
+            with_type(false, "text/plain"),
+        )
+        .await
+        .expect("first upload");
+    fail_commits_of(&k.db, "x/boom").await;
+    let result = k
+        .storage
+        .upload_file(
+            "documents",
+            "doc.txt",
+            b"NEW-AND-LONGER".to_vec(),
+            with_type(true, "x/boom"),
+        )
+        .await;
+    assert!(result.is_err(), "the commit fails: {result:?}");
+    let raw = std::fs::read(k.root.join("documents/doc.txt")).expect("bytes");
+    assert_eq!(raw, b"old", "the store no longer matches the metadata");
+    let files = files_under(&k.root);
+    assert_eq!(files.len(), 1, "leftovers: {files:?}");
 }

@@ -235,10 +235,15 @@ impl StorageService {
             metadata: options.metadata.clone(),
         };
         let upsert = options.upsert;
+        // Where the previous bytes wait while the transaction decides, and whether the
+        // new ones were moved into place: a COMMIT that fails must undo both.
+        let backup = StorePath::from(format!(".tmp/{}.previous", Uuid::new_v4()));
+        let moved = std::sync::atomic::AtomicU8::new(MOVED_NOTHING);
         let result = self
             .db
             .transaction(|tx| {
                 let (row, temp, final_path, key) = (&row, &temp, &final_path, &key);
+                let (backup, moved) = (&backup, &moved);
                 async move {
                     lock_key(&tx, bucket, path).await?;
                     if let Some(grant) = grant {
@@ -263,18 +268,34 @@ impl StorageService {
                         // unique key still refuses the second row.
                         None => tx.create(row.clone()).await?,
                     };
+                    if previous.is_some() {
+                        self.store
+                            .rename(final_path, backup)
+                            .await
+                            .map_err(store_error("setting the previous version aside", key))?;
+                        moved.store(MOVED_PREVIOUS_ASIDE, std::sync::atomic::Ordering::Release);
+                    }
                     self.store
                         .rename(temp, final_path)
                         .await
                         .map_err(store_error("moving into place", key))?;
+                    moved.fetch_or(MOVED_NEW_IN, std::sync::atomic::Ordering::AcqRel);
                     Ok((stored, previous))
                 }
             })
             .await;
+        let moved = moved.load(std::sync::atomic::Ordering::Acquire);
         let (stored, previous) = match result {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                let _ = self.store.delete(&backup).await;
+                pair
+            }
             Err(e) => {
                 let _ = self.store.delete(&temp).await;
+                if moved != MOVED_NOTHING {
+                    self.undo_failed_upload(bucket, path, &final_path, &backup, moved)
+                        .await;
+                }
                 return Err(match e {
                     Error::UniqueViolation { .. } => {
                         Error::AlreadyExists(format!("object `{key}`"))
@@ -289,6 +310,78 @@ impl StorageService {
             self.forget_cached(&previous).await;
         }
         Ok(self.public_url(bucket, path))
+    }
+}
+
+/// What a failed upload's transaction had moved (bit flags).
+const MOVED_NOTHING: u8 = 0;
+const MOVED_PREVIOUS_ASIDE: u8 = 1;
+const MOVED_NEW_IN: u8 = 2;
+
+impl StorageService {
+    /// The transaction of an upload failed after its bytes were moved (a COMMIT that
+    /// failed, or whose answer was lost): put the store back in line with the metadata,
+    /// under the key's lock again. The row that stands decides: none — no bytes; the
+    /// previous version — its bytes back; anything else (this upload did commit after
+    /// all, or another writer came since) — the bytes in place are right.
+    async fn undo_failed_upload(
+        &self,
+        bucket: &str,
+        path: &str,
+        final_path: &StorePath,
+        backup: &StorePath,
+        moved: u8,
+    ) {
+        let repaired = self
+            .db
+            .transaction(|tx| async move {
+                lock_key(&tx, bucket, path).await?;
+                let standing = tx
+                    .query::<FileObject>()
+                    .filter(FileObject::BUCKET_ID.eq(bucket))
+                    .filter(FileObject::NAME.eq(path))
+                    .first()
+                    .await?;
+                let store = &self.store;
+                match standing {
+                    None if moved & MOVED_NEW_IN != 0 => {
+                        let _ = store.delete(final_path).await;
+                    }
+                    Some(row) if moved & MOVED_PREVIOUS_ASIDE != 0 => {
+                        let in_place = match store.head(final_path).await {
+                            Ok(meta) => meta.size as i64 == row.size,
+                            Err(_) => false,
+                        };
+                        // The previous version's bytes go back unless what is in
+                        // place already matches the row (this upload committed after
+                        // all, or another writer came since).
+                        let matches_row = moved & MOVED_NEW_IN != 0
+                            && in_place
+                            && self.etag_of(final_path).await.as_deref() == Some(&row.etag);
+                        if !matches_row {
+                            let _ = store.rename(backup, final_path).await;
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = repaired {
+            tracing::warn!(error = %e, bucket, "could not tidy up after a failed upload");
+        }
+        let _ = self.store.delete(backup).await;
+    }
+
+    /// The SHA-256 (hex) of the bytes stored at `path`, as upload computes etags.
+    async fn etag_of(&self, path: &StorePath) -> Option<String> {
+        let bytes = self.store.get(path).await.ok()?.bytes().await.ok()?;
+        Some(
+            Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
     }
 }
 
