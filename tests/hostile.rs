@@ -680,3 +680,24 @@ async fn a_query_spec_naming_an_order_column_twice_is_a_validation_error() {
         other => panic!("expected a validation error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_percent_escape_takes_exactly_two_hex_digits() {
+    use tabula::query::QuerySpec;
+    for bad in [
+        "status=eq.%+1",
+        "status=eq.%-1",
+        "status=eq.% 1",
+        "status=eq.%1",
+    ] {
+        assert!(
+            matches!(
+                QuerySpec::from_query_string(bad),
+                Err(tabula::Error::Validation(_))
+            ),
+            "{bad:?} was accepted"
+        );
+    }
+    let spec = QuerySpec::from_query_string("status=eq.%41").expect("a real escape");
+    assert_eq!(spec.filters[0].value, Some(serde_json::json!("A")));
+}

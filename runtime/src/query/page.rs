@@ -111,6 +111,10 @@ fn decode<M: Table>(cursor: &Cursor, keys: &[OrderBy<M>]) -> Result<Vec<Option<S
     let bytes = hex
         .chunks(2)
         .map(|pair| {
+            // Hex digits only: `from_str_radix` alone would take a `+` sign.
+            if !pair.iter().all(u8::is_ascii_hexdigit) {
+                return Err(invalid());
+            }
             let s = std::str::from_utf8(pair).map_err(|_| invalid())?;
             u8::from_str_radix(s, 16).map_err(|_| invalid())
         })
