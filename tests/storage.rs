@@ -1357,3 +1357,36 @@ async fn an_upsert_whose_commit_fails_keeps_the_previous_bytes() {
     let files = files_under(&k.root);
     assert_eq!(files.len(), 1, "leftovers: {files:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_or_copy_whose_commit_fails_leaves_the_bytes_where_the_rows_say() {
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "a.txt",
+            b"payload".to_vec(),
+            with_type(false, "x/boom"),
+        )
+        .await
+        .expect("upload");
+    // From now on, COMMIT refuses any new or changed row of this content type.
+    fail_commits_of(&k.db, "x/boom").await;
+    let moved = k.storage.move_file("documents", "a.txt", "b.txt").await;
+    assert!(moved.is_err(), "the commit fails: {moved:?}");
+    let copied = k.storage.copy_file("documents", "a.txt", "c.txt").await;
+    assert!(copied.is_err(), "the commit fails: {copied:?}");
+    let files = files_under(&k.root);
+    assert_eq!(
+        files,
+        [k.root.join("documents/a.txt")],
+        "bytes are not where the rows say"
+    );
+    assert_eq!(
+        k.storage
+            .download_file("documents", "a.txt")
+            .await
+            .expect("download"),
+        b"payload".to_vec()
+    );
+}

@@ -530,15 +530,21 @@ impl StorageService {
                 let object = self.object(bucket, from).await?;
                 let (src, dst) = (keys::store_path(bucket, from), keys::store_path(bucket, to));
                 let store = self.store.clone();
-                let to = to.to_owned();
-                self.db
+                let target = to.to_owned();
+                // Whether the bytes were moved or copied: a COMMIT that then fails (or
+                // whose answer is lost) must undo that.
+                let touched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let marked = touched.clone();
+                let result = self
+                    .db
                     .transaction(move |tx| {
-                        let (store, src, dst, object, to) = (
+                        let (store, src, dst, object, to, marked) = (
                             store.clone(),
                             src.clone(),
                             dst.clone(),
                             object.clone(),
-                            to.clone(),
+                            target.clone(),
+                            marked.clone(),
                         );
                         async move {
                             let copy = NewFileObject {
@@ -567,19 +573,56 @@ impl StorageService {
                                     .await
                                     .map_err(store_error("copying", &key))?;
                             }
+                            marked.store(true, std::sync::atomic::Ordering::Release);
                             Ok(())
                         }
                     })
-                    .await
-                    .map_err(|e| match e {
-                        Error::UniqueViolation { .. } => {
-                            Error::AlreadyExists("the target path".into())
-                        }
-                        other => other,
-                    })
+                    .await;
+                if result.is_err() && touched.load(std::sync::atomic::Ordering::Acquire) {
+                    self.undo_failed_relocate(bucket, from, to, remove).await;
+                }
+                result.map_err(|e| match e {
+                    Error::UniqueViolation { .. } => Error::AlreadyExists("the target path".into()),
+                    other => other,
+                })
             }),
         )
         .await
+    }
+}
+
+impl StorageService {
+    /// A move or copy whose transaction failed after its bytes moved: if no row stands
+    /// at the target (it did not commit), the bytes go back — a move's to the source,
+    /// a copy's away — under the target key's lock.
+    async fn undo_failed_relocate(&self, bucket: &str, from: &str, to: &str, remove: bool) {
+        let (src, dst) = (keys::store_path(bucket, from), keys::store_path(bucket, to));
+        let store = &self.store;
+        let repaired = self
+            .db
+            .transaction(|tx| {
+                let (src, dst) = (&src, &dst);
+                async move {
+                    upload::lock_key(&tx, bucket, to).await?;
+                    let standing = tx
+                        .query::<FileObject>()
+                        .filter(FileObject::BUCKET_ID.eq(bucket))
+                        .filter(FileObject::NAME.eq(to))
+                        .exists()
+                        .await?;
+                    if !standing {
+                        let _ = match remove {
+                            true => store.rename_if_not_exists(dst, src).await,
+                            false => store.delete(dst).await,
+                        };
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        if let Err(e) = repaired {
+            tracing::warn!(error = %e, bucket, "could not tidy up after a failed move or copy");
+        }
     }
 }
 
