@@ -48,6 +48,17 @@ async fn connect(url: &str, cache: CacheService) -> Db {
         .expect("db")
 }
 
+/// A new profile of a fresh user, created through `db`.
+async fn profile(db: &Db, username: &str) -> Profile {
+    db.create(NewProfile {
+        user_id: Uuid::new_v4(),
+        username: username.into(),
+        avatar_url: None,
+    })
+    .await
+    .expect("create")
+}
+
 async fn insert_profile(db: &Db, id: Uuid, username: &str) {
     let username = username.to_owned();
     db.with_client(async move |c| {
@@ -162,14 +173,7 @@ async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_data
     // Two handles in one process, each with a cache of its own (another prefix).
     let one = connect(&url, shared_redis(&unique_prefix())).await;
     let two = connect(&url, shared_redis(&unique_prefix())).await;
-    let row = one
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "before".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("create");
+    let row = profile(&one, "before").await;
     assert_eq!(
         two.read::<Profile>(row.id)
             .await
@@ -206,14 +210,7 @@ async fn user_keys_of_the_cache_service_cannot_reach_tabulas_entries() {
     let cache = shared_redis(&prefix);
     let (_, url) = common::db_and_url().await;
     let db = connect(&url, cache.clone()).await;
-    let row = db
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "kept".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("create");
+    let row = profile(&db, "kept").await;
     db.read::<Profile>(row.id).await.expect("warm");
     // A user wiping "everything" wipes their own keys only.
     cache.set("mine", &1, None).await.expect("set");
@@ -464,14 +461,7 @@ async fn single_flight_never_hands_a_pre_write_value_to_a_call_that_began_after_
     let cache = install_memo_cache();
     let (_, url) = common::db_and_url().await;
     let db = connect(&url, cache).await;
-    let row = db
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "old".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("create");
+    let row = profile(&db, "old").await;
     let reader = Arc::new(Reader { db: db.clone() });
     let first = {
         let reader = reader.clone();
@@ -516,14 +506,7 @@ async fn a_write_through_a_handle_with_another_cache_invalidates_the_memos() {
     let other = connect(&url, shared_redis(&unique_prefix())).await;
     let counter = Counter { db: other.clone() };
     assert_eq!(counter.count().await.expect("count"), 0);
-    other
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "new".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("create");
+    profile(&other, "new").await;
     assert_eq!(
         counter.count().await.expect("count"),
         1,
@@ -766,14 +749,7 @@ async fn a_value_too_large_to_fill_in_time_never_flushes_other_entries() {
     )
     .expect("cache");
     let db = connect(&url, cache).await;
-    let small = db
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "small".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("small");
+    let small = profile(&db, "small").await;
     db.read::<Profile>(small.id).await.expect("warm small");
     // Behind the cache's back, so a flush of the cache would show.
     db.execute_batch(&format!(
@@ -833,14 +809,7 @@ async fn an_idle_writer_delivers_its_lost_invalidation_as_soon_as_redis_answers(
     )
     .await;
     let reader = connect(&url, CacheService::redis(&redis_url, config()).expect("c")).await;
-    let row = writer
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "old".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("create");
+    let row = profile(&writer, "old").await;
     reader.read::<Profile>(row.id).await.expect("warm");
     proxy.cut_all(); // the writer's invalidation will be lost, not delayed
     writer
@@ -890,14 +859,7 @@ async fn epochs_never_repeat_after_redis_loses_its_data() {
     let cache = CacheService::redis(&redis.url(), config).expect("cache");
     let (_, url) = common::db_and_url().await;
     let db = connect(&url, cache).await;
-    let row = db
-        .create(NewProfile {
-            user_id: Uuid::new_v4(),
-            username: "x".into(),
-            avatar_url: None,
-        })
-        .await
-        .expect("create");
+    let row = profile(&db, "x").await;
     db.read::<Profile>(row.id).await.expect("warm");
     let mut raw = redis::Client::open(redis.url())
         .expect("client")
