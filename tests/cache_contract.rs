@@ -202,6 +202,83 @@ async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_data
     );
 }
 
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_reported_unknown_and_still_invalidated() {
+    let prefix = unique_prefix();
+    let (db, url) = common::db_and_url().await;
+    let proxy = common::Proxy::start(common::server_addr(&url)).await;
+    // The writer reaches PostgreSQL through a link whose answers the test can lose;
+    // its cache (Redis) is reached directly, as is the reader's.
+    let writer = Db::connect_with(
+        DbConfig::new(common::through(&url, proxy.port))
+            .statement_timeout(Duration::from_millis(300))
+            .cache(shared_redis(&prefix)),
+    )
+    .await
+    .expect("writer");
+    let reader = connect(&url, shared_redis(&prefix)).await;
+    let row = profile(&db, "before").await;
+    // The same UPDATE once before the cut, so its statement is prepared on the
+    // writer's connection and the next one goes out at once.
+    writer
+        .update::<Profile>(
+            row.id,
+            ProfilePatch {
+                username: Some("before".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("warm-up update");
+    assert_eq!(
+        reader
+            .read::<Profile>(row.id)
+            .await
+            .expect("warm")
+            .expect("row")
+            .username,
+        "before"
+    );
+    proxy.cut_replies(); // the UPDATE reaches the server and commits; its answer is lost
+    let result = writer
+        .update::<Profile>(
+            row.id,
+            ProfilePatch {
+                username: Some("after".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    let err = result.expect_err("no answer came");
+    assert!(
+        matches!(err, tabula::Error::OutcomeUnknown { .. }),
+        "got {err:?}"
+    );
+    assert!(
+        !err.is_transient(),
+        "an unknown outcome must not invite a blind retry"
+    );
+    // It did land; the cache must not keep the old row.
+    assert_eq!(
+        db.read_uncached::<Profile>(row.id)
+            .await
+            .expect("db")
+            .expect("row")
+            .username,
+        "after"
+    );
+    assert_eq!(
+        reader
+            .read::<Profile>(row.id)
+            .await
+            .expect("read")
+            .expect("row")
+            .username,
+        "after",
+        "a write of unknown outcome skipped its invalidation"
+    );
+}
+
 // ---- 11. user keys never touch Tabula's own ------------------------------------------
 
 #[tokio::test]

@@ -232,26 +232,13 @@ async fn a_statement_left_running_does_not_delay_the_next_caller() {
 
 // ---- 3. a commit whose answer is lost is resolved -----------------------------------
 
-fn through(url: &str, port: u16) -> String {
-    let mut config: tokio_postgres::Config = url.parse().expect("url");
-    config.host("127.0.0.1").port(port);
-    let user = config.get_user().expect("user").to_owned();
-    let dbname = config.get_dbname().expect("dbname").to_owned();
-    format!("postgres://{user}@127.0.0.1:{port}/{dbname}")
-}
-
-fn server_addr(url: &str) -> std::net::SocketAddr {
-    let config: tokio_postgres::Config = url.parse().expect("url");
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    std::net::SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 #[tokio::test]
 async fn a_commit_whose_answer_is_lost_is_resolved_with_the_server_and_reported_ok() {
     let (db, url) = db_and_url().await;
-    let proxy = common::Proxy::start(server_addr(&url)).await;
+    let proxy = common::Proxy::start(common::server_addr(&url)).await;
     let via = Db::connect_with(
-        DbConfig::new(through(&url, proxy.port)).statement_timeout(Duration::from_millis(500)),
+        DbConfig::new(common::through(&url, proxy.port))
+            .statement_timeout(Duration::from_millis(500)),
     )
     .await
     .expect("db through the proxy");

@@ -72,6 +72,8 @@ fn every_public_future(
     );
     assert_send(db.with_client(async |c| Ok(c.execute("SELECT 1", &[]).await?)));
     assert_send(db.execute_batch("SELECT 1"));
+    assert_send(db.invalidate::<Profile>(&[]));
+    assert_send(db.invalidate_table::<Profile>());
     assert_send(db.find_unique(SendNote::SLUG, "a".to_owned()));
     assert_send(SendNote::by_slug(db, "a"));
 

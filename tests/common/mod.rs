@@ -174,3 +174,18 @@ async fn pump(
         }
     }
 }
+
+/// `url` with its host and port replaced by a proxy on loopback `port`.
+pub fn through(url: &str, port: u16) -> String {
+    let config: tokio_postgres::Config = url.parse().expect("url");
+    let user = config.get_user().expect("user").to_owned();
+    let dbname = config.get_dbname().expect("dbname").to_owned();
+    format!("postgres://{user}@127.0.0.1:{port}/{dbname}")
+}
+
+/// The loopback address of the PostgreSQL server `url` names.
+pub fn server_addr(url: &str) -> std::net::SocketAddr {
+    let config: tokio_postgres::Config = url.parse().expect("url");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}

@@ -196,12 +196,7 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
         bypass("key", &spec.name);
         return body.await;
     }
-    let (mut hit, mut full_key) = lookup::<S>(cache, spec, &key).await;
-    if hit.is_none() && full_key.is_none() {
-        // The cache failed (a dropped connection is replaced on the next call): one
-        // more try; an open circuit breaker answers at once.
-        (hit, full_key) = lookup::<S>(cache, spec, &key).await;
-    }
+    let (hit, full_key) = lookup::<S>(cache, spec, &key).await;
     if let Some(hit) = hit {
         return hit;
     }
