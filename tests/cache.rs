@@ -1,5 +1,6 @@
-//! The cache contract (see `tabula::cache`) on real Redis and PostgreSQL, and the
-//! cache service's data structures on both backends.
+//! The cache contract (see `tabula::cache`) on real PostgreSQL, run against every cache
+//! backend (Redis and in-process), and the cache service's data structures on both;
+//! then what only Redis can do wrong (outages, a hung server).
 
 mod common;
 
@@ -60,6 +61,16 @@ fn shared_redis() -> CacheService {
         .prefix(unique_prefix())
         .deadline(Duration::from_secs(2));
     CacheService::redis(&tabula::testkit::redis_url().expect("redis"), config).expect("cache")
+}
+
+/// The contract holds on every backend: each contract test runs once on Redis and
+/// once in-process.
+fn backends() -> [CacheService; 2] {
+    let memory = CacheConfig::default().prefix(unique_prefix());
+    [
+        shared_redis(),
+        CacheService::in_memory(memory).expect("memory"),
+    ]
 }
 
 async fn db_with(cache: CacheService) -> Db {
@@ -131,303 +142,319 @@ async fn reads_are_served_from_the_cache_after_the_first() {
 
 #[tokio::test]
 async fn every_kind_of_write_invalidates_the_row() {
-    let db = db_with(shared_redis()).await;
-    let p = db.create(new_cached("writes")).await.expect("create");
-    let _ = avatar(&db, p.id).await;
-    db.update::<Cached>(
-        p.id,
-        CachedPatch {
-            avatar_url: Some(Some("a".into())),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
-    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("a"), "update");
-    db.update_where(
-        Cached::ID.eq(p.id),
-        CachedPatch {
-            avatar_url: Some(Some("b".into())),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update_where");
-    assert_eq!(
-        avatar(&db, p.id).await.as_deref(),
-        Some("b"),
-        "update_where"
-    );
-    db.upsert(
-        NewCached {
-            avatar_url: Some("c".into()),
-            ..new_cached("writes")
-        },
-        Cached::USERNAME,
-    )
-    .await
-    .expect("upsert");
-    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("c"), "upsert");
-    db.delete_where(Cached::ID.eq(p.id))
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let p = db.create(new_cached("writes")).await.expect("create");
+        let _ = avatar(&db, p.id).await;
+        db.update::<Cached>(
+            p.id,
+            CachedPatch {
+                avatar_url: Some(Some("a".into())),
+                ..Default::default()
+            },
+        )
         .await
-        .expect("delete_where");
-    assert_eq!(
-        db.read::<Cached>(p.id).await.expect("read"),
-        None,
-        "delete_where"
-    );
-    let q = db.create(new_cached("deleted")).await.expect("create");
-    let _ = avatar(&db, q.id).await;
-    db.delete::<Cached>(q.id).await.expect("delete");
-    assert_eq!(db.read::<Cached>(q.id).await.expect("read"), None, "delete");
+        .expect("update");
+        assert_eq!(avatar(&db, p.id).await.as_deref(), Some("a"), "update");
+        db.update_where(
+            Cached::ID.eq(p.id),
+            CachedPatch {
+                avatar_url: Some(Some("b".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update_where");
+        assert_eq!(
+            avatar(&db, p.id).await.as_deref(),
+            Some("b"),
+            "update_where"
+        );
+        db.upsert(
+            NewCached {
+                avatar_url: Some("c".into()),
+                ..new_cached("writes")
+            },
+            Cached::USERNAME,
+        )
+        .await
+        .expect("upsert");
+        assert_eq!(avatar(&db, p.id).await.as_deref(), Some("c"), "upsert");
+        db.delete_where(Cached::ID.eq(p.id))
+            .await
+            .expect("delete_where");
+        assert_eq!(
+            db.read::<Cached>(p.id).await.expect("read"),
+            None,
+            "delete_where"
+        );
+        let q = db.create(new_cached("deleted")).await.expect("create");
+        let _ = avatar(&db, q.id).await;
+        db.delete::<Cached>(q.id).await.expect("delete");
+        assert_eq!(db.read::<Cached>(q.id).await.expect("read"), None, "delete");
+    }
 }
 
 #[tokio::test]
 async fn transactions_invalidate_after_commit_and_not_after_rollback() {
-    let db = db_with(shared_redis()).await;
-    let p = db.create(new_cached("tx")).await.expect("create");
-    let _ = avatar(&db, p.id).await;
-    let outside = db.clone();
-    db.transaction(|tx| {
-        let outside = outside.clone();
-        async move {
-            tx.update::<Cached>(
-                p.id,
-                CachedPatch {
-                    avatar_url: Some(Some("committed".into())),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            // Not committed yet: others still see (and may cache) the old row.
-            assert_eq!(avatar(&outside, p.id).await, None);
-            Ok(())
-        }
-    })
-    .await
-    .expect("commit");
-    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("committed"));
-
-    let rolled: tabula::Result<()> = db
-        .transaction(|tx| async move {
-            tx.update::<Cached>(
-                p.id,
-                CachedPatch {
-                    avatar_url: Some(Some("rolled-back".into())),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            Err(tabula::Error::Validation("abort".into()))
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let p = db.create(new_cached("tx")).await.expect("create");
+        let _ = avatar(&db, p.id).await;
+        let outside = db.clone();
+        db.transaction(|tx| {
+            let outside = outside.clone();
+            async move {
+                tx.update::<Cached>(
+                    p.id,
+                    CachedPatch {
+                        avatar_url: Some(Some("committed".into())),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                // Not committed yet: others still see (and may cache) the old row.
+                assert_eq!(avatar(&outside, p.id).await, None);
+                Ok(())
+            }
         })
-        .await;
-    assert!(rolled.is_err());
-    // The entry survived: a rollback invalidates nothing. Prove it by a change behind
-    // the cache's back that the cached read does not see.
-    poke(&db, p.id, "poked").await;
-    assert_eq!(avatar(&db, p.id).await.as_deref(), Some("committed"));
+        .await
+        .expect("commit");
+        assert_eq!(avatar(&db, p.id).await.as_deref(), Some("committed"));
+
+        let rolled: tabula::Result<()> = db
+            .transaction(|tx| async move {
+                tx.update::<Cached>(
+                    p.id,
+                    CachedPatch {
+                        avatar_url: Some(Some("rolled-back".into())),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Err(tabula::Error::Validation("abort".into()))
+            })
+            .await;
+        assert!(rolled.is_err());
+        // The entry survived: a rollback invalidates nothing. Prove it by a change behind
+        // the cache's back that the cached read does not see.
+        poke(&db, p.id, "poked").await;
+        assert_eq!(avatar(&db, p.id).await.as_deref(), Some("committed"));
+    }
 }
 
 #[tokio::test]
 async fn a_reader_paused_before_its_fill_cannot_cache_a_row_a_writer_changed() {
-    let cache = shared_redis();
-    let db = db_with(cache.clone()).await;
-    let p = db.create(new_cached("race")).await.expect("create");
-    let (at_fill_tx, at_fill_rx) = tokio::sync::oneshot::channel::<()>();
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let gates = Arc::new(std::sync::Mutex::new(Some((at_fill_tx, go_rx))));
-    cache.set_fill_hook(Some(Arc::new(move || {
-        let gates = gates.lock().ok().and_then(|mut g| g.take());
-        Box::pin(async move {
-            if let Some((at_fill, go)) = gates {
-                let _ = at_fill.send(());
-                let _ = go.await;
-            }
-        })
-    })));
-    let reader = {
-        let db = db.clone();
-        tokio::spawn(async move { db.read::<Cached>(p.id).await })
-    };
-    tokio::time::timeout(Duration::from_secs(10), at_fill_rx)
+    for cache in backends() {
+        let db = db_with(cache.clone()).await;
+        let p = db.create(new_cached("race")).await.expect("create");
+        let (at_fill_tx, at_fill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let gates = Arc::new(std::sync::Mutex::new(Some((at_fill_tx, go_rx))));
+        cache.set_fill_hook(Some(Arc::new(move || {
+            let gates = gates.lock().ok().and_then(|mut g| g.take());
+            Box::pin(async move {
+                if let Some((at_fill, go)) = gates {
+                    let _ = at_fill.send(());
+                    let _ = go.await;
+                }
+            })
+        })));
+        let reader = {
+            let db = db.clone();
+            tokio::spawn(async move { db.read::<Cached>(p.id).await })
+        };
+        tokio::time::timeout(Duration::from_secs(10), at_fill_rx)
+            .await
+            .expect("reader reached its fill in time")
+            .expect("reader reached its fill with the old row");
+        db.update::<Cached>(
+            p.id,
+            CachedPatch {
+                avatar_url: Some(Some("new".into())),
+                ..Default::default()
+            },
+        )
         .await
-        .expect("reader reached its fill in time")
-        .expect("reader reached its fill with the old row");
-    db.update::<Cached>(
-        p.id,
-        CachedPatch {
-            avatar_url: Some(Some("new".into())),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("writer");
-    go_tx.send(()).expect("release reader");
-    let old = reader.await.expect("join").expect("read").expect("row");
-    assert_eq!(old.avatar_url, None, "the reader read before the write");
-    cache.set_fill_hook(None);
-    assert_eq!(
-        avatar(&db, p.id).await.as_deref(),
-        Some("new"),
-        "its fill was dropped: no stale entry"
-    );
+        .expect("writer");
+        go_tx.send(()).expect("release reader");
+        let old = reader.await.expect("join").expect("read").expect("row");
+        assert_eq!(old.avatar_url, None, "the reader read before the write");
+        cache.set_fill_hook(None);
+        assert_eq!(
+            avatar(&db, p.id).await.as_deref(),
+            Some("new"),
+            "its fill was dropped: no stale entry"
+        );
+    }
 }
 
 #[tokio::test]
 async fn cached_queries_are_invalidated_by_any_write_to_the_table() {
-    let db = db_with(shared_redis()).await;
-    let p = db.create(new_cached("q1")).await.expect("create");
-    let names = || {
-        db.query::<Cached>()
-            .select(Cached::USERNAME)
-            .order_by(Cached::USERNAME.asc())
-            .cached(60)
-            .all()
-    };
-    assert_eq!(names().await.expect("first"), ["q1"]);
-    db.execute_batch(
-        "INSERT INTO profiles (user_id, username) VALUES (gen_random_uuid(), 'behind')",
-    )
-    .await
-    .expect("raw");
-    assert_eq!(
-        names().await.expect("cached"),
-        ["q1"],
-        "served from the cache"
-    );
-    db.update::<Cached>(
-        p.id,
-        CachedPatch {
-            username: Some("q2".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
-    assert_eq!(
-        names().await.expect("after write"),
-        ["behind", "q2"],
-        "a write bumped the table's version"
-    );
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let p = db.create(new_cached("q1")).await.expect("create");
+        let names = || {
+            db.query::<Cached>()
+                .select(Cached::USERNAME)
+                .order_by(Cached::USERNAME.asc())
+                .cached(60)
+                .all()
+        };
+        assert_eq!(names().await.expect("first"), ["q1"]);
+        db.execute_batch(
+            "INSERT INTO profiles (user_id, username) VALUES (gen_random_uuid(), 'behind')",
+        )
+        .await
+        .expect("raw");
+        assert_eq!(
+            names().await.expect("cached"),
+            ["q1"],
+            "served from the cache"
+        );
+        db.update::<Cached>(
+            p.id,
+            CachedPatch {
+                username: Some("q2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+        assert_eq!(
+            names().await.expect("after write"),
+            ["behind", "q2"],
+            "a write bumped the table's version"
+        );
+    }
 }
 
 #[tokio::test]
 async fn an_entry_of_another_model_shape_is_never_decoded() {
-    let db = db_with(shared_redis()).await;
-    let p = db.create(new_cached("shape")).await.expect("create");
-    let _ = avatar(&db, p.id).await; // cached in Cached's shape
-    db.execute_batch(&format!(
-        "UPDATE profiles SET username = 'renamed' WHERE id = '{}'",
-        p.id
-    ))
-    .await
-    .expect("raw");
-    let other = db.read::<Reshaped>(p.id).await.expect("read").expect("row");
-    assert_eq!(
-        other.username, "renamed",
-        "the other shape missed and read PostgreSQL"
-    );
-    assert_eq!(other.status, "active");
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let p = db.create(new_cached("shape")).await.expect("create");
+        let _ = avatar(&db, p.id).await; // cached in Cached's shape
+        db.execute_batch(&format!(
+            "UPDATE profiles SET username = 'renamed' WHERE id = '{}'",
+            p.id
+        ))
+        .await
+        .expect("raw");
+        let other = db.read::<Reshaped>(p.id).await.expect("read").expect("row");
+        assert_eq!(
+            other.username, "renamed",
+            "the other shape missed and read PostgreSQL"
+        );
+        assert_eq!(other.status, "active");
+    }
 }
 
 #[tokio::test]
 async fn warm_and_read_many_use_one_round_trip_each_way() {
-    let db = db_with(shared_redis()).await;
-    let rows = db
-        .create_many((0..20).map(|i| new_cached(&format!("w{i}"))).collect())
-        .await
-        .expect("seed");
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    assert_eq!(db.warm::<Cached>(&ids).await.expect("warm"), 20);
-    assert_eq!(
-        db.warm::<Cached>(&ids).await.expect("warm again"),
-        0,
-        "all hits now"
-    );
-    poke(&db, ids[3], "behind").await;
-    let mut keys = ids.clone();
-    keys.push(Uuid::new_v4());
-    let many = db.read_many::<Cached>(&keys).await.expect("read_many");
-    assert_eq!(many.len(), 21);
-    assert_eq!(
-        many[3].as_ref().and_then(|r| r.avatar_url.clone()),
-        None,
-        "from the cache"
-    );
-    assert_eq!(many[7].as_ref().map(|r| r.id), Some(ids[7]));
-    assert!(many[20].is_none(), "a missing key is None");
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let rows = db
+            .create_many((0..20).map(|i| new_cached(&format!("w{i}"))).collect())
+            .await
+            .expect("seed");
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        assert_eq!(db.warm::<Cached>(&ids).await.expect("warm"), 20);
+        assert_eq!(
+            db.warm::<Cached>(&ids).await.expect("warm again"),
+            0,
+            "all hits now"
+        );
+        poke(&db, ids[3], "behind").await;
+        let mut keys = ids.clone();
+        keys.push(Uuid::new_v4());
+        let many = db.read_many::<Cached>(&keys).await.expect("read_many");
+        assert_eq!(many.len(), 21);
+        assert_eq!(
+            many[3].as_ref().and_then(|r| r.avatar_url.clone()),
+            None,
+            "from the cache"
+        );
+        assert_eq!(many[7].as_ref().map(|r| r.id), Some(ids[7]));
+        assert!(many[20].is_none(), "a missing key is None");
+    }
 }
 
 #[tokio::test]
 async fn a_dropped_read_leaves_no_entry_behind() {
-    let cache = shared_redis();
-    let db = db_with(cache.clone()).await;
-    let p = db.create(new_cached("cancel")).await.expect("create");
-    cache.set_fill_hook(Some(Arc::new(|| Box::pin(std::future::pending::<()>()))));
-    let dropped = tokio::time::timeout(Duration::from_millis(100), db.read::<Cached>(p.id)).await;
-    assert!(dropped.is_err(), "the read was dropped mid-fill");
-    cache.set_fill_hook(None);
-    poke(&db, p.id, "fresh").await;
-    assert_eq!(
-        avatar(&db, p.id).await.as_deref(),
-        Some("fresh"),
-        "nothing was cached by the dropped read"
-    );
+    for cache in backends() {
+        let db = db_with(cache.clone()).await;
+        let p = db.create(new_cached("cancel")).await.expect("create");
+        cache.set_fill_hook(Some(Arc::new(|| Box::pin(std::future::pending::<()>()))));
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(100), db.read::<Cached>(p.id)).await;
+        assert!(dropped.is_err(), "the read was dropped mid-fill");
+        cache.set_fill_hook(None);
+        poke(&db, p.id, "fresh").await;
+        assert_eq!(
+            avatar(&db, p.id).await.as_deref(),
+            Some("fresh"),
+            "nothing was cached by the dropped read"
+        );
+    }
 }
 
 #[tokio::test]
 async fn stress_no_read_sees_a_value_older_than_the_last_completed_write() {
-    let db = db_with(shared_redis()).await;
-    let rows = db
-        .create_many((0..200).map(|i| new_cached(&format!("s{i}"))).collect())
-        .await
-        .expect("seed");
-    let ids: Arc<Vec<Uuid>> = Arc::new(rows.iter().map(|r| r.id).collect());
-    // The last version each row's writer finished writing (its avatar is that number).
-    let done: Arc<Vec<AtomicI64>> = Arc::new((0..ids.len()).map(|_| AtomicI64::new(-1)).collect());
-    let stale = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..4usize {
-        let (db, ids, done) = (db.clone(), ids.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            for step in 0..250i64 {
-                let row = (w + 4 * (step as usize * 7)) % ids.len();
-                let row = row - row % 4 + w; // each row has one writer
-                let version = done[row].load(Ordering::SeqCst) + 1;
-                let patch = CachedPatch {
-                    avatar_url: Some(Some(version.to_string())),
-                    ..Default::default()
-                };
-                db.update::<Cached>(ids[row], patch).await.expect("write");
-                done[row].store(version, Ordering::SeqCst);
-            }
-        }));
-    }
-    for r in 0..6usize {
-        let (db, ids, done, stale) = (db.clone(), ids.clone(), done.clone(), stale.clone());
-        tasks.push(tokio::spawn(async move {
-            for step in 0..400usize {
-                let row = (r * 31 + step * 13) % ids.len();
-                let floor = done[row].load(Ordering::SeqCst);
-                let got = db
-                    .read::<Cached>(ids[row])
-                    .await
-                    .expect("read")
-                    .expect("row");
-                let seen: i64 = got
-                    .avatar_url
-                    .as_deref()
-                    .map_or(-1, |v| v.parse().unwrap_or(-1));
-                if seen < floor {
-                    stale.fetch_add(1, Ordering::SeqCst);
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let rows = db
+            .create_many((0..200).map(|i| new_cached(&format!("s{i}"))).collect())
+            .await
+            .expect("seed");
+        let ids: Arc<Vec<Uuid>> = Arc::new(rows.iter().map(|r| r.id).collect());
+        // The last version each row's writer finished writing (its avatar is that number).
+        let done: Arc<Vec<AtomicI64>> =
+            Arc::new((0..ids.len()).map(|_| AtomicI64::new(-1)).collect());
+        let stale = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..4usize {
+            let (db, ids, done) = (db.clone(), ids.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                for step in 0..250i64 {
+                    let row = (w + 4 * (step as usize * 7)) % ids.len();
+                    let row = row - row % 4 + w; // each row has one writer
+                    let version = done[row].load(Ordering::SeqCst) + 1;
+                    let patch = CachedPatch {
+                        avatar_url: Some(Some(version.to_string())),
+                        ..Default::default()
+                    };
+                    db.update::<Cached>(ids[row], patch).await.expect("write");
+                    done[row].store(version, Ordering::SeqCst);
                 }
-            }
-        }));
+            }));
+        }
+        for r in 0..6usize {
+            let (db, ids, done, stale) = (db.clone(), ids.clone(), done.clone(), stale.clone());
+            tasks.push(tokio::spawn(async move {
+                for step in 0..400usize {
+                    let row = (r * 31 + step * 13) % ids.len();
+                    let floor = done[row].load(Ordering::SeqCst);
+                    let got = db
+                        .read::<Cached>(ids[row])
+                        .await
+                        .expect("read")
+                        .expect("row");
+                    let seen: i64 = got
+                        .avatar_url
+                        .as_deref()
+                        .map_or(-1, |v| v.parse().unwrap_or(-1));
+                    if seen < floor {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        assert_eq!(stale.load(Ordering::SeqCst), 0, "stale reads");
     }
-    for task in tasks {
-        task.await.expect("task");
-    }
-    assert_eq!(stale.load(Ordering::SeqCst), 0, "stale reads");
 }
 
 #[tokio::test]
@@ -696,57 +723,59 @@ async fn data_structures_work_the_same_on_redis_and_in_process() {
 
 #[tokio::test]
 async fn a_unique_field_finder_is_cached_and_never_answers_with_the_wrong_row() {
-    let db = db_with(shared_redis()).await;
-    let p = db.create(new_cached("finder")).await.expect("create");
-    // The first miss costs one query and fills the value → key mapping; the next
-    // call reads the row by key, which fills the row entry.
-    for _ in 0..2 {
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let p = db.create(new_cached("finder")).await.expect("create");
+        // The first miss costs one query and fills the value → key mapping; the next
+        // call reads the row by key, which fills the row entry.
+        for _ in 0..2 {
+            assert_eq!(
+                Cached::by_username(&db, "finder").await.expect("find"),
+                Some(p.clone())
+            );
+        }
+        poke(&db, p.id, "behind").await;
+        let cached = Cached::by_username(&db, "finder")
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(cached.avatar_url, None, "served from the cache");
+
+        // The value moves to a new name: the old name finds nothing, the new one the row.
+        db.update::<Cached>(
+            p.id,
+            CachedPatch {
+                username: Some("renamed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rename");
         assert_eq!(
-            Cached::by_username(&db, "finder").await.expect("find"),
-            Some(p.clone())
+            Cached::by_username(&db, "finder").await.expect("old name"),
+            None
+        );
+        let renamed = Cached::by_username(&db, "renamed")
+            .await
+            .expect("new name")
+            .expect("row");
+        assert_eq!(renamed.id, p.id);
+
+        // Another row takes the old name: the stale mapping must not lead to the first row.
+        let q = db
+            .create(new_cached("finder"))
+            .await
+            .expect("reuse the name");
+        assert_eq!(
+            Cached::by_username(&db, "finder")
+                .await
+                .expect("reused")
+                .map(|r| r.id),
+            Some(q.id)
+        );
+        assert_eq!(
+            Cached::by_username(&db, "nobody").await.expect("missing"),
+            None
         );
     }
-    poke(&db, p.id, "behind").await;
-    let cached = Cached::by_username(&db, "finder")
-        .await
-        .expect("find")
-        .expect("row");
-    assert_eq!(cached.avatar_url, None, "served from the cache");
-
-    // The value moves to a new name: the old name finds nothing, the new one the row.
-    db.update::<Cached>(
-        p.id,
-        CachedPatch {
-            username: Some("renamed".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("rename");
-    assert_eq!(
-        Cached::by_username(&db, "finder").await.expect("old name"),
-        None
-    );
-    let renamed = Cached::by_username(&db, "renamed")
-        .await
-        .expect("new name")
-        .expect("row");
-    assert_eq!(renamed.id, p.id);
-
-    // Another row takes the old name: the stale mapping must not lead to the first row.
-    let q = db
-        .create(new_cached("finder"))
-        .await
-        .expect("reuse the name");
-    assert_eq!(
-        Cached::by_username(&db, "finder")
-            .await
-            .expect("reused")
-            .map(|r| r.id),
-        Some(q.id)
-    );
-    assert_eq!(
-        Cached::by_username(&db, "nobody").await.expect("missing"),
-        None
-    );
 }

@@ -1,13 +1,17 @@
-//! The in-process backend, used when no Redis URL is given: the same operations and
-//! TTLs over a map behind one mutex. It cannot fail, so it needs no breaker or epoch;
-//! it serves one process only.
+//! The in-process backend: the [`Backend`] operations and TTLs over a map behind one
+//! mutex, each operation one critical section (so each is atomic, as the protocol in
+//! `backend.rs` asks). It cannot lose an invalidation, so it needs no breaker and its
+//! epoch is fixed; it serves one process only.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::Fault;
+use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, Versioned};
+
 #[derive(Debug, Clone)]
-pub(crate) enum MemValue {
+enum MemValue {
     Bytes(Vec<u8>),
     List(VecDeque<Vec<u8>>),
     Set(HashSet<Vec<u8>>),
@@ -25,12 +29,9 @@ pub(crate) struct MemoryBackend {
     map: Mutex<HashMap<String, Entry>>,
 }
 
-/// What a typed operation found under a key of another type.
-pub(crate) struct WrongType;
-
 impl MemoryBackend {
     /// Runs `f` on the live map (expired entries removed first for the touched key).
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Map<'_>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Map<'_>) -> T) -> T {
         let mut guard = match self.map.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -42,7 +43,7 @@ impl MemoryBackend {
     }
 }
 
-pub(crate) struct Map<'a> {
+struct Map<'a> {
     map: &'a mut HashMap<String, Entry>,
     now: Instant,
 }
@@ -59,32 +60,46 @@ impl Map<'_> {
         self.map.get_mut(key)
     }
 
-    pub(crate) fn get(&mut self, key: &str) -> Option<&MemValue> {
+    fn get(&mut self, key: &str) -> Option<&MemValue> {
         self.live(key).map(|e| &e.value)
     }
 
-    pub(crate) fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>, WrongType> {
+    fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>, Fault> {
         match self.get(key) {
             None => Ok(None),
             Some(MemValue::Bytes(b)) => Ok(Some(b.clone())),
-            Some(_) => Err(WrongType),
+            Some(_) => Err(Fault::WrongType),
         }
     }
 
-    pub(crate) fn set(&mut self, key: &str, value: MemValue, ttl: Option<Duration>) {
+    /// A counter's value as text (`0` when absent), as the scripts read it.
+    fn counter(&mut self, key: &str) -> String {
+        self.get_bytes(key)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| "0".into())
+    }
+
+    fn incr_counter(&mut self, key: &str) {
+        let next = self.counter(key).parse::<u64>().unwrap_or(0) + 1;
+        self.set(key, MemValue::Bytes(next.to_string().into_bytes()), None);
+    }
+
+    fn set(&mut self, key: &str, value: MemValue, ttl: Option<Duration>) {
         let expires = ttl.map(|t| self.now + t);
         self.map.insert(key.to_owned(), Entry { value, expires });
     }
 
-    pub(crate) fn remove(&mut self, key: &str) -> bool {
+    fn remove(&mut self, key: &str) -> bool {
         self.live(key).is_some() && self.map.remove(key).is_some()
     }
 
-    pub(crate) fn exists(&mut self, key: &str) -> bool {
+    fn exists(&mut self, key: &str) -> bool {
         self.live(key).is_some()
     }
 
-    pub(crate) fn expire(&mut self, key: &str, ttl: Duration) -> bool {
+    fn expire(&mut self, key: &str, ttl: Duration) -> bool {
         let now = self.now;
         match self.live(key) {
             Some(entry) => {
@@ -96,7 +111,7 @@ impl Map<'_> {
     }
 
     /// The value under `key`, created empty with `make` if absent.
-    pub(crate) fn entry(&mut self, key: &str, make: impl FnOnce() -> MemValue) -> &mut MemValue {
+    fn entry(&mut self, key: &str, make: impl FnOnce() -> MemValue) -> &mut MemValue {
         if self.live(key).is_none() {
             self.map.insert(
                 key.to_owned(),
@@ -114,12 +129,7 @@ impl Map<'_> {
 
     /// Runs `f` on the value under `key` when there is one (`absent` otherwise), then
     /// removes the key if that emptied its collection, as Redis does.
-    pub(crate) fn modify<T>(
-        &mut self,
-        key: &str,
-        absent: T,
-        f: impl FnOnce(&mut MemValue) -> T,
-    ) -> T {
+    fn modify<T>(&mut self, key: &str, absent: T, f: impl FnOnce(&mut MemValue) -> T) -> T {
         let result = match self.live(key) {
             Some(entry) => f(&mut entry.value),
             None => return absent,
@@ -129,7 +139,7 @@ impl Map<'_> {
     }
 
     /// Removes `key` if its collection became empty (as Redis does).
-    pub(crate) fn drop_if_empty(&mut self, key: &str) {
+    fn drop_if_empty(&mut self, key: &str) {
         let empty = match self.map.get(key).map(|e| &e.value) {
             Some(MemValue::List(l)) => l.is_empty(),
             Some(MemValue::Set(s)) => s.is_empty(),
@@ -141,7 +151,7 @@ impl Map<'_> {
         }
     }
 
-    pub(crate) fn keys_matching(&mut self, pattern: &str) -> Vec<String> {
+    fn keys_matching(&mut self, pattern: &str) -> Vec<String> {
         let now = self.now;
         self.map
             .iter()
@@ -153,8 +163,288 @@ impl Map<'_> {
     }
 }
 
+/// The protocol's names under the fixed epoch `0` (see `backend.rs`).
+struct Names<'a>(&'a Namespace);
+
+impl Names<'_> {
+    fn base(&self) -> String {
+        format!("{}:0", self.0.base)
+    }
+
+    fn row(&self, map: &mut Map<'_>, kind: &str, table: &str, key: &str) -> String {
+        let generation = map.counter(&format!("{}:g:{table}", self.base()));
+        format!("{}:{kind}:{table}:{generation}:{key}", self.base())
+    }
+}
+
+/// An answer already there.
+fn ready<'a, T: Send + 'a>(result: Result<T, Fault>) -> Pending<'a, T> {
+    Box::pin(std::future::ready(result))
+}
+
+impl Backend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn row_get<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        get: RowGet<'a>,
+    ) -> Pending<'a, Vec<Option<Vec<u8>>>> {
+        ready(Ok(self.with(|map| {
+            let names = Names(ns);
+            get.keys
+                .iter()
+                .map(|key| {
+                    let entry = names.row(map, "r", get.table, key);
+                    match map.get_bytes(&entry) {
+                        Ok(Some(v)) if v.starts_with(get.shape.as_bytes()) => Some(v),
+                        _ => {
+                            let lease = names.row(map, "l", get.table, key);
+                            let token = MemValue::Bytes(get.token.as_bytes().to_vec());
+                            map.set(&lease, token, Some(get.lease));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        })))
+    }
+
+    fn row_fill<'a>(&'a self, ns: &'a Namespace, fill: RowFill<'a>) -> Pending<'a, u64> {
+        ready(Ok(self.with(|map| {
+            let names = Names(ns);
+            let mut filled = 0;
+            for (key, value) in fill.entries {
+                let lease = names.row(map, "l", fill.table, key);
+                if map.get_bytes(&lease).ok().flatten().as_deref() == Some(fill.token.as_bytes()) {
+                    let entry = names.row(map, "r", fill.table, key);
+                    map.set(&entry, MemValue::Bytes(value.clone()), Some(fill.ttl));
+                    map.remove(&lease);
+                    filled += 1;
+                }
+            }
+            filled
+        })))
+    }
+
+    fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()> {
+        self.with(|map| {
+            let names = Names(ns);
+            for counter in stale.counters {
+                map.incr_counter(&format!("{}:{counter}", names.base()));
+            }
+            for table in stale.generations {
+                map.incr_counter(&format!("{}:g:{table}", names.base()));
+            }
+            for (table, key) in stale.rows {
+                let entry = names.row(map, "r", table, key);
+                let lease = names.row(map, "l", table, key);
+                map.remove(&entry);
+                map.remove(&lease);
+            }
+        });
+        ready(Ok(()))
+    }
+
+    fn versioned<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        name: Versioned<'a>,
+        delete: bool,
+    ) -> Pending<'a, (String, Option<Vec<u8>>)> {
+        ready(Ok(self.with(|map| {
+            let base = Names(ns).base();
+            let parts: Vec<String> = name
+                .counters
+                .iter()
+                .map(|c| map.counter(&format!("{base}:{c}")))
+                .collect();
+            let key = format!("{base}:{}:{}:{}", name.kind, parts.join(","), name.suffix);
+            if delete {
+                map.remove(&key);
+                (key, None)
+            } else {
+                let value = map.get_bytes(&key).ok().flatten();
+                (key, value)
+            }
+        })))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> Pending<'a, ()> {
+        self.with(|map| map.set(key, MemValue::Bytes(value), ttl));
+        ready(Ok(()))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        ready(self.with(|map| map.get_bytes(key)))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> Pending<'a, bool> {
+        ready(Ok(self.with(|map| map.remove(key))))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> Pending<'a, bool> {
+        ready(Ok(self.with(|map| map.exists(key))))
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool> {
+        ready(Ok(self.with(|map| map.expire(key, ttl))))
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64> {
+        ready(self.with(|map| {
+            let current = match map.get_bytes(key)? {
+                Some(b) => std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or(Fault::Value("value is not an integer"))?,
+                None => 0,
+            };
+            let next = current
+                .checked_add(by)
+                .ok_or(Fault::Value("increment would overflow"))?;
+            map.set(key, MemValue::Bytes(next.to_string().into_bytes()), None);
+            Ok(next)
+        }))
+    }
+
+    fn list_push<'a>(&'a self, key: &'a str, value: Vec<u8>) -> Pending<'a, u64> {
+        ready(self.with(
+            |map| match map.entry(key, || MemValue::List(Default::default())) {
+                MemValue::List(list) => {
+                    list.push_back(value);
+                    Ok(list.len() as u64)
+                }
+                _ => Err(Fault::WrongType),
+            },
+        ))
+    }
+
+    fn list_pop<'a>(&'a self, key: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        ready(self.with(|map| {
+            map.modify(key, Ok(None), |value| match value {
+                MemValue::List(list) => Ok(list.pop_front()),
+                _ => Err(Fault::WrongType),
+            })
+        }))
+    }
+
+    fn list_range<'a>(&'a self, key: &'a str, start: i64, stop: i64) -> Pending<'a, Vec<Vec<u8>>> {
+        ready(self.with(|map| match map.get(key) {
+            None => Ok(Vec::new()),
+            Some(MemValue::List(list)) => {
+                let len = list.len() as i64;
+                let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+                let (from, to) = (norm(start), norm(stop).min(len - 1));
+                Ok(if from > to {
+                    Vec::new()
+                } else {
+                    list.iter()
+                        .skip(from as usize)
+                        .take((to - from + 1) as usize)
+                        .cloned()
+                        .collect()
+                })
+            }
+            Some(_) => Err(Fault::WrongType),
+        }))
+    }
+
+    fn list_len<'a>(&'a self, key: &'a str) -> Pending<'a, u64> {
+        ready(self.with(|map| match map.get(key) {
+            None => Ok(0),
+            Some(MemValue::List(list)) => Ok(list.len() as u64),
+            Some(_) => Err(Fault::WrongType),
+        }))
+    }
+
+    fn set_add<'a>(&'a self, key: &'a str, members: Vec<Vec<u8>>) -> Pending<'a, u64> {
+        ready(self.with(|map| {
+            match map.entry(key, || MemValue::Set(Default::default())) {
+                MemValue::Set(set) => Ok(members
+                    .into_iter()
+                    .filter(|m| set.insert(m.clone()))
+                    .count() as u64),
+                _ => Err(Fault::WrongType),
+            }
+        }))
+    }
+
+    fn set_remove<'a>(&'a self, key: &'a str, members: Vec<Vec<u8>>) -> Pending<'a, u64> {
+        ready(self.with(|map| {
+            map.modify(key, Ok(0), |value| match value {
+                MemValue::Set(set) => Ok(members.iter().filter(|m| set.remove(*m)).count() as u64),
+                _ => Err(Fault::WrongType),
+            })
+        }))
+    }
+
+    fn set_members<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<Vec<u8>>> {
+        ready(self.with(|map| match map.get(key) {
+            None => Ok(Vec::new()),
+            Some(MemValue::Set(set)) => Ok(set.iter().cloned().collect()),
+            Some(_) => Err(Fault::WrongType),
+        }))
+    }
+
+    fn set_is_member<'a>(&'a self, key: &'a str, member: Vec<u8>) -> Pending<'a, bool> {
+        ready(self.with(|map| match map.get(key) {
+            None => Ok(false),
+            Some(MemValue::Set(set)) => Ok(set.contains(&member)),
+            Some(_) => Err(Fault::WrongType),
+        }))
+    }
+
+    fn hash_set<'a>(&'a self, key: &'a str, field: &'a str, value: Vec<u8>) -> Pending<'a, bool> {
+        ready(self.with(
+            |map| match map.entry(key, || MemValue::Hash(Default::default())) {
+                MemValue::Hash(hash) => Ok(hash.insert(field.to_owned(), value).is_none()),
+                _ => Err(Fault::WrongType),
+            },
+        ))
+    }
+
+    fn hash_get<'a>(&'a self, key: &'a str, field: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        ready(self.with(|map| match map.get(key) {
+            None => Ok(None),
+            Some(MemValue::Hash(hash)) => Ok(hash.get(field).cloned()),
+            Some(_) => Err(Fault::WrongType),
+        }))
+    }
+
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> Pending<'a, HashMap<String, Vec<u8>>> {
+        ready(self.with(|map| match map.get(key) {
+            None => Ok(HashMap::new()),
+            Some(MemValue::Hash(hash)) => Ok(hash.clone()),
+            Some(_) => Err(Fault::WrongType),
+        }))
+    }
+
+    fn hash_delete<'a>(&'a self, key: &'a str, field: &'a str) -> Pending<'a, bool> {
+        ready(self.with(|map| {
+            map.modify(key, Ok(false), |value| match value {
+                MemValue::Hash(hash) => Ok(hash.remove(field).is_some()),
+                _ => Err(Fault::WrongType),
+            })
+        }))
+    }
+
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> Pending<'a, u64> {
+        ready(Ok(self.with(|map| {
+            let keys = map.keys_matching(pattern);
+            keys.iter().filter(|k| map.remove(k)).count() as u64
+        })))
+    }
+}
+
 /// Redis-style glob: `*`, `?`, `[...]` (with `^` negation and ranges), `\` escapes.
-pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.first() {
         None => text.is_empty(),
         Some(b'*') => (0..=text.len()).any(|k| glob(&pattern[1..], &text[k..])),

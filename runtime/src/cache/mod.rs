@@ -77,10 +77,13 @@
 //! is set, an in-process cache only when `TABULA_CACHE=memory`, and no cache
 //! otherwise, and logs which.
 
+mod backend;
+#[cfg(feature = "cache")]
 mod breaker;
 mod key;
 pub(crate) mod memo;
 mod memory;
+#[cfg(feature = "cache")]
 mod redis;
 pub(crate) mod row;
 
@@ -94,7 +97,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::memory::{MemValue, MemoryBackend};
+use self::backend::{Backend, Namespace};
+use self::memory::MemoryBackend;
+#[cfg(feature = "cache")]
 use self::redis::RedisBackend;
 use crate::error::{Error, Result};
 use crate::monitor;
@@ -180,10 +185,16 @@ impl CacheConfig {
 /// API and swallowed (with a fallback to PostgreSQL) by the row cache.
 #[derive(Debug)]
 pub(crate) enum Fault {
+    #[cfg(feature = "cache")]
     Redis(::redis::RedisError),
+    #[cfg(feature = "cache")]
     Timeout,
+    #[cfg(feature = "cache")]
     Unavailable,
     WrongType,
+    /// A value the operation cannot work on.
+    Value(&'static str),
+    #[cfg(feature = "cache")]
     Config(String),
 }
 
@@ -191,19 +202,26 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // The driver's message names the command and the failure, never values.
+            #[cfg(feature = "cache")]
             Fault::Redis(e) => write!(f, "redis: {}", e.kind_name()),
+            #[cfg(feature = "cache")]
             Fault::Timeout => f.write_str("redis call timed out"),
+            #[cfg(feature = "cache")]
             Fault::Unavailable => f.write_str("redis unavailable (circuit open)"),
             Fault::WrongType => f.write_str("key holds a value of another type"),
+            Fault::Value(m) => f.write_str(m),
+            #[cfg(feature = "cache")]
             Fault::Config(m) => f.write_str(m),
         }
     }
 }
 
+#[cfg(feature = "cache")]
 trait KindName {
     fn kind_name(&self) -> String;
 }
 
+#[cfg(feature = "cache")]
 impl KindName for ::redis::RedisError {
     fn kind_name(&self) -> String {
         let mut text = format!("{:?}", self.kind());
@@ -218,7 +236,9 @@ impl KindName for ::redis::RedisError {
 impl From<Fault> for Error {
     fn from(fault: Fault) -> Self {
         match fault {
+            #[cfg(feature = "cache")]
             Fault::Config(m) => Error::Config(m),
+            #[cfg(feature = "cache")]
             Fault::Redis(e) => Error::Cache {
                 message: format!("redis: {}", e.kind_name()),
                 source: Some(Box::new(e)),
@@ -228,24 +248,15 @@ impl From<Fault> for Error {
     }
 }
 
-/// One per cache, behind an `Arc`: the size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Backend {
-    Redis(Arc<RedisBackend>),
-    Memory(MemoryBackend),
-}
-
 pub(crate) struct CacheInner {
     /// Shared by every view of one cache (the application's, and each database's).
-    pub(crate) backend: Arc<Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     pub(crate) config: CacheConfig,
     /// `{prefix}:u:` for the keys of this service's key-value API; a database's view
     /// (see `bound`) keeps the keys it stores (storage downloads) in its namespace.
     user_prefix: String,
-    /// `{prefix}:t:{namespace}` for Tabula's own keys.
-    pub(crate) internal_prefix: String,
-    /// `{internal_prefix}:epoch`.
-    pub(crate) epoch_key: String,
+    /// Where Tabula's own keys live: `{prefix}:t:{namespace}`.
+    pub(crate) ns: Namespace,
     pub(crate) hooks: Arc<row::Hooks>,
 }
 
@@ -310,28 +321,15 @@ pub struct CacheService {
 
 impl fmt::Debug for CacheService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let backend = match *self.inner.backend {
-            Backend::Redis(_) => "redis",
-            Backend::Memory(_) => "memory",
-        };
         f.debug_struct("CacheService")
-            .field("backend", &backend)
+            .field("backend", &self.inner.backend.kind())
             .field("prefix", &self.inner.config.prefix)
-            .field("namespace", &self.inner.internal_prefix)
+            .field("namespace", &self.inner.ns.base)
             .finish()
     }
 }
 
 const MAX_KEY_BYTES: usize = 1024;
-
-/// `redis_cmd!("SADD", key, members)`: a command with its arguments.
-macro_rules! redis_cmd {
-    ($name:literal $(, $arg:expr)* $(,)?) => {{
-        let mut cmd = ::redis::cmd($name);
-        $(cmd.arg($arg);)*
-        cmd
-    }};
-}
 
 fn check_prefix(prefix: &str) -> Result<()> {
     let ok = !prefix.is_empty()
@@ -379,38 +377,29 @@ fn ttl(seconds: Option<u64>) -> Result<Option<Duration>> {
 }
 
 impl CacheService {
-    fn build(backend: Backend, config: CacheConfig) -> Result<Self> {
+    fn build(backend: Arc<dyn Backend>, config: CacheConfig) -> Result<Self> {
         check_prefix(&config.prefix)?;
         if let Some(namespace) = &config.namespace {
             check_prefix(namespace)?;
         }
         let namespace = config.namespace.clone().unwrap_or_else(|| "app".into());
         let user_prefix = format!("{}:u:", config.prefix);
-        Ok(CacheService::view(
-            Arc::new(backend),
-            config,
-            &namespace,
-            user_prefix,
-        ))
+        Ok(CacheService::view(backend, config, &namespace, user_prefix))
     }
 
     fn view(
-        backend: Arc<Backend>,
+        backend: Arc<dyn Backend>,
         config: CacheConfig,
         namespace: &str,
         user_prefix: String,
     ) -> CacheService {
-        let internal_prefix = format!("{}:t:{namespace}", config.prefix);
-        let epoch_key = format!("{internal_prefix}:epoch");
-        if let Backend::Redis(r) = &*backend {
-            r.register_epoch(&epoch_key);
-        }
+        let ns = Namespace::new(format!("{}:t:{namespace}", config.prefix));
+        backend.register(&ns);
         CacheService {
             inner: Arc::new(CacheInner {
                 backend,
                 user_prefix,
-                epoch_key,
-                internal_prefix,
+                ns,
                 config,
                 hooks: Arc::default(),
             }),
@@ -446,11 +435,13 @@ impl CacheService {
     /// (clients of one server, reached perhaps by different routes); an in-process
     /// cache is only ever itself.
     pub(crate) fn same_namespace(&self, other: &CacheService) -> bool {
-        let same_kind = match (&*self.inner.backend, &*other.inner.backend) {
-            (Backend::Redis(_), Backend::Redis(_)) => true,
-            _ => Arc::ptr_eq(&self.inner.backend, &other.inner.backend),
+        let (mine, theirs) = (&self.inner.backend, &other.inner.backend);
+        let same_place = if mine.is_shared() && theirs.is_shared() {
+            mine.kind() == theirs.kind()
+        } else {
+            std::ptr::addr_eq(Arc::as_ptr(mine), Arc::as_ptr(theirs))
         };
-        same_kind && self.inner.internal_prefix == other.inner.internal_prefix
+        same_place && self.inner.ns == other.inner.ns
     }
 
     /// A cache on the Redis at `url`. Nothing is sent until first use, so a Redis that
@@ -460,9 +451,11 @@ impl CacheService {
     /// let cache = tabula::cache::CacheService::redis("redis://127.0.0.1/", Default::default())?;
     /// # Ok::<(), tabula::Error>(())
     /// ```
+    #[cfg(feature = "cache")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn redis(url: &str, config: CacheConfig) -> Result<Self> {
         let backend = RedisBackend::new(url, &config)?;
-        CacheService::build(Backend::Redis(Arc::new(backend)), config)
+        CacheService::build(backend, config)
     }
 
     /// An in-process cache with the same API. It is right for one process only:
@@ -473,7 +466,7 @@ impl CacheService {
     /// # Ok::<(), tabula::Error>(())
     /// ```
     pub fn in_memory(config: CacheConfig) -> Result<Self> {
-        CacheService::build(Backend::Memory(MemoryBackend::default()), config)
+        CacheService::build(Arc::new(MemoryBackend::default()), config)
     }
 
     /// The cache the environment asks for: Redis at `REDIS_URL` when it is set;
@@ -492,9 +485,18 @@ impl CacheService {
             config = config.namespace(namespace);
         }
         let cache = match (std::env::var("REDIS_URL"), std::env::var("TABULA_CACHE")) {
+            #[cfg(feature = "cache")]
             (Ok(url), _) => {
                 tracing::info!("tabula cache: redis (REDIS_URL)");
                 Some(CacheService::redis(&url, config)?)
+            }
+            #[cfg(not(feature = "cache"))]
+            (Ok(_), _) => {
+                return Err(Error::Config(
+                    "REDIS_URL is set, but tabula was built without its `cache` feature \
+                     (the Redis backend)"
+                        .into(),
+                ));
             }
             (Err(_), Ok(kind)) if kind == "memory" => {
                 tracing::info!("tabula cache: in-process (TABULA_CACHE=memory), one process only");
@@ -517,15 +519,12 @@ impl CacheService {
 
     /// Whether this cache is backed by Redis (not in-process).
     pub fn is_redis(&self) -> bool {
-        matches!(*self.inner.backend, Backend::Redis(_))
+        self.inner.backend.kind() == "redis"
     }
 
     /// Whether the circuit breaker currently skips Redis.
     pub fn is_degraded(&self) -> bool {
-        match &*self.inner.backend {
-            Backend::Redis(r) => r.breaker.is_open(),
-            Backend::Memory(_) => false,
-        }
+        self.inner.backend.is_degraded()
     }
 
     fn key(&self, key: &str) -> Result<String> {
@@ -537,16 +536,10 @@ impl CacheService {
         Ok(format!("{}{key}", self.inner.user_prefix))
     }
 
-    /// Runs one Redis command (built with `redis_cmd!`) under the deadline and breaker,
-    /// and records it.
-    async fn redis_cmd<T: ::redis::FromRedisValue>(
-        &self,
-        op: &'static str,
-        r: &RedisBackend,
-        cmd: ::redis::Cmd,
-    ) -> Result<T> {
+    /// Runs one backend call of the key-value API, and records it.
+    async fn run<T>(&self, op: &'static str, call: backend::Pending<'_, T>) -> Result<T> {
         let started = std::time::Instant::now();
-        let result = r.call(async |c| cmd.query_async(c).await).await;
+        let result = call.await;
         monitor::record_cache(op, started, if result.is_ok() { "ok" } else { "error" });
         Ok(result?)
     }
@@ -569,19 +562,8 @@ impl CacheService {
         ttl_seconds: Option<u64>,
     ) -> Result<()> {
         let (key, ttl) = (self.key(key)?, ttl(ttl_seconds)?);
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let mut cmd = redis_cmd!("SET", &key, &bytes);
-                if let Some(ttl) = ttl {
-                    cmd.arg("PX").arg(ttl.as_millis() as u64);
-                }
-                self.redis_cmd::<()>("set", r, cmd).await
-            }
-            Backend::Memory(m) => {
-                m.with(|map| map.set(&key, MemValue::Bytes(bytes), ttl));
-                Ok(())
-            }
-        }
+        self.run("set", self.inner.backend.put(&key, bytes, ttl))
+            .await
     }
 
     /// The value under `key`, if any.
@@ -592,37 +574,19 @@ impl CacheService {
     /// Raw bytes stored by [`set_bytes`](Self::set_bytes).
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(key)?;
-        let bytes: Option<Vec<u8>> = match &*self.inner.backend {
-            Backend::Redis(r) => self.redis_cmd("get", r, redis_cmd!("GET", &key)).await?,
-            Backend::Memory(m) => m
-                .with(|map| map.get_bytes(&key))
-                .map_err(|_| Fault::WrongType)?,
-        };
-        Ok(bytes)
+        self.run("get", self.inner.backend.get(&key)).await
     }
 
     /// Deletes `key`; whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        match &*self.inner.backend {
-            Backend::Redis(r) => Ok(self
-                .redis_cmd::<i64>("delete", r, redis_cmd!("UNLINK", &key))
-                .await?
-                > 0),
-            Backend::Memory(m) => Ok(m.with(|map| map.remove(&key))),
-        }
+        self.run("delete", self.inner.backend.delete(&key)).await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        match &*self.inner.backend {
-            Backend::Redis(r) => Ok(self
-                .redis_cmd::<i64>("exists", r, redis_cmd!("EXISTS", &key))
-                .await?
-                > 0),
-            Backend::Memory(m) => Ok(m.with(|map| map.exists(&key))),
-        }
+        self.run("exists", self.inner.backend.exists(&key)).await
     }
 
     /// Sets the TTL of an existing key; whether it existed.
@@ -631,83 +595,30 @@ impl CacheService {
         let Some(ttl) = ttl(Some(ttl_seconds))? else {
             return Ok(false);
         };
-        match &*self.inner.backend {
-            Backend::Redis(r) => Ok(self
-                .redis_cmd::<i64>(
-                    "expire",
-                    r,
-                    redis_cmd!("PEXPIRE", &key, ttl.as_millis() as u64),
-                )
-                .await?
-                > 0),
-            Backend::Memory(m) => Ok(m.with(|map| map.expire(&key, ttl))),
-        }
+        self.run("expire", self.inner.backend.expire(&key, ttl))
+            .await
     }
 
     /// Adds `by` to the integer under `key` (0 when absent) and returns the new value.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.key(key)?;
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("incr", r, redis_cmd!("INCRBY", &key, by))
-                    .await
-            }
-            Backend::Memory(m) => m.with(|map| {
-                let current = match map.get_bytes(&key) {
-                    Ok(Some(b)) => std::str::from_utf8(&b)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .ok_or_else(|| Error::cache("value is not an integer"))?,
-                    Ok(None) => 0,
-                    Err(_) => return Err(Fault::WrongType.into()),
-                };
-                let next = current
-                    .checked_add(by)
-                    .ok_or_else(|| Error::cache("increment would overflow"))?;
-                map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
-                Ok(next)
-            }),
-        }
+        self.run("incr", self.inner.backend.incr(&key, by)).await
     }
 
-    /// Appends `value` to the list under `key` (the seed's `listPush`); returns its length.
+    /// Appends `value` to the list under `key`; returns its length.
     pub async fn list_push<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64> {
         let (key, bytes) = (self.key(key)?, encode(value)?);
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("list_push", r, redis_cmd!("RPUSH", &key, &bytes))
-                    .await
-            }
-            Backend::Memory(m) => {
-                m.with(
-                    |map| match map.entry(&key, || MemValue::List(Default::default())) {
-                        MemValue::List(list) => {
-                            list.push_back(bytes);
-                            Ok(list.len() as u64)
-                        }
-                        _ => Err(Fault::WrongType.into()),
-                    },
-                )
-            }
-        }
+        self.run("list_push", self.inner.backend.list_push(&key, bytes))
+            .await
     }
 
     /// Removes and returns the first element of the list under `key` (FIFO with
     /// [`list_push`](Self::list_push)).
     pub async fn list_pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
-        let bytes: Option<Vec<u8>> = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("list_pop", r, redis_cmd!("LPOP", &key))
-                    .await?
-            }
-            Backend::Memory(m) => m.with(|map| {
-                map.modify(&key, Ok(None), |value| match value {
-                    MemValue::List(list) => Ok(list.pop_front()),
-                    _ => Err(Error::from(Fault::WrongType)),
-                })
-            })?,
-        };
+        let bytes = self
+            .run("list_pop", self.inner.backend.list_pop(&key))
+            .await?;
         bytes.map(|b| decode(&b)).transpose()
     }
 
@@ -720,73 +631,31 @@ impl CacheService {
         stop: i64,
     ) -> Result<Vec<T>> {
         let key = self.key(key)?;
-        let items: Vec<Vec<u8>> = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("list_range", r, redis_cmd!("LRANGE", &key, start, stop))
-                    .await?
-            }
-            Backend::Memory(m) => m.with(|map| match map.get(&key) {
-                None => Ok(Vec::new()),
-                Some(MemValue::List(list)) => {
-                    let len = list.len() as i64;
-                    let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
-                    let (from, to) = (norm(start), norm(stop).min(len - 1));
-                    Ok(if from > to {
-                        Vec::new()
-                    } else {
-                        list.iter()
-                            .skip(from as usize)
-                            .take((to - from + 1) as usize)
-                            .cloned()
-                            .collect()
-                    })
-                }
-                Some(_) => Err(Error::from(Fault::WrongType)),
-            })?,
-        };
+        let items = self
+            .run(
+                "list_range",
+                self.inner.backend.list_range(&key, start, stop),
+            )
+            .await?;
         items.iter().map(|b| decode(b)).collect()
     }
 
     /// Length of the list under `key`.
     pub async fn list_len(&self, key: &str) -> Result<u64> {
         let key = self.key(key)?;
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("list_len", r, redis_cmd!("LLEN", &key))
-                    .await
-            }
-            Backend::Memory(m) => m.with(|map| match map.get(&key) {
-                None => Ok(0),
-                Some(MemValue::List(list)) => Ok(list.len() as u64),
-                Some(_) => Err(Fault::WrongType.into()),
-            }),
-        }
+        self.run("list_len", self.inner.backend.list_len(&key))
+            .await
     }
 
-    /// Adds members to the set under `key` (the seed's `setAdd`); returns how many were new.
+    /// Adds members to the set under `key`; returns how many were new.
     pub async fn set_add<T: Serialize>(&self, key: &str, members: &[T]) -> Result<u64> {
         let key = self.key(key)?;
         let members = members.iter().map(encode).collect::<Result<Vec<_>>>()?;
         if members.is_empty() {
             return Ok(0);
         }
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("set_add", r, redis_cmd!("SADD", &key, &members))
-                    .await
-            }
-            Backend::Memory(m) => {
-                m.with(
-                    |map| match map.entry(&key, || MemValue::Set(Default::default())) {
-                        MemValue::Set(set) => Ok(members
-                            .into_iter()
-                            .filter(|m| set.insert(m.clone()))
-                            .count() as u64),
-                        _ => Err(Fault::WrongType.into()),
-                    },
-                )
-            }
-        }
+        self.run("set_add", self.inner.backend.set_add(&key, members))
+            .await
     }
 
     /// Removes members from the set; returns how many were there.
@@ -796,36 +665,16 @@ impl CacheService {
         if members.is_empty() {
             return Ok(0);
         }
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("set_remove", r, redis_cmd!("SREM", &key, &members))
-                    .await
-            }
-            Backend::Memory(m) => m.with(|map| {
-                map.modify(&key, Ok(0), |value| match value {
-                    MemValue::Set(set) => {
-                        Ok(members.iter().filter(|m| set.remove(*m)).count() as u64)
-                    }
-                    _ => Err(Fault::WrongType.into()),
-                })
-            }),
-        }
+        self.run("set_remove", self.inner.backend.set_remove(&key, members))
+            .await
     }
 
     /// Every member of the set (in no particular order).
     pub async fn set_members<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>> {
         let key = self.key(key)?;
-        let items: Vec<Vec<u8>> = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("set_members", r, redis_cmd!("SMEMBERS", &key))
-                    .await?
-            }
-            Backend::Memory(m) => m.with(|map| match map.get(&key) {
-                None => Ok(Vec::new()),
-                Some(MemValue::Set(set)) => Ok(set.iter().cloned().collect()),
-                Some(_) => Err(Error::from(Fault::WrongType)),
-            })?,
-        };
+        let items = self
+            .run("set_members", self.inner.backend.set_members(&key))
+            .await?;
         items.iter().map(|b| decode(b)).collect()
     }
 
@@ -836,20 +685,14 @@ impl CacheService {
         member: &T,
     ) -> Result<bool> {
         let (key, member) = (self.key(key)?, encode(member)?);
-        match &*self.inner.backend {
-            Backend::Redis(r) => Ok(self
-                .redis_cmd::<i64>("set_is_member", r, redis_cmd!("SISMEMBER", &key, &member))
-                .await?
-                > 0),
-            Backend::Memory(m) => m.with(|map| match map.get(&key) {
-                None => Ok(false),
-                Some(MemValue::Set(set)) => Ok(set.contains(&member)),
-                Some(_) => Err(Fault::WrongType.into()),
-            }),
-        }
+        self.run(
+            "set_is_member",
+            self.inner.backend.set_is_member(&key, member),
+        )
+        .await
     }
 
-    /// Sets `field` of the hash under `key` (the seed's `hashSet`); whether it was new.
+    /// Sets `field` of the hash under `key`; whether it was new.
     pub async fn hash_set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -857,53 +700,25 @@ impl CacheService {
         value: &T,
     ) -> Result<bool> {
         let (key, value) = (self.key(key)?, encode(value)?);
-        match &*self.inner.backend {
-            Backend::Redis(r) => Ok(self
-                .redis_cmd::<i64>("hash_set", r, redis_cmd!("HSET", &key, field, &value))
-                .await?
-                > 0),
-            Backend::Memory(m) => {
-                m.with(
-                    |map| match map.entry(&key, || MemValue::Hash(Default::default())) {
-                        MemValue::Hash(hash) => Ok(hash.insert(field.to_owned(), value).is_none()),
-                        _ => Err(Fault::WrongType.into()),
-                    },
-                )
-            }
-        }
+        self.run("hash_set", self.inner.backend.hash_set(&key, field, value))
+            .await
     }
 
     /// `field` of the hash under `key`.
     pub async fn hash_get<T: DeserializeOwned>(&self, key: &str, field: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
-        let bytes: Option<Vec<u8>> = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("hash_get", r, redis_cmd!("HGET", &key, field))
-                    .await?
-            }
-            Backend::Memory(m) => m.with(|map| match map.get(&key) {
-                None => Ok(None),
-                Some(MemValue::Hash(hash)) => Ok(hash.get(field).cloned()),
-                Some(_) => Err(Error::from(Fault::WrongType)),
-            })?,
-        };
+        let bytes = self
+            .run("hash_get", self.inner.backend.hash_get(&key, field))
+            .await?;
         bytes.map(|b| decode(&b)).transpose()
     }
 
     /// Every field of the hash under `key`.
     pub async fn hash_get_all<T: DeserializeOwned>(&self, key: &str) -> Result<HashMap<String, T>> {
         let key = self.key(key)?;
-        let items: HashMap<String, Vec<u8>> = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                self.redis_cmd("hash_get_all", r, redis_cmd!("HGETALL", &key))
-                    .await?
-            }
-            Backend::Memory(m) => m.with(|map| match map.get(&key) {
-                None => Ok(HashMap::new()),
-                Some(MemValue::Hash(hash)) => Ok(hash.clone()),
-                Some(_) => Err(Error::from(Fault::WrongType)),
-            })?,
-        };
+        let items = self
+            .run("hash_get_all", self.inner.backend.hash_get_all(&key))
+            .await?;
         items
             .into_iter()
             .map(|(k, v)| Ok((k, decode(&v)?)))
@@ -913,18 +728,8 @@ impl CacheService {
     /// Deletes `field` from the hash; whether it existed.
     pub async fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
         let key = self.key(key)?;
-        match &*self.inner.backend {
-            Backend::Redis(r) => Ok(self
-                .redis_cmd::<i64>("hash_delete", r, redis_cmd!("HDEL", &key, field))
-                .await?
-                > 0),
-            Backend::Memory(m) => m.with(|map| {
-                map.modify(&key, Ok(false), |value| match value {
-                    MemValue::Hash(hash) => Ok(hash.remove(field).is_some()),
-                    _ => Err(Fault::WrongType.into()),
-                })
-            }),
-        }
+        self.run("hash_delete", self.inner.backend.hash_delete(&key, field))
+            .await
     }
 
     /// Deletes every key matching the glob `pattern` (e.g. `profiles:*`, under this
@@ -934,33 +739,10 @@ impl CacheService {
     /// and version counters.)
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         let pattern = self.key(pattern)?;
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let mut cursor: u64 = 0;
-                let mut deleted = 0u64;
-                loop {
-                    let (next, keys): (u64, Vec<String>) = self
-                        .redis_cmd(
-                            "scan",
-                            r,
-                            redis_cmd!("SCAN", cursor, "MATCH", &pattern, "COUNT", 500),
-                        )
-                        .await?;
-                    if !keys.is_empty() {
-                        deleted += self
-                            .redis_cmd::<u64>("unlink", r, redis_cmd!("UNLINK", &keys))
-                            .await?;
-                    }
-                    if next == 0 {
-                        return Ok(deleted);
-                    }
-                    cursor = next;
-                }
-            }
-            Backend::Memory(m) => Ok(m.with(|map| {
-                let keys = map.keys_matching(&pattern);
-                keys.iter().filter(|k| map.remove(k)).count() as u64
-            })),
-        }
+        self.run(
+            "invalidate_pattern",
+            self.inner.backend.delete_matching(&pattern),
+        )
+        .await
     }
 }

@@ -22,22 +22,38 @@
 //! written under. A failed or slow GET or fill is only a miss and never dirties
 //! anything.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, Script};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, Script};
 
+use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, Versioned};
 use super::breaker::Breaker;
 use super::{CacheConfig, Fault};
 
+/// The protocol of `backend.rs`, one script a rule, each sharing `prelude.lua`.
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_get.lua")));
+static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_fill.lua")));
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
+static VERSIONED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/versioned.lua")));
+
 pub(crate) struct RedisBackend {
+    /// Itself, for the background probe it spawns.
+    me: Weak<RedisBackend>,
     client: redis::Client,
     /// One connection per runtime: a connection's driver task lives on the runtime
     /// that opened it and dies with it, so another runtime must not borrow it.
     conns: Mutex<Vec<(tokio::runtime::Id, MultiplexedConnection)>>,
-    pub(crate) breaker: Breaker,
+    breaker: Breaker,
     deadline: Duration,
     probe_interval: Duration,
     /// The epoch keys of the namespaces this process used.
@@ -62,10 +78,11 @@ pub(crate) fn fresh_epoch() -> String {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Self, Fault> {
+    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Arc<Self>, Fault> {
         let client = redis::Client::open(url)
             .map_err(|e| Fault::Config(format!("invalid redis url: {e}")))?;
-        Ok(RedisBackend {
+        Ok(Arc::new_cyclic(|me| RedisBackend {
+            me: me.clone(),
             client,
             conns: Mutex::default(),
             breaker: Breaker::new(config.failure_threshold, config.probe_interval),
@@ -74,15 +91,7 @@ impl RedisBackend {
             epochs: Mutex::default(),
             dirty: AtomicU64::new(0),
             probing: AtomicBool::new(false),
-        })
-    }
-
-    pub(crate) fn register_epoch(&self, key: &str) {
-        if let Ok(mut epochs) = self.epochs.lock()
-            && !epochs.iter().any(|k| k == key)
-        {
-            epochs.push(key.to_owned());
-        }
+        }))
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, Fault> {
@@ -126,7 +135,7 @@ impl RedisBackend {
 
     /// Records an invalidation that was not delivered, and makes sure a background
     /// probe delivers it (see the module docs).
-    pub(crate) fn mark_dirty(self: &std::sync::Arc<Self>) {
+    fn mark_dirty(&self) {
         self.dirty.fetch_add(1, Ordering::AcqRel);
         if self
             .probing
@@ -139,7 +148,7 @@ impl RedisBackend {
             self.probing.store(false, Ordering::Release);
             return;
         };
-        let backend = std::sync::Arc::downgrade(self);
+        let backend = self.me.clone();
         let interval = self.probe_interval.max(Duration::from_millis(10));
         runtime.spawn(async move {
             loop {
@@ -192,7 +201,7 @@ impl RedisBackend {
 
     /// Runs `body` on the connection under the deadline and the breaker. While an
     /// invalidation is undelivered, the epochs are replaced before anything else runs.
-    pub(crate) async fn call<T>(
+    async fn call<T>(
         &self,
         body: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, Fault> {
@@ -221,24 +230,249 @@ impl RedisBackend {
         result
     }
 
-    /// Runs a script (EVALSHA, loading it once if the server does not know it).
-    pub(crate) async fn script<T: redis::FromRedisValue>(
+    /// Runs a protocol script on a namespace (EVALSHA, loading it once if the server
+    /// does not know it). Every script starts from the namespace's base and a fresh
+    /// epoch, used if the namespace has none yet (`prelude.lua`).
+    async fn script<T: FromRedisValue>(
         &self,
         script: &Script,
-        keys: &[&str],
+        ns: &Namespace,
         args: &[&[u8]],
     ) -> Result<T, Fault> {
+        let fresh = fresh_epoch();
         self.call(async |conn| {
             let mut invocation = script.prepare_invoke();
-            for key in keys {
-                invocation.key(*key);
-            }
+            invocation.key(&ns.epoch_key);
+            invocation.arg(&ns.base).arg(&fresh);
             for arg in args {
                 invocation.arg(*arg);
             }
             invocation.invoke_async(conn).await
         })
         .await
+    }
+
+    /// One command under the deadline and breaker.
+    fn command<'a, T: FromRedisValue + Send + 'a>(&'a self, cmd: Cmd) -> Pending<'a, T> {
+        Box::pin(async move { self.call(async |c| cmd.query_async(c).await).await })
+    }
+
+    /// One command whose integer answer means "yes" when positive.
+    fn yes<'a>(&'a self, cmd: Cmd) -> Pending<'a, bool> {
+        Box::pin(async move { Ok(self.command::<i64>(cmd).await? > 0) })
+    }
+}
+
+/// `cmd!("SADD", key, members)`: a command with its arguments.
+macro_rules! cmd {
+    ($name:literal $(, $arg:expr)* $(,)?) => {{
+        let mut cmd = ::redis::cmd($name);
+        $(cmd.arg($arg);)*
+        cmd
+    }};
+}
+
+fn millis(d: Duration) -> Vec<u8> {
+    d.as_millis().to_string().into_bytes()
+}
+
+impl Backend for RedisBackend {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn is_degraded(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    fn register(&self, ns: &Namespace) {
+        if let Ok(mut epochs) = self.epochs.lock()
+            && !epochs.contains(&ns.epoch_key)
+        {
+            epochs.push(ns.epoch_key.clone());
+        }
+    }
+
+    fn row_get<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        get: RowGet<'a>,
+    ) -> Pending<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let lease = millis(get.lease);
+            let mut args: Vec<&[u8]> = vec![
+                get.table.as_bytes(),
+                get.token.as_bytes(),
+                &lease,
+                get.shape.as_bytes(),
+            ];
+            args.extend(get.keys.iter().map(|s| s.as_bytes()));
+            let values: Vec<Option<Vec<u8>>> = self.script(&ROW_GET, ns, &args).await?;
+            if values.len() != get.keys.len() {
+                return Err(Fault::Value(
+                    "a row lookup answered the wrong number of values",
+                ));
+            }
+            Ok(values)
+        })
+    }
+
+    fn row_fill<'a>(&'a self, ns: &'a Namespace, fill: RowFill<'a>) -> Pending<'a, u64> {
+        Box::pin(async move {
+            let ttl = millis(fill.ttl);
+            let mut args: Vec<&[u8]> = vec![fill.table.as_bytes(), fill.token.as_bytes(), &ttl];
+            for (key, value) in fill.entries {
+                args.push(key.as_bytes());
+                args.push(value);
+            }
+            self.script(&ROW_FILL, ns, &args).await
+        })
+    }
+
+    fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let (n, g) = (
+                stale.counters.len().to_string(),
+                stale.generations.len().to_string(),
+            );
+            let mut args: Vec<&[u8]> = vec![n.as_bytes()];
+            args.extend(stale.counters.iter().map(|c| c.as_bytes()));
+            args.push(g.as_bytes());
+            args.extend(stale.generations.iter().map(|c| c.as_bytes()));
+            for (table, key) in stale.rows {
+                args.push(table.as_bytes());
+                args.push(key.as_bytes());
+            }
+            let mut delivered = self.script::<i64>(&INVALIDATE, ns, &args).await;
+            if matches!(&delivered, Err(fault) if fault.is_broken_connection()) {
+                // A connection broken before this call (Redis restarted): deliver on a
+                // new one rather than flush every entry for it.
+                delivered = self.script::<i64>(&INVALIDATE, ns, &args).await;
+            }
+            if delivered.is_err() {
+                self.mark_dirty();
+            }
+            delivered.map(|_| ())
+        })
+    }
+
+    fn versioned<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        name: Versioned<'a>,
+        delete: bool,
+    ) -> Pending<'a, (String, Option<Vec<u8>>)> {
+        Box::pin(async move {
+            let n = name.counters.len().to_string();
+            let mode: &[u8] = if delete { b"del" } else { b"get" };
+            let mut args: Vec<&[u8]> = vec![mode, name.kind.as_bytes(), n.as_bytes()];
+            args.extend(name.counters.iter().map(|c| c.as_bytes()));
+            args.push(name.suffix.as_bytes());
+            if delete {
+                let (key, _): (String, i64) = self.script(&VERSIONED, ns, &args).await?;
+                Ok((key, None))
+            } else {
+                self.script(&VERSIONED, ns, &args).await
+            }
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> Pending<'a, ()> {
+        let mut cmd = cmd!("SET", key, value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl.as_millis() as u64);
+        }
+        self.command(cmd)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        self.command(cmd!("GET", key))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> Pending<'a, bool> {
+        self.yes(cmd!("UNLINK", key))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> Pending<'a, bool> {
+        self.yes(cmd!("EXISTS", key))
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool> {
+        self.yes(cmd!("PEXPIRE", key, ttl.as_millis() as u64))
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64> {
+        self.command(cmd!("INCRBY", key, by))
+    }
+
+    fn list_push<'a>(&'a self, key: &'a str, value: Vec<u8>) -> Pending<'a, u64> {
+        self.command(cmd!("RPUSH", key, value))
+    }
+
+    fn list_pop<'a>(&'a self, key: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        self.command(cmd!("LPOP", key))
+    }
+
+    fn list_range<'a>(&'a self, key: &'a str, start: i64, stop: i64) -> Pending<'a, Vec<Vec<u8>>> {
+        self.command(cmd!("LRANGE", key, start, stop))
+    }
+
+    fn list_len<'a>(&'a self, key: &'a str) -> Pending<'a, u64> {
+        self.command(cmd!("LLEN", key))
+    }
+
+    fn set_add<'a>(&'a self, key: &'a str, members: Vec<Vec<u8>>) -> Pending<'a, u64> {
+        self.command(cmd!("SADD", key, members))
+    }
+
+    fn set_remove<'a>(&'a self, key: &'a str, members: Vec<Vec<u8>>) -> Pending<'a, u64> {
+        self.command(cmd!("SREM", key, members))
+    }
+
+    fn set_members<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<Vec<u8>>> {
+        self.command(cmd!("SMEMBERS", key))
+    }
+
+    fn set_is_member<'a>(&'a self, key: &'a str, member: Vec<u8>) -> Pending<'a, bool> {
+        self.yes(cmd!("SISMEMBER", key, member))
+    }
+
+    fn hash_set<'a>(&'a self, key: &'a str, field: &'a str, value: Vec<u8>) -> Pending<'a, bool> {
+        self.yes(cmd!("HSET", key, field, value))
+    }
+
+    fn hash_get<'a>(&'a self, key: &'a str, field: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        self.command(cmd!("HGET", key, field))
+    }
+
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> Pending<'a, HashMap<String, Vec<u8>>> {
+        self.command(cmd!("HGETALL", key))
+    }
+
+    fn hash_delete<'a>(&'a self, key: &'a str, field: &'a str) -> Pending<'a, bool> {
+        self.yes(cmd!("HDEL", key, field))
+    }
+
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> Pending<'a, u64> {
+        Box::pin(async move {
+            let (mut cursor, mut deleted) = (0u64, 0u64);
+            loop {
+                let (next, keys): (u64, Vec<String>) = self
+                    .command(cmd!("SCAN", cursor, "MATCH", pattern, "COUNT", 500))
+                    .await?;
+                if !keys.is_empty() {
+                    deleted += self.command::<u64>(cmd!("UNLINK", keys)).await?;
+                }
+                if next == 0 {
+                    return Ok(deleted);
+                }
+                cursor = next;
+            }
+        })
     }
 }
 

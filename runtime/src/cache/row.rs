@@ -14,30 +14,18 @@
 //!   every cascade into it); part of the keys of cached queries (`q:`) and memos (`m:`);
 //! - `{base}:epoch` — the epoch, random, replaced after an invalidation was lost.
 //!
-//! The scripts (in `lua/`, sharing `prelude.lua`) are the one statement of the
-//! protocol; the in-process backend below follows the same rules step for step.
+//! The rules of the protocol are stated once, in `backend.rs`; each backend implements
+//! them (Redis in `lua/`, the in-process backend in `memory.rs`). This file is the
+//! service's side: tokens, size limits, metrics, and what a failure means.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::Script;
-
-use super::memory::Map;
-use super::{Backend, CacheService, MemValue};
+use super::CacheService;
+use super::backend::{RowFill, RowGet, Stale, Versioned};
 use crate::monitor;
-
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
-}
-
-static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_get.lua")));
-static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_fill.lua")));
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
-static VERSIONED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/versioned.lua")));
 
 /// A pause inserted between a reader's database read and its fill — for tests that
 /// need to place a write exactly there.
@@ -69,52 +57,7 @@ pub(crate) fn token() -> String {
     format!("{:016x}{:08x}", hasher.finish(), std::process::id())
 }
 
-fn millis(d: Duration) -> Vec<u8> {
-    d.as_millis().to_string().into_bytes()
-}
-
-/// The in-process backend's names, the same as the scripts' (its epoch is fixed: it
-/// cannot lose an invalidation).
-struct MemKeys<'a>(&'a str);
-
-impl MemKeys<'_> {
-    fn base(&self) -> String {
-        format!("{}:0", self.0)
-    }
-
-    fn row(&self, map: &mut Map<'_>, kind: &str, table: &str, key: &str) -> String {
-        let generation = map
-            .get_bytes(&format!("{}:g:{table}", self.base()))
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_else(|| "0".into());
-        format!("{}:{kind}:{table}:{generation}:{key}", self.base())
-    }
-
-    fn incr(&self, map: &mut Map<'_>, name: &str) {
-        let key = format!("{}:{name}", self.base());
-        let next = map
-            .get_bytes(&key)
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1;
-        map.set(&key, MemValue::Bytes(next.to_string().into_bytes()), None);
-    }
-}
-
 impl CacheService {
-    fn base(&self) -> &str {
-        &self.inner.internal_prefix
-    }
-
-    /// The arguments every script starts with: the base and a fresh epoch.
-    fn script_args(&self) -> (String, String) {
-        (self.base().to_owned(), super::redis::fresh_epoch())
-    }
-
     /// Installs (or with `None` removes) a hook run between a reader's database read
     /// and its fill. Test support: it makes the reader/writer race deterministic.
     #[doc(hidden)]
@@ -164,49 +107,16 @@ impl CacheService {
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
         let token = token();
-        let result = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let (base, fresh) = self.script_args();
-                let lease = millis(self.inner.config.lease);
-                let mut args: Vec<&[u8]> = vec![
-                    base.as_bytes(),
-                    fresh.as_bytes(),
-                    table.as_bytes(),
-                    token.as_bytes(),
-                    &lease,
-                    shape.as_bytes(),
-                ];
-                args.extend(keys.iter().map(|s| s.as_bytes()));
-                match r
-                    .script::<Vec<Option<Vec<u8>>>>(&ROW_GET, &[&self.inner.epoch_key], &args)
-                    .await
-                {
-                    Ok(values) if values.len() == keys.len() => (values, Some(token)),
-                    _ => (vec![None; keys.len()], None),
-                }
-            }
-            Backend::Memory(m) => m.with(|map| {
-                let names = MemKeys(self.base());
-                let values = keys
-                    .iter()
-                    .map(|key| {
-                        let entry = names.row(map, "r", table, key);
-                        match map.get_bytes(&entry) {
-                            Ok(Some(v)) if v.starts_with(shape.as_bytes()) => Some(v),
-                            _ => {
-                                let lease = names.row(map, "l", table, key);
-                                map.set(
-                                    &lease,
-                                    MemValue::Bytes(token.clone().into_bytes()),
-                                    Some(self.inner.config.lease),
-                                );
-                                None
-                            }
-                        }
-                    })
-                    .collect();
-                (values, Some(token))
-            }),
+        let get = RowGet {
+            table,
+            token: &token,
+            lease: self.inner.config.lease,
+            shape,
+            keys,
+        };
+        let result = match self.inner.backend.row_get(&self.inner.ns, get).await {
+            Ok(values) => (values, Some(token)),
+            Err(_) => (vec![None; keys.len()], None),
         };
         let hits = result.0.iter().filter(|v| v.is_some()).count() as u64;
         match result.1 {
@@ -244,40 +154,18 @@ impl CacheService {
         }
         self.before_fill().await;
         let started = Instant::now();
-        let filled = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let (base, fresh) = self.script_args();
-                let ttl_ms = millis(ttl);
-                let mut args: Vec<&[u8]> = vec![
-                    base.as_bytes(),
-                    fresh.as_bytes(),
-                    table.as_bytes(),
-                    token.as_bytes(),
-                    &ttl_ms,
-                ];
-                for (key, value) in &entries {
-                    args.push(key.as_bytes());
-                    args.push(value);
-                }
-                r.script::<u64>(&ROW_FILL, &[&self.inner.epoch_key], &args)
-                    .await
-                    .unwrap_or(0)
-            }
-            Backend::Memory(m) => m.with(|map| {
-                let names = MemKeys(self.base());
-                let mut filled = 0;
-                for (key, value) in &entries {
-                    let lease = names.row(map, "l", table, key);
-                    if map.get_bytes(&lease).ok().flatten().as_deref() == Some(token.as_bytes()) {
-                        let entry = names.row(map, "r", table, key);
-                        map.set(&entry, MemValue::Bytes(value.clone()), Some(ttl));
-                        map.remove(&lease);
-                        filled += 1;
-                    }
-                }
-                filled
-            }),
+        let fill = RowFill {
+            table,
+            token,
+            ttl,
+            entries: &entries,
         };
+        let filled = self
+            .inner
+            .backend
+            .row_fill(&self.inner.ns, fill)
+            .await
+            .unwrap_or(0);
         self.event("fill", filled);
         self.event("fill_rejected", entries.len() as u64 - filled);
         monitor::record_cache("row_fill", started, "ok");
@@ -298,51 +186,17 @@ impl CacheService {
             return true;
         }
         let started = Instant::now();
-        let ok = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let (base, fresh) = self.script_args();
-                let (n, g) = (counters.len().to_string(), generations.len().to_string());
-                let mut args: Vec<&[u8]> = vec![base.as_bytes(), fresh.as_bytes(), n.as_bytes()];
-                args.extend(counters.iter().map(|c| c.as_bytes()));
-                args.push(g.as_bytes());
-                args.extend(generations.iter().map(|c| c.as_bytes()));
-                for (table, key) in rows {
-                    args.push(table.as_bytes());
-                    args.push(key.as_bytes());
-                }
-                let mut delivered = r
-                    .script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args)
-                    .await;
-                if matches!(&delivered, Err(fault) if fault.is_broken_connection()) {
-                    // A connection broken before this call (Redis restarted): deliver on
-                    // a new one rather than flush every entry for it.
-                    delivered = r
-                        .script::<i64>(&INVALIDATE, &[&self.inner.epoch_key], &args)
-                        .await;
-                }
-                let delivered = delivered.is_ok();
-                if !delivered {
-                    r.mark_dirty();
-                }
-                delivered
-            }
-            Backend::Memory(m) => m.with(|map| {
-                let names = MemKeys(self.base());
-                for counter in counters {
-                    names.incr(map, counter);
-                }
-                for table in generations {
-                    names.incr(map, &format!("g:{table}"));
-                }
-                for (table, key) in rows {
-                    let entry = names.row(map, "r", table, key);
-                    let lease = names.row(map, "l", table, key);
-                    map.remove(&entry);
-                    map.remove(&lease);
-                }
-                true
-            }),
+        let stale = Stale {
+            counters,
+            generations,
+            rows,
         };
+        let ok = self
+            .inner
+            .backend
+            .invalidate(&self.inner.ns, stale)
+            .await
+            .is_ok();
         if !ok {
             self.event("invalidation_failed", 1);
             tracing::warn!(
@@ -384,57 +238,17 @@ impl CacheService {
         delete: bool,
     ) -> Option<(String, Option<Vec<u8>>)> {
         let started = Instant::now();
-        let result = match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let (base, fresh) = self.script_args();
-                let n = counters.len().to_string();
-                let mode: &[u8] = if delete { b"del" } else { b"get" };
-                let mut args: Vec<&[u8]> = vec![
-                    base.as_bytes(),
-                    fresh.as_bytes(),
-                    mode,
-                    kind.as_bytes(),
-                    n.as_bytes(),
-                ];
-                args.extend(counters.iter().map(|c| c.as_bytes()));
-                args.push(suffix.as_bytes());
-                if delete {
-                    r.script::<(String, i64)>(&VERSIONED, &[&self.inner.epoch_key], &args)
-                        .await
-                        .ok()
-                        .map(|(k, _)| (k, None))
-                } else {
-                    r.script::<(String, Option<Vec<u8>>)>(
-                        &VERSIONED,
-                        &[&self.inner.epoch_key],
-                        &args,
-                    )
-                    .await
-                    .ok()
-                }
-            }
-            Backend::Memory(m) => Some(m.with(|map| {
-                let names = MemKeys(self.base());
-                let parts: Vec<String> = counters
-                    .iter()
-                    .map(|c| {
-                        map.get_bytes(&format!("{}:{c}", names.base()))
-                            .ok()
-                            .flatten()
-                            .and_then(|b| String::from_utf8(b).ok())
-                            .unwrap_or_else(|| "0".into())
-                    })
-                    .collect();
-                let key = format!("{}:{kind}:{}:{suffix}", names.base(), parts.join(","));
-                if delete {
-                    map.remove(&key);
-                    (key, None)
-                } else {
-                    let value = map.get_bytes(&key).ok().flatten();
-                    (key, value)
-                }
-            })),
+        let name = Versioned {
+            kind,
+            counters,
+            suffix,
         };
+        let result = self
+            .inner
+            .backend
+            .versioned(&self.inner.ns, name, delete)
+            .await
+            .ok();
         let event = match &result {
             Some((_, Some(_))) => "hit",
             Some((_, None)) if !delete => "miss",
@@ -458,23 +272,10 @@ impl CacheService {
             self.event("too_large", 1);
             return;
         }
-        match &*self.inner.backend {
-            Backend::Redis(r) => {
-                let _ = r
-                    .call(async |c| {
-                        redis::cmd("SET")
-                            .arg(key)
-                            .arg(value)
-                            .arg("PX")
-                            .arg(ttl.as_millis() as u64)
-                            .query_async::<()>(c)
-                            .await
-                    })
-                    .await;
-            }
-            Backend::Memory(m) => {
-                m.with(|map| map.set(key, MemValue::Bytes(value.to_vec()), Some(ttl)))
-            }
+        let stored = self.inner.backend.put(key, value.to_vec(), Some(ttl)).await;
+        if stored.is_err() {
+            self.event("error", 1);
+            return;
         }
         self.event("fill", 1);
     }

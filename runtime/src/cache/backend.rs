@@ -1,0 +1,168 @@
+//! The one interface of a cache tier, and the one statement of the rules every tier
+//! follows. [`CacheService`](super::CacheService) is written once over [`Backend`];
+//! `redis.rs` (Lua scripts in `lua/`, one server step each) and `memory.rs` (one
+//! mutex) implement it in full, and the contract tests in `tests/cache.rs` run against
+//! both.
+//!
+//! # The protocol
+//!
+//! A namespace has a *base* (`{prefix}:t:{namespace}`) and an *epoch*; every name below
+//! is under `{base}:{epoch}`. A tier that can lose an invalidation (Redis) keeps the
+//! epoch in `{base}:epoch`, sets it to a fresh random value the first time it is
+//! missing, and replaces it when an invalidation was lost (see `redis.rs`); a tier
+//! that cannot lose one (in-process) uses the fixed epoch `0`.
+//!
+//! 1. **Rows.** The entry of row `key` of `table` is `r:{table}:{g}:{key}` and its
+//!    lease `l:{table}:{g}:{key}`, where `g` is the table's generation (`g:{table}`,
+//!    `0` when absent). An entry starts with the 16-digit shape of the model that wrote
+//!    it.
+//! 2. **Get** ([`Backend::row_get`]), atomically per call: for each key, the entry if
+//!    it exists and starts with the reader's shape; otherwise the reader's token is
+//!    stored as the key's lease (expiring after the lease time) and the answer is a
+//!    miss.
+//! 3. **Fill** ([`Backend::row_fill`]), atomically per call: for each (key, value),
+//!    only if the key's lease still holds the reader's token: store the entry (with
+//!    its TTL) and delete the lease. Count the entries stored.
+//! 4. **Invalidate** ([`Backend::invalidate`]), atomically: increment each counter
+//!    (`v:{table}`), increment each table's generation, delete each named row's entry
+//!    and lease. An invalidation either happens or the tier reports a failure *and*
+//!    guarantees it is delivered later (Redis: a new epoch).
+//! 5. **Versioned keys** ([`Backend::versioned`]): `{kind}:{c1,c2,…}:{suffix}` with the
+//!    current value of each counter (`0` when absent); the tier resolves the name and
+//!    reads (or deletes) it in one step, and answers the resolved name, under which
+//!    [`Backend::put`] later stores the value — no lease needed, since a write
+//!    meanwhile changed a counter and so the name.
+//!
+//! Every method's future may be dropped at any point without breaking these rules:
+//! each is one atomic step on the tier.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::Fault;
+
+/// A backend call in flight.
+pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, Fault>> + Send + 'a>>;
+
+/// Where one namespace's entries live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Namespace {
+    /// `{prefix}:t:{namespace}`.
+    pub(crate) base: String,
+    /// `{base}:epoch`.
+    pub(crate) epoch_key: String,
+}
+
+impl Namespace {
+    pub(crate) fn new(base: String) -> Namespace {
+        let epoch_key = format!("{base}:epoch");
+        Namespace { base, epoch_key }
+    }
+}
+
+/// A row lookup (rule 2).
+pub(crate) struct RowGet<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) lease: Duration,
+    pub(crate) shape: &'a str,
+    pub(crate) keys: &'a [String],
+}
+
+/// A fill under a lease (rule 3).
+pub(crate) struct RowFill<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) ttl: Duration,
+    pub(crate) entries: &'a [&'a (String, Vec<u8>)],
+}
+
+/// What became stale (rule 4).
+pub(crate) struct Stale<'a> {
+    pub(crate) counters: &'a [String],
+    pub(crate) generations: &'a [String],
+    pub(crate) rows: &'a [(String, String)],
+}
+
+/// A versioned name (rule 5).
+pub(crate) struct Versioned<'a> {
+    pub(crate) kind: &'a str,
+    pub(crate) counters: &'a [String],
+    pub(crate) suffix: &'a str,
+}
+
+/// A cache tier. Keys given to the data-structure operations are full names (the
+/// service adds its prefixes); values are bytes.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// `redis` or `memory`, for logs and `Debug`.
+    fn kind(&self) -> &'static str;
+    /// Whether every process sees this tier (two shared tiers with the same namespace
+    /// are one cache); an unshared tier is only ever itself.
+    fn is_shared(&self) -> bool;
+    /// Whether calls are currently skipped (a circuit breaker is open).
+    fn is_degraded(&self) -> bool {
+        false
+    }
+    /// Tells the tier a namespace is in use (Redis replaces its epoch after a lost
+    /// invalidation).
+    fn register(&self, _namespace: &Namespace) {}
+
+    /// Rule 2: one value or miss per key, in order.
+    fn row_get<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        get: RowGet<'a>,
+    ) -> Pending<'a, Vec<Option<Vec<u8>>>>;
+    /// Rule 3: how many entries were stored.
+    fn row_fill<'a>(&'a self, ns: &'a Namespace, fill: RowFill<'a>) -> Pending<'a, u64>;
+    /// Rule 4. An `Err` means the invalidation will be delivered later (rule 4).
+    fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()>;
+    /// Rule 5: the resolved name and its value (always `None` with `delete`).
+    fn versioned<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        name: Versioned<'a>,
+        delete: bool,
+    ) -> Pending<'a, (String, Option<Vec<u8>>)>;
+
+    /// Stores `value` under `key`, with a TTL if given.
+    fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> Pending<'a, ()>;
+    /// The bytes under `key`.
+    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Option<Vec<u8>>>;
+    /// Deletes `key`; whether it existed.
+    fn delete<'a>(&'a self, key: &'a str) -> Pending<'a, bool>;
+    /// Whether `key` exists.
+    fn exists<'a>(&'a self, key: &'a str) -> Pending<'a, bool>;
+    /// Sets the TTL of an existing key; whether it existed.
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool>;
+    /// Adds `by` to the integer under `key` (0 when absent).
+    fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64>;
+    /// Appends to a list; its new length.
+    fn list_push<'a>(&'a self, key: &'a str, value: Vec<u8>) -> Pending<'a, u64>;
+    /// Removes the first element of a list.
+    fn list_pop<'a>(&'a self, key: &'a str) -> Pending<'a, Option<Vec<u8>>>;
+    /// Elements `start..=stop` (negative: from the end), as Redis `LRANGE`.
+    fn list_range<'a>(&'a self, key: &'a str, start: i64, stop: i64) -> Pending<'a, Vec<Vec<u8>>>;
+    /// The length of a list.
+    fn list_len<'a>(&'a self, key: &'a str) -> Pending<'a, u64>;
+    /// Adds members to a set; how many were new.
+    fn set_add<'a>(&'a self, key: &'a str, members: Vec<Vec<u8>>) -> Pending<'a, u64>;
+    /// Removes members from a set; how many were there.
+    fn set_remove<'a>(&'a self, key: &'a str, members: Vec<Vec<u8>>) -> Pending<'a, u64>;
+    /// Every member of a set.
+    fn set_members<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<Vec<u8>>>;
+    /// Whether `member` is in the set.
+    fn set_is_member<'a>(&'a self, key: &'a str, member: Vec<u8>) -> Pending<'a, bool>;
+    /// Sets a field of a hash; whether it was new.
+    fn hash_set<'a>(&'a self, key: &'a str, field: &'a str, value: Vec<u8>) -> Pending<'a, bool>;
+    /// A field of a hash.
+    fn hash_get<'a>(&'a self, key: &'a str, field: &'a str) -> Pending<'a, Option<Vec<u8>>>;
+    /// Every field of a hash.
+    fn hash_get_all<'a>(&'a self, key: &'a str) -> Pending<'a, HashMap<String, Vec<u8>>>;
+    /// Deletes a field of a hash; whether it existed.
+    fn hash_delete<'a>(&'a self, key: &'a str, field: &'a str) -> Pending<'a, bool>;
+    /// Deletes every key matching a Redis glob, in batches; how many.
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> Pending<'a, u64>;
+}
