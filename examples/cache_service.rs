@@ -1,4 +1,4 @@
-//! The seed's CacheService snippet in Rust: values with a TTL, lists, sets, hashes, and
+//! The cache service: values with a TTL, lists, sets, hashes, and
 //! the method-caching decorator — on `REDIS_URL` when it is set, otherwise on a
 //! throwaway redis-server the test kit starts (and stops when this program exits).
 //!
@@ -20,7 +20,7 @@ struct UserService {
 }
 
 impl UserService {
-    // The seed's `@CacheService.cache(300)`.
+    // A method memoized for 300 seconds.
     #[cached(ttl = 300)]
     async fn user_profile(&self, id: String) -> tabula::Result<Profile> {
         self.lookups.fetch_add(1, Ordering::SeqCst); // the expensive operation

@@ -1,4 +1,4 @@
-//! The seed's DatabaseService snippet in Rust: create, read, update, delete, and a
+//! The quickstart: create, read, update, delete, and a
 //! query — on `DATABASE_URL` when it is set, otherwise on a throwaway PostgreSQL that
 //! the test kit starts (and stops when this program exits).
 //!
@@ -9,7 +9,7 @@ use tabula::migrate::Migrator;
 use tabula::{Db, Table};
 use uuid::Uuid;
 
-/// The seed's Profile model.
+/// A user's profile (`migrations/0001_seed_models.sql`).
 #[derive(Table, Debug, Clone)]
 #[table(name = "profiles")]
 pub struct Profile {

@@ -1,4 +1,4 @@
-//! What a row-cache hit costs to decode: the seed's profile as JSON through its serde
+//! What a row-cache hit costs to decode: a profile row as JSON through its serde
 //! impls (how the row cache stored rows before) and in the column codec it uses now.
 //! No servers; prints ns per row and the entry sizes.
 //!
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tabula::Table;
 use uuid::Uuid;
 
-/// The seed's profile (tests/common), with a row cache.
+/// A profile (as in tests/common), with a row cache.
 #[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[table(name = "profiles", cache(ttl = 60))]
 struct Profile {

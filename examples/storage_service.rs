@@ -1,4 +1,4 @@
-//! The seed's StorageService snippet in Rust: upload, download with caching, a signed
+//! The storage service: upload, download with caching, a signed
 //! URL served over HTTP, and a sorted listing — on the throwaway PostgreSQL the test
 //! kit starts when `DATABASE_URL` is not set, with files in a temporary folder.
 //!

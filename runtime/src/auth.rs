@@ -15,7 +15,8 @@
 //! `migrations/0002_auth_and_row_level_security.sql` provides what Supabase policies
 //! expect on any PostgreSQL: the roles `anon`, `authenticated`, `service_role`, and
 //! `auth.uid()`, `auth.role()`, `auth.jwt()` reading the claims (an absent or empty
-//! setting is NULL, never an error), plus owner policies on the seed's tables.
+//! setting is NULL, never an error), plus owner policies on the example schema's tables
+//! (`migrations/`).
 //!
 //! A row the policy hides is `NotFound` on read, update and delete — the same answer
 //! as a row that does not exist — and an insert the policy refuses is

@@ -62,7 +62,7 @@ pub use cache::{CacheConfig, CacheService};
 pub use db::{Db, DbConfig, Isolation};
 pub use error::{Error, Result};
 pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
-pub use table::{Column, ColumnMeta, ColumnSet, Insert, Patch, Table, TableMeta};
+pub use table::{Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};
 pub use types::ColumnType;
 
 /// Derives [`Table`] for a struct with named fields; see the [`table`] module.
@@ -128,7 +128,7 @@ pub mod __private {
     pub use crate::migrate::{Migration, Migrator};
     pub use crate::table::Statements;
     pub use crate::table::{
-        CacheCodec, CodecReader, Column, ColumnMeta, Insert, Param, Patch, Table, TableMeta,
+        CacheCodec, CodecReader, Column, ColumnMeta, NewRow, Param, Patch, Table, TableMeta,
         decode_column, decode_json, decode_json_column, decode_json_opt, decode_json_opt_column,
         encode_json, encode_json_opt, row_shape, same_encoding, same_json,
     };

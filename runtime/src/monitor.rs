@@ -1,6 +1,5 @@
 //! Monitoring: every operation runs in a `tracing` span and records its duration in a
-//! `metrics` histogram; failures are logged with operation, table and error — the
-//! seed's `recordDatabaseOperation` and `logger.error`.
+//! `metrics` histogram; failures are logged with operation, table and error.
 //!
 //! Tabula only emits through the `metrics` and `tracing` facades; install whichever
 //! recorder and subscriber your application uses. Every metric name is defined here.
@@ -75,7 +74,7 @@ fn is_expected(error: &Error) -> bool {
     )
 }
 
-/// Records one cache call (the seed's `recordCacheOperation`).
+/// Records one cache call.
 pub(crate) fn record_cache(operation: &'static str, started: Instant, outcome: &'static str) {
     metrics::histogram!(CACHE_OPERATION_SECONDS, "operation" => operation, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());

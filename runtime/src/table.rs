@@ -1,5 +1,5 @@
 //! What `#[derive(Table)]` produces: the [`Table`] trait with the model's metadata,
-//! typed [`Column`] constants, and the insert ([`Insert`]) and update ([`Patch`]) shapes.
+//! typed [`Column`] constants, and the new-row ([`NewRow`]) and update ([`Patch`]) shapes.
 //!
 //! A model's metadata is a `static`: the column list, which column is the primary key,
 //! which are filled by the database, and a hash of the model's shape (used by cache keys
@@ -70,7 +70,7 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
         + serde::Serialize
         + serde::de::DeserializeOwned;
     /// The insertable shape (`New<Model>`): every column except generated ones.
-    type New: Insert<Table = Self>;
+    type New: NewRow<Table = Self>;
     /// The update shape (`<Model>Patch`): every column but the key, each optional.
     type Patch: Patch<Table = Self>;
 
@@ -113,7 +113,7 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
 }
 
 /// The insertable shape of a model, generated as `New<Model>`.
-pub trait Insert: Send + Sync + Sized + 'static {
+pub trait NewRow: Send + Sync + Sized + 'static {
     /// The model this inserts into.
     type Table: Table;
 

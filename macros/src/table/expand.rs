@@ -283,7 +283,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         }
 
         #[automatically_derived]
-        impl #p::Insert for #new_ident {
+        impl #p::NewRow for #new_ident {
             type Table = #ident;
 
             fn params(&self) -> #p::Vec<#p::Param<'_>> {

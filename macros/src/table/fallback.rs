@@ -1,5 +1,5 @@
 //! When the input has errors, still define everything the user's other code refers to
-//! — `New<Model>`, `<Model>Patch`, the column constants, and stub `Table`, `Insert` and
+//! — `New<Model>`, `<Model>Patch`, the column constants, and stub `Table`, `NewRow` and
 //! `Patch` impls — so that rustc reports the one real mistake instead of a cascade of
 //! "cannot find type `NewProfile`" and "`Profile: Table` is not satisfied" wherever the
 //! model is used (thiserror's `fallback.rs` does the same for `Error`).
@@ -62,7 +62,7 @@ pub(crate) fn stub(cont: &Container<'_>) -> TokenStream {
             }
 
             #[automatically_derived]
-            impl #p::Insert for #new_ident {
+            impl #p::NewRow for #new_ident {
                 type Table = #ident;
 
                 fn params(&self) -> #p::Vec<#p::Param<'_>> {

@@ -1,5 +1,5 @@
-//! Caching: the [`CacheService`] (typed values, lists, sets, hashes with TTLs — the
-//! seed's `cache`), the read-through row cache behind [`Db::read`](crate::Db::read),
+//! Caching: the [`CacheService`] (typed values, lists, sets, hashes with TTLs), the
+//!  read-through row cache behind [`Db::read`](crate::Db::read),
 //! cached queries and `#[cached]` functions.
 //!
 //! # The contract
@@ -537,7 +537,7 @@ impl CacheService {
     }
 
     /// Runs one backend call of the key-value API, and records it.
-    async fn run<T>(&self, op: &'static str, call: backend::Pending<'_, T>) -> Result<T> {
+    async fn recorded<T>(&self, op: &'static str, call: backend::Pending<'_, T>) -> Result<T> {
         let started = std::time::Instant::now();
         let result = call.await;
         monitor::record_cache(op, started, if result.is_ok() { "ok" } else { "error" });
@@ -562,7 +562,7 @@ impl CacheService {
         ttl_seconds: Option<u64>,
     ) -> Result<()> {
         let (key, ttl) = (self.key(key)?, ttl(ttl_seconds)?);
-        self.run("set", self.inner.backend.put(&key, bytes, ttl))
+        self.recorded("set", self.inner.backend.put(&key, bytes, ttl))
             .await
     }
 
@@ -574,19 +574,21 @@ impl CacheService {
     /// Raw bytes stored by [`set_bytes`](Self::set_bytes).
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(key)?;
-        self.run("get", self.inner.backend.get(&key)).await
+        self.recorded("get", self.inner.backend.get(&key)).await
     }
 
     /// Deletes `key`; whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        self.run("delete", self.inner.backend.delete(&key)).await
+        self.recorded("delete", self.inner.backend.delete(&key))
+            .await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        self.run("exists", self.inner.backend.exists(&key)).await
+        self.recorded("exists", self.inner.backend.exists(&key))
+            .await
     }
 
     /// Sets the TTL of an existing key; whether it existed.
@@ -595,20 +597,21 @@ impl CacheService {
         let Some(ttl) = ttl(Some(ttl_seconds))? else {
             return Ok(false);
         };
-        self.run("expire", self.inner.backend.expire(&key, ttl))
+        self.recorded("expire", self.inner.backend.expire(&key, ttl))
             .await
     }
 
     /// Adds `by` to the integer under `key` (0 when absent) and returns the new value.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.key(key)?;
-        self.run("incr", self.inner.backend.incr(&key, by)).await
+        self.recorded("incr", self.inner.backend.incr(&key, by))
+            .await
     }
 
     /// Appends `value` to the list under `key`; returns its length.
     pub async fn list_push<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64> {
         let (key, bytes) = (self.key(key)?, encode(value)?);
-        self.run("list_push", self.inner.backend.list_push(&key, bytes))
+        self.recorded("list_push", self.inner.backend.list_push(&key, bytes))
             .await
     }
 
@@ -617,7 +620,7 @@ impl CacheService {
     pub async fn list_pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
         let bytes = self
-            .run("list_pop", self.inner.backend.list_pop(&key))
+            .recorded("list_pop", self.inner.backend.list_pop(&key))
             .await?;
         bytes.map(|b| decode(&b)).transpose()
     }
@@ -632,7 +635,7 @@ impl CacheService {
     ) -> Result<Vec<T>> {
         let key = self.key(key)?;
         let items = self
-            .run(
+            .recorded(
                 "list_range",
                 self.inner.backend.list_range(&key, start, stop),
             )
@@ -643,7 +646,7 @@ impl CacheService {
     /// Length of the list under `key`.
     pub async fn list_len(&self, key: &str) -> Result<u64> {
         let key = self.key(key)?;
-        self.run("list_len", self.inner.backend.list_len(&key))
+        self.recorded("list_len", self.inner.backend.list_len(&key))
             .await
     }
 
@@ -654,7 +657,7 @@ impl CacheService {
         if members.is_empty() {
             return Ok(0);
         }
-        self.run("set_add", self.inner.backend.set_add(&key, members))
+        self.recorded("set_add", self.inner.backend.set_add(&key, members))
             .await
     }
 
@@ -665,7 +668,7 @@ impl CacheService {
         if members.is_empty() {
             return Ok(0);
         }
-        self.run("set_remove", self.inner.backend.set_remove(&key, members))
+        self.recorded("set_remove", self.inner.backend.set_remove(&key, members))
             .await
     }
 
@@ -673,7 +676,7 @@ impl CacheService {
     pub async fn set_members<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>> {
         let key = self.key(key)?;
         let items = self
-            .run("set_members", self.inner.backend.set_members(&key))
+            .recorded("set_members", self.inner.backend.set_members(&key))
             .await?;
         items.iter().map(|b| decode(b)).collect()
     }
@@ -685,7 +688,7 @@ impl CacheService {
         member: &T,
     ) -> Result<bool> {
         let (key, member) = (self.key(key)?, encode(member)?);
-        self.run(
+        self.recorded(
             "set_is_member",
             self.inner.backend.set_is_member(&key, member),
         )
@@ -700,7 +703,7 @@ impl CacheService {
         value: &T,
     ) -> Result<bool> {
         let (key, value) = (self.key(key)?, encode(value)?);
-        self.run("hash_set", self.inner.backend.hash_set(&key, field, value))
+        self.recorded("hash_set", self.inner.backend.hash_set(&key, field, value))
             .await
     }
 
@@ -708,7 +711,7 @@ impl CacheService {
     pub async fn hash_get<T: DeserializeOwned>(&self, key: &str, field: &str) -> Result<Option<T>> {
         let key = self.key(key)?;
         let bytes = self
-            .run("hash_get", self.inner.backend.hash_get(&key, field))
+            .recorded("hash_get", self.inner.backend.hash_get(&key, field))
             .await?;
         bytes.map(|b| decode(&b)).transpose()
     }
@@ -717,7 +720,7 @@ impl CacheService {
     pub async fn hash_get_all<T: DeserializeOwned>(&self, key: &str) -> Result<HashMap<String, T>> {
         let key = self.key(key)?;
         let items = self
-            .run("hash_get_all", self.inner.backend.hash_get_all(&key))
+            .recorded("hash_get_all", self.inner.backend.hash_get_all(&key))
             .await?;
         items
             .into_iter()
@@ -728,7 +731,7 @@ impl CacheService {
     /// Deletes `field` from the hash; whether it existed.
     pub async fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
         let key = self.key(key)?;
-        self.run("hash_delete", self.inner.backend.hash_delete(&key, field))
+        self.recorded("hash_delete", self.inner.backend.hash_delete(&key, field))
             .await
     }
 
@@ -739,7 +742,7 @@ impl CacheService {
     /// and version counters.)
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         let pattern = self.key(pattern)?;
-        self.run(
+        self.recorded(
             "invalidate_pattern",
             self.inner.backend.delete_matching(&pattern),
         )

@@ -148,8 +148,8 @@ impl super::Db {
         Ok(self.read_many_counted(keys).await?.0)
     }
 
-    /// Fills the row cache with these rows in one pipelined round trip (the seed's
-    /// "cache warming"); returns how many entries were filled.
+    /// Fills the row cache with these rows in one pipelined round trip
+    /// (cache warming); returns how many entries were filled.
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};

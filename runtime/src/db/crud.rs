@@ -5,14 +5,14 @@
 use super::Db;
 use crate::error::{Error, Result};
 use crate::sql::{self, Binder};
-use crate::table::{ColumnSet, Insert, Param, Patch, Table};
+use crate::table::{ColumnSet, NewRow, Param, Patch, Table};
 
 /// Rows per statement in [`Db::create_many`]. Arrays have no bind-parameter limit; the
 /// chunk only bounds the size of one message.
 const BATCH_CHUNK_ROWS: usize = 20_000;
 
 impl Db {
-    async fn create_now<N: Insert>(&self, new: N) -> Result<N::Table> {
+    async fn create_now<N: NewRow>(&self, new: N) -> Result<N::Table> {
         let meta = N::Table::META;
         self.run("create", meta.name, async |conn| {
             let sql = &N::Table::statements().insert;
@@ -26,7 +26,7 @@ impl Db {
     }
 
     /// The statement of [`Db::create_many`], without its cache invalidation.
-    async fn create_many_now<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+    async fn create_many_now<N: NewRow>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -39,7 +39,7 @@ impl Db {
         self.insert_chunks(&rows).await
     }
 
-    async fn insert_chunks<N: Insert>(&self, rows: &[N]) -> Result<Vec<N::Table>> {
+    async fn insert_chunks<N: NewRow>(&self, rows: &[N]) -> Result<Vec<N::Table>> {
         let meta = N::Table::META;
         self.run("create_many", meta.name, async |conn| {
             let statements = N::Table::statements();
@@ -194,7 +194,7 @@ impl Db {
     }
 
     /// The statement of [`Db::upsert`], without its cache invalidation.
-    async fn upsert_now<N: Insert>(&self, new: N, target: Vec<usize>) -> Result<N::Table> {
+    async fn upsert_now<N: NewRow>(&self, new: N, target: Vec<usize>) -> Result<N::Table> {
         let meta = N::Table::META;
         if target.is_empty() {
             return Err(Error::Misuse(format!(
@@ -243,7 +243,7 @@ impl Db {
     /// let note = db.create(NewNote { body: "hello".into() }).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn create<N: Insert>(&self, new: N) -> Result<N::Table> {
+    pub async fn create<N: NewRow>(&self, new: N) -> Result<N::Table> {
         let db = self.clone();
         self.write::<N::Table, _>(async move { db.create_now(new).await }, |_| Vec::new())
             .await
@@ -261,7 +261,7 @@ impl Db {
     /// assert_eq!(notes.len(), 2);
     /// # Ok(()) }
     /// ```
-    pub async fn create_many<N: Insert>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+    pub async fn create_many<N: NewRow>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -373,7 +373,7 @@ impl Db {
     /// let tag = db.upsert(NewTag { name: "rust".into(), uses: 1 }, Tag::NAME).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn upsert<N: Insert>(
+    pub async fn upsert<N: NewRow>(
         &self,
         new: N,
         conflict: impl ColumnSet<N::Table>,

@@ -1,6 +1,5 @@
 //! The typed query builder: `db.query::<M>()` with selected columns, filters,
-//! ordering, limit and offset — the seed's
-//! `db.query('profiles', { select, eq, order, limit })`, checked by the compiler.
+//! ordering, limit and offset, checked by the compiler.
 //!
 //! Filters are built from a model's typed [`Column`] constants, so a misspelled column
 //! or a value of the wrong type does not compile. Every value is a bound parameter.

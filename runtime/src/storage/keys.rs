@@ -129,7 +129,7 @@ pub(crate) fn mime_matches(pattern: &str, content_type: &str) -> bool {
     }
 }
 
-/// The seed's `cacheControl: '3600'` becomes `max-age=3600`; a full header value is
+/// A number of seconds (`"3600"`) becomes `max-age=3600`; a full header value is
 /// kept. Control characters are refused (it becomes a response header).
 pub(crate) fn cache_control(value: &str) -> Result<String> {
     let value = value.trim();

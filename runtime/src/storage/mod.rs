@@ -125,12 +125,12 @@ pub struct BucketOptions {
     pub allowed_types: Option<Vec<String>>,
 }
 
-/// How a file is uploaded (the seed's `{ contentType, cacheControl }` plus `upsert`).
+/// How a file is uploaded (content type, caching, upsert).
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
     /// MIME type; default `application/octet-stream`.
     pub content_type: String,
-    /// `Cache-Control` in seconds, as in the seed (`"3600"` → `max-age=3600`), or a full
+    /// `Cache-Control` in seconds (`"3600"` → `max-age=3600`), or a full
     /// header value. Default `max-age=3600`.
     pub cache_control: String,
     /// Overwrite an existing object instead of failing with [`Error::Conflict`].
@@ -293,7 +293,7 @@ impl StorageService {
     /// Creates a bucket.
     #[tracing::instrument(name = "tabula.storage.create_bucket", skip_all, fields(bucket = name))]
     pub async fn create_bucket(&self, name: &str, options: BucketOptions) -> Result<Bucket> {
-        measured(
+        recorded(
             "create_bucket",
             Box::pin(async {
                 validate_bucket(name)?;
@@ -360,7 +360,7 @@ impl StorageService {
         }
     }
 
-    /// The bytes of an object (the seed's `downloadFile`), from the cache when a small
+    /// The bytes of an object, from the cache when a small
     /// object was downloaded before and its `cache_control` allows it.
     pub async fn download_file(&self, bucket: &str, path: &str) -> Result<Bytes> {
         Ok(self.download(bucket, path).await?.1)
@@ -369,7 +369,7 @@ impl StorageService {
     /// Metadata and bytes of an object.
     #[tracing::instrument(name = "tabula.storage.download", skip_all, fields(bucket = bucket, path = path))]
     pub async fn download(&self, bucket: &str, path: &str) -> Result<(FileObject, Bytes)> {
-        measured(
+        recorded(
             "download",
             Box::pin(async {
                 let object = self.object(bucket, path).await?;
@@ -421,7 +421,7 @@ impl StorageService {
             ))
     }
 
-    /// Objects of `bucket` under `prefix`, sorted and paged (the seed's `listFiles`).
+    /// Objects of `bucket` under `prefix`, sorted and paged.
     #[tracing::instrument(name = "tabula.storage.list_files", skip_all, fields(bucket = bucket))]
     pub async fn list_files(
         &self,
@@ -429,7 +429,7 @@ impl StorageService {
         prefix: &str,
         options: ListOptions,
     ) -> Result<Vec<FileObject>> {
-        measured(
+        recorded(
             "list",
             Box::pin(async {
                 validate_bucket(bucket)?;
@@ -477,7 +477,7 @@ impl StorageService {
     /// Deletes objects; returns how many existed.
     #[tracing::instrument(name = "tabula.storage.delete_files", skip_all, fields(bucket = bucket))]
     pub async fn delete_files(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
-        measured(
+        recorded(
             "delete",
             Box::pin(async {
                 let mut deleted = 0;
@@ -523,7 +523,7 @@ impl StorageService {
 
     #[tracing::instrument(name = "tabula.storage.relocate", skip_all, fields(bucket = bucket, from = from, to = to))]
     async fn relocate(&self, bucket: &str, from: &str, to: &str, remove: bool) -> Result<()> {
-        measured(
+        recorded(
             "relocate",
             Box::pin(async {
                 validate_path(to)?;
@@ -627,7 +627,7 @@ impl StorageService {
 }
 
 /// Runs a storage operation and records its duration (`tabula_storage_operation_seconds`).
-async fn measured<T>(
+async fn recorded<T>(
     operation: &'static str,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {

@@ -79,8 +79,8 @@ fn render(expires: i64, nonce: &[u8; 16], tag: &[u8; 32]) -> String {
 }
 
 impl StorageService {
-    /// A URL that allows downloading `bucket`/`path` for `expires_in` seconds (the
-    /// seed's `createSignedUrl`), any number of times until it expires.
+    /// A URL that allows downloading `bucket`/`path` for `expires_in` seconds, any
+    /// number of times until it expires.
     #[tracing::instrument(name = "tabula.storage.create_signed_url", skip_all, fields(bucket = bucket, path = path))]
     pub async fn create_signed_url(
         &self,
@@ -88,7 +88,7 @@ impl StorageService {
         path: &str,
         expires_in: u64,
     ) -> Result<String> {
-        super::measured(
+        super::recorded(
             "create_signed_url",
             Box::pin(async {
                 self.object(bucket, path).await?;

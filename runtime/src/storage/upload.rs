@@ -66,8 +66,7 @@ pub(super) async fn lock_key(tx: &Db, bucket: &str, path: &str) -> Result<()> {
 }
 
 impl StorageService {
-    /// Uploads `body` to `bucket`/`path` and returns its public URL (the seed's
-    /// `uploadFile`). Without `options.upsert`, an existing object is
+    /// Uploads `body` to `bucket`/`path` and returns its public URL. Without `options.upsert`, an existing object is
     /// [`Error::AlreadyExists`], also when several uploads race for one new key: exactly
     /// one wins.
     ///
@@ -100,7 +99,7 @@ impl StorageService {
         body: impl Stream<Item = std::io::Result<Bytes>> + Send,
         options: UploadOptions,
     ) -> Result<String> {
-        super::measured(
+        super::recorded(
             "upload",
             Box::pin(self.upload(bucket, path, body, options, None)),
         )
@@ -125,7 +124,7 @@ impl StorageService {
         body: impl Stream<Item = std::io::Result<Bytes>> + Send,
         options: UploadOptions,
     ) -> Result<String> {
-        super::measured(
+        super::recorded(
             "signed_upload",
             Box::pin(async {
                 let grant = self.grant(Purpose::Upload, bucket, path, token)?;

@@ -225,7 +225,7 @@ const _: () = {
         }
     }
     #[automatically_derived]
-    impl ::tabula::__private::Insert for NewProfile {
+    impl ::tabula::__private::NewRow for NewProfile {
         type Table = Profile;
         fn params(&self) -> ::tabula::__private::Vec<::tabula::__private::Param<'_>> {
             let _ = <String as ::tabula::__private::ColumnType>::SQL_TYPE;

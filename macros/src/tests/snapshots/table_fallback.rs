@@ -56,7 +56,7 @@ const _: () = {
         }
     }
     #[automatically_derived]
-    impl ::tabula::__private::Insert for NewNote {
+    impl ::tabula::__private::NewRow for NewNote {
         type Table = Note;
         fn params(&self) -> ::tabula::__private::Vec<::tabula::__private::Param<'_>> {
             ::core::unreachable!()

@@ -163,7 +163,7 @@ const _: () = {
         }
     }
     #[automatically_derived]
-    impl ::tabula::__private::Insert for NewNote {
+    impl ::tabula::__private::NewRow for NewNote {
         type Table = Note;
         fn params(&self) -> ::tabula::__private::Vec<::tabula::__private::Param<'_>> {
             let _ = <String as ::tabula::__private::ColumnType>::SQL_TYPE;

@@ -1,5 +1,5 @@
 //! Queries from untrusted input: a [`QuerySpec`] read by serde from JSON, or from a
-//! query string, in the shape of the seed's options object
+//! query string, shaped as an options object
 //! (`{ select, eq, order, limit }`), checked against the model's metadata before any
 //! SQL exists.
 //!
