@@ -43,6 +43,10 @@ pub(crate) struct Setup {
     pub(crate) begin: &'static str,
     /// The user scope to switch to (role, claims as JSON text).
     pub(crate) scope: Option<(&'static str, Arc<str>)>,
+    /// A read of one's own: COMMIT travels in the same pipeline, behind the next
+    /// statement, and the setup is armed again for any statement after it — so a user
+    /// scope costs no round trip, and no statement ever runs outside it.
+    pub(crate) one_shot: bool,
 }
 
 /// A PostgreSQL connection with its prepared-statement cache.
@@ -145,7 +149,7 @@ impl PgConn {
 
     async fn query_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let statement = self.prepare(sql).await?;
-        let extras = self.extras().await?;
+        let extras = self.extras(true).await?;
         self.in_flight = true;
         let outcome = pipelined(&self.client, extras, self.client.query(&statement, params)).await;
         self.settle(outcome)
@@ -165,7 +169,7 @@ impl PgConn {
 
     async fn query_opt_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         let statement = self.prepare(sql).await?;
-        let extras = self.extras().await?;
+        let extras = self.extras(true).await?;
         self.in_flight = true;
         let outcome = pipelined(
             &self.client,
@@ -186,7 +190,7 @@ impl PgConn {
 
     async fn execute_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let statement = self.prepare(sql).await?;
-        let extras = self.extras().await?;
+        let extras = self.extras(true).await?;
         self.in_flight = true;
         let outcome = pipelined(
             &self.client,
@@ -212,7 +216,7 @@ impl PgConn {
 
     /// Runs statements without parameters (BEGIN, COMMIT, migrations) in one round trip.
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<()> {
-        let extras = self.extras().await?;
+        let extras = self.extras(false).await?;
         self.in_flight = true;
         let outcome = pipelined(&self.client, extras, self.client.batch_execute(sql)).await;
         self.settle(outcome)
@@ -223,40 +227,65 @@ impl PgConn {
         if self.pending_setup.is_none() {
             return Ok(());
         }
-        let extras = self.extras().await?;
+        let extras = self.extras(false).await?;
         self.in_flight = true;
         let outcome = pipelined(&self.client, extras, async { Ok(()) }).await;
         self.settle(outcome)
     }
 
-    /// What travels in front of (setup) and behind (the transaction id) the next
+    /// What travels in front of (setup) and behind (the transaction id, or COMMIT for
+    /// a one-shot read when `statement` says the call is one statement) the next
     /// statement. Prepares what it needs first, outside any pipeline.
-    async fn extras(&mut self) -> Result<Extras> {
-        let setup = self.pending_setup.take();
+    async fn extras(&mut self, statement: bool) -> Result<Extras> {
+        let mut setup = self.pending_setup.take();
+        if let Some(one_shot) = setup.as_mut().filter(|s| s.one_shot && !statement) {
+            // The raw client or a batch follows: a transaction the caller ends.
+            one_shot.one_shot = false;
+        }
+        let commit = setup.as_ref().filter(|s| s.one_shot).cloned();
         let scope = match setup.as_ref().and_then(|s| s.scope.clone()) {
             Some((role, claims)) => Some((self.prepare(SET_SCOPE).await?, role, claims)),
             None => None,
         };
         // Inside a transaction that has not written yet, ask for its id behind every
         // statement: NULL until one of them writes, then kept for the commit protocol.
-        let xid = if (self.in_transaction || setup.is_some()) && self.xid.is_none() {
-            Some(self.prepare(CURRENT_XID).await?)
-        } else {
-            None
-        };
+        let xid =
+            if (self.in_transaction || setup.is_some()) && self.xid.is_none() && commit.is_none() {
+                Some(self.prepare(CURRENT_XID).await?)
+            } else {
+                None
+            };
         Ok(Extras {
             begin: setup.map(|s| s.begin),
             scope,
             xid,
+            commit,
         })
     }
 
     /// Records what a pipelined call learned (the transaction id, a failure inside
     /// the transaction) and clears the in-flight mark: the answer was read.
-    fn settle<T>(&mut self, (result, xid): (Result<T>, Option<String>)) -> Result<T> {
+    fn settle<T>(&mut self, answer: Answer<T>) -> Result<T> {
+        let Answer {
+            result,
+            xid,
+            committed,
+        } = answer;
         self.in_flight = false;
         if xid.is_some() {
             self.xid = xid;
+        }
+        match committed {
+            Some(Ok(setup)) => {
+                // The one-shot transaction ended; the next statement opens another.
+                self.in_transaction = false;
+                self.failure = None;
+                self.pending_setup = Some(setup);
+                return result;
+            }
+            // Its end is unknown: the connection is closed on release.
+            Some(Err(())) => self.discard = true,
+            None => {}
         }
         if let Err(e) = &result
             && self.in_transaction
@@ -291,6 +320,17 @@ struct Extras {
     begin: Option<&'static str>,
     scope: Option<(Statement, &'static str, Arc<str>)>,
     xid: Option<Statement>,
+    /// COMMIT behind the statement, and the setup to arm again once it answered.
+    commit: Option<Setup>,
+}
+
+/// What a pipelined call answered.
+struct Answer<T> {
+    result: Result<T>,
+    xid: Option<String>,
+    /// A one-shot transaction's end: the setup to arm again, or `Err` when COMMIT got
+    /// no answer.
+    committed: Option<std::result::Result<Setup, ()>>,
 }
 
 /// Runs `statement` pipelined between the extras: every request goes out before any
@@ -301,7 +341,7 @@ async fn pipelined<T>(
     client: &Client,
     extras: Extras,
     statement: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> (Result<T>, Option<String>) {
+) -> Answer<T> {
     let begin = async {
         match extras.begin {
             Some(begin) => client.batch_execute(begin).await,
@@ -323,13 +363,29 @@ async fn pipelined<T>(
             None => None,
         }
     };
-    let (begin, scope, result, xid) = tokio::join!(begin, scope, statement, xid);
+    // After a failed statement COMMIT only rolls back; either way the transaction ends.
+    let commit = async {
+        match &extras.commit {
+            Some(_) => Some(client.batch_execute("COMMIT").await),
+            None => None,
+        }
+    };
+    let (begin, scope, result, xid, commit) = tokio::join!(begin, scope, statement, xid, commit);
     let xid = xid.and_then(|row| row.try_get::<_, Option<String>>(0).ok().flatten());
     let result = match (begin, scope) {
         (Err(e), _) | (_, Err(e)) => Err(Error::from(e)),
         _ => result.map_err(Error::from),
     };
-    (result, xid)
+    let committed = match (commit, extras.commit) {
+        (Some(Ok(())), Some(setup)) => Some(Ok(setup)),
+        (Some(Err(_)), _) => Some(Err(())),
+        _ => None,
+    };
+    Answer {
+        result,
+        xid,
+        committed,
+    }
 }
 
 /// Sends a cancel request for a statement whose answer nobody will read (from a

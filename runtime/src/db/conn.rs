@@ -273,7 +273,7 @@ impl Db {
                     Some(scope)
                         if self.tx.is_none() && super::scope::current_scoped_tx().is_none() =>
                     {
-                        self.in_scope(scope, work).await
+                        self.in_scope(scope, READS.contains(&operation), work).await
                     }
                     _ => work.await,
                 }
@@ -309,15 +309,22 @@ impl Db {
     /// claims (both transaction-local); COMMIT on `Ok`, ROLLBACK on `Err`. Both end
     /// with the transaction, and a connection abandoned half-way is closed, so nothing
     /// reaches the next user of the pooled connection.
+    ///
+    /// A `read` sends COMMIT in the same pipeline as each statement (BEGIN, role and
+    /// claims, the statement, COMMIT: one round trip), and each later statement opens
+    /// a scoped transaction of its own — as an unscoped handle runs each statement on
+    /// its own. Writes keep the commit protocol of `db/tx.rs`.
     async fn in_scope<T>(
         &self,
         scope: &crate::auth::Scope,
+        read: bool,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let mut conn = self.checkout().await?;
         conn.begin(Setup {
             begin: super::Isolation::ReadCommitted.begin(),
             scope: Some(scope.parts()),
+            one_shot: read,
         });
         let tx = TxHandle::new(conn);
         let result = super::scope::with_scoped_tx(tx.clone(), work).await;

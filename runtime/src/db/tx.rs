@@ -256,6 +256,7 @@ impl Db {
         conn.begin(Setup {
             begin: isolation.begin(),
             scope: self.scope.as_ref().map(|s| s.parts()),
+            one_shot: false,
         });
         let tx = TxHandle::new(conn);
         let handle = Db {
