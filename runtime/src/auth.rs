@@ -1,6 +1,7 @@
 //! Row Level Security: user-scoped handles that PostgreSQL's policies enforce.
 //!
-//! [`Db::as_user`](crate::Db::as_user), [`Db::as_claims`](crate::Db::as_claims) and
+//! [`Db::as_user`](crate::Db::as_user) (feature `uuid`),
+//! [`Db::as_claims`](crate::Db::as_claims) and
 //! [`Db::as_anon`](crate::Db::as_anon) return a handle with the
 //! whole API — CRUD, queries, transactions — whose every statement runs inside a
 //! transaction that first switched to the role `authenticated` (or `anon`) and the
@@ -45,6 +46,7 @@ const ROLES: &[&str] = &["anon", "authenticated", "service_role"];
 
 impl Scope {
     /// The user `user_id`: role `authenticated`, claims `{"sub": …, "role": …}`.
+    #[cfg(feature = "uuid")]
     pub(crate) fn user(user_id: uuid::Uuid) -> Scope {
         let claims = serde_json::json!({ "sub": user_id, "role": "authenticated" });
         Scope {

@@ -129,11 +129,12 @@ pub mod __private {
     pub use crate::table::Statements;
     pub use crate::table::{
         CacheCodec, CodecReader, Column, ColumnMeta, NewRow, Param, Patch, Table, TableMeta,
-        decode_column, decode_json, decode_json_column, decode_json_opt, decode_json_opt_column,
-        encode_json, encode_json_opt, row_shape, same_encoding, same_json,
+        decode_column, decode_json, decode_json_opt, encode_json, encode_json_opt, row_shape,
+        same_encoding, same_json,
     };
     pub use crate::types::{
-        ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, json_opt_param, json_param,
+        ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, decode_json_column,
+        decode_json_opt_column, json_opt_param, json_param,
     };
     pub use crate::{Db, Error, Result};
     pub use std::any::Any;

@@ -272,29 +272,8 @@ pub fn decode_column<M: Table, T: tokio_postgres::types::FromSqlOwned>(
     row.try_get(index).map_err(|e| decode_error::<M>(index, e))
 }
 
-/// Decodes a `#[table(json)]` column into its serde type.
-#[doc(hidden)]
-pub fn decode_json_column<M: Table, T: serde::de::DeserializeOwned>(
-    row: &Row,
-    index: usize,
-) -> Result<T> {
-    row.try_get::<_, tokio_postgres::types::Json<T>>(index)
-        .map(|json| json.0)
-        .map_err(|e| decode_error::<M>(index, e))
-}
-
-/// Decodes a nullable `#[table(json)]` column: SQL NULL is `None`.
-#[doc(hidden)]
-pub fn decode_json_opt_column<M: Table, T: serde::de::DeserializeOwned>(
-    row: &Row,
-    index: usize,
-) -> Result<Option<T>> {
-    row.try_get::<_, Option<tokio_postgres::types::Json<T>>>(index)
-        .map(|json| json.map(|j| j.0))
-        .map_err(|e| decode_error::<M>(index, e))
-}
-
-fn decode_error<M: Table>(index: usize, e: tokio_postgres::Error) -> crate::Error {
+/// The decode error of column `index` of model `M`.
+pub(crate) fn decode_error<M: Table>(index: usize, e: tokio_postgres::Error) -> crate::Error {
     crate::Error::Decode {
         table: M::META.name,
         column: M::META.columns.get(index).map_or("?", |c| c.name),

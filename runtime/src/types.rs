@@ -1,17 +1,27 @@
 //! The Rust types a column may have, and how JSON columns travel.
+//!
+//! `uuid::Uuid`, the chrono types and `serde_json::Value` are columns only with
+//! tabula's `uuid`, `chrono` and `json` features (all on by default), which also turn
+//! on tokio-postgres's support for them. `#[table(json)]` fields need no feature:
+//! they are encoded and decoded here, with serde_json.
 
 use std::error::Error as StdError;
 use std::fmt;
 
 use serde::Serialize;
-use tokio_postgres::types::{FromSqlOwned, IsNull, ToSql, Type, to_sql_checked};
+use serde::de::DeserializeOwned;
+use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, FromSqlOwned, IsNull, ToSql, Type, to_sql_checked};
+
+use crate::error::Result;
+use crate::table::Table;
 
 /// A Rust type that can be a column of a [`Table`](crate::Table).
 ///
-/// Implemented for `bool`, `i16`, `i32`, `i64`, `f32`, `f64`, `String`, `uuid::Uuid`,
-/// `chrono::DateTime<Utc>`, `chrono::NaiveDate`, `Vec<u8>`, `serde_json::Value`, and
-/// `Option` of each. Any other serde type can be stored as `jsonb` with
-/// `#[table(json)]` on the field.
+/// Implemented for `bool`, `i16`, `i32`, `i64`, `f32`, `f64`, `String`, `Vec<u8>`,
+/// `uuid::Uuid` (feature `uuid`), `chrono::DateTime<Utc>` and `chrono::NaiveDate`
+/// (feature `chrono`), `serde_json::Value` (feature `json`), and `Option` of each. Any
+/// other serde type can be stored as `jsonb` with `#[table(json)]` on the field.
 ///
 /// ```
 /// fn takes_column<T: tabula::ColumnType>() -> &'static str { T::SQL_TYPE }
@@ -23,6 +33,25 @@ use tokio_postgres::types::{FromSqlOwned, IsNull, ToSql, Type, to_sql_checked};
     note = "supported: bool, i16, i32, i64, f32, f64, String, Uuid, DateTime<Utc>, NaiveDate, Vec<u8>, serde_json::Value, and Option of each",
     note = "to store any serde type as jsonb, mark the field #[table(json)]"
 )]
+// Notes accumulate: a build without a type's feature says so after the list.
+#[cfg_attr(
+    not(feature = "uuid"),
+    diagnostic::on_unimplemented(
+        note = "`Uuid` columns need tabula's `uuid` feature, off in this build"
+    )
+)]
+#[cfg_attr(
+    not(feature = "chrono"),
+    diagnostic::on_unimplemented(
+        note = "`DateTime<Utc>` and `NaiveDate` columns need tabula's `chrono` feature, off in this build"
+    )
+)]
+#[cfg_attr(
+    not(feature = "json"),
+    diagnostic::on_unimplemented(
+        note = "`serde_json::Value` columns need tabula's `json` feature, off in this build"
+    )
+)]
 pub trait ColumnType:
     ToSql + FromSqlOwned + crate::table::CacheCodec + Send + Sync + 'static
 {
@@ -33,8 +62,8 @@ pub trait ColumnType:
 }
 
 macro_rules! column_types {
-    ($($ty:ty => $name:literal),* $(,)?) => {
-        $(impl ColumnType for $ty { const SQL_TYPE: &'static str = $name; })*
+    ($($(#[$attr:meta])* $ty:ty => $name:literal),* $(,)?) => {
+        $($(#[$attr])* impl ColumnType for $ty { const SQL_TYPE: &'static str = $name; })*
     };
 }
 
@@ -46,10 +75,18 @@ column_types! {
     f32 => "float4",
     f64 => "float8",
     String => "text",
-    uuid::Uuid => "uuid",
-    chrono::DateTime<chrono::Utc> => "timestamptz",
-    chrono::NaiveDate => "date",
     Vec<u8> => "bytea",
+    #[cfg(feature = "uuid")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "uuid")))]
+    uuid::Uuid => "uuid",
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::DateTime<chrono::Utc> => "timestamptz",
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::NaiveDate => "date",
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     serde_json::Value => "jsonb",
 }
 
@@ -155,13 +192,88 @@ impl<T: Serialize> ToSql for JsonRef<T> {
     to_sql_checked!();
 }
 
+/// An owned JSON value, in and out of `json` / `jsonb` columns through serde_json: what
+/// `#[table(json)]` fields, `QuerySpec` values and `EXPLAIN` plans travel as, whatever
+/// tokio-postgres's own serde_json support (feature `json`).
+pub(crate) struct Json<T>(pub(crate) T);
+
+/// The value's own `Debug`: the query cache names a query by its parameters' `Debug`
+/// forms, and a `QuerySpec` value is no more secret than any other parameter.
+impl<T: fmt::Debug> fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: Serialize + fmt::Debug> ToSql for Json<T> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        write_json(&self.0, ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+impl<'a, T: DeserializeOwned> FromSql<'a> for Json<T> {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Json<T>, Box<dyn StdError + Sync + Send>> {
+        let text = match (*ty == Type::JSONB, raw.split_first()) {
+            (false, _) => raw,
+            (true, Some((1, text))) => text,
+            (true, _) => return Err("unsupported jsonb binary format version".into()),
+        };
+        Ok(Json(serde_json::from_slice(text)?))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+}
+
+/// Decodes a `#[table(json)]` column into its serde type.
+#[doc(hidden)]
+pub fn decode_json_column<M: Table, T: DeserializeOwned>(row: &Row, index: usize) -> Result<T> {
+    row.try_get::<_, Json<T>>(index)
+        .map(|json| json.0)
+        .map_err(|e| crate::table::decode_error::<M>(index, e))
+}
+
+/// Decodes a nullable `#[table(json)]` column: SQL NULL is `None`.
+#[doc(hidden)]
+pub fn decode_json_opt_column<M: Table, T: DeserializeOwned>(
+    row: &Row,
+    index: usize,
+) -> Result<Option<T>> {
+    row.try_get::<_, Option<Json<T>>>(index)
+        .map(|json| json.map(|j| j.0))
+        .map_err(|e| crate::table::decode_error::<M>(index, e))
+}
+
 /// The type a `#[table(soft_delete)]` column must have.
-#[diagnostic::on_unimplemented(
-    message = "a #[table(soft_delete)] column must be `Option<DateTime<Utc>>`, not `{Self}`",
-    label = "NULL while the row is live, the deletion time once deleted"
+#[cfg_attr(
+    feature = "chrono",
+    diagnostic::on_unimplemented(
+        message = "a #[table(soft_delete)] column must be `Option<DateTime<Utc>>`, not `{Self}`",
+        label = "NULL while the row is live, the deletion time once deleted"
+    )
+)]
+#[cfg_attr(
+    not(feature = "chrono"),
+    diagnostic::on_unimplemented(
+        message = "a #[table(soft_delete)] column is an `Option<DateTime<Utc>>`, which needs tabula's `chrono` feature, off in this build",
+        label = "NULL while the row is live, the deletion time once deleted"
+    )
 )]
 pub trait SoftDeleteColumn {}
 
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
 impl SoftDeleteColumn for Option<chrono::DateTime<chrono::Utc>> {}
 
 /// Compile-time check used by generated code.

@@ -33,13 +33,17 @@ impl Db {
     }
 
     /// A handle acting as the user `user_id` (role `authenticated`, claims
-    /// `{"sub": user_id, "role": "authenticated"}`).
+    /// `{"sub": user_id, "role": "authenticated"}`). Without the `uuid` feature,
+    /// [`as_claims`](Self::as_claims) with those claims does the same for a user id of
+    /// any form.
     ///
     /// ```no_run
     /// # async fn run(db: tabula::Db, user: uuid::Uuid) -> tabula::Result<()> {
     /// let mine = db.as_user(user);
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "uuid")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "uuid")))]
     pub fn as_user(&self, user_id: uuid::Uuid) -> Db {
         self.scoped(Scope::user(user_id))
     }

@@ -283,6 +283,8 @@ impl<M: Table> Column<M, String> {
 }
 
 /// Containment on JSON columns.
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl<M: Table> Column<M, serde_json::Value> {
     /// `column @> value`: the JSON document contains `value` (PostgreSQL's jsonb
     /// containment: objects match on a subset of keys, arrays on a subset of elements).
@@ -292,6 +294,8 @@ impl<M: Table> Column<M, serde_json::Value> {
 }
 
 /// Containment on nullable JSON columns.
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl<M: Table> Column<M, Option<serde_json::Value>> {
     /// `column @> value`; NULL contains nothing.
     pub fn contains(self, value: serde_json::Value) -> Filter<M> {

@@ -30,7 +30,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::sql::{self, Binder, Bound};
 use crate::table::{Column, Table};
-use crate::types::ColumnType;
+use crate::types::{ColumnType, Json};
 
 mod bulk;
 mod filter;
@@ -581,7 +581,7 @@ async fn run_estimate<M: Table>(db: &Db, mut bound: Bound<'static>) -> Result<i6
     crate::db::read_on_conn!(db, "count_estimate", M::META.name, |conn| {
         let rows = conn.query(&bound.sql, &bound.params()).await?;
         let plan: serde_json::Value = match rows.first() {
-            Some(row) => get::<M, serde_json::Value>(row, 0, usize::MAX)?,
+            Some(row) => get::<M, Json<serde_json::Value>>(row, 0, usize::MAX)?.0,
             None => serde_json::Value::Null,
         };
         // The count node sits on top; the rows it reads are its child's estimate.

@@ -355,7 +355,9 @@ fn key_text(meta: &TableMeta, column: usize) -> Expr {
 /// Whether `text` is a value of `sql_type` as a cursor carries it (see [`key_text`]):
 /// only forms PostgreSQL casts back without error, so a forged cursor is refused here
 /// instead of reaching the database as an invalid-input error. Dates and timestamps
-/// outside the years 1 to 9999 are refused too.
+/// outside the years 1 to 9999 are refused too. The checks of `uuid`, `date` and
+/// `timestamptz` text come with the `uuid` and `chrono` features: without them no
+/// built-in column has those types, and a cursor over a custom one is refused.
 fn key_text_is_valid(sql_type: &str, text: &str) -> bool {
     match sql_type {
         "bool" => matches!(text, "true" | "false"),
@@ -366,22 +368,28 @@ fn key_text_is_valid(sql_type: &str, text: &str) -> bool {
         "float8" => float_is_valid(text, |t| t.parse::<f64>().ok()),
         // PostgreSQL text cannot hold NUL.
         "text" => !text.contains('\0'),
+        #[cfg(feature = "uuid")]
         "uuid" => text.len() == 36 && uuid::Uuid::parse_str(text).is_ok(),
+        #[cfg(feature = "chrono")]
         "date" => is_infinity(text) || date_is_valid(text),
+        #[cfg(feature = "chrono")]
         "timestamptz" => is_infinity(text) || timestamp_is_valid(text),
         "bytea" => text.strip_prefix("\\x").is_some_and(|hex| {
             hex.len().is_multiple_of(2) && hex.bytes().all(|b| b.is_ascii_hexdigit())
         }),
         // jsonb rejects the NUL escape; the JSON nesting of serde_json's parser (128)
-        // is well inside PostgreSQL's.
+        // is well inside PostgreSQL's. Not behind the `json` feature: `#[table(json)]`
+        // fields are jsonb columns in every build.
         "jsonb" => {
             !text.contains("\\u0000") && serde_json::from_str::<serde_json::Value>(text).is_ok()
         }
-        // Every column type is listed above; an unknown one cannot be checked.
+        // Every column type of this build is listed above; an unknown one cannot be
+        // checked.
         _ => false,
     }
 }
 
+#[cfg(feature = "chrono")]
 fn is_infinity(text: &str) -> bool {
     matches!(text, "infinity" | "-infinity")
 }
@@ -409,6 +417,7 @@ fn float_is_valid(text: &str, parse: impl Fn(&str) -> Option<f64>) -> bool {
 }
 
 /// `YYYY-MM-DD`, a real date from year 1 to 9999.
+#[cfg(feature = "chrono")]
 fn date_is_valid(text: &str) -> bool {
     let b = text.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
@@ -425,6 +434,7 @@ fn date_is_valid(text: &str) -> bool {
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}]` and a UTC offset `Z`, `±HH`, `±HH:MM` or
 /// `±HH:MM:SS` (PostgreSQL prints seconds for historical local-mean-time zones).
+#[cfg(feature = "chrono")]
 fn timestamp_is_valid(text: &str) -> bool {
     let b = text.as_bytes();
     if b.len() < 20 || !date_is_valid(&text[..10]) || !matches!(b[10], b'T' | b' ') {

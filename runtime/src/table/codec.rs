@@ -7,7 +7,9 @@
 //! The form is compact binary: fixed-width little-endian numbers, a LEB128 length
 //! before every variable-length value, a tag byte before an `Option`'s value.
 //! `#[table(json)]` fields and `serde_json::Value` are length-prefixed JSON, which is
-//! the column's own representation in PostgreSQL.
+//! the column's own representation in PostgreSQL. Like the column types, the codecs of
+//! `Uuid`, the chrono types and `serde_json::Value` come with tabula's `uuid`, `chrono`
+//! and `json` features.
 //!
 //! Cached bytes come from a server, so decoding trusts nothing: any malformed,
 //! truncated or overlong input decodes to `None` (a miss) and never panics or
@@ -17,7 +19,9 @@
 //!
 //! [`TableMeta::columns`]: super::TableMeta::columns
 
+#[cfg(feature = "chrono")]
 use chrono::{DateTime, NaiveDate, Utc};
+#[cfg(feature = "uuid")]
 use uuid::Uuid;
 
 /// The version of this encoding, mixed into every model's shape hash.
@@ -45,6 +49,23 @@ pub const CODEC_VERSION: u32 = 1;
     label = "no row-cache encoding",
     note = "the row cache stores bool, i16, i32, i64, f32, f64, String, Uuid, DateTime<Utc>, NaiveDate, Vec<u8>, serde_json::Value, and Option of each",
     note = "implement `tabula::table::CacheCodec` for it, or mark the field #[table(json)]"
+)]
+// As for `ColumnType`: a build without a type's feature says so after the list.
+#[cfg_attr(
+    not(feature = "uuid"),
+    diagnostic::on_unimplemented(note = "`Uuid` needs tabula's `uuid` feature, off in this build")
+)]
+#[cfg_attr(
+    not(feature = "chrono"),
+    diagnostic::on_unimplemented(
+        note = "`DateTime<Utc>` and `NaiveDate` need tabula's `chrono` feature, off in this build"
+    )
+)]
+#[cfg_attr(
+    not(feature = "json"),
+    diagnostic::on_unimplemented(
+        note = "`serde_json::Value` needs tabula's `json` feature, off in this build"
+    )
 )]
 pub trait CacheCodec: Sized {
     /// Appends this value's encoding to `out`.
@@ -186,6 +207,8 @@ impl CacheCodec for Vec<u8> {
     }
 }
 
+#[cfg(feature = "uuid")]
+#[cfg_attr(docsrs, doc(cfg(feature = "uuid")))]
 impl CacheCodec for Uuid {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
@@ -197,6 +220,8 @@ impl CacheCodec for Uuid {
 
 /// Seconds and nanoseconds since the epoch: exact for every `DateTime<Utc>`, leap
 /// seconds included (nanoseconds up to 1,999,999,999).
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
 impl CacheCodec for DateTime<Utc> {
     fn encode(&self, out: &mut Vec<u8>) {
         self.timestamp().encode(out);
@@ -210,6 +235,8 @@ impl CacheCodec for DateTime<Utc> {
 }
 
 /// Days since 1 January of year 1 (the Common Era).
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
 impl CacheCodec for NaiveDate {
     fn encode(&self, out: &mut Vec<u8>) {
         chrono::Datelike::num_days_from_ce(self).encode(out);
@@ -220,6 +247,8 @@ impl CacheCodec for NaiveDate {
 }
 
 /// Length-prefixed JSON text, as PostgreSQL's `jsonb` holds it.
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl CacheCodec for serde_json::Value {
     fn encode(&self, out: &mut Vec<u8>) {
         // Serializing a `Value` cannot fail (its map keys are strings, its numbers
@@ -360,12 +389,19 @@ mod tests {
         round_trip("héllo \u{0} wörld".to_owned());
         round_trip("x".repeat(20_000));
         round_trip(vec![0u8, 255, 7]);
+        #[cfg(feature = "uuid")]
         round_trip(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef));
+        #[cfg(feature = "chrono")]
         round_trip(DateTime::<Utc>::MIN_UTC);
+        #[cfg(feature = "chrono")]
         round_trip(DateTime::<Utc>::MAX_UTC);
+        #[cfg(feature = "chrono")]
         round_trip(DateTime::from_timestamp(1_699_999_979, 1_999_999_999).expect("leap"));
+        #[cfg(feature = "chrono")]
         round_trip(NaiveDate::MIN);
+        #[cfg(feature = "chrono")]
         round_trip(NaiveDate::MAX);
+        #[cfg(feature = "json")]
         round_trip(serde_json::json!({"a": [1, 2.5, null, "s"], "b": {}}));
         round_trip(Some(Some(3i32)));
         round_trip(Option::<String>::None);
@@ -409,11 +445,13 @@ mod tests {
             String::decode(&mut CodecReader::new(&[2, 0xc3, 0x28])),
             None
         );
+        #[cfg(feature = "json")]
         assert_eq!(
             serde_json::Value::decode(&mut CodecReader::new(&[0])),
             None,
             "empty JSON text"
         );
+        #[cfg(feature = "chrono")]
         assert_eq!(
             DateTime::<Utc>::decode(&mut CodecReader::new(&[0xff; 12])),
             None,

@@ -61,12 +61,15 @@ pub(super) fn json_value(
         Type::INT8 => num(row.try_get::<_, Option<i64>>(i)?),
         Type::FLOAT4 => float(row.try_get::<_, Option<f32>>(i)?.map(f64::from)),
         Type::FLOAT8 => float(row.try_get::<_, Option<f64>>(i)?),
+        #[cfg(feature = "uuid")]
         Type::UUID => row
             .try_get::<_, Option<uuid::Uuid>>(i)?
             .map_or(Value::Null, |u| Value::String(u.to_string())),
+        #[cfg(feature = "chrono")]
         Type::TIMESTAMPTZ => row
             .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)?
             .map_or(Value::Null, |t| Value::String(t.to_rfc3339())),
+        #[cfg(feature = "chrono")]
         Type::DATE => row
             .try_get::<_, Option<chrono::NaiveDate>>(i)?
             .map_or(Value::Null, |d| Value::String(d.to_string())),
@@ -75,7 +78,9 @@ pub(super) fn json_value(
             .map_or(Value::Null, |b| {
                 Value::String(b.iter().map(|x| format!("{x:02x}")).collect())
             }),
-        Type::JSON | Type::JSONB => row.try_get::<_, Option<Value>>(i)?.unwrap_or(Value::Null),
+        Type::JSON | Type::JSONB => row
+            .try_get::<_, Option<Json<Value>>>(i)?
+            .map_or(Value::Null, |json| json.0),
         _ => row
             .try_get::<_, Option<String>>(i)?
             .map_or(Value::Null, Value::String),

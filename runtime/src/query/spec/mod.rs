@@ -50,6 +50,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::sql::OwnedParam;
 use crate::table::{ColumnMeta, Table, TableMeta};
+use crate::types::Json;
 
 /// A query described by data; see the [module docs](self).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

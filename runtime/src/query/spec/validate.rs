@@ -74,27 +74,31 @@ pub(super) fn parse_value(
         "float4" => Arc::new(float().ok_or_else(bad)? as f32),
         "float8" => Arc::new(float().ok_or_else(bad)?),
         "text" => Arc::new(text.ok_or_else(bad)?.to_owned()),
+        #[cfg(feature = "uuid")]
         "uuid" => Arc::new(
             text.and_then(|t| uuid::Uuid::parse_str(t.trim()).ok())
                 .ok_or_else(bad)?,
         ),
+        #[cfg(feature = "chrono")]
         "timestamptz" => Arc::new(
             text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok())
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .ok_or_else(bad)?,
         ),
+        #[cfg(feature = "chrono")]
         "date" => Arc::new(
             text.and_then(|t| chrono::NaiveDate::parse_from_str(t.trim(), "%Y-%m-%d").ok())
                 .ok_or_else(bad)?,
         ),
+        // `#[table(json)]` fields too, in every build: bound through serde_json.
         "jsonb" => match text {
             // From a query string: the text is the JSON document.
             Some(t) => {
                 let parsed = serde_json::from_str::<Value>(t).map_err(|_| bad())?;
                 check_json_depth(column, &parsed)?;
-                Arc::new(parsed)
+                Arc::new(Json(parsed))
             }
-            None => Arc::new(value.clone()),
+            None => Arc::new(Json(value.clone())),
         },
         _ => {
             return Err(invalid(format!(
