@@ -146,6 +146,42 @@ impl DbConfig {
 }
 
 /// A handle to the database. See the [module docs](self).
+///
+/// Its methods, by what they do, with the file each lives in:
+///
+/// - **Connect** (`db/mod.rs`): [`connect`](Db::connect),
+///   [`connect_with`](Db::connect_with), [`connect_from_env`](Db::connect_from_env),
+///   [`config`](Db::config), [`cache`](Db::cache), [`in_transaction`](Db::in_transaction).
+/// - **Rows by key** (`db/crud.rs`): [`create`](Db::create),
+///   [`create_many`](Db::create_many), [`upsert`](Db::upsert), [`read`](Db::read),
+///   [`read_uncached`](Db::read_uncached), [`update`](Db::update),
+///   [`delete`](Db::delete), [`hard_delete`](Db::hard_delete), [`restore`](Db::restore).
+/// - **Through the row cache** (`db/cached.rs`): [`read_many`](Db::read_many),
+///   [`warm`](Db::warm), [`find_unique`](Db::find_unique) (generated as
+///   `Model::by_<field>`).
+/// - **Queries** (`query/mod.rs`): [`query`](Db::query), then
+///   [`Query`](crate::Query)'s `all`, `first`, `one`, `count`, `exists`, `stream`,
+///   `page`…; from untrusted input (`query/spec/json.rs`): [`query_spec`](Db::query_spec).
+/// - **Many rows by filter** (`query/bulk.rs`): [`update_where`](Db::update_where),
+///   [`update_all`](Db::update_all), [`delete_where`](Db::delete_where),
+///   [`delete_all`](Db::delete_all).
+/// - **Transactions** (`db/tx.rs`): [`transaction`](Db::transaction),
+///   [`transaction_with`](Db::transaction_with).
+/// - **User scopes for Row Level Security** (`db/scope.rs`, rules in `auth.rs`):
+///   [`as_user`](Db::as_user), [`as_claims`](Db::as_claims), [`as_anon`](Db::as_anon),
+///   [`is_scoped`](Db::is_scoped).
+/// - **What Tabula cannot see** (`db/write.rs`): [`invalidate`](Db::invalidate),
+///   [`invalidate_table`](Db::invalidate_table).
+/// - **Raw SQL** (`db/conn.rs`): [`with_client`](Db::with_client),
+///   [`execute_batch`](Db::execute_batch).
+///
+/// ```no_run
+/// # async fn run() -> tabula::Result<()> {
+/// let db = tabula::Db::connect("postgres://app@localhost/app").await?;
+/// let scoped = db.as_claims(serde_json::json!({ "sub": "42", "role": "authenticated" }))?;
+/// assert!(scoped.is_scoped());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Db {
     pub(crate) shared: Arc<Shared>,
