@@ -276,3 +276,113 @@ async fn injection_strings_in_filters_are_just_values() {
     assert!(hits.is_empty());
     assert_eq!(db.query::<Profile>().count().await.expect("count"), 5);
 }
+
+/// Statements are rendered once per shape and reused; a reused statement must take
+/// this call's values — filter values, list lengths, limit, offset — never the values
+/// of the call that rendered it, and a shape that differs in anything the SQL depends
+/// on (operator, column, negation, order, selection) must not reuse another's text.
+#[tokio::test]
+async fn a_statement_rendered_once_per_shape_takes_each_calls_values() {
+    let (db, _) = seeded().await;
+    let by = |f| {
+        db.query::<Profile>()
+            .filter(f)
+            .order_by(Profile::USERNAME.asc())
+            .all()
+    };
+    // One shape, many values.
+    for name in ["ann", "bob", "eve", "nobody"] {
+        let rows = by(Profile::USERNAME.eq(name)).await.expect("eq");
+        let expected: Vec<&str> = ["ann", "bob", "eve"]
+            .into_iter()
+            .filter(|n| *n == name)
+            .collect();
+        assert_eq!(names(&rows), expected, "eq {name}");
+    }
+    // Same columns, another operator or a negation: another statement.
+    assert_eq!(
+        names(&by(Profile::USERNAME.ne("bob")).await.expect("ne")),
+        ["ann", "cid", "dee", "eve"]
+    );
+    assert_eq!(
+        names(&by(Profile::USERNAME.eq("bob").not()).await.expect("not")),
+        ["ann", "cid", "dee", "eve"]
+    );
+    assert_eq!(
+        names(&by(Profile::USERNAME.gt("bob")).await.expect("gt")),
+        ["cid", "dee", "eve"]
+    );
+    // Lists of every length share one statement (one array parameter).
+    for list in [vec![], vec!["dee"], vec!["ann", "eve", "zed"]] {
+        let rows = by(Profile::USERNAME.is_in(list.clone())).await.expect("in");
+        let mut expected: Vec<&str> = list.into_iter().filter(|n| *n != "zed").collect();
+        expected.sort_unstable();
+        assert_eq!(names(&rows), expected);
+    }
+    // Limit and offset are values too, and their presence is part of the shape.
+    let page = |limit: Option<u64>, offset: Option<u64>| {
+        let mut q = db.query::<Profile>().order_by(Profile::USERNAME.asc());
+        if let Some(n) = limit {
+            q = q.limit(n);
+        }
+        if let Some(n) = offset {
+            q = q.offset(n);
+        }
+        q.all()
+    };
+    assert_eq!(
+        names(&page(Some(2), Some(1)).await.expect("p")),
+        ["bob", "cid"]
+    );
+    assert_eq!(names(&page(Some(1), Some(3)).await.expect("p")), ["dee"]);
+    assert_eq!(
+        names(&page(Some(3), Some(3)).await.expect("p")),
+        ["dee", "eve"]
+    );
+    assert_eq!(names(&page(None, Some(4)).await.expect("p")), ["eve"]);
+    assert_eq!(names(&page(Some(1), None).await.expect("p")), ["ann"]);
+    // The order is part of the shape.
+    let last = db
+        .query::<Profile>()
+        .order_by(Profile::USERNAME.desc())
+        .first()
+        .await
+        .expect("desc");
+    assert_eq!(last.map(|p| p.username).as_deref(), Some("eve"));
+    // Counts: with and without a page, after rows statements of the same filter.
+    let count = |name: &'static str| {
+        db.query::<Profile>()
+            .filter(Profile::USERNAME.ne(name))
+            .count()
+    };
+    assert_eq!(count("ann").await.expect("count"), 4);
+    assert_eq!(count("nobody").await.expect("count"), 5);
+    for (limit, offset, expected) in [(2, 0, 2), (10, 3, 2), (1, 4, 1), (3, 5, 0)] {
+        let n = db
+            .query::<Profile>()
+            .limit(limit)
+            .offset(offset)
+            .count()
+            .await
+            .expect("count of a page");
+        assert_eq!(n, expected, "limit {limit} offset {offset}");
+    }
+    let paged = db
+        .query::<Profile>()
+        .filter(Profile::USERNAME.ne("ann"))
+        .order_by(Profile::USERNAME.asc())
+        .page_offset(2, 3, tabula::query::Total::Exact)
+        .await
+        .expect("page");
+    assert_eq!(paged.total, Some(4));
+    assert_eq!(names(&paged.items), ["eve"]);
+    // Another selection of the same filter: another statement.
+    let ids: Vec<String> = db
+        .query::<Profile>()
+        .select(Profile::USERNAME)
+        .filter(Profile::USERNAME.eq("cid"))
+        .all()
+        .await
+        .expect("select");
+    assert_eq!(ids, ["cid"]);
+}

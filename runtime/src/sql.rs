@@ -8,7 +8,10 @@
 //!
 //! The statements a model runs on every call (read by key, insert, batch insert,
 //! delete) are rendered once per model into [`Statements`] and reused, so the hot path
-//! does no SQL rendering at all.
+//! does no SQL rendering at all. Query-builder statements are rendered once per
+//! *shape* — everything their text depends on, never a value — and kept as a
+//! [`Template`] in each handle's [`Rendered`]; later queries of that shape only line
+//! their values up.
 
 use bytes::{BufMut, BytesMut};
 use sea_query::{
@@ -320,6 +323,141 @@ impl Bound<'_> {
                 }
             })
             .collect()
+    }
+}
+
+/// A value sea-query renders into a statement on its own (as a placeholder), which a
+/// [`Template`] must supply again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inline {
+    Limit,
+    Offset,
+}
+
+/// A rendered statement without its values: the SQL, where each placeholder's value
+/// comes from, and which inline values (LIMIT, OFFSET) follow the caller's.
+#[derive(Debug)]
+pub(crate) struct Template {
+    sql: String,
+    /// Per placeholder: the caller's value `i`, or inline value `j`.
+    order: Vec<(bool, usize)>,
+    inline: Vec<Inline>,
+}
+
+impl Template {
+    /// The statement again, with `values` (in the order the caller bound them when it
+    /// was rendered) and the inline values of this call.
+    pub(crate) fn bind(
+        &self,
+        values: Vec<OwnedParam>,
+        limit: Option<u64>,
+        offset: Option<u64>,
+    ) -> Bound<'static> {
+        let mine = values.len();
+        let mut slots: Vec<Slot<'static>> = values.into_iter().map(Slot::Owned).collect();
+        for inline in &self.inline {
+            let n = match inline {
+                Inline::Limit => limit,
+                Inline::Offset => offset,
+            };
+            let n = i64::try_from(n.unwrap_or(0)).unwrap_or(i64::MAX);
+            slots.push(Slot::Owned(std::sync::Arc::new(n)));
+        }
+        let order = self
+            .order
+            .iter()
+            .map(|&(caller, i)| match caller {
+                true => Order::Mine(i),
+                false => Order::Theirs(mine + i),
+            })
+            .collect();
+        Bound {
+            sql: self.sql.clone(),
+            slots,
+            order,
+        }
+    }
+}
+
+/// Query-builder statements rendered so far, by model and shape (see [`Template`]).
+/// Bounded: when full it starts over, so an application that builds unboundedly many
+/// shapes costs a render per query, as without it, and no memory.
+#[derive(Debug, Default)]
+pub(crate) struct Rendered {
+    map: std::sync::Mutex<std::collections::HashMap<std::any::TypeId, Shapes>>,
+}
+
+type Shapes = std::collections::HashMap<Vec<u64>, std::sync::Arc<Template>>;
+
+impl Rendered {
+    const CAPACITY: usize = 1024;
+
+    pub(crate) fn get(
+        &self,
+        model: std::any::TypeId,
+        shape: &[u64],
+    ) -> Option<std::sync::Arc<Template>> {
+        let map = self.map.lock().ok()?;
+        map.get(&model)?.get(shape).cloned()
+    }
+
+    pub(crate) fn put(&self, model: std::any::TypeId, shape: Vec<u64>, template: Template) {
+        if let Ok(mut map) = self.map.lock() {
+            let shapes = map.entry(model).or_default();
+            if shapes.len() >= Self::CAPACITY {
+                shapes.clear();
+            }
+            shapes.insert(shape, std::sync::Arc::new(template));
+        }
+    }
+}
+
+impl Bound<'static> {
+    /// This statement as a template, when its inline values are exactly `limit` then
+    /// `offset` (the ones given) — the only values sea-query renders on its own. `None`
+    /// otherwise: such a statement is rendered every time.
+    pub(crate) fn template(&self, limit: Option<u64>, offset: Option<u64>) -> Option<Template> {
+        let expected: Vec<(Inline, u64)> = [(Inline::Limit, limit), (Inline::Offset, offset)]
+            .into_iter()
+            .filter_map(|(inline, n)| Some((inline, n?)))
+            .collect();
+        let mine = self
+            .order
+            .iter()
+            .filter_map(|o| match o {
+                Order::Mine(i) => Some(*i),
+                Order::Theirs(_) => None,
+            })
+            .max()
+            .map_or(0, |m| m + 1);
+        let mut order = Vec::with_capacity(self.order.len());
+        let mut inline = Vec::new();
+        for o in &self.order {
+            match *o {
+                Order::Mine(i) => order.push((true, i)),
+                Order::Theirs(j) => {
+                    let (kind, n) = *expected.get(inline.len())?;
+                    let Slot::Owned(value) = self.slots.get(j)? else {
+                        return None;
+                    };
+                    let value = format!("{value:?}");
+                    if value != i64::try_from(n).unwrap_or(i64::MAX).to_string() {
+                        return None;
+                    }
+                    order.push((false, inline.len()));
+                    inline.push(kind);
+                }
+            }
+        }
+        // Every caller value is used, and the inline values are all there.
+        if inline.len() != expected.len() || mine > self.slots.len() {
+            return None;
+        }
+        Some(Template {
+            sql: self.sql.clone(),
+            order,
+            inline,
+        })
     }
 }
 

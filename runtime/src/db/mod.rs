@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     /// Which tables a write to a table can change through foreign-key actions; read
     /// from the catalog on first need, forgotten after DDL through this handle.
     pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
+    /// Query-builder statements rendered so far (see `sql.rs`).
+    pub(crate) rendered: crate::sql::Rendered,
     pub(crate) config: DbConfig,
     connect_errors: LastConnectError,
 }
@@ -295,6 +297,7 @@ impl Db {
                 identity,
                 connect_errors,
                 foreign_keys: std::sync::RwLock::new(None),
+                rendered: crate::sql::Rendered::default(),
             }),
             tx: None,
             scope: None,

@@ -127,6 +127,50 @@ fn balanced_levels(n: usize) -> usize {
     n.next_power_of_two().trailing_zeros() as usize
 }
 
+/// Appends the shape of `node` to `shape` — its structure, columns and operators,
+/// never a value — in pre-order with child counts, so two trees have the same shape
+/// exactly when they render the same SQL. `false` (and `shape` unusable) past
+/// `limit` entries: such a filter is not worth keeping a template for.
+pub(crate) fn shape(node: &Node, shape: &mut Vec<u64>, limit: usize) -> bool {
+    let mut stack: Vec<&Node> = vec![node];
+    while let Some(node) = stack.pop() {
+        if shape.len() > limit {
+            return false;
+        }
+        match node {
+            Node::Compare(i, op, _) => shape.extend([1, *i as u64, *op as u64]),
+            Node::Between(i, _, _) => shape.extend([2, *i as u64]),
+            Node::In(i, _, positive) => shape.extend([3, *i as u64, u64::from(*positive)]),
+            Node::IsNull(i, null) => shape.extend([4, *i as u64, u64::from(*null)]),
+            Node::And(children) | Node::Or(children) => {
+                let tag = if matches!(node, Node::And(_)) { 5 } else { 6 };
+                shape.extend([tag, children.len() as u64]);
+                stack.extend(children.iter().rev());
+            }
+            Node::Not(child) => {
+                shape.push(7);
+                stack.push(child);
+            }
+        }
+    }
+    true
+}
+
+/// The values `node` binds, in the order [`render`] binds them (pre-order, left to
+/// right).
+pub(crate) fn values(node: &Node, out: &mut Vec<OwnedParam>) {
+    let mut stack: Vec<&Node> = vec![node];
+    while let Some(node) = stack.pop() {
+        match node {
+            Node::Compare(_, _, value) | Node::In(_, value, _) => out.push(value.clone()),
+            Node::Between(_, low, high) => out.extend([low.clone(), high.clone()]),
+            Node::IsNull(..) => {}
+            Node::And(children) | Node::Or(children) => stack.extend(children.iter().rev()),
+            Node::Not(child) => stack.push(child),
+        }
+    }
+}
+
 /// Checks that `node` renders at most [`MAX_FILTER_DEPTH`] levels deep, walking it with
 /// an explicit stack and stopping at the first path that is too deep.
 pub(crate) fn check_depth(table: &str, node: &Node) -> Result<()> {

@@ -250,6 +250,17 @@ impl<M, S: Selection<M>> Decode<M> for Selected<S> {
     }
 }
 
+/// Which statement of a query (part of its shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `all`, `first`, `one`, `stream`: the rows.
+    Rows = 1,
+    /// `count` ignoring limit and offset.
+    Count = 2,
+    /// The count of one page (limit and offset honoured).
+    CountPage = 3,
+}
+
 /// A query on model `M` under construction; see the [module docs](self).
 #[must_use = "a query does nothing until .all(), .first(), .one(), .count() or .exists() runs it"]
 pub struct Query<M, D = WholeRow> {
@@ -394,34 +405,103 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
 
     /// The statement of [`all`](Self::all), bound.
     fn bind(&self) -> Result<Bound<'static>> {
-        let mut binder = Binder::default();
-        let q = self.statement(
-            &mut binder,
-            &self.selected(),
-            &self.order,
-            self.limit,
-            self.offset,
-        )?;
-        binder.finish(q).within_limits(M::META.name)
+        self.bind_rendered(Kind::Rows, self.limit, self.offset, |binder| {
+            self.statement(
+                binder,
+                &self.selected(),
+                &self.order,
+                self.limit,
+                self.offset,
+            )
+        })
     }
 
     /// The statement that counts the matching rows, bound: honouring limit and offset
     /// when `paged`, ignoring them otherwise.
     fn bind_count(&self, paged: bool) -> Result<Bound<'static>> {
-        let mut binder = Binder::default();
-        let q = if paged && (self.limit.is_some() || self.offset.is_some()) {
-            let mut page = self.statement(&mut binder, &[], &[], self.limit, self.offset)?;
-            page.expr(Expr::cust("1"));
-            sea_query::Query::select()
-                .expr(Expr::cust("count(*)"))
-                .from_subquery(page, Alias::new("__page"))
-                .to_owned()
-        } else {
-            let mut q = self.statement(&mut binder, &[], &[], None, None)?;
+        if paged && (self.limit.is_some() || self.offset.is_some()) {
+            return self.bind_rendered(Kind::CountPage, self.limit, self.offset, |binder| {
+                let mut page = self.statement(binder, &[], &[], self.limit, self.offset)?;
+                page.expr(Expr::cust("1"));
+                Ok(sea_query::Query::select()
+                    .expr(Expr::cust("count(*)"))
+                    .from_subquery(page, Alias::new("__page"))
+                    .to_owned())
+            });
+        }
+        self.bind_rendered(Kind::Count, None, None, |binder| {
+            let mut q = self.statement(binder, &[], &[], None, None)?;
             q.expr(Expr::cust("count(*)"));
-            q
-        };
-        binder.finish(q).within_limits(M::META.name)
+            Ok(q)
+        })
+    }
+
+    /// The statement `render` builds, from this handle's template of its shape when
+    /// there is one (rendered once per shape; see `sql.rs`), else rendered now and kept.
+    fn bind_rendered(
+        &self,
+        kind: Kind,
+        limit: Option<u64>,
+        offset: Option<u64>,
+        render: impl FnOnce(&mut Binder<'static>) -> Result<SelectStatement>,
+    ) -> Result<Bound<'static>> {
+        let model = std::any::TypeId::of::<M>();
+        let rendered = &self.db.shared.rendered;
+        let shape = self.shape(kind);
+        if let Some(shape) = &shape
+            && let Some(template) = rendered.get(model, shape)
+        {
+            let mut values = Vec::new();
+            for node in &self.filters {
+                filter::values(node, &mut values);
+            }
+            return Ok(template.bind(values, limit, offset));
+        }
+        let mut binder = Binder::default();
+        let q = render(&mut binder)?;
+        let bound = binder.finish(q).within_limits(M::META.name)?;
+        if let Some(shape) = shape
+            && let Some(template) = bound.template(limit, offset)
+        {
+            rendered.put(model, shape, template);
+        }
+        Ok(bound)
+    }
+
+    /// Everything the SQL of a `kind` statement of this query depends on — never a
+    /// value. `None` for a filter too large to keep a template for.
+    fn shape(&self, kind: Kind) -> Option<Vec<u64>> {
+        const LIMIT: usize = 512;
+        let mut shape = Vec::with_capacity(16);
+        shape.push(kind as u64);
+        shape.push(u64::from(self.with_deleted));
+        if kind == Kind::Rows {
+            match &self.columns {
+                Some(columns) => {
+                    shape.push(columns.len() as u64);
+                    shape.extend(columns.iter().map(|c| *c as u64));
+                }
+                None => shape.push(u64::MAX),
+            }
+            shape.push(self.order.len() as u64);
+            for key in &self.order {
+                let nulls = key.nulls.map_or(0, |first| 1 + u64::from(first));
+                shape.extend([key.column as u64, u64::from(key.descending), nulls]);
+            }
+        }
+        if kind != Kind::Count {
+            shape.extend([
+                u64::from(self.limit.is_some()),
+                u64::from(self.offset.is_some()),
+            ]);
+        }
+        shape.push(self.filters.len() as u64);
+        for node in &self.filters {
+            if !filter::shape(node, &mut shape, LIMIT) {
+                return None;
+            }
+        }
+        Some(shape)
     }
 
     /// The SQL this query runs, with `$n` placeholders (values are never in the text).
