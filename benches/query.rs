@@ -1,6 +1,7 @@
 //! The query builder against the same SQL as a raw tokio-postgres prepared statement,
-//! in the same run: a filter + order + limit query returning 10 rows; and the builder's
-//! own CPU cost (build + render) per query.
+//! in the same run: a filter + order + limit query returning 10 rows; a read by primary
+//! key through the builder against `Db::read`; and the builder's own CPU cost per query
+//! (build, shape key, template lookup, binding — the SQL is rendered once per shape).
 
 use std::time::Duration;
 
@@ -87,7 +88,28 @@ fn query_ten_rows(c: &mut Criterion) {
     });
     group.finish();
 
-    c.bench_function("builder_build_and_render", |b| {
+    let id = rt
+        .block_on(db.query::<Profile>().first())
+        .expect("first")
+        .expect("a row")
+        .id;
+    let mut group = c.benchmark_group("read_by_key_builder");
+    group.bench_function("db_read", |b| {
+        b.to_async(&rt)
+            .iter(|| async { db.read::<Profile>(id).await.expect("read") })
+    });
+    group.bench_function("query_filter_first", |b| {
+        b.to_async(&rt).iter(|| async {
+            db.query::<Profile>()
+                .filter(Profile::ID.eq(id))
+                .first()
+                .await
+                .expect("first")
+        })
+    });
+    group.finish();
+
+    c.bench_function("builder_build_and_bind", |b| {
         b.iter(|| {
             db.query::<Profile>()
                 .filter(Profile::STATUS.eq("active"))
