@@ -236,6 +236,12 @@ fn insert_10k(c: &mut Criterion) {
             s.db.create_many(rows).await.expect("create_many").len()
         })
     });
+    group.bench_function("tabula_insert_many", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
+            s.db.insert_many(rows).await.expect("insert_many")
+        })
+    });
     group.finish();
 }
 

@@ -779,3 +779,27 @@ async fn a_unique_field_finder_is_cached_and_never_answers_with_the_wrong_row() 
         );
     }
 }
+
+#[tokio::test]
+async fn insert_many_invalidates_the_cached_queries_of_its_table() {
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let count = || {
+            db.query::<Cached>()
+                .select(Cached::USERNAME)
+                .cached(60)
+                .all()
+        };
+        assert!(count().await.expect("empty").is_empty());
+        let copied = db
+            .insert_many(vec![new_cached("c1"), new_cached("c2")])
+            .await
+            .expect("copy");
+        assert_eq!(copied, 2);
+        assert_eq!(
+            count().await.expect("after copy").len(),
+            2,
+            "not the cached empty list"
+        );
+    }
+}

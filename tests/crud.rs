@@ -314,3 +314,79 @@ async fn a_schema_change_does_not_break_cached_statements() {
         .expect("read after the schema change");
     assert_eq!(again.map(|r| r.id), Some(p.id));
 }
+
+#[tokio::test]
+async fn insert_many_copies_every_row_and_counts_them() {
+    let db = db().await;
+    let rows: Vec<NewProfile> = (0..2500)
+        .map(|i| NewProfile {
+            avatar_url: (i % 3 == 0).then(|| format!("a{i}.png")),
+            ..new_profile(&format!("copy{i:04}"))
+        })
+        .collect();
+    assert_eq!(db.insert_many(rows.clone()).await.expect("copy"), 2500);
+    let stored = db
+        .query::<Profile>()
+        .order_by(Profile::USERNAME.asc())
+        .all()
+        .await
+        .expect("read back");
+    assert_eq!(stored.len(), 2500);
+    for (new, got) in rows.iter().zip(&stored) {
+        assert_eq!(
+            (&got.username, &got.user_id, &got.avatar_url),
+            (&new.username, &new.user_id, &new.avatar_url)
+        );
+        assert_eq!(got.status, "active", "defaults fill the columns not copied");
+    }
+    assert_eq!(
+        db.insert_many(Vec::<NewProfile>::new())
+            .await
+            .expect("empty"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn insert_many_is_all_or_nothing_and_follows_transactions() {
+    let db = db().await;
+    db.create(new_profile("taken")).await.expect("seed");
+    // A duplicate in the middle: nothing of the batch is inserted.
+    let mut rows: Vec<NewProfile> = (0..100).map(|i| new_profile(&format!("b{i}"))).collect();
+    rows.insert(50, new_profile("taken"));
+    let err = db.insert_many(rows).await.expect_err("duplicate");
+    assert!(matches!(err, Error::UniqueViolation { .. }), "{err:?}");
+    // A value PostgreSQL cannot store (NUL in text): refused, nothing inserted.
+    let err = db
+        .insert_many(vec![new_profile("fine"), new_profile("nul\0byte")])
+        .await
+        .expect_err("NUL");
+    assert!(!matches!(err, Error::UniqueViolation { .. }), "{err:?}");
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 1);
+    // Inside a transaction: rolled back with it, committed with it.
+    let rolled: tabula::Result<()> = db
+        .transaction(|tx| async move {
+            tx.insert_many(vec![new_profile("r1"), new_profile("r2")])
+                .await?;
+            assert_eq!(tx.query::<Profile>().count().await?, 3, "seen inside");
+            Err(Error::Validation("roll back".into()))
+        })
+        .await;
+    assert!(rolled.is_err());
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 1);
+    db.transaction(|tx| async move {
+        tx.insert_many(vec![new_profile("c1")]).await?;
+        tx.create(new_profile("c2")).await?;
+        Ok(())
+    })
+    .await
+    .expect("commit");
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 3);
+    // The connection is fine afterwards.
+    assert_eq!(
+        db.insert_many(vec![new_profile("after")])
+            .await
+            .expect("again"),
+        1
+    );
+}

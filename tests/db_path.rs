@@ -355,6 +355,10 @@ fn public_futures_stay_small() {
             std::mem::size_of_val(&db.create_many(vec![new_profile("x")])),
         ),
         (
+            "insert_many",
+            std::mem::size_of_val(&db.insert_many(vec![new_profile("x")])),
+        ),
+        (
             "update",
             std::mem::size_of_val(&db.update::<Profile>(id, ProfilePatch::default())),
         ),

@@ -55,6 +55,7 @@ fn every_public_future(
     // CRUD.
     assert_send(db.create(new_profile("a")));
     assert_send(db.create_many(vec![new_profile("a")]));
+    assert_send(db.insert_many(vec![new_profile("a")]));
     assert_send(db.read::<Profile>(id));
     assert_send(db.read_uncached::<Profile>(id));
     assert_send(db.read_many::<Profile>(&[id]));

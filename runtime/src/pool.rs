@@ -222,6 +222,39 @@ impl PgConn {
         self.settle(outcome)
     }
 
+    /// Streams `rows` into `copy` (a `COPY … FROM STDIN (FORMAT binary)` statement)
+    /// with each row's values from `values`, in the order of `types`; returns how many
+    /// rows were copied. One statement: a failure copies nothing.
+    pub(crate) async fn copy_in<R>(
+        &mut self,
+        copy: &str,
+        types: &[tokio_postgres::types::Type],
+        rows: &[R],
+        values: impl Fn(&R) -> Vec<Param<'_>>,
+    ) -> Result<u64> {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        self.flush_setup().await?;
+        self.in_flight = true;
+        let copied = async {
+            let sink = self.client.copy_in::<_, bytes::Bytes>(copy).await?;
+            let writer = BinaryCopyInWriter::new(sink, types);
+            let mut writer = std::pin::pin!(writer);
+            for row in rows {
+                writer.as_mut().write(&values(row)).await?;
+            }
+            writer.finish().await
+        }
+        .await;
+        self.in_flight = false;
+        let copied = copied.map_err(Error::from);
+        if let Err(e) = &copied
+            && self.in_transaction
+        {
+            self.failure = Some(e.sqlstate().unwrap_or_default().to_owned());
+        }
+        copied
+    }
+
     /// Sends any pending setup now (before handing out the raw client).
     pub(crate) async fn flush_setup(&mut self) -> Result<()> {
         if self.pending_setup.is_none() {

@@ -95,7 +95,24 @@ impl Statements {
             None => (hard_delete.clone(), String::new()),
         };
 
+        let table = match meta.schema {
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(meta.name)),
+            None => quote_ident(meta.name),
+        };
+        let insertable: Vec<String> = meta.insert_columns().map(|c| quote_ident(c.name)).collect();
+        let (copy_in, insert_types) = if insertable.is_empty() {
+            (String::new(), String::new())
+        } else {
+            let list = insertable.join(", ");
+            (
+                format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"),
+                format!("SELECT {list} FROM {table} LIMIT 0"),
+            )
+        };
+
         Statements {
+            copy_in,
+            insert_types,
             // Markers were placed in parameter order, so `$n` already lines up.
             read: read.build_postgres().0,
             insert: insert.build_postgres().0,

@@ -39,6 +39,12 @@ pub struct Statements {
     pub(crate) hard_delete: String,
     /// Clears the soft-delete mark, returning the row (empty without soft delete).
     pub(crate) restore: String,
+    /// `COPY t (<insertable>) FROM STDIN (FORMAT binary)` (empty when every column is
+    /// generated).
+    pub(crate) copy_in: String,
+    /// `SELECT <insertable> FROM t LIMIT 0`: prepared for the insertable columns' types,
+    /// which binary COPY must know.
+    pub(crate) insert_types: String,
 }
 
 /// A parameter bound to a statement.
