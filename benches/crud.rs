@@ -6,7 +6,7 @@
 //! client latency on small machines swings with CPU idleness.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -210,39 +210,64 @@ fn insert_10k(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    group.bench_function("raw_copy", |b| {
-        b.to_async(&rt).iter(|| async {
-            let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
-            let sink = s
-                .raw
-                .copy_in("COPY profiles (user_id, username, avatar_url) FROM STDIN BINARY")
-                .await
-                .expect("copy");
-            let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::TEXT]);
-            pin_mut!(writer);
-            for p in &rows {
-                writer
-                    .as_mut()
-                    .write(&[&p.user_id, &p.username, &p.avatar_url])
-                    .await
-                    .expect("write");
-            }
-            writer.finish().await.expect("finish")
-        })
-    });
-    group.bench_function("tabula_create_many", |b| {
-        b.to_async(&rt).iter(|| async {
-            let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
-            s.db.create_many(rows).await.expect("create_many").len()
-        })
-    });
-    group.bench_function("tabula_insert_many", |b| {
-        b.to_async(&rt).iter(|| async {
-            let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
-            s.db.insert_many(rows).await.expect("insert_many")
-        })
-    });
+    for (name, work) in [
+        ("raw_copy", Work::RawCopy),
+        ("tabula_create_many", Work::CreateMany),
+        ("tabula_insert_many", Work::InsertMany),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter_custom(|iters| insert_rounds(&s, work, iters))
+        });
+    }
     group.finish();
+}
+
+#[derive(Clone, Copy)]
+enum Work {
+    RawCopy,
+    CreateMany,
+    InsertMany,
+}
+
+/// `iters` inserts of 10,000 rows, each into an emptied table (untimed): otherwise
+/// every function would insert into a table (and unique index) its predecessors grew.
+async fn insert_rounds(s: &Setup, work: Work, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        s.raw
+            .batch_execute("TRUNCATE profiles CASCADE")
+            .await
+            .expect("truncate");
+        let rows: Vec<NewProfile> = (0..10_000).map(|_| new_profile()).collect();
+        let started = Instant::now();
+        let n = match work {
+            Work::RawCopy => raw_copy(&s.raw, &rows).await,
+            Work::CreateMany => s.db.create_many(rows).await.expect("create_many").len() as u64,
+            Work::InsertMany => s.db.insert_many(rows).await.expect("insert_many"),
+        };
+        total += started.elapsed();
+        assert_eq!(n, 10_000);
+    }
+    total
+}
+
+/// Binary COPY of `rows` with the raw client, the column types known in advance.
+async fn raw_copy(raw: &Client, rows: &[NewProfile]) -> u64 {
+    let sink = raw
+        .copy_in("COPY profiles (user_id, username, avatar_url) FROM STDIN BINARY")
+        .await
+        .expect("copy");
+    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::TEXT]);
+    pin_mut!(writer);
+    for p in rows {
+        writer
+            .as_mut()
+            .write(&[&p.user_id, &p.username, &p.avatar_url])
+            .await
+            .expect("write");
+    }
+    writer.finish().await.expect("finish")
 }
 
 fn config() -> Criterion {
