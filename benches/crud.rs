@@ -5,6 +5,7 @@
 //! Run with `cargo bench --bench crud`. Only the same-run ratios mean anything: single
 //! client latency on small machines swings with CPU idleness.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,86 @@ fn read_by_key(c: &mut Criterion) {
                 .expect("row")
         })
     });
+    // The same read with a metrics recorder installed (a registry keyed by name and
+    // labels, as exporters keep one): what monitoring costs per call.
+    let registry = Registry::default();
+    group.bench_function("tabula_with_recorder", |b| {
+        let _installed = metrics::set_default_local_recorder(&registry);
+        b.to_async(&rt).iter(|| async {
+            s.db.read::<Profile>(s.read_id)
+                .await
+                .expect("read")
+                .expect("row")
+        })
+    });
     group.finish();
+    assert!(registry.samples() > 0, "the recorder saw the reads");
+}
+
+/// A minimal metrics registry: one atomic histogram per key.
+#[derive(Default)]
+struct Registry {
+    histograms: std::sync::Mutex<std::collections::HashMap<metrics::Key, Arc<Samples>>>,
+}
+
+#[derive(Default)]
+struct Samples(std::sync::atomic::AtomicU64);
+
+impl metrics::HistogramFn for Samples {
+    fn record(&self, _value: f64) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Registry {
+    fn samples(&self) -> u64 {
+        self.histograms.lock().map_or(0, |h| {
+            h.values()
+                .map(|s| s.0.load(std::sync::atomic::Ordering::Relaxed))
+                .sum()
+        })
+    }
+}
+
+impl metrics::Recorder for Registry {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        let samples = match self.histograms.lock() {
+            Ok(mut h) => h.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        metrics::Histogram::from_arc(samples)
+    }
 }
 
 fn scoped_read(c: &mut Criterion) {

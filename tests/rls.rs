@@ -565,3 +565,60 @@ fn arbitrary_query_specs_under_a_scoped_handle_never_return_another_users_row() 
         panic!("{e}");
     }
 }
+
+/// Polls a future with the task's cooperative budget spent before every poll, as in a
+/// busy task: every tokio resource it awaits then yields once before answering, so
+/// the caller's deadline can fire at any await inside it — including the ones after
+/// a scoped read's statement, before its connection is tidied up.
+struct Starved<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for Starved<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        for _ in 0..1000 {
+            if std::pin::pin!(tokio::task::consume_budget())
+                .poll(cx)
+                .is_pending()
+            {
+                break;
+            }
+        }
+        self.0.as_mut().poll(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_scoped_read_given_up_after_its_statement_leaves_no_scope_for_the_next_user() {
+    let (_, url) = common::db_and_url().await;
+    // One connection: whatever the abandoned read leaves is what the next user gets.
+    let db = Db::connect_with(DbConfig::new(url).pool_size(1))
+        .await
+        .expect("db");
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    db.create_many(vec![new(alice, "a1"), new(alice, "a2"), new(bob, "b1")])
+        .await
+        .expect("rows");
+    let (login, _) = session_state(&db).await;
+    for attempt in 0..5 {
+        let scoped = db.as_user(alice);
+        let read = Starved(Box::pin(
+            async move { scoped.query::<Profile>().count().await },
+        ));
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(200 * (attempt + 1)), read).await;
+        // The service role again: every row, its own role, no claims.
+        assert_eq!(db.query::<Profile>().count().await.expect("count"), 3);
+        db.create(new(bob, &format!("service{attempt}")))
+            .await
+            .expect("a service-role write of another user's row");
+        let (user, claims) = session_state(&db).await;
+        assert_eq!(user, login);
+        assert!(claims.as_deref().is_none_or(str::is_empty), "{claims:?}");
+        db.delete_where(Profile::USERNAME.like("service%"))
+            .await
+            .expect("tidy");
+    }
+}

@@ -496,6 +496,10 @@ impl bb8::ManageConnection for PgManager {
             // Nobody will read the answer: stop the statement on the server too.
             cancel_in_background(conn.cancel.clone());
         }
+        // A setup never sent is client-side only — the server holds nothing of it —
+        // but must not reach the next user: a scope armed again behind a one-shot read
+        // whose caller went away would open the next statement in that user's role.
+        conn.pending_setup = None;
         conn.client.is_closed() || conn.in_transaction || conn.in_flight || conn.discard
     }
 }

@@ -206,6 +206,9 @@ impl Db {
                     other => other,
                 })?;
             if !conn.is_closed() {
+                let mut conn = conn;
+                // Nothing opens with a pooled connection but what this caller asks for.
+                conn.pending_setup = None;
                 return Ok(conn);
             }
         }
