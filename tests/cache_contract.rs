@@ -170,36 +170,51 @@ async fn an_explicit_namespace_separates_two_handles_on_one_database() {
 #[tokio::test]
 async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_database() {
     let (_, url) = common::db_and_url().await;
-    // Two handles in one process, each with a cache of its own (another prefix).
-    let one = connect(&url, shared_redis(&unique_prefix())).await;
-    let two = connect(&url, shared_redis(&unique_prefix())).await;
-    let row = profile(&one, "before").await;
-    assert_eq!(
-        two.read::<Profile>(row.id)
+    // Two handles in one process, each with a cache of its own (another prefix); then
+    // a writer with no cache at all, beside a reader with one, on both backends.
+    let memory =
+        CacheService::in_memory(CacheConfig::default().prefix(unique_prefix())).expect("memory");
+    let pairs = [
+        (
+            connect(&url, shared_redis(&unique_prefix())).await,
+            connect(&url, shared_redis(&unique_prefix())).await,
+        ),
+        (
+            Db::connect(&url).await.expect("uncached"),
+            connect(&url, shared_redis(&unique_prefix())).await,
+        ),
+        (
+            Db::connect(&url).await.expect("uncached"),
+            connect(&url, memory).await,
+        ),
+    ];
+    for (n, (writer, reader)) in pairs.iter().enumerate() {
+        let row = profile(writer, &format!("before{n}")).await;
+        let name = async || {
+            reader
+                .read::<Profile>(row.id)
+                .await
+                .expect("read")
+                .expect("row")
+                .username
+        };
+        assert_eq!(name().await, format!("before{n}"));
+        writer
+            .update::<Profile>(
+                row.id,
+                ProfilePatch {
+                    username: Some(format!("after{n}")),
+                    ..Default::default()
+                },
+            )
             .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "before"
-    );
-    one.update::<Profile>(
-        row.id,
-        ProfilePatch {
-            username: Some("after".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
-    assert_eq!(
-        two.read::<Profile>(row.id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "after",
-        "the other handle's cache served the row from before the write"
-    );
+            .expect("update");
+        assert_eq!(
+            name().await,
+            format!("after{n}"),
+            "pair {n}: the reader's cache served the row from before the write"
+        );
+    }
 }
 
 #[tokio::test]

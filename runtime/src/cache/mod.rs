@@ -284,8 +284,16 @@ pub(crate) fn register_for_database(identity: &str, cache: &CacheService) {
     }
 }
 
+/// Whether any cache of this process holds rows of the database `identity`.
+pub(crate) fn has_caches_for_database(identity: &str) -> bool {
+    DATABASE_CACHES.lock().is_ok_and(|all| {
+        all.iter()
+            .any(|(id, weak)| id == identity && weak.strong_count() > 0)
+    })
+}
+
 /// The caches of the database `identity` other than `own` (one per namespace).
-pub(crate) fn others_for_database(identity: &str, own: &CacheService) -> Vec<CacheService> {
+pub(crate) fn others_for_database(identity: &str, own: Option<&CacheService>) -> Vec<CacheService> {
     let Ok(all) = DATABASE_CACHES.lock() else {
         return Vec::new();
     };
@@ -296,7 +304,8 @@ pub(crate) fn others_for_database(identity: &str, own: &CacheService) -> Vec<Cac
         }
         if let Some(inner) = weak.upgrade() {
             let cache = CacheService { inner };
-            if !cache.same_namespace(own) && !found.iter().any(|c| c.same_namespace(&cache)) {
+            let mine = own.is_some_and(|own| cache.same_namespace(own));
+            if !mine && !found.iter().any(|c| c.same_namespace(&cache)) {
                 found.push(cache);
             }
         }

@@ -197,7 +197,7 @@ pub(crate) struct Shared {
     manager: PgManager,
     /// The cache as this database sees it (see [`Db::cache`]).
     pub(crate) cache: Option<CacheService>,
-    /// The database's identity (see `PgConn::identity`), when a cache is configured.
+    /// The database's identity (see `PgConn::identity`).
     pub(crate) identity: String,
     /// Which tables a write to a table can change through foreign-key actions; read
     /// from the catalog on first need, forgotten after DDL through this handle.
@@ -267,11 +267,10 @@ impl Db {
         // reported at once with the server's own words.
         let first = bb8::ManageConnection::connect(&manager).await?;
         // The cache's view of this database: its entries under the database's identity
-        // (or the configured namespace), so two databases never share one.
-        let identity = match &config.cache {
-            Some(_) => first.identity().await?,
-            None => String::new(),
-        };
+        // (or the configured namespace), so two databases never share one. Known also
+        // without a cache: a write through this handle must still reach the caches
+        // other handles of the process keep over the same database.
+        let identity = first.identity().await?;
         let cache = config.cache.as_ref().map(|cache| {
             let bound = cache.bound(&identity);
             crate::cache::register_for_database(&identity, &bound);

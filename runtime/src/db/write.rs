@@ -185,7 +185,11 @@ impl Db {
     pub(crate) async fn apply_invalidation(&self, writes: &[Invalidation]) {
         let memo = crate::cache::CacheService::global()
             .filter(|memo| !self.cache().is_some_and(|own| own.same_namespace(memo)));
-        if self.cache().is_none() && memo.is_none() {
+        // Other caches of this process over the same database (another handle's, with
+        // another prefix, namespace or backend — or this handle has none) hold the
+        // same rows.
+        let others = crate::cache::others_for_database(&self.shared.identity, self.cache());
+        if self.cache().is_none() && memo.is_none() && others.is_empty() {
             return;
         }
         let cascades = match writes.iter().any(|w| w.cascades) {
@@ -210,11 +214,9 @@ impl Db {
             .collect();
         if let Some(cache) = self.cache() {
             cache.invalidate_writes(&touched).await;
-            // Other caches of this process over the same database (another prefix,
-            // namespace or backend) hold the same rows.
-            for other in crate::cache::others_for_database(&self.shared.identity, cache) {
-                other.invalidate_writes(&touched).await;
-            }
+        }
+        for other in others {
+            other.invalidate_writes(&touched).await;
         }
         if let Some(memo) = memo {
             memo.invalidate_tables(&touched).await;
@@ -258,7 +260,10 @@ impl Db {
         known: Vec<M::Key>,
         rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
     ) -> Result<T> {
-        if self.shared.cache.is_none() && crate::cache::CacheService::global().is_none() {
+        if self.shared.cache.is_none()
+            && crate::cache::CacheService::global().is_none()
+            && !crate::cache::has_caches_for_database(&self.shared.identity)
+        {
             return work.await;
         }
         let touched = move |result: &Result<T>| -> Option<Invalidation> {
