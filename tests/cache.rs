@@ -803,3 +803,98 @@ async fn insert_many_invalidates_the_cached_queries_of_its_table() {
         );
     }
 }
+
+/// Where Redis's semantics have corners, the in-process backend follows them: list
+/// ranges past either end, INCR keeping a TTL, globs with escapes, reversed ranges and
+/// malformed classes; TTLs too long for either are refused alike; and a caller's own
+/// mistakes (INCR on text) are errors of that call, not an outage.
+#[tokio::test]
+async fn the_backends_agree_at_the_corners_of_the_api() {
+    let [redis, memory] = backends();
+    let both = [&redis, &memory];
+    for cache in both {
+        for v in ["a", "b", "c"] {
+            cache.list_push("l", v).await.expect("push");
+        }
+        cache.set("n", &1, Some(1)).await.expect("set");
+        assert_eq!(cache.incr("n", 1).await.expect("incr"), 2);
+    }
+    let ends = [i64::MIN, -10, -4, -3, -1, 0, 1, 2, 3, 10, i64::MAX];
+    for start in ends {
+        for stop in ends {
+            let on = |c: &CacheService| {
+                let c = c.clone();
+                async move {
+                    c.list_range::<String>("l", start, stop)
+                        .await
+                        .expect("range")
+                }
+            };
+            assert_eq!(on(&redis).await, on(&memory).await, "LRANGE {start} {stop}");
+        }
+    }
+    // TTLs past 100 years: refused by both, not cut short by one and kept by the other.
+    for cache in both {
+        for ttl in [u64::MAX, 18_446_744_073_709_552, 100 * 366 * 24 * 3600] {
+            let refused = cache.set("far", &1, Some(ttl)).await;
+            assert!(
+                matches!(refused, Err(tabula::Error::Validation(_))),
+                "{refused:?}"
+            );
+            let refused = cache.expire("n", ttl).await;
+            assert!(
+                matches!(refused, Err(tabula::Error::Validation(_))),
+                "{refused:?}"
+            );
+        }
+        cache
+            .set("far", &1, Some(99 * 365 * 24 * 3600))
+            .await
+            .expect("a long TTL within the bound");
+    }
+    // A caller's mistakes do not open the breaker.
+    for cache in both {
+        cache.set("text", &"hello", None).await.expect("set");
+        for _ in 0..10 {
+            assert!(cache.incr("text", 1).await.is_err());
+        }
+        assert!(!cache.is_degraded(), "wrong-type errors opened the breaker");
+        assert_eq!(cache.get::<i64>("n").await.expect("still served"), Some(2));
+    }
+    // Globs, each pattern over the same keys on both backends.
+    let keys = [
+        "a]b", "ab", "a[b", "a\\b", "aXb", "a-b", "xé", "x", "a*b", "a?b", "[", "]", "a^b", "kq",
+    ];
+    let patterns = [
+        "a[\\]]b", "k[z-a]", "a[b", "x?", "a\\*b", "a[^]]b", "a[a-]b", "a\\", "*\\", "[]", "a[]b",
+        "[^a-z]", "a?b", "*",
+    ];
+    for pattern in patterns {
+        let mut outcomes = Vec::new();
+        for cache in both {
+            for key in keys {
+                cache.set(key, &1, None).await.expect("set");
+            }
+            let deleted = cache.invalidate_pattern(pattern).await.expect("pattern");
+            let mut left = Vec::new();
+            for key in keys {
+                if cache.exists(key).await.expect("exists") {
+                    left.push(key);
+                }
+            }
+            outcomes.push((deleted, left));
+        }
+        assert_eq!(
+            outcomes[0], outcomes[1],
+            "pattern {pattern:?}: redis, then memory"
+        );
+    }
+    // INCR kept the 1 s TTL on both.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for cache in both {
+        assert!(
+            !cache.exists("n").await.expect("exists"),
+            "the TTL survived INCR"
+        );
+    }
+}

@@ -72,6 +72,14 @@ impl Map<'_> {
         }
     }
 
+    /// Replaces the value under `key`, keeping its TTL (as Redis's INCRBY does).
+    fn replace(&mut self, key: &str, value: MemValue) {
+        match self.live(key) {
+            Some(entry) => entry.value = value,
+            None => self.set(key, value, None),
+        }
+    }
+
     /// A counter's value as text (`0` when absent), as the scripts read it.
     fn counter(&mut self, key: &str) -> String {
         self.get_bytes(key)
@@ -87,7 +95,8 @@ impl Map<'_> {
     }
 
     fn set(&mut self, key: &str, value: MemValue, ttl: Option<Duration>) {
-        let expires = ttl.map(|t| self.now + t);
+        // A TTL past what `Instant` can hold is as good as none.
+        let expires = ttl.and_then(|t| self.now.checked_add(t));
         self.map.insert(key.to_owned(), Entry { value, expires });
     }
 
@@ -103,7 +112,7 @@ impl Map<'_> {
         let now = self.now;
         match self.live(key) {
             Some(entry) => {
-                entry.expires = Some(now + ttl);
+                entry.expires = now.checked_add(ttl);
                 true
             }
             None => false,
@@ -309,7 +318,7 @@ impl Backend for MemoryBackend {
             let next = current
                 .checked_add(by)
                 .ok_or(Fault::Value("increment would overflow"))?;
-            map.set(key, MemValue::Bytes(next.to_string().into_bytes()), None);
+            map.replace(key, MemValue::Bytes(next.to_string().into_bytes()));
             Ok(next)
         }))
     }
@@ -339,10 +348,21 @@ impl Backend for MemoryBackend {
         ready(self.with(|map| match map.get(key) {
             None => Ok(Vec::new()),
             Some(MemValue::List(list)) => {
+                // As LRANGE: negative indexes count from the end; a start before the
+                // first element is the first, a stop past the last is the last, and
+                // an empty range (a stop still negative included) is empty.
                 let len = list.len() as i64;
-                let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
-                let (from, to) = (norm(start), norm(stop).min(len - 1));
-                Ok(if from > to {
+                let from = if start < 0 {
+                    (len + start).max(0)
+                } else {
+                    start
+                };
+                let to = if stop < 0 {
+                    len + stop
+                } else {
+                    stop.min(len - 1)
+                };
+                Ok(if from > to || from >= len {
                     Vec::new()
                 } else {
                     list.iter()
@@ -443,45 +463,104 @@ impl Backend for MemoryBackend {
     }
 }
 
-/// Redis-style glob: `*`, `?`, `[...]` (with `^` negation and ranges), `\` escapes.
+/// Matches `text` against a Redis glob exactly as Redis's own matcher does (its
+/// `stringmatchlen`), malformed patterns included: `*`, `?`, `\` escapes, and classes
+/// `[...]` with `^` negation, ranges (a reversed range is swapped), `\` escapes inside,
+/// and an unclosed class running to the end of the pattern. Iterative but for `*`,
+/// whose nesting is bounded, and a `*` that failed against the whole rest of the text
+/// stops every outer `*` from trying longer matches (so no pattern is exponential).
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.first() {
-        None => text.is_empty(),
-        Some(b'*') => (0..=text.len()).any(|k| glob(&pattern[1..], &text[k..])),
-        Some(b'?') => !text.is_empty() && glob(&pattern[1..], &text[1..]),
-        Some(b'\\') if pattern.len() > 1 => {
-            text.first() == Some(&pattern[1]) && glob(&pattern[2..], &text[1..])
-        }
-        Some(b'[') => {
-            let Some(close) = pattern
-                .iter()
-                .skip(1)
-                .position(|b| *b == b']')
-                .map(|p| p + 1)
-            else {
-                return text.first() == Some(&b'[') && glob(&pattern[1..], &text[1..]);
-            };
-            let Some(c) = text.first() else { return false };
-            let mut class = &pattern[1..close];
-            let negate = class.first() == Some(&b'^');
-            if negate {
-                class = &class[1..];
+    let mut give_up = false;
+    glob_from(pattern, text, &mut give_up, 0)
+}
+
+fn glob_from(mut p: &[u8], mut s: &[u8], give_up: &mut bool, nesting: usize) -> bool {
+    // Redis bounds the recursion the same way.
+    if nesting > 1000 {
+        return false;
+    }
+    while let (Some(&head), Some(&c)) = (p.first(), s.first()) {
+        match head {
+            b'*' => {
+                while p.get(1) == Some(&b'*') {
+                    p = &p[1..];
+                }
+                if p.len() == 1 {
+                    return true;
+                }
+                for start in 0..s.len() {
+                    if glob_from(&p[1..], &s[start..], give_up, nesting + 1) {
+                        return true;
+                    }
+                    if *give_up {
+                        return false;
+                    }
+                }
+                *give_up = true;
+                return false;
             }
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == b'-' {
-                    hit |= class[i] <= *c && *c <= class[i + 2];
-                    i += 3;
-                } else {
-                    hit |= class[i] == *c;
-                    i += 1;
+            b'?' => {
+                p = &p[1..];
+            }
+            b'[' => {
+                p = &p[1..];
+                let negate = p.first() == Some(&b'^');
+                if negate {
+                    p = &p[1..];
+                }
+                let mut hit = false;
+                loop {
+                    match p {
+                        [b'\\', escaped, ..] => {
+                            hit |= *escaped == c;
+                            p = &p[2..];
+                        }
+                        [b']', ..] => {
+                            p = &p[1..];
+                            break;
+                        }
+                        // Unclosed: the class runs to the end of the pattern.
+                        [] => break,
+                        [low, b'-', high, ..] => {
+                            let (low, high) = if low <= high {
+                                (*low, *high)
+                            } else {
+                                (*high, *low)
+                            };
+                            hit |= (low..=high).contains(&c);
+                            p = &p[3..];
+                        }
+                        [other, ..] => {
+                            hit |= *other == c;
+                            p = &p[1..];
+                        }
+                    }
+                }
+                if hit == negate {
+                    return false;
                 }
             }
-            hit != negate && glob(&pattern[close + 1..], &text[1..])
+            b'\\' if p.len() >= 2 => {
+                if p[1] != c {
+                    return false;
+                }
+                p = &p[2..];
+            }
+            literal => {
+                if literal != c {
+                    return false;
+                }
+                p = &p[1..];
+            }
         }
-        Some(p) => text.first() == Some(p) && glob(&pattern[1..], &text[1..]),
+        s = &s[1..];
+        if s.is_empty() {
+            while p.first() == Some(&b'*') {
+                p = &p[1..];
+            }
+        }
     }
+    p.is_empty() && s.is_empty()
 }
 
 #[cfg(test)]
@@ -498,5 +577,22 @@ mod tests {
         assert!(glob(b"h[a-c]llo", b"hbllo"));
         assert!(glob(b"a\\*", b"a*"));
         assert!(!glob(b"a\\*", b"ab"));
+        // As Redis: reversed ranges swap, `\` escapes inside a class, an unclosed
+        // class runs to the end, a trailing `\` is a literal.
+        assert!(glob(b"k[z-a]", b"kq"));
+        assert!(glob(b"a[\\]x]b", b"a]b"));
+        assert!(glob(b"a[b", b"ab"));
+        assert!(!glob(b"a[b", b"a[b"));
+        assert!(glob(b"a[a-]b", b"ab"));
+        assert!(!glob(b"a[a-]b", b"a-b"));
+        assert!(glob(b"a\\", b"a\\"));
+        assert!(
+            !glob(b"*", b""),
+            "as in Redis: no pattern matches an empty key"
+        );
+        assert!(!glob(b"?", b""));
+        // A pathological pattern ends at once.
+        let long = vec![b'a'; 4000];
+        assert!(!glob(b"*a*a*a*a*a*a*a*a*a*a*a*a*b", &long));
     }
 }

@@ -376,11 +376,17 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// The longest TTL: 100 years (a longer one is refused, not silently cut).
+pub(crate) const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
 fn ttl(seconds: Option<u64>) -> Result<Option<Duration>> {
     match seconds {
         Some(0) => Err(Error::Validation(
             "a TTL of 0 seconds would expire at once; give None for no TTL".into(),
         )),
+        Some(s) if s > MAX_TTL_SECONDS => Err(Error::Validation(format!(
+            "a TTL of {s} seconds is over 100 years; give None for no TTL"
+        ))),
         other => Ok(other.map(Duration::from_secs)),
     }
 }

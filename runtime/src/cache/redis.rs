@@ -219,6 +219,10 @@ impl RedisBackend {
         };
         match &result {
             Ok(_) => self.breaker.success(),
+            // Redis answered, about this call (a key of another type, a value that is
+            // no number): it is healthy, and a caller's mistakes must not open the
+            // breaker for everyone.
+            Err(fault) if fault.is_answer() => self.breaker.success(),
             Err(fault) => {
                 if fault.is_connection_fault() {
                     self.drop_connection();
@@ -384,7 +388,7 @@ impl Backend for RedisBackend {
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> Pending<'a, ()> {
         let mut cmd = cmd!("SET", key, value);
         if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl.as_millis() as u64);
+            cmd.arg("PX").arg(millis(ttl));
         }
         self.command(cmd)
     }
@@ -402,7 +406,7 @@ impl Backend for RedisBackend {
     }
 
     fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool> {
-        self.yes(cmd!("PEXPIRE", key, ttl.as_millis() as u64))
+        self.yes(cmd!("PEXPIRE", key, millis(ttl)))
     }
 
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64> {
@@ -482,6 +486,20 @@ impl Fault {
     pub(crate) fn is_broken_connection(&self) -> bool {
         matches!(self, Fault::Redis(e)
             if (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout())
+    }
+
+    /// An error reply about the call itself, from a server that is up: anything but
+    /// the codes of a server that cannot serve now.
+    fn is_answer(&self) -> bool {
+        match self {
+            Fault::Redis(e) => e.code().is_some_and(|code| {
+                !matches!(
+                    code,
+                    "BUSY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN"
+                )
+            }),
+            _ => false,
+        }
     }
 
     fn is_connection_fault(&self) -> bool {

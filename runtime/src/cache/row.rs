@@ -144,6 +144,7 @@ impl CacheService {
         entries: &[(String, Vec<u8>)],
         ttl: Duration,
     ) -> u64 {
+        let ttl = ttl.min(Duration::from_secs(super::MAX_TTL_SECONDS));
         let limit = self.inner.config.max_value_bytes;
         let too_large = entries.iter().filter(|(_, v)| v.len() > limit).count() as u64;
         self.event("too_large", too_large);
@@ -268,6 +269,7 @@ impl CacheService {
     /// without a lease: a write meanwhile bumped a counter, so this key is already one
     /// no reader will ask for. Values over the size limit are not cached.
     pub(crate) async fn versioned_fill(&self, key: &str, value: &[u8], ttl: Duration) {
+        let ttl = ttl.min(Duration::from_secs(super::MAX_TTL_SECONDS));
         if value.len() > self.inner.config.max_value_bytes {
             self.event("too_large", 1);
             return;
