@@ -3,11 +3,13 @@
 //! [`Db::as_user`](crate::Db::as_user) (feature `uuid`),
 //! [`Db::as_claims`](crate::Db::as_claims) and
 //! [`Db::as_anon`](crate::Db::as_anon) return a handle with the
-//! whole API — CRUD, queries, transactions — whose every statement runs inside a
+//! whole API — CRUD, queries, transactions; `stream` only inside a transaction —
+//! whose every statement runs inside a
 //! transaction that first switched to the role `authenticated` (or `anon`) and the
 //! claims — `set_config('role', $1, true)` and `set_config('request.jwt.claims', $2,
 //! true)`, both bound parameters, never SQL text — sent with the BEGIN and the first
-//! statement in one round trip. Both end with the transaction; a connection given up half-way (an error, a
+//! statement in one round trip (a read sends its COMMIT in the same pipeline: one
+//! round trip in all). Both end with the transaction; a connection given up half-way (an error, a
 //! panic, a dropped future) is closed rather than returned to the pool. So no role and
 //! no claims ever reach the next user of a pooled connection. The unscoped `Db` stays
 //! the application's own role — the table owner, which RLS does not restrict (the
