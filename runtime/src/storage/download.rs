@@ -1,0 +1,71 @@
+//! Downloads: an object's bytes (through the cache for small objects whose
+//! `cache_control` allows it), whole or a range.
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+
+use super::{CACHE_MAX_BYTES, FileObject, StorageService, keys, recorded, store_error};
+use crate::error::Result;
+
+impl StorageService {
+    /// The bytes of an object, from the cache when a small
+    /// object was downloaded before and its `cache_control` allows it.
+    pub async fn download_file(&self, bucket: &str, path: &str) -> Result<Bytes> {
+        Ok(self.download(bucket, path).await?.1)
+    }
+
+    /// Metadata and bytes of an object.
+    #[tracing::instrument(name = "tabula.storage.download", skip_all, fields(bucket = bucket, path = path))]
+    pub async fn download(&self, bucket: &str, path: &str) -> Result<(FileObject, Bytes)> {
+        recorded(
+            "download",
+            Box::pin(async {
+                let object = self.object(bucket, path).await?;
+                let ttl = keys::cache_ttl(&object.cache_control)
+                    .filter(|_| object.size <= CACHE_MAX_BYTES);
+                if let (Some(cache), Some(_)) = (&self.cache, ttl)
+                    && let Ok(Some(bytes)) = cache.get_bytes(&Self::cache_key(&object)).await
+                {
+                    return Ok((object, Bytes::from(bytes)));
+                }
+                let bytes = self.read_bytes(&object).await?;
+                if let (Some(cache), Some(ttl)) = (&self.cache, ttl) {
+                    let _ = cache
+                        .set_bytes(&Self::cache_key(&object), bytes.to_vec(), Some(ttl))
+                        .await;
+                }
+                Ok((object, bytes))
+            }),
+        )
+        .await
+    }
+
+    /// The bytes of an object straight from the store.
+    pub(crate) async fn read_bytes(&self, object: &FileObject) -> Result<Bytes> {
+        let location = keys::store_path(&object.bucket_id, &object.name);
+        let key = format!("{}/{}", object.bucket_id, object.name);
+        let result = self
+            .store
+            .get(&location)
+            .await
+            .map_err(store_error("reading", &key))?;
+        result.bytes().await.map_err(store_error("reading", &key))
+    }
+
+    /// A range of an object's bytes straight from the store.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn read_range(
+        &self,
+        object: &FileObject,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
+        let location = keys::store_path(&object.bucket_id, &object.name);
+        self.store
+            .get_range(&location, range)
+            .await
+            .map_err(store_error(
+                "reading",
+                &format!("{}/{}", object.bucket_id, object.name),
+            ))
+    }
+}
