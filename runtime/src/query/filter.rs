@@ -132,8 +132,10 @@ fn balanced_levels(n: usize) -> usize {
 /// exactly when they render the same SQL. `false` (and `shape` unusable) past
 /// `limit` entries: such a filter is not worth keeping a template for.
 pub(crate) fn shape(node: &Node, shape: &mut Vec<u64>, limit: usize) -> bool {
-    let mut stack: Vec<&Node> = vec![node];
-    while let Some(node) = stack.pop() {
+    // Most filters are one comparison: no stack for them.
+    let mut stack: Vec<&Node> = Vec::new();
+    let mut next = Some(node);
+    while let Some(node) = next.take().or_else(|| stack.pop()) {
         if shape.len() > limit {
             return false;
         }
@@ -159,8 +161,9 @@ pub(crate) fn shape(node: &Node, shape: &mut Vec<u64>, limit: usize) -> bool {
 /// The values `node` binds, in the order [`render`] binds them (pre-order, left to
 /// right).
 pub(crate) fn values(node: &Node, out: &mut Vec<OwnedParam>) {
-    let mut stack: Vec<&Node> = vec![node];
-    while let Some(node) = stack.pop() {
+    let mut stack: Vec<&Node> = Vec::new();
+    let mut next = Some(node);
+    while let Some(node) = next.take().or_else(|| stack.pop()) {
         match node {
             Node::Compare(_, _, value) | Node::In(_, value, _) => out.push(value.clone()),
             Node::Between(_, low, high) => out.extend([low.clone(), high.clone()]),
