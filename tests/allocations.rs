@@ -99,8 +99,14 @@ fn allocations_of_the_hot_paths_stay_within_their_budget() {
         // The row itself (the struct's strings) and the driver's own work are in the raw
         // figure; what Tabula adds on top is bounded here, so a change that adds
         // allocations to the hot path shows up as a failure, not as a slow drift.
-        assert!(read <= raw_read + BUDGET_READ, "read: {read} vs raw {raw_read}");
-        assert!(query <= raw_read + BUDGET_QUERY, "query: {query} vs raw {raw_read}");
+        assert!(
+            read <= raw_read + BUDGET_READ,
+            "read: {read} vs raw {raw_read}"
+        );
+        assert!(
+            query <= raw_read + BUDGET_QUERY,
+            "query: {query} vs raw {raw_read}"
+        );
     });
 }
 
