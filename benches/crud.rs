@@ -63,6 +63,7 @@ struct Setup {
     db: Db,
     raw: Client,
     read_id: Uuid,
+    url: String,
 }
 
 async fn setup(big_table: bool) -> Setup {
@@ -86,6 +87,7 @@ async fn setup(big_table: bool) -> Setup {
         db,
         raw,
         read_id: created[rows / 2].id,
+        url,
     }
 }
 
@@ -237,40 +239,137 @@ fn monitoring(c: &mut Criterion) {
     eprintln!("the recorder saw {} samples", registry.samples());
 }
 
-/// A page that needs a profile, the rows of two more queries: one after the other,
-/// then issued together with `tokio::join!` (each takes its own pooled connection, so
-/// none waits for another's round trip).
+/// A page that needs a profile and the answers of two more queries: one after the
+/// other, then issued together with `tokio::join!` (each takes its own pooled
+/// connection, so none waits for another's round trip). On loopback (where the round
+/// trip is the servers' CPU, shared by two cores here) and through a link with 1 ms of
+/// latency each way, as between an application and a managed database.
 fn page_of_three(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(false));
+    let (far, proxy) = rt.block_on(async {
+        let config: tokio_postgres::Config = s.url.parse().expect("url");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let proxy = latency_proxy(port, Duration::from_millis(1)).await;
+        let url = format!(
+            "postgres://{}@127.0.0.1:{proxy}/{}",
+            config.get_user().expect("user"),
+            config.get_dbname().expect("dbname")
+        );
+        let db = Db::connect_with(tabula::DbConfig::new(url).pool_size(4))
+            .await
+            .expect("db behind the slow link");
+        (db, proxy)
+    });
+    let (far_raw, far_stmt) = rt.block_on(async {
+        let config: tokio_postgres::Config = s.url.parse().expect("url");
+        let url = format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            config.get_user().expect("user"),
+            proxy,
+            config.get_dbname().expect("dbname")
+        );
+        let (raw, connection) = tokio_postgres::connect(&url, NoTls).await.expect("raw");
+        tokio::spawn(connection);
+        let stmt = raw
+            .prepare(&format!("SELECT {COLUMNS} FROM profiles WHERE id = $1"))
+            .await
+            .expect("prepare");
+        (raw, stmt)
+    });
     let mut group = c.benchmark_group("page_of_three_reads");
-    let profile = || s.db.read::<Profile>(s.read_id);
-    let recent = || {
-        s.db.query::<Profile>()
-            .order_by(Profile::CREATED_AT.desc())
-            .limit(10)
-            .all()
-    };
-    let active = || {
-        s.db.query::<Profile>()
-            .filter(Profile::STATUS.eq("active"))
-            .count()
-    };
-    group.bench_function("sequential", |b| {
+    group.bench_function("1ms_link/one_read_raw", |b| {
         b.to_async(&rt).iter(|| async {
-            let p = profile().await.expect("profile");
-            let r = recent().await.expect("recent");
-            let n = active().await.expect("count");
-            (p, r, n)
+            far_raw
+                .query_opt(&far_stmt, &[&s.read_id])
+                .await
+                .expect("raw")
+                .map(|r| raw_decode(&r))
         })
     });
-    group.bench_function("join", |b| {
-        b.to_async(&rt).iter(|| async {
-            let (p, r, n) = tokio::join!(profile(), recent(), active());
-            (p.expect("profile"), r.expect("recent"), n.expect("count"))
-        })
+    group.bench_function("1ms_link/one_read_tabula", |b| {
+        b.to_async(&rt)
+            .iter(|| async { far.read::<Profile>(s.read_id).await.expect("read") })
     });
+    for (link, db) in [("loopback", &s.db), ("1ms_link", &far)] {
+        let profile = || db.read::<Profile>(s.read_id);
+        let recent = || {
+            db.query::<Profile>()
+                .order_by(Profile::CREATED_AT.desc())
+                .limit(10)
+                .all()
+        };
+        let active = || {
+            db.query::<Profile>()
+                .filter(Profile::STATUS.eq("active"))
+                .count()
+        };
+        group.bench_function(format!("{link}/sequential"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let p = profile().await.expect("profile");
+                let r = recent().await.expect("recent");
+                let n = active().await.expect("count");
+                (p, r, n)
+            })
+        });
+        group.bench_function(format!("{link}/join"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let (p, r, n) = tokio::join!(profile(), recent(), active());
+                (p.expect("profile"), r.expect("recent"), n.expect("count"))
+            })
+        });
+    }
     group.finish();
+}
+
+/// A TCP proxy to the loopback `port` that delivers every chunk `delay` after it was
+/// read, in each direction — a link with that latency and no bandwidth limit. Returns
+/// the port it listens on.
+async fn latency_proxy(port: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let local = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(server_read), Box::new(client_write)),
+            ] {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf).await {
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((due, bytes)) = rx.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if to.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    local
 }
 
 fn scoped_read(c: &mut Criterion) {
