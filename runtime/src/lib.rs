@@ -59,7 +59,7 @@ pub mod testkit;
 mod types;
 
 pub use cache::{CacheConfig, CacheService};
-pub use db::{Db, DbConfig, Isolation};
+pub use db::{AfterConnect, Db, DbConfig, Isolation};
 pub use error::{Error, Result};
 pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
 pub use table::{Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};

@@ -52,6 +52,8 @@ pub(crate) struct Setup {
 /// A PostgreSQL connection with its prepared-statement cache.
 pub(crate) struct PgConn {
     client: Client,
+    /// Run again after a session reset (see `reset_session`).
+    after_connect: Option<crate::db::AfterConnect>,
     cancel: CancelToken,
     statements: HashMap<String, Statement>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
@@ -335,6 +337,13 @@ impl PgConn {
         self.statements.clear();
         if self.client.batch_execute("DISCARD ALL").await.is_err() {
             self.discard = true;
+            return;
+        }
+        // DISCARD ALL dropped what the after-connect hook set: set it again.
+        if let Some(hook) = &self.after_connect
+            && hook(&self.client).await.is_err()
+        {
+            self.discard = true;
         }
     }
 
@@ -434,8 +443,10 @@ pub(crate) fn cancel_in_background(token: CancelToken) {
 }
 
 /// Opens connections for bb8.
+#[derive(Clone)]
 pub(crate) struct PgManager {
     pub(crate) config: tokio_postgres::Config,
+    after_connect: Option<crate::db::AfterConnect>,
 }
 
 impl PgManager {
@@ -447,6 +458,7 @@ impl PgManager {
         mut config: tokio_postgres::Config,
         connect_timeout: Duration,
         statement_timeout: Duration,
+        after_connect: Option<crate::db::AfterConnect>,
     ) -> Self {
         config.connect_timeout(connect_timeout);
         let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
@@ -457,7 +469,10 @@ impl PgManager {
             _ => format!("-c statement_timeout={ms}"),
         };
         config.options(&options);
-        PgManager { config }
+        PgManager {
+            config,
+            after_connect,
+        }
     }
 }
 
@@ -474,7 +489,11 @@ impl bb8::ManageConnection for PgManager {
                 tracing::debug!(error = %e, "postgres connection closed");
             }
         });
+        if let Some(hook) = &self.after_connect {
+            hook(&client).await?;
+        }
         Ok(PgConn {
+            after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
             client,
             statements: HashMap::new(),

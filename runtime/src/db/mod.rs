@@ -63,6 +63,18 @@ pub(crate) use write::{Invalidation, key_text};
 
 type Pooled = bb8::PooledConnection<'static, PgManager>;
 
+/// Runs on every new connection before its first use, and again after
+/// [`Db::with_client`] reset a session — e.g. `SET search_path TO app, public`. See
+/// [`DbConfig::after_connect`].
+pub type AfterConnect = Arc<
+    dyn for<'c> Fn(
+            &'c tokio_postgres::Client,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'c>>
+        + Send
+        + Sync,
+>;
+
 /// How a [`Db`] connects and how long it waits.
 ///
 /// ```
@@ -71,17 +83,46 @@ type Pooled = bb8::PooledConnection<'static, PgManager>;
 ///     .statement_timeout(std::time::Duration::from_secs(5));
 /// assert_eq!(config.pool_size, 8);
 /// ```
-#[derive(Debug, Clone)]
+///
+/// The URL may carry the pool's settings too, read by [`DbConfig::new`] (a builder
+/// call after it wins): `pool_size`, `pool_min_idle`, `pool_max_lifetime` and
+/// `pool_idle_timeout` (seconds; `0` for never), `pool_checkout_timeout` (seconds),
+/// `statement_timeout` (milliseconds) — beside PostgreSQL's own parameters such as
+/// `connect_timeout` (seconds) and `application_name`.
+///
+/// ```
+/// let config = tabula::DbConfig::new(
+///     "postgres://app@db.internal/app?application_name=api&pool_size=20&pool_max_lifetime=600",
+/// );
+/// assert_eq!(config.pool_size, 20);
+/// assert_eq!(config.max_lifetime, Some(std::time::Duration::from_secs(600)));
+/// assert_eq!(config.application_name, "api");
+/// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct DbConfig {
     /// The PostgreSQL URL or key=value connection string.
     pub url: String,
     /// Connections kept at most. Default 10.
     pub pool_size: u32,
+    /// Idle connections the pool keeps open ahead of demand. Default none: connections
+    /// open when first needed.
+    pub min_idle: Option<u32>,
+    /// How long a connection lives at most before the pool replaces it (`None`: for
+    /// ever). Default 30 minutes.
+    pub max_lifetime: Option<Duration>,
+    /// How long an idle connection stays open (`None`: for ever). Default 10 minutes.
+    pub idle_timeout: Option<Duration>,
     /// How long to wait for a free connection. Default 5 s.
     pub checkout_timeout: Duration,
-    /// How long opening a connection may take. Default 5 s.
+    /// How long opening a connection may take. Default 5 s, or the URL's
+    /// `connect_timeout`.
     pub connect_timeout: Duration,
+    /// The `application_name` every connection reports (in `pg_stat_activity`, logs).
+    /// Default `tabula`, or the URL's `application_name`.
+    pub application_name: String,
+    /// Runs on every new connection (see [`AfterConnect`]). Default none.
+    pub after_connect: Option<AfterConnect>,
     /// How long one statement may run; enforced by the server (see the
     /// [module docs](self#deadlines)). Default 30 s.
     pub statement_timeout: Duration,
@@ -91,20 +132,174 @@ pub struct DbConfig {
     /// The cache behind the row cache, cached queries and `#[cached]`. Default none
     /// ([`Db::connect_from_env`] sets one up from `REDIS_URL`).
     pub cache: Option<CacheService>,
+    /// A pool setting in the URL that could not be read, reported at connect.
+    url_error: Option<String>,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No URL: it may hold a password.
+        f.debug_struct("DbConfig")
+            .field("pool_size", &self.pool_size)
+            .field("min_idle", &self.min_idle)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("application_name", &self.application_name)
+            .field("after_connect", &self.after_connect.is_some())
+            .field("transaction_attempts", &self.transaction_attempts)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+/// The pool settings a URL may carry (see [`DbConfig`]).
+const URL_SETTINGS: &[&str] = &[
+    "pool_size",
+    "pool_min_idle",
+    "pool_max_lifetime",
+    "pool_idle_timeout",
+    "pool_checkout_timeout",
+    "statement_timeout",
+];
+
+/// Splits Tabula's settings off a URL's query string: the URL PostgreSQL's parser
+/// accepts, and the settings.
+fn split_url_settings(url: &str) -> (String, Vec<(String, String)>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), Vec::new());
+    };
+    let (mut kept, mut ours) = (Vec::new(), Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if URL_SETTINGS.contains(&name) {
+            ours.push((name.to_owned(), value.to_owned()));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let url = match kept.is_empty() {
+        true => base.to_owned(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    (url, ours)
 }
 
 impl DbConfig {
-    /// A configuration for `url` with the defaults.
+    /// A configuration for `url` with the defaults, and the pool settings the URL
+    /// carries (see [`DbConfig`]); a setting that cannot be read is reported by
+    /// [`Db::connect_with`].
     pub fn new(url: impl Into<String>) -> Self {
-        DbConfig {
-            url: url.into(),
+        let url = url.into();
+        let mut config = DbConfig {
+            url,
             pool_size: 10,
+            min_idle: None,
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            idle_timeout: Some(Duration::from_secs(10 * 60)),
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            application_name: "tabula".into(),
+            after_connect: None,
             statement_timeout: Duration::from_secs(30),
             transaction_attempts: 5,
             cache: None,
+            url_error: None,
+        };
+        if let Err(e) = config.read_url_settings() {
+            config.url_error = Some(e);
         }
+        config
+    }
+
+    fn read_url_settings(&mut self) -> std::result::Result<(), String> {
+        let (rest, settings) = split_url_settings(&self.url);
+        for (name, value) in settings {
+            let number: u64 = value.parse().map_err(|_| {
+                format!(
+                    "`{name}={}` in the database url: a whole number is expected",
+                    value.escape_debug()
+                )
+            })?;
+            let seconds = (number > 0).then(|| Duration::from_secs(number));
+            match name.as_str() {
+                "pool_size" => self.pool_size = u32::try_from(number).unwrap_or(u32::MAX).max(1),
+                "pool_min_idle" => self.min_idle = Some(u32::try_from(number).unwrap_or(u32::MAX)),
+                "pool_max_lifetime" => self.max_lifetime = seconds,
+                "pool_idle_timeout" => self.idle_timeout = seconds,
+                "pool_checkout_timeout" => self.checkout_timeout = Duration::from_secs(number),
+                _ => self.statement_timeout = Duration::from_millis(number),
+            }
+        }
+        // PostgreSQL's own parameters that set what a field holds.
+        if let Ok(pg) = rest.parse::<tokio_postgres::Config>() {
+            if let Some(name) = pg.get_application_name() {
+                self.application_name = name.to_owned();
+            }
+            if let Some(timeout) = pg.get_connect_timeout() {
+                self.connect_timeout = *timeout;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets [`DbConfig::min_idle`].
+    pub fn min_idle(mut self, connections: u32) -> Self {
+        self.min_idle = Some(connections);
+        self
+    }
+
+    /// Sets [`DbConfig::max_lifetime`].
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Sets [`DbConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`DbConfig::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`DbConfig::application_name`].
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// Runs `hook` on every new connection before its first use, and again after
+    /// [`Db::with_client`] reset a session (`DISCARD ALL` drops what the hook set). A
+    /// hook that fails fails the connection, which the pool does not keep.
+    ///
+    /// ```
+    /// let config = tabula::DbConfig::new("postgres://app@localhost/app").after_connect(|client| {
+    ///     Box::pin(async move {
+    ///         client.batch_execute("SET search_path TO app, public").await?;
+    ///         Ok(())
+    ///     })
+    /// });
+    /// assert!(config.after_connect.is_some());
+    /// ```
+    pub fn after_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(
+                &'c tokio_postgres::Client,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<()>> + Send + 'c>,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        self.after_connect = Some(Arc::new(hook));
+        self
     }
 
     /// Sets [`DbConfig::cache`].
@@ -255,14 +450,21 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn connect_with(config: DbConfig) -> Result<Db> {
-        let pg: tokio_postgres::Config = config
-            .url
+        if let Some(e) = &config.url_error {
+            return Err(Error::Config(e.clone()));
+        }
+        let (url, _) = split_url_settings(&config.url);
+        let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
-        let manager = PgManager::new(pg, config.connect_timeout, config.statement_timeout);
-        let spare = PgManager {
-            config: manager.config.clone(),
-        };
+        pg.application_name(&config.application_name);
+        let manager = PgManager::new(
+            pg,
+            config.connect_timeout,
+            config.statement_timeout,
+            config.after_connect.clone(),
+        );
+        let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
         let first = bb8::ManageConnection::connect(&manager).await?;
@@ -277,8 +479,21 @@ impl Db {
             bound
         });
         let connect_errors = LastConnectError::default();
+        // The reaper closes idle and old connections; it must look often enough for
+        // the shortest of the two limits.
+        let reaper = [config.idle_timeout, config.max_lifetime]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::from_secs(30), |d| {
+                (d / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+            });
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
+            .min_idle(config.min_idle.map(|n| n.min(config.pool_size)))
+            .max_lifetime(config.max_lifetime)
+            .idle_timeout(config.idle_timeout)
+            .reaper_rate(reaper)
             .connection_timeout(config.checkout_timeout.max(Duration::from_millis(1)))
             // Dead sockets are caught by `has_broken` without a round trip per checkout.
             .test_on_check_out(false)

@@ -1,0 +1,189 @@
+//! Pool and connection options on a real PostgreSQL: application name, an
+//! after-connect hook (kept across session resets), connection lifetime and idle
+//! limits, idle connections kept ahead, and the same settings from the URL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tabula::{Db, DbConfig, Error};
+
+async fn backend(db: &Db) -> (i32, String, String) {
+    db.with_client(async |c| {
+        let row = c
+            .query_one(
+                "SELECT pg_backend_pid(), current_setting('application_name'), \
+                        current_setting('search_path')",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    })
+    .await
+    .expect("session")
+}
+
+#[tokio::test]
+async fn application_name_and_an_after_connect_hook_hold_on_every_connection() {
+    let (_, url) = db_and_url().await;
+    let plain = Db::connect(&url).await.expect("db");
+    assert_eq!(backend(&plain).await.1, "tabula", "the default name");
+
+    let hooked = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(1)
+            .application_name("billing-api")
+            .after_connect(|c| {
+                Box::pin(async move {
+                    c.batch_execute("SET search_path TO storage, public").await?;
+                    Ok(())
+                })
+            }),
+    )
+    .await
+    .expect("db");
+    for _ in 0..3 {
+        // `with_client` resets the session (DISCARD ALL) after each body: the hook runs
+        // again, so the setting holds for the next user of the connection.
+        let (_, name, path) = backend(&hooked).await;
+        assert_eq!(name, "billing-api");
+        assert_eq!(path, "storage, public");
+    }
+    // The setting is in force for Tabula's own statements too: `buckets` resolves to
+    // `storage.buckets` through the search path.
+    let n: i64 = hooked
+        .with_client(async |c| Ok(c.query_one("SELECT count(*) FROM buckets", &[]).await?.get(0)))
+        .await
+        .expect("search_path in force");
+    assert!(n >= 0);
+
+    // A hook that fails fails the connection, with its error.
+    let failing = Db::connect_with(DbConfig::new(url).after_connect(|c| {
+        Box::pin(async move {
+            c.batch_execute("SET no_such_setting_anywhere = 1").await?;
+            Ok(())
+        })
+    }))
+    .await;
+    assert!(failing.is_err(), "a failing hook must not give a usable pool");
+}
+
+#[tokio::test]
+async fn connections_are_replaced_after_their_lifetime_and_closed_when_idle() {
+    let (_, url) = db_and_url().await;
+    let db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(1)
+            .max_lifetime(Some(Duration::from_millis(600))),
+    )
+    .await
+    .expect("db");
+    let (first, _, _) = backend(&db).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (second, _, _) = backend(&db).await;
+    assert_ne!(first, second, "a connection outlived its lifetime");
+
+    let name = format!("idle-{}", std::process::id());
+    let idle = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(2)
+            .application_name(name.clone())
+            .idle_timeout(Some(Duration::from_millis(400))),
+    )
+    .await
+    .expect("db");
+    backend(&idle).await;
+    let watcher = Db::connect(&url).await.expect("watcher");
+    let open = async || -> i64 {
+        let name = name.clone();
+        watcher
+            .with_client(async move |c| {
+                Ok(c.query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&name],
+                )
+                .await?
+                .get(0))
+            })
+            .await
+            .expect("count")
+    };
+    assert!(open().await >= 1);
+    let mut closed = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if open().await == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "idle connections were never closed");
+}
+
+#[tokio::test]
+async fn min_idle_keeps_connections_open_ahead_of_demand() {
+    let (_, url) = db_and_url().await;
+    let name = format!("warm-{}", std::process::id());
+    let _db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(5)
+            .min_idle(3)
+            .application_name(name.clone()),
+    )
+    .await
+    .expect("db");
+    let watcher = Db::connect(&url).await.expect("watcher");
+    let mut open = 0i64;
+    for _ in 0..50 {
+        let name = name.clone();
+        open = watcher
+            .with_client(async move |c| {
+                Ok(c.query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&name],
+                )
+                .await?
+                .get(0))
+            })
+            .await
+            .expect("count");
+        if open >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(open >= 3, "{open} connections open, 3 kept idle were asked for");
+}
+
+#[tokio::test]
+async fn pool_settings_come_from_the_url_and_bad_ones_are_refused_by_name() {
+    let (_, url) = db_and_url().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let config = DbConfig::new(format!(
+        "{url}{sep}pool_size=3&pool_max_lifetime=0&pool_idle_timeout=90&statement_timeout=1500&application_name=from-url&connect_timeout=7"
+    ));
+    assert_eq!(config.pool_size, 3);
+    assert_eq!(config.max_lifetime, None, "0 is for ever");
+    assert_eq!(config.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(config.statement_timeout, Duration::from_millis(1500));
+    assert_eq!(config.connect_timeout, Duration::from_secs(7));
+    assert_eq!(config.application_name, "from-url");
+    let db = Db::connect_with(config).await.expect("the url without our settings connects");
+    let (_, name, _) = backend(&db).await;
+    assert_eq!(name, "from-url");
+    let timeout: String = db
+        .with_client(async |c| Ok(c.query_one("SHOW statement_timeout", &[]).await?.get(0)))
+        .await
+        .expect("show");
+    assert_eq!(timeout, "1500ms");
+
+    let bad = Db::connect_with(DbConfig::new(format!("{url}{sep}pool_size=lots"))).await;
+    match bad {
+        Err(Error::Config(message)) => assert!(message.contains("pool_size"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    // The password never shows in the configuration's Debug output.
+    let shown = format!("{:?}", DbConfig::new("postgres://app:s3cret@localhost/app"));
+    assert!(!shown.contains("s3cret"), "{shown}");
+}
