@@ -36,7 +36,8 @@ async fn application_name_and_an_after_connect_hook_hold_on_every_connection() {
             .application_name("billing-api")
             .after_connect(|c| {
                 Box::pin(async move {
-                    c.batch_execute("SET search_path TO storage, public").await?;
+                    c.batch_execute("SET search_path TO storage, public")
+                        .await?;
                     Ok(())
                 })
             }),
@@ -53,7 +54,11 @@ async fn application_name_and_an_after_connect_hook_hold_on_every_connection() {
     // The setting is in force for Tabula's own statements too: `buckets` resolves to
     // `storage.buckets` through the search path.
     let n: i64 = hooked
-        .with_client(async |c| Ok(c.query_one("SELECT count(*) FROM buckets", &[]).await?.get(0)))
+        .with_client(async |c| {
+            Ok(c.query_one("SELECT count(*) FROM buckets", &[])
+                .await?
+                .get(0))
+        })
         .await
         .expect("search_path in force");
     assert!(n >= 0);
@@ -66,7 +71,10 @@ async fn application_name_and_an_after_connect_hook_hold_on_every_connection() {
         })
     }))
     .await;
-    assert!(failing.is_err(), "a failing hook must not give a usable pool");
+    assert!(
+        failing.is_err(),
+        "a failing hook must not give a usable pool"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +161,10 @@ async fn min_idle_keeps_connections_open_ahead_of_demand() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(open >= 3, "{open} connections open, 3 kept idle were asked for");
+    assert!(
+        open >= 3,
+        "{open} connections open, 3 kept idle were asked for"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +180,9 @@ async fn pool_settings_come_from_the_url_and_bad_ones_are_refused_by_name() {
     assert_eq!(config.statement_timeout, Duration::from_millis(1500));
     assert_eq!(config.connect_timeout, Duration::from_secs(7));
     assert_eq!(config.application_name, "from-url");
-    let db = Db::connect_with(config).await.expect("the url without our settings connects");
+    let db = Db::connect_with(config)
+        .await
+        .expect("the url without our settings connects");
     let (_, name, _) = backend(&db).await;
     assert_eq!(name, "from-url");
     let timeout: String = db

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 /// Labels: `operation`, `table`, `outcome` (`ok` or `error`).
 pub const DB_OPERATION_SECONDS: &str = "tabula_db_operation_seconds";
 
+/// Counter: reads tried again on another connection after theirs turned out dead
+/// (closed by the server, a failover) before any answer. Label: `operation`.
+pub const DB_READ_RETRIES: &str = "tabula_db_read_retries_total";
+
 /// Counter: transactions retried after a serialization failure or deadlock.
 pub const DB_TRANSACTION_RETRIES: &str = "tabula_db_transaction_retries_total";
 

@@ -360,11 +360,21 @@ impl Db {
 
     /// Whether a read that failed on a dead connection should be tried again (outside a
     /// transaction, at most once per pooled connection).
-    pub(crate) fn retry_read(&self, error: &Error, tries: &mut u32) -> bool {
+    pub(crate) fn retry_read(
+        &self,
+        operation: &'static str,
+        error: &Error,
+        tries: &mut u32,
+    ) -> bool {
         let retry = matches!(error, Error::Connection(_))
             && self.current_tx().is_none()
             && *tries < self.shared.config.pool_size;
         *tries += 1;
+        if retry {
+            metrics::counter!(crate::monitor::DB_READ_RETRIES, "operation" => operation)
+                .increment(1);
+            tracing::debug!(operation, %error, "read tried again on another connection");
+        }
         retry
     }
 
@@ -447,7 +457,7 @@ macro_rules! read_on_conn {
                 }
                 .await;
                 match __attempt {
-                    Err(e) if __db.retry_read(&e, &mut __tries) => continue,
+                    Err(e) if __db.retry_read($op, &e, &mut __tries) => continue,
                     other => break other,
                 }
             }
