@@ -41,7 +41,7 @@ fn cache_reads(c: &mut Criterion) {
         .expect("runtime");
     let redis_url = tabula::testkit::redis_url().expect("redis");
     let (db, raw, memory_db, id) = rt.block_on(async {
-        let migrations = tabula::embed_migrations!("migrations");
+        let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
             .expect("database");

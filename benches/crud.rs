@@ -67,7 +67,7 @@ struct Setup {
 }
 
 async fn setup(big_table: bool) -> Setup {
-    let migrations = tabula::embed_migrations!("migrations");
+    let migrations = tabula::embed_migrations!("migrations").with_builtin();
     let (db, url) = tabula::testkit::database(&migrations)
         .await
         .expect("database");

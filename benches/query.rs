@@ -33,7 +33,7 @@ fn query_ten_rows(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let (db, raw) = rt.block_on(async {
-        let migrations = tabula::embed_migrations!("migrations");
+        let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (db, url) = tabula::testkit::database(&migrations)
             .await
             .expect("database");

@@ -22,7 +22,7 @@ fn storage(c: &mut Criterion) {
         .expect("runtime");
     let root = std::env::temp_dir().join(format!("tabula-bench-store-{}", std::process::id()));
     let (cached, uncached) = rt.block_on(async {
-        let migrations = tabula::embed_migrations!("migrations");
+        let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
             .expect("database");

@@ -41,7 +41,7 @@ async fn connect(migrations: &Migrator) -> tabula::Result<Db> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> tabula::Result<()> {
-    let migrations = tabula::embed_migrations!("migrations");
+    let migrations = tabula::embed_migrations!("migrations").with_builtin();
     let db = connect(&migrations).await?;
 
     // Create a new profile

@@ -9,7 +9,7 @@ use tabula::{CacheConfig, CacheService, Db, DbConfig};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> tabula::Result<()> {
-    let migrations = tabula::embed_migrations!("migrations");
+    let migrations = tabula::embed_migrations!("migrations").with_builtin();
     let url = match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let db = Db::connect(&url).await?;

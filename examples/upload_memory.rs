@@ -19,7 +19,7 @@ fn peak_rss_kib() -> u64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> tabula::Result<()> {
-    let migrations = tabula::embed_migrations!("migrations");
+    let migrations = tabula::embed_migrations!("migrations").with_builtin();
     let (db, _) = tabula::testkit::database(&migrations).await?;
     let root = std::env::temp_dir().join(format!("tabula-upload-{}", std::process::id()));
     let storage = StorageService::local(

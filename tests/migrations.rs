@@ -293,3 +293,97 @@ fn the_build_script_watches_the_migrations_folder_and_each_file() {
         "build.rs does not watch migrations/"
     );
 }
+
+/// Tabula's own migrations (auth roles and functions, the storage schema) ship in the
+/// crate on a version track of their own: an application's `0001` and `0002` apply
+/// beside Tabula's `0001` and `0002`, each recorded apart, each only once.
+#[tokio::test]
+async fn the_built_in_track_applies_beside_the_applications_own_numbering() {
+    let (db, _) = empty_db().await;
+    let migrator = Migrator::new(two()).expect("migrator").with_builtin();
+    let first = migrator.run(&db).await.expect("first run");
+    assert_eq!(first.builtin_applied, vec![1, 2], "auth, then storage");
+    assert_eq!(first.applied, vec![1, 2], "the application's own 1 and 2");
+    let again = migrator.run(&db).await.expect("second run");
+    assert!(again.builtin_applied.is_empty() && again.applied.is_empty());
+    assert_eq!(counter(&db).await, 1);
+    // What the built-in track made is there: the roles, auth.uid(), the storage tables.
+    let (roles, uid_null, buckets): (i64, bool, i64) = db
+        .with_client(async |c| {
+            let row = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role')), \
+                            auth.uid() IS NULL, \
+                            (SELECT count(*) FROM storage.buckets)",
+                    &[],
+                )
+                .await?;
+            Ok((row.get(0), row.get(1), row.get(2)))
+        })
+        .await
+        .expect("built-in objects");
+    assert_eq!((roles, uid_null, buckets), (3, true, 0));
+    // Recorded apart.
+    let tracks: (i64, i64) = db
+        .with_client(async |c| {
+            let row = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM tabula_migrations), \
+                            (SELECT count(*) FROM tabula_builtin_migrations)",
+                    &[],
+                )
+                .await?;
+            Ok((row.get(0), row.get(1)))
+        })
+        .await
+        .expect("tracks");
+    assert_eq!(tracks, (2, 2));
+}
+
+/// A database that made the same objects through its own migrations before they
+/// shipped in the crate (as this repository's examples did) takes the built-in track
+/// unchanged: every built-in migration is idempotent.
+#[tokio::test]
+async fn the_built_in_track_applies_over_objects_a_database_already_has() {
+    let (db, _) = empty_db().await;
+    // The same SQL applied once as the application's own migrations...
+    let copied: Vec<Migration> = Migrator::builtin()
+        .migrations()
+        .iter()
+        .map(|m| {
+            Migration::new(
+                m.version + 100,
+                format!("copy_of_{}", m.name),
+                m.sql.clone(),
+            )
+        })
+        .collect();
+    Migrator::new(copied)
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect("objects made by the application");
+    db.execute_batch("INSERT INTO storage.buckets (id) VALUES ('kept')")
+        .await
+        .expect("a row");
+    // ...then the built-in track over it: applied, nothing lost.
+    let report = Migrator::new(Vec::new())
+        .expect("migrator")
+        .with_builtin()
+        .run(&db)
+        .await
+        .expect("built-in over existing objects");
+    assert_eq!(report.builtin_applied, vec![1, 2]);
+    let kept: i64 = db
+        .with_client(async |c| {
+            Ok(c.query_one(
+                "SELECT count(*) FROM storage.buckets WHERE id = 'kept'",
+                &[],
+            )
+            .await?
+            .get(0))
+        })
+        .await
+        .expect("count");
+    assert_eq!(kept, 1);
+}

@@ -15,11 +15,12 @@
 //! the application's own role — the table owner, which RLS does not restrict (the
 //! "service role").
 //!
-//! `migrations/0002_auth_and_row_level_security.sql` provides what Supabase policies
-//! expect on any PostgreSQL: the roles `anon`, `authenticated`, `service_role`, and
-//! `auth.uid()`, `auth.role()`, `auth.jwt()` reading the claims (an absent or empty
-//! setting is NULL, never an error), plus owner policies on the example schema's tables
-//! (`migrations/`).
+//! Tabula's built-in migrations
+//! ([`Migrator::with_builtin`](crate::migrate::Migrator::with_builtin)) provide what
+//! Supabase policies expect on any PostgreSQL: the roles `anon`, `authenticated`,
+//! `service_role`, and `auth.uid()`, `auth.role()`, `auth.jwt()` reading the claims (an
+//! absent or empty setting is NULL, never an error). The repository's example schema
+//! adds owner policies on its tables (`migrations/0002_row_level_security.sql`).
 //!
 //! A row the policy hides is `NotFound` on read, update and delete — the same answer
 //! as a row that does not exist — and an insert the policy refuses is

@@ -114,7 +114,7 @@ pub use tabula_macros::cached;
 ///
 /// ```ignore
 /// static MIGRATIONS: std::sync::LazyLock<tabula::migrate::Migrator> =
-///     std::sync::LazyLock::new(|| tabula::embed_migrations!("migrations"));
+///     std::sync::LazyLock::new(|| tabula::embed_migrations!("migrations").with_builtin());
 /// ```
 pub use tabula_macros::embed_migrations;
 

@@ -34,12 +34,45 @@ use crate::monitor;
 /// Advisory lock key: the bytes of "tabulamg" as an i64, unlikely to meet another user's.
 const LOCK_KEY: i64 = 0x7461_6275_6c61_6d67;
 
-const SETUP: &str = "CREATE TABLE IF NOT EXISTS tabula_migrations (
-    version bigint PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)";
+/// Where a track records what it applied: the application's migrations, and Tabula's
+/// own (auth roles and functions, the storage schema) on a version track of their own,
+/// so the two numberings never meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    App,
+    Builtin,
+}
+
+impl Track {
+    fn table(self) -> &'static str {
+        match self {
+            Track::App => "tabula_migrations",
+            Track::Builtin => "tabula_builtin_migrations",
+        }
+    }
+
+    fn setup(self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                version bigint PRIMARY KEY,
+                name text NOT NULL,
+                checksum text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+            self.table()
+        )
+    }
+}
+
+/// Tabula's own migrations, shipped in the crate (`runtime/migrations/`). Each is
+/// idempotent, so a database that made the same objects through its own migrations
+/// before they shipped takes them unchanged.
+fn builtin_migrations() -> Vec<Migration> {
+    vec![
+        Migration::new(1, "auth", include_str!("../migrations/0001_auth.sql")),
+        Migration::new(2, "storage", include_str!("../migrations/0002_storage.sql")),
+    ]
+}
 
 /// One migration file.
 #[derive(Debug, Clone)]
@@ -97,15 +130,21 @@ pub fn parse_file_name(file_name: &str) -> Option<(i64, &str)> {
 pub struct Migrator {
     migrations: Vec<Migration>,
     allow_out_of_order: bool,
+    track: Track,
+    with_builtin: bool,
 }
 
 /// What [`Migrator::run`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationReport {
     /// Versions this run applied, in order.
     pub applied: Vec<i64>,
     /// Versions that were already applied.
     pub already_applied: Vec<i64>,
+    /// Versions of Tabula's built-in track this run applied (with
+    /// [`Migrator::with_builtin`]).
+    pub builtin_applied: Vec<i64>,
 }
 
 impl Migrator {
@@ -132,7 +171,49 @@ impl Migrator {
         Ok(Migrator {
             migrations,
             allow_out_of_order: false,
+            track: Track::App,
+            with_builtin: false,
         })
+    }
+
+    /// Tabula's own migrations alone, on their own version track (recorded in
+    /// `tabula_builtin_migrations`): the roles `anon`, `authenticated` and
+    /// `service_role` with `auth.uid()`, `auth.role()` and `auth.jwt()` for Row Level
+    /// Security policies, and the `storage` schema of [`crate::storage`]. Usually
+    /// applied through [`with_builtin`](Self::with_builtin).
+    ///
+    /// ```
+    /// let builtin = tabula::migrate::Migrator::builtin();
+    /// assert_eq!(builtin.migrations()[0].name, "auth");
+    /// ```
+    pub fn builtin() -> Self {
+        Migrator {
+            migrations: builtin_migrations(),
+            // New built-in migrations may come with a crate upgrade below others a
+            // database already has; each is written to apply in any order.
+            allow_out_of_order: true,
+            track: Track::Builtin,
+            with_builtin: false,
+        }
+    }
+
+    /// Applies Tabula's built-in migrations (see [`builtin`](Self::builtin)) before
+    /// these, each track numbered on its own: your `0001_*.sql` never meets Tabula's.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let report = tabula::embed_migrations!("migrations").with_builtin().run(&db).await?;
+    /// println!("tabula {:?}, yours {:?}", report.builtin_applied, report.applied);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_builtin(mut self) -> Self {
+        self.with_builtin = true;
+        self
+    }
+
+    /// Whether [`run`](Self::run) applies the built-in track first.
+    pub fn includes_builtin(&self) -> bool {
+        self.with_builtin
     }
 
     /// Whether a pending migration whose version is lower than the latest applied one
@@ -160,6 +241,8 @@ impl Migrator {
         Migrator {
             migrations,
             allow_out_of_order: false,
+            track: Track::App,
+            with_builtin: false,
         }
     }
 
@@ -211,17 +294,32 @@ impl Migrator {
     /// # Ok(()) }
     /// ```
     pub async fn run(&self, db: &Db) -> Result<MigrationReport> {
+        let builtin_applied = match self.with_builtin {
+            true => Box::pin(Migrator::builtin().run(db)).await?.applied,
+            false => Vec::new(),
+        };
         // Migrations change the schema the cache's cascades follow.
         db.forget_schema();
+        let track = self.track;
         let applied: Vec<(i64, String, String)> = db
             .transaction(|tx| async move {
                 tx.with_client(async |c| {
-                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
-                    c.batch_execute(SETUP).await?;
-                    let rows = c
-                        .query("SELECT version, name, checksum FROM tabula_migrations ORDER BY version", &[])
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
                         .await?;
-                    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+                    c.batch_execute(&track.setup()).await?;
+                    let rows = c
+                        .query(
+                            &format!(
+                                "SELECT version, name, checksum FROM {} ORDER BY version",
+                                track.table()
+                            ),
+                            &[],
+                        )
+                        .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect())
                 })
                 .await
             })
@@ -264,13 +362,14 @@ impl Migrator {
         let mut report = MigrationReport {
             applied: Vec::new(),
             already_applied: Vec::new(),
+            builtin_applied,
         };
         for migration in &self.migrations {
             if applied.iter().any(|(v, _, _)| *v == migration.version) {
                 report.already_applied.push(migration.version);
                 continue;
             }
-            if apply(db, migration, self.allow_out_of_order).await? {
+            if apply(db, migration, self.allow_out_of_order, track).await? {
                 metrics::counter!(monitor::MIGRATIONS_APPLIED).increment(1);
                 tracing::info!(version = migration.version, name = %migration.name, "applied migration");
                 report.applied.push(migration.version);
@@ -419,7 +518,12 @@ fn check_no_transaction_control(migration: &Migration) -> Result<()> {
 }
 
 /// Applies one migration unless another process did meanwhile; `Ok(true)` if applied here.
-async fn apply(db: &Db, migration: &Migration, allow_out_of_order: bool) -> Result<bool> {
+async fn apply(
+    db: &Db,
+    migration: &Migration,
+    allow_out_of_order: bool,
+    track: Track,
+) -> Result<bool> {
     check_no_transaction_control(migration)?;
     let checksum = migration.checksum();
     let result = db
@@ -427,16 +531,21 @@ async fn apply(db: &Db, migration: &Migration, allow_out_of_order: bool) -> Resu
             let checksum = &checksum;
             async move {
                 tx.with_client(async |c| {
-                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+                        .await?;
+                    let table = track.table();
                     let done = c
-                        .query_opt("SELECT 1 FROM tabula_migrations WHERE version = $1", &[&migration.version])
+                        .query_opt(
+                            &format!("SELECT 1 FROM {table} WHERE version = $1"),
+                            &[&migration.version],
+                        )
                         .await?;
                     if done.is_some() {
                         return Ok(false);
                     }
                     if !allow_out_of_order {
                         let latest: Option<i64> = c
-                            .query_one("SELECT max(version) FROM tabula_migrations", &[])
+                            .query_one(&format!("SELECT max(version) FROM {table}"), &[])
                             .await?
                             .get(0);
                         if let Some(latest) = latest.filter(|l| *l > migration.version) {
@@ -445,7 +554,9 @@ async fn apply(db: &Db, migration: &Migration, allow_out_of_order: bool) -> Resu
                     }
                     c.batch_execute(&migration.sql).await?;
                     c.execute(
-                        "INSERT INTO tabula_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        &format!(
+                            "INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"
+                        ),
                         &[&migration.version, &migration.name.as_ref(), checksum],
                     )
                     .await?;

@@ -108,7 +108,7 @@ pub fn redis_pid() -> Option<u32> {
 ///
 /// ```no_run
 /// # async fn run() -> tabula::Result<()> {
-/// let migrator = tabula::migrate::Migrator::from_dir("migrations")?;
+/// let migrator = tabula::migrate::Migrator::from_dir("migrations")?.with_builtin();
 /// let (db, url) = tabula::testkit::database(&migrator).await?;
 /// # Ok(()) }
 /// ```
@@ -134,7 +134,15 @@ pub async fn database(migrator: &Migrator) -> Result<(Db, String)> {
 
 async fn template_for(admin_url: &str, migrator: &Migrator) -> Result<String> {
     let fingerprint: String = {
-        let all: String = migrator.migrations().iter().map(|m| m.checksum()).collect();
+        let mut all: String = migrator.migrations().iter().map(|m| m.checksum()).collect();
+        if migrator.includes_builtin() {
+            all.extend(
+                Migrator::builtin()
+                    .migrations()
+                    .iter()
+                    .map(|m| m.checksum()),
+            );
+        }
         crate::migrate::Migration::new(0, "all", all).checksum()[..16].to_owned()
     };
     let mut templates = TEMPLATES.lock().await;

@@ -11,7 +11,7 @@ use tabula::{Db, Table};
 use uuid::Uuid;
 
 pub static MIGRATIONS: LazyLock<Migrator> =
-    LazyLock::new(|| tabula::embed_migrations!("migrations"));
+    LazyLock::new(|| tabula::embed_migrations!("migrations").with_builtin());
 
 /// A database of this test's own, migrated, on the test kit's server.
 pub async fn db() -> Db {

@@ -1,7 +1,9 @@
 //! File storage: buckets and objects whose bytes live in an object store (the local
 //! filesystem by default; any `object_store` backend by configuration) and whose
 //! metadata lives in PostgreSQL (`storage.buckets`, `storage.objects`), so listing,
-//! sorting and permissions work like the rest of Tabula.
+//! sorting and permissions work like the rest of Tabula. The `storage` schema is part
+//! of Tabula's built-in migrations: apply them with
+//! [`Migrator::with_builtin`](crate::migrate::Migrator::with_builtin).
 //!
 //! # Consistency
 //!
