@@ -53,7 +53,7 @@ pub(crate) struct Setup {
 pub(crate) struct PgConn {
     client: Client,
     /// Run again after a session reset (see `reset_session`).
-    after_connect: Option<crate::db::AfterConnect>,
+    after_connect: Option<AfterConnect>,
     cancel: CancelToken,
     statements: HashMap<String, Statement>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
@@ -442,11 +442,23 @@ pub(crate) fn cancel_in_background(token: CancelToken) {
     }
 }
 
+/// Runs on every new connection before its first use, and again after
+/// `Db::with_client` reset a session — e.g. `SET search_path TO app, public`. See
+/// `DbConfig::after_connect`.
+pub type AfterConnect = Arc<
+    dyn for<'c> Fn(
+            &'c tokio_postgres::Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = crate::error::Result<()>> + Send + 'c>,
+        > + Send
+        + Sync,
+>;
+
 /// Opens connections for bb8.
 #[derive(Clone)]
 pub(crate) struct PgManager {
     pub(crate) config: tokio_postgres::Config,
-    after_connect: Option<crate::db::AfterConnect>,
+    after_connect: Option<AfterConnect>,
 }
 
 impl PgManager {
@@ -458,7 +470,7 @@ impl PgManager {
         mut config: tokio_postgres::Config,
         connect_timeout: Duration,
         statement_timeout: Duration,
-        after_connect: Option<crate::db::AfterConnect>,
+        after_connect: Option<AfterConnect>,
     ) -> Self {
         config.connect_timeout(connect_timeout);
         let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);

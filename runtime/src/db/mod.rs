@@ -63,17 +63,7 @@ pub(crate) use write::{Invalidation, key_text};
 
 type Pooled = bb8::PooledConnection<'static, PgManager>;
 
-/// Runs on every new connection before its first use, and again after
-/// [`Db::with_client`] reset a session — e.g. `SET search_path TO app, public`. See
-/// [`DbConfig::after_connect`].
-pub type AfterConnect = Arc<
-    dyn for<'c> Fn(
-            &'c tokio_postgres::Client,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'c>>
-        + Send
-        + Sync,
->;
+pub use crate::pool::AfterConnect;
 
 /// How a [`Db`] connects and how long it waits.
 ///
