@@ -60,6 +60,14 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
+    /// A token that does not prove who sent it (see [`crate::Db::as_jwt`]): a bad
+    /// signature, an algorithm no key accepts, expired, not valid yet, another audience
+    /// or issuer.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// Which check failed.
+        reason: String,
+    },
     /// The transaction could not be serialized (SQLSTATE 40001) or deadlocked (40P01),
     /// and retrying did not help within the configured attempts.
     #[error("transaction conflict (sqlstate {sqlstate}) after {attempts} attempt(s)")]

@@ -44,6 +44,9 @@ pub mod build;
 pub mod cache;
 pub mod db;
 pub mod error;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 pub mod migrate;
 pub mod monitor;
 mod pool;

@@ -113,6 +113,11 @@ pub struct DbConfig {
     pub application_name: String,
     /// Runs on every new connection (see [`AfterConnect`]). Default none.
     pub after_connect: Option<AfterConnect>,
+    /// Checks the tokens of [`Db::as_jwt`]. Default none (`as_jwt` is then a
+    /// configuration error).
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub jwt: Option<crate::jwt::JwtVerifier>,
     /// How long one statement may run; enforced by the server (see the
     /// [module docs](self#deadlines)). Default 30 s.
     pub statement_timeout: Duration,
@@ -193,6 +198,8 @@ impl DbConfig {
             connect_timeout: Duration::from_secs(5),
             application_name: "tabula".into(),
             after_connect: None,
+            #[cfg(feature = "jwt")]
+            jwt: None,
             statement_timeout: Duration::from_secs(30),
             transaction_attempts: 5,
             cache: None,
@@ -233,6 +240,20 @@ impl DbConfig {
             }
         }
         Ok(())
+    }
+
+    /// Sets [`DbConfig::jwt`].
+    ///
+    /// ```
+    /// let verifier = tabula::jwt::JwtVerifier::hs256(b"a-secret-of-at-least-thirty-two-bytes!")?;
+    /// let config = tabula::DbConfig::new("postgres://app@localhost/app").jwt(verifier);
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
+        self.jwt = Some(verifier);
+        self
     }
 
     /// Sets [`DbConfig::min_idle`].

@@ -60,6 +60,26 @@ impl Db {
         Ok(self.scoped(Scope::claims(&claims)?))
     }
 
+    /// A handle acting with the claims of `token`, once [`DbConfig::jwt`](crate::DbConfig::jwt)'s
+    /// verifier checked it: the signature by a configured key (with that key's own
+    /// algorithm), `exp`, `nbf`, audience and issuer — see [`crate::jwt`]. A token that
+    /// fails any check is [`Error::Unauthenticated`](crate::Error::Unauthenticated); its
+    /// claims then follow the rules of [`as_claims`](Self::as_claims).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db, bearer: &str) -> tabula::Result<()> {
+    /// let user = db.as_jwt(bearer)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn as_jwt(&self, token: &str) -> Result<Db> {
+        let verifier = self.shared.config.jwt.as_ref().ok_or_else(|| {
+            crate::Error::Config("no JWT verifier is configured (DbConfig::jwt)".into())
+        })?;
+        self.as_claims(verifier.verify(token)?)
+    }
+
     /// A handle acting as an anonymous request (role `anon`, no `sub`).
     ///
     /// ```no_run
