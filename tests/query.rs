@@ -386,3 +386,41 @@ async fn a_statement_rendered_once_per_shape_takes_each_calls_values() {
         .expect("select");
     assert_eq!(ids, ["cid"]);
 }
+
+/// The profiles table read by a model that disagrees with it about a column's type.
+#[derive(tabula::Table, Debug, Clone)]
+#[table(name = "profiles")]
+struct Mistyped {
+    #[table(primary_key, generated)]
+    id: Uuid,
+    /// `text` in the table.
+    username: i32,
+}
+
+/// Rows are decoded as they arrive; a row that does not decode is a `Decode` error
+/// naming the table and column, the rest of the answer is read off the connection, and
+/// the connection serves the next query.
+#[tokio::test]
+async fn a_row_that_does_not_decode_is_a_decode_error_and_the_connection_serves_on() {
+    let (_, url) = db_and_url().await;
+    let db = Db::connect_with(tabula::DbConfig::new(url).pool_size(1))
+        .await
+        .expect("db");
+    db.create_many((0..500).map(|i| new_profile(&format!("p{i}"))).collect())
+        .await
+        .expect("rows");
+    let err = db
+        .query::<Mistyped>()
+        .all()
+        .await
+        .expect_err("text is not an int4");
+    match err {
+        Error::Decode { table, column, .. } => {
+            assert_eq!((table, column), ("profiles", "username"));
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    // The same (only) connection answers the next query in full.
+    assert_eq!(db.query::<Profile>().all().await.expect("next").len(), 500);
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 500);
+}

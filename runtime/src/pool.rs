@@ -157,6 +157,56 @@ impl PgConn {
         self.settle(outcome)
     }
 
+    /// The rows of `sql`, each decoded by `decode` as it arrives: decoding overlaps
+    /// the server sending the rest, and no list of driver rows is kept. A decode
+    /// failure is the answer once the statement ended (its rows are drained).
+    pub(crate) async fn query_decode<T>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        mut decode: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let result = self.query_decode_once(sql, params, &mut decode).await;
+        if self.forget_stale_plan(sql, &result) {
+            return self.query_decode_once(sql, params, &mut decode).await;
+        }
+        result
+    }
+
+    async fn query_decode_once<T>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: &mut impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        use futures_util::TryStreamExt;
+        let statement = self.prepare(sql).await?;
+        let extras = self.extras(true).await?;
+        self.in_flight = true;
+        let mut out = Vec::new();
+        let mut failed: Option<Error> = None;
+        let client = &self.client;
+        let rows = async {
+            let stream = client.query_raw(&statement, params.iter().copied()).await?;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(row) = stream.try_next().await? {
+                if failed.is_none() {
+                    match decode(&row) {
+                        Ok(value) => out.push(value),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+            }
+            Ok(())
+        };
+        let outcome = pipelined(client, extras, rows).await;
+        self.settle(outcome)?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
     pub(crate) async fn query_opt(
         &mut self,
         sql: &str,

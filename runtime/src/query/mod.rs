@@ -681,8 +681,8 @@ async fn fetch<M: Table, D: Decode<M>>(
     bound: &crate::sql::Bound<'static>,
 ) -> Result<Vec<D::Output>> {
     crate::db::read_on_conn!(db, "query", M::META.name, |conn| {
-        let rows = conn.query(&bound.sql, &bound.params()).await?;
-        rows.iter().map(D::decode).collect()
+        conn.query_decode(&bound.sql, &bound.params(), D::decode)
+            .await
     })
     .await
 }
