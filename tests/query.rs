@@ -390,6 +390,7 @@ async fn a_statement_rendered_once_per_shape_takes_each_calls_values() {
 /// The profiles table read by a model that disagrees with it about a column's type.
 #[derive(tabula::Table, Debug, Clone)]
 #[table(name = "profiles")]
+#[allow(dead_code)] // read only to fail
 struct Mistyped {
     #[table(primary_key, generated)]
     id: Uuid,
