@@ -293,6 +293,37 @@ async fn a_connection_killed_before_commit_is_resolved_as_not_committed() {
     assert!(usernames(&db).await.is_empty());
 }
 
+/// The same when the transaction's only write is a COPY (`insert_many`), which cannot
+/// carry the transaction-id probe in its pipeline: it asks behind it, so a COMMIT whose
+/// connection died is still resolved, never taken for a transaction that wrote nothing.
+#[tokio::test]
+async fn a_copy_only_transaction_killed_before_commit_is_not_ok() {
+    let (db, url) = db_and_url().await;
+    let killer = Arc::new(raw(&url).await);
+    let result: tabula::Result<()> = db
+        .transaction(move |tx| {
+            let killer = killer.clone();
+            async move {
+                tx.insert_many(vec![new_profile("never1"), new_profile("never2")])
+                    .await?;
+                let pid: i32 = tx
+                    .with_client(async |c| {
+                        Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+                    })
+                    .await?;
+                killer
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .expect("terminate");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(())
+            }
+        })
+        .await;
+    assert!(usernames(&db).await.is_empty(), "the server aborted it");
+    assert!(result.is_err(), "Ok for a transaction that kept nothing");
+}
+
 // ---- 4. re-entrancy -------------------------------------------------------------------
 
 #[tokio::test]

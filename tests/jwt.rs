@@ -123,6 +123,13 @@ async fn every_bad_hs256_token_is_refused_with_its_reason() {
         SECRET,
     )));
     assert!(issuer.contains("issuer"), "{issuer}");
+    // A configured audience and issuer must be present, not only right when present.
+    for claim in ["aud", "iss"] {
+        let mut without = good(json!({}));
+        without.as_object_mut().expect("object").remove(claim);
+        let reason = refused(db.as_jwt(&hs256(without, SECRET)));
+        assert!(reason.contains(claim), "{claim}: {reason}");
+    }
     let mut no_exp = good(json!({}));
     no_exp.as_object_mut().expect("object").remove("exp");
     let forever = refused(db.as_jwt(&hs256(no_exp, SECRET)));

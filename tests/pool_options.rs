@@ -78,6 +78,24 @@ async fn application_name_and_an_after_connect_hook_hold_on_every_connection() {
 }
 
 #[tokio::test]
+async fn a_hook_that_never_finishes_fails_the_connect_within_its_deadline() {
+    let (_, url) = db_and_url().await;
+    let started = std::time::Instant::now();
+    let hung = Db::connect_with(
+        DbConfig::new(url)
+            .connect_timeout(Duration::from_millis(500))
+            .after_connect(|_| Box::pin(std::future::pending())),
+    )
+    .await;
+    assert!(matches!(hung, Err(Error::Connect(_))), "{hung:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn connections_are_replaced_after_their_lifetime_and_closed_when_idle() {
     let (_, url) = db_and_url().await;
     let db = Db::connect_with(
@@ -195,6 +213,19 @@ async fn pool_settings_come_from_the_url_and_bad_ones_are_refused_by_name() {
     match bad {
         Err(Error::Config(message)) => assert!(message.contains("pool_size"), "{message}"),
         other => panic!("expected a configuration error, got {other:?}"),
+    }
+    // Numbers that cannot be meant: refused by name, not clamped into a pool that
+    // opens connections until the process runs out of memory, nor a 1 ms deadline.
+    for (setting, word) in [
+        ("pool_size=99999999999", "pool_size"),
+        ("pool_min_idle=4000000000", "pool_min_idle"),
+        ("pool_size=0", "pool_size"),
+        ("statement_timeout=0", "statement_timeout"),
+    ] {
+        match Db::connect_with(DbConfig::new(format!("{url}{sep}{setting}"))).await {
+            Err(Error::Config(message)) => assert!(message.contains(word), "{message}"),
+            other => panic!("{setting}: expected a configuration error, got {other:?}"),
+        }
     }
     // The password never shows in the configuration's Debug output.
     let shown = format!("{:?}", DbConfig::new("postgres://app:s3cret@localhost/app"));

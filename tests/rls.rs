@@ -622,3 +622,32 @@ async fn a_scoped_read_given_up_after_its_statement_leaves_no_scope_for_the_next
             .expect("tidy");
     }
 }
+
+/// PostgreSQL allows no COPY into a table under Row Level Security: a scoped
+/// `insert_many` goes in through INSERT, where the policy decides — own rows are
+/// inserted, a batch holding another user's row is refused whole.
+#[tokio::test]
+async fn a_scoped_insert_many_inserts_own_rows_and_refuses_a_batch_with_anothers() {
+    let (_, url) = common::db_and_url().await;
+    let db = Db::connect(&url).await.expect("db");
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let as_alice = db.as_user(alice);
+    let n = as_alice
+        .insert_many(vec![new(alice, "a1"), new(alice, "a2")])
+        .await
+        .expect("own rows");
+    assert_eq!(n, 2);
+    let err = as_alice
+        .insert_many(vec![new(alice, "a3"), new(bob, "b1")])
+        .await
+        .expect_err("another user's row");
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    let mut names: Vec<String> = db
+        .query::<Profile>()
+        .select(Profile::USERNAME)
+        .all()
+        .await
+        .expect("all");
+    names.sort();
+    assert_eq!(names, ["a1", "a2"], "nothing of the refused batch");
+}

@@ -201,14 +201,21 @@ impl JwtVerifier {
         validation.leeway = LEEWAY;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer must be *present*, not only right when
+        // present: a token made for another purpose without `aud` must not pass.
+        let mut required = vec!["exp"];
         match &self.inner.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.inner.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let mut last = None;
         for key in candidates {
             match jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation) {
@@ -227,8 +234,8 @@ impl JwtVerifier {
             Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => {
                 "the token is from another issuer"
             }
-            Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_)) => {
-                "the token has no expiry (exp)"
+            Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim)) => {
+                return Err(refuse(format!("the token has no `{claim}` claim")));
             }
             Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
                 "the token's signature does not verify"

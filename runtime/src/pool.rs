@@ -304,6 +304,25 @@ impl PgConn {
         {
             self.failure = Some(e.sqlstate().unwrap_or_default().to_owned());
         }
+        // The commit protocol needs the id of a transaction that wrote (see
+        // `db/tx.rs`): other statements carry the probe in their pipeline, a COPY
+        // cannot, so ask once behind it.
+        if copied.is_ok() && self.in_transaction && self.xid.is_none() {
+            let probe = self.prepare(CURRENT_XID).await?;
+            self.in_flight = true;
+            let row = self.client.query_opt(&probe, &[]).await;
+            self.in_flight = false;
+            match row {
+                Ok(row) => {
+                    self.xid = row.and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten());
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    self.failure = Some(e.sqlstate().unwrap_or_default().to_owned());
+                    return Err(e);
+                }
+            }
+        }
         copied
     }
 
@@ -390,10 +409,14 @@ impl PgConn {
             return;
         }
         // DISCARD ALL dropped what the after-connect hook set: set it again.
-        if let Some(hook) = &self.after_connect
-            && hook(&self.client).await.is_err()
-        {
-            self.discard = true;
+        if let Some(hook) = &self.after_connect {
+            let deadline = Duration::from_secs(5);
+            if !matches!(
+                tokio::time::timeout(deadline, hook(&self.client)).await,
+                Ok(Ok(()))
+            ) {
+                self.discard = true;
+            }
         }
     }
 
@@ -552,7 +575,17 @@ impl bb8::ManageConnection for PgManager {
             }
         });
         if let Some(hook) = &self.after_connect {
-            hook(&client).await?;
+            // The hook is part of opening the connection, and shares its deadline.
+            let deadline = self.config.get_connect_timeout().copied();
+            let deadline = deadline.unwrap_or(Duration::from_secs(5));
+            match tokio::time::timeout(deadline, hook(&client)).await {
+                Ok(done) => done?,
+                Err(_) => {
+                    return Err(Error::Connect(format!(
+                        "the after-connect hook did not finish within {deadline:?}"
+                    )));
+                }
+            }
         }
         Ok(PgConn {
             after_connect: self.after_connect.clone(),

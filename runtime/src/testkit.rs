@@ -134,13 +134,22 @@ pub async fn database(migrator: &Migrator) -> Result<(Db, String)> {
 
 async fn template_for(admin_url: &str, migrator: &Migrator) -> Result<String> {
     let fingerprint: String = {
-        let mut all: String = migrator.migrations().iter().map(|m| m.checksum()).collect();
+        // Every migration by version, name and checksum, and which track it is on: two
+        // sets that would build different databases never share a template.
+        let describe = |track: &str, m: &crate::migrate::Migration| {
+            format!("{track}\0{}\0{}\0{}\n", m.version, m.name, m.checksum())
+        };
+        let mut all: String = migrator
+            .migrations()
+            .iter()
+            .map(|m| describe("app", m))
+            .collect();
         if migrator.includes_builtin() {
             all.extend(
                 Migrator::builtin()
                     .migrations()
                     .iter()
-                    .map(|m| m.checksum()),
+                    .map(|m| describe("builtin", m)),
             );
         }
         crate::migrate::Migration::new(0, "all", all).checksum()[..16].to_owned()

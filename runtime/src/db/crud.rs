@@ -69,8 +69,10 @@ impl Db {
     async fn copy_in_now<N: NewRow>(&self, rows: Vec<N>) -> Result<u64> {
         let meta = N::Table::META;
         let statements = N::Table::statements();
-        if statements.copy_in.is_empty() {
-            // Every column is generated: COPY has no column to fill.
+        // Every column generated: COPY has no column to fill. A user-scoped handle:
+        // PostgreSQL refuses COPY FROM into a table under Row Level Security, so the
+        // rows go in through INSERT, where the policy decides.
+        if statements.copy_in.is_empty() || self.scope.is_some() {
             return Ok(self.create_many_now(rows).await?.len() as u64);
         }
         self.run("insert_many", meta.name, async |conn| {
@@ -302,7 +304,10 @@ impl Db {
     /// Use [`create_many`](Db::create_many) when you need the rows as stored (generated
     /// keys, defaults): it runs one `INSERT … SELECT unnest(…) RETURNING` per 20,000
     /// rows and decodes every row it gets back. `insert_many` streams the rows to
-    /// PostgreSQL in its binary format instead and decodes nothing.
+    /// PostgreSQL in its binary format instead and decodes nothing. On a user-scoped
+    /// handle (see [`crate::auth`]) the rows go in through `INSERT`, as PostgreSQL
+    /// allows no `COPY` into a table under Row Level Security; a row the policy refuses
+    /// is then [`Error::PermissionDenied`] and none is inserted.
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};

@@ -161,13 +161,26 @@ const URL_SETTINGS: &[&str] = &[
 ];
 
 /// Splits Tabula's settings off a URL's query string: the URL PostgreSQL's parser
-/// accepts, and the settings.
+/// accepts, and the settings. Only a `postgres://` / `postgresql://` URL has them, in
+/// the query after the host — never in a password (which may hold `?` and `&`) nor in
+/// a key=value connection string, which are returned untouched.
 fn split_url_settings(url: &str) -> (String, Vec<(String, String)>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), Vec::new());
+    let untouched = || (url.to_owned(), Vec::new());
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return untouched();
     };
+    // The user information ends at the last `@` before the host; the query starts at
+    // the first `?` after that.
+    let host_start = url.len() - rest.len() + rest.rfind('@').map_or(0, |at| at + 1);
+    let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q) else {
+        return untouched();
+    };
+    let (base, query) = (&url[..query_start], &url[query_start + 1..]);
     let (mut kept, mut ours) = (Vec::new(), Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if URL_SETTINGS.contains(&name) {
             ours.push((name.to_owned(), value.to_owned()));
@@ -181,6 +194,10 @@ fn split_url_settings(url: &str) -> (String, Vec<(String, String)>) {
     };
     (url, ours)
 }
+
+/// The most connections a pool setting may ask for: past it, a typo (an extra digit)
+/// would have the pool open connections until the process runs out of memory.
+const MAX_POOL_CONNECTIONS: u64 = 10_000;
 
 impl DbConfig {
     /// A configuration for `url` with the defaults, and the pool settings the URL
@@ -221,9 +238,25 @@ impl DbConfig {
                 )
             })?;
             let seconds = (number > 0).then(|| Duration::from_secs(number));
+            let connections = || -> std::result::Result<u32, String> {
+                match number {
+                    0 if name == "pool_size" => Err("`pool_size` must be at least 1".into()),
+                    n if n > MAX_POOL_CONNECTIONS => Err(format!(
+                        "`{name}={n}` in the database url: at most {MAX_POOL_CONNECTIONS} connections"
+                    )),
+                    n => Ok(n as u32),
+                }
+            };
             match name.as_str() {
-                "pool_size" => self.pool_size = u32::try_from(number).unwrap_or(u32::MAX).max(1),
-                "pool_min_idle" => self.min_idle = Some(u32::try_from(number).unwrap_or(u32::MAX)),
+                "pool_size" => self.pool_size = connections()?,
+                "pool_min_idle" => self.min_idle = Some(connections()?),
+                "statement_timeout" if number == 0 => {
+                    return Err(
+                        "`statement_timeout=0` in the database url: every statement has a \
+                         deadline in Tabula; give one in milliseconds"
+                            .into(),
+                    );
+                }
                 "pool_max_lifetime" => self.max_lifetime = seconds,
                 "pool_idle_timeout" => self.idle_timeout = seconds,
                 "pool_checkout_timeout" => self.checkout_timeout = Duration::from_secs(number),
@@ -553,5 +586,41 @@ impl Db {
     /// Whether this handle is bound to a transaction.
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_url_settings;
+
+    #[test]
+    fn settings_come_from_the_query_after_the_host_never_from_a_password() {
+        // `?`, `&` and even a setting's name inside a password stay in the password.
+        let (url, ours) = split_url_settings(
+            "postgres://app:x?pool_size=2&&y@db:5432/app?pool_size=7&sslmode=disable",
+        );
+        assert_eq!(
+            url,
+            "postgres://app:x?pool_size=2&&y@db:5432/app?sslmode=disable"
+        );
+        assert_eq!(ours, [("pool_size".to_owned(), "7".to_owned())]);
+        // No query: untouched, whatever the password holds.
+        let (url, ours) = split_url_settings("postgresql://app:p?a&s@db/app");
+        assert_eq!(
+            (url.as_str(), ours.len()),
+            ("postgresql://app:p?a&s@db/app", 0)
+        );
+        // A key=value connection string is never rewritten.
+        let kv = "host=db user=app password=pa?&&ss dbname=app";
+        assert_eq!(split_url_settings(kv), (kv.to_owned(), Vec::new()));
+        // Only our names are taken; the rest keeps its order.
+        let (url, ours) = split_url_settings(
+            "postgres://db/app?application_name=a&statement_timeout=9&connect_timeout=3",
+        );
+        assert_eq!(
+            url,
+            "postgres://db/app?application_name=a&connect_timeout=3"
+        );
+        assert_eq!(ours.len(), 1);
     }
 }
