@@ -60,7 +60,7 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
-    /// A token that does not prove who sent it (see [`crate::Db::as_jwt`]): a bad
+    /// A token that does not prove who sent it (see `Db::as_jwt`, feature `jwt`): a bad
     /// signature, an algorithm no key accepts, expired, not valid yet, another audience
     /// or issuer.
     #[error("unauthenticated: {reason}")]
