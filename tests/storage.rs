@@ -20,6 +20,13 @@ struct Kit {
     db: Db,
 }
 
+/// The store's folder goes with the test: hundreds of runs must not fill the disk.
+impl Drop for Kit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 async fn kit() -> Kit {
     let (_, url) = common::db_and_url().await;
     let cache = CacheService::in_memory(CacheConfig::default()).expect("cache");
