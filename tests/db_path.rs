@@ -261,16 +261,30 @@ async fn a_commit_whose_answer_is_lost_is_resolved_with_the_server_and_reported_
     assert_eq!(usernames(&db).await, ["landed"]);
 }
 
-#[tokio::test]
-async fn a_connection_killed_before_commit_is_resolved_as_not_committed() {
+/// A transaction's first write.
+#[derive(Clone, Copy)]
+enum FirstWrite {
+    /// `create`: its pipeline carries the transaction-id probe.
+    Insert,
+    /// `insert_many`: a COPY, which cannot; it asks behind it.
+    Copy,
+}
+
+/// Runs a transaction that writes, then has its backend killed before COMMIT.
+async fn killed_before_commit(first: FirstWrite) -> (tabula::Result<()>, Db) {
     let (db, url) = db_and_url().await;
-    let killer = raw(&url).await;
-    let killer = Arc::new(killer);
+    let killer = Arc::new(raw(&url).await);
     let result: tabula::Result<()> = db
         .transaction(move |tx| {
             let killer = killer.clone();
             async move {
-                tx.create(new_profile("never")).await?;
+                match first {
+                    FirstWrite::Insert => drop(tx.create(new_profile("never")).await?),
+                    FirstWrite::Copy => {
+                        tx.insert_many(vec![new_profile("never1"), new_profile("never2")])
+                            .await?;
+                    }
+                }
                 let pid: i32 = tx
                     .with_client(async |c| {
                         Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
@@ -285,6 +299,12 @@ async fn a_connection_killed_before_commit_is_resolved_as_not_committed() {
             }
         })
         .await;
+    (result, db)
+}
+
+#[tokio::test]
+async fn a_connection_killed_before_commit_is_resolved_as_not_committed() {
+    let (result, db) = killed_before_commit(FirstWrite::Insert).await;
     let err = result.expect_err("the transaction cannot have committed");
     assert!(
         !matches!(err, Error::CommitOutcomeUnknown),
@@ -298,28 +318,7 @@ async fn a_connection_killed_before_commit_is_resolved_as_not_committed() {
 /// connection died is still resolved, never taken for a transaction that wrote nothing.
 #[tokio::test]
 async fn a_copy_only_transaction_killed_before_commit_is_not_ok() {
-    let (db, url) = db_and_url().await;
-    let killer = Arc::new(raw(&url).await);
-    let result: tabula::Result<()> = db
-        .transaction(move |tx| {
-            let killer = killer.clone();
-            async move {
-                tx.insert_many(vec![new_profile("never1"), new_profile("never2")])
-                    .await?;
-                let pid: i32 = tx
-                    .with_client(async |c| {
-                        Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
-                    })
-                    .await?;
-                killer
-                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .expect("terminate");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Ok(())
-            }
-        })
-        .await;
+    let (result, db) = killed_before_commit(FirstWrite::Copy).await;
     assert!(usernames(&db).await.is_empty(), "the server aborted it");
     assert!(result.is_err(), "Ok for a transaction that kept nothing");
 }

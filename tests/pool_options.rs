@@ -24,6 +24,22 @@ async fn backend(db: &Db) -> (i32, String, String) {
     .expect("session")
 }
 
+/// Connections open with `application_name` = `name`, as the server counts them.
+async fn open_connections(watcher: &Db, name: &str) -> i64 {
+    let name = name.to_owned();
+    watcher
+        .with_client(async move |c| {
+            Ok(c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .await?
+            .get(0))
+        })
+        .await
+        .expect("count")
+}
+
 #[tokio::test]
 async fn application_name_and_an_after_connect_hook_hold_on_every_connection() {
     let (_, url) = db_and_url().await;
@@ -121,25 +137,11 @@ async fn connections_are_replaced_after_their_lifetime_and_closed_when_idle() {
     .expect("db");
     backend(&idle).await;
     let watcher = Db::connect(&url).await.expect("watcher");
-    let open = async || -> i64 {
-        let name = name.clone();
-        watcher
-            .with_client(async move |c| {
-                Ok(c.query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                    &[&name],
-                )
-                .await?
-                .get(0))
-            })
-            .await
-            .expect("count")
-    };
-    assert!(open().await >= 1);
+    assert!(open_connections(&watcher, &name).await >= 1);
     let mut closed = false;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if open().await == 0 {
+        if open_connections(&watcher, &name).await == 0 {
             closed = true;
             break;
         }
@@ -162,18 +164,7 @@ async fn min_idle_keeps_connections_open_ahead_of_demand() {
     let watcher = Db::connect(&url).await.expect("watcher");
     let mut open = 0i64;
     for _ in 0..50 {
-        let name = name.clone();
-        open = watcher
-            .with_client(async move |c| {
-                Ok(c.query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                    &[&name],
-                )
-                .await?
-                .get(0))
-            })
-            .await
-            .expect("count");
+        open = open_connections(&watcher, &name).await;
         if open >= 3 {
             break;
         }
