@@ -360,7 +360,12 @@ impl PgConn {
                 None
             };
         Ok(Extras {
-            begin: setup.map(|s| s.begin),
+            // A one-shot read's transaction ends in its own pipeline: the commit
+            // protocol's mark (set by `Setup::begin`) is not needed there.
+            begin: setup.map(|s| match s.one_shot {
+                true => "BEGIN ISOLATION LEVEL READ COMMITTED",
+                false => s.begin,
+            }),
             scope,
             xid,
             commit,
