@@ -898,3 +898,39 @@ async fn the_backends_agree_at_the_corners_of_the_api() {
         );
     }
 }
+
+/// A value over `max_value_bytes` is refused by the key-value API before it is sent:
+/// an oversized value is the caller's mistake, not an outage, and must not open the
+/// breaker for every user of the cache.
+#[tokio::test]
+async fn an_oversized_value_is_refused_and_never_opens_the_breaker() {
+    let small = |config: CacheConfig| config.prefix(unique_prefix()).max_value_bytes(1024);
+    let redis = CacheService::redis(
+        &tabula::testkit::redis_url().expect("redis"),
+        small(CacheConfig::default()),
+    )
+    .expect("cache");
+    let memory = CacheService::in_memory(small(CacheConfig::default())).expect("memory");
+    for cache in [&redis, &memory] {
+        let big = "x".repeat(4096);
+        for _ in 0..5 {
+            let refused = cache.set("big", &big, Some(60)).await;
+            assert!(
+                matches!(refused, Err(tabula::Error::Validation(_))),
+                "{refused:?}"
+            );
+            assert!(cache.list_push("list", &big).await.is_err());
+            assert!(cache.hash_set("hash", "f", &big).await.is_err());
+            assert!(cache.set_add("set", &[big.clone()]).await.is_err());
+        }
+        assert!(
+            !cache.is_degraded(),
+            "the caller's values opened the breaker"
+        );
+        assert!(!cache.exists("big").await.expect("exists"));
+        cache
+            .set("small", &"ok", Some(60))
+            .await
+            .expect("a value within the limit");
+    }
+}

@@ -230,6 +230,46 @@ async fn a_statement_left_running_does_not_delay_the_next_caller() {
     );
 }
 
+/// A statement whose first use on the connection is still being *prepared* when its
+/// answers stop coming (the deadline gives up on it) leaves the transaction in doubt:
+/// the body may swallow the error, but the transaction is never `Ok`.
+#[tokio::test]
+async fn a_statement_given_up_while_it_was_prepared_aborts_its_transaction() {
+    let (db, url) = db_and_url().await;
+    let kept = db.create(new_profile("kept")).await.expect("row");
+    let proxy = common::Proxy::start(common::server_addr(&url)).await;
+    let via = Db::connect_with(
+        DbConfig::new(common::through(&url, proxy.port))
+            .pool_size(1)
+            .statement_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect("db through the proxy");
+    let proxy = Arc::new(proxy);
+    let cutter = proxy.clone();
+    let result: tabula::Result<()> = via
+        .transaction(move |tx| {
+            let cutter = cutter.clone();
+            async move {
+                tx.create(new_profile("first")).await?;
+                cutter.cut_replies();
+                // `delete` was never used on this connection: it is prepared first.
+                let lost = tx.delete::<Profile>(kept.id).await;
+                assert!(lost.is_err(), "no answer can have come: {lost:?}");
+                Ok(()) // the body swallows the error
+            }
+        })
+        .await;
+    assert!(
+        result.is_err(),
+        "Ok for a transaction with an abandoned statement"
+    );
+    assert!(
+        !usernames(&db).await.contains(&"first".to_owned()),
+        "nothing of it was kept"
+    );
+}
+
 // ---- 3. a commit whose answer is lost is resolved -----------------------------------
 
 #[tokio::test]

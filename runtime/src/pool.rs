@@ -133,7 +133,12 @@ impl PgConn {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
+        // A prepare is a round trip like any statement: given up half-way (a deadline,
+        // a dropped future), the connection must not be trusted — nor, inside a
+        // transaction, the transaction (see `db/tx.rs`, `end`).
+        let was_in_flight = std::mem::replace(&mut self.in_flight, true);
         let statement = self.client.prepare(sql).await?;
+        self.in_flight = was_in_flight;
         if self.statements.len() >= STATEMENT_CACHE_CAPACITY {
             self.statements.clear();
         }

@@ -131,7 +131,8 @@ pub struct CacheConfig {
     /// entries deliberately, or to separate two handles on one database. From the
     /// environment: `TABULA_CACHE_NAMESPACE`.
     pub namespace: Option<String>,
-    /// Values larger than this are not cached (counted as `too_large`). Default 1 MiB.
+    /// Values larger than this are not cached (counted as `too_large`), and the
+    /// key-value API refuses them with [`Error::Validation`]. Default 1 MiB.
     pub max_value_bytes: usize,
 }
 
@@ -542,6 +543,20 @@ impl CacheService {
         self.inner.backend.is_degraded()
     }
 
+    /// Refuses a value over [`CacheConfig::max_value_bytes`]: sending it would cost
+    /// more than the deadline allows, and a caller's oversized value must not look like
+    /// an outage (and open the breaker for every user of the cache).
+    fn check_size(&self, bytes: usize) -> Result<()> {
+        let limit = self.inner.config.max_value_bytes;
+        if bytes > limit {
+            return Err(Error::Validation(format!(
+                "a cache value of {bytes} bytes is over the limit of {limit} \
+                 (CacheConfig::max_value_bytes)"
+            )));
+        }
+        Ok(())
+    }
+
     fn key(&self, key: &str) -> Result<String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::Validation(format!(
@@ -577,6 +592,7 @@ impl CacheService {
         ttl_seconds: Option<u64>,
     ) -> Result<()> {
         let (key, ttl) = (self.key(key)?, ttl(ttl_seconds)?);
+        self.check_size(bytes.len())?;
         self.recorded("set", self.inner.backend.put(&key, bytes, ttl))
             .await
     }
@@ -626,6 +642,7 @@ impl CacheService {
     /// Appends `value` to the list under `key`; returns its length.
     pub async fn list_push<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64> {
         let (key, bytes) = (self.key(key)?, encode(value)?);
+        self.check_size(bytes.len())?;
         self.recorded("list_push", self.inner.backend.list_push(&key, bytes))
             .await
     }
@@ -672,6 +689,7 @@ impl CacheService {
         if members.is_empty() {
             return Ok(0);
         }
+        self.check_size(members.iter().map(Vec::len).sum())?;
         self.recorded("set_add", self.inner.backend.set_add(&key, members))
             .await
     }
@@ -718,6 +736,7 @@ impl CacheService {
         value: &T,
     ) -> Result<bool> {
         let (key, value) = (self.key(key)?, encode(value)?);
+        self.check_size(value.len() + field.len())?;
         self.recorded("hash_set", self.inner.backend.hash_set(&key, field, value))
             .await
     }

@@ -30,7 +30,14 @@ impl Db {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        if rows.len() > BATCH_CHUNK_ROWS && self.tx.is_none() {
+        // Several statements (chunks, or one INSERT a row when every column is
+        // generated) are all or nothing only inside a transaction.
+        let all_generated = N::Table::META.insert_columns().next().is_none();
+        let statements = match all_generated {
+            true => rows.len(),
+            false => rows.len().div_ceil(BATCH_CHUNK_ROWS),
+        };
+        if statements > 1 && self.tx.is_none() {
             let rows = &rows;
             return self
                 .transaction(move |tx| async move { tx.insert_chunks(rows).await })
