@@ -921,7 +921,12 @@ async fn an_oversized_value_is_refused_and_never_opens_the_breaker() {
             );
             assert!(cache.list_push("list", &big).await.is_err());
             assert!(cache.hash_set("hash", "f", &big).await.is_err());
-            assert!(cache.set_add("set", std::slice::from_ref(&big)).await.is_err());
+            assert!(
+                cache
+                    .set_add("set", std::slice::from_ref(&big))
+                    .await
+                    .is_err()
+            );
         }
         assert!(
             !cache.is_degraded(),
