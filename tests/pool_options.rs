@@ -218,6 +218,12 @@ async fn pool_settings_come_from_the_url_and_bad_ones_are_refused_by_name() {
             other => panic!("{setting}: expected a configuration error, got {other:?}"),
         }
     }
+    // In a key=value connection string a pool setting is PostgreSQL's to read, and it
+    // refuses it: the error says where the setting belongs.
+    match Db::connect_with(DbConfig::new("host=127.0.0.1 pool_size=3 dbname=x")).await {
+        Err(Error::Config(message)) => assert!(message.contains("pool_size"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
     // The password never shows in the configuration's Debug output.
     let shown = format!("{:?}", DbConfig::new("postgres://app:s3cret@localhost/app"));
     assert!(!shown.contains("s3cret"), "{shown}");

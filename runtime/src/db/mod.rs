@@ -498,9 +498,21 @@ impl Db {
             return Err(Error::Config(e.clone()));
         }
         let (url, _) = split_url_settings(&config.url);
-        let mut pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+            // A pool setting where PostgreSQL's parser sees it (a key=value string,
+            // an escaped name): say so, rather than only "invalid".
+            match URL_SETTINGS
+                .iter()
+                .find(|name| url.contains(&format!("{name}=")))
+            {
+                Some(name) => Error::Config(format!(
+                    "invalid database url: `{name}` is read from the query of a \
+                         postgres:// URL only; set it with DbConfig for a key=value \
+                         connection string ({e})"
+                )),
+                None => Error::Config(format!("invalid database url: {e}")),
+            }
+        })?;
         pg.application_name(&config.application_name);
         let manager = PgManager::new(
             pg,
