@@ -59,6 +59,28 @@ async fn profile(db: &Db, username: &str) -> Profile {
     .expect("create")
 }
 
+/// Renames the row `id` through `db` (a write Tabula invalidates for).
+async fn rename(db: &Db, id: Uuid, to: impl Into<String>, what: &str) {
+    db.update::<Profile>(
+        id,
+        ProfilePatch {
+            username: Some(to.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect(what);
+}
+
+/// The username of row `id` as `db` reads it (through its cache).
+async fn username(db: &Db, id: Uuid) -> String {
+    db.read::<Profile>(id)
+        .await
+        .expect("read")
+        .expect("row")
+        .username
+}
+
 async fn insert_profile(db: &Db, id: Uuid, username: &str) {
     let username = username.to_owned();
     db.with_client(async move |c| {
@@ -135,36 +157,15 @@ async fn an_explicit_namespace_separates_two_handles_on_one_database() {
         .expect("cache"),
     )
     .await;
-    assert_eq!(
-        one.read::<Profile>(id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "before"
-    );
+    assert_eq!(username(&one, id).await, "before");
     // Written behind both caches' backs: each namespace has its own entry.
     db.execute_batch(&format!(
         "UPDATE profiles SET username = 'after' WHERE id = '{id}'"
     ))
     .await
     .expect("update");
-    assert_eq!(
-        two.read::<Profile>(id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "after"
-    );
-    assert_eq!(
-        one.read::<Profile>(id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "before"
-    );
+    assert_eq!(username(&two, id).await, "after");
+    assert_eq!(username(&one, id).await, "before");
 }
 
 #[tokio::test]
@@ -190,25 +191,9 @@ async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_data
     ];
     for (n, (writer, reader)) in pairs.iter().enumerate() {
         let row = profile(writer, &format!("before{n}")).await;
-        let name = async || {
-            reader
-                .read::<Profile>(row.id)
-                .await
-                .expect("read")
-                .expect("row")
-                .username
-        };
+        let name = async || username(reader, row.id).await;
         assert_eq!(name().await, format!("before{n}"));
-        writer
-            .update::<Profile>(
-                row.id,
-                ProfilePatch {
-                    username: Some(format!("after{n}")),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("update");
+        rename(writer, row.id, format!("after{n}"), "update").await;
         assert_eq!(
             name().await,
             format!("after{n}"),
@@ -235,25 +220,8 @@ async fn a_write_whose_answer_is_lost_is_reported_unknown_and_still_invalidated(
     let row = profile(&db, "before").await;
     // The same UPDATE once before the cut, so its statement is prepared on the
     // writer's connection and the next one goes out at once.
-    writer
-        .update::<Profile>(
-            row.id,
-            ProfilePatch {
-                username: Some("before".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("warm-up update");
-    assert_eq!(
-        reader
-            .read::<Profile>(row.id)
-            .await
-            .expect("warm")
-            .expect("row")
-            .username,
-        "before"
-    );
+    rename(&writer, row.id, "before", "warm-up update").await;
+    assert_eq!(username(&reader, row.id).await, "before");
     proxy.cut_replies(); // the UPDATE reaches the server and commits; its answer is lost
     let result = writer
         .update::<Profile>(
@@ -283,12 +251,7 @@ async fn a_write_whose_answer_is_lost_is_reported_unknown_and_still_invalidated(
         "after"
     );
     assert_eq!(
-        reader
-            .read::<Profile>(row.id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
+        username(&reader, row.id).await,
         "after",
         "a write of unknown outcome skipped its invalidation"
     );
@@ -560,15 +523,7 @@ async fn single_flight_never_hands_a_pre_write_value_to_a_call_that_began_after_
         tokio::spawn(async move { reader.username(row.id).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    db.update::<Profile>(
-        row.id,
-        ProfilePatch {
-            username: Some("new".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
+    rename(&db, row.id, "new", "update").await;
     // Begins after the write returned: must not join the stale computation.
     let after = reader.username(row.id).await.expect("after");
     assert_eq!(
@@ -801,30 +756,14 @@ async fn explicit_invalidation_covers_what_tabula_cannot_see() {
     .await
     .expect("behind the cache's back");
     cached.invalidate::<Profile>(&[id]).await;
-    assert_eq!(
-        cached
-            .read::<Profile>(id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "after"
-    );
+    assert_eq!(username(&cached, id).await, "after");
     db.execute_batch(&format!(
         "UPDATE profiles SET username = 'again' WHERE id = '{id}'"
     ))
     .await
     .expect("again");
     cached.invalidate_table::<Profile>().await;
-    assert_eq!(
-        cached
-            .read::<Profile>(id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
-        "again"
-    );
+    assert_eq!(username(&cached, id).await, "again");
 }
 
 // ---- 8. a large value is a skipped fill, never a flush --------------------------------
@@ -863,11 +802,7 @@ async fn a_value_too_large_to_fill_in_time_never_flushes_other_entries() {
     }
     let _ = db.read::<Profile>(small.id).await.expect("after big");
     assert_eq!(
-        db.read::<Profile>(small.id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
+        username(&db, small.id).await,
         "small",
         "a slow fill flushed the whole cache (the small entry was orphaned)"
     );
@@ -904,24 +839,10 @@ async fn an_idle_writer_delivers_its_lost_invalidation_as_soon_as_redis_answers(
     let row = profile(&writer, "old").await;
     reader.read::<Profile>(row.id).await.expect("warm");
     proxy.cut_all(); // the writer's invalidation will be lost, not delayed
-    writer
-        .update::<Profile>(
-            row.id,
-            ProfilePatch {
-                username: Some("new".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("update succeeds without redis");
+    rename(&writer, row.id, "new", "update succeeds without redis").await;
     // Positive control: the invalidation was lost, the reader's entry is stale now.
     assert_eq!(
-        reader
-            .read::<Profile>(row.id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
+        username(&reader, row.id).await,
         "old",
         "the invalidation was not lost: this test proves nothing"
     );
@@ -929,12 +850,7 @@ async fn an_idle_writer_delivers_its_lost_invalidation_as_soon_as_redis_answers(
     // its background probe delivers the lost invalidation.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        reader
-            .read::<Profile>(row.id)
-            .await
-            .expect("read")
-            .expect("row")
-            .username,
+        username(&reader, row.id).await,
         "new",
         "the reader is served the value from before the write after redis is back"
     );

@@ -657,3 +657,51 @@ async fn a_statement_from_a_task_spawned_inside_with_client_is_misuse_not_a_hang
         started.elapsed()
     );
 }
+
+/// A model over a table the database does not have.
+#[derive(tabula::Table, Debug, Clone)]
+#[table(name = "no_such_table")]
+struct Missing {
+    #[table(primary_key)]
+    id: i64,
+}
+
+/// A statement PostgreSQL refuses at prepare time (a missing table) is an answer, not
+/// a lost connection: the connection serves on instead of being replaced each time —
+/// and inside a transaction the refusal aborts it, with the server's SQLSTATE.
+#[tokio::test]
+async fn a_statement_refused_at_prepare_time_keeps_its_connection() {
+    let (_, url) = db_and_url().await;
+    let db = Db::connect_with(DbConfig::new(url).pool_size(1))
+        .await
+        .expect("db");
+    let pid = async || -> i32 {
+        db.with_client(async |c| Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0)))
+            .await
+            .expect("pid")
+    };
+    let before = pid().await;
+    for _ in 0..3 {
+        let err = db.query::<Missing>().all().await.expect_err("no table");
+        assert_eq!(err.sqlstate(), Some("42P01"), "{err:?}");
+    }
+    assert_eq!(
+        pid().await,
+        before,
+        "the connection was replaced after a refusal"
+    );
+    let aborted: tabula::Result<()> = db
+        .transaction(|tx| async move {
+            tx.create(new_profile("inside")).await?;
+            let _ = tx.read::<Missing>(1).await; // refused; the body swallows it
+            Ok(())
+        })
+        .await;
+    match aborted {
+        Err(Error::TransactionAborted { sqlstate }) => {
+            assert_eq!(sqlstate.as_deref(), Some("42P01"))
+        }
+        other => panic!("expected TransactionAborted, got {other:?}"),
+    }
+    assert!(usernames(&db).await.is_empty(), "nothing of it was kept");
+}

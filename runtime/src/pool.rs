@@ -136,9 +136,15 @@ impl PgConn {
         // A prepare is a round trip like any statement: given up half-way (a deadline,
         // a dropped future), the connection must not be trusted — nor, inside a
         // transaction, the transaction (see `db/tx.rs`, `end`).
+        // A refusal is an answer: the connection is fine, the transaction (if any) is
+        // aborted by the server, and its SQLSTATE is recorded like a statement's.
         let was_in_flight = std::mem::replace(&mut self.in_flight, true);
-        let statement = self.client.prepare(sql).await?;
+        let prepared = self.client.prepare(sql).await;
         self.in_flight = was_in_flight;
+        let statement = match prepared {
+            Ok(statement) => statement,
+            Err(e) => return self.settle(Answer::failed(Error::from(e))),
+        };
         if self.statements.len() >= STATEMENT_CACHE_CAPACITY {
             self.statements.clear();
         }
@@ -311,22 +317,9 @@ impl PgConn {
         }
         // The commit protocol needs the id of a transaction that wrote (see
         // `db/tx.rs`): other statements carry the probe in their pipeline, a COPY
-        // cannot, so ask once behind it.
+        // cannot, so it travels alone behind it.
         if copied.is_ok() && self.in_transaction && self.xid.is_none() {
-            let probe = self.prepare(CURRENT_XID).await?;
-            self.in_flight = true;
-            let row = self.client.query_opt(&probe, &[]).await;
-            self.in_flight = false;
-            match row {
-                Ok(row) => {
-                    self.xid = row.and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten());
-                }
-                Err(e) => {
-                    let e = Error::from(e);
-                    self.failure = Some(e.sqlstate().unwrap_or_default().to_owned());
-                    return Err(e);
-                }
-            }
+            self.send_extras().await?;
         }
         copied
     }
@@ -336,6 +329,12 @@ impl PgConn {
         if self.pending_setup.is_none() {
             return Ok(());
         }
+        self.send_extras().await
+    }
+
+    /// Sends what would travel with the next statement (setup, transaction-id probe)
+    /// on its own.
+    async fn send_extras(&mut self) -> Result<()> {
         let extras = self.extras(false).await?;
         self.in_flight = true;
         let outcome = pipelined(&self.client, extras, async { Ok(()) }).await;
@@ -447,6 +446,17 @@ struct Extras {
     xid: Option<Statement>,
     /// COMMIT behind the statement, and the setup to arm again once it answered.
     commit: Option<Setup>,
+}
+
+impl<T> Answer<T> {
+    /// A call that failed before anything was pipelined.
+    fn failed(error: Error) -> Answer<T> {
+        Answer {
+            result: Err(error),
+            xid: None,
+            committed: None,
+        }
+    }
 }
 
 /// What a pipelined call answered.
