@@ -70,15 +70,15 @@ impl Memo {
     }
 }
 
-fn cache(redis: &str, prefix: &str) -> CacheService {
-    CacheService::redis(
-        redis,
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_millis(100))
-            .probe_interval(Duration::from_millis(100)),
-    )
-    .expect("cache")
+fn cache(redis: &str, prefix: &str, near: bool) -> CacheService {
+    let mut config = CacheConfig::default()
+        .prefix(prefix)
+        .deadline(Duration::from_millis(100))
+        .probe_interval(Duration::from_millis(100));
+    if near {
+        config = config.near(8 << 20);
+    }
+    CacheService::redis(redis, config).expect("cache")
 }
 
 /// One process's work on one database: writers bump their own rows (through Tabula,
@@ -267,9 +267,10 @@ fn torture_child() {
         return;
     };
     let parts: Vec<&str> = spec.split('|').collect();
-    let [process, redis, prefix, seconds, urls @ ..] = parts.as_slice() else {
+    let [process, near, redis, prefix, seconds, urls @ ..] = parts.as_slice() else {
         panic!("bad child spec");
     };
+    let near = *near == "near";
     let process: i64 = process.parse().expect("process");
     let seconds: u64 = seconds.parse().expect("seconds");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -278,7 +279,7 @@ fn torture_child() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let memo_cache = cache(redis, prefix);
+        let memo_cache = cache(redis, prefix, near);
         let mut work_items = Vec::new();
         for url in urls {
             let db = Db::connect_with(DbConfig::new(*url).pool_size(6).cache(memo_cache.clone()))
@@ -293,13 +294,33 @@ fn torture_child() {
         for item in work_items {
             item.await.expect("work");
         }
+        if near {
+            let stats = memo_cache.near_stats().expect("a near tier");
+            println!("process {process}: near tier {stats:?}");
+            assert!(
+                stats.hits > 100,
+                "the near tier answered too little to be tested: {stats:?}"
+            );
+        }
     });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_two_databases_and_a_redis_pause_read_nothing_stale() {
+    torture(false).await;
+}
+
+/// The same with a near tier in each process: rows, queries and memos answered
+/// in-process, kept coherent by invalidation pushes — and the pause, which stops the
+/// pushes, flushes the tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_near_tiers_two_processes_read_nothing_stale() {
+    torture(true).await;
+}
+
+async fn torture(near: bool) {
     let redis = PrivateRedis::start().expect("redis");
-    let prefix = format!("torture{}", std::process::id());
+    let prefix = format!("torture{}{near}", std::process::id());
     let (a, url_a) = common::db_and_url().await;
     let (b, url_b) = common::db_and_url().await;
     prepare(&a).await;
@@ -312,7 +333,8 @@ async fn two_processes_two_databases_and_a_redis_pause_read_nothing_stale() {
                 .env(
                     "TABULA_TORTURE_CHILD",
                     format!(
-                        "{process}|{}|{prefix}|{seconds}|{url_a}|{url_b}",
+                        "{process}|{}|{}|{prefix}|{seconds}|{url_a}|{url_b}",
+                        if near { "near" } else { "redis" },
                         redis.url()
                     ),
                 )
@@ -388,6 +410,7 @@ async fn negative_control_the_check_sees_writes_that_bypass_tabula() {
     let cache = cache(
         &tabula::testkit::redis_url().expect("redis"),
         &format!("tortureneg{}", std::process::id()),
+        false,
     );
     let db = Db::connect_with(DbConfig::new(url).pool_size(6).cache(cache))
         .await

@@ -156,6 +156,10 @@ pub struct TableMeta {
     pub soft_delete: Option<usize>,
     /// Seconds rows stay in the row cache (`#[table(cache(ttl = N))]`); `None`: not cached.
     pub cache_ttl: Option<u64>,
+    /// Whether a near tier (see [`CacheConfig::near`](crate::cache::CacheConfig::near))
+    /// may answer reads of this model's rows and cached queries: `true` unless the
+    /// model says `#[table(cache(ttl = N, near = false))]`.
+    pub cache_near: bool,
     /// A hash of the model's shape: table, columns and their Rust types, and the row
     /// cache's encoding version ([`CODEC_VERSION`]).
     pub shape: u64,

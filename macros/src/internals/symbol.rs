@@ -7,6 +7,7 @@ pub(crate) const NAME: &str = "name";
 pub(crate) const SCHEMA: &str = "schema";
 pub(crate) const CACHE: &str = "cache";
 pub(crate) const TTL: &str = "ttl";
+pub(crate) const NEAR: &str = "near";
 pub(crate) const STRUCT_KEYS: &[&str] = &[NAME, SCHEMA, CACHE];
 
 // field level

@@ -44,8 +44,9 @@ impl<T> Slot<T> {
 pub(crate) struct ContainerAttrs {
     pub(crate) name: Slot<LitStr>,
     pub(crate) schema: Slot<LitStr>,
-    /// `cache(ttl = N)`: seconds, at least 1.
-    pub(crate) cache_ttl: Slot<u64>,
+    /// `cache(ttl = N, near = false)`: seconds, at least 1, and whether a near tier
+    /// may answer (default yes).
+    pub(crate) cache_ttl: Slot<(u64, bool)>,
 }
 
 /// Field-level settings.
@@ -139,12 +140,14 @@ impl FieldAttrs {
     }
 }
 
-/// `cache(ttl = N)`: N whole seconds, at least 1.
-fn cache_ttl(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
+/// `cache(ttl = N)`: N whole seconds, at least 1; `near = false` opts the model out of
+/// a near tier.
+fn cache_ttl(meta: &ParseNestedMeta<'_>) -> syn::Result<(u64, bool)> {
     if !meta.input.peek(syn::token::Paren) {
         return Err(meta.error("write `cache(ttl = N)` with N in whole seconds"));
     }
     let mut ttl = None;
+    let mut near: Option<bool> = None;
     meta.parse_nested_meta(|inner| {
         if inner.path.is_ident(TTL) {
             let lit: syn::LitInt = inner.value()?.parse()?;
@@ -157,11 +160,24 @@ fn cache_ttl(meta: &ParseNestedMeta<'_>) -> syn::Result<u64> {
             }
             ttl = Some(seconds);
             Ok(())
+        } else if inner.path.is_ident(NEAR) {
+            let lit: syn::LitBool = inner.value()?.parse()?;
+            if near.is_some() {
+                return Err(syn::Error::new(lit.span, "`near` is given twice"));
+            }
+            near = Some(lit.value);
+            Ok(())
         } else {
-            Err(unknown_key(&inner, "cache option", &[TTL]))
+            let error = unknown_key(&inner, "cache option", &[TTL, NEAR]);
+            // Consume the value, so the unknown key is the only error.
+            if inner.input.peek(syn::Token![=]) {
+                inner.value()?.parse::<syn::Expr>()?;
+            }
+            Err(error)
         }
     })?;
-    ttl.ok_or_else(|| meta.error("`cache(...)` needs `ttl = N` (whole seconds)"))
+    let ttl = ttl.ok_or_else(|| meta.error("`cache(...)` needs `ttl = N` (whole seconds)"))?;
+    Ok((ttl, near.unwrap_or(true)))
 }
 
 /// The string of `key = "..."`, with the expected form in the error when it is missing.

@@ -243,9 +243,9 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         }
     });
     let shape = shape_hash(cont, &table);
-    let (cache_ttl, cache_fns) = match cont.attrs.cache_ttl.get() {
-        Some((_, ttl)) => (quote!(#p::Option::Some(#ttl)), cache_fns(cont)),
-        None => (quote!(#p::Option::None), TokenStream::new()),
+    let (cache_ttl, cache_near, cache_fns) = match cont.attrs.cache_ttl.get() {
+        Some((_, (ttl, near))) => (quote!(#p::Option::Some(#ttl)), *near, cache_fns(cont)),
+        None => (quote!(#p::Option::None), true, TokenStream::new()),
     };
 
     quote! {
@@ -262,6 +262,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 primary_key: #pk_index,
                 soft_delete: #soft_delete,
                 cache_ttl: #cache_ttl,
+                cache_near: #cache_near,
                 shape: #p::row_shape(#shape),
             };
 

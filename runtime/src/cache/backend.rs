@@ -69,6 +69,10 @@ pub(crate) struct RowGet<'a> {
     pub(crate) lease: Duration,
     pub(crate) shape: &'a str,
     pub(crate) keys: &'a [String],
+    /// The TTL entries are filled with (a near tier's maximum age follows it).
+    pub(crate) ttl: Duration,
+    /// Whether a near tier may answer (the model did not opt out).
+    pub(crate) near: bool,
 }
 
 /// A fill under a lease (rule 3).
@@ -91,6 +95,10 @@ pub(crate) struct Versioned<'a> {
     pub(crate) kind: &'a str,
     pub(crate) counters: &'a [String],
     pub(crate) suffix: &'a str,
+    /// The TTL the entry is stored with.
+    pub(crate) ttl: Duration,
+    /// Whether a near tier may answer.
+    pub(crate) near: bool,
 }
 
 /// A cache tier. Keys given to the data-structure operations are full names (the
@@ -105,6 +113,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn is_degraded(&self) -> bool {
         false
     }
+    /// What the near tier in front of this one did, if there is one.
+    fn near_stats(&self) -> Option<super::NearStats> {
+        None
+    }
+    /// Test support: a pause between a near tier's Redis reply and its install.
+    fn set_near_hook(&self, _hook: Option<super::FillHook>) {}
     /// Tells the tier a namespace is in use (Redis replaces its epoch after a lost
     /// invalidation).
     fn register(&self, _namespace: &Namespace) {}

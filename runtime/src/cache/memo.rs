@@ -91,6 +91,13 @@ impl MemoSpec {
         counters.extend(self.tables.iter().map(|t| super::row::table_counter(t)));
         counters
     }
+
+    fn how(&self) -> super::row::RowCache {
+        super::row::RowCache {
+            ttl: Duration::from_secs(self.ttl),
+            near: true,
+        }
+    }
 }
 
 /// The key suffix of one call: the function's name and a hash of its arguments,
@@ -176,7 +183,10 @@ async fn lookup<S: MemoStore>(
     spec: &MemoSpec,
     key: &str,
 ) -> (Option<S>, Option<String>) {
-    match cache.versioned("m", &spec.counters(), key, false).await {
+    match cache
+        .versioned("m", &spec.counters(), key, false, spec.how())
+        .await
+    {
         Some((full, Some(bytes))) => match S::load(&bytes) {
             Some(value) => (Some(value), None),
             None => (None, Some(full)),
@@ -265,7 +275,9 @@ pub async fn memo_invalidate(spec: &MemoSpec, key: String) {
         return;
     }
     if let Some(cache) = CacheService::global() {
-        cache.versioned("m", &spec.counters(), &key, true).await;
+        cache
+            .versioned("m", &spec.counters(), &key, true, spec.how())
+            .await;
     }
 }
 

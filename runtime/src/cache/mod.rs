@@ -84,6 +84,8 @@ mod key;
 pub(crate) mod memo;
 mod memory;
 #[cfg(feature = "cache")]
+mod near;
+#[cfg(feature = "cache")]
 mod redis;
 pub(crate) mod row;
 
@@ -134,6 +136,19 @@ pub struct CacheConfig {
     /// Values larger than this are not cached (counted as `too_large`), and the
     /// key-value API refuses them with [`Error::Validation`]. Default 1 MiB.
     pub max_value_bytes: usize,
+    /// The memory budget, in bytes, of a *near tier*: an in-process mirror of the row
+    /// entries, unique-finder mappings, cached queries and `#[cached]` results this
+    /// process read from Redis, kept coherent by Redis's invalidation pushes (RESP3
+    /// `CLIENT TRACKING`, Redis 6 or later). A hit costs a hash lookup instead of a
+    /// round trip. Default `None` (no near tier). See the [module docs](self) for its
+    /// staleness bound; a model opts out with `#[table(cache(ttl = N, near = false))]`.
+    /// From the environment: `TABULA_CACHE_NEAR` (bytes). Only for Redis caches.
+    pub near: Option<u64>,
+    /// The longest a near-tier value is served without asking Redis, however quiet
+    /// the invalidation channel: a cap on staleness should a push ever be lost without
+    /// the connection noticing. Default `None`: a few seconds below the entry's TTL
+    /// (TTL − 5 s, at least half the TTL); a smaller value given here wins.
+    pub near_max_age: Option<Duration>,
 }
 
 impl Default for CacheConfig {
@@ -146,6 +161,8 @@ impl Default for CacheConfig {
             lease: Duration::from_secs(5),
             namespace: None,
             max_value_bytes: 1024 * 1024,
+            near: None,
+            near_max_age: None,
         }
     }
 }
@@ -180,6 +197,52 @@ impl CacheConfig {
         self.probe_interval = interval;
         self
     }
+
+    /// Puts a near tier of `budget` bytes in front of Redis (see
+    /// [`CacheConfig::near`]).
+    ///
+    /// ```no_run
+    /// use tabula::cache::{CacheConfig, CacheService};
+    /// let cache = CacheService::redis("redis://127.0.0.1/", CacheConfig::default().near(64 << 20))?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn near(mut self, budget: u64) -> Self {
+        self.near = Some(budget);
+        self
+    }
+
+    /// Sets [`CacheConfig::near_max_age`].
+    pub fn near_max_age(mut self, max_age: Duration) -> Self {
+        self.near_max_age = Some(max_age);
+        self
+    }
+}
+
+/// What the near tier has done, for tests and dashboards (also exported as metrics).
+///
+/// ```
+/// let stats = tabula::cache::NearStats::default();
+/// assert_eq!(stats.hits, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearStats {
+    /// Lookups answered in-process.
+    pub hits: u64,
+    /// Lookups that went on to Redis.
+    pub misses: u64,
+    /// Values evicted to stay within the memory budget.
+    pub evictions: u64,
+    /// Names invalidated: pushes from Redis and this process's own writes.
+    pub invalidations: u64,
+    /// Whole-tier flushes (a connection lost or replaced, `FLUSHALL`).
+    pub flushes: u64,
+    /// Replies not installed because an invalidation raced them.
+    pub refused: u64,
+    /// Bytes held (names, values and per-entry overhead), at most the budget.
+    pub bytes: u64,
+    /// Values held.
+    pub entries: u64,
 }
 
 /// Why a cache call did not happen; internal, mapped to [`Error::Cache`] by the public
@@ -482,6 +545,12 @@ impl CacheService {
     /// # Ok::<(), tabula::Error>(())
     /// ```
     pub fn in_memory(config: CacheConfig) -> Result<Self> {
+        if config.near.is_some() {
+            return Err(Error::Config(
+                "a near tier mirrors Redis; an in-process cache needs none (CacheConfig::near)"
+                    .into(),
+            ));
+        }
         CacheService::build(Arc::new(MemoryBackend::default()), config)
     }
 
@@ -499,6 +568,17 @@ impl CacheService {
         let mut config = CacheConfig::default();
         if let Ok(namespace) = std::env::var("TABULA_CACHE_NAMESPACE") {
             config = config.namespace(namespace);
+        }
+        if let Ok(budget) = std::env::var("TABULA_CACHE_NEAR")
+            && !budget.is_empty()
+        {
+            let bytes = budget.parse::<u64>().map_err(|_| {
+                Error::Config(format!(
+                    "TABULA_CACHE_NEAR must be the near tier's budget in bytes, not `{}`",
+                    budget.escape_debug()
+                ))
+            })?;
+            config = config.near(bytes);
         }
         let cache = match (std::env::var("REDIS_URL"), std::env::var("TABULA_CACHE")) {
             #[cfg(feature = "cache")]
@@ -541,6 +621,24 @@ impl CacheService {
     /// Whether the circuit breaker currently skips Redis.
     pub fn is_degraded(&self) -> bool {
         self.inner.backend.is_degraded()
+    }
+
+    /// What the near tier did so far (`None` without one; see [`CacheConfig::near`]).
+    ///
+    /// ```
+    /// let cache = tabula::cache::CacheService::in_memory(Default::default())?;
+    /// assert!(cache.near_stats().is_none());
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn near_stats(&self) -> Option<NearStats> {
+        self.inner.backend.near_stats()
+    }
+
+    /// Installs (or with `None` removes) a hook run between a near tier's Redis reply
+    /// and its install. Test support: it places an invalidation exactly there.
+    #[doc(hidden)]
+    pub fn set_near_hook(&self, hook: Option<FillHook>) {
+        self.inner.backend.set_near_hook(hook);
     }
 
     /// Refuses a value over [`CacheConfig::max_value_bytes`]: sending it would cost

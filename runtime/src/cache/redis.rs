@@ -28,11 +28,21 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, Script};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, PushInfo, PushKind, RedisError, Script};
 
 use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, Versioned};
 use super::breaker::Breaker;
+use super::near::NearTier;
 use super::{CacheConfig, Fault};
+
+/// `cmd!("SADD", key, members)`: a command with its arguments.
+macro_rules! cmd {
+    ($name:literal $(, $arg:expr)* $(,)?) => {{
+        let mut cmd = ::redis::cmd($name);
+        $(cmd.arg($arg);)*
+        cmd
+    }};
+}
 
 /// The protocol of `backend.rs`, one script a rule, each sharing `prelude.lua`.
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -51,8 +61,15 @@ pub(crate) struct RedisBackend {
     me: Weak<RedisBackend>,
     client: redis::Client,
     /// One connection per runtime: a connection's driver task lives on the runtime
-    /// that opened it and dies with it, so another runtime must not borrow it.
-    conns: Mutex<Vec<(tokio::runtime::Id, MultiplexedConnection)>>,
+    /// that opened it and dies with it, so another runtime must not borrow it. Each
+    /// has a serial, so a late "disconnected" from a replaced one is told apart.
+    conns: Mutex<Vec<(tokio::runtime::Id, u64, MultiplexedConnection)>>,
+    serials: AtomicU64,
+    /// `{prefix}:t:`: where every key the near tier mirrors lives.
+    tracked_prefix: String,
+    /// The in-process tier in front (`CacheConfig::near`); its connections speak
+    /// RESP3 with `CLIENT TRACKING` on.
+    near: Option<Arc<NearTier>>,
     breaker: Breaker,
     deadline: Duration,
     probe_interval: Duration,
@@ -79,12 +96,37 @@ pub(crate) fn fresh_epoch() -> String {
 
 impl RedisBackend {
     pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Arc<Self>, Fault> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Fault::Config(format!("invalid redis url: {e}")))?;
+        let invalid = |e: RedisError| Fault::Config(format!("invalid redis url: {e}"));
+        let mut client = redis::Client::open(url).map_err(invalid)?;
+        let near = match config.near {
+            Some(0) => {
+                return Err(Fault::Config(
+                    "a near tier needs a budget of at least 1 byte".into(),
+                ));
+            }
+            Some(budget) => {
+                // Invalidation pushes need RESP3 (Redis 6 or later).
+                let info = client.get_connection_info().clone();
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(redis::ProtocolVersion::RESP3);
+                client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+                Some(Arc::new(NearTier::new(
+                    budget,
+                    config.near_max_age,
+                    config.deadline,
+                )))
+            }
+            None => None,
+        };
         Ok(Arc::new_cyclic(|me| RedisBackend {
             me: me.clone(),
             client,
             conns: Mutex::default(),
+            serials: AtomicU64::new(0),
+            tracked_prefix: format!("{}:t:", config.prefix),
+            near,
             breaker: Breaker::new(config.failure_threshold, config.probe_interval),
             deadline: config.deadline,
             probe_interval: config.probe_interval,
@@ -99,16 +141,26 @@ impl RedisBackend {
         let known = self.conns.lock().ok().and_then(|conns| {
             conns
                 .iter()
-                .find(|(id, _)| *id == runtime)
-                .map(|(_, c)| c.clone())
+                .find(|(id, _, _)| *id == runtime)
+                .map(|(_, _, c)| c.clone())
         });
         if let Some(conn) = known {
             return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new()
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.deadline))
             .set_response_timeout(Some(self.deadline));
-        let conn = tokio::time::timeout(
+        if let Some(near) = &self.near {
+            // Whatever the connection it replaces was tracking is lost with it.
+            near.flush(true);
+            config = config.set_push_sender(Pushes {
+                near: near.clone(),
+                backend: self.me.clone(),
+                serial,
+            });
+        }
+        let mut conn = tokio::time::timeout(
             self.deadline,
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
@@ -116,20 +168,73 @@ impl RedisBackend {
         .await
         .map_err(|_| Fault::Timeout)?
         .map_err(Fault::Redis)?;
+        let tracking = match &self.near {
+            Some(_) => self.track(&mut conn).await,
+            None => false,
+        };
         if let Ok(mut conns) = self.conns.lock() {
-            conns.retain(|(id, _)| *id != runtime);
+            conns.retain(|(id, _, _)| *id != runtime);
             if conns.len() >= 8 {
                 conns.remove(0); // runtimes that ended leave their entries behind
             }
-            conns.push((runtime, conn.clone()));
+            conns.push((runtime, serial, conn.clone()));
+        }
+        if let (Some(near), true) = (&self.near, tracking) {
+            near.tracking_on();
         }
         Ok(conn)
     }
 
+    /// Turns on invalidation pushes on `conn`: broadcast mode, for every key under
+    /// `{prefix}:t:`, except changes made on this connection. (Redis 7 tracks only the
+    /// keys a script *declares*, and the protocol's scripts resolve their names on the
+    /// server, so default tracking would miss them.) A server that refuses (an ACL, an
+    /// old version) leaves the near tier unused, and says so.
+    async fn track(&self, conn: &mut MultiplexedConnection) -> bool {
+        let tracking = cmd!(
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "BCAST",
+            "PREFIX",
+            &self.tracked_prefix,
+            "NOLOOP"
+        );
+        let answer = tokio::time::timeout(self.deadline, tracking.query_async::<()>(conn)).await;
+        match answer {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis refused CLIENT TRACKING: the near tier stays unused");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     fn drop_connection(&self) {
         let runtime = tokio::runtime::Handle::current().id();
-        if let Ok(mut conns) = self.conns.lock() {
-            conns.retain(|(id, _)| *id != runtime);
+        let dropped = self.conns.lock().is_ok_and(|mut conns| {
+            let before = conns.len();
+            conns.retain(|(id, _, _)| *id != runtime);
+            conns.len() != before
+        });
+        // What it tracked is no longer heard of (a connection dropped before this
+        // was flushed then).
+        if dropped && let Some(near) = &self.near {
+            near.flush(true);
+        }
+    }
+
+    /// A connection closed (a push from its driver): if it still serves, it goes,
+    /// and with it everything its tracking covered.
+    fn lost(&self, serial: u64) {
+        let current = self.conns.lock().is_ok_and(|mut conns| {
+            let before = conns.len();
+            conns.retain(|(_, s, _)| *s != serial);
+            conns.len() != before
+        });
+        if current && let Some(near) = &self.near {
+            near.flush(true);
         }
     }
 
@@ -186,6 +291,10 @@ impl RedisBackend {
             pipe.cmd("SET").arg(key).arg(fresh_epoch()).ignore();
         }
         pipe.query_async::<()>(conn).await.map_err(Fault::Redis)?;
+        // This connection hears nothing of its own changes (NOLOOP).
+        if let Some(near) = &self.near {
+            near.flush(false);
+        }
         if self
             .dirty
             .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire)
@@ -218,7 +327,12 @@ impl RedisBackend {
             Err(_) => Err(Fault::Timeout),
         };
         match &result {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => {
+                self.breaker.success();
+                if let Some(near) = &self.near {
+                    near.heard();
+                }
+            }
             // Redis answered, about this call (a key of another type, a value that is
             // no number): it is healthy, and a caller's mistakes must not open the
             // breaker for everyone.
@@ -267,17 +381,90 @@ impl RedisBackend {
     }
 }
 
-/// `cmd!("SADD", key, members)`: a command with its arguments.
-macro_rules! cmd {
-    ($name:literal $(, $arg:expr)* $(,)?) => {{
-        let mut cmd = ::redis::cmd($name);
-        $(cmd.arg($arg);)*
-        cmd
-    }};
-}
-
 fn millis(d: Duration) -> Vec<u8> {
     d.as_millis().to_string().into_bytes()
+}
+
+/// Where a connection's pushes go: invalidations to the near tier; a closed
+/// connection (or a broken redirect) flushes it.
+struct Pushes {
+    near: Arc<NearTier>,
+    backend: Weak<RedisBackend>,
+    serial: u64,
+}
+
+impl redis::aio::AsyncPushSender for Pushes {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        match info.kind {
+            PushKind::Invalidate => {
+                // One array of names, or null: everything (FLUSHALL, FLUSHDB).
+                let names = match info.data.into_iter().next() {
+                    Some(redis::Value::Array(names)) => Some(
+                        names
+                            .into_iter()
+                            .filter_map(|name| match name {
+                                redis::Value::BulkString(b) => Some(b),
+                                redis::Value::SimpleString(s) => Some(s.into_bytes()),
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                self.near.invalidated(names);
+            }
+            PushKind::Disconnection => match self.backend.upgrade() {
+                Some(backend) => backend.lost(self.serial),
+                None => self.near.flush(true),
+            },
+            PushKind::Other(kind) if kind == "tracking-redir-broken" => self.near.flush(true),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A row lookup's reply: the epoch and generation the script read, and one value per
+/// key.
+struct RowReply {
+    epoch: String,
+    generation: String,
+    values: Vec<Option<Vec<u8>>>,
+}
+
+/// Parses a row lookup's reply: epoch, generation, then a value per key (`''` for a
+/// miss).
+fn row_reply(mut reply: Vec<Vec<u8>>, keys: usize) -> Result<RowReply, Fault> {
+    if reply.len() != keys + 2 {
+        return Err(Fault::Value(
+            "a row lookup answered the wrong number of values",
+        ));
+    }
+    let values = reply
+        .split_off(2)
+        .into_iter()
+        .map(|v| (!v.is_empty()).then_some(v))
+        .collect();
+    let mut head = reply
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap_or_default());
+    let epoch = head.next().unwrap_or_default();
+    let generation = head.next().unwrap_or_default();
+    Ok(RowReply {
+        epoch,
+        generation,
+        values,
+    })
+}
+
+impl RedisBackend {
+    /// The near tier, when it may answer now: configured, wanted by the caller,
+    /// tracking on, and Redis not skipped by the breaker.
+    fn near_now(&self, wanted: bool) -> Option<&NearTier> {
+        self.near
+            .as_deref()
+            .filter(|near| wanted && near.is_tracking() && !self.breaker.is_open())
+    }
 }
 
 impl Backend for RedisBackend {
@@ -291,6 +478,16 @@ impl Backend for RedisBackend {
 
     fn is_degraded(&self) -> bool {
         self.breaker.is_open()
+    }
+
+    fn near_stats(&self) -> Option<super::NearStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    fn set_near_hook(&self, hook: Option<super::FillHook>) {
+        if let Some(near) = &self.near {
+            near.set_hook(hook);
+        }
     }
 
     fn register(&self, ns: &Namespace) {
@@ -307,6 +504,16 @@ impl Backend for RedisBackend {
         get: RowGet<'a>,
     ) -> Pending<'a, Vec<Option<Vec<u8>>>> {
         Box::pin(async move {
+            let mut out = vec![None; get.keys.len()];
+            let near = self.near_now(get.near);
+            if let Some(near) = near {
+                near.rows(ns, get.table, get.shape, get.keys, &mut out);
+                if out.iter().all(Option::is_some) {
+                    return Ok(out);
+                }
+            }
+            // Before anything is sent: a push handled from here on refuses the install.
+            let start = near.map(NearTier::begin);
             let lease = millis(get.lease);
             let mut args: Vec<&[u8]> = vec![
                 get.table.as_bytes(),
@@ -314,14 +521,27 @@ impl Backend for RedisBackend {
                 &lease,
                 get.shape.as_bytes(),
             ];
-            args.extend(get.keys.iter().map(|s| s.as_bytes()));
-            let values: Vec<Option<Vec<u8>>> = self.script(&ROW_GET, ns, &args).await?;
-            if values.len() != get.keys.len() {
-                return Err(Fault::Value(
-                    "a row lookup answered the wrong number of values",
-                ));
+            let asked: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
+            args.extend(asked.iter().map(|i| get.keys[*i].as_bytes()));
+            let reply: Vec<Vec<u8>> = self.script(&ROW_GET, ns, &args).await?;
+            let RowReply {
+                epoch,
+                generation,
+                values,
+            } = row_reply(reply, asked.len())?;
+            if let (Some(near), Some(start)) = (near, start) {
+                near.before_install().await;
+                let found: Vec<(&String, &Vec<u8>)> = asked
+                    .iter()
+                    .zip(&values)
+                    .filter_map(|(i, v)| Some((&get.keys[*i], v.as_ref()?)))
+                    .collect();
+                near.install_rows(start, ns, get.table, &epoch, &generation, &found, get.ttl);
             }
-            Ok(values)
+            for (i, value) in asked.into_iter().zip(values) {
+                out[i] = value;
+            }
+            Ok(out)
         })
     }
 
@@ -339,6 +559,14 @@ impl Backend for RedisBackend {
 
     fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()> {
         Box::pin(async move {
+            // Read-your-writes in this process without waiting for the push; again
+            // after the answer, for replies read before the write that come in after.
+            let evict = || {
+                if let Some(near) = &self.near {
+                    near.own_write(ns, stale.counters, stale.generations, stale.rows);
+                }
+            };
+            evict();
             let (n, g) = (
                 stale.counters.len().to_string(),
                 stale.generations.len().to_string(),
@@ -360,6 +588,7 @@ impl Backend for RedisBackend {
             if delivered.is_err() {
                 self.mark_dirty();
             }
+            evict();
             delivered.map(|_| ())
         })
     }
@@ -371,6 +600,14 @@ impl Backend for RedisBackend {
         delete: bool,
     ) -> Pending<'a, (String, Option<Vec<u8>>)> {
         Box::pin(async move {
+            let near = self.near_now(name.near && !delete);
+            if let Some(near) = near
+                && let Some((key, value)) =
+                    near.versioned(ns, name.kind, name.counters, name.suffix)
+            {
+                return Ok((key, Some(value)));
+            }
+            let start = near.map(NearTier::begin);
             let n = name.counters.len().to_string();
             let mode: &[u8] = if delete { b"del" } else { b"get" };
             let mut args: Vec<&[u8]> = vec![mode, name.kind.as_bytes(), n.as_bytes()];
@@ -378,10 +615,42 @@ impl Backend for RedisBackend {
             args.push(name.suffix.as_bytes());
             if delete {
                 let (key, _): (String, i64) = self.script(&VERSIONED, ns, &args).await?;
-                Ok((key, None))
-            } else {
-                self.script(&VERSIONED, ns, &args).await
+                if let Some(near) = &self.near {
+                    near.own_delete(&key);
+                }
+                return Ok((key, None));
             }
+            let reply: Vec<Vec<u8>> = self.script(&VERSIONED, ns, &args).await?;
+            if reply.len() != 3 + name.counters.len() {
+                return Err(Fault::Value("a versioned lookup answered the wrong shape"));
+            }
+            let text = |bytes: Option<Vec<u8>>| {
+                String::from_utf8(bytes.unwrap_or_default()).map_err(|_| {
+                    Fault::Value("a versioned lookup answered a name that is not text")
+                })
+            };
+            let mut parts = reply.into_iter();
+            let key = text(parts.next())?;
+            let value = parts.next().unwrap_or_default();
+            let epoch = text(parts.next())?;
+            let counters = parts
+                .map(|b| text(Some(b)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let value = (!value.is_empty()).then_some(value);
+            if let (Some(near), Some(start)) = (near, start) {
+                near.before_install().await;
+                near.install_versioned(
+                    start,
+                    ns,
+                    name.counters,
+                    &epoch,
+                    &counters,
+                    &key,
+                    value.as_deref(),
+                    name.ttl,
+                );
+            }
+            Ok((key, value))
         })
     }
 

@@ -36,6 +36,13 @@ pub(crate) struct Hooks {
     before_fill: Mutex<Option<FillHook>>,
 }
 
+/// How entries of one kind are cached: their TTL, and whether a near tier may answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowCache {
+    pub(crate) ttl: Duration,
+    pub(crate) near: bool,
+}
+
 /// What a row lookup found.
 pub(crate) enum Lookup {
     Hit(Vec<u8>),
@@ -87,9 +94,15 @@ impl CacheService {
     }
 
     /// GET a row entry of `shape`; on a miss, take a lease.
-    pub(crate) async fn row_get(&self, table: &str, key: &str, shape: &str) -> Lookup {
+    pub(crate) async fn row_get(
+        &self,
+        table: &str,
+        key: &str,
+        shape: &str,
+        how: RowCache,
+    ) -> Lookup {
         let (mut values, token) = self
-            .row_get_many(table, std::slice::from_ref(&key.to_owned()), shape)
+            .row_get_many(table, std::slice::from_ref(&key.to_owned()), shape, how)
             .await;
         match (values.pop().flatten(), token) {
             (Some(value), _) => Lookup::Hit(value),
@@ -104,6 +117,7 @@ impl CacheService {
         table: &str,
         keys: &[String],
         shape: &str,
+        how: RowCache,
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
         let token = token();
@@ -113,6 +127,8 @@ impl CacheService {
             lease: self.inner.config.lease,
             shape,
             keys,
+            ttl: how.ttl,
+            near: how.near,
         };
         let result = match self.inner.backend.row_get(&self.inner.ns, get).await {
             Ok(values) => (values, Some(token)),
@@ -237,12 +253,15 @@ impl CacheService {
         counters: &[String],
         suffix: &str,
         delete: bool,
+        how: RowCache,
     ) -> Option<(String, Option<Vec<u8>>)> {
         let started = Instant::now();
         let name = Versioned {
             kind,
             counters,
             suffix,
+            ttl: how.ttl,
+            near: how.near,
         };
         let result = self
             .inner
@@ -273,6 +292,9 @@ impl CacheService {
         if value.len() > self.inner.config.max_value_bytes {
             self.event("too_large", 1);
             return;
+        }
+        if value.is_empty() {
+            return; // an empty value reads as a miss (see `lua/versioned.lua`)
         }
         let stored = self.inner.backend.put(key, value.to_vec(), Some(ttl)).await;
         if stored.is_err() {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::cache::CacheService;
-use crate::cache::row::Lookup;
+use crate::cache::row::{Lookup, RowCache};
 
 /// The row-cache name of a row within its table (the key as JSON text).
 fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
@@ -22,7 +22,7 @@ impl super::Db {
     /// The cache of this handle, when reads of `M` go through it: the model declares
     /// `cache(ttl = …)`, a cache is configured, and the handle is not in a transaction
     /// (a transaction must see its own writes).
-    fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, Duration)> {
+    fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, RowCache)> {
         let ttl = M::META.cache_ttl?;
         // Transactions must see their own writes; scoped handles must see only what
         // the policy shows them (see `crate::auth`).
@@ -30,7 +30,11 @@ impl super::Db {
             return None;
         }
         let cache = self.shared.cache.clone()?;
-        Some((cache, Duration::from_secs(ttl)))
+        let how = RowCache {
+            ttl: Duration::from_secs(ttl),
+            near: M::META.cache_near,
+        };
+        Some((cache, how))
     }
 
     /// [`Db::read`] through the row cache.
@@ -38,13 +42,13 @@ impl super::Db {
         &self,
         key: M::Key,
     ) -> crate::Result<Option<M>> {
-        let Some((cache, ttl)) = self.row_cache::<M>() else {
+        let Some((cache, how)) = self.row_cache::<M>() else {
             return self.read_uncached::<M>(key).await;
         };
         let suffix = row_suffix::<M>(&key);
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
-        let token = match cache.row_get(&table, &suffix, &shape).await {
+        let token = match cache.row_get(&table, &suffix, &shape, how).await {
             Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
                 Some(row) => return Ok(Some(row)),
                 // Undecodable: a miss, and not ours to overwrite.
@@ -59,7 +63,7 @@ impl super::Db {
             let mut value = shape.into_bytes();
             value.extend(encoded);
             cache
-                .row_fill(&table, &token, &[(suffix, value)], ttl)
+                .row_fill(&table, &token, &[(suffix, value)], how.ttl)
                 .await;
         }
         Ok(row)
@@ -87,7 +91,7 @@ impl super::Db {
     where
         T: crate::ColumnType + Clone + serde::Serialize,
     {
-        let Some((cache, ttl)) = self.row_cache::<M>() else {
+        let Some((cache, how)) = self.row_cache::<M>() else {
             return self.query::<M>().filter(column.eq(value)).first().await;
         };
         let meta = M::META;
@@ -95,7 +99,7 @@ impl super::Db {
         let table = meta.qualified_name();
         let suffix = format!("#{}:{}", meta.columns[column.index()].name, wanted);
         let shape = meta.shape_hex();
-        let mut lookup = cache.row_get(&table, &suffix, &shape).await;
+        let mut lookup = cache.row_get(&table, &suffix, &shape, how).await;
         if let Lookup::Hit(bytes) = &lookup {
             if let Some(key) = bytes
                 .get(16..)
@@ -109,7 +113,7 @@ impl super::Db {
             cache
                 .invalidate(&[], &[], &[(table.clone(), suffix.clone())])
                 .await;
-            lookup = cache.row_get(&table, &suffix, &shape).await;
+            lookup = cache.row_get(&table, &suffix, &shape, how).await;
         }
         let token = match lookup {
             Lookup::Miss(token) => token,
@@ -125,7 +129,7 @@ impl super::Db {
             let mut entry = shape.into_bytes();
             entry.extend(key);
             cache
-                .row_fill(&table, &token, &[(suffix, entry)], ttl)
+                .row_fill(&table, &token, &[(suffix, entry)], how.ttl)
                 .await;
         }
         Ok(row)
@@ -175,7 +179,7 @@ impl super::Db {
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
         let (cached, token) = match &cache {
-            Some((cache, _)) => cache.row_get_many(&table, &suffixes, &shape).await,
+            Some((cache, how)) => cache.row_get_many(&table, &suffixes, &shape, *how).await,
             None => (vec![None; keys.len()], None),
         };
         let mut out: Vec<Option<M>> = cached
@@ -212,7 +216,9 @@ impl super::Db {
             out[i] = Some(row.clone());
         }
         let filled = match (&cache, &token) {
-            (Some((cache, ttl)), Some(token)) => cache.row_fill(&table, token, &fills, *ttl).await,
+            (Some((cache, how)), Some(token)) => {
+                cache.row_fill(&table, token, &fills, how.ttl).await
+            }
             _ => 0,
         };
         Ok((out, filled))

@@ -717,7 +717,11 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             bound.fingerprint()
         );
         let counters = [crate::cache::row::table_counter(meta)];
-        let found = cache.versioned("q", &counters, &suffix, false).await;
+        let how = crate::cache::row::RowCache {
+            ttl: std::time::Duration::from_secs(self.ttl_seconds),
+            near: meta.cache_near,
+        };
+        let found = cache.versioned("q", &counters, &suffix, false, how).await;
         if let Some((_, Some(bytes))) = &found
             && let Some(rows) = D::decode_rows(bytes)
         {
@@ -727,13 +731,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         if let Some((key, _)) = found
             && let Some(bytes) = D::encode_rows(&rows)
         {
-            cache
-                .versioned_fill(
-                    &key,
-                    &bytes,
-                    std::time::Duration::from_secs(self.ttl_seconds),
-                )
-                .await;
+            cache.versioned_fill(&key, &bytes, how.ttl).await;
         }
         Ok(rows)
     }

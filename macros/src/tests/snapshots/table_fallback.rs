@@ -43,6 +43,7 @@ const _: () = {
             primary_key: 0,
             soft_delete: ::tabula::__private::Option::None,
             cache_ttl: ::tabula::__private::Option::None,
+            cache_near: true,
             shape: 0,
         };
         fn from_row(_: &::tabula::__private::Row) -> ::tabula::__private::Result<Self> {

@@ -122,6 +122,7 @@ const _: () = {
             primary_key: 0usize,
             soft_delete: ::tabula::__private::Option::Some(4usize),
             cache_ttl: ::tabula::__private::Option::None,
+            cache_near: true,
             shape: ::tabula::__private::row_shape(6948523948430002955u64),
         };
         fn from_row(

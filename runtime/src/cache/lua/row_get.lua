@@ -1,18 +1,20 @@
 -- Reads row entries; each miss takes a lease in the same step.
 -- ARGV: base, fresh epoch, table, token, lease ms, shape, keys...
--- Returns one value (or false) per key.
+-- Returns the epoch and the table's generation it read (a near tier mirrors them),
+-- then one value per key, '' for a miss (an entry is never empty: it starts with the
+-- shape; and '' reads the same in RESP2 and RESP3, where a Lua false would not).
 local b = base()
 local tbl, token, lease, shape = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local g = redis.call('GET', b .. ':g:' .. tbl) or '0'
 local prefix = tbl .. ':' .. g .. ':'
-local out = {}
+local out = {E, g}
 for i = 7, #ARGV do
   local v = redis.call('GET', b .. ':r:' .. prefix .. ARGV[i])
   if v and string.sub(v, 1, 16) == shape then
-    out[i - 6] = v
+    out[#out + 1] = v
   else
     redis.call('SET', b .. ':l:' .. prefix .. ARGV[i], token, 'PX', lease)
-    out[i - 6] = false
+    out[#out + 1] = ''
   end
 end
 return out
