@@ -63,12 +63,22 @@ fn shared_redis() -> CacheService {
     CacheService::redis(&tabula::testkit::redis_url().expect("redis"), config).expect("cache")
 }
 
-/// The contract holds on every backend: each contract test runs once on Redis and
-/// once in-process.
-fn backends() -> [CacheService; 2] {
+/// Redis with a near tier in front (RESP3, broadcast tracking).
+fn near_redis() -> CacheService {
+    let config = CacheConfig::default()
+        .prefix(unique_prefix())
+        .deadline(Duration::from_secs(2))
+        .near(1 << 20);
+    CacheService::redis(&tabula::testkit::redis_url().expect("redis"), config).expect("cache")
+}
+
+/// The contract holds on every backend and tier: each contract test runs on Redis,
+/// on Redis behind a near tier, and in-process.
+fn backends() -> [CacheService; 3] {
     let memory = CacheConfig::default().prefix(unique_prefix());
     [
         shared_redis(),
+        near_redis(),
         CacheService::in_memory(memory).expect("memory"),
     ]
 }
@@ -715,6 +725,7 @@ async fn structures(cache: &CacheService) {
 #[tokio::test]
 async fn data_structures_work_the_same_on_redis_and_in_process() {
     structures(&shared_redis()).await;
+    structures(&near_redis()).await;
     structures(
         &CacheService::in_memory(CacheConfig::default().prefix(unique_prefix())).expect("memory"),
     )
@@ -810,8 +821,8 @@ async fn insert_many_invalidates_the_cached_queries_of_its_table() {
 /// mistakes (INCR on text) are errors of that call, not an outage.
 #[tokio::test]
 async fn the_backends_agree_at_the_corners_of_the_api() {
-    let [redis, memory] = backends();
-    let both = [&redis, &memory];
+    let [redis, near, memory] = backends();
+    let both = [&redis, &near, &memory];
     for cache in both {
         for v in ["a", "b", "c"] {
             cache.list_push("l", v).await.expect("push");
@@ -830,7 +841,9 @@ async fn the_backends_agree_at_the_corners_of_the_api() {
                         .expect("range")
                 }
             };
-            assert_eq!(on(&redis).await, on(&memory).await, "LRANGE {start} {stop}");
+            let on_redis = on(&redis).await;
+            assert_eq!(on_redis, on(&memory).await, "LRANGE {start} {stop}");
+            assert_eq!(on_redis, on(&near).await, "LRANGE {start} {stop} (RESP3)");
         }
     }
     // TTLs past 100 years: refused by both, not cut short by one and kept by the other.
@@ -885,9 +898,10 @@ async fn the_backends_agree_at_the_corners_of_the_api() {
             outcomes.push((deleted, left));
         }
         assert_eq!(
-            outcomes[0], outcomes[1],
+            outcomes[0], outcomes[2],
             "pattern {pattern:?}: redis, then memory"
         );
+        assert_eq!(outcomes[0], outcomes[1], "pattern {pattern:?}: RESP3");
     }
     // INCR kept the 1 s TTL on both.
     tokio::time::sleep(Duration::from_millis(1300)).await;
