@@ -251,7 +251,21 @@ pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
 fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
-        None => err.to_string(),
+        None => {
+            // The cause says what went wrong (a refused certificate, a reset socket);
+            // the driver's own text only says where.
+            let mut text = err.to_string();
+            let mut cause = std::error::Error::source(err);
+            while let Some(c) = cause {
+                let more = c.to_string();
+                if !text.contains(&more) {
+                    text.push_str(": ");
+                    text.push_str(&more);
+                }
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 

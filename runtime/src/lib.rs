@@ -59,6 +59,7 @@ pub mod table;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
+mod tls;
 mod types;
 
 pub use cache::{CacheConfig, CacheService};
@@ -66,6 +67,7 @@ pub use db::{AfterConnect, Db, DbConfig, Isolation};
 pub use error::{Error, Result};
 pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
 pub use table::{Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};
+pub use tls::SslMode;
 pub use types::ColumnType;
 
 /// Derives [`Table`] for a struct with named fields; see the [`table`] module.

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{CancelToken, Client, NoTls, Row, Statement};
+use tokio_postgres::{CancelToken, Client, Row, Statement};
+
+use crate::tls::Connector;
 
 use crate::error::{Error, Result};
 use crate::table::Param;
@@ -55,6 +57,8 @@ pub(crate) struct PgConn {
     /// Run again after a session reset (see `reset_session`).
     after_connect: Option<AfterConnect>,
     cancel: CancelToken,
+    /// How a cancel request reaches the server: as the connection did.
+    tls: Connector,
     statements: HashMap<String, Statement>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
     pub(crate) in_transaction: bool,
@@ -525,10 +529,10 @@ async fn pipelined<T>(
 
 /// Sends a cancel request for a statement whose answer nobody will read (from a
 /// destructor, so without waiting for it).
-pub(crate) fn cancel_in_background(token: CancelToken) {
+pub(crate) fn cancel_in_background(token: CancelToken, tls: Connector) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            if let Err(e) = token.cancel_query(NoTls).await {
+            if let Err(e) = token.cancel_query(tls).await {
                 tracing::debug!(error = %e, "cancel request failed");
             }
         });
@@ -552,6 +556,7 @@ pub type AfterConnect = Arc<
 pub(crate) struct PgManager {
     pub(crate) config: tokio_postgres::Config,
     after_connect: Option<AfterConnect>,
+    tls: Connector,
 }
 
 impl PgManager {
@@ -564,6 +569,7 @@ impl PgManager {
         connect_timeout: Duration,
         statement_timeout: Duration,
         after_connect: Option<AfterConnect>,
+        tls: Connector,
     ) -> Self {
         config.connect_timeout(connect_timeout);
         let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
@@ -577,6 +583,7 @@ impl PgManager {
         PgManager {
             config,
             after_connect,
+            tls,
         }
     }
 }
@@ -586,7 +593,7 @@ impl bb8::ManageConnection for PgManager {
     type Error = Error;
 
     async fn connect(&self) -> Result<PgConn> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(crate::tls::copy(&self.tls)).await?;
         // The connection task ends when the socket closes; `Client::is_closed` then
         // reports it and the pool drops the client.
         tokio::spawn(async move {
@@ -610,6 +617,7 @@ impl bb8::ManageConnection for PgManager {
         Ok(PgConn {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
+            tls: crate::tls::copy(&self.tls),
             client,
             statements: HashMap::new(),
             in_transaction: false,
@@ -628,7 +636,7 @@ impl bb8::ManageConnection for PgManager {
     fn has_broken(&self, conn: &mut PgConn) -> bool {
         if conn.in_flight && !conn.client.is_closed() {
             // Nobody will read the answer: stop the statement on the server too.
-            cancel_in_background(conn.cancel.clone());
+            cancel_in_background(conn.cancel.clone(), crate::tls::copy(&conn.tls));
         }
         // A setup never sent is client-side only — the server holds nothing of it —
         // but must not reach the next user: a scope armed again behind a one-shot read

@@ -358,6 +358,14 @@ rm -rf "$dir""#;
 }
 
 fn start_postgres() -> Result<Server> {
+    start_postgres_with(|_, _| Ok(Vec::new())).map(|(server, _)| server)
+}
+
+/// Starts a PostgreSQL of its own; `extra` gets the server's folder and owner before
+/// it starts, may write files there, and returns more `-c` settings.
+fn start_postgres_with(
+    extra: impl Fn(&Path, Option<(u32, u32)>) -> Result<Vec<String>>,
+) -> Result<(Server, PathBuf)> {
     let (Some(initdb), Some(postgres)) =
         (find_postgres_bin("initdb"), find_postgres_bin("postgres"))
     else {
@@ -401,11 +409,12 @@ fn start_postgres() -> Result<Server> {
             String::from_utf8_lossy(&output.stderr)
         )));
     }
+    let settings = extra(&dir, owner)?;
     // A port found free may be taken before the server binds it: try a few.
     let mut last = None;
     for _ in 0..5 {
         let port = free_port()?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "-D",
             &data.to_string_lossy(),
             "-p",
@@ -426,8 +435,12 @@ fn start_postgres() -> Result<Server> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        for setting in &settings {
+            args.push("-c".into());
+            args.push(setting.clone());
+        }
         match supervise(&postgres, &args, &dir, owner, port) {
-            Ok(server) => return Ok(server),
+            Ok(server) => return Ok((server, dir)),
             Err(e) => last = Some(e),
         }
     }
@@ -523,6 +536,15 @@ fn start_redis() -> Result<Server> {
 }
 
 fn start_redis_on(fixed_port: Option<u16>) -> Result<Server> {
+    start_redis_with(fixed_port, |_| Ok(Vec::new()))
+}
+
+/// Starts a redis-server; `extra` gets its folder and returns arguments that replace
+/// `--port <port>` (the port is appended to them).
+fn start_redis_with(
+    fixed_port: Option<u16>,
+    extra: impl Fn(&Path) -> Result<Vec<String>>,
+) -> Result<Server> {
     let redis = find_on_path("redis-server")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
         .ok_or_else(|| {
@@ -531,31 +553,212 @@ fn start_redis_on(fixed_port: Option<u16>) -> Result<Server> {
             ))
         })?;
     let dir = scratch_dir("redis", None)?;
+    let listen = extra(&dir)?;
     let mut last = None;
     for _ in 0..5 {
         let port = match fixed_port {
             Some(port) => port,
             None => free_port()?,
         };
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.to_string_lossy(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let (port_flag, listen): (&str, &[String]) = match listen.as_slice() {
+            [] => ("--port", &[]),
+            more => ("--tls-port", more),
+        };
+        let mut args: Vec<String> = listen.to_vec();
+        args.extend(
+            [
+                port_flag,
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.to_string_lossy(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         match supervise(&redis, &args, &dir, None, port) {
             Ok(server) => return Ok(server),
             Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| Error::Config("redis-server did not start".into())))
+}
+
+/// Certificates for a TLS test: a throwaway CA and a server certificate for
+/// `localhost` only (so `127.0.0.1` is a *wrong* host name for `verify-full`).
+#[cfg(feature = "tls")]
+struct TestCerts {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[cfg(feature = "tls")]
+fn test_certs() -> Result<TestCerts> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let fail = |e: rcgen::Error| Error::Config(format!("cannot make test certificates: {e}"));
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tabula test CA");
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).map_err(fail)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().map_err(fail)?;
+    let cert = params.signed_by(&key, &ca, &ca_key).map_err(fail)?;
+    Ok(TestCerts {
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Writes `contents` to `dir/name`, readable by its owner only, owned by `owner`.
+#[cfg(feature = "tls")]
+fn private_file(
+    dir: &Path,
+    name: &str,
+    contents: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    let io = |e: std::io::Error| Error::Config(format!("cannot write {}: {e}", path.display()));
+    std::fs::write(&path, contents).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io)?;
+    }
+    Ok(path)
+}
+
+/// A PostgreSQL of one test's own with TLS on (`ssl=on`), its certificate issued for
+/// `localhost` by a throwaway CA ([`TlsPostgres::ca_file`]); plain connections are
+/// accepted too. Stopped when dropped (or when the process exits).
+///
+/// ```no_run
+/// let pg = tabula::testkit::TlsPostgres::start()?;
+/// let url = pg.url("localhost", "verify-full");
+/// # Ok::<(), tabula::Error>(())
+/// ```
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+pub struct TlsPostgres {
+    server: Server,
+    ca_file: PathBuf,
+    other_ca_file: PathBuf,
+}
+
+#[cfg(feature = "tls")]
+impl TlsPostgres {
+    /// Starts one on a free loopback port.
+    pub fn start() -> Result<TlsPostgres> {
+        let certs = test_certs()?;
+        let other = test_certs()?;
+        let ca = std::sync::Mutex::new(None);
+        let (server, _) = start_postgres_with(|dir, owner| {
+            let cert = private_file(dir, "server.crt", &certs.cert, owner)?;
+            let key = private_file(dir, "server.key", &certs.key, owner)?;
+            *ca.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                private_file(dir, "ca.crt", &certs.ca, None)?,
+                private_file(dir, "other-ca.crt", &other.ca, None)?,
+            ));
+            Ok(vec![
+                "ssl=on".into(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ])
+        })?;
+        let (ca_file, other_ca_file) = ca
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| Error::Config("no test CA written".into()))?;
+        Ok(TlsPostgres {
+            server,
+            ca_file,
+            other_ca_file,
+        })
+    }
+
+    /// A URL of its `postgres` database through `host` (`localhost` matches the
+    /// certificate, `127.0.0.1` does not) with this `sslmode`.
+    pub fn url(&self, host: &str, sslmode: &str) -> String {
+        format!(
+            "postgres://postgres@{host}:{}/postgres?sslmode={sslmode}",
+            self.server.port
+        )
+    }
+
+    /// The PEM file of the CA that issued the server's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The PEM file of another CA, which issued nothing this server presents.
+    pub fn other_ca_file(&self) -> &Path {
+        &self.other_ca_file
+    }
+}
+
+/// A redis-server of one test's own that speaks only TLS (`rediss://`), with a
+/// certificate for `localhost` from a throwaway CA ([`TlsRedis::ca_file`]).
+///
+/// ```no_run
+/// let redis = tabula::testkit::TlsRedis::start()?;
+/// let url = redis.url();
+/// # Ok::<(), tabula::Error>(())
+/// ```
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+pub struct TlsRedis {
+    server: Server,
+    ca_file: PathBuf,
+}
+
+#[cfg(feature = "tls")]
+impl TlsRedis {
+    /// Starts one on a free loopback port (no plain port).
+    pub fn start() -> Result<TlsRedis> {
+        let certs = test_certs()?;
+        let ca_file = std::sync::Mutex::new(PathBuf::new());
+        let server = start_redis_with(None, |dir| {
+            let cert = private_file(dir, "server.crt", &certs.cert, None)?;
+            let key = private_file(dir, "server.key", &certs.key, None)?;
+            let ca = private_file(dir, "ca.crt", &certs.ca, None)?;
+            *ca_file.lock().unwrap_or_else(|p| p.into_inner()) = ca.clone();
+            Ok(vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ])
+        })?;
+        let ca_file = ca_file.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(TlsRedis { server, ca_file })
+    }
+
+    /// `rediss://localhost:<port>/`.
+    pub fn url(&self) -> String {
+        format!("rediss://localhost:{}/", self.server.port)
+    }
+
+    /// The PEM file of the CA that issued the server's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
 }

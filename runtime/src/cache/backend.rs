@@ -70,8 +70,10 @@ pub(crate) struct RowGet<'a> {
     pub(crate) shape: &'a str,
     pub(crate) keys: &'a [String],
     /// The TTL entries are filled with (a near tier's maximum age follows it).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) ttl: Duration,
     /// Whether a near tier may answer (the model did not opt out).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) near: bool,
 }
 
@@ -96,8 +98,10 @@ pub(crate) struct Versioned<'a> {
     pub(crate) counters: &'a [String],
     pub(crate) suffix: &'a str,
     /// The TTL the entry is stored with.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) ttl: Duration,
     /// Whether a near tier may answer.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) near: bool,
 }
 

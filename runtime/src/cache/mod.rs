@@ -102,7 +102,9 @@
 //! - **A silent Redis** (paused, cut off without a reset): the tier answers only while
 //!   Redis answered this process within the last [`CacheConfig::deadline`]; a writer
 //!   whose invalidation cannot be delivered returns only after its own deadline, so by
-//!   then the tier is already asking Redis (and so PostgreSQL).
+//!   then the tier is already asking Redis (and so PostgreSQL). A process that reads
+//!   less often than once a deadline therefore asks Redis each time (the answer
+//!   renews the tier); the tier pays off exactly where reads are frequent.
 //! - **A push lost unnoticed** (which TCP should never allow): no value is served
 //!   longer than [`CacheConfig::near_max_age`] (default: TTL − 5 s) after it, and the
 //!   mirrors it was resolved through, were read from Redis.
@@ -190,6 +192,9 @@ pub struct CacheConfig {
     /// the connection noticing. Default `None`: a few seconds below the entry's TTL
     /// (TTL − 5 s, at least half the TTL); a smaller value given here wins.
     pub near_max_age: Option<Duration>,
+    /// For a `rediss://` URL: a PEM file of the root certificates to trust instead of
+    /// the platform's (the `tls` feature).
+    pub tls_root_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for CacheConfig {
@@ -204,6 +209,7 @@ impl Default for CacheConfig {
             max_value_bytes: 1024 * 1024,
             near: None,
             near_max_age: None,
+            tls_root_cert: None,
         }
     }
 }
@@ -249,6 +255,17 @@ impl CacheConfig {
     /// ```
     pub fn near(mut self, budget: u64) -> Self {
         self.near = Some(budget);
+        self
+    }
+
+    /// Sets [`CacheConfig::tls_root_cert`].
+    ///
+    /// ```
+    /// let config = tabula::CacheConfig::default().tls_root_cert("/etc/redis/ca.pem");
+    /// assert!(config.tls_root_cert.is_some());
+    /// ```
+    pub fn tls_root_cert(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_root_cert = Some(pem_file.into());
         self
     }
 

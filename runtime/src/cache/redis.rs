@@ -97,7 +97,7 @@ pub(crate) fn fresh_epoch() -> String {
 impl RedisBackend {
     pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Arc<Self>, Fault> {
         let invalid = |e: RedisError| Fault::Config(format!("invalid redis url: {e}"));
-        let mut client = redis::Client::open(url).map_err(invalid)?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
         let near = match config.near {
             Some(0) => {
                 return Err(Fault::Config(
@@ -106,12 +106,11 @@ impl RedisBackend {
             }
             Some(budget) => {
                 // Invalidation pushes need RESP3 (Redis 6 or later).
-                let info = client.get_connection_info().clone();
                 let settings = info
                     .redis_settings()
                     .clone()
                     .set_protocol(redis::ProtocolVersion::RESP3);
-                client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+                info = info.set_redis_settings(settings);
                 Some(Arc::new(NearTier::new(
                     budget,
                     config.near_max_age,
@@ -119,6 +118,29 @@ impl RedisBackend {
                 )))
             }
             None => None,
+        };
+        let client = match &config.tls_root_cert {
+            None => redis::Client::open(info).map_err(invalid)?,
+            #[cfg(feature = "tls")]
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Fault::Config(format!(
+                        "cannot read the redis root certificates {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certs).map_err(invalid)?
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(Fault::Config(
+                    "CacheConfig::tls_root_cert needs tabula's `tls` feature".into(),
+                ));
+            }
         };
         Ok(Arc::new_cyclic(|me| RedisBackend {
             me: me.clone(),

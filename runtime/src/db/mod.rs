@@ -121,6 +121,13 @@ pub struct DbConfig {
     /// How long one statement may run; enforced by the server (see the
     /// [module docs](self#deadlines)). Default 30 s.
     pub statement_timeout: Duration,
+    /// TLS: libpq's `sslmode` (see [`SslMode`](crate::SslMode)); from the URL
+    /// (`?sslmode=verify-full`, or `sslmode=…` in a key=value string). Default
+    /// [`SslMode::Prefer`](crate::SslMode::Prefer), as libpq.
+    pub ssl_mode: crate::SslMode,
+    /// A PEM file of the root certificates to trust instead of the platform's; from the
+    /// URL as `sslrootcert=<path>`. With it, `require` checks the chain (as libpq).
+    pub ssl_root_cert: Option<std::path::PathBuf>,
     /// How many times a transaction runs at most when it hits a serialization failure
     /// or a deadlock. Default 5.
     pub transaction_attempts: u32,
@@ -142,6 +149,8 @@ impl std::fmt::Debug for DbConfig {
             .field("checkout_timeout", &self.checkout_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .field("application_name", &self.application_name)
             .field("after_connect", &self.after_connect.is_some())
             .field("transaction_attempts", &self.transaction_attempts)
@@ -218,6 +227,8 @@ impl DbConfig {
             #[cfg(feature = "jwt")]
             jwt: None,
             statement_timeout: Duration::from_secs(30),
+            ssl_mode: crate::SslMode::default(),
+            ssl_root_cert: None,
             transaction_attempts: 5,
             cache: None,
             url_error: None,
@@ -261,6 +272,13 @@ impl DbConfig {
                 "pool_idle_timeout" => self.idle_timeout = seconds,
                 "pool_checkout_timeout" => self.checkout_timeout = Duration::from_secs(number),
                 _ => self.statement_timeout = Duration::from_millis(number),
+            }
+        }
+        let (rest, tls) = crate::tls::take_settings(&rest);
+        for (name, value) in tls {
+            match name.as_str() {
+                "sslmode" => self.ssl_mode = value.parse().map_err(|e: Error| e.to_string())?,
+                _ => self.ssl_root_cert = Some(value.into()),
             }
         }
         // PostgreSQL's own parameters that set what a field holds.
@@ -356,6 +374,24 @@ impl DbConfig {
     /// ```
     pub fn cache(mut self, cache: CacheService) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Sets [`DbConfig::ssl_mode`].
+    ///
+    /// ```
+    /// let config = tabula::DbConfig::new("postgres://app@db.example.com/app")
+    ///     .ssl_mode(tabula::SslMode::VerifyFull);
+    /// assert_eq!(config.ssl_mode, tabula::SslMode::VerifyFull);
+    /// ```
+    pub fn ssl_mode(mut self, mode: crate::SslMode) -> Self {
+        self.ssl_mode = mode;
+        self
+    }
+
+    /// Sets [`DbConfig::ssl_root_cert`].
+    pub fn ssl_root_cert(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
+        self.ssl_root_cert = Some(pem_file.into());
         self
     }
 
@@ -498,6 +534,7 @@ impl Db {
             return Err(Error::Config(e.clone()));
         }
         let (url, _) = split_url_settings(&config.url);
+        let (url, _) = crate::tls::take_settings(&url);
         let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
             // A pool setting where PostgreSQL's parser sees it (a key=value string,
             // an escaped name): say so, rather than only "invalid".
@@ -514,11 +551,14 @@ impl Db {
             }
         })?;
         pg.application_name(&config.application_name);
+        pg.ssl_mode(config.ssl_mode.negotiation());
+        let tls = crate::tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref())?;
         let manager = PgManager::new(
             pg,
             config.connect_timeout,
             config.statement_timeout,
             config.after_connect.clone(),
+            tls,
         );
         let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
