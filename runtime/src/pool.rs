@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
+use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client, Row, Statement};
 
 use crate::tls::Connector;
@@ -60,6 +62,11 @@ pub(crate) struct PgConn {
     /// How a cancel request reaches the server: as the connection did.
     tls: Connector,
     statements: HashMap<String, Statement>,
+    /// Behind a transaction-pooling proxy (PgBouncer, Supavisor): no named statement
+    /// outlives a transaction, so statements go unnamed with the parameter types
+    /// learned once per SQL text (see [`PgConn::statement`]).
+    unnamed: bool,
+    types: HashMap<String, Arc<[Type]>>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
     pub(crate) in_transaction: bool,
     /// Set while a statement is on its way or its answer is not read yet. A connection
@@ -86,28 +93,37 @@ impl PgConn {
     /// and the database's name and oid.
     pub(crate) async fn identity(&self) -> Result<String> {
         use sha2::Digest;
-        let sysid = self
-            .client
-            .query_one(
-                "SELECT system_identifier::text FROM pg_control_system()",
-                &[],
-            )
+        // The simple protocol: no statement is prepared (a transaction-pooling proxy
+        // may send each request to another server connection).
+        let first_row = async |sql: &str| -> Result<Vec<Option<String>>> {
+            let messages = self.client.simple_query(sql).await?;
+            let row = messages.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            });
+            let row = row.ok_or_else(|| Error::Connect(format!("no answer to {sql}")))?;
+            Ok((0..row.len())
+                .map(|i| row.get(i).map(str::to_owned))
+                .collect())
+        };
+        let sysid = first_row("SELECT system_identifier::text FROM pg_control_system()")
             .await
             .ok()
-            .and_then(|row| row.try_get::<_, String>(0).ok());
-        let row = self
-            .client
-            .query_one(
-                "SELECT current_database()::text, \
-                        (SELECT oid::text FROM pg_database WHERE datname = current_database()), \
-                        coalesce(host(inet_server_addr()), 'local') || ':' || \
-                        coalesce(inet_server_port()::text, current_setting('port')) || '@' || \
-                        pg_postmaster_start_time()::text",
-                &[],
-            )
-            .await?;
-        let (name, oid, server): (String, Option<String>, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            .and_then(|row| row.into_iter().next().flatten());
+        let row = first_row(
+            "SELECT current_database()::text, \
+                    (SELECT oid::text FROM pg_database WHERE datname = current_database()), \
+                    coalesce(host(inet_server_addr()), 'local') || ':' || \
+                    coalesce(inet_server_port()::text, current_setting('port')) || '@' || \
+                    pg_postmaster_start_time()::text",
+        )
+        .await?;
+        let mut row = row.into_iter();
+        let (name, oid, server) = (
+            row.next().flatten().unwrap_or_default(),
+            row.next().flatten(),
+            row.next().flatten().unwrap_or_default(),
+        );
         let seed = format!(
             "{}\0{name}\0{}",
             sysid.unwrap_or(server),
@@ -156,6 +172,50 @@ impl PgConn {
         Ok(statement)
     }
 
+    /// How `sql` is run on this connection: its prepared statement, or — behind a
+    /// transaction-pooling proxy — its parameter types for an unnamed one.
+    async fn statement(&mut self, sql: &str) -> Result<Stmt> {
+        if !self.unnamed {
+            return self.prepare(sql).await.map(Stmt::Named);
+        }
+        if let Some(types) = self.types.get(sql) {
+            return Ok(Stmt::Unnamed(types.clone()));
+        }
+        let types: Arc<[Type]> = self.describe(sql).await?.into();
+        if self.types.len() >= STATEMENT_CACHE_CAPACITY {
+            self.types.clear();
+        }
+        self.types.insert(sql.to_owned(), types.clone());
+        Ok(Stmt::Unnamed(types))
+    }
+
+    /// The parameter types of `sql`, from a named statement that lives only inside a
+    /// transaction — which a transaction-pooling proxy keeps on one server connection —
+    /// and is closed before it ends, so no other client can ever meet its name.
+    async fn describe(&mut self, sql: &str) -> Result<Vec<Type>> {
+        // Inside a transaction the server already has open, the statement is pinned.
+        let own = !(self.in_transaction && self.pending_setup.is_none());
+        let was_in_flight = std::mem::replace(&mut self.in_flight, true);
+        let client = &self.client;
+        let described = async {
+            if own {
+                client.batch_execute("BEGIN").await?;
+            }
+            // Dropping the statement sends its Close ahead of COMMIT.
+            let types = client.prepare(sql).await.map(|s| s.params().to_vec());
+            if own {
+                client.batch_execute("COMMIT").await?;
+            }
+            types
+        }
+        .await;
+        self.in_flight = was_in_flight;
+        match described {
+            Ok(types) => Ok(types),
+            Err(e) => self.settle(Answer::failed(Error::from(e))),
+        }
+    }
+
     pub(crate) async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let result = self.query_once(sql, params).await;
         if self.forget_stale_plan(sql, &result) {
@@ -165,10 +225,16 @@ impl PgConn {
     }
 
     async fn query_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
-        let statement = self.prepare(sql).await?;
+        let statement = self.statement(sql).await?;
         let extras = self.extras(true).await?;
         self.in_flight = true;
-        let outcome = pipelined(&self.client, extras, self.client.query(&statement, params)).await;
+        let client = &self.client;
+        let pairs = typed(params, &statement);
+        let query = match &statement {
+            Stmt::Named(s) => Either::Left(client.query(s, params)),
+            Stmt::Unnamed(_) => Either::Right(client.query_typed(sql, &pairs)),
+        };
+        let outcome = pipelined(client, extras, query).await;
         self.settle(outcome)
     }
 
@@ -195,14 +261,20 @@ impl PgConn {
         decode: &mut impl FnMut(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
         use futures_util::TryStreamExt;
-        let statement = self.prepare(sql).await?;
+        let statement = self.statement(sql).await?;
         let extras = self.extras(true).await?;
         self.in_flight = true;
         let mut out = Vec::new();
         let mut failed: Option<Error> = None;
         let client = &self.client;
         let rows = async {
-            let stream = client.query_raw(&statement, params.iter().copied()).await?;
+            let stream = match &statement {
+                Stmt::Named(s) => client.query_raw(s, params.iter().copied()).await?,
+                Stmt::Unnamed(types) => {
+                    let pairs = params.iter().copied().zip(types.iter().cloned());
+                    client.query_typed_raw(sql, pairs).await?
+                }
+            };
             let mut stream = std::pin::pin!(stream);
             while let Some(row) = stream.try_next().await? {
                 if failed.is_none() {
@@ -235,15 +307,16 @@ impl PgConn {
     }
 
     async fn query_opt_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
-        let statement = self.prepare(sql).await?;
+        let statement = self.statement(sql).await?;
         let extras = self.extras(true).await?;
         self.in_flight = true;
-        let outcome = pipelined(
-            &self.client,
-            extras,
-            self.client.query_opt(&statement, params),
-        )
-        .await;
+        let client = &self.client;
+        let pairs = typed(params, &statement);
+        let query = match &statement {
+            Stmt::Named(s) => Either::Left(client.query_opt(s, params)),
+            Stmt::Unnamed(_) => Either::Right(client.query_typed_opt(sql, &pairs)),
+        };
+        let outcome = pipelined(client, extras, query).await;
         self.settle(outcome)
     }
 
@@ -256,15 +329,16 @@ impl PgConn {
     }
 
     async fn execute_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        let statement = self.prepare(sql).await?;
+        let statement = self.statement(sql).await?;
         let extras = self.extras(true).await?;
         self.in_flight = true;
-        let outcome = pipelined(
-            &self.client,
-            extras,
-            self.client.execute(&statement, params),
-        )
-        .await;
+        let client = &self.client;
+        let pairs = typed(params, &statement);
+        let execute = match &statement {
+            Stmt::Named(s) => Either::Left(client.execute(s, params)),
+            Stmt::Unnamed(_) => Either::Right(client.execute_typed(sql, &pairs)),
+        };
+        let outcome = pipelined(client, extras, execute).await;
         self.settle(outcome)
     }
 
@@ -276,6 +350,7 @@ impl PgConn {
         let stale = matches!(result, Err(crate::Error::Database { sqlstate, .. }) if sqlstate == "0A000" || sqlstate == "26000");
         if stale && !self.in_transaction {
             self.statements.remove(sql);
+            self.types.remove(sql);
             return true;
         }
         false
@@ -356,14 +431,14 @@ impl PgConn {
         }
         let commit = setup.as_ref().filter(|s| s.one_shot).cloned();
         let scope = match setup.as_ref().and_then(|s| s.scope.clone()) {
-            Some((role, claims)) => Some((self.prepare(SET_SCOPE).await?, role, claims)),
+            Some((role, claims)) => Some((self.statement(SET_SCOPE).await?, role, claims)),
             None => None,
         };
         // Inside a transaction that has not written yet, ask for its id behind every
         // statement: NULL until one of them writes, then kept for the commit protocol.
         let xid =
             if (self.in_transaction || setup.is_some()) && self.xid.is_none() && commit.is_none() {
-                Some(self.prepare(CURRENT_XID).await?)
+                Some(self.statement(CURRENT_XID).await?)
             } else {
                 None
             };
@@ -443,11 +518,27 @@ impl PgConn {
     }
 }
 
+/// How a statement runs: prepared on this connection, or unnamed with its parameter
+/// types (see [`PgConn::statement`]).
+enum Stmt {
+    Named(Statement),
+    Unnamed(Arc<[Type]>),
+}
+
+/// Parameters paired with their types, for an unnamed statement (nothing, and no
+/// allocation, for a prepared one).
+fn typed<'a>(params: &[Param<'a>], statement: &Stmt) -> Vec<(Param<'a>, Type)> {
+    match statement {
+        Stmt::Named(_) => Vec::new(),
+        Stmt::Unnamed(types) => params.iter().copied().zip(types.iter().cloned()).collect(),
+    }
+}
+
 /// Requests pipelined around a statement; see [`PgConn::extras`].
 struct Extras {
     begin: Option<&'static str>,
-    scope: Option<(Statement, &'static str, Arc<str>)>,
-    xid: Option<Statement>,
+    scope: Option<(Stmt, &'static str, Arc<str>)>,
+    xid: Option<Stmt>,
     /// COMMIT behind the statement, and the setup to arm again once it answered.
     commit: Option<Setup>,
 }
@@ -489,8 +580,15 @@ async fn pipelined<T>(
     };
     let scope = async {
         match &extras.scope {
-            Some((set, role, claims)) => client
+            Some((Stmt::Named(set), role, claims)) => client
                 .execute(set, &[role, &claims.as_ref()])
+                .await
+                .map(|_| ()),
+            Some((Stmt::Unnamed(_), role, claims)) => client
+                .execute_typed(
+                    SET_SCOPE,
+                    &[(role, Type::TEXT), (&claims.as_ref(), Type::TEXT)],
+                )
                 .await
                 .map(|_| ()),
             None => Ok(()),
@@ -498,7 +596,12 @@ async fn pipelined<T>(
     };
     let xid = async {
         match &extras.xid {
-            Some(query) => client.query_opt(query, &[]).await.ok().flatten(),
+            Some(Stmt::Named(query)) => client.query_opt(query, &[]).await.ok().flatten(),
+            Some(Stmt::Unnamed(_)) => client
+                .query_typed_opt(CURRENT_XID, &[])
+                .await
+                .ok()
+                .flatten(),
             None => None,
         }
     };
@@ -557,6 +660,8 @@ pub(crate) struct PgManager {
     pub(crate) config: tokio_postgres::Config,
     after_connect: Option<AfterConnect>,
     tls: Connector,
+    /// Behind a transaction-pooling proxy: statements go unnamed.
+    unnamed: bool,
 }
 
 impl PgManager {
@@ -570,8 +675,20 @@ impl PgManager {
         statement_timeout: Duration,
         after_connect: Option<AfterConnect>,
         tls: Connector,
+        transaction_pooling: bool,
     ) -> Self {
         config.connect_timeout(connect_timeout);
+        if transaction_pooling {
+            // A pooler passes no startup options on (PgBouncer refuses them), and a
+            // session default would not follow the transactions anyway: the server's
+            // own deadline then comes from the role or the pooler's connect query.
+            return PgManager {
+                config,
+                after_connect,
+                tls,
+                unnamed: true,
+            };
+        }
         let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
         let options = match config.get_options() {
             Some(user) if !user.trim().is_empty() => {
@@ -584,6 +701,7 @@ impl PgManager {
             config,
             after_connect,
             tls,
+            unnamed: false,
         }
     }
 }
@@ -620,6 +738,8 @@ impl bb8::ManageConnection for PgManager {
             tls: crate::tls::copy(&self.tls),
             client,
             statements: HashMap::new(),
+            unnamed: self.unnamed,
+            types: HashMap::new(),
             in_transaction: false,
             in_flight: false,
             discard: false,

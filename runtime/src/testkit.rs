@@ -286,6 +286,25 @@ fn supervise(
     owner: Option<(u32, u32)>,
     port: u16,
 ) -> Result<Server> {
+    supervise_until(
+        program,
+        args,
+        dir,
+        owner,
+        port,
+        "eady to accept connections",
+    )
+}
+
+/// [`supervise`], ready when the server's log contains `ready`.
+fn supervise_until(
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    port: u16,
+    ready: &str,
+) -> Result<Server> {
     // $1 = log file, $2 = folder to delete, then the server's command line.
     let script = r#"log="$1"; dir="$2"; shift 2
 "$@" </dev/null >"$log" 2>&1 &
@@ -329,9 +348,8 @@ rm -rf "$dir""#;
     loop {
         // Both servers accept TCP before they accept work; their log says when they do
         // ("database system is ready to accept connections", "Ready to accept connections").
-        let ready =
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("eady to accept connections"));
-        if ready && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        let up = std::fs::read_to_string(&log).is_ok_and(|l| l.contains(ready));
+        if up && TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
         if let Ok(Some(_)) = child.try_wait() {
@@ -760,5 +778,86 @@ impl TlsRedis {
     /// The PEM file of the CA that issued the server's certificate.
     pub fn ca_file(&self) -> &Path {
         &self.ca_file
+    }
+}
+
+/// A PgBouncer of one test's own in *transaction* pooling mode, in front of the test
+/// kit's PostgreSQL, with few server connections (so clients share them). Debian's
+/// `pgbouncer` package; run as the `postgres` user when this process is root.
+///
+/// ```no_run
+/// let bouncer = tabula::testkit::PgBouncer::start(2)?;
+/// let url = bouncer.url("postgres");
+/// # Ok::<(), tabula::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct PgBouncer {
+    server: Server,
+}
+
+impl PgBouncer {
+    /// Starts one whose pools hold at most `server_connections` connections per
+    /// database and user.
+    pub fn start(server_connections: u32) -> Result<PgBouncer> {
+        let program = find_on_path("pgbouncer")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
+            .ok_or_else(|| {
+                Error::Config(
+                    "pgbouncer not found; install it with: sudo apt-get install -y pgbouncer"
+                        .into(),
+                )
+            })?;
+        let upstream = crate::db::DbConfig::new(postgres_url()?);
+        let pg: tokio_postgres::Config = upstream
+            .url
+            .parse()
+            .map_err(|e| Error::Config(format!("test kit url: {e}")))?;
+        let upstream_port = pg.get_ports().first().copied().unwrap_or(5432);
+        // PgBouncer refuses to run as root.
+        let owner = if is_root() {
+            Some(system_user("postgres").ok_or_else(|| {
+                Error::Config("running as root: no `postgres` user to run pgbouncer as".into())
+            })?)
+        } else {
+            None
+        };
+        let dir = scratch_dir("pgbouncer", owner)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let users = dir.join("userlist.txt");
+            let ini = dir.join("pgbouncer.ini");
+            let config = format!(
+                "[databases]\n* = host=127.0.0.1 port={upstream_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+                 default_pool_size = {server_connections}\nmax_client_conn = 1000\n\
+                 ignore_startup_parameters = extra_float_digits,options\n\
+                 server_reset_query =\n",
+                users.display()
+            );
+            let io = |e: std::io::Error| Error::Config(format!("pgbouncer config: {e}"));
+            std::fs::write(&users, "\"postgres\" \"\"\n").map_err(io)?;
+            std::fs::write(&ini, config).map_err(io)?;
+            if let Some((uid, gid)) = owner {
+                for file in [&users, &ini] {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid)).map_err(io)?;
+                }
+            }
+            let args = vec![ini.display().to_string()];
+            match supervise_until(&program, &args, &dir, owner, port, "process up") {
+                Ok(server) => return Ok(PgBouncer { server }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config("pgbouncer did not start".into())))
+    }
+
+    /// A URL of `database` through it, with `?pgbouncer=true`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}?pgbouncer=true",
+            self.server.port
+        )
     }
 }

@@ -78,8 +78,12 @@ impl Db {
         let statements = N::Table::statements();
         // Every column generated: COPY has no column to fill. A user-scoped handle:
         // PostgreSQL refuses COPY FROM into a table under Row Level Security, so the
-        // rows go in through INSERT, where the policy decides.
-        if statements.copy_in.is_empty() || self.scope.is_some() {
+        // rows go in through INSERT, where the policy decides. Behind a transaction
+        // pooler: the COPY's statement would be named, so INSERT too.
+        if statements.copy_in.is_empty()
+            || self.scope.is_some()
+            || self.shared.config.transaction_pooling
+        {
             return Ok(self.create_many_now(rows).await?.len() as u64);
         }
         self.run("insert_many", meta.name, async |conn| {

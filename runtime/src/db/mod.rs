@@ -121,6 +121,19 @@ pub struct DbConfig {
     /// How long one statement may run; enforced by the server (see the
     /// [module docs](self#deadlines)). Default 30 s.
     pub statement_timeout: Duration,
+    /// Whether the URL reaches PostgreSQL through a *transaction-pooling* proxy
+    /// (PgBouncer's `pool_mode = transaction`, Supavisor on port 6543), which may send
+    /// each transaction to another server connection: no named prepared statement then
+    /// outlives a transaction, so statements go unnamed (with their parameter types
+    /// learned once per SQL text, inside a transaction), `insert_many` uses INSERT
+    /// instead of COPY, and no session setting is sent at connect. Two things stay the
+    /// pooler's or the server's: the statement deadline (`statement_timeout` is a
+    /// session setting: set it on the role, `ALTER ROLE app SET statement_timeout =
+    /// '30s'`, or in the pooler's connect query; Tabula's own deadline and cancel still
+    /// apply), and what an [`after_connect`](DbConfig::after_connect) hook sets for the
+    /// session. Row Level Security scopes are transaction-local and hold. From the URL:
+    /// `?pgbouncer=true`. Default `false`.
+    pub transaction_pooling: bool,
     /// TLS: libpq's `sslmode` (see [`SslMode`](crate::SslMode)); from the URL
     /// (`?sslmode=verify-full`, or `sslmode=…` in a key=value string). Default
     /// [`SslMode::Prefer`](crate::SslMode::Prefer), as libpq.
@@ -149,6 +162,7 @@ impl std::fmt::Debug for DbConfig {
             .field("checkout_timeout", &self.checkout_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("transaction_pooling", &self.transaction_pooling)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
             .field("application_name", &self.application_name)
@@ -167,6 +181,7 @@ const URL_SETTINGS: &[&str] = &[
     "pool_idle_timeout",
     "pool_checkout_timeout",
     "statement_timeout",
+    "pgbouncer",
 ];
 
 /// Splits Tabula's settings off a URL's query string: the URL PostgreSQL's parser
@@ -229,6 +244,7 @@ impl DbConfig {
             statement_timeout: Duration::from_secs(30),
             ssl_mode: crate::SslMode::default(),
             ssl_root_cert: None,
+            transaction_pooling: false,
             transaction_attempts: 5,
             cache: None,
             url_error: None,
@@ -242,6 +258,19 @@ impl DbConfig {
     fn read_url_settings(&mut self) -> std::result::Result<(), String> {
         let (rest, settings) = split_url_settings(&self.url);
         for (name, value) in settings {
+            if name == "pgbouncer" {
+                self.transaction_pooling = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(format!(
+                            "`pgbouncer={}` in the database url: true or false is expected",
+                            other.escape_debug()
+                        ));
+                    }
+                };
+                continue;
+            }
             let number: u64 = value.parse().map_err(|_| {
                 format!(
                     "`{name}={}` in the database url: a whole number is expected",
@@ -374,6 +403,17 @@ impl DbConfig {
     /// ```
     pub fn cache(mut self, cache: CacheService) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Sets [`DbConfig::transaction_pooling`].
+    ///
+    /// ```
+    /// let config = tabula::DbConfig::new("postgres://app@pooler:6543/app").transaction_pooling(true);
+    /// assert!(config.transaction_pooling);
+    /// ```
+    pub fn transaction_pooling(mut self, on: bool) -> Self {
+        self.transaction_pooling = on;
         self
     }
 
@@ -559,11 +599,23 @@ impl Db {
             config.statement_timeout,
             config.after_connect.clone(),
             tls,
+            config.transaction_pooling,
         );
         let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
-        let first = bb8::ManageConnection::connect(&manager).await?;
+        let first = bb8::ManageConnection::connect(&manager)
+            .await
+            .map_err(
+                |e| match e.to_string().contains("unsupported startup parameter") {
+                    // PgBouncer's answer to the statement deadline Tabula sends at connect.
+                    true => Error::Connect(format!(
+                        "{e} — behind a transaction-pooling proxy such as PgBouncer? Add \
+                     `?pgbouncer=true` to the URL (DbConfig::transaction_pooling)"
+                    )),
+                    false => e,
+                },
+            )?;
         // The cache's view of this database: its entries under the database's identity
         // (or the configured namespace), so two databases never share one. Known also
         // without a cache: a write through this handle must still reach the caches
