@@ -48,6 +48,13 @@ pub(crate) struct Scope {
 const ROLES: &[&str] = &["anon", "authenticated", "service_role"];
 
 impl Scope {
+    /// The claims' `sub`, when it is a UUID.
+    #[cfg(feature = "uuid")]
+    pub(crate) fn subject(&self) -> Option<uuid::Uuid> {
+        let claims: serde_json::Value = serde_json::from_str(&self.claims).ok()?;
+        claims.get("sub")?.as_str()?.parse().ok()
+    }
+
     /// The user `user_id`: role `authenticated`, claims `{"sub": …, "role": …}`.
     #[cfg(feature = "uuid")]
     pub(crate) fn user(user_id: uuid::Uuid) -> Scope {

@@ -71,6 +71,11 @@ fn builtin_migrations() -> Vec<Migration> {
     vec![
         Migration::new(1, "auth", include_str!("../migrations/0001_auth.sql")),
         Migration::new(2, "storage", include_str!("../migrations/0002_storage.sql")),
+        Migration::new(
+            3,
+            "storage_rls",
+            include_str!("../migrations/0003_storage_rls.sql"),
+        ),
     ]
 }
 

@@ -95,4 +95,10 @@ impl Db {
     pub fn is_scoped(&self) -> bool {
         self.scope.is_some()
     }
+
+    /// The user a scoped handle acts as: its claims' `sub`, when that is a UUID.
+    #[cfg(feature = "uuid")]
+    pub(crate) fn scope_subject(&self) -> Option<uuid::Uuid> {
+        self.scope.as_ref().and_then(|scope| scope.subject())
+    }
 }

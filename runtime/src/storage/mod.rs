@@ -294,6 +294,44 @@ impl StorageService {
         StorageService::new(db, Arc::new(store), signing_key, base_url)
     }
 
+    /// This service acting through `db` — typically a user-scoped handle
+    /// ([`Db::as_user`], [`Db::as_jwt`](crate::Db::as_jwt)): every metadata read and
+    /// write then runs under the storage policies of Tabula's built-in migrations —
+    /// a user reads and writes their own objects and reads public buckets' — and an
+    /// upload is owned by the handle's user. Bytes are only ever reached through a
+    /// metadata row the handle may see, so the policies cover them too.
+    ///
+    /// ```no_run
+    /// # async fn run(storage: tabula::storage::StorageService, db: tabula::Db, user: uuid::Uuid) -> tabula::Result<()> {
+    /// let mine = storage.through(&db.as_user(user));
+    /// let files = mine.list_files("avatars", "", Default::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn through(&self, db: &Db) -> StorageService {
+        StorageService {
+            db: db.clone(),
+            cache: db.cache().cloned(),
+            ..self.clone()
+        }
+    }
+
+    /// This service acting as the user `user` (see [`through`](Self::through)).
+    ///
+    /// ```no_run
+    /// # async fn run(storage: tabula::storage::StorageService, user: uuid::Uuid) -> tabula::Result<()> {
+    /// let bytes = storage.as_user(user).download_file("private", "report.pdf").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn as_user(&self, user: Uuid) -> StorageService {
+        self.through(&self.db.as_user(user))
+    }
+
+    /// The owner of what this service writes: the one asked for, or the scoped
+    /// handle's user.
+    fn owner(&self, asked: Option<Uuid>) -> Option<Uuid> {
+        asked.or_else(|| self.db.scope_subject())
+    }
+
     /// Creates a bucket.
     #[tracing::instrument(name = "tabula.storage.create_bucket", skip_all, fields(bucket = name))]
     pub async fn create_bucket(&self, name: &str, options: BucketOptions) -> Result<Bucket> {
@@ -380,28 +418,24 @@ async fn recorded<T>(
 /// under one (`a/b` when `a` exists). Object stores allow both, filesystems do not;
 /// refusing everywhere keeps buckets portable between backends.
 async fn check_no_clash(tx: &Db, bucket: &str, path: &str) -> Result<()> {
-    let folders: Vec<String> = path
-        .match_indices('/')
-        .map(|(i, _)| path[..i].to_owned())
-        .collect();
-    let under = format!("{}/%", keys::escape_like(path));
-    let clash = tx
-        .query::<FileObject>()
-        .select(FileObject::NAME)
-        .filter(FileObject::BUCKET_ID.eq(bucket))
-        .filter(
-            FileObject::NAME
-                .like(under)
-                .or(FileObject::NAME.is_in(folders)),
-        )
-        .first()
+    // Over every object, whoever owns it (a SECURITY DEFINER function: a scoped user
+    // cannot see the others' objects, and must not make them unreachable either); it
+    // says yes or no, never which object.
+    let (bucket_name, key) = (bucket.to_owned(), path.to_owned());
+    let clash: bool = tx
+        .with_client(async |c| {
+            let row = c
+                .query_one("SELECT storage.path_clashes($1, $2)", &[&bucket_name, &key])
+                .await?;
+            Ok(row.get(0))
+        })
         .await?;
-    match clash {
-        Some(other) => Err(Error::AlreadyExists(format!(
-            "`{bucket}/{other}`, which clashes with `{path}` (a key cannot be both a file and a folder)"
-        ))),
-        None => Ok(()),
+    if clash {
+        return Err(Error::AlreadyExists(format!(
+            "an object that clashes with `{bucket}/{path}` (a key cannot be both a file and a folder)"
+        )));
     }
+    Ok(())
 }
 
 /// Maps an object-store error met while `operation` (`"reading"`, …) the object `key`

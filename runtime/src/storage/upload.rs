@@ -230,7 +230,7 @@ impl StorageService {
             content_type: options.content_type.clone(),
             cache_control,
             etag,
-            owner: options.owner,
+            owner: self.owner(options.owner),
             metadata: options.metadata.clone(),
         };
         let upsert = options.upsert;
