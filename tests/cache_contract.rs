@@ -1000,3 +1000,61 @@ async fn a_read_while_redis_is_paused_costs_exactly_one_query() {
         "each unique-finder read should cost exactly one query"
     );
 }
+
+// ---- keys with more than one spelling --------------------------------------------------
+
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(name = "padded", cache(ttl = 300))]
+struct Padded {
+    #[table(primary_key)]
+    code: String,
+    version: i64,
+}
+
+/// A `char(4)` key matches `ab` and `ab  ` alike: a write through one spelling must
+/// leave no entry under the other (the row's own) stale, and a read through another
+/// spelling must not leave an entry no write would name.
+#[tokio::test]
+async fn a_key_written_in_one_spelling_is_not_read_stale_in_another() {
+    let (db, url) = common::db_and_url().await;
+    db.execute_batch("CREATE TABLE padded (code char(4) PRIMARY KEY, version bigint NOT NULL)")
+        .await
+        .expect("table");
+    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    db.create(NewPadded {
+        code: "ab".into(),
+        version: 1,
+    })
+    .await
+    .expect("create");
+    let version = async |key: &str| {
+        db.read::<Padded>(key.to_owned())
+            .await
+            .expect("read")
+            .expect("row")
+            .version
+    };
+    for spelling in ["ab  ", "ab", "ab "] {
+        assert_eq!(version(spelling).await, 1);
+        assert_eq!(version(spelling).await, 1);
+    }
+    let patch = |v: i64| PaddedPatch { version: Some(v) };
+    db.update::<Padded>("ab".to_owned(), patch(2))
+        .await
+        .expect("update");
+    for spelling in ["ab  ", "ab", "ab "] {
+        assert_eq!(
+            version(spelling).await,
+            2,
+            "read as {spelling:?} after update"
+        );
+    }
+    db.delete::<Padded>("ab ".to_owned()).await.expect("delete");
+    for spelling in ["ab  ", "ab", "ab "] {
+        assert_eq!(
+            db.read::<Padded>(spelling.to_owned()).await.expect("read"),
+            None,
+            "read as {spelling:?} after delete"
+        );
+    }
+}

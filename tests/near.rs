@@ -1,12 +1,11 @@
 //! The near tier (`CacheConfig::near`) on real Redis and PostgreSQL.
 //!
-//! "Two processes" here are two `Db`s, each with its own `CacheService::redis`: its own
-//! Redis connection, its own near tier, nothing shared in-process. They are what two OS
-//! processes are to each other: the same prefix and namespace make them one Redis
-//! cache, so a write through one never touches the other's tier directly (`Db` tells
-//! other caches of the same database only when they are *different* caches) — the only
-//! way it learns of the write is Redis's invalidation push. `tests/torture.rs` runs the
-//! same with real OS processes.
+//! The other process is a real one: this test binary run again as a child
+//! (`near_writer_child`) that writes through a cache of its own over the same Redis,
+//! prefix and database — so the only way this process learns of the write is Redis's
+//! invalidation push. (Two caches inside one process also evict each other's near
+//! entries directly; that has its own test.) `tests/torture.rs` runs reads and writes
+//! in two OS processes at length.
 
 mod common;
 
@@ -56,17 +55,108 @@ fn config(prefix: &str) -> CacheConfig {
         .near(4 << 20)
 }
 
-/// Two handles on one fresh database, each with its own Redis connection and tier.
-async fn two(redis: &str, config: CacheConfig) -> (Db, Db) {
+/// How another process reaches the same database and cache.
+struct Elsewhere {
+    url: String,
+    redis: String,
+    prefix: String,
+    deadline: Duration,
+}
+
+impl Elsewhere {
+    /// Sets row `id` to `version` from a child process, through Tabula; returns once
+    /// the child's write returned.
+    async fn bump(&self, id: i64, version: i64) {
+        let mut child = self.bump_and_stay(id, version, Duration::ZERO).await;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("child");
+        assert!(status.success(), "the writing process failed");
+    }
+
+    /// [`bump`](Self::bump), with the child staying alive for `stay` after its write
+    /// returned (as a server process would: its background probe delivers what it
+    /// could not).
+    async fn bump_and_stay(&self, id: i64, version: i64, stay: Duration) -> std::process::Child {
+        use std::io::BufRead;
+        let spec = format!(
+            "{}|{}|{}|{}|{id}|{version}|{}",
+            self.url,
+            self.redis,
+            self.prefix,
+            self.deadline.as_millis(),
+            stay.as_millis()
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args(["--exact", "near_writer_child", "--nocapture", "--quiet"])
+                .env("TABULA_NEAR_WRITER", spec)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("child");
+            let out = child.stdout.take().expect("stdout");
+            let mut lines = std::io::BufReader::new(out).lines().map_while(Result::ok);
+            let written = lines.any(|line| line.contains("written"));
+            assert!(written, "the writing process did not write");
+            // The rest of its output, until it exits.
+            std::thread::spawn(move || lines.for_each(drop));
+            child
+        })
+        .await
+        .expect("join")
+    }
+}
+
+#[test]
+fn near_writer_child() {
+    // Run only as a child of the tests below.
+    let Ok(spec) = std::env::var("TABULA_NEAR_WRITER") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [url, redis, prefix, deadline, id, version, stay] = parts.as_slice() else {
+        panic!("bad writer spec");
+    };
+    let deadline = Duration::from_millis(deadline.parse().expect("deadline"));
+    let stay = Duration::from_millis(stay.parse().expect("stay"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let config = CacheConfig::default().prefix(*prefix).deadline(deadline);
+        let cache = CacheService::redis(redis, config).expect("cache");
+        let db = Db::connect_with(DbConfig::new(*url).cache(cache))
+            .await
+            .expect("db");
+        bump(
+            &db,
+            id.parse().expect("id"),
+            version.parse().expect("version"),
+        )
+        .await;
+        println!("written");
+        tokio::time::sleep(stay).await;
+    });
+}
+
+/// A handle on a fresh database with a near tier, and the way another process reaches
+/// the same database and cache.
+async fn two(redis: &str, config: CacheConfig) -> (Db, Elsewhere) {
     let (first, url) = common::db_and_url().await;
     first.execute_batch(SCHEMA).await.expect("schema");
-    let open = async || {
-        let cache = CacheService::redis(redis, config.clone()).expect("cache");
-        Db::connect_with(DbConfig::new(&url).cache(cache))
-            .await
-            .expect("db")
+    let cache = CacheService::redis(redis, config.clone()).expect("cache");
+    let db = Db::connect_with(DbConfig::new(&url).cache(cache))
+        .await
+        .expect("db");
+    let elsewhere = Elsewhere {
+        url,
+        redis: redis.to_owned(),
+        prefix: config.prefix.clone(),
+        deadline: config.deadline,
     };
-    (open().await, open().await)
+    (db, elsewhere)
 }
 
 fn stats(db: &Db) -> NearStats {
@@ -136,7 +226,7 @@ async fn a_write_in_one_process_evicts_the_others_near_entry() {
     assert_eq!(stats(&a).hits, hits + 1, "answered in-process");
 
     let heard = stats(&a).invalidations;
-    bump(&b, 1, 2).await;
+    b.bump(1, 2).await;
     until("the push reached a", || stats(&a).invalidations > heard).await;
     assert_eq!(version(&a, 1).await, 2, "a served its old near entry");
     // And the unique finder's mapping and a cached query follow as well.
@@ -155,9 +245,31 @@ async fn a_write_in_one_process_evicts_the_others_near_entry() {
         assert_eq!(cached(&a).await, 2);
     }
     let heard = stats(&a).invalidations;
-    bump(&b, 1, 3).await;
+    b.bump(1, 3).await;
     until("the push reached a", || stats(&a).invalidations > heard).await;
     assert_eq!(cached(&a).await, 3, "a served its old near query result");
+}
+
+/// Two caches over one Redis in one process: a write through one evicts the other's
+/// near entries before it returns, as it does its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_caches_in_one_process_evict_each_other_at_once() {
+    let redis = tabula::testkit::redis_url().expect("redis");
+    let (a, b) = two(&redis, config(&prefix())).await;
+    let cache = CacheService::redis(&redis, config(&b.prefix)).expect("cache");
+    let writer = Db::connect_with(DbConfig::new(&b.url).cache(cache))
+        .await
+        .expect("db");
+    create(&a, 1).await;
+    for v in 2..60 {
+        warm(&a, 1).await;
+        bump(&writer, 1, v).await;
+        assert_eq!(
+            version(&a, 1).await,
+            v,
+            "the other cache served its old entry"
+        );
+    }
 }
 
 #[tokio::test]
@@ -205,7 +317,7 @@ async fn a_reply_overtaken_by_an_invalidation_is_not_installed() {
     };
     arrived.notified().await; // the old row is in hand, not yet installed
     let heard = stats(&a).invalidations;
-    bump(&b, 1, 2).await;
+    b.bump(1, 2).await;
     until("the push reached a", || stats(&a).invalidations > heard).await;
     go.notify_one();
     assert_eq!(
@@ -237,12 +349,12 @@ async fn a_killed_connection_flushes_the_tier_and_nothing_stale_is_read_after() 
         .expect("kill");
     until("a noticed", || stats(&a).flushes > flushes).await;
     assert_eq!(stats(&a).entries, 0, "{:?}", stats(&a));
-    bump(&b, 1, 2).await;
+    b.bump(1, 2).await;
     assert_eq!(version(&a, 1).await, 2);
     // And the tier serves again on the new, tracked connection — coherently.
     warm(&a, 1).await;
     let heard = stats(&a).invalidations;
-    bump(&b, 1, 3).await;
+    b.bump(1, 3).await;
     until("the push reached a", || stats(&a).invalidations > heard).await;
     assert_eq!(version(&a, 1).await, 3);
 }
@@ -257,11 +369,22 @@ async fn while_redis_is_paused_the_tier_is_not_used() {
     create(&a, 1).await;
     warm(&a, 1).await;
     redis.pause();
-    // b's invalidation cannot be delivered: its write returns after one deadline.
-    bump(&b, 1, 2).await;
+    // b's invalidation cannot be delivered: its write returns after one deadline, and
+    // its process goes on (to deliver it as a new epoch once Redis answers).
+    let mut writer = b.bump_and_stay(1, 2, Duration::from_secs(5)).await;
     assert_eq!(version(&a, 1).await, 2, "a read its near entry while deaf");
     redis.resume();
-    // b's lost invalidation arrives as a new epoch; the tier comes back.
+    // b's lost invalidation arrives as a new epoch within one probe interval and one
+    // deadline after Redis answers it again (the documented bound; a loaded machine
+    // gets a margin); from then on every read is fresh, and the tier comes back.
+    let bound = Instant::now() + Duration::from_secs(3);
+    while version(&a, 1).await != 2 {
+        assert!(
+            Instant::now() < bound,
+            "the lost invalidation never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let back = Instant::now() + Duration::from_secs(10);
     loop {
         assert_eq!(version(&a, 1).await, 2);
@@ -277,13 +400,15 @@ async fn while_redis_is_paused_the_tier_is_not_used() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = writer.kill();
+    let _ = writer.wait();
 }
 
 #[tokio::test]
 async fn the_budget_holds_under_a_workload_larger_than_it() {
     let redis = tabula::testkit::redis_url().expect("redis");
     let budget = 16 * 1024;
-    let (a, b) = two(&redis, config(&prefix()).near(budget)).await;
+    let (a, _) = two(&redis, config(&prefix()).near(budget)).await;
     let rows = 300;
     let new: Vec<NewItem> = (0..rows)
         .map(|id| NewItem {
@@ -292,7 +417,7 @@ async fn the_budget_holds_under_a_workload_larger_than_it() {
             code: format!("code-{id}"),
         })
         .collect();
-    b.create_many(new).await.expect("rows");
+    a.create_many(new).await.expect("rows");
     for _ in 0..3 {
         for id in 0..rows {
             assert_eq!(version(&a, id).await, id);
@@ -325,4 +450,35 @@ async fn a_near_tier_is_refused_where_it_cannot_work() {
     assert!(matches!(memory, Err(tabula::Error::Config(_))));
     let zero = CacheService::redis("redis://127.0.0.1/", CacheConfig::default().near(0));
     assert!(matches!(zero, Err(tabula::Error::Config(_))));
+}
+
+/// A tier filled through a runtime that has since ended — its connection, the one
+/// that heard the pushes, went with it — is not served from another runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_filled_on_an_ended_runtime_is_not_served() {
+    let redis = tabula::testkit::redis_url().expect("redis");
+    let (a, b) = two(&redis, config(&prefix())).await;
+    // The row goes in behind the cache, so this runtime never opens a connection to
+    // Redis: the filler's is the only one that ever heard anything.
+    a.execute_batch("INSERT INTO near_items VALUES (1, 1, 'c1-1')")
+        .await
+        .expect("insert");
+    let filler = a.clone();
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(warm(&filler, 1));
+        // The runtime ends here, and its connection with it.
+    })
+    .await
+    .expect("filler");
+    assert!(stats(&a).hits > 0);
+    b.bump(1, 2).await;
+    assert_eq!(
+        version(&a, 1).await,
+        2,
+        "served a tier nobody was listening for"
+    );
 }

@@ -320,28 +320,6 @@ impl PgConn {
         self.settle(outcome)
     }
 
-    pub(crate) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        let result = self.execute_once(sql, params).await;
-        if self.forget_stale_plan(sql, &result) {
-            return self.execute_once(sql, params).await;
-        }
-        result
-    }
-
-    async fn execute_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        let statement = self.statement(sql).await?;
-        let extras = self.extras(true).await?;
-        self.in_flight = true;
-        let client = &self.client;
-        let pairs = typed(params, &statement);
-        let execute = match &statement {
-            Stmt::Named(s) => Either::Left(client.execute(s, params)),
-            Stmt::Unnamed(_) => Either::Right(client.execute_typed(sql, &pairs)),
-        };
-        let outcome = pipelined(client, extras, execute).await;
-        self.settle(outcome)
-    }
-
     /// A cached statement whose plan a schema change invalidated ("cached plan must
     /// not change result type", 0A000) or that the server dropped (26000) is prepared
     /// again — once, and only outside a transaction, where the failure did not abort

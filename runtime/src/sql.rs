@@ -67,9 +67,12 @@ impl Statements {
             .select_from(Query::select().exprs(unnests).to_owned())
             .map(|q| q.returning(returning_all(meta)).to_owned());
 
+        // Deletes return the key as stored: the cache must drop the entry of the row's
+        // own spelling of it (a `citext` or `char(n)` key matches other spellings).
         let hard_delete = Query::delete()
             .from_table(table_ref(meta))
             .and_where(Expr::col(key.clone()).eq(marker(0)))
+            .returning_col(key.clone())
             .to_owned()
             .build_postgres()
             .0;
@@ -82,6 +85,7 @@ impl Statements {
                     .value(soft.clone(), Expr::cust("now()"))
                     .and_where(Expr::col(key.clone()).eq(marker(0)))
                     .and_where(Expr::col(soft.clone()).is_null())
+                    .returning_col(key.clone())
                     .to_owned();
                 let restore = Query::update()
                     .table(table_ref(meta))

@@ -43,7 +43,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -144,18 +144,13 @@ impl Log {
 
 pub(crate) struct NearTier {
     values: Values,
+    /// The weight of the largest value a shard of `values` can hold; a larger one is
+    /// not installed (the map would only reject it).
+    largest: u64,
     evictions: Evictions,
     meta: RwLock<HashMap<Box<str>, Meta>>,
     log: Mutex<Log>,
     serial: AtomicU64,
-    /// False between a lost connection and the next tracked one.
-    tracking: AtomicBool,
-    /// When Redis last answered (nanoseconds after `born`): the tier answers only
-    /// within `silence` of it, so a Redis that stopped answering (paused, cut off)
-    /// cannot leave this process serving what it can no longer hear invalidated.
-    heard: AtomicU64,
-    born: Instant,
-    silence: Duration,
     max_age: Option<Duration>,
     hook: Mutex<Option<FillHook>>,
     hits: AtomicU64,
@@ -194,18 +189,36 @@ fn default_max_age(ttl: Duration) -> Duration {
 }
 
 impl NearTier {
-    pub(crate) fn new(budget: u64, max_age: Option<Duration>, silence: Duration) -> NearTier {
+    pub(crate) fn new(budget: u64, max_age: Option<Duration>) -> NearTier {
         let evictions = Evictions::default();
         let estimated = (budget / 512).clamp(64, 1 << 22) as usize;
-        let values = quick_cache::sync::Cache::with(
-            estimated,
-            budget,
-            Weigh,
-            std::hash::RandomState::new(),
-            evictions.clone(),
-        );
+        // The map splits its budget across shards: one per 4 MiB (at most 32), so a
+        // small budget is one shard and a value can use all of it.
+        let shards = (budget / (4 << 20)).clamp(1, 32).next_power_of_two() as usize;
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(estimated)
+            .weight_capacity(budget)
+            .shards(shards)
+            .build();
+        let values = match options {
+            Ok(options) => quick_cache::sync::Cache::with_options(
+                options,
+                Weigh,
+                std::hash::RandomState::new(),
+                evictions.clone(),
+            ),
+            Err(_) => quick_cache::sync::Cache::with(
+                estimated,
+                budget,
+                Weigh,
+                std::hash::RandomState::new(),
+                evictions.clone(),
+            ),
+        };
+        let largest = budget / shards as u64;
         NearTier {
             values,
+            largest,
             evictions,
             meta: RwLock::default(),
             log: Mutex::new(Log {
@@ -214,10 +227,6 @@ impl NearTier {
                 recent: VecDeque::new(),
             }),
             serial: AtomicU64::new(0),
-            tracking: AtomicBool::new(false),
-            heard: AtomicU64::new(0),
-            born: Instant::now(),
-            silence,
             max_age,
             hook: Mutex::default(),
             hits: AtomicU64::new(0),
@@ -228,9 +237,12 @@ impl NearTier {
         }
     }
 
-    fn max_age(&self, ttl: Duration) -> Duration {
+    /// How long a value read now may be served: a few seconds below its TTL (or the
+    /// configured cap), and never past the time its Redis entry has `left`.
+    fn max_age(&self, ttl: Duration, left: Option<Duration>) -> Duration {
         let default = default_max_age(ttl);
-        self.max_age.map_or(default, |m| m.min(default))
+        let capped = self.max_age.map_or(default, |m| m.min(default));
+        left.map_or(capped, |left| capped.min(left))
     }
 
     pub(crate) fn stats(&self) -> NearStats {
@@ -244,29 +256,6 @@ impl NearTier {
             bytes: self.values.weight(),
             entries: self.values.len() as u64,
         }
-    }
-
-    /// Whether lookups may be answered here: tracking is on for the current
-    /// connection, and Redis answered within the last `silence` (a reply also proves
-    /// every push sent before it was handled: they share the connection, in order).
-    pub(crate) fn is_tracking(&self) -> bool {
-        if !self.tracking.load(Ordering::Acquire) {
-            return false;
-        }
-        let heard = Duration::from_nanos(self.heard.load(Ordering::Acquire));
-        self.born.elapsed().saturating_sub(heard) <= self.silence
-    }
-
-    /// Redis answered a call.
-    pub(crate) fn heard(&self) {
-        let now = self.born.elapsed().as_nanos() as u64;
-        self.heard.fetch_max(now, Ordering::AcqRel);
-    }
-
-    /// Tracking is on for a new connection (called after `CLIENT TRACKING ON`
-    /// answered, before the connection serves anyone).
-    pub(crate) fn tracking_on(&self) {
-        self.tracking.store(true, Ordering::Release);
     }
 
     /// The number a request takes before it is sent.
@@ -286,12 +275,8 @@ impl NearTier {
         self.meta.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets everything and refuses every reply in flight; with `lost`, the tier
-    /// also stays unused until [`tracking_on`](Self::tracking_on).
-    pub(crate) fn flush(&self, lost: bool) {
-        if lost {
-            self.tracking.store(false, Ordering::Release);
-        }
+    /// Forgets everything and refuses every reply in flight.
+    pub(crate) fn flush(&self) {
         let mut log = self.lock_log();
         log.seq += 1;
         log.floor = log.seq;
@@ -305,7 +290,7 @@ impl NearTier {
     /// A push: these names changed in Redis (`None`: everything did).
     pub(crate) fn invalidated(&self, names: Option<Vec<Vec<u8>>>) {
         let Some(names) = names else {
-            self.flush(false);
+            self.flush();
             return;
         };
         let mut log = self.lock_log();
@@ -313,8 +298,12 @@ impl NearTier {
         for name in &names {
             log.record(hash(&[name]));
             if let Ok(name) = std::str::from_utf8(name) {
-                meta.remove(name);
+                let was_epoch = meta.remove(name).is_some() && name.ends_with(":epoch");
                 self.values.remove(name);
+                // A new epoch orphans every mirror of the old one: drop them all.
+                if was_epoch && let Some(base) = name.strip_suffix("epoch") {
+                    meta.retain(|mirror, _| !mirror.starts_with(base));
+                }
             }
         }
         drop((meta, log));
@@ -492,7 +481,7 @@ impl NearTier {
         table: &str,
         epoch: &str,
         generation: &str,
-        found: &[(&String, &Vec<u8>)],
+        found: &[(&String, &Vec<u8>, Option<Duration>)],
         ttl: Duration,
     ) {
         let g_name = format!("{}:{epoch}:g:{table}", ns.base);
@@ -502,10 +491,13 @@ impl NearTier {
             name_token(&g_name),
             table_token(ns, table),
         ];
-        let names: Vec<String> = found.iter().map(|(k, _)| format!("{prefix}{k}")).collect();
+        let names: Vec<String> = found
+            .iter()
+            .map(|(k, _, _)| format!("{prefix}{k}"))
+            .collect();
         deps.extend(names.iter().map(|n| name_token(n)));
         let log = self.lock_log();
-        if !log.allows(start, &deps) || !self.tracking.load(Ordering::Acquire) {
+        if !log.allows(start, &deps) {
             drop(log);
             self.refused.fetch_add(1, Ordering::Relaxed);
             return;
@@ -515,13 +507,12 @@ impl NearTier {
         let e = Self::install_meta(&mut meta, &self.serial, &ns.epoch_key, epoch, now);
         let g = Self::install_meta(&mut meta, &self.serial, &g_name, generation, now);
         drop(meta);
-        let max_age = self.max_age(ttl);
-        for (name, (_, bytes)) in names.into_iter().zip(found) {
+        for (name, (_, bytes, left)) in names.into_iter().zip(found) {
             let value = Value {
                 bytes: bytes.as_slice().into(),
                 deps: Box::new([e, g]),
                 at: now,
-                max_age,
+                max_age: self.max_age(ttl, *left),
             };
             self.put(name, value);
         }
@@ -531,8 +522,13 @@ impl NearTier {
     /// Stores a value (a replaced one is removed first: the map reports a replacement
     /// as an eviction, and only evictions by size are counted as such).
     fn put(&self, name: String, value: Value) {
-        self.values.remove(name.as_str());
-        self.values.insert(name.into(), Arc::new(value));
+        let name: Box<str> = name.into();
+        let value = Arc::new(value);
+        self.values.remove(&name);
+        if quick_cache::Weighter::weight(&Weigh, &name, &value) > self.largest {
+            return;
+        }
+        self.values.insert(name, value);
         metrics::gauge!("tabula_cache_near_bytes").set(self.values.weight() as f64);
     }
 
@@ -599,6 +595,7 @@ impl NearTier {
         name: &str,
         found: Option<&[u8]>,
         ttl: Duration,
+        left: Option<Duration>,
     ) {
         if values.len() != counters.len() {
             return;
@@ -611,7 +608,7 @@ impl NearTier {
         deps.extend(counter_names.iter().map(|n| name_token(n)));
         deps.extend(counters.iter().map(|c| counter_token(ns, c)));
         let log = self.lock_log();
-        if !log.allows(start, &deps) || !self.tracking.load(Ordering::Acquire) {
+        if !log.allows(start, &deps) {
             drop(log);
             self.refused.fetch_add(1, Ordering::Relaxed);
             return;
@@ -640,7 +637,7 @@ impl NearTier {
                 bytes: bytes.into(),
                 deps: serials.into(),
                 at: now,
-                max_age: self.max_age(ttl),
+                max_age: self.max_age(ttl, left),
             };
             self.put(name.to_owned(), value);
         }
@@ -691,18 +688,24 @@ mod tests {
     }
 
     fn install(near: &NearTier, key: &str, bytes: usize) {
-        near.heard();
         let start = near.begin();
         let value = vec![b'0'; bytes];
         let key = key.to_owned();
         let ttl = Duration::from_secs(60);
-        near.install_rows(start, &ns(), "items", "e", "0", &[(&key, &value)], ttl);
+        near.install_rows(
+            start,
+            &ns(),
+            "items",
+            "e",
+            "0",
+            &[(&key, &value, None)],
+            ttl,
+        );
     }
 
     #[test]
     fn the_budget_bounds_the_bytes_held_and_replacing_is_no_eviction() {
-        let near = NearTier::new(64 * 1024, None, Duration::from_secs(60));
-        near.tracking_on();
+        let near = NearTier::new(64 * 1024, None);
         for round in 0..50 {
             install(&near, &(round % 10).to_string(), 200);
         }
@@ -720,14 +723,21 @@ mod tests {
 
     #[test]
     fn an_invalidation_between_request_and_reply_refuses_the_install() {
-        let near = NearTier::new(1 << 20, None, Duration::from_secs(60));
-        near.tracking_on();
+        let near = NearTier::new(1 << 20, None);
         let start = near.begin();
         near.invalidated(Some(vec![b"p:t:n:e:r:items:0:7".to_vec()]));
         let value = vec![b'0'; 20];
         let key = "7".to_owned();
         let ttl = Duration::from_secs(60);
-        near.install_rows(start, &ns(), "items", "e", "0", &[(&key, &value)], ttl);
+        near.install_rows(
+            start,
+            &ns(),
+            "items",
+            "e",
+            "0",
+            &[(&key, &value, None)],
+            ttl,
+        );
         let mut out = vec![None];
         near.rows(&ns(), "items", "0", &[key], &mut out);
         assert!(out[0].is_none());

@@ -48,7 +48,27 @@ macro_rules! cmd {
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    // The shebang (Redis 7) declares what a flagless script is: one that may write, so
+    // Redis refuses it *before* it runs when it cannot take writes (out of memory,
+    // a failing disk save) — a cached read then falls back to PostgreSQL instead of
+    // serving entries whose invalidations Redis is refusing.
+    Script::new(&format!("#!lua\n{PRELUDE}\n{body}"))
+}
+
+/// The near tiers of this process, by the prefix they mirror: a write through one
+/// cache evicts the same names from the others at once, instead of waiting for Redis's
+/// push (two caches of one Redis in one process are otherwise two processes).
+static NEAR_TIERS: Mutex<Vec<(String, Weak<NearTier>)>> = Mutex::new(Vec::new());
+
+/// Every live near tier of this process that mirrors `prefix` (its own among them).
+fn near_tiers(prefix: &str) -> Vec<Arc<NearTier>> {
+    let Ok(all) = NEAR_TIERS.lock() else {
+        return Vec::new();
+    };
+    all.iter()
+        .filter(|(p, _)| p == prefix)
+        .filter_map(|(_, tier)| tier.upgrade())
+        .collect()
 }
 
 static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_get.lua")));
@@ -61,10 +81,13 @@ pub(crate) struct RedisBackend {
     me: Weak<RedisBackend>,
     client: redis::Client,
     /// One connection per runtime: a connection's driver task lives on the runtime
-    /// that opened it and dies with it, so another runtime must not borrow it. Each
-    /// has a serial, so a late "disconnected" from a replaced one is told apart.
-    conns: Mutex<Vec<(tokio::runtime::Id, u64, MultiplexedConnection)>>,
+    /// that opened it and dies with it, so another runtime must not borrow it.
+    conns: Mutex<Vec<Conn>>,
+    /// When this backend was made: the zero of every connection's `heard`.
+    born: std::time::Instant,
     serials: AtomicU64,
+    /// The `run_id` of the server last connected to.
+    run_id: Mutex<Option<String>>,
     /// `{prefix}:t:`: where every key the near tier mirrors lives.
     tracked_prefix: String,
     /// The in-process tier in front (`CacheConfig::near`); its connections speak
@@ -111,11 +134,7 @@ impl RedisBackend {
                     .clone()
                     .set_protocol(redis::ProtocolVersion::RESP3);
                 info = info.set_redis_settings(settings);
-                Some(Arc::new(NearTier::new(
-                    budget,
-                    config.near_max_age,
-                    config.deadline,
-                )))
+                Some(Arc::new(NearTier::new(budget, config.near_max_age)))
             }
             None => None,
         };
@@ -142,12 +161,19 @@ impl RedisBackend {
                 ));
             }
         };
+        let tracked_prefix = format!("{}:t:", config.prefix);
+        if let (Some(near), Ok(mut all)) = (&near, NEAR_TIERS.lock()) {
+            all.retain(|(_, tier)| tier.strong_count() > 0);
+            all.push((tracked_prefix.clone(), Arc::downgrade(near)));
+        }
         Ok(Arc::new_cyclic(|me| RedisBackend {
             me: me.clone(),
             client,
             conns: Mutex::default(),
+            born: std::time::Instant::now(),
             serials: AtomicU64::new(0),
-            tracked_prefix: format!("{}:t:", config.prefix),
+            run_id: Mutex::default(),
+            tracked_prefix,
             near,
             breaker: Breaker::new(config.failure_threshold, config.probe_interval),
             deadline: config.deadline,
@@ -158,24 +184,22 @@ impl RedisBackend {
         }))
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, Fault> {
+    async fn connection(&self) -> Result<Link, Fault> {
         let runtime = tokio::runtime::Handle::current().id();
         let known = self.conns.lock().ok().and_then(|conns| {
-            conns
-                .iter()
-                .find(|(id, _, _)| *id == runtime)
-                .map(|(_, _, c)| c.clone())
+            conns.iter().find(|c| c.runtime == runtime).map(|c| Link {
+                conn: c.conn.clone(),
+                heard: c.heard.clone(),
+            })
         });
-        if let Some(conn) = known {
-            return Ok(conn);
+        if let Some(link) = known {
+            return Ok(link);
         }
         let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.deadline))
             .set_response_timeout(Some(self.deadline));
         if let Some(near) = &self.near {
-            // Whatever the connection it replaces was tracking is lost with it.
-            near.flush(true);
             config = config.set_push_sender(Pushes {
                 near: near.clone(),
                 backend: self.me.clone(),
@@ -190,21 +214,64 @@ impl RedisBackend {
         .await
         .map_err(|_| Fault::Timeout)?
         .map_err(Fault::Redis)?;
-        let tracking = match &self.near {
+        self.check_server(&mut conn).await;
+        let tracked = match &self.near {
             Some(_) => self.track(&mut conn).await,
             None => false,
         };
+        let heard = Arc::new(AtomicU64::new(self.now()));
         if let Ok(mut conns) = self.conns.lock() {
-            conns.retain(|(id, _, _)| *id != runtime);
-            if conns.len() >= 8 {
-                conns.remove(0); // runtimes that ended leave their entries behind
+            conns.retain(|c| c.runtime != runtime);
+            if conns.len() >= 64 {
+                // Runtimes that ended leave their entries behind (with a near tier,
+                // the connection's end removes it; see `Pushes`).
+                conns.remove(0);
             }
-            conns.push((runtime, serial, conn.clone()));
+            conns.push(Conn {
+                runtime,
+                serial,
+                conn: conn.clone(),
+                tracked,
+                heard: heard.clone(),
+            });
         }
-        if let (Some(near), true) = (&self.near, tracking) {
-            near.tracking_on();
+        Ok(Link { conn, heard })
+    }
+
+    /// A server that is not the one this process last talked to — restarted (perhaps
+    /// from a snapshot older than the invalidations since), or failed over — may hold
+    /// entries that were invalidated since: every namespace used gets a new epoch
+    /// before anything is read (as after a lost invalidation).
+    async fn check_server(&self, conn: &mut MultiplexedConnection) {
+        let info = tokio::time::timeout(
+            self.deadline,
+            cmd!("INFO", "server").query_async::<String>(conn),
+        )
+        .await;
+        let Ok(Ok(info)) = info else {
+            return;
+        };
+        let Some(run_id) = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+        else {
+            return;
+        };
+        let changed = self.run_id.lock().ok().is_some_and(|mut seen| {
+            let changed = seen.as_ref().is_some_and(|old| *old != run_id);
+            *seen = Some(run_id);
+            changed
+        });
+        if changed {
+            tracing::warn!("redis restarted or failed over: new cache epochs replace the old");
+            self.mark_dirty();
         }
-        Ok(conn)
+    }
+
+    /// Nanoseconds since this backend was made.
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_nanos() as u64
     }
 
     /// Turns on invalidation pushes on `conn`: broadcast mode, for every key under
@@ -237,26 +304,26 @@ impl RedisBackend {
         let runtime = tokio::runtime::Handle::current().id();
         let dropped = self.conns.lock().is_ok_and(|mut conns| {
             let before = conns.len();
-            conns.retain(|(id, _, _)| *id != runtime);
+            conns.retain(|c| c.runtime != runtime);
             conns.len() != before
         });
-        // What it tracked is no longer heard of (a connection dropped before this
-        // was flushed then).
+        // Pushes may have been lost with it (a connection dropped before this was
+        // flushed then).
         if dropped && let Some(near) = &self.near {
-            near.flush(true);
+            near.flush();
         }
     }
 
-    /// A connection closed (a push from its driver): if it still serves, it goes,
-    /// and with it everything its tracking covered.
+    /// A connection ended (its driver said so, or was dropped with its runtime): if
+    /// it still served, it goes, and with it everything its pushes covered.
     fn lost(&self, serial: u64) {
         let current = self.conns.lock().is_ok_and(|mut conns| {
             let before = conns.len();
-            conns.retain(|(_, s, _)| *s != serial);
+            conns.retain(|c| c.serial != serial);
             conns.len() != before
         });
         if current && let Some(near) = &self.near {
-            near.flush(true);
+            near.flush();
         }
     }
 
@@ -313,9 +380,9 @@ impl RedisBackend {
             pipe.cmd("SET").arg(key).arg(fresh_epoch()).ignore();
         }
         pipe.query_async::<()>(conn).await.map_err(Fault::Redis)?;
-        // This connection hears nothing of its own changes (NOLOOP).
+        // The connection hears nothing of its own plain commands (NOLOOP).
         if let Some(near) = &self.near {
-            near.flush(false);
+            near.flush();
         }
         if self
             .dirty
@@ -339,8 +406,10 @@ impl RedisBackend {
         if !self.breaker.allow() {
             return Err(Fault::Unavailable);
         }
+        let heard = std::sync::OnceLock::new();
         let work = async {
-            let mut conn = self.connection().await?;
+            let Link { mut conn, heard: h } = self.connection().await?;
+            let _ = heard.set(h);
             self.clean(&mut conn).await?;
             body(&mut conn).await.map_err(Fault::Redis)
         };
@@ -351,8 +420,10 @@ impl RedisBackend {
         match &result {
             Ok(_) => {
                 self.breaker.success();
-                if let Some(near) = &self.near {
-                    near.heard();
+                // Every push sent before this answer was handled: they share the
+                // connection, in order.
+                if let Some(heard) = heard.get() {
+                    heard.fetch_max(self.now(), Ordering::AcqRel);
                 }
             }
             // Redis answered, about this call (a key of another type, a value that is
@@ -437,55 +508,121 @@ impl redis::aio::AsyncPushSender for Pushes {
             }
             PushKind::Disconnection => match self.backend.upgrade() {
                 Some(backend) => backend.lost(self.serial),
-                None => self.near.flush(true),
+                None => self.near.flush(),
             },
-            PushKind::Other(kind) if kind == "tracking-redir-broken" => self.near.flush(true),
+            PushKind::Other(kind) if kind == "tracking-redir-broken" => self.near.flush(),
             _ => {}
         }
         Ok(())
     }
 }
 
-/// A row lookup's reply: the epoch and generation the script read, and one value per
-/// key.
+/// A row lookup's reply: the epoch and generation the script read, and per key its
+/// value and the time the entry has left.
 struct RowReply {
     epoch: String,
     generation: String,
     values: Vec<Option<Vec<u8>>>,
+    left: Vec<Option<Duration>>,
 }
 
-/// Parses a row lookup's reply: epoch, generation, then a value per key (`''` for a
-/// miss).
-fn row_reply(mut reply: Vec<Vec<u8>>, keys: usize) -> Result<RowReply, Fault> {
-    if reply.len() != keys + 2 {
+/// The bytes of a string reply.
+fn reply_bytes(value: redis::Value) -> Option<Vec<u8>> {
+    match value {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.into_bytes()),
+        redis::Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+/// The time a key has left, from its PTTL (`None`: no TTL, or no key).
+fn reply_left(value: &redis::Value) -> Option<Duration> {
+    match value {
+        redis::Value::Int(ms) if *ms >= 0 => Some(Duration::from_millis(*ms as u64)),
+        _ => None,
+    }
+}
+
+/// Text Redis holds: names built from anything else would never meet their
+/// invalidations, so such a reply is a failed lookup, not a hit.
+fn reply_text(value: Option<redis::Value>) -> Result<String, Fault> {
+    value
+        .and_then(reply_bytes)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or(Fault::Value("a lookup answered a name that is not text"))
+}
+
+/// Parses a row lookup's reply: epoch, generation, then a value (`''` for a miss) and
+/// its PTTL per key.
+fn row_reply(reply: Vec<redis::Value>, keys: usize) -> Result<RowReply, Fault> {
+    if reply.len() != 2 + 2 * keys {
         return Err(Fault::Value(
             "a row lookup answered the wrong number of values",
         ));
     }
-    let values = reply
-        .split_off(2)
-        .into_iter()
-        .map(|v| (!v.is_empty()).then_some(v))
-        .collect();
-    let mut head = reply
-        .into_iter()
-        .map(|b| String::from_utf8(b).unwrap_or_default());
-    let epoch = head.next().unwrap_or_default();
-    let generation = head.next().unwrap_or_default();
+    let mut reply = reply.into_iter();
+    let epoch = reply_text(reply.next())?;
+    let generation = reply_text(reply.next())?;
+    let (mut values, mut left) = (Vec::with_capacity(keys), Vec::with_capacity(keys));
+    while let (Some(value), Some(ttl)) = (reply.next(), reply.next()) {
+        let value = reply_bytes(value).ok_or(Fault::Value("a row lookup answered a non-string"))?;
+        values.push((!value.is_empty()).then_some(value));
+        left.push(reply_left(&ttl));
+    }
     Ok(RowReply {
         epoch,
         generation,
         values,
+        left,
     })
 }
 
+/// The connection of a runtime.
+struct Conn {
+    runtime: tokio::runtime::Id,
+    /// Tells a late "ended" from a replaced connection apart.
+    serial: u64,
+    conn: MultiplexedConnection,
+    /// Whether invalidation pushes arrive on it (near tier).
+    tracked: bool,
+    /// When it last answered (nanoseconds after the backend was made).
+    heard: Arc<AtomicU64>,
+}
+
+/// A connection borrowed for one call, and where to say it answered.
+struct Link {
+    conn: MultiplexedConnection,
+    heard: Arc<AtomicU64>,
+}
+
+/// A connection's end (its driver dropped, with its runtime or after an error, with
+/// or without a "disconnected" push) is a lost connection.
+impl Drop for Pushes {
+    fn drop(&mut self) {
+        if let Some(backend) = self.backend.upgrade() {
+            backend.lost(self.serial);
+        }
+    }
+}
+
 impl RedisBackend {
-    /// The near tier, when it may answer now: configured, wanted by the caller,
-    /// tracking on, and Redis not skipped by the breaker.
+    /// The near tier, when it may answer now: configured, wanted by the caller, Redis
+    /// not skipped by the breaker, and this runtime's connection tracked and heard
+    /// from within one deadline — so a Redis that stopped answering (paused, cut off)
+    /// never leaves this process serving what it can no longer hear invalidated.
     fn near_now(&self, wanted: bool) -> Option<&NearTier> {
-        self.near
-            .as_deref()
-            .filter(|near| wanted && near.is_tracking() && !self.breaker.is_open())
+        let near = self.near.as_deref().filter(|_| wanted)?;
+        if self.breaker.is_open() {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        let conns = self.conns.lock().ok()?;
+        let conn = conns.iter().find(|c| c.runtime == runtime)?;
+        let silent = self
+            .now()
+            .saturating_sub(conn.heard.load(Ordering::Acquire));
+        (conn.tracked && silent < self.deadline.as_nanos() as u64).then_some(near)
     }
 }
 
@@ -545,18 +682,19 @@ impl Backend for RedisBackend {
             ];
             let asked: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
             args.extend(asked.iter().map(|i| get.keys[*i].as_bytes()));
-            let reply: Vec<Vec<u8>> = self.script(&ROW_GET, ns, &args).await?;
+            let reply: Vec<redis::Value> = self.script(&ROW_GET, ns, &args).await?;
             let RowReply {
                 epoch,
                 generation,
                 values,
+                left,
             } = row_reply(reply, asked.len())?;
             if let (Some(near), Some(start)) = (near, start) {
                 near.before_install().await;
-                let found: Vec<(&String, &Vec<u8>)> = asked
+                let found: Vec<(&String, &Vec<u8>, Option<Duration>)> = asked
                     .iter()
-                    .zip(&values)
-                    .filter_map(|(i, v)| Some((&get.keys[*i], v.as_ref()?)))
+                    .zip(values.iter().zip(&left))
+                    .filter_map(|(i, (v, left))| Some((&get.keys[*i], v.as_ref()?, *left)))
                     .collect();
                 near.install_rows(start, ns, get.table, &epoch, &generation, &found, get.ttl);
             }
@@ -583,8 +721,11 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             // Read-your-writes in this process without waiting for the push; again
             // after the answer, for replies read before the write that come in after.
+            // Every near tier of the process over this Redis prefix, not only this
+            // cache's own (see `NEAR_TIERS`).
+            let tiers = near_tiers(&self.tracked_prefix);
             let evict = || {
-                if let Some(near) = &self.near {
+                for near in &tiers {
                     near.own_write(ns, stale.counters, stale.generations, stale.rows);
                 }
             };
@@ -637,26 +778,25 @@ impl Backend for RedisBackend {
             args.push(name.suffix.as_bytes());
             if delete {
                 let (key, _): (String, i64) = self.script(&VERSIONED, ns, &args).await?;
-                if let Some(near) = &self.near {
+                for near in near_tiers(&self.tracked_prefix) {
                     near.own_delete(&key);
                 }
                 return Ok((key, None));
             }
-            let reply: Vec<Vec<u8>> = self.script(&VERSIONED, ns, &args).await?;
-            if reply.len() != 3 + name.counters.len() {
+            let reply: Vec<redis::Value> = self.script(&VERSIONED, ns, &args).await?;
+            if reply.len() != 4 + name.counters.len() {
                 return Err(Fault::Value("a versioned lookup answered the wrong shape"));
             }
-            let text = |bytes: Option<Vec<u8>>| {
-                String::from_utf8(bytes.unwrap_or_default()).map_err(|_| {
-                    Fault::Value("a versioned lookup answered a name that is not text")
-                })
-            };
             let mut parts = reply.into_iter();
-            let key = text(parts.next())?;
-            let value = parts.next().unwrap_or_default();
-            let epoch = text(parts.next())?;
+            let key = reply_text(parts.next())?;
+            let value = parts
+                .next()
+                .and_then(reply_bytes)
+                .ok_or(Fault::Value("a versioned lookup answered a non-string"))?;
+            let left = parts.next().as_ref().and_then(reply_left);
+            let epoch = reply_text(parts.next())?;
             let counters = parts
-                .map(|b| text(Some(b)))
+                .map(|b| reply_text(Some(b)))
                 .collect::<Result<Vec<_>, _>>()?;
             let value = (!value.is_empty()).then_some(value);
             if let (Some(near), Some(start)) = (near, start) {
@@ -670,6 +810,7 @@ impl Backend for RedisBackend {
                     &key,
                     value.as_deref(),
                     name.ttl,
+                    left,
                 );
             }
             Ok((key, value))
@@ -779,14 +920,24 @@ impl Fault {
             if (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout())
     }
 
-    /// An error reply about the call itself, from a server that is up: anything but
-    /// the codes of a server that cannot serve now.
+    /// An error reply about the call itself, from a server that is up and can serve:
+    /// anything but the codes of a server that cannot serve now — or cannot take
+    /// writes (out of memory, a failing save, a replica), which for a cache whose
+    /// invalidations are writes is not serving either.
     fn is_answer(&self) -> bool {
         match self {
             Fault::Redis(e) => e.code().is_some_and(|code| {
                 !matches!(
                     code,
-                    "BUSY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN"
+                    "BUSY"
+                        | "LOADING"
+                        | "MASTERDOWN"
+                        | "TRYAGAIN"
+                        | "CLUSTERDOWN"
+                        | "OOM"
+                        | "MISCONF"
+                        | "READONLY"
+                        | "NOREPLICAS"
                 )
             }),
             _ => false,

@@ -57,7 +57,10 @@ impl super::Db {
             Lookup::Miss(token) => token,
         };
         let row = self.read_uncached::<M>(key).await?;
+        // Filled only under the row's own spelling of its key: writes drop that one
+        // (a `citext` or `char(n)` key read by another spelling stays uncached).
         if let (Some(row), Some(token)) = (&row, token)
+            && row_suffix::<M>(row.key()) == suffix
             && let Some(encoded) = row.cache_encode()
         {
             let mut value = shape.into_bytes();

@@ -183,26 +183,31 @@ impl Db {
     }
 
     /// The statement of [`Db::delete`], without its cache invalidation.
-    async fn delete_now<M: Table>(&self, key: M::Key) -> Result<()> {
+    /// Returns the key as stored (see `sql.rs`).
+    async fn delete_now<M: Table>(&self, key: M::Key) -> Result<M::Key> {
         let key: M::Key = key;
         let meta = M::META;
         self.run("delete", meta.name, async |conn| {
-            match conn.execute(&M::statements().delete, &[&key]).await? {
-                0 => Err(Error::NotFound { table: meta.name }),
-                _ => Ok(()),
+            match conn.query_opt(&M::statements().delete, &[&key]).await? {
+                None => Err(Error::NotFound { table: meta.name }),
+                Some(row) => Ok(row.try_get(0)?),
             }
         })
         .await
     }
 
     /// The statement of [`Db::hard_delete`], without its cache invalidation.
-    async fn hard_delete_now<M: Table>(&self, key: M::Key) -> Result<()> {
+    /// Returns the key as stored (see `sql.rs`).
+    async fn hard_delete_now<M: Table>(&self, key: M::Key) -> Result<M::Key> {
         let key: M::Key = key;
         let meta = M::META;
         self.run("hard_delete", meta.name, async |conn| {
-            match conn.execute(&M::statements().hard_delete, &[&key]).await? {
-                0 => Err(Error::NotFound { table: meta.name }),
-                _ => Ok(()),
+            match conn
+                .query_opt(&M::statements().hard_delete, &[&key])
+                .await?
+            {
+                None => Err(Error::NotFound { table: meta.name }),
+                Some(row) => Ok(row.try_get(0)?),
             }
         })
         .await
@@ -351,10 +356,11 @@ impl Db {
     pub async fn update<M: Table>(&self, key: impl Into<M::Key>, patch: M::Patch) -> Result<M> {
         let (db, key) = (self.clone(), key.into());
         let touched = vec![key.clone()];
+        // The row's own spelling of its key too (see `sql.rs`).
         self.write_touching::<M, _>(
             async move { db.update_now::<M>(key, patch).await },
             touched,
-            |_| Vec::new(),
+            |row: &M| vec![row.key().clone()],
         )
         .await
     }
@@ -377,9 +383,10 @@ impl Db {
         self.write_touching::<M, _>(
             async move { db.delete_now::<M>(key).await },
             touched,
-            |_| Vec::new(),
+            |stored: &M::Key| vec![stored.clone()],
         )
         .await
+        .map(|_| ())
     }
 
     /// Deletes the row with primary key `key` for good, even for a model with soft
@@ -398,9 +405,10 @@ impl Db {
         self.write_touching::<M, _>(
             async move { db.hard_delete_now::<M>(key).await },
             touched,
-            |_| Vec::new(),
+            |stored: &M::Key| vec![stored.clone()],
         )
         .await
+        .map(|_| ())
     }
 
     /// Brings a soft-deleted row back and returns it. A row that is missing or not
