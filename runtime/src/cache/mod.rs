@@ -66,7 +66,8 @@
 //! 10,000 checked, inside or outside that window.
 //!
 //! Keys are built on the server from the epoch, so Tabula's cache keys need a single
-//! Redis (with replicas if you like), not Redis Cluster.
+//! Redis (with replicas if you like), not Redis Cluster — Redis 7 or later (the
+//! protocol's scripts declare themselves with a Redis 7 shebang).
 //!
 //! # Which cache
 //!
@@ -96,29 +97,50 @@
 //!   after its request was sent.
 //! - **This process's writes** evict their local entries before the write returns (and
 //!   again after Redis answered): read-your-writes needs no push.
-//! - **A lost connection** (killed, reset, timed out, replaced) may have lost pushes:
-//!   the tier is flushed, and replies in flight are refused, before the next
-//!   connection — which turns tracking on before anyone uses it — serves.
+//! - **A lost connection** (killed, reset, timed out, replaced, or gone with the
+//!   runtime that drove it) may have lost pushes: the tier is flushed, and replies in
+//!   flight are refused. Each runtime reads through its own connection, and the tier
+//!   answers a runtime only while *its* connection has tracking on.
 //! - **A silent Redis** (paused, cut off without a reset): the tier answers only while
-//!   Redis answered this process within the last [`CacheConfig::deadline`]; a writer
-//!   whose invalidation cannot be delivered returns only after its own deadline, so by
-//!   then the tier is already asking Redis (and so PostgreSQL). A process that reads
-//!   less often than once a deadline therefore asks Redis each time (the answer
+//!   Redis answered this runtime's connection within the last
+//!   [`CacheConfig::deadline`]. A writer whose invalidation cannot be delivered
+//!   returns only after its own deadline — so give every process the same deadline —
+//!   and by then the tier is already asking Redis (and so PostgreSQL). A process that
+//!   reads less often than once a deadline therefore asks Redis each time (the answer
 //!   renews the tier); the tier pays off exactly where reads are frequent.
+//! - **A Redis that cannot take writes** (out of memory, a failing save, a replica):
+//!   the protocol's scripts declare that they write (a Redis 7 shebang), so Redis
+//!   refuses them outright, and such errors count as an outage — reads go to
+//!   PostgreSQL rather than to entries whose invalidations Redis is refusing.
+//! - **A Redis restarted from a snapshot, or failed over**: a connection to a server
+//!   with another `run_id` than the last one seen replaces every epoch first (as after
+//!   a lost invalidation), so entries restored from before the restart are orphaned.
+//! - **Another cache in this process** over the same Redis prefix: a write through any
+//!   of them evicts every near tier of the process before it returns.
 //! - **A push lost unnoticed** (which TCP should never allow): no value is served
 //!   longer than [`CacheConfig::near_max_age`] (default: TTL − 5 s) after it, and the
-//!   mirrors it was resolved through, were read from Redis.
+//!   mirrors it was resolved through, were read from Redis, nor past its Redis TTL.
 //!
 //! So, exactly: **a near hit may return a value older than a write that returned `Ok`
-//! in another process only until that write's invalidation push reaches this process**
-//! (measured on loopback: p50 under 1 µs after the write returned, p99 43 µs, worst of
-//! 10,000 5 ms — `benches/near.rs`), **plus everything the Redis tier's bound above
-//! allows** (a lost invalidation is delivered as a new epoch, whose push flushes the
-//! tier). In the writing process itself there is no window. Models opt out with
-//! `#[table(cache(ttl = N, near = false))]`; [`CacheService::near_stats`] reports hits,
-//! misses, evictions, invalidations, flushes and bytes (also as metrics:
-//! `tabula_cache_events_total{event="near_hit" | "near_miss" | "near_eviction" |
-//! "near_flush"}` and the gauge `tabula_cache_near_bytes`).
+//! in another process until that write's invalidation push has been read by this
+//! process** — the time for Redis to send it and for this process's runtime to run the
+//! connection that receives it. On an idle loopback that is under 0.1 ms after the write
+//! returned (p50 under 1 µs, p99 43 µs, worst of 10,000 5 ms — `benches/near.rs`); on a
+//! loaded 2-core machine an outside test measured reads started right after another
+//! process's write returned seeing the old row in 3% of cases, for up to 9 ms. Beyond
+//! that, the Redis tier's bound above holds (a lost invalidation arrives as a new
+//! epoch, whose push flushes the tier), and a process cut off from Redis while the
+//! writer is not serves its tier for at most one deadline. In the writing process, and
+//! in every cache of it, there is no window. Not seen, and not covered: `SWAPDB` and
+//! `DEBUG RELOAD` (flush Redis, or restart the processes, after them). Pushes also
+//! arrive for this process's own script writes (`NOLOOP` does not cover scripts): they
+//! cost traffic, never correctness.
+//!
+//! Models opt out with `#[table(cache(ttl = N, near = false))]`;
+//! [`CacheService::near_stats`] reports hits, misses, evictions, invalidations, flushes
+//! and bytes (also as metrics: `tabula_cache_events_total{event="near_hit" |
+//! "near_miss" | "near_eviction" | "near_flush"}` and the gauge
+//! `tabula_cache_near_bytes`).
 
 mod backend;
 #[cfg(feature = "cache")]
@@ -182,7 +204,7 @@ pub struct CacheConfig {
     /// The memory budget, in bytes, of a *near tier*: an in-process mirror of the row
     /// entries, unique-finder mappings, cached queries and `#[cached]` results this
     /// process read from Redis, kept coherent by Redis's invalidation pushes (RESP3
-    /// `CLIENT TRACKING`, Redis 6 or later). A hit costs a hash lookup instead of a
+    /// `CLIENT TRACKING`). A hit costs a hash lookup instead of a
     /// round trip. Default `None` (no near tier). See the [module docs](self) for its
     /// staleness bound; a model opts out with `#[table(cache(ttl = N, near = false))]`.
     /// From the environment: `TABULA_CACHE_NEAR` (bytes). Only for Redis caches.

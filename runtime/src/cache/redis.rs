@@ -275,10 +275,12 @@ impl RedisBackend {
     }
 
     /// Turns on invalidation pushes on `conn`: broadcast mode, for every key under
-    /// `{prefix}:t:`, except changes made on this connection. (Redis 7 tracks only the
-    /// keys a script *declares*, and the protocol's scripts resolve their names on the
-    /// server, so default tracking would miss them.) A server that refuses (an ACL, an
-    /// old version) leaves the near tier unused, and says so.
+    /// `{prefix}:t:`. (Redis 7 tracks only the keys a script *declares*, and the
+    /// protocol's scripts resolve their names on the server, so default tracking would
+    /// miss them.) `NOLOOP` spares the pushes of this connection's plain commands; its
+    /// scripts' changes still come back (Redis counts them as the script's), which
+    /// costs traffic, not correctness. A server that refuses (an ACL, an old version)
+    /// leaves the near tier unused on this connection, and says so.
     async fn track(&self, conn: &mut MultiplexedConnection) -> bool {
         let tracking = cmd!(
             "CLIENT",

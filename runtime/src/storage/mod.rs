@@ -295,7 +295,7 @@ impl StorageService {
     }
 
     /// This service acting through `db` — typically a user-scoped handle
-    /// ([`Db::as_user`], [`Db::as_jwt`](crate::Db::as_jwt)): every metadata read and
+    /// ([`Db::as_user`], or `Db::as_jwt` with the `jwt` feature): every metadata read and
     /// write then runs under the storage policies of Tabula's built-in migrations —
     /// a user reads and writes their own objects and reads public buckets' — and an
     /// upload is owned by the handle's user. Bytes are only ever reached through a
