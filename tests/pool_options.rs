@@ -228,3 +228,36 @@ async fn pool_settings_come_from_the_url_and_bad_ones_are_refused_by_name() {
     let shown = format!("{:?}", DbConfig::new("postgres://app:s3cret@localhost/app"));
     assert!(!shown.contains("s3cret"), "{shown}");
 }
+
+/// A pooled connection that died while idle is found dead only when a statement is
+/// sent on it. A read is tried again on a fresh connection (bounded by the pool size,
+/// counted in `tabula_db_read_retries_total`); a write is not — its outcome is the
+/// caller's to learn.
+#[tokio::test]
+async fn a_read_on_a_connection_that_died_idle_is_tried_again_and_a_write_is_not() {
+    let (_, url) = common::db_and_url().await;
+    let proxy = common::Proxy::start(common::server_addr(&url)).await;
+    let db = Db::connect_with(DbConfig::new(common::through(&url, proxy.port)).pool_size(1))
+        .await
+        .expect("db");
+    let p = db
+        .create(common::new_profile("retried"))
+        .await
+        .expect("create");
+
+    proxy.close_on_next_request();
+    let read = db
+        .read::<common::Profile>(p.id)
+        .await
+        .expect("a read is tried again");
+    assert_eq!(read.map(|r| r.username).as_deref(), Some("retried"));
+
+    proxy.close_on_next_request();
+    let write = db.create(common::new_profile("not retried")).await;
+    assert!(
+        matches!(write, Err(tabula::Error::Connection(_))),
+        "a write on a dead connection must fail, not be sent again: {write:?}"
+    );
+    // The pool recovers for what comes next.
+    assert_eq!(common::count_profiles(&db).await, 1);
+}

@@ -110,6 +110,9 @@ pub struct Proxy {
 struct Link {
     replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
     requests: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Close the connection (both ways) when the client next sends anything; what it
+    /// sent is lost.
+    close: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -129,7 +132,7 @@ impl Proxy {
                 registry.lock().expect("lock").push(link.clone());
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, link.requests.clone()));
+                tokio::spawn(pump_or_close(cr, sw, link.requests.clone(), link.close));
                 tokio::spawn(pump(sr, cw, link.replies));
             }
         });
@@ -144,6 +147,15 @@ impl Proxy {
         }
     }
 
+    /// Every connection open now is closed when its client next sends a request (the
+    /// request never reaches the server): a connection that died while idle in the
+    /// pool, found dead only when used.
+    pub fn close_on_next_request(&self) {
+        for link in self.conns.lock().expect("lock").iter() {
+            link.close.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Every byte on every open connection is lost from now on, both ways.
     pub fn cut_all(&self) {
         for link in self.conns.lock().expect("lock").iter() {
@@ -151,6 +163,29 @@ impl Proxy {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             link.requests
                 .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// [`pump`], and when `close` is set, the next bytes close the connection instead
+/// (dropping our side towards the server, which then closes its side towards us).
+async fn pump_or_close(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    close: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || close.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        if swallow.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
         }
     }
 }
