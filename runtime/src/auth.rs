@@ -49,7 +49,7 @@ const ROLES: &[&str] = &["anon", "authenticated", "service_role"];
 
 impl Scope {
     /// The claims' `sub`, when it is a UUID.
-    #[cfg(feature = "uuid")]
+    #[cfg(feature = "storage")]
     pub(crate) fn subject(&self) -> Option<uuid::Uuid> {
         let claims: serde_json::Value = serde_json::from_str(&self.claims).ok()?;
         claims.get("sub")?.as_str()?.parse().ok()

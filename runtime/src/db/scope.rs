@@ -97,7 +97,7 @@ impl Db {
     }
 
     /// The user a scoped handle acts as: its claims' `sub`, when that is a UUID.
-    #[cfg(feature = "uuid")]
+    #[cfg(feature = "storage")]
     pub(crate) fn scope_subject(&self) -> Option<uuid::Uuid> {
         self.scope.as_ref().and_then(|scope| scope.subject())
     }
