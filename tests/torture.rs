@@ -83,7 +83,9 @@ fn cache(redis: &str, prefix: &str, near: bool) -> CacheService {
 
 /// One process's work on one database: writers bump their own rows (through Tabula,
 /// or behind its back for the negative control) and acknowledge; readers check.
-async fn work(db: Db, tenant: String, process: i64, seconds: u64, bypass: bool) {
+/// `pause`: between a writer's rounds (longer with near tiers, so that entries live
+/// long enough between writes to be answered in-process at all).
+async fn work(db: Db, tenant: String, process: i64, seconds: u64, bypass: bool, pause: Duration) {
     let memo = Arc::new(Memo {
         db: db.clone(),
         tenant,
@@ -136,7 +138,7 @@ async fn work(db: Db, tenant: String, process: i64, seconds: u64, bypass: bool) 
                     .await
                     .expect("ack");
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
             }
         }));
     }
@@ -289,7 +291,10 @@ fn torture_child() {
                 cache.install_global();
             }
             let tenant = url.rsplit('/').next().unwrap_or_default().to_owned();
-            work_items.push(tokio::spawn(work(db, tenant, process, seconds, false)));
+            let pause = Duration::from_millis(if near { 150 } else { 5 });
+            work_items.push(tokio::spawn(work(
+                db, tenant, process, seconds, false, pause,
+            )));
         }
         for item in work_items {
             item.await.expect("work");
@@ -298,7 +303,7 @@ fn torture_child() {
             let stats = memo_cache.near_stats().expect("a near tier");
             println!("process {process}: near tier {stats:?}");
             assert!(
-                stats.hits > 100,
+                stats.hits > 50,
                 "the near tier answered too little to be tested: {stats:?}"
             );
         }
@@ -417,7 +422,15 @@ async fn negative_control_the_check_sees_writes_that_bypass_tabula() {
         .expect("db");
     static ONCE: AtomicU64 = AtomicU64::new(0);
     ONCE.fetch_add(1, Ordering::Relaxed);
-    work(db.clone(), "negative".into(), 0, 2, true).await;
+    work(
+        db.clone(),
+        "negative".into(),
+        0,
+        2,
+        true,
+        Duration::from_millis(5),
+    )
+    .await;
     let (outside, _, reads) = verdict(&db, Duration::ZERO).await;
     println!("negative control: {reads} reads, {outside} stale");
     assert!(
