@@ -381,7 +381,48 @@ fn scoped_read(c: &mut Criterion) {
         .expect("row")
         .user_id;
     let scoped = s.db.as_user(owner);
+    // The floor: the raw client doing what a scoped read must — BEGIN, the role and the
+    // claims, the statement under the policy, COMMIT — pipelined in one round trip.
+    let read = rt
+        .block_on(
+            s.raw
+                .prepare(&format!("SELECT {COLUMNS} FROM profiles WHERE id = $1")),
+        )
+        .expect("prepare");
+    let set_scope = rt
+        .block_on(s.raw.prepare(
+            "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
+        ))
+        .expect("prepare");
+    let claims = format!(r#"{{"sub":"{owner}","role":"authenticated"}}"#);
     let mut group = c.benchmark_group("scoped_read_by_key");
+    group.bench_function("raw_unscoped", |b| {
+        b.to_async(&rt).iter(|| async {
+            let row = s
+                .raw
+                .query_opt(&read, &[&s.read_id])
+                .await
+                .expect("raw read");
+            row.map(|r| raw_decode(&r)).expect("row")
+        })
+    });
+    group.bench_function("raw_scoped_pipelined", |b| {
+        b.to_async(&rt).iter(|| async {
+            let (role, claims, key) = ("authenticated", claims.as_str(), s.read_id);
+            let scope_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&role, &claims];
+            let read_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+            let (begun, scope, row, committed) = tokio::join!(
+                s.raw.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+                s.raw.execute(&set_scope, &scope_params),
+                s.raw.query_opt(&read, &read_params),
+                s.raw.batch_execute("COMMIT"),
+            );
+            begun.expect("begin");
+            scope.expect("scope");
+            committed.expect("commit");
+            raw_decode(&row.expect("raw read").expect("row visible to its owner"))
+        })
+    });
     group.bench_function("unscoped", |b| {
         b.to_async(&rt).iter(|| async {
             s.db.read::<Profile>(s.read_id)
