@@ -46,6 +46,7 @@
 mod cached;
 mod conn;
 mod crud;
+mod raw;
 mod scope;
 mod tx;
 mod write;
