@@ -271,7 +271,16 @@ pub struct Query<M, D = WholeRow> {
     limit: Option<u64>,
     offset: Option<u64>,
     with_deleted: bool,
+    lock: Option<Lock>,
     _decode: PhantomData<fn() -> D>,
+}
+
+/// A row lock a query takes (`FOR UPDATE` …) and how it waits for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lock {
+    exclusive: bool,
+    /// 0: wait, 1: `SKIP LOCKED`, 2: `NOWAIT`.
+    wait: u8,
 }
 
 impl Db {
@@ -308,6 +317,7 @@ impl Db {
             limit: None,
             offset: None,
             with_deleted: false,
+            lock: None,
             _decode: PhantomData,
         }
     }
@@ -324,6 +334,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             limit: self.limit,
             offset: self.offset,
             with_deleted: self.with_deleted,
+            lock: self.lock,
             _decode: PhantomData,
         }
     }
@@ -343,6 +354,57 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     /// Orders by `key`; further calls add tie-breakers.
     pub fn order_by(mut self, key: OrderBy<M>) -> Self {
         self.order.push(key);
+        self
+    }
+
+    /// Locks the rows it returns against writes by other transactions until this one
+    /// ends (`FOR UPDATE`). It matters inside [`Db::transaction`]: outside one, each
+    /// statement is its own transaction and the lock ends with it. Combine with
+    /// [`skip_locked`](Self::skip_locked) for a work queue.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Job { #[table(primary_key, generated)] pub id: i64, pub done: bool }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// db.transaction(|tx| async move {
+    ///     let next = tx.query::<Job>().filter(Job::DONE.eq(false)).for_update().skip_locked().first().await?;
+    ///     // … work on `next`, then mark it done, in the same transaction
+    ///     Ok(next.map(|job| job.id))
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn for_update(mut self) -> Self {
+        self.lock = Some(Lock {
+            exclusive: true,
+            wait: self.lock.map_or(0, |l| l.wait),
+        });
+        self
+    }
+
+    /// Locks the rows it returns against changes, letting others read and share-lock
+    /// them (`FOR SHARE`); see [`for_update`](Self::for_update).
+    pub fn for_share(mut self) -> Self {
+        self.lock = Some(Lock {
+            exclusive: false,
+            wait: self.lock.map_or(0, |l| l.wait),
+        });
+        self
+    }
+
+    /// With a row lock, skips rows another transaction has locked instead of waiting
+    /// (`SKIP LOCKED`); alone, it implies [`for_update`](Self::for_update).
+    pub fn skip_locked(mut self) -> Self {
+        let exclusive = self.lock.is_none_or(|l| l.exclusive);
+        self.lock = Some(Lock { exclusive, wait: 1 });
+        self
+    }
+
+    /// With a row lock, fails at once instead of waiting for a row another transaction
+    /// has locked (`NOWAIT`: SQLSTATE 55P03, an error [`Error::is_transient`] calls
+    /// transient); alone, it implies [`for_update`](Self::for_update).
+    pub fn nowait(mut self) -> Self {
+        let exclusive = self.lock.is_none_or(|l| l.exclusive);
+        self.lock = Some(Lock { exclusive, wait: 2 });
         self
     }
 
@@ -403,16 +465,34 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         Ok(q)
     }
 
+    /// The row lock clause on a statement that returns rows.
+    fn render_lock(&self, q: &mut SelectStatement) {
+        use sea_query::{LockBehavior, LockType};
+        if let Some(lock) = self.lock {
+            let kind = match lock.exclusive {
+                true => LockType::Update,
+                false => LockType::Share,
+            };
+            match lock.wait {
+                1 => q.lock_with_behavior(kind, LockBehavior::SkipLocked),
+                2 => q.lock_with_behavior(kind, LockBehavior::Nowait),
+                _ => q.lock(kind),
+            };
+        }
+    }
+
     /// The statement of [`all`](Self::all), bound.
     fn bind(&self) -> Result<Bound<'static>> {
         self.bind_rendered(Kind::Rows, self.limit, self.offset, |binder| {
-            self.statement(
+            let mut q = self.statement(
                 binder,
                 &self.selected(),
                 &self.order,
                 self.limit,
                 self.offset,
-            )
+            )?;
+            self.render_lock(&mut q);
+            Ok(q)
         })
     }
 
@@ -483,6 +563,10 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
                 }
                 None => shape.push(u64::MAX),
             }
+            shape.push(
+                self.lock
+                    .map_or(0, |l| 1 + u64::from(l.exclusive) * 3 + u64::from(l.wait)),
+            );
             shape.push(self.order.len() as u64);
             for key in &self.order {
                 let nulls = key.nulls.map_or(0, |first| 1 + u64::from(first));
@@ -704,9 +788,11 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             ));
         }
         let bound = self.query.bind()?;
+        let locking = self.query.lock.is_some();
         let db = self.query.db;
         let cache = match (&db.shared.cache, &db.tx, &db.scope) {
-            (Some(cache), None, None) => cache.clone(),
+            // A locking read is about the rows as they are now: never from a cache.
+            (Some(cache), None, None) if !locking => cache.clone(),
             _ => return fetch::<M, D>(&db, &bound).await,
         };
         let meta = M::META;

@@ -137,6 +137,7 @@ impl Db {
             limit: query.limit,
             offset: query.offset,
             with_deleted: query.with_deleted,
+            lock: query.lock,
             _decode: std::marker::PhantomData,
         };
         if spec.offset.is_some() {
