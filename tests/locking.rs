@@ -82,7 +82,7 @@ async fn workers_with_skip_locked_never_take_the_same_job() {
     for worker in workers {
         worker.await.expect("worker");
     }
-    let taken = taken.lock().expect("taken");
+    let taken = taken.lock().expect("taken").clone();
     let distinct: HashSet<i64> = taken.iter().copied().collect();
     assert_eq!(taken.len(), jobs, "every job taken once: {taken:?}");
     assert_eq!(distinct.len(), jobs, "a job taken twice");
