@@ -77,6 +77,18 @@ pub enum Error {
         /// How many times the transaction was run.
         attempts: u32,
     },
+    /// An update that named the version it expected (`#[table(version)]`) found the row
+    /// at another one: another writer changed it since it was read. Nothing was written;
+    /// read it again and decide.
+    #[error("`{table}` row changed since it was read (expected version {expected}, found {found})")]
+    StaleVersion {
+        /// The table written to.
+        table: &'static str,
+        /// The version the update expected.
+        expected: i64,
+        /// The version the row has.
+        found: i64,
+    },
     /// The connection was lost while COMMIT was in flight: the transaction may or may not
     /// have been committed. Tabula never retries this blindly; check and decide.
     #[error("connection lost during commit: the outcome of the transaction is unknown")]

@@ -68,7 +68,7 @@ pub use error::{Error, Result};
 pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
 pub use table::{Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};
 pub use tls::SslMode;
-pub use types::ColumnType;
+pub use types::{ColumnType, VersionColumn};
 
 /// Derives [`Table`] for a struct with named fields; see the [`table`] module.
 ///
@@ -138,8 +138,8 @@ pub mod __private {
         same_encoding, same_json,
     };
     pub use crate::types::{
-        ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, decode_json_column,
-        decode_json_opt_column, json_opt_param, json_param,
+        ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, assert_version_column,
+        decode_json_column, decode_json_opt_column, json_opt_param, json_param,
     };
     pub use crate::{Db, Error, Result};
     pub use std::any::Any;

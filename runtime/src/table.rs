@@ -154,6 +154,8 @@ pub struct TableMeta {
     pub primary_key: usize,
     /// Index of the `#[table(soft_delete)]` column, if the model has one.
     pub soft_delete: Option<usize>,
+    /// Index of the `#[table(version)]` column (optimistic locking), if any.
+    pub version: Option<usize>,
     /// Seconds rows stay in the row cache (`#[table(cache(ttl = N))]`); `None`: not cached.
     pub cache_ttl: Option<u64>,
     /// Whether a near tier (see [`CacheConfig::near`](crate::cache::CacheConfig::near))

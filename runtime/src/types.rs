@@ -279,3 +279,18 @@ impl SoftDeleteColumn for Option<chrono::DateTime<chrono::Utc>> {}
 /// Compile-time check used by generated code.
 #[doc(hidden)]
 pub fn assert_soft_delete_column<T: SoftDeleteColumn>() {}
+
+/// The types a `#[table(version)]` column may have: integers that PostgreSQL adds one
+/// to on every update.
+#[diagnostic::on_unimplemented(
+    message = "a #[table(version)] column must be `i32` or `i64`, not `{Self}`",
+    label = "the row's version: compared on update, then incremented"
+)]
+pub trait VersionColumn: ColumnType + Into<i64> + Copy {}
+
+impl VersionColumn for i32 {}
+impl VersionColumn for i64 {}
+
+/// Compile-time check used by generated code.
+#[doc(hidden)]
+pub fn assert_version_column<T: VersionColumn>() {}

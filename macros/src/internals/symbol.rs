@@ -18,6 +18,7 @@ pub(crate) const SKIP: &str = "skip";
 pub(crate) const JSON: &str = "json";
 pub(crate) const SOFT_DELETE: &str = "soft_delete";
 pub(crate) const UNIQUE: &str = "unique";
+pub(crate) const VERSION: &str = "version";
 pub(crate) const FIELD_KEYS: &[&str] = &[
     PRIMARY_KEY,
     GENERATED,
@@ -26,4 +27,5 @@ pub(crate) const FIELD_KEYS: &[&str] = &[
     JSON,
     SOFT_DELETE,
     UNIQUE,
+    VERSION,
 ];

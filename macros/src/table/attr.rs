@@ -58,6 +58,7 @@ pub(crate) struct FieldAttrs {
     pub(crate) json: Slot<()>,
     pub(crate) soft_delete: Slot<()>,
     pub(crate) unique: Slot<()>,
+    pub(crate) version: Slot<()>,
 }
 
 impl ContainerAttrs {
@@ -100,6 +101,7 @@ impl FieldAttrs {
             json: Slot::new(JSON),
             soft_delete: Slot::new(SOFT_DELETE),
             unique: Slot::new(UNIQUE),
+            version: Slot::new(VERSION),
         };
         for_each_table_meta(cx, attrs, |cx, meta| {
             let span = meta
@@ -128,6 +130,8 @@ impl FieldAttrs {
                 flag(&mut out.soft_delete, cx)
             } else if meta.path.is_ident(UNIQUE) {
                 flag(&mut out.unique, cx)
+            } else if meta.path.is_ident(VERSION) {
+                flag(&mut out.version, cx)
             } else if meta.path.is_ident(RENAME) {
                 let lit = string_value(&meta, RENAME)?;
                 out.rename.set(cx, span, lit);

@@ -150,6 +150,38 @@ fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
             }
         }
     }
+    let versions: Vec<_> = cont
+        .fields
+        .iter()
+        .filter(|f| f.attrs.version.is_set())
+        .collect();
+    for (i, field) in versions.iter().enumerate() {
+        let span = field
+            .attrs
+            .version
+            .get()
+            .map_or_else(|| field.ident.span(), |(s, _)| *s);
+        if i > 0 {
+            cx.push(syn::Error::new(
+                span,
+                "a second #[table(version)]; a table has one version column",
+            ));
+        }
+        for (word, set) in [
+            ("primary_key", field.attrs.primary_key.is_set()),
+            ("generated", field.attrs.generated.is_set()),
+            ("json", field.attrs.json.is_set()),
+            ("soft_delete", field.attrs.soft_delete.is_set()),
+            ("unique", field.attrs.unique.is_set()),
+        ] {
+            if set {
+                cx.push(syn::Error::new(
+                    span,
+                    format!("`version` cannot be combined with `{word}`"),
+                ));
+            }
+        }
+    }
     for field in &cont.fields {
         let Some((skip_span, ())) = field.attrs.skip.get() else {
             continue;
@@ -161,6 +193,7 @@ fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
             ("json", field.attrs.json.is_set()),
             ("soft_delete", field.attrs.soft_delete.is_set()),
             ("unique", field.attrs.unique.is_set()),
+            ("version", field.attrs.version.is_set()),
         ];
         for (word, set) in conflicts {
             if set {

@@ -143,6 +143,10 @@ fn impls(cont: &Container<'_>) -> TokenStream {
             quote_spanned! {ty.span()=>
                 #p::assert_soft_delete_column::<#ty>();
             }
+        } else if f.attrs.version.is_set() {
+            quote_spanned! {ty.span()=>
+                #p::assert_version_column::<#ty>();
+            }
         } else {
             quote_spanned! {ty.span()=>
                 let _ = <#ty as #p::ColumnType>::SQL_TYPE;
@@ -150,6 +154,10 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         }
     });
     let soft_delete = match cont.columns().position(|f| f.is_soft_delete()) {
+        Some(i) => quote!(#p::Option::Some(#i)),
+        None => quote!(#p::Option::None),
+    };
+    let version = match cont.columns().position(|f| f.attrs.version.is_set()) {
         Some(i) => quote!(#p::Option::Some(#i)),
         None => quote!(#p::Option::None),
     };
@@ -261,6 +269,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 columns: &[#(#column_meta),*],
                 primary_key: #pk_index,
                 soft_delete: #soft_delete,
+                version: #version,
                 cache_ttl: #cache_ttl,
                 cache_near: #cache_near,
                 shape: #p::row_shape(#shape),

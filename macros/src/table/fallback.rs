@@ -44,6 +44,7 @@ pub(crate) fn stub(cont: &Container<'_>) -> TokenStream {
                     columns: &[],
                     primary_key: 0,
                     soft_delete: #p::Option::None,
+                    version: #p::Option::None,
                     cache_ttl: #p::Option::None,
                     cache_near: true,
                     shape: 0,

@@ -11,6 +11,21 @@ use crate::table::{ColumnSet, NewRow, Param, Patch, Table};
 /// chunk only bounds the size of one message.
 const BATCH_CHUNK_ROWS: usize = 20_000;
 
+/// The integer a version parameter holds (an `i64` or `i32`, by its binary encoding).
+fn version_value(value: Param<'_>) -> Option<i64> {
+    use tokio_postgres::types::Type;
+    let mut buf = bytes::BytesMut::new();
+    if value.to_sql_checked(&Type::INT8, &mut buf).is_ok() {
+        return <[u8; 8]>::try_from(&buf[..]).ok().map(i64::from_be_bytes);
+    }
+    buf.clear();
+    value
+        .to_sql_checked(&Type::INT4, &mut buf)
+        .ok()
+        .and_then(|_| <[u8; 4]>::try_from(&buf[..]).ok())
+        .map(|b| i64::from(i32::from_be_bytes(b)))
+}
+
 impl Db {
     async fn create_now<N: NewRow>(&self, new: N) -> Result<N::Table> {
         let meta = N::Table::META;
@@ -140,8 +155,14 @@ impl Db {
     async fn update_now<M: Table>(&self, key: M::Key, patch: M::Patch) -> Result<M> {
         let key: M::Key = key;
         let meta = M::META;
-        let assignments = patch.assignments();
-        if assignments.is_empty() {
+        let mut assignments = patch.assignments();
+        // Optimistic locking: the version the patch names is the one expected (compared,
+        // never written); every update adds one to it.
+        let expected = meta.version.and_then(|v| {
+            let at = assignments.iter().position(|(i, _)| *i == v)?;
+            Some(assignments.remove(at).1)
+        });
+        if assignments.is_empty() && meta.version.is_none() {
             return self
                 .run("update", meta.name, async |conn| {
                     let row = conn.query_opt(&M::statements().read, &[&key]).await?;
@@ -160,6 +181,19 @@ impl Db {
                 let column = sea_query::Alias::new(meta.columns[index].name);
                 update.value(column, binder.borrowed(value));
             }
+            if let Some(v) = meta.version {
+                let column = sql::quote_ident(meta.columns[v].name);
+                update.value(
+                    sea_query::Alias::new(meta.columns[v].name),
+                    sea_query::Expr::cust(format!("{column} + 1")),
+                );
+                if let Some(expected) = expected {
+                    update.and_where(sea_query::ExprTrait::eq(
+                        sea_query::Expr::col(sea_query::Alias::new(meta.columns[v].name)),
+                        binder.borrowed(expected),
+                    ));
+                }
+            }
             let key_column = sea_query::Alias::new(meta.key_column().name);
             if let Some(live) = sql::live_rows(meta) {
                 update.and_where(live);
@@ -173,10 +207,22 @@ impl Db {
             binder.finish(update)
         };
         self.run("update", meta.name, async |conn| {
-            let row = conn
-                .query_opt(&bound.sql, &bound.params())
-                .await?
-                .ok_or(Error::NotFound { table: meta.name })?;
+            let Some(row) = conn.query_opt(&bound.sql, &bound.params()).await? else {
+                // Missing, or at another version than the one expected: say which.
+                let (Some(v), Some(expected)) = (meta.version, expected) else {
+                    return Err(Error::NotFound { table: meta.name });
+                };
+                let Some(current) = conn.query_opt(&M::statements().read, &[&key]).await? else {
+                    return Err(Error::NotFound { table: meta.name });
+                };
+                return Err(Error::StaleVersion {
+                    table: meta.name,
+                    expected: version_value(expected).unwrap_or(-1),
+                    found: current
+                        .try_get::<_, i64>(v)
+                        .or_else(|_| current.try_get::<_, i32>(v).map(i64::from))?,
+                });
+            };
             M::from_row(&row)
         })
         .await

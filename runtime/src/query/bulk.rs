@@ -119,7 +119,18 @@ impl Db {
             let mut update = SeaQuery::update();
             update.table(sql::table_ref(meta));
             for (index, value) in assignments {
+                // A version column is never set by a patch: every update adds one.
+                if Some(index) == meta.version {
+                    continue;
+                }
                 update.value(Alias::new(meta.columns[index].name), binder.borrowed(value));
+            }
+            if let Some(v) = meta.version {
+                let column = sql::quote_ident(meta.columns[v].name);
+                update.value(
+                    Alias::new(meta.columns[v].name),
+                    Expr::cust(format!("{column} + 1")),
+                );
             }
             match &filter {
                 Some(filter) => update.and_where(filter::render(meta, &filter.node, &mut binder)?),

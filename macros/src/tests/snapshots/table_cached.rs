@@ -96,6 +96,7 @@ const _: () = {
             ],
             primary_key: 0usize,
             soft_delete: ::tabula::__private::Option::None,
+            version: ::tabula::__private::Option::None,
             cache_ttl: ::tabula::__private::Option::Some(60u64),
             cache_near: true,
             shape: ::tabula::__private::row_shape(12588193035827523249u64),

@@ -1,5 +1,5 @@
 ::core::compile_error! {
-    "unknown field attribute `uniqe`; expected one of `primary_key`, `generated`, `rename`, `skip`, `json`, `soft_delete`, `unique`\n\nhelp: did you mean `unique`?"
+    "unknown field attribute `uniqe`; expected one of `primary_key`, `generated`, `rename`, `skip`, `json`, `soft_delete`, `unique`, `version`\n\nhelp: did you mean `unique`?"
 }
 ///A row to insert into `notes`: every column of [`Note`] but the generated ones.
 #[derive(Debug, Clone)]
@@ -42,6 +42,7 @@ const _: () = {
             columns: &[],
             primary_key: 0,
             soft_delete: ::tabula::__private::Option::None,
+            version: ::tabula::__private::Option::None,
             cache_ttl: ::tabula::__private::Option::None,
             cache_near: true,
             shape: 0,

@@ -121,6 +121,7 @@ const _: () = {
             ],
             primary_key: 0usize,
             soft_delete: ::tabula::__private::Option::Some(4usize),
+            version: ::tabula::__private::Option::None,
             cache_ttl: ::tabula::__private::Option::None,
             cache_near: true,
             shape: ::tabula::__private::row_shape(6948523948430002955u64),

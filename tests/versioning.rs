@@ -1,0 +1,136 @@
+//! Optimistic locking: a `#[table(version)]` column is compared on update when the
+//! patch names the version it read, and incremented by every update.
+
+mod common;
+
+use std::sync::Arc;
+
+use tabula::{Db, Error, Table};
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "documents_v")]
+struct Doc {
+    #[table(primary_key, generated)]
+    id: i64,
+    title: String,
+    #[table(version)]
+    version: i64,
+}
+
+async fn db() -> Db {
+    let db = common::db().await;
+    db.execute_batch(
+        "CREATE TABLE documents_v (id bigserial PRIMARY KEY, title text NOT NULL, version bigint NOT NULL)",
+    )
+    .await
+    .expect("table");
+    db
+}
+
+fn retitle(title: &str, expected: Option<i64>) -> DocPatch {
+    DocPatch {
+        title: Some(title.into()),
+        version: expected,
+    }
+}
+
+#[tokio::test]
+async fn an_update_from_a_stale_read_is_refused_and_writes_nothing() {
+    let db = db().await;
+    let doc = db
+        .create(NewDoc {
+            title: "draft".into(),
+            version: 1,
+        })
+        .await
+        .expect("create");
+    let saved = db
+        .update::<Doc>(doc.id, retitle("first", Some(1)))
+        .await
+        .expect("the version read");
+    assert_eq!((saved.title.as_str(), saved.version), ("first", 2));
+
+    let stale = db.update::<Doc>(doc.id, retitle("lost", Some(1))).await;
+    assert!(
+        matches!(
+            stale,
+            Err(Error::StaleVersion {
+                expected: 1,
+                found: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let now = db.read::<Doc>(doc.id).await.expect("read").expect("row");
+    assert_eq!(
+        (now.title.as_str(), now.version),
+        ("first", 2),
+        "a refused update wrote"
+    );
+
+    // Without an expected version an update still moves it on.
+    let blind = db
+        .update::<Doc>(doc.id, retitle("blind", None))
+        .await
+        .expect("blind");
+    assert_eq!(blind.version, 3);
+    // A version alone in the patch: a checked "touch".
+    let touched = db
+        .update::<Doc>(
+            doc.id,
+            DocPatch {
+                version: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("touch");
+    assert_eq!(touched.version, 4);
+    // Bulk updates move every row's version on.
+    db.update_where(Doc::ID.eq(doc.id), retitle("bulk", Some(999)))
+        .await
+        .expect("bulk");
+    let bulk = db.read::<Doc>(doc.id).await.expect("read").expect("row");
+    assert_eq!((bulk.title.as_str(), bulk.version), ("bulk", 5));
+    // A missing row is not a stale one.
+    assert!(matches!(
+        db.update::<Doc>(doc.id + 1000, retitle("x", Some(1))).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_writers_from_one_read_exactly_one_wins() {
+    let db = db().await;
+    let doc = db
+        .create(NewDoc {
+            title: "shared".into(),
+            version: 7,
+        })
+        .await
+        .expect("create");
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                db.update::<Doc>(doc.id, retitle(&format!("writer {w}"), Some(7)))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for writer in writers {
+        match writer.await.expect("writer") {
+            Ok(doc) => {
+                won += 1;
+                assert_eq!(doc.version, 8);
+            }
+            Err(Error::StaleVersion { found: 8, .. }) => {}
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!(won, 1, "lost updates");
+}
