@@ -134,3 +134,30 @@ async fn of_two_writers_from_one_read_exactly_one_wins() {
     }
     assert_eq!(won, 1, "lost updates");
 }
+
+#[tokio::test]
+async fn a_patch_builds_without_nested_options() {
+    let db = common::db().await;
+    let p = db
+        .create(common::new_profile("builder"))
+        .await
+        .expect("create");
+    let patch = common::ProfilePatch::default()
+        .username("built")
+        .avatar_url("https://example.com/a.png".to_string());
+    let updated = db
+        .update::<common::Profile>(p.id, patch)
+        .await
+        .expect("update");
+    assert_eq!(updated.username, "built");
+    assert_eq!(
+        updated.avatar_url.as_deref(),
+        Some("https://example.com/a.png")
+    );
+    let cleared = db
+        .update::<common::Profile>(p.id, common::ProfilePatch::default().avatar_url(None))
+        .await
+        .expect("clear");
+    assert_eq!(cleared.avatar_url, None, "a nullable column set to NULL");
+    assert_eq!(cleared.username, "built", "an unset field is left alone");
+}

@@ -54,6 +54,21 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
         };
         quote! { #[doc = #doc] #fvis #fident: #p::Option<#ty> }
     });
+    // Builder methods: `ProfilePatch::default().username("x").avatar_url(None)` — for
+    // a nullable column the argument is the `Option` itself, so no `Some(Some(..))`.
+    let patch_setters = patch_columns(cont).map(|(_, f)| {
+        let (fvis, fident, ty) = (f.vis, f.ident, f.ty);
+        let (name, _) = f.column_name();
+        let doc = format!("Sets column `{name}`.");
+        quote! {
+            #[doc = #doc]
+            #[must_use]
+            #fvis fn #fident(mut self, value: impl ::core::convert::Into<#ty>) -> Self {
+                self.#fident = #p::Option::Some(value.into());
+                self
+            }
+        }
+    });
     let consts = cont.columns().enumerate().map(|(i, f)| {
         let c = f.const_ident();
         let ty = f.ty;
@@ -99,6 +114,12 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
         #[derive(Debug, Clone, Default)]
         #vis struct #patch_ident {
             #(#patch_fields,)*
+        }
+
+        #[automatically_derived]
+        #[allow(dead_code)]
+        impl #patch_ident {
+            #(#patch_setters)*
         }
 
         #[automatically_derived]

@@ -20,6 +20,34 @@ pub struct ProfilePatch {
 }
 #[automatically_derived]
 #[allow(dead_code)]
+impl ProfilePatch {
+    ///Sets column `username`.
+    #[must_use]
+    pub fn username(mut self, value: impl ::core::convert::Into<String>) -> Self {
+        self.username = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+    ///Sets column `avatar_url`.
+    #[must_use]
+    pub fn avatar_url(
+        mut self,
+        value: impl ::core::convert::Into<Option<String>>,
+    ) -> Self {
+        self.avatar_url = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+    ///Sets column `settings`.
+    #[must_use]
+    pub fn settings(
+        mut self,
+        value: impl ::core::convert::Into<Option<Settings>>,
+    ) -> Self {
+        self.settings = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+}
+#[automatically_derived]
+#[allow(dead_code)]
 impl Profile {
     ///Column `id` of `profiles`.
     pub const ID: ::tabula::__private::Column<Profile, Uuid> = ::tabula::__private::Column::new(

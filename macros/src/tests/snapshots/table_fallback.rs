@@ -17,6 +17,16 @@ pub struct NotePatch {
 }
 #[automatically_derived]
 #[allow(dead_code)]
+impl NotePatch {
+    ///Sets column `slug`.
+    #[must_use]
+    pub fn slug(mut self, value: impl ::core::convert::Into<String>) -> Self {
+        self.slug = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+}
+#[automatically_derived]
+#[allow(dead_code)]
 impl Note {
     ///Column `id` of `notes`.
     pub const ID: ::tabula::__private::Column<Note, i64> = ::tabula::__private::Column::new(

@@ -20,6 +20,28 @@ pub struct NotePatch {
 }
 #[automatically_derived]
 #[allow(dead_code)]
+impl NotePatch {
+    ///Sets column `slug`.
+    #[must_use]
+    pub fn slug(mut self, value: impl ::core::convert::Into<String>) -> Self {
+        self.slug = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+    ///Sets column `text`.
+    #[must_use]
+    pub fn body(mut self, value: impl ::core::convert::Into<Option<String>>) -> Self {
+        self.body = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+    ///Sets column `meta`.
+    #[must_use]
+    pub fn meta(mut self, value: impl ::core::convert::Into<Meta>) -> Self {
+        self.meta = ::tabula::__private::Option::Some(value.into());
+        self
+    }
+}
+#[automatically_derived]
+#[allow(dead_code)]
 impl Note {
     ///Column `id` of `notes`.
     pub const ID: ::tabula::__private::Column<Note, i64> = ::tabula::__private::Column::new(
