@@ -62,7 +62,7 @@ async fn work(db: Db, rounds: usize) -> Result<(), Error> {
             .filter(Profile::USER_ID.eq(user))
             .all()
             .await?;
-        assert_eq!(mine.len(), round + 1);
+        assert_eq!(mine.len(), 2 * round + 1);
         // A transaction: both writes or neither, on one server connection throughout.
         let failed = db
             .transaction(|tx| async move {
@@ -82,9 +82,41 @@ async fn work(db: Db, rounds: usize) -> Result<(), Error> {
             db.read::<Profile>(p.id).await?.expect("row").username,
             p.username
         );
+        // A transaction that commits — its commit check included — on whichever server
+        // connection the pooler gives it.
+        let committed = db
+            .transaction(|tx| async move {
+                tx.update::<Profile>(
+                    p.id,
+                    ProfilePatch {
+                        avatar_url: Some(Some(format!("committed {round}"))),
+                        ..Default::default()
+                    },
+                )
+                .await
+            })
+            .await?;
+        assert_eq!(committed.avatar_url, Some(format!("committed {round}")));
+        // A user-scoped write (its own transaction, checked the same way).
+        db.as_user(user)
+            .create(NewProfile {
+                user_id: user,
+                username: format!("scoped {user}-{round}"),
+                avatar_url: None,
+            })
+            .await?;
+        // A stream.
+        let streamed: Vec<Profile> = futures_util::TryStreamExt::try_collect(
+            db.query::<Profile>()
+                .filter(Profile::USER_ID.eq(user))
+                .stream()
+                .await?,
+        )
+        .await?;
+        assert_eq!(streamed.len(), 2 * (round + 1));
         // Row Level Security: the scope is transaction-local, so it holds.
         let own = db.as_user(user).query::<Profile>().all().await?;
-        assert_eq!(own.len(), round + 1, "a user sees exactly their rows");
+        assert_eq!(own.len(), 2 * (round + 1), "a user sees exactly their rows");
         let stranger = db.as_user(Uuid::new_v4()).read::<Profile>(p.id).await?;
         assert_eq!(
             stranger, None,

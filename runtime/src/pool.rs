@@ -55,7 +55,9 @@ pub(crate) struct Setup {
 
 /// A PostgreSQL connection with its prepared-statement cache.
 pub(crate) struct PgConn {
-    client: Client,
+    /// Shared only with a cancel request in flight, which keeps the connection open
+    /// until it was sent (a pooler forgets a cancel key with its client connection).
+    client: Arc<Client>,
     /// Run again after a session reset (see `reset_session`).
     after_connect: Option<AfterConnect>,
     cancel: CancelToken,
@@ -174,7 +176,7 @@ impl PgConn {
 
     /// How `sql` is run on this connection: its prepared statement, or — behind a
     /// transaction-pooling proxy — its parameter types for an unnamed one.
-    async fn statement(&mut self, sql: &str) -> Result<Stmt> {
+    pub(crate) async fn statement(&mut self, sql: &str) -> Result<Stmt> {
         if !self.unnamed {
             return self.prepare(sql).await.map(Stmt::Named);
         }
@@ -498,9 +500,38 @@ impl PgConn {
 
 /// How a statement runs: prepared on this connection, or unnamed with its parameter
 /// types (see [`PgConn::statement`]).
-enum Stmt {
+pub(crate) enum Stmt {
     Named(Statement),
     Unnamed(Arc<[Type]>),
+}
+
+/// `query_opt` of a statement without parameters, prepared or unnamed.
+pub(crate) fn query_opt_on<'a>(
+    client: &'a Client,
+    sql: &'a str,
+    statement: &'a Stmt,
+) -> impl std::future::Future<Output = std::result::Result<Option<Row>, tokio_postgres::Error>> + 'a
+{
+    match statement {
+        Stmt::Named(s) => Either::Left(client.query_opt(s, &[])),
+        Stmt::Unnamed(_) => Either::Right(client.query_typed_opt(sql, &[])),
+    }
+}
+
+/// The rows of `sql` as a stream, prepared or unnamed.
+pub(crate) async fn query_raw_on(
+    client: &Client,
+    sql: &str,
+    statement: &Stmt,
+    params: &[Param<'_>],
+) -> std::result::Result<tokio_postgres::RowStream, tokio_postgres::Error> {
+    match statement {
+        Stmt::Named(s) => client.query_raw(s, params.iter().copied()).await,
+        Stmt::Unnamed(types) => {
+            let pairs = params.iter().copied().zip(types.iter().cloned());
+            client.query_typed_raw(sql, pairs).await
+        }
+    }
 }
 
 /// Parameters paired with their types, for an unnamed statement (nothing, and no
@@ -610,10 +641,12 @@ async fn pipelined<T>(
 
 /// Sends a cancel request for a statement whose answer nobody will read (from a
 /// destructor, so without waiting for it).
-pub(crate) fn cancel_in_background(token: CancelToken, tls: Connector) {
+pub(crate) fn cancel_in_background(token: CancelToken, tls: Connector, client: Arc<Client>) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            if let Err(e) = token.cancel_query(tls).await {
+            let cancelled = token.cancel_query(tls).await;
+            drop(client); // only now may the connection close
+            if let Err(e) = cancelled {
                 tracing::debug!(error = %e, "cancel request failed");
             }
         });
@@ -714,7 +747,7 @@ impl bb8::ManageConnection for PgManager {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
             tls: crate::tls::copy(&self.tls),
-            client,
+            client: Arc::new(client),
             statements: HashMap::new(),
             unnamed: self.unnamed,
             types: HashMap::new(),
@@ -734,7 +767,11 @@ impl bb8::ManageConnection for PgManager {
     fn has_broken(&self, conn: &mut PgConn) -> bool {
         if conn.in_flight && !conn.client.is_closed() {
             // Nobody will read the answer: stop the statement on the server too.
-            cancel_in_background(conn.cancel.clone(), crate::tls::copy(&conn.tls));
+            cancel_in_background(
+                conn.cancel.clone(),
+                crate::tls::copy(&conn.tls),
+                conn.client.clone(),
+            );
         }
         // A setup never sent is client-side only — the server holds nothing of it —
         // but must not reach the next user: a scope armed again behind a one-shot read

@@ -130,8 +130,10 @@ pub struct DbConfig {
     /// instead of COPY, and no session setting is sent at connect. Two things stay the
     /// pooler's or the server's: the statement deadline (`statement_timeout` is a
     /// session setting: set it on the role, `ALTER ROLE app SET statement_timeout =
-    /// '30s'`, or in the pooler's connect query; Tabula's own deadline and cancel still
-    /// apply), and what an [`after_connect`](DbConfig::after_connect) hook sets for the
+    /// '30s'`, or in the pooler's connect query: Tabula's own deadline still ends the
+    /// call, and its cancel request goes out while the connection is open, but whether
+    /// the pooler forwards it is the pooler's — PgBouncer 1.18 as tested here did not,
+    /// even for the raw client), and what an [`after_connect`](DbConfig::after_connect) hook sets for the
     /// session. Row Level Security scopes are transaction-local and hold. From the URL:
     /// `?pgbouncer=true`. Default `false`.
     pub transaction_pooling: bool,

@@ -326,7 +326,8 @@ impl Db {
         }
         // Prepared already (it travelled behind the transaction's statements); the
         // deadline only matters for a transaction that ran none through Tabula.
-        let probe = match tokio::time::timeout(deadline, conn.prepare(COMMIT_PROBE)).await {
+        // Unnamed behind a transaction pooler (see `DbConfig::transaction_pooling`).
+        let probe = match tokio::time::timeout(deadline, conn.statement(COMMIT_PROBE)).await {
             Ok(Ok(probe)) => probe,
             Ok(Err(e)) => return self.resolve_lost_commit(conn, e, writes).await,
             Err(_) => {
@@ -341,7 +342,7 @@ impl Db {
         let client = conn.client();
         let exchange = async {
             tokio::join!(
-                client.query_opt(&probe, &[]),
+                crate::pool::query_opt_on(client, COMMIT_PROBE, &probe),
                 client.batch_execute("COMMIT")
             )
         };

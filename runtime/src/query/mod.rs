@@ -705,9 +705,11 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let pooled = matches!(conn, crate::db::Conn::Pooled(_));
         let rows = {
             let pg = conn.get()?;
-            let statement = pg.prepare(&bound.sql).await?;
+            let statement = pg.statement(&bound.sql).await?;
             pg.flush_setup().await?;
-            let rows = pg.client().query_raw(&statement, bound.params()).await?;
+            let params = bound.params();
+            let rows =
+                crate::pool::query_raw_on(pg.client(), &bound.sql, &statement, &params).await?;
             // A pooled connection dropped before the stream ends is closed (and its
             // statement cancelled) rather than handed out with rows still coming.
             pg.in_flight = pooled;
