@@ -153,3 +153,56 @@ async fn the_cache_speaks_tls_to_redis() {
         .expect_err("an unknown CA");
     assert!(!err.to_string().contains("timed out"), "{err}");
 }
+
+/// What libpq would refuse or read as `require` is never quietly `prefer`: an `@` in
+/// the query, a spaced, quoted or escaped `sslmode`.
+#[tokio::test]
+async fn an_sslmode_is_never_quietly_downgraded() {
+    // The test kit's own server has no TLS: `require` must fail there.
+    let plain = tabula::testkit::postgres_url().expect("postgres");
+    let with = |query: &str| format!("{plain}?{query}");
+    refused(
+        open(DbConfig::new(with(
+            "application_name=api@host-1&sslmode=require",
+        )))
+        .await,
+        "require with an `@` in the query, against a server without TLS",
+    );
+    for written in [
+        with("ssl%6Dode=require"),
+        "host=127.0.0.1 user=postgres sslmode = require".to_owned(),
+        "host=127.0.0.1 user=postgres sslmode='require'".to_owned(),
+    ] {
+        let err = refused(open(DbConfig::new(written.clone())).await, &written);
+        assert!(err.contains("sslmode"), "{written}: {err}");
+    }
+    // A value that is not a mode is named once.
+    let err = refused(
+        open(DbConfig::new(with("sslmode=sometimes"))).await,
+        "bad word",
+    );
+    assert!(
+        !err.contains("configuration error: configuration error"),
+        "{err}"
+    );
+}
+
+/// A Unix socket has no host name and never negotiates TLS: it connects under every
+/// mode short of those that demand TLS.
+#[tokio::test]
+async fn a_unix_socket_connects_with_the_tls_feature_on() {
+    let pg = TlsPostgres::start().expect("tls postgres");
+    for mode in ["", " sslmode=disable", " sslmode=prefer"] {
+        let url = format!("{}{mode}", pg.socket_url());
+        let db = open(DbConfig::new(url.clone())).await.expect(&url);
+        assert!(!encrypted(&db).await);
+    }
+    refused(
+        open(DbConfig::new(format!(
+            "{} sslmode=require",
+            pg.socket_url()
+        )))
+        .await,
+        "require over a socket",
+    );
+}

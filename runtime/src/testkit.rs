@@ -672,6 +672,7 @@ fn private_file(
 #[derive(Debug)]
 pub struct TlsPostgres {
     server: Server,
+    dir: PathBuf,
     ca_file: PathBuf,
     other_ca_file: PathBuf,
 }
@@ -683,7 +684,7 @@ impl TlsPostgres {
         let certs = test_certs()?;
         let other = test_certs()?;
         let ca = std::sync::Mutex::new(None);
-        let (server, _) = start_postgres_with(|dir, owner| {
+        let (server, dir) = start_postgres_with(|dir, owner| {
             let cert = private_file(dir, "server.crt", &certs.cert, owner)?;
             let key = private_file(dir, "server.key", &certs.key, owner)?;
             *ca.lock().unwrap_or_else(|p| p.into_inner()) = Some((
@@ -702,6 +703,7 @@ impl TlsPostgres {
             .ok_or_else(|| Error::Config("no test CA written".into()))?;
         Ok(TlsPostgres {
             server,
+            dir,
             ca_file,
             other_ca_file,
         })
@@ -719,6 +721,15 @@ impl TlsPostgres {
     /// The PEM file of the CA that issued the server's certificate.
     pub fn ca_file(&self) -> &Path {
         &self.ca_file
+    }
+
+    /// A key=value connection string through its Unix socket (no TLS there).
+    pub fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.server.port
+        )
     }
 
     /// The PEM file of another CA, which issued nothing this server presents.

@@ -88,7 +88,7 @@ pub(crate) fn take_settings(url: &str) -> (String, Vec<(String, String)>) {
     const OURS: [&str; 2] = ["sslmode", "sslrootcert"];
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let rest = url.split_once("://").map_or("", |(_, r)| r);
-        let host_start = url.len() - rest.len() + rest.rfind('@').map_or(0, |at| at + 1);
+        let host_start = url.len() - rest.len() + userinfo_end(rest);
         let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q) else {
             return (url.to_owned(), Vec::new());
         };
@@ -124,6 +124,17 @@ pub(crate) fn take_settings(url: &str) -> (String, Vec<(String, String)>) {
     (kept.join(" "), taken)
 }
 
+/// Where the host starts in what follows `postgres://`: after the `@` that ends the
+/// user information — the last one before the path, never one in the query (an
+/// `application_name` may hold `@`).
+pub(crate) fn userinfo_end(rest: &str) -> usize {
+    let at = match rest.find('/') {
+        Some(path) => rest[..path].rfind('@'),
+        None => rest.find('@'),
+    };
+    at.map_or(0, |at| at + 1)
+}
+
 fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -150,7 +161,36 @@ fn percent_decode(value: &str) -> String {
 
 /// The connector every connection (and cancel request) of a pool uses.
 #[cfg(feature = "tls")]
-pub(crate) type Connector = tokio_postgres_rustls::MakeRustlsConnect;
+#[derive(Clone)]
+pub(crate) struct Connector {
+    inner: tokio_postgres_rustls::MakeRustlsConnect,
+    /// `verify-full`: a connection with no host name to check is refused.
+    names: bool,
+}
+
+#[cfg(feature = "tls")]
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for Connector
+where
+    tokio_postgres_rustls::MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        S,
+    >>::TlsConnect;
+    type Error =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        // No host name (a Unix socket, `hostaddr` alone): the driver asks for a
+        // connector before it looks at sslmode, and a socket never negotiates TLS. Short
+        // of verify-full, a placeholder name serves; verify-full has no name to check.
+        if domain.is_empty() && !self.names {
+            return self.inner.make_tls_connect("localhost");
+        }
+        self.inner.make_tls_connect(domain)
+    }
+}
 #[cfg(not(feature = "tls"))]
 pub(crate) type Connector = tokio_postgres::NoTls;
 
@@ -198,7 +238,10 @@ pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Conne
             }
         }
     };
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    Ok(Connector {
+        inner: tokio_postgres_rustls::MakeRustlsConnect::new(config),
+        names: mode == SslMode::VerifyFull,
+    })
 }
 
 #[cfg(not(feature = "tls"))]

@@ -201,7 +201,7 @@ fn split_url_settings(url: &str) -> (String, Vec<(String, String)>) {
     };
     // The user information ends at the last `@` before the host; the query starts at
     // the first `?` after that.
-    let host_start = url.len() - rest.len() + rest.rfind('@').map_or(0, |at| at + 1);
+    let host_start = url.len() - rest.len() + crate::tls::userinfo_end(rest);
     let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q) else {
         return untouched();
     };
@@ -309,7 +309,12 @@ impl DbConfig {
         let (rest, tls) = crate::tls::take_settings(&rest);
         for (name, value) in tls {
             match name.as_str() {
-                "sslmode" => self.ssl_mode = value.parse().map_err(|e: Error| e.to_string())?,
+                "sslmode" => {
+                    self.ssl_mode = value.parse().map_err(|e: Error| match e {
+                        Error::Config(message) => message,
+                        other => other.to_string(),
+                    })?;
+                }
                 _ => self.ssl_root_cert = Some(value.into()),
             }
         }
@@ -594,6 +599,16 @@ impl Db {
             }
         })?;
         pg.application_name(&config.application_name);
+        // An sslmode PostgreSQL's parser found where Tabula's did not (spaced, quoted,
+        // escaped): refused, never silently replaced by the default.
+        if !matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer) {
+            return Err(Error::Config(
+                "`sslmode` is written in a form Tabula cannot read: write `sslmode=<mode>` \
+                 (no spaces, quotes or escapes) in the URL query or the key=value string, \
+                 or use DbConfig::ssl_mode"
+                    .into(),
+            ));
+        }
         pg.ssl_mode(config.ssl_mode.negotiation());
         let tls = crate::tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref())?;
         let manager = PgManager::new(
