@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tabula::storage::{
-    BucketOptions, ListOptions, Purpose, SortColumn, StorageService, UploadOptions,
-};
+use tabula::storage::{BucketOptions, ListOptions, SortColumn, StorageService, UploadOptions};
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -407,42 +405,41 @@ async fn signed_urls_are_refused_when_expired_or_tampered() {
     assert_eq!((status, body.as_slice()), (200, b"%PDF".as_slice()));
     let token = url.split("token=").nth(1).expect("token").to_owned();
     k.storage
-        .verify(Purpose::Download, "documents", "private/doc.pdf", &token)
+        .verify_download("documents", "private/doc.pdf", &token)
+        .await
         .expect("valid");
     // One changed byte in the path, the expiry or the signature.
     assert!(
         k.storage
-            .verify(Purpose::Download, "documents", "private/doc.pdX", &token)
+            .verify_download("documents", "private/doc.pdX", &token)
+            .await
             .is_err()
     );
     let (expiry, sig) = token.split_once('.').expect("parts");
     let later: i64 = expiry.parse::<i64>().expect("expiry") + 1;
     assert!(
         k.storage
-            .verify(
-                Purpose::Download,
-                "documents",
-                "private/doc.pdf",
-                &format!("{later}.{sig}")
-            )
+            .verify_download("documents", "private/doc.pdf", &format!("{later}.{sig}"))
+            .await
             .is_err()
     );
     let mut flipped = sig.to_owned();
     flipped.replace_range(0..1, if sig.starts_with('0') { "1" } else { "0" });
     assert!(
         k.storage
-            .verify(
-                Purpose::Download,
+            .verify_download(
                 "documents",
                 "private/doc.pdf",
                 &format!("{expiry}.{flipped}")
             )
+            .await
             .is_err()
     );
     let expired = format!("{}.{sig}", chrono::Utc::now().timestamp() - 10);
     assert!(
         k.storage
-            .verify(Purpose::Download, "documents", "private/doc.pdf", &expired)
+            .verify_download("documents", "private/doc.pdf", &expired)
+            .await
             .is_err()
     );
     // Over HTTP: a token for one path does not open another; no token is 403.
@@ -1183,9 +1180,10 @@ async fn a_signed_token_verifies_only_in_its_canonical_spelling() {
         )
         .await
         .expect("upload");
-    let verify = |token: &str| {
+    let verify = async |token: &str| {
         k.storage
-            .verify(Purpose::Download, "documents", "p/doc.txt", token)
+            .verify_download("documents", "p/doc.txt", token)
+            .await
     };
     // A token whose signature part has a `0` nibble to replace with `+`.
     let mut token = String::new();
@@ -1203,7 +1201,7 @@ async fn a_signed_token_verifies_only_in_its_canonical_spelling() {
             break;
         }
     }
-    verify(&token).expect("the token as minted");
+    verify(&token).await.expect("the token as minted");
     let (expiry, rest) = token.split_once('.').expect("expiry");
     let zero = expiry.len() + 1 + rest.find('0').expect("a 0 nibble");
     let mut plus = token.clone();
@@ -1223,7 +1221,7 @@ async fn a_signed_token_verifies_only_in_its_canonical_spelling() {
     ];
     for (what, mutated) in &mutations {
         assert_ne!(mutated, &token);
-        assert!(verify(mutated).is_err(), "{what} verified: {mutated}");
+        assert!(verify(mutated).await.is_err(), "{what} verified: {mutated}");
         let url = format!("{}/object/sign/documents/p/doc.txt?token={mutated}", k.base)
             .replace('+', "%2B")
             .replace(' ', "%20");
@@ -1240,7 +1238,7 @@ async fn a_signed_token_verifies_only_in_its_canonical_spelling() {
             bytes[i] = other;
             let mutated = String::from_utf8_lossy(&bytes).into_owned();
             assert!(
-                verify(&mutated).is_err(),
+                verify(&mutated).await.is_err(),
                 "byte {i} {:?} -> {:?} verified",
                 byte as char,
                 other as char

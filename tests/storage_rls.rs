@@ -243,3 +243,138 @@ async fn each_user_reaches_only_their_own_objects_and_public_ones() {
         "a user creates a bucket",
     );
 }
+
+fn body(
+    bytes: &'static [u8],
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(bytes))])
+}
+
+/// The token of an upload URL, as the HTTP router would redeem it (through the
+/// service it was mounted with).
+fn token(url: &str) -> String {
+    url.split("token=").nth(1).expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn signed_urls_carry_who_and_what_they_were_made_for() {
+    let kit = kit().await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let (as_alice, as_bob) = (kit.storage.as_user(alice), kit.storage.as_user(bob));
+    as_alice
+        .upload_file("private", "alice/notes.txt", b"alice's".to_vec(), options())
+        .await
+        .expect("alice uploads");
+
+    // Bob may mint an upload URL for a path, but it writes his object: over Alice's,
+    // it is refused, and her bytes stay.
+    let bobs = as_bob
+        .create_signed_upload_url("private", "alice/notes.txt", 60)
+        .await
+        .expect("a URL for bob");
+    let overwrite = UploadOptions {
+        upsert: true,
+        ..options()
+    };
+    let refused = kit
+        .storage
+        .upload_signed_stream(
+            "private",
+            "alice/notes.txt",
+            &token(&bobs),
+            body(b"bob was here"),
+            overwrite.clone(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::PermissionDenied { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        as_alice
+            .download_file("private", "alice/notes.txt")
+            .await
+            .expect("still hers")
+            .as_ref(),
+        b"alice's"
+    );
+    // An anonymous handle mints nothing.
+    let anon = kit.storage.through(&kit.db.as_anon());
+    assert!(matches!(
+        anon.create_signed_upload_url("private", "x.txt", 60).await,
+        Err(Error::PermissionDenied { .. })
+    ));
+
+    // Alice's own signed upload is hers.
+    let hers = as_alice
+        .create_signed_upload_url("private", "alice/signed.txt", 60)
+        .await
+        .expect("a URL for alice");
+    kit.storage
+        .upload_signed_stream(
+            "private",
+            "alice/signed.txt",
+            &token(&hers),
+            body(b"signed"),
+            overwrite,
+        )
+        .await
+        .expect("redeemed");
+    let object = as_alice
+        .object("private", "alice/signed.txt")
+        .await
+        .expect("hers to read");
+    assert_eq!(object.owner, Some(alice));
+
+    // A download URL serves the object it was made for, not the next one at its path.
+    let url = as_alice
+        .create_signed_url("private", "alice/notes.txt", 60)
+        .await
+        .expect("signed");
+    kit.storage
+        .verify_download("private", "alice/notes.txt", &token(&url))
+        .await
+        .expect("valid for the object");
+    as_alice
+        .delete_files("private", &["alice/notes.txt"])
+        .await
+        .expect("delete");
+    kit.storage
+        .upload_file(
+            "private",
+            "alice/notes.txt",
+            b"someone else's".to_vec(),
+            UploadOptions {
+                owner: Some(bob),
+                ..options()
+            },
+        )
+        .await
+        .expect("a new object at the path");
+    assert!(matches!(
+        kit.storage
+            .verify_download("private", "alice/notes.txt", &token(&url))
+            .await,
+        Err(Error::PermissionDenied { .. })
+    ));
+}
+
+#[tokio::test]
+async fn storage_writes_refuse_a_transaction_handle() {
+    let kit = kit().await;
+    let storage = kit.storage.clone();
+    let refused = kit
+        .db
+        .transaction(|tx| {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .through(&tx)
+                    .upload_file("private", "in-tx.txt", b"x".to_vec(), options())
+                    .await
+            }
+        })
+        .await;
+    assert!(matches!(refused, Err(Error::Misuse(_))), "{refused:?}");
+    assert!(kit.storage.object("private", "in-tx.txt").await.is_err());
+}

@@ -12,8 +12,10 @@ GRANT USAGE ON SCHEMA storage TO anon, authenticated, service_role;
 GRANT SELECT ON storage.buckets TO anon, authenticated, service_role;
 GRANT SELECT ON storage.objects TO anon;
 GRANT SELECT, INSERT, UPDATE, DELETE ON storage.objects TO authenticated, service_role;
--- A signed upload records its single-use token in the uploader's own transaction.
-GRANT SELECT, INSERT, DELETE ON storage.upload_tokens TO anon, authenticated, service_role;
+-- The single-use record of upload tokens is the service's alone (tokens are redeemed
+-- by the service the HTTP router runs, never through a user's handle).
+REVOKE ALL ON storage.upload_tokens FROM anon, authenticated;
+GRANT SELECT, INSERT, DELETE ON storage.upload_tokens TO service_role;
 
 ALTER TABLE storage.buckets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE storage.objects ENABLE ROW LEVEL SECURITY;

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::{Purpose, StorageService, validate_bucket, validate_path};
+use super::{StorageService, validate_bucket, validate_path};
 use crate::error::Error;
 
 /// The router; mount it where the service's `base_url` points.
@@ -118,7 +118,7 @@ async fn signed(
             message: "signed URL without a token".into(),
         });
     };
-    if let Err(e) = storage.verify(Purpose::Download, &bucket, &path, &token) {
+    if let Err(e) = storage.verify_download(&bucket, &path, &token).await {
         return failure(e);
     }
     serve(&storage, &bucket, &path, &headers).await

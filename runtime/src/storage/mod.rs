@@ -326,6 +326,20 @@ impl StorageService {
         self.through(&self.db.as_user(user))
     }
 
+    /// Storage writes run their own transactions, which move bytes when they commit: a
+    /// service over a transaction handle would move them at a savepoint that the outer
+    /// transaction may still roll back.
+    fn own_transactions(&self) -> Result<()> {
+        match self.db.in_transaction() {
+            true => Err(Error::Misuse(
+                "storage writes run their own transactions: use a handle outside a \
+                 transaction (StorageService::through a transaction handle cannot write)"
+                    .into(),
+            )),
+            false => Ok(()),
+        }
+    }
+
     /// The owner of what this service writes: the one asked for, or the scoped
     /// handle's user.
     fn owner(&self, asked: Option<Uuid>) -> Option<Uuid> {

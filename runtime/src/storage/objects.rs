@@ -16,6 +16,7 @@ impl StorageService {
         recorded(
             "delete",
             Box::pin(async {
+                self.own_transactions()?;
                 let mut deleted = 0;
                 for path in paths {
                     let Ok(object) = self.object(bucket, path).await else {
@@ -70,6 +71,7 @@ impl StorageService {
         recorded(
             "relocate",
             Box::pin(async {
+                self.own_transactions()?;
                 validate_path(to)?;
                 let object = self.object(bucket, from).await?;
                 let (src, dst) = (keys::store_path(bucket, from), keys::store_path(bucket, to));

@@ -1,9 +1,14 @@
 //! Signed URLs: tokens that grant one purpose on exactly one object key until they
 //! expire.
 //!
-//! A token is `<expires>.<nonce>.<tag>`: the expiry in Unix seconds (decimal digits, no
-//! sign, no leading zero), 16 random bytes and an HMAC-SHA256 over purpose, bucket,
-//! path, expiry and nonce, both in lowercase hex of exact length. Only that canonical
+//! A token is `<expires>.<nonce>.<tag>` — or, for an upload a user minted,
+//! `<expires>.<nonce>.<owner>.<tag>`: the expiry in Unix seconds (decimal digits, no
+//! sign, no leading zero), 16 random bytes, the owning user's id (16 bytes) and an
+//! HMAC-SHA256 over purpose, bucket, path, expiry, nonce and a *binding* — the owner
+//! for an upload, the object's id for a download — all in lowercase hex of exact
+//! length. A download token therefore serves the object it was made for and no later
+//! one at the same path; an upload a user minted writes an object owned by that user,
+//! and never over another user's. Only that canonical
 //! form verifies — a parsed token is rendered again and must equal the input byte for
 //! byte — so one grant has one spelling: no uppercase hex, `+` signs or leading zeros
 //! carry the same authority under another name (which would defeat anything keyed by
@@ -27,15 +32,21 @@ pub(crate) struct Grant {
     pub(crate) expires: i64,
     /// The token's random id, which makes two tokens for one key distinct.
     pub(crate) nonce: Uuid,
+    /// The user an upload is for (a token a user-scoped service minted).
+    pub(crate) owner: Option<Uuid>,
 }
 
+/// A token's parts: expiry, nonce, owner, tag.
+type Parts = (i64, [u8; 16], Option<[u8; 16]>, [u8; 32]);
+
 /// The parts of a token in canonical form; `None` for anything else.
-fn parse(token: &str) -> Option<(i64, [u8; 16], [u8; 32])> {
-    let mut parts = token.split('.');
-    let (expires, nonce, tag) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
+fn parse(token: &str) -> Option<Parts> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let (expires, nonce, owner, tag) = match parts.as_slice() {
+        [expires, nonce, tag] => (*expires, *nonce, None, *tag),
+        [expires, nonce, owner, tag] => (*expires, *nonce, Some(*owner), *tag),
+        _ => return None,
+    };
     // Digits only (`i64::from_str` would also take a sign), no leading zero.
     if expires.is_empty()
         || expires.starts_with('0')
@@ -44,9 +55,13 @@ fn parse(token: &str) -> Option<(i64, [u8; 16], [u8; 32])> {
         return None;
     }
     let expires: i64 = expires.parse().ok()?;
-    let parsed = (expires, decode_hex(nonce)?, decode_hex(tag)?);
+    let owner = match owner {
+        Some(owner) => Some(decode_hex(owner)?),
+        None => None,
+    };
+    let parsed = (expires, decode_hex(nonce)?, owner, decode_hex(tag)?);
     // Belt and braces: the canonical rendering of what was parsed is the input.
-    (render(parsed.0, &parsed.1, &parsed.2) == token).then_some(parsed)
+    (render(parsed.0, &parsed.1, parsed.2.as_ref(), &parsed.3) == token).then_some(parsed)
 }
 
 /// Exactly `2 * N` lowercase hex digits (`u8::from_str_radix` would take `+` and
@@ -74,8 +89,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn render(expires: i64, nonce: &[u8; 16], tag: &[u8; 32]) -> String {
-    format!("{expires}.{}.{}", hex(nonce), hex(tag))
+fn render(expires: i64, nonce: &[u8; 16], owner: Option<&[u8; 16]>, tag: &[u8; 32]) -> String {
+    match owner {
+        Some(owner) => format!("{expires}.{}.{}.{}", hex(nonce), hex(owner), hex(tag)),
+        None => format!("{expires}.{}.{}", hex(nonce), hex(tag)),
+    }
 }
 
 impl StorageService {
@@ -91,14 +109,17 @@ impl StorageService {
         super::recorded(
             "create_signed_url",
             Box::pin(async {
-                self.object(bucket, path).await?;
+                // Read access now (the handle's policies), and the object itself: the
+                // token serves this object, not whatever is at the path later.
+                let object = self.object(bucket, path).await?;
                 if expires_in == 0 || expires_in > 7 * 24 * 3600 {
                     return Err(Error::Validation(
                         "expires_in must be 1 second to 7 days".into(),
                     ));
                 }
                 let expires = Utc::now().timestamp() + expires_in as i64;
-                let token = self.sign(Purpose::Download, bucket, path, expires);
+                let binding = object.id.to_string();
+                let token = self.sign(Purpose::Download, bucket, path, expires, &binding, None);
                 Ok(format!(
                     "{}/object/sign/{bucket}/{}?token={token}",
                     self.base_url,
@@ -128,8 +149,20 @@ impl StorageService {
                 "expires_in must be 1 second to 1 day".into(),
             ));
         }
+        // A user-scoped service mints for its user only: the upload will be theirs,
+        // and will not replace another user's object. An anonymous one mints nothing.
+        let owner = match (self.db.is_scoped(), self.db.scope_subject()) {
+            (false, _) => None,
+            (true, Some(user)) => Some(user),
+            (true, None) => {
+                return Err(Error::PermissionDenied {
+                    message: "an upload URL needs a user to own the upload".into(),
+                });
+            }
+        };
         let expires = Utc::now().timestamp() + expires_in as i64;
-        let token = self.sign(Purpose::Upload, bucket, path, expires);
+        let binding = owner.map_or_else(|| "-".to_owned(), |o| o.to_string());
+        let token = self.sign(Purpose::Upload, bucket, path, expires, &binding, owner);
         Ok(format!(
             "{}/object/upload/sign/{bucket}/{}?token={token}",
             self.base_url,
@@ -144,6 +177,7 @@ impl StorageService {
         path: &str,
         expires: i64,
         nonce: &[u8; 16],
+        binding: &str,
     ) -> Result<Hmac<Sha256>> {
         // HMAC takes keys of any length; `new` checked the key is at least 32 bytes.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.signing_key)
@@ -152,7 +186,7 @@ impl StorageService {
         // nonce have fixed alphabets: fields cannot run together.
         mac.update(
             format!(
-                "{}\n{bucket}\n{path}\n{expires}\n{}",
+                "{}\n{bucket}\n{path}\n{expires}\n{}\n{binding}",
                 purpose.as_str(),
                 hex(nonce)
             )
@@ -161,24 +195,76 @@ impl StorageService {
         Ok(mac)
     }
 
-    fn sign(&self, purpose: Purpose, bucket: &str, path: &str, expires: i64) -> String {
+    fn sign(
+        &self,
+        purpose: Purpose,
+        bucket: &str,
+        path: &str,
+        expires: i64,
+        binding: &str,
+        owner: Option<Uuid>,
+    ) -> String {
         let nonce = *Uuid::new_v4().as_bytes();
-        match self.mac(purpose, bucket, path, expires, &nonce) {
-            Ok(mac) => render(expires, &nonce, &mac.finalize().into_bytes().into()),
+        let owner = owner.map(|o| *o.as_bytes());
+        match self.mac(purpose, bucket, path, expires, &nonce, binding) {
+            Ok(mac) => render(
+                expires,
+                &nonce,
+                owner.as_ref(),
+                &mac.finalize().into_bytes().into(),
+            ),
             // Unreachable with HMAC; a token that can never verify is the safe answer.
             Err(_) => String::new(),
         }
     }
 
-    /// Checks a token for `purpose` on exactly `bucket`/`path`: expired, malformed
-    /// (anything but the canonical form, see the [module docs](super#caching-and-signing)) or tampered tokens
-    /// are [`Error::PermissionDenied`]. It does not consume an upload token; uploading
-    /// through [`upload_signed_stream`](Self::upload_signed_stream) does.
+    /// Checks an *upload* token for exactly `bucket`/`path`: expired, malformed
+    /// (anything but the canonical form, see the [module docs](super#caching-and-signing)),
+    /// tampered tokens, and download tokens are [`Error::PermissionDenied`]. It does not
+    /// consume the token; uploading through
+    /// [`upload_signed_stream`](Self::upload_signed_stream) does. A download token is
+    /// bound to its object: check it with [`verify_download`](Self::verify_download).
     pub fn verify(&self, purpose: Purpose, bucket: &str, path: &str, token: &str) -> Result<()> {
-        self.grant(purpose, bucket, path, token).map(|_| ())
+        match purpose {
+            Purpose::Upload => self.grant(purpose, bucket, path, token).map(|_| ()),
+            Purpose::Download => Err(Error::PermissionDenied {
+                message: "a download token is checked against its object: use verify_download"
+                    .into(),
+            }),
+        }
     }
 
-    /// [`verify`](Self::verify), returning what the token grants.
+    /// Checks a download token for `bucket`/`path` against the object there now, and
+    /// returns it: a token made for an object that was since deleted or replaced (even
+    /// by one at the same path) is [`Error::PermissionDenied`], as are expired,
+    /// malformed and tampered ones. The object is read through this service's handle.
+    pub async fn verify_download(
+        &self,
+        bucket: &str,
+        path: &str,
+        token: &str,
+    ) -> Result<super::FileObject> {
+        let object = match self.object(bucket, path).await {
+            Ok(object) => object,
+            // Nothing there is a token that grants nothing, not a lookup.
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::PermissionDenied {
+                    message: "signed URL has a bad signature".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        self.check(
+            Purpose::Download,
+            bucket,
+            path,
+            token,
+            &object.id.to_string(),
+        )?;
+        Ok(object)
+    }
+
+    /// What an upload token grants (see [`verify`](Self::verify)).
     pub(crate) fn grant(
         &self,
         purpose: Purpose,
@@ -186,11 +272,26 @@ impl StorageService {
         path: &str,
         token: &str,
     ) -> Result<Grant> {
+        let owner = parse(token)
+            .and_then(|(_, _, owner, _)| owner)
+            .map(Uuid::from_bytes);
+        let binding = owner.map_or_else(|| "-".to_owned(), |o| o.to_string());
+        self.check(purpose, bucket, path, token, &binding)
+    }
+
+    fn check(
+        &self,
+        purpose: Purpose,
+        bucket: &str,
+        path: &str,
+        token: &str,
+        binding: &str,
+    ) -> Result<Grant> {
         let denied = |why: &str| Error::PermissionDenied {
             message: format!("signed URL {why}"),
         };
-        let (expires, nonce, tag) = parse(token).ok_or_else(|| denied("is malformed"))?;
-        self.mac(purpose, bucket, path, expires, &nonce)?
+        let (expires, nonce, owner, tag) = parse(token).ok_or_else(|| denied("is malformed"))?;
+        self.mac(purpose, bucket, path, expires, &nonce, binding)?
             .verify_slice(&tag)
             .map_err(|_| denied("has a bad signature"))?;
         if Utc::now().timestamp() > expires {
@@ -199,6 +300,7 @@ impl StorageService {
         Ok(Grant {
             expires,
             nonce: Uuid::from_bytes(nonce),
+            owner: owner.map(Uuid::from_bytes),
         })
     }
 }

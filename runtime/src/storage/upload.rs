@@ -158,6 +158,7 @@ impl StorageService {
         options: UploadOptions,
         grant: Option<Grant>,
     ) -> Result<String> {
+        self.own_transactions()?;
         validate_path(path)?;
         let bucket_row = self.bucket(bucket).await?;
         if let Some(allowed) = &bucket_row.allowed_mime_types
@@ -230,7 +231,10 @@ impl StorageService {
             content_type: options.content_type.clone(),
             cache_control,
             etag,
-            owner: self.owner(options.owner),
+            // A token a user minted writes that user's object, whatever else is asked.
+            owner: grant
+                .and_then(|g| g.owner)
+                .or_else(|| self.owner(options.owner)),
             metadata: options.metadata.clone(),
         };
         let upsert = options.upsert;
@@ -258,6 +262,15 @@ impl StorageService {
                     let stored = match &previous {
                         Some(_) if !upsert => {
                             return Err(Error::AlreadyExists(format!("object `{key}`")));
+                        }
+                        // A user's token never replaces another user's object.
+                        Some(prev)
+                            if grant
+                                .is_some_and(|g| g.owner.is_some() && g.owner != prev.owner) =>
+                        {
+                            return Err(Error::PermissionDenied {
+                                message: format!("object `{key}` belongs to another user"),
+                            });
                         }
                         Some(_) => {
                             tx.upsert(row.clone(), (FileObject::BUCKET_ID, FileObject::NAME))
