@@ -34,8 +34,8 @@ impl super::Db {
     ///
     /// It runs like every other call of this handle: under the statement deadline, in
     /// its transaction, under its user scope (Row Level Security applies). What it
-    /// writes is not known to the cache: call [`Db::invalidate`] or
-    /// [`Db::invalidate_table`] after a write.
+    /// writes is not known to the cache: call [`Db::invalidate`](crate::Db::invalidate) or
+    /// [`Db::invalidate_table`](crate::Db::invalidate_table) after a write.
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
@@ -67,7 +67,7 @@ impl super::Db {
 
     /// Runs hand-written SQL and returns the driver's rows, for results no model
     /// describes (aggregates, joins into tuples): `row.try_get::<_, i64>(0)`. Like
-    /// [`Db::sql`], it runs under the handle's deadline, transaction and scope.
+    /// [`Db::sql`](crate::Db::sql), it runs under the handle's deadline, transaction and scope.
     ///
     /// ```no_run
     /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
