@@ -19,6 +19,7 @@ pub(crate) const JSON: &str = "json";
 pub(crate) const SOFT_DELETE: &str = "soft_delete";
 pub(crate) const UNIQUE: &str = "unique";
 pub(crate) const VERSION: &str = "version";
+pub(crate) const BELONGS_TO: &str = "belongs_to";
 pub(crate) const FIELD_KEYS: &[&str] = &[
     PRIMARY_KEY,
     GENERATED,
@@ -28,4 +29,5 @@ pub(crate) const FIELD_KEYS: &[&str] = &[
     SOFT_DELETE,
     UNIQUE,
     VERSION,
+    BELONGS_TO,
 ];

@@ -59,6 +59,8 @@ pub(crate) struct FieldAttrs {
     pub(crate) soft_delete: Slot<()>,
     pub(crate) unique: Slot<()>,
     pub(crate) version: Slot<()>,
+    /// `belongs_to = Parent`: this field is a foreign key to `Parent`'s key.
+    pub(crate) belongs_to: Slot<syn::Path>,
 }
 
 impl ContainerAttrs {
@@ -102,6 +104,7 @@ impl FieldAttrs {
             soft_delete: Slot::new(SOFT_DELETE),
             unique: Slot::new(UNIQUE),
             version: Slot::new(VERSION),
+            belongs_to: Slot::new(BELONGS_TO),
         };
         for_each_table_meta(cx, attrs, |cx, meta| {
             let span = meta
@@ -132,6 +135,15 @@ impl FieldAttrs {
                 flag(&mut out.unique, cx)
             } else if meta.path.is_ident(VERSION) {
                 flag(&mut out.version, cx)
+            } else if meta.path.is_ident(BELONGS_TO) {
+                if !meta.input.peek(syn::Token![=]) {
+                    return Err(meta.error(
+                        "`belongs_to` names the parent model: write `#[table(belongs_to = Parent)]`",
+                    ));
+                }
+                let parent: syn::Path = meta.value()?.parse()?;
+                out.belongs_to.set(cx, span, parent);
+                Ok(())
             } else if meta.path.is_ident(RENAME) {
                 let lit = string_value(&meta, RENAME)?;
                 out.rename.set(cx, span, lit);

@@ -194,6 +194,7 @@ fn check_field_flags(cx: &mut Ctxt, cont: &Container<'_>) {
             ("soft_delete", field.attrs.soft_delete.is_set()),
             ("unique", field.attrs.unique.is_set()),
             ("version", field.attrs.version.is_set()),
+            ("belongs_to", field.attrs.belongs_to.is_set()),
         ];
         for (word, set) in conflicts {
             if set {

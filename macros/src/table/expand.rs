@@ -277,7 +277,28 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         None => (quote!(#p::Option::None), true, TokenStream::new()),
     };
 
+    // `belongs_to = Parent`: the relation lives on the child, found through the types.
+    let relations = cont.columns().enumerate().filter_map(|(index, f)| {
+        let (_, parent) = f.attrs.belongs_to.get()?;
+        let (field, ty) = (f.ident, f.ty);
+        let key = quote_spanned! {ty.span()=> &<#parent as #p::Table>::Key};
+        let body = quote_spanned! {ty.span()=> &self.#field};
+        // Spanned at the parent's name: a type that is no model is an error there.
+        let header = quote_spanned! {parent.span()=> impl #p::BelongsTo<#parent> for #ident};
+        Some(quote! {
+            #[automatically_derived]
+            #header {
+                const FOREIGN_KEY: usize = #index;
+                fn parent_key(&self) -> #key {
+                    #body
+                }
+            }
+        })
+    });
+
     quote! {
+        #(#relations)*
+
         #[automatically_derived]
         impl #p::Table for #ident {
             type Key = #pk_ty;

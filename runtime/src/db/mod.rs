@@ -47,6 +47,9 @@ mod cached;
 mod conn;
 mod crud;
 mod raw;
+mod relations;
+
+pub use relations::Children;
 mod scope;
 mod tx;
 mod write;

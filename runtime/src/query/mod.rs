@@ -283,6 +283,30 @@ struct Lock {
     wait: u8,
 }
 
+/// `column = ANY($1)` over `values`, on the column at `index`.
+pub(crate) fn in_list(index: usize, values: Vec<crate::sql::OwnedParam>) -> Node {
+    Node::In(index, crate::sql::ParamList::from_params(values), true)
+}
+
+impl<M: Table, D: Decode<M>> Query<M, D> {
+    /// Adds a filter made inside the crate.
+    pub(crate) fn filter_node(mut self, node: Node) -> Self {
+        self.filters.push(node);
+        self
+    }
+
+    /// Orders by the primary key, ascending.
+    pub(crate) fn order_by_key(mut self) -> Self {
+        self.order.push(OrderBy {
+            column: M::META.primary_key,
+            descending: false,
+            nulls: None,
+            _model: PhantomData,
+        });
+        self
+    }
+}
+
 impl Db {
     /// The rows whose primary key is one of `keys` (one query, uncached).
     pub(crate) async fn read_keys<M: Table>(&self, keys: Vec<M::Key>) -> Result<Vec<M>> {

@@ -1,5 +1,5 @@
 ::core::compile_error! {
-    "unknown field attribute `uniqe`; expected one of `primary_key`, `generated`, `rename`, `skip`, `json`, `soft_delete`, `unique`, `version`\n\nhelp: did you mean `unique`?"
+    "unknown field attribute `uniqe`; expected one of `primary_key`, `generated`, `rename`, `skip`, `json`, `soft_delete`, `unique`, `version`, `belongs_to`\n\nhelp: did you mean `unique`?"
 }
 ///A row to insert into `notes`: every column of [`Note`] but the generated ones.
 #[derive(Debug, Clone)]

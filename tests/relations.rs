@@ -1,0 +1,170 @@
+//! Relations declared on the child (`#[table(belongs_to = Parent)]`): children of a
+//! slice of parents in one query per level, three levels deep, checked against a
+//! plain-Rust oracle over the same rows; parents lined up with their children.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use tabula::{Db, Table};
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "r_users")]
+struct User {
+    #[table(primary_key, generated)]
+    id: i64,
+    name: String,
+}
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "r_posts")]
+struct Post {
+    #[table(primary_key, generated)]
+    id: i64,
+    #[table(belongs_to = User)]
+    user_id: i64,
+    title: String,
+}
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "r_comments", cache(ttl = 60))]
+struct Comment {
+    #[table(primary_key, generated)]
+    id: i64,
+    #[table(belongs_to = Post)]
+    post_id: i64,
+    body: String,
+}
+
+async fn data() -> (Db, Vec<User>, Vec<Post>, Vec<Comment>) {
+    let db = common::db().await;
+    db.execute_batch(
+        "CREATE TABLE r_users (id bigserial PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE r_posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL REFERENCES r_users, title text NOT NULL);
+         CREATE TABLE r_comments (id bigserial PRIMARY KEY, post_id bigint NOT NULL REFERENCES r_posts, body text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+    let users = db
+        .create_many(
+            (0..6)
+                .map(|i| NewUser {
+                    name: format!("u{i}"),
+                })
+                .collect(),
+        )
+        .await
+        .expect("users");
+    // Uneven: user i has i posts; post j has (j % 4) comments.
+    let mut new_posts = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        for k in 0..i {
+            new_posts.push(NewPost {
+                user_id: user.id,
+                title: format!("{}-{k}", user.name),
+            });
+        }
+    }
+    let posts = db.create_many(new_posts).await.expect("posts");
+    let mut new_comments = Vec::new();
+    for (j, post) in posts.iter().enumerate() {
+        for k in 0..(j % 4) {
+            new_comments.push(NewComment {
+                post_id: post.id,
+                body: format!("{}#{k}", post.title),
+            });
+        }
+    }
+    let comments = db.create_many(new_comments).await.expect("comments");
+    (db, users, posts, comments)
+}
+
+#[tokio::test]
+async fn three_levels_load_as_the_oracle_groups_them() {
+    let (db, users, posts, comments) = data().await;
+    // The oracle: group every row by its foreign key, in key order.
+    let mut posts_of: BTreeMap<i64, Vec<Post>> = BTreeMap::new();
+    for post in &posts {
+        posts_of.entry(post.user_id).or_default().push(post.clone());
+    }
+    let mut comments_of: BTreeMap<i64, Vec<Comment>> = BTreeMap::new();
+    for comment in &comments {
+        comments_of
+            .entry(comment.post_id)
+            .or_default()
+            .push(comment.clone());
+    }
+
+    // A subset of parents, with a duplicate: only theirs come back.
+    let some: Vec<User> = vec![
+        users[5].clone(),
+        users[0].clone(),
+        users[3].clone(),
+        users[5].clone(),
+    ];
+    let loaded = db.children::<User, Post>(&some).await.expect("posts");
+    for user in &some {
+        assert_eq!(
+            loaded.of(user),
+            posts_of.get(&user.id).map_or(&[][..], Vec::as_slice),
+            "posts of {}",
+            user.name
+        );
+    }
+    assert_eq!(loaded.len(), 5 + 3);
+    assert!(loaded.of(&users[1]).is_empty(), "a parent not asked for");
+
+    // The next level, from the children loaded.
+    let all_posts: Vec<Post> = db
+        .children::<User, Post>(&users)
+        .await
+        .expect("all posts")
+        .all()
+        .cloned()
+        .collect();
+    assert_eq!(all_posts.len(), posts.len());
+    let loaded = db
+        .children::<Post, Comment>(&all_posts)
+        .await
+        .expect("comments");
+    for post in &all_posts {
+        assert_eq!(
+            loaded.of(post),
+            comments_of.get(&post.id).map_or(&[][..], Vec::as_slice)
+        );
+    }
+    let attached = loaded.attach(all_posts.clone());
+    assert_eq!(attached.len(), all_posts.len());
+    assert!(
+        attached
+            .iter()
+            .all(|(post, comments)| comments.iter().all(|c| c.post_id == post.id))
+    );
+
+    // Nothing to load from: no query, nothing loaded.
+    assert!(
+        db.children::<User, Post>(&[])
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn parents_line_up_with_their_children() {
+    let (db, users, posts, comments) = data().await;
+    let authors = db.parents::<Post, User>(&posts).await.expect("authors");
+    assert_eq!(authors.len(), posts.len());
+    for (post, author) in posts.iter().zip(&authors) {
+        let author = author.as_ref().expect("every post has its user");
+        assert_eq!(author.id, post.user_id);
+        assert!(users.contains(author));
+    }
+    let of_comments = db.parents::<Comment, Post>(&comments).await.expect("posts");
+    assert!(
+        of_comments
+            .iter()
+            .zip(&comments)
+            .all(|(p, c)| p.as_ref().is_some_and(|p| p.id == c.post_id))
+    );
+}
