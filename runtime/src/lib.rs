@@ -63,9 +63,11 @@ mod tls;
 mod types;
 
 pub use cache::{CacheConfig, CacheService};
-pub use db::{AfterConnect, Children, Db, DbConfig, Isolation};
+pub use db::{AfterConnect, Db, DbConfig, Isolation};
 pub use error::{Error, Result};
-pub use query::{Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total};
+pub use query::{
+    Children, Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total,
+};
 pub use table::{BelongsTo, Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};
 pub use tls::SslMode;
 pub use types::{ColumnType, VersionColumn};

@@ -124,8 +124,9 @@
 //! So, exactly: **a near hit may return a value older than a write that returned `Ok`
 //! in another process until that write's invalidation push has been read by this
 //! process** — the time for Redis to send it and for this process's runtime to run the
-//! connection that receives it. On an idle loopback that is under 0.1 ms after the write
-//! returned (p50 under 1 µs, p99 43 µs, worst of 10,000 5 ms — `benches/near.rs`); on a
+//! connection that receives it. On an idle loopback the push usually arrives before the
+//! write returns (p50 0.5 µs after it, p99 under 1 µs, worst of 10,000 6.5 µs —
+//! `benches/near.rs`; an earlier run: p99 43 µs, worst 5 ms); on a
 //! loaded 2-core machine an outside test measured reads started right after another
 //! process's write returned seeing the old row in 3% of cases, for up to 9 ms. Beyond
 //! that, the Redis tier's bound above holds (a lost invalidation arrives as a new

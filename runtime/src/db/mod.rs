@@ -47,9 +47,6 @@ mod cached;
 mod conn;
 mod crud;
 mod raw;
-mod relations;
-
-pub use relations::Children;
 mod scope;
 mod tx;
 mod write;

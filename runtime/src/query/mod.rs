@@ -38,8 +38,11 @@ pub mod page;
 pub mod spec;
 
 use filter::Node;
+
+mod relations;
 pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 pub use page::{Cursor, Page};
+pub use relations::Children;
 pub use spec::{QuerySpec, SpecLimits, SpecPage};
 
 /// One ordering key, from [`Column::asc`] or [`Column::desc`].

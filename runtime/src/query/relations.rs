@@ -37,7 +37,7 @@ impl<P: Table, C> Children<P, C> {
     /// loaded).
     pub fn of(&self, parent: &P) -> &[C] {
         self.by_parent
-            .get(&super::key_text::<P>(parent.key()))
+            .get(&crate::db::key_text::<P>(parent.key()))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -63,7 +63,7 @@ impl<P: Table, C> Children<P, C> {
             .map(|parent| {
                 let children = self
                     .by_parent
-                    .remove(&super::key_text::<P>(parent.key()))
+                    .remove(&crate::db::key_text::<P>(parent.key()))
                     .unwrap_or_default();
                 (parent, children)
             })
@@ -71,7 +71,7 @@ impl<P: Table, C> Children<P, C> {
     }
 }
 
-impl super::Db {
+impl crate::Db {
     /// The children of `parents` — every `C` whose foreign key (declared with
     /// `#[table(belongs_to = P)]`) names one of them — in one query (`= ANY($1)` on the
     /// parents' keys), ordered by the child's primary key. Levels compose: load the
@@ -97,7 +97,7 @@ impl super::Db {
         let mut keys: Vec<P::Key> = Vec::with_capacity(parents.len());
         for parent in parents {
             if let std::collections::hash_map::Entry::Vacant(slot) =
-                by_parent.entry(super::key_text::<P>(parent.key()))
+                by_parent.entry(crate::db::key_text::<P>(parent.key()))
             {
                 slot.insert(Vec::new());
                 keys.push(parent.key().clone());
@@ -110,12 +110,12 @@ impl super::Db {
                 .collect();
             let rows = self
                 .query::<C>()
-                .filter_node(crate::query::in_list(C::FOREIGN_KEY, values))
+                .filter_node(super::in_list(C::FOREIGN_KEY, values))
                 .order_by_key()
                 .all()
                 .await?;
             for child in rows {
-                let text = super::key_text::<P>(child.parent_key());
+                let text = crate::db::key_text::<P>(child.parent_key());
                 by_parent.entry(text).or_default().push(child);
             }
         }
