@@ -39,7 +39,9 @@ pub mod spec;
 
 use filter::Node;
 
+mod aggregate;
 mod relations;
+pub use aggregate::Summable;
 pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 pub use page::{Cursor, Page};
 pub use relations::Children;

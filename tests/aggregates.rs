@@ -1,0 +1,117 @@
+//! Aggregates, typed as PostgreSQL returns them, checked against the same sums in
+//! plain Rust over the same rows.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use tabula::Table;
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "a_posts")]
+struct Post {
+    #[table(primary_key, generated)]
+    id: i64,
+    user_id: i64,
+    likes: i32,
+    views: i64,
+    score: Option<f64>,
+}
+
+#[tokio::test]
+async fn sums_counts_and_extremes_match_the_oracle() {
+    let db = common::db().await;
+    db.execute_batch(
+        "CREATE TABLE a_posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL, likes int NOT NULL, views bigint NOT NULL, score float8)",
+    )
+    .await
+    .expect("table");
+    let rows: Vec<NewPost> = (0..40)
+        .map(|i: i64| NewPost {
+            user_id: i % 5,
+            likes: (i * 7 % 13) as i32,
+            views: i * 1_000_000_007,
+            score: (i % 3 != 0).then_some(i as f64 / 4.0),
+        })
+        .collect();
+    let posts = db.create_many(rows).await.expect("rows");
+
+    let likes: i64 = posts.iter().map(|p| i64::from(p.likes)).sum();
+    assert_eq!(
+        db.query::<Post>().sum(Post::LIKES).await.expect("sum"),
+        Some(likes)
+    );
+    let views: i64 = posts.iter().map(|p| p.views).sum();
+    assert_eq!(
+        db.query::<Post>().sum(Post::VIEWS).await.expect("sum"),
+        Some(views)
+    );
+    let scores: Vec<f64> = posts.iter().filter_map(|p| p.score).collect();
+    let score_sum = db
+        .query::<Post>()
+        .sum(Post::SCORE)
+        .await
+        .expect("sum")
+        .expect("some");
+    assert!((score_sum - scores.iter().sum::<f64>()).abs() < 1e-9);
+    let avg = db
+        .query::<Post>()
+        .avg(Post::LIKES)
+        .await
+        .expect("avg")
+        .expect("some");
+    assert!((avg - likes as f64 / posts.len() as f64).abs() < 1e-9);
+    assert_eq!(
+        db.query::<Post>().max(Post::LIKES).await.expect("max"),
+        posts.iter().map(|p| p.likes).max()
+    );
+    assert_eq!(
+        db.query::<Post>()
+            .filter(Post::USER_ID.eq(2))
+            .min(Post::VIEWS)
+            .await
+            .expect("min"),
+        posts
+            .iter()
+            .filter(|p| p.user_id == 2)
+            .map(|p| p.views)
+            .min()
+    );
+    // Nothing matches: NULL, not zero.
+    assert_eq!(
+        db.query::<Post>()
+            .filter(Post::USER_ID.eq(99))
+            .sum(Post::LIKES)
+            .await
+            .expect("none"),
+        None
+    );
+
+    // Per group, in the group's order.
+    let mut count_of: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut likes_of: BTreeMap<i64, i64> = BTreeMap::new();
+    for post in posts.iter().filter(|p| p.likes > 3) {
+        *count_of.entry(post.user_id).or_default() += 1;
+        *likes_of.entry(post.user_id).or_default() += i64::from(post.likes);
+    }
+    let counted = db
+        .query::<Post>()
+        .filter(Post::LIKES.gt(3))
+        .count_by(Post::USER_ID)
+        .await
+        .expect("count_by");
+    assert_eq!(counted, count_of.into_iter().collect::<Vec<_>>());
+    let summed = db
+        .query::<Post>()
+        .filter(Post::LIKES.gt(3))
+        .sum_by(Post::USER_ID, Post::LIKES)
+        .await
+        .expect("sum_by");
+    assert_eq!(
+        summed,
+        likes_of
+            .into_iter()
+            .map(|(u, l)| (u, Some(l)))
+            .collect::<Vec<_>>()
+    );
+}
