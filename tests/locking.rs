@@ -159,3 +159,30 @@ async fn nowait_fails_at_once_on_a_locked_row_and_skip_locked_passes_it() {
         .expect("sql");
     assert!(sql.ends_with("FOR SHARE NOWAIT"), "{sql}");
 }
+
+/// PostgreSQL locks no rows behind an aggregate: a lock asked of one is refused, not
+/// dropped quietly.
+#[tokio::test]
+async fn a_lock_on_an_aggregate_is_refused() {
+    let db = queue(3).await;
+    for refused in [
+        db.query::<Job>().for_update().count().await.map(|_| ()),
+        db.query::<Job>()
+            .for_update()
+            .nowait()
+            .exists()
+            .await
+            .map(|_| ()),
+        db.query::<Job>().for_share().max(Job::ID).await.map(|_| ()),
+    ] {
+        assert!(matches!(refused, Err(Error::Misuse(_))), "{refused:?}");
+    }
+    assert!(
+        db.query::<Job>()
+            .for_update()
+            .skip_locked()
+            .page(2, None)
+            .await
+            .is_ok()
+    );
+}

@@ -133,6 +133,18 @@ async fn three_levels_load_as_the_oracle_groups_them() {
             comments_of.get(&post.id).map_or(&[][..], Vec::as_slice)
         );
     }
+    // A parent listed twice gets its children twice.
+    let twice = vec![all_posts[0].clone(), all_posts[0].clone()];
+    let expected = comments_of
+        .get(&all_posts[0].id)
+        .cloned()
+        .unwrap_or_default();
+    let doubled = db
+        .children::<Post, Comment>(&twice)
+        .await
+        .expect("twice")
+        .attach(twice);
+    assert!(doubled.iter().all(|(_, comments)| *comments == expected));
     let attached = loaded.attach(all_posts.clone());
     assert_eq!(attached.len(), all_posts.len());
     assert!(

@@ -20,7 +20,7 @@ struct Doc {
 async fn db() -> Db {
     let db = common::db().await;
     db.execute_batch(
-        "CREATE TABLE documents_v (id bigserial PRIMARY KEY, title text NOT NULL, version bigint NOT NULL)",
+        "CREATE TABLE documents_v (id bigserial PRIMARY KEY, title text NOT NULL UNIQUE, version bigint NOT NULL)",
     )
     .await
     .expect("table");
@@ -87,12 +87,29 @@ async fn an_update_from_a_stale_read_is_refused_and_writes_nothing() {
         .await
         .expect("touch");
     assert_eq!(touched.version, 4);
-    // Bulk updates move every row's version on.
-    db.update_where(Doc::ID.eq(doc.id), retitle("bulk", Some(999)))
+    // Bulk updates compare a version the patch names, and move every row's on.
+    let stale = db
+        .update_where(Doc::ID.eq(doc.id), retitle("stale bulk", Some(999)))
+        .await
+        .expect("bulk");
+    assert_eq!(stale, 0, "a bulk update at another version wrote");
+    db.update_where(Doc::ID.eq(doc.id), retitle("bulk", Some(4)))
         .await
         .expect("bulk");
     let bulk = db.read::<Doc>(doc.id).await.expect("read").expect("row");
     assert_eq!((bulk.title.as_str(), bulk.version), ("bulk", 5));
+    // An upsert onto the row moves its version on too, never back to the one inserted.
+    let upserted = db
+        .upsert(
+            NewDoc {
+                title: "bulk".into(),
+                version: 1,
+            },
+            Doc::TITLE,
+        )
+        .await
+        .expect("upsert");
+    assert_eq!(upserted.version, 6, "an upsert rewound the version");
     // A missing row is not a stale one.
     assert!(matches!(
         db.update::<Doc>(doc.id + 1000, retitle("x", Some(1))).await,

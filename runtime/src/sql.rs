@@ -525,9 +525,12 @@ pub(crate) fn upsert_conflict(meta: &TableMeta, target: &[usize]) -> OnConflict 
         .iter()
         .map(|i| Alias::new(meta.columns[*i].name))
         .collect();
+    let version = meta.version.map(|v| meta.columns[v].name);
     let update: Vec<Alias> = meta
         .insert_columns()
         .filter(|c| !target.iter().any(|i| meta.columns[*i].name == c.name))
+        // A version column is never set from the inserted row: it moves on by one.
+        .filter(|c| Some(c.name) != version)
         .map(|c| Alias::new(c.name))
         .collect();
     let update = if update.is_empty() {
@@ -541,6 +544,16 @@ pub(crate) fn upsert_conflict(meta: &TableMeta, target: &[usize]) -> OnConflict 
     // An upsert that lands on a soft-deleted row brings it back to life.
     if let Some(soft) = meta.soft_delete_column() {
         on.value(Alias::new(soft.name), Expr::cust("NULL"));
+    }
+    if let Some(version) = version {
+        on.value(
+            Alias::new(version),
+            Expr::cust(format!(
+                "{}.{} + 1",
+                quote_ident(meta.name),
+                quote_ident(version)
+            )),
+        );
     }
     on
 }

@@ -56,18 +56,24 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
     });
     // Builder methods: `ProfilePatch::default().username("x").avatar_url(None)` — for
     // a nullable column the argument is the `Option` itself, so no `Some(Some(..))`.
-    let patch_setters = patch_columns(cont).map(|(_, f)| {
+    let patch_setters = patch_columns(cont).filter_map(|(_, f)| {
+        // Not where it would shadow what the patch's derives give it (`default`,
+        // `clone`, `fmt`): such a field is set directly.
+        let name = super::ast::unraw(f.ident).to_string();
+        if matches!(name.as_str(), "default" | "clone" | "clone_from" | "fmt") {
+            return None;
+        }
         let (fvis, fident, ty) = (f.vis, f.ident, f.ty);
         let (name, _) = f.column_name();
         let doc = format!("Sets column `{name}`.");
-        quote! {
+        Some(quote! {
             #[doc = #doc]
             #[must_use]
             #fvis fn #fident(mut self, value: impl ::core::convert::Into<#ty>) -> Self {
                 self.#fident = #p::Option::Some(value.into());
                 self
             }
-        }
+        })
     });
     let consts = cont.columns().enumerate().map(|(i, f)| {
         let c = f.const_ident();

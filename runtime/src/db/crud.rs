@@ -215,12 +215,19 @@ impl Db {
                 let Some(current) = conn.query_opt(&M::statements().read, &[&key]).await? else {
                     return Err(Error::NotFound { table: meta.name });
                 };
+                let found = current
+                    .try_get::<_, i64>(v)
+                    .or_else(|_| current.try_get::<_, i32>(v).map(i64::from))?;
+                let expected = version_value(expected).unwrap_or(-1);
+                // At the version expected, yet not updated: not a race, a row this
+                // handle may read but not change (a policy), as without a version.
+                if found == expected {
+                    return Err(Error::NotFound { table: meta.name });
+                }
                 return Err(Error::StaleVersion {
                     table: meta.name,
-                    expected: version_value(expected).unwrap_or(-1),
-                    found: current
-                        .try_get::<_, i64>(v)
-                        .or_else(|_| current.try_get::<_, i32>(v).map(i64::from))?,
+                    expected,
+                    found,
                 });
             };
             M::from_row(&row)

@@ -54,6 +54,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         exprs: Vec<String>,
         group: Option<usize>,
     ) -> Result<Vec<tokio_postgres::Row>> {
+        self.no_lock(operation)?;
         let meta = M::META;
         // In a block: sea-query statements are not Send.
         let bound = {

@@ -119,8 +119,12 @@ impl Db {
             let mut update = SeaQuery::update();
             update.table(sql::table_ref(meta));
             for (index, value) in assignments {
-                // A version column is never set by a patch: every update adds one.
+                // A version column is never set by a patch: the version it names is
+                // the one each row must have (as `update` compares it), and every
+                // update adds one.
                 if Some(index) == meta.version {
+                    let column = Expr::col(Alias::new(meta.columns[index].name));
+                    update.and_where(sea_query::ExprTrait::eq(column, binder.borrowed(value)));
                     continue;
                 }
                 update.value(Alias::new(meta.columns[index].name), binder.borrowed(value));

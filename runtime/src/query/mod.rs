@@ -494,6 +494,18 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         Ok(q)
     }
 
+    /// PostgreSQL takes no row lock on an aggregate: asking for one is a mistake to
+    /// report, not a lock to drop quietly.
+    pub(crate) fn no_lock(&self, operation: &str) -> Result<()> {
+        match self.lock {
+            Some(_) => Err(Error::Misuse(format!(
+                "`{operation}` cannot take a row lock (PostgreSQL locks no rows behind an \
+                 aggregate): lock with `.all()` or `.first()`"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The row lock clause on a statement that returns rows.
     fn render_lock(&self, q: &mut SelectStatement) {
         use sea_query::{LockBehavior, LockType};
@@ -682,6 +694,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
 
     /// How many rows match (ignores order; honours limit and offset).
     pub async fn count(self) -> Result<i64> {
+        self.no_lock("count")?;
         let bound = self.bind_count(true)?;
         run_count::<M>(&self.db, &bound).await
     }

@@ -306,6 +306,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         if let Some(values) = values {
             q.and_where(after_condition(keys, values, &mut binder));
         }
+        self.render_lock(&mut q);
         binder.finish(q).within_limits(meta.name)
     }
 

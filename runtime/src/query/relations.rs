@@ -3,6 +3,10 @@
 //! parent's key), and `Db` loads either side for a whole slice at once — one query per
 //! level, never one per row.
 //!
+//! Children are matched to parents by the key's value as Rust sees it: with a key
+//! type whose database equality is looser (`citext`), spell foreign keys as the
+//! parent's.
+//!
 //! The parent names no child: the derive implements [`BelongsTo<Parent>`] on the
 //! *child*, and a loader finds the relation through the two types
 //! (`db.children::<Profile, Experience>(&profiles)`). A model with no such declaration
@@ -56,15 +60,16 @@ impl<P: Table, C> Children<P, C> {
         self.by_parent.values().all(Vec::is_empty)
     }
 
-    /// Each parent with its children, in the parents' order.
-    pub fn attach(mut self, parents: Vec<P>) -> Vec<(P, Vec<C>)> {
+    /// Each parent with its children, in the parents' order (a parent listed twice
+    /// gets its children twice).
+    pub fn attach(self, parents: Vec<P>) -> Vec<(P, Vec<C>)>
+    where
+        C: Clone,
+    {
         parents
             .into_iter()
             .map(|parent| {
-                let children = self
-                    .by_parent
-                    .remove(&crate::db::key_text::<P>(parent.key()))
-                    .unwrap_or_default();
+                let children = self.of(&parent).to_vec();
                 (parent, children)
             })
             .collect()
