@@ -180,3 +180,52 @@ async fn parents_line_up_with_their_children() {
             .all(|(p, c)| p.as_ref().is_some_and(|p| p.id == c.post_id))
     );
 }
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "r_drafts")]
+struct Draft {
+    #[table(primary_key, generated)]
+    id: i64,
+    #[table(belongs_to = User)]
+    user_id: Option<i64>,
+    title: String,
+}
+
+/// A nullable foreign key: a row with NULL belongs to no parent, on either side.
+#[tokio::test]
+async fn a_null_foreign_key_names_no_parent() {
+    let (db, users, _, _) = data().await;
+    db.execute_batch(
+        "CREATE TABLE r_drafts (id bigserial PRIMARY KEY, user_id bigint REFERENCES r_users, title text NOT NULL)",
+    )
+    .await
+    .expect("drafts");
+    let drafts = db
+        .create_many(vec![
+            NewDraft {
+                user_id: Some(users[1].id),
+                title: "owned".into(),
+            },
+            NewDraft {
+                user_id: None,
+                title: "orphan".into(),
+            },
+            NewDraft {
+                user_id: Some(users[1].id),
+                title: "owned too".into(),
+            },
+        ])
+        .await
+        .expect("rows");
+    let loaded = db.children::<User, Draft>(&users).await.expect("children");
+    assert_eq!(loaded.of(&users[1]).len(), 2);
+    assert_eq!(loaded.len(), 2, "the orphan belongs to nobody");
+    let owners = db.parents::<Draft, User>(&drafts).await.expect("parents");
+    assert_eq!(
+        owners
+            .iter()
+            .map(|o| o.as_ref().map(|u| u.id))
+            .collect::<Vec<_>>(),
+        vec![Some(users[1].id), None, Some(users[1].id)]
+    );
+}

@@ -143,13 +143,13 @@ pub trait Patch: Default + Send + Sync + 'static {
 
 /// A model whose foreign-key field names a row of `P` — implemented by
 /// `#[derive(Table)]` for a field marked `#[table(belongs_to = P)]` (whose type must be
-/// `P::Key`). See [`Db::children`](crate::Db::children) and
+/// `P::Key`, or `Option<P::Key>` for a nullable foreign key). See [`Db::children`](crate::Db::children) and
 /// [`Db::parents`](crate::Db::parents).
 pub trait BelongsTo<P: Table>: Table {
     /// The position of the foreign-key column in [`Table::META`]'s columns.
     const FOREIGN_KEY: usize;
-    /// The key of the parent this row belongs to.
-    fn parent_key(&self) -> &P::Key;
+    /// The key of the parent this row belongs to (`None`: a NULL foreign key).
+    fn parent_key(&self) -> Option<&P::Key>;
 }
 
 /// Metadata of a model's table.

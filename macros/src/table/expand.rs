@@ -287,8 +287,12 @@ fn impls(cont: &Container<'_>) -> TokenStream {
     let relations = cont.columns().enumerate().filter_map(|(index, f)| {
         let (_, parent) = f.attrs.belongs_to.get()?;
         let (field, ty) = (f.ident, f.ty);
-        let key = quote_spanned! {ty.span()=> &<#parent as #p::Table>::Key};
-        let body = quote_spanned! {ty.span()=> &self.#field};
+        let key = quote_spanned! {ty.span()=> #p::Option<&<#parent as #p::Table>::Key>};
+        // A nullable foreign key (`Option<Key>`) may name no parent.
+        let body = match super::check::option_inner(ty) {
+            Some(_) => quote_spanned! {ty.span()=> #p::Option::as_ref(&self.#field)},
+            None => quote_spanned! {ty.span()=> #p::Option::Some(&self.#field)},
+        };
         // Spanned at the parent's name: a type that is no model is an error there.
         let header = quote_spanned! {parent.span()=> impl #p::BelongsTo<#parent> for #ident};
         Some(quote! {

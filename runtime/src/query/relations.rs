@@ -120,8 +120,11 @@ impl crate::Db {
                 .all()
                 .await?;
             for child in rows {
-                let text = crate::db::key_text::<P>(child.parent_key());
-                by_parent.entry(text).or_default().push(child);
+                // The query matched a key, so the foreign key is set.
+                if let Some(key) = child.parent_key() {
+                    let text = crate::db::key_text::<P>(key);
+                    by_parent.entry(text).or_default().push(child);
+                }
             }
         }
         Ok(Children {
@@ -131,7 +134,7 @@ impl crate::Db {
     }
 
     /// The parent of each of `children`, lined up with them (`None` for a child whose
-    /// parent is gone), read by key — through the row cache when `P` has one — in one
+    /// foreign key is NULL, or whose parent is gone), read by key — through the row cache when `P` has one — in one
     /// round trip for all of them.
     ///
     /// ```no_run
@@ -146,7 +149,21 @@ impl crate::Db {
         &self,
         children: &[C],
     ) -> Result<Vec<Option<P>>> {
-        let keys: Vec<P::Key> = children.iter().map(|c| c.parent_key().clone()).collect();
-        self.read_many::<P>(&keys).await
+        // Each distinct key once; a NULL foreign key has no parent.
+        let keys: Vec<P::Key> = children
+            .iter()
+            .filter_map(|c| c.parent_key().cloned())
+            .collect();
+        let mut found: HashMap<String, P> = HashMap::new();
+        for parent in self.read_many::<P>(&keys).await?.into_iter().flatten() {
+            found.insert(crate::db::key_text::<P>(parent.key()), parent);
+        }
+        Ok(children
+            .iter()
+            .map(|c| {
+                c.parent_key()
+                    .and_then(|key| found.get(&crate::db::key_text::<P>(key)).cloned())
+            })
+            .collect())
     }
 }
