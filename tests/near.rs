@@ -482,3 +482,45 @@ async fn a_tier_filled_on_an_ended_runtime_is_not_served() {
         "served a tier nobody was listening for"
     );
 }
+
+/// A read dropped while its reply waits to be installed (a deadline, a cancelled
+/// request) installs nothing; a write elsewhere meanwhile is seen, and the tier
+/// serves again after.
+#[tokio::test]
+async fn a_read_dropped_before_its_install_leaves_nothing_behind() {
+    let redis = tabula::testkit::redis_url().expect("redis");
+    let (a, b) = two(&redis, config(&prefix())).await;
+    create(&a, 1).await;
+    version(&a, 1).await; // fills Redis; the next read of `a` is a Redis hit
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let cache = a.cache().expect("cache").clone();
+    let hook = {
+        let arrived = arrived.clone();
+        Arc::new(move || {
+            let arrived = arrived.clone();
+            Box::pin(async move {
+                arrived.notify_one();
+                std::future::pending::<()>().await; // never installs
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        })
+    };
+    cache.set_near_hook(Some(hook));
+    let reader = {
+        let a = a.clone();
+        tokio::spawn(async move { version(&a, 1).await })
+    };
+    arrived.notified().await;
+    reader.abort();
+    assert!(reader.await.is_err(), "the read was dropped");
+    cache.set_near_hook(None);
+    assert_eq!(
+        stats(&a).entries,
+        0,
+        "a dropped read installed: {:?}",
+        stats(&a)
+    );
+    b.bump(1, 2).await;
+    assert_eq!(version(&a, 1).await, 2);
+    warm(&a, 1).await;
+    assert_eq!(version(&a, 1).await, 2);
+}

@@ -42,6 +42,7 @@ extern crate self as tabula;
 pub mod auth;
 pub mod build;
 pub mod cache;
+mod conninfo;
 pub mod db;
 pub mod error;
 #[cfg(feature = "jwt")]

@@ -86,27 +86,8 @@ impl SslMode {
 /// or key=value words), which tokio-postgres's parser would refuse or ignore.
 pub(crate) fn take_settings(url: &str) -> (String, Vec<(String, String)>) {
     const OURS: [&str; 2] = ["sslmode", "sslrootcert"];
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let rest = url.split_once("://").map_or("", |(_, r)| r);
-        let host_start = url.len() - rest.len() + userinfo_end(rest);
-        let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q) else {
-            return (url.to_owned(), Vec::new());
-        };
-        let (base, query) = (&url[..query_start], &url[query_start + 1..]);
-        let (mut kept, mut taken) = (Vec::new(), Vec::new());
-        for pair in query.split('&') {
-            match pair.split_once('=') {
-                Some((name, value)) if OURS.contains(&name) => {
-                    taken.push((name.to_owned(), percent_decode(value)));
-                }
-                _ => kept.push(pair),
-            }
-        }
-        let url = match kept.is_empty() {
-            true => base.to_owned(),
-            false => format!("{base}?{}", kept.join("&")),
-        };
-        return (url, taken);
+    if crate::conninfo::is_url(url) {
+        return crate::conninfo::split_query(url, &OURS);
     }
     // key=value words; a quoted value is left to tokio-postgres.
     let (mut kept, mut taken) = (Vec::new(), Vec::new());
@@ -122,41 +103,6 @@ pub(crate) fn take_settings(url: &str) -> (String, Vec<(String, String)>) {
         return (url.to_owned(), taken);
     }
     (kept.join(" "), taken)
-}
-
-/// Where the host starts in what follows `postgres://`: after the `@` that ends the
-/// user information — the last one before the path, never one in the query (an
-/// `application_name` may hold `@`).
-pub(crate) fn userinfo_end(rest: &str) -> usize {
-    let at = match rest.find('/') {
-        Some(path) => rest[..path].rfind('@'),
-        None => rest.find('@'),
-    };
-    at.map_or(0, |at| at + 1)
-}
-
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The connector every connection (and cancel request) of a pool uses.

@@ -1,12 +1,12 @@
 //! The near tier: an in-process mirror of the Redis entries this process read, kept
-//! coherent by Redis's own invalidation messages (RESP3 `CLIENT TRACKING`, default
-//! mode, on the connection that reads), so a hot read costs a hash lookup instead of a
-//! round trip.
+//! coherent by Redis's own invalidation messages (RESP3 `CLIENT TRACKING` in broadcast
+//! mode for every key under `{prefix}:t:`, on each connection; see `redis.rs`), so a
+//! hot read costs a hash lookup instead of a round trip.
 //!
 //! # What is mirrored
 //!
-//! Only what a protocol script *read* on a tracked connection — so Redis remembers to
-//! tell this process when it changes — and under the exact Redis name:
+//! What a protocol script read from Redis — every change to it is pushed to this
+//! process — under the exact Redis name:
 //!
 //! - *meta* mirrors: a namespace's epoch (`{base}:epoch`), a table's generation
 //!   (`{base}:{e}:g:{table}`), version counters (`{base}:{e}:v:{table}`, memo
@@ -34,10 +34,10 @@
 //!
 //! # Failure
 //!
-//! A connection that drops, is replaced, or misses a deadline may have lost pushes:
-//! the tier is flushed (and everything in flight refused) before the next connection,
-//! which enables tracking before it is used, serves anyone. While the circuit breaker
-//! is open the tier is skipped. Every value also has a maximum age (see
+//! A connection that drops, is replaced, misses a deadline, or ends with its runtime
+//! may have lost pushes: the tier is flushed and everything in flight refused. The
+//! tier answers a runtime only while that runtime's connection has tracking on and
+//! answered within one deadline, and never while the circuit breaker is open. Every value also has a maximum age (see
 //! [`CacheConfig::near_max_age`](super::CacheConfig::near_max_age)), counted from the
 //! oldest of its mirrors, which caps staleness even if a push were lost unnoticed.
 

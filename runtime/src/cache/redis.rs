@@ -60,8 +60,15 @@ fn script(body: &str) -> Script {
 /// push (two caches of one Redis in one process are otherwise two processes).
 static NEAR_TIERS: Mutex<Vec<(String, Weak<NearTier>)>> = Mutex::new(Vec::new());
 
+/// Whether a near tier was ever made in this process: a write through a process that
+/// has none takes no lock for them.
+static ANY_NEAR_TIER: AtomicBool = AtomicBool::new(false);
+
 /// Every live near tier of this process that mirrors `prefix` (its own among them).
 fn near_tiers(prefix: &str) -> Vec<Arc<NearTier>> {
+    if !ANY_NEAR_TIER.load(Ordering::Acquire) {
+        return Vec::new();
+    }
     let Ok(all) = NEAR_TIERS.lock() else {
         return Vec::new();
     };
@@ -165,6 +172,7 @@ impl RedisBackend {
         if let (Some(near), Ok(mut all)) = (&near, NEAR_TIERS.lock()) {
             all.retain(|(_, tier)| tier.strong_count() > 0);
             all.push((tracked_prefix.clone(), Arc::downgrade(near)));
+            ANY_NEAR_TIER.store(true, Ordering::Release);
         }
         Ok(Arc::new_cyclic(|me| RedisBackend {
             me: me.clone(),

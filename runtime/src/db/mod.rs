@@ -187,39 +187,9 @@ const URL_SETTINGS: &[&str] = &[
     "pgbouncer",
 ];
 
-/// Splits Tabula's settings off a URL's query string: the URL PostgreSQL's parser
-/// accepts, and the settings. Only a `postgres://` / `postgresql://` URL has them, in
-/// the query after the host — never in a password (which may hold `?` and `&`) nor in
-/// a key=value connection string, which are returned untouched.
+/// Splits Tabula's pool settings off a URL's query (see `conninfo::split_query`).
 fn split_url_settings(url: &str) -> (String, Vec<(String, String)>) {
-    let untouched = || (url.to_owned(), Vec::new());
-    let Some(rest) = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-    else {
-        return untouched();
-    };
-    // The user information ends at the last `@` before the host; the query starts at
-    // the first `?` after that.
-    let host_start = url.len() - rest.len() + crate::tls::userinfo_end(rest);
-    let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q) else {
-        return untouched();
-    };
-    let (base, query) = (&url[..query_start], &url[query_start + 1..]);
-    let (mut kept, mut ours) = (Vec::new(), Vec::new());
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if URL_SETTINGS.contains(&name) {
-            ours.push((name.to_owned(), value.to_owned()));
-        } else {
-            kept.push(pair);
-        }
-    }
-    let url = match kept.is_empty() {
-        true => base.to_owned(),
-        false => format!("{base}?{}", kept.join("&")),
-    };
-    (url, ours)
+    crate::conninfo::split_query(url, URL_SETTINGS)
 }
 
 /// The most connections a pool setting may ask for: past it, a typo (an extra digit)

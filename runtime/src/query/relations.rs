@@ -149,10 +149,14 @@ impl crate::Db {
         &self,
         children: &[C],
     ) -> Result<Vec<Option<P>>> {
-        // Each distinct key once; a NULL foreign key has no parent.
+        // Each distinct key once (many children share a parent); a NULL foreign key
+        // has no parent.
+        let mut seen = std::collections::HashSet::new();
         let keys: Vec<P::Key> = children
             .iter()
-            .filter_map(|c| c.parent_key().cloned())
+            .filter_map(|c| c.parent_key())
+            .filter(|key| seen.insert(crate::db::key_text::<P>(key)))
+            .cloned()
             .collect();
         let mut found: HashMap<String, P> = HashMap::new();
         for parent in self.read_many::<P>(&keys).await?.into_iter().flatten() {
