@@ -6,4 +6,5 @@ fn derive_table_compile_errors_and_passes() {
     t.pass("tests/ui/pass/*.rs");
     t.compile_fail("tests/ui/fail/table/*.rs");
     t.compile_fail("tests/ui/fail/cached/*.rs");
+    t.compile_fail("tests/ui/fail/pg_enum/*.rs");
 }

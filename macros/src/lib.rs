@@ -6,6 +6,7 @@
 mod cached;
 mod internals;
 mod migrations;
+mod pg_enum;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,14 @@ use syn::{DeriveInput, LitStr, parse_macro_input};
 pub fn derive_table(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     internals::ctxt::into_tokens(table::derive(&input)).into()
+}
+
+/// Derives `tabula::PgEnum` and the column traits for a fieldless enum; documented on
+/// the re-export in `tabula`.
+#[proc_macro_derive(PgEnum, attributes(pg_enum))]
+pub fn derive_pg_enum(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    internals::ctxt::into_tokens(pg_enum::derive(&input)).into()
 }
 
 /// Embeds a migrations folder; documented on the re-export in `tabula`.

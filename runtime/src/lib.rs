@@ -71,7 +71,7 @@ pub use query::{
 };
 pub use table::{BelongsTo, Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};
 pub use tls::SslMode;
-pub use types::{ColumnType, VersionColumn};
+pub use types::{ArrayElement, BoxError, ColumnType, CustomColumn, PgEnum, VersionColumn};
 
 /// Derives [`Table`] for a struct with named fields; see the [`table`] module.
 ///
@@ -85,6 +85,11 @@ pub use types::{ColumnType, VersionColumn};
 /// as an `Option`; `Default` leaves everything unchanged) and a typed column constant
 /// per field (`Model::FIELD_NAME`).
 pub use tabula_macros::Table;
+
+/// Derives [`PgEnum`] for an enum of unit variants, with everything a column type
+/// needs: `ToSql` / `FromSql` (as the labels), the row cache's codec, [`ColumnType`]
+/// and [`ArrayElement`]. See [`PgEnum`] for the attributes and how the type is stored.
+pub use tabula_macros::PgEnum;
 
 /// Memoizes an async function or method in the cache: `#[cached(ttl = 300)]`.
 ///
@@ -144,7 +149,9 @@ pub mod __private {
         ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, assert_version_column,
         decode_json_column, decode_json_opt_column, json_opt_param, json_param,
     };
+    pub use crate::types::{enum_accepts, enum_from_sql};
     pub use crate::{Db, Error, Result};
+    pub use bytes::BytesMut;
     pub use std::any::Any;
     pub use std::boxed::Box;
     pub use std::default::Default;
@@ -152,7 +159,7 @@ pub mod __private {
     pub use std::sync::OnceLock;
     pub use std::vec::Vec;
     pub use tokio_postgres::Row;
-    pub use tokio_postgres::types::ToSql;
+    pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
     /// Sync + Send trait object of a parameter.
     pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;

@@ -300,7 +300,20 @@ pub(crate) fn decode_error<M: Table>(index: usize, e: tokio_postgres::Error) -> 
     crate::Error::Decode {
         table: M::META.name,
         column: M::META.columns.get(index).map_or("?", |c| c.name),
-        source: Box::new(e),
+        source: decode_cause(e),
+    }
+}
+
+/// Why a value did not decode: the driver's own error says only "error deserializing
+/// column N" (the column is named already), so its cause — the type's message — is
+/// what a reader needs.
+pub(crate) fn decode_cause(e: tokio_postgres::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    use std::error::Error as _;
+    match e.source().is_some() {
+        true => e
+            .into_source()
+            .unwrap_or_else(|| "undecodable value".into()),
+        false => Box::new(e),
     }
 }
 

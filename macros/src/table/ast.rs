@@ -140,10 +140,10 @@ pub(crate) fn unraw(ident: &Ident) -> String {
     s.strip_prefix("r#").map_or(s.clone(), str::to_owned)
 }
 
-/// `UserProfile` → `user_profiles`; `Category` → `categories`; `Address` → `addresses`.
-pub(crate) fn default_table_name(struct_name: &str) -> String {
-    let mut snake = String::with_capacity(struct_name.len() + 4);
-    for (i, ch) in struct_name.chars().enumerate() {
+/// `UserProfile` → `user_profile`.
+pub(crate) fn snake_case(name: &str) -> String {
+    let mut snake = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.chars().enumerate() {
         if ch.is_uppercase() {
             if i > 0 {
                 snake.push('_');
@@ -153,6 +153,12 @@ pub(crate) fn default_table_name(struct_name: &str) -> String {
             snake.push(ch);
         }
     }
+    snake
+}
+
+/// `UserProfile` → `user_profiles`; `Category` → `categories`; `Address` → `addresses`.
+pub(crate) fn default_table_name(struct_name: &str) -> String {
+    let mut snake = snake_case(struct_name);
     let ends_with_consonant_y =
         snake.ends_with('y') && !snake[..snake.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
     if ends_with_consonant_y {

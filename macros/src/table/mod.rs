@@ -12,6 +12,8 @@ use syn::DeriveInput;
 
 use crate::internals::ctxt::Ctxt;
 
+pub(crate) use ast::snake_case;
+
 pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut cx = Ctxt::default();
     let Some(cont) = ast::Container::from_ast(&mut cx, input) else {

@@ -47,8 +47,8 @@ impl Db {
         }
         // Several statements (chunks, or one INSERT a row when every column is
         // generated) are all or nothing only inside a transaction.
-        let all_generated = N::Table::META.insert_columns().next().is_none();
-        let statements = match all_generated {
+        let row_by_row = N::Table::statements().insert_many.is_empty();
+        let statements = match row_by_row {
             true => rows.len(),
             false => rows.len().div_ceil(BATCH_CHUNK_ROWS),
         };
@@ -66,10 +66,11 @@ impl Db {
         self.run("create_many", meta.name, async |conn| {
             let statements = N::Table::statements();
             let mut out = Vec::with_capacity(rows.len());
-            if meta.insert_columns().next().is_none() {
-                // Every column is generated: there is nothing to put in an array.
-                for _ in rows {
-                    let row = conn.query_opt(&statements.insert, &[]).await?;
+            if statements.insert_many.is_empty() {
+                // Every column is generated (nothing to put in an array), or one is an
+                // array itself (see `Statements::render`): one INSERT a row.
+                for new in rows {
+                    let row = conn.query_opt(&statements.insert, &new.params()).await?;
                     out.extend(row.map(|r| N::Table::from_row(&r)).transpose()?);
                 }
                 return Ok(out);

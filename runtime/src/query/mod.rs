@@ -134,7 +134,7 @@ fn get<M: Table, T: FromSqlOwned>(row: &Row, i: usize, column: usize) -> Result<
     row.try_get(i).map_err(|e| Error::Decode {
         table: M::META.name,
         column: M::META.columns.get(column).map_or("?", |c| c.name),
-        source: Box::new(e),
+        source: crate::table::decode_cause(e),
     })
 }
 

@@ -47,8 +47,8 @@ pub const CODEC_VERSION: u32 = 1;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored in the row cache",
     label = "no row-cache encoding",
-    note = "the row cache stores bool, i16, i32, i64, f32, f64, String, Uuid, DateTime<Utc>, NaiveDate, Vec<u8>, serde_json::Value, and Option of each",
-    note = "implement `tabula::table::CacheCodec` for it, or mark the field #[table(json)]"
+    note = "the row cache stores every built-in column type (see `tabula::ColumnType`), #[derive(PgEnum)] enums, `tabula::CustomColumn` types, and Option and Vec of each",
+    note = "implement `tabula::CustomColumn` for it and invoke `tabula::custom_column!`, or mark the field #[table(json)]"
 )]
 // As for `ColumnType`: a build without a type's feature says so after the list.
 #[cfg_attr(
@@ -243,6 +243,74 @@ impl CacheCodec for NaiveDate {
     }
     fn decode(input: &mut CodecReader<'_>) -> Option<Self> {
         NaiveDate::from_num_days_from_ce_opt(i32::decode(input)?)
+    }
+}
+
+/// Seconds and nanoseconds since the epoch, as for `DateTime<Utc>`.
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+impl CacheCodec for chrono::NaiveDateTime {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.and_utc().encode(out);
+    }
+    fn decode(input: &mut CodecReader<'_>) -> Option<Self> {
+        DateTime::<Utc>::decode(input).map(|at| at.naive_utc())
+    }
+}
+
+/// Seconds since midnight and nanoseconds (up to 1,999,999,999: a leap second).
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+impl CacheCodec for chrono::NaiveTime {
+    fn encode(&self, out: &mut Vec<u8>) {
+        use chrono::Timelike;
+        out.extend_from_slice(&self.num_seconds_from_midnight().to_le_bytes());
+        out.extend_from_slice(&self.nanosecond().to_le_bytes());
+    }
+    fn decode(input: &mut CodecReader<'_>) -> Option<Self> {
+        let seconds = u32::from_le_bytes(input.array()?);
+        let nanos = u32::from_le_bytes(input.array()?);
+        chrono::NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos)
+    }
+}
+
+/// A tag byte (4 or 6), then the address's bytes. (An `inet` column's netmask is not
+/// part of `IpAddr`: PostgreSQL sends it, tokio-postgres drops it, and so does the cache.)
+impl CacheCodec for std::net::IpAddr {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            std::net::IpAddr::V4(v4) => {
+                out.push(4);
+                out.extend_from_slice(&v4.octets());
+            }
+            std::net::IpAddr::V6(v6) => {
+                out.push(6);
+                out.extend_from_slice(&v6.octets());
+            }
+        }
+    }
+    fn decode(input: &mut CodecReader<'_>) -> Option<Self> {
+        match input.array::<1>()? {
+            [4] => Some(std::net::Ipv4Addr::from(input.array::<4>()?).into()),
+            [6] => Some(std::net::Ipv6Addr::from(input.array::<16>()?).into()),
+            _ => None,
+        }
+    }
+}
+
+/// The 96-bit mantissa as an `i128` and the scale; a scale over 28 or a mantissa out of
+/// range is no `Decimal`, so a miss.
+#[cfg(feature = "decimal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "decimal")))]
+impl CacheCodec for rust_decimal::Decimal {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.mantissa().to_le_bytes());
+        out.extend_from_slice(&self.scale().to_le_bytes());
+    }
+    fn decode(input: &mut CodecReader<'_>) -> Option<Self> {
+        let mantissa = i128::from_le_bytes(input.array()?);
+        let scale = u32::from_le_bytes(input.array()?);
+        rust_decimal::Decimal::try_from_i128_with_scale(mantissa, scale).ok()
     }
 }
 

@@ -16,12 +16,28 @@ use tokio_postgres::types::{FromSql, FromSqlOwned, IsNull, ToSql, Type, to_sql_c
 use crate::error::Result;
 use crate::table::Table;
 
+mod array;
+mod custom;
+mod pg_enum;
+
+pub use array::ArrayElement;
+pub use custom::{BoxError, CustomColumn};
+#[doc(hidden)]
+pub use pg_enum::PgEnum;
+#[doc(hidden)]
+pub use pg_enum::{enum_accepts, enum_from_sql};
+
 /// A Rust type that can be a column of a [`Table`](crate::Table).
 ///
-/// Implemented for `bool`, `i16`, `i32`, `i64`, `f32`, `f64`, `String`, `Vec<u8>`,
-/// `uuid::Uuid` (feature `uuid`), `chrono::DateTime<Utc>` and `chrono::NaiveDate`
-/// (feature `chrono`), `serde_json::Value` (feature `json`), and `Option` of each. Any
-/// other serde type can be stored as `jsonb` with `#[table(json)]` on the field.
+/// Implemented for `bool`, `i16`, `i32`, `i64`, `f32`, `f64`, `String`, `Vec<u8>`
+/// (`bytea`), `std::net::IpAddr` (`inet`), `uuid::Uuid` (feature `uuid`),
+/// `chrono::DateTime<Utc>`, `NaiveDate`, `NaiveDateTime` and `NaiveTime` (feature
+/// `chrono`: `timestamptz`, `date`, `timestamp`, `time`), `rust_decimal::Decimal`
+/// (feature `decimal`: `numeric`), `serde_json::Value` (feature `json`), `Vec<T>` of
+/// any of those as a one-dimensional array (see [`ArrayElement`]), PostgreSQL enums
+/// (`#[derive(PgEnum)]`), and `Option` of each. Any other serde type can be stored as
+/// `jsonb` with `#[table(json)]` on the field, and any type at all by converting it to
+/// one of these: implement [`CustomColumn`].
 ///
 /// ```
 /// fn takes_column<T: tabula::ColumnType>() -> &'static str { T::SQL_TYPE }
@@ -30,8 +46,8 @@ use crate::table::Table;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a supported column type",
     label = "unsupported column type",
-    note = "supported: bool, i16, i32, i64, f32, f64, String, Uuid, DateTime<Utc>, NaiveDate, Vec<u8>, serde_json::Value, and Option of each",
-    note = "to store any serde type as jsonb, mark the field #[table(json)]"
+    note = "supported: bool, i16, i32, i64, f32, f64, String, Vec<u8>, IpAddr, Uuid, DateTime<Utc>, NaiveDate, NaiveDateTime, NaiveTime, Decimal, serde_json::Value, Vec<T> of those (arrays), #[derive(PgEnum)] enums, and Option of each",
+    note = "to store any serde type as jsonb, mark the field #[table(json)]; for any other type, implement `tabula::CustomColumn` and invoke `tabula::custom_column!`"
 )]
 // Notes accumulate: a build without a type's feature says so after the list.
 #[cfg_attr(
@@ -43,7 +59,13 @@ use crate::table::Table;
 #[cfg_attr(
     not(feature = "chrono"),
     diagnostic::on_unimplemented(
-        note = "`DateTime<Utc>` and `NaiveDate` columns need tabula's `chrono` feature, off in this build"
+        note = "`DateTime<Utc>`, `NaiveDate`, `NaiveDateTime` and `NaiveTime` columns need tabula's `chrono` feature, off in this build"
+    )
+)]
+#[cfg_attr(
+    not(feature = "decimal"),
+    diagnostic::on_unimplemented(
+        note = "`Decimal` columns need tabula's `decimal` feature, off in this build"
     )
 )]
 #[cfg_attr(
@@ -85,6 +107,16 @@ column_types! {
     #[cfg(feature = "chrono")]
     #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
     chrono::NaiveDate => "date",
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::NaiveDateTime => "timestamp",
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::NaiveTime => "time",
+    std::net::IpAddr => "inet",
+    #[cfg(feature = "decimal")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "decimal")))]
+    rust_decimal::Decimal => "numeric",
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     serde_json::Value => "jsonb",
