@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use tabula::{Db, Table};
+use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "r_users")]
@@ -38,6 +38,11 @@ struct Comment {
 
 async fn data() -> (Db, Vec<User>, Vec<Post>, Vec<Comment>) {
     let db = common::db().await;
+    let (users, posts, comments) = seed(&db).await;
+    (db, users, posts, comments)
+}
+
+async fn seed(db: &Db) -> (Vec<User>, Vec<Post>, Vec<Comment>) {
     db.execute_batch(
         "CREATE TABLE r_users (id bigserial PRIMARY KEY, name text NOT NULL);
          CREATE TABLE r_posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL REFERENCES r_users, title text NOT NULL);
@@ -76,7 +81,108 @@ async fn data() -> (Db, Vec<User>, Vec<Post>, Vec<Comment>) {
         }
     }
     let comments = db.create_many(new_comments).await.expect("comments");
-    (db, users, posts, comments)
+    (users, posts, comments)
+}
+
+/// Users with their posts, each with its comments.
+type Tree = Vec<(User, Vec<(Post, Vec<Comment>)>)>;
+
+/// Each post with its author and its comments.
+type PostsWithBoth = Vec<(Post, (Option<User>, Vec<Comment>))>;
+
+/// The oracle of `users → posts → comments`: every row grouped under its parent, in
+/// key order.
+fn tree(
+    users: &[User],
+    posts: &[Post],
+    comments: &[Comment],
+) -> Tree {
+    users
+        .iter()
+        .map(|u| {
+            let theirs = posts
+                .iter()
+                .filter(|p| p.user_id == u.id)
+                .map(|p| {
+                    let below = comments
+                        .iter()
+                        .filter(|c| c.post_id == p.id)
+                        .cloned()
+                        .collect();
+                    (p.clone(), below)
+                })
+                .collect();
+            (u.clone(), theirs)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn query_load_nests_three_levels_and_reads_cached_children_through_the_cache() {
+    use tabula::query::{children, parent};
+    let (_, url) = common::db_and_url().await;
+    let cache = CacheService::in_memory(CacheConfig::default()).expect("cache");
+    let db = Db::connect_with(DbConfig::new(url).cache(cache))
+        .await
+        .expect("db");
+    let (users, posts, comments) = seed(&db).await;
+    let load = || {
+        db.query::<User>()
+            .order_by(User::ID.asc())
+            .load(children::<Post>().with(children::<Comment>()))
+    };
+    assert_eq!(load().await.expect("load"), tree(&users, &posts, &comments));
+
+    // Comments are cached: the second load reads their rows from the cache (a change
+    // behind Tabula's back is not seen) while their keys come from the database (a
+    // row deleted behind its back is gone).
+    let poked = comments[0].id;
+    let gone = comments[1].id;
+    db.execute_batch(&format!(
+        "UPDATE r_comments SET body = 'poked' WHERE id = {poked}; DELETE FROM r_comments WHERE id = {gone}"
+    ))
+    .await
+    .expect("behind the back");
+    let left: Vec<Comment> = comments.iter().filter(|c| c.id != gone).cloned().collect();
+    assert_eq!(load().await.expect("load"), tree(&users, &posts, &left));
+    // A write through Tabula invalidates: the next load sees it.
+    db.update::<Comment>(
+        poked,
+        CommentPatch {
+            body: Some("edited".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("update");
+    let mut edited = left.clone();
+    edited[0].body = "edited".into();
+    assert_eq!(load().await.expect("load"), tree(&users, &posts, &edited));
+
+    // Two relations of one level: each post's author and comments.
+    let both: PostsWithBoth = db
+        .query::<Post>()
+        .order_by(Post::ID.asc())
+        .load((parent::<User>(), children::<Comment>()))
+        .await
+        .expect("pair of loaders");
+    assert_eq!(both.len(), posts.len());
+    for (post, (author, theirs)) in &both {
+        assert_eq!(author.as_ref().map(|u| u.id), Some(post.user_id));
+        let expected: Vec<&Comment> = edited.iter().filter(|c| c.post_id == post.id).collect();
+        assert_eq!(theirs.iter().collect::<Vec<_>>(), expected);
+    }
+    // Filters and limits apply to the top level only.
+    let first_two = db
+        .query::<User>()
+        .filter(User::NAME.ne("u0"))
+        .order_by(User::ID.asc())
+        .limit(2)
+        .load(children::<Post>())
+        .await
+        .expect("filtered");
+    assert_eq!(first_two.len(), 2);
+    assert_eq!(first_two[1].1.len(), 2, "u2 has two posts");
 }
 
 #[tokio::test]

@@ -28,6 +28,16 @@ pub struct SendNote {
     pub score: Option<i32>,
 }
 
+/// A child of `SendNote`, for relations, joins and loaders.
+#[derive(Table, Debug, Clone)]
+#[table(name = "send_replies")]
+pub struct SendReply {
+    #[table(primary_key, generated)]
+    pub id: i64,
+    #[table(belongs_to = SendNote)]
+    pub note_id: i64,
+}
+
 #[tabula::cached(ttl = 5)]
 async fn memoized(n: i64) -> tabula::Result<i64> {
     Ok(n)
@@ -51,6 +61,21 @@ fn every_public_future(
     assert_send(Db::connect_with(tabula::DbConfig::new("postgres://")));
     assert_send(tabula::testkit::database(&MIGRATIONS));
     assert_send(MIGRATIONS.run(db));
+
+    // Joins and loaders.
+    let joined = || db.query::<SendNote>().left_join::<SendReply>();
+    assert_send(joined().all());
+    assert_send(joined().first());
+    assert_send(joined().count());
+    assert_send(joined().select((SendNote::ID, SendReply::ID)).all());
+    assert_send(
+        db.query::<SendNote>()
+            .load(tabula::query::children::<SendReply>()),
+    );
+    assert_send(db.query::<SendNote>().load((
+        tabula::query::children::<SendReply>().with(tabula::query::parent::<SendNote>()),
+        tabula::query::children::<SendReply>(),
+    )));
 
     // CRUD.
     assert_send(db.create(new_profile("a")));

@@ -67,9 +67,12 @@ pub use cache::{CacheConfig, CacheService};
 pub use db::{AfterConnect, Db, DbConfig, Isolation};
 pub use error::{Error, Result};
 pub use query::{
-    Children, Cursor, Filter, IntoValue, OffsetPage, OrderBy, Page, Query, Selection, Total,
+    Children, Cursor, Filter, IntoValue, JoinQuery, OffsetPage, OrderBy, Page, Query, Selection,
+    Total,
 };
-pub use table::{BelongsTo, Column, ColumnMeta, ColumnSet, NewRow, Patch, Table, TableMeta};
+pub use table::{
+    BelongsTo, Column, ColumnMeta, ColumnSet, NewRow, Patch, Related, Table, TableMeta,
+};
 pub use tls::SslMode;
 pub use types::{ArrayElement, BoxError, ColumnType, CustomColumn, PgEnum, VersionColumn};
 
@@ -141,9 +144,9 @@ pub mod __private {
     pub use crate::migrate::{Migration, Migrator};
     pub use crate::table::Statements;
     pub use crate::table::{
-        BelongsTo, CacheCodec, CodecReader, Column, ColumnMeta, NewRow, Param, Patch, Table,
-        TableMeta, decode_column, decode_json, decode_json_opt, encode_json, encode_json_opt,
-        row_shape, same_encoding, same_json,
+        BelongsTo, CacheCodec, CodecReader, Column, ColumnMeta, NewRow, Param, Patch, Related,
+        Table, TableMeta, decode_column, decode_json, decode_json_opt, encode_json,
+        encode_json_opt, row_shape, same_encoding, same_json,
     };
     pub use crate::types::{
         ColumnType, JsonOptRef, JsonRef, assert_soft_delete_column, assert_version_column,

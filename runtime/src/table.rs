@@ -84,7 +84,14 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     const META: &'static TableMeta;
 
     /// Decodes a row whose columns are [`TableMeta::columns`], in order.
-    fn from_row(row: &Row) -> Result<Self>;
+    fn from_row(row: &Row) -> Result<Self> {
+        Self::from_row_at(row, 0)
+    }
+
+    /// Decodes the model from the row's columns `at..at + META.columns.len()` (a join
+    /// puts several models side by side).
+    #[doc(hidden)]
+    fn from_row_at(row: &Row, at: usize) -> Result<Self>;
 
     /// This row's primary key.
     fn key(&self) -> &Self::Key;
@@ -150,6 +157,21 @@ pub trait BelongsTo<P: Table>: Table {
     const FOREIGN_KEY: usize;
     /// The key of the parent this row belongs to (`None`: a NULL foreign key).
     fn parent_key(&self) -> Option<&P::Key>;
+}
+
+/// Two models a declared relation joins: `#[table(belongs_to = Parent)]` on a child's
+/// field implements it both ways (`Child: Related<Parent>` and `Parent:
+/// Related<Child>`), which is what [`Query::inner_join`](crate::Query::inner_join)
+/// and [`Query::left_join`](crate::Query::left_join) follow.
+#[diagnostic::on_unimplemented(
+    message = "no relation is declared between `{Self}` and `{B}`",
+    label = "joined along a relation neither model declares",
+    note = "declare it with #[table(belongs_to = …)] on the foreign key, or join with explicit columns: `.inner_join_on(…, …)`"
+)]
+pub trait Related<B: Table>: Table {
+    /// The column of `Self` and the column of `B` that are equal on related rows, as
+    /// positions in their [`TableMeta::columns`].
+    const ON: (usize, usize);
 }
 
 /// Metadata of a model's table.
@@ -290,9 +312,11 @@ impl<M, T> fmt::Debug for Column<M, T> {
 #[doc(hidden)]
 pub fn decode_column<M: Table, T: tokio_postgres::types::FromSqlOwned>(
     row: &Row,
+    at: usize,
     index: usize,
 ) -> Result<T> {
-    row.try_get(index).map_err(|e| decode_error::<M>(index, e))
+    row.try_get(at + index)
+        .map_err(|e| decode_error::<M>(index, e))
 }
 
 /// The decode error of column `index` of model `M`.

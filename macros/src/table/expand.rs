@@ -225,13 +225,13 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         let ty = f.ty;
         let value = match (f.is_json(), option_inner(ty)) {
             (true, Some(inner)) => quote_spanned! {ty.span()=>
-                #p::decode_json_opt_column::<Self, #inner>(__row, #index)?
+                #p::decode_json_opt_column::<Self, #inner>(__row, __at, #index)?
             },
             (true, None) => quote_spanned! {ty.span()=>
-                #p::decode_json_column::<Self, #ty>(__row, #index)?
+                #p::decode_json_column::<Self, #ty>(__row, __at, #index)?
             },
             (false, _) => quote_spanned! {ty.span()=>
-                #p::decode_column::<Self, #ty>(__row, #index)?
+                #p::decode_column::<Self, #ty>(__row, __at, #index)?
             },
         };
         quote!(#fident: #value)
@@ -295,6 +295,22 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         };
         // Spanned at the parent's name: a type that is no model is an error there.
         let header = quote_spanned! {parent.span()=> impl #p::BelongsTo<#parent> for #ident};
+        // Joins go both ways along the relation; a model that refers to itself (a
+        // tree) is joined with explicit `on` columns instead, as which side is which
+        // is then the query's to say.
+        let to_self = parent.is_ident("Self") || parent.is_ident(ident);
+        let related = (!to_self).then(|| {
+            quote! {
+                #[automatically_derived]
+                impl #p::Related<#parent> for #ident {
+                    const ON: (usize, usize) = (#index, <#parent as #p::Table>::META.primary_key);
+                }
+                #[automatically_derived]
+                impl #p::Related<#ident> for #parent {
+                    const ON: (usize, usize) = (<#parent as #p::Table>::META.primary_key, #index);
+                }
+            }
+        });
         Some(quote! {
             #[automatically_derived]
             #header {
@@ -303,6 +319,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                     #body
                 }
             }
+            #related
         })
     });
 
@@ -327,7 +344,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 shape: #p::row_shape(#shape),
             };
 
-            fn from_row(__row: &#p::Row) -> #p::Result<Self> {
+            fn from_row_at(__row: &#p::Row, __at: usize) -> #p::Result<Self> {
                 #(#type_checks)*
                 #p::Result::Ok(Self { #(#decode_fields,)* })
             }

@@ -50,7 +50,7 @@ pub(crate) fn stub(cont: &Container<'_>) -> TokenStream {
                     shape: 0,
                 };
 
-                fn from_row(_: &#p::Row) -> #p::Result<Self> {
+                fn from_row_at(_: &#p::Row, _: usize) -> #p::Result<Self> {
                     ::core::unreachable!()
                 }
 

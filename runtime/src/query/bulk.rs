@@ -149,7 +149,7 @@ impl Db {
         self.run("update_where", meta.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter()
-                .map(|r| crate::table::decode_column::<M, M::Key>(r, 0))
+                .map(|r| crate::table::decode_column::<M, M::Key>(r, 0, 0))
                 .collect()
         })
         .await
@@ -192,7 +192,7 @@ impl Db {
         self.run("delete_where", meta.name, async |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             rows.iter()
-                .map(|r| crate::table::decode_column::<M, M::Key>(r, 0))
+                .map(|r| crate::table::decode_column::<M, M::Key>(r, 0, 0))
                 .collect()
         })
         .await

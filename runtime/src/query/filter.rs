@@ -365,13 +365,32 @@ impl<M: Table, T: ColumnType> Column<M, Option<T>> {
 /// The condition `node` stands for, after checking its depth: the only way a filter
 /// becomes SQL.
 pub(crate) fn render(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Result<Expr> {
+    render_as(meta, None, node, binder)
+}
+
+/// [`render`], with every column qualified by the table's alias in a join.
+pub(crate) fn render_as(
+    meta: &TableMeta,
+    alias: Option<&str>,
+    node: &Node,
+    binder: &mut Binder<'_>,
+) -> Result<Expr> {
     check_depth(meta.name, node)?;
-    Ok(condition(meta, node, binder))
+    Ok(condition(meta, alias, node, binder))
+}
+
+/// A column of `meta`, qualified by `alias` when there is one.
+pub(crate) fn column_expr(meta: &TableMeta, alias: Option<&str>, index: usize) -> Expr {
+    let name = Alias::new(meta.columns[index].name);
+    match alias {
+        Some(table) => Expr::col((Alias::new(table), name)),
+        None => Expr::col(name),
+    }
 }
 
 /// Recursive, so only for trees whose depth [`check_depth`] bounded.
-fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Expr {
-    let col = |i: usize| Expr::col(Alias::new(meta.columns[i].name));
+fn condition(meta: &TableMeta, alias: Option<&str>, node: &Node, binder: &mut Binder<'_>) -> Expr {
+    let col = |i: usize| column_expr(meta, alias, i);
     match node {
         Node::Compare(i, op, value) => {
             let v = binder.owned(value.clone());
@@ -413,17 +432,26 @@ fn condition(meta: &TableMeta, node: &Node, binder: &mut Binder<'_>) -> Expr {
         }
         Node::IsNull(i, true) => col(*i).is_null(),
         Node::IsNull(i, false) => col(*i).is_not_null(),
-        Node::And(nodes) => combine(meta, nodes, binder, true),
-        Node::Or(nodes) => combine(meta, nodes, binder, false),
-        Node::Not(node) => condition(meta, node, binder).not(),
+        Node::And(nodes) => combine(meta, alias, nodes, binder, true),
+        Node::Or(nodes) => combine(meta, alias, nodes, binder, false),
+        Node::Not(node) => condition(meta, alias, node, binder).not(),
     }
 }
 
 /// Joins the parts pairwise, level by level: a balanced tree ⌈log₂ n⌉ deep, where a
 /// left fold would nest `n` deep and overflow the stack of whatever renders or drops
 /// it (sea-query, PostgreSQL's parser) on a wide enough filter.
-fn combine(meta: &TableMeta, nodes: &[Node], binder: &mut Binder<'_>, all: bool) -> Expr {
-    let mut level: Vec<Expr> = nodes.iter().map(|n| condition(meta, n, binder)).collect();
+fn combine(
+    meta: &TableMeta,
+    alias: Option<&str>,
+    nodes: &[Node],
+    binder: &mut Binder<'_>,
+    all: bool,
+) -> Expr {
+    let mut level: Vec<Expr> = nodes
+        .iter()
+        .map(|n| condition(meta, alias, n, binder))
+        .collect();
     while level.len() > 1 {
         let mut parts = level.into_iter();
         let mut next = Vec::with_capacity(parts.len().div_ceil(2));

@@ -40,11 +40,13 @@ pub mod spec;
 use filter::Node;
 
 mod aggregate;
+pub mod join;
 mod relations;
 pub use aggregate::Summable;
 pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
+pub use join::{Has, Inner, JoinQuery, JoinSelection, Left};
 pub use page::{Cursor, Page};
-pub use relations::Children;
+pub use relations::{Children, LoadChildren, LoadParent, Loader, Nested, children, parent};
 pub use spec::{QuerySpec, SpecLimits, SpecPage};
 
 /// One ordering key, from [`Column::asc`] or [`Column::desc`].
@@ -252,6 +254,41 @@ impl<M, S: Selection<M>> Decode<M> for Selected<S> {
     fn decode_rows(bytes: &[u8]) -> Option<Vec<S::Output>> {
         use crate::table::CacheCodec;
         decode_all(bytes, S::Output::decode)
+    }
+}
+
+/// Decodes only the primary key (see `Query::keys`).
+#[doc(hidden)]
+pub struct KeyOnly;
+
+impl<M: Table> Decode<M> for KeyOnly {
+    type Output = M::Key;
+    fn decode(row: &Row) -> Result<M::Key> {
+        get::<M, M::Key>(row, 0, M::META.primary_key)
+    }
+    fn encode_rows(_: &[M::Key]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decode_rows(_: &[u8]) -> Option<Vec<M::Key>> {
+        None
+    }
+}
+
+impl<M: Table> Query<M, WholeRow> {
+    /// The primary keys of the matching rows, in the query's order.
+    pub(crate) async fn keys(self) -> Result<Vec<M::Key>> {
+        let query: Query<M, KeyOnly> = Query {
+            db: self.db,
+            columns: Some(vec![M::META.primary_key]),
+            filters: self.filters,
+            order: self.order,
+            limit: self.limit,
+            offset: self.offset,
+            with_deleted: self.with_deleted,
+            lock: self.lock,
+            _decode: PhantomData,
+        };
+        query.all().await
     }
 }
 

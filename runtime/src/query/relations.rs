@@ -13,7 +13,10 @@
 //! is a compile error there, not a run-time surprise.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
 
+use crate::db::Db;
 use crate::error::Result;
 use crate::table::{BelongsTo, Table};
 
@@ -98,6 +101,48 @@ impl crate::Db {
         &self,
         parents: &[P],
     ) -> Result<Children<P, C>> {
+        self.children_via::<P, C, _>(parents, |query| async move { query.all().await })
+            .await
+    }
+
+    /// [`children`](Self::children), reading through the row cache when `C` has one
+    /// (outside transactions and user scopes): the query returns only the children's
+    /// keys, and the rows come from [`Db::read_many`] — cache hits, and one query for
+    /// the misses.
+    pub(crate) async fn children_cached<P: Table, C: BelongsTo<P> + Clone>(
+        &self,
+        parents: &[P],
+    ) -> Result<Children<P, C>> {
+        let cached = C::META.cache_ttl.is_some()
+            && self.shared.cache.is_some()
+            && self.tx.is_none()
+            && self.scope.is_none();
+        if !cached {
+            return self.children::<P, C>(parents).await;
+        }
+        let db = self.clone();
+        self.children_via::<P, C, _>(parents, |query| async move {
+            let keys = query.keys().await?;
+            Ok(db
+                .read_many::<C>(&keys)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect())
+        })
+        .await
+    }
+
+    /// The children of `parents`, the rows fetched by `fetch` from the query that finds
+    /// them.
+    async fn children_via<P: Table, C: BelongsTo<P>, F>(
+        &self,
+        parents: &[P],
+        fetch: impl FnOnce(super::Query<C>) -> F,
+    ) -> Result<Children<P, C>>
+    where
+        F: Future<Output = Result<Vec<C>>>,
+    {
         let mut by_parent: HashMap<String, Vec<C>> = HashMap::new();
         let mut keys: Vec<P::Key> = Vec::with_capacity(parents.len());
         for parent in parents {
@@ -113,12 +158,11 @@ impl crate::Db {
                 .into_iter()
                 .map(|k| std::sync::Arc::new(k) as crate::sql::OwnedParam)
                 .collect();
-            let rows = self
+            let query = self
                 .query::<C>()
                 .filter_node(super::in_list(C::FOREIGN_KEY, values))
-                .order_by_key()
-                .all()
-                .await?;
+                .order_by_key();
+            let rows = fetch(query).await?;
             for child in rows {
                 // The query matched a key, so the foreign key is set.
                 if let Some(key) = child.parent_key() {
@@ -169,5 +213,167 @@ impl crate::Db {
                     .and_then(|key| found.get(&crate::db::key_text::<P>(key)).cloned())
             })
             .collect())
+    }
+}
+
+/// What to load with each row of a query, one query per level: see
+/// [`Query::load`](crate::Query::load), [`children`] and [`parent`].
+pub trait Loader<P: Table>: Send + Sync {
+    /// What each parent gets.
+    type Output: Send + 'static;
+
+    /// The related rows of each of `parents`, lined up with them.
+    fn load<'a>(
+        &'a self,
+        db: &'a Db,
+        parents: &'a [P],
+    ) -> impl Future<Output = Result<Vec<Self::Output>>> + Send + 'a;
+}
+
+/// Loads the children `C` of each row (`Vec<C>`), or with [`LoadChildren::with`] the
+/// next level below them too; from [`children`].
+pub struct LoadChildren<C, L = ()> {
+    next: L,
+    _child: PhantomData<fn() -> C>,
+}
+
+/// A level below another; see [`LoadChildren::with`].
+pub struct Nested<L>(L);
+
+/// Loads each row's children of model `C` — the rows whose `#[table(belongs_to = …)]`
+/// foreign key names it — in one query for all the rows (`= ANY($1)` on their keys),
+/// through the row cache when `C` is cached.
+///
+/// ```no_run
+/// # use tabula::{Db, Table};
+/// # #[derive(Table, Clone)] pub struct User { #[table(primary_key)] pub id: i64 }
+/// # #[derive(Table, Clone)] pub struct Post { #[table(primary_key)] pub id: i64, #[table(belongs_to = User)] pub user_id: i64 }
+/// # #[derive(Table, Clone)] pub struct Comment { #[table(primary_key)] pub id: i64, #[table(belongs_to = Post)] pub post_id: i64 }
+/// # async fn run(db: Db) -> tabula::Result<()> {
+/// use tabula::query::children;
+///
+/// // Three levels, three queries.
+/// let tree: Vec<(User, Vec<(Post, Vec<Comment>)>)> = db
+///     .query::<User>()
+///     .load(children::<Post>().with(children::<Comment>()))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn children<C: Table>() -> LoadChildren<C> {
+    LoadChildren {
+        next: (),
+        _child: PhantomData,
+    }
+}
+
+impl<C: Table> LoadChildren<C> {
+    /// Also loads `next` for each child (the level below); `next` may be a pair of
+    /// loaders, for two relations of the child.
+    pub fn with<L: Loader<C>>(self, next: L) -> LoadChildren<C, Nested<L>> {
+        LoadChildren {
+            next: Nested(next),
+            _child: PhantomData,
+        }
+    }
+}
+
+impl<P: Table, C: BelongsTo<P> + Clone> Loader<P> for LoadChildren<C> {
+    type Output = Vec<C>;
+
+    async fn load(&self, db: &Db, parents: &[P]) -> Result<Vec<Vec<C>>> {
+        let found = db.children_cached::<P, C>(parents).await?;
+        Ok(parents.iter().map(|p| found.of(p).to_vec()).collect())
+    }
+}
+
+impl<P: Table, C: BelongsTo<P> + Clone, L: Loader<C>> Loader<P> for LoadChildren<C, Nested<L>> {
+    type Output = Vec<(C, L::Output)>;
+
+    async fn load(&self, db: &Db, parents: &[P]) -> Result<Vec<Self::Output>> {
+        let found = db.children_cached::<P, C>(parents).await?;
+        // Each parent's children in one slice, in the parents' order, for the
+        // level below (a parent listed twice gets its children twice).
+        let mut all: Vec<C> = Vec::with_capacity(found.len());
+        let mut counts = Vec::with_capacity(parents.len());
+        for parent in parents {
+            let theirs = found.of(parent);
+            counts.push(theirs.len());
+            all.extend_from_slice(theirs);
+        }
+        let below = self.next.0.load(db, &all).await?;
+        let mut pairs = all.into_iter().zip(below);
+        Ok(counts
+            .into_iter()
+            .map(|n| pairs.by_ref().take(n).collect())
+            .collect())
+    }
+}
+
+/// Loads each row's parent `P` (`Option<P>`: `None` for a NULL foreign key or a
+/// parent that is gone); from [`parent`].
+pub struct LoadParent<P>(PhantomData<fn() -> P>);
+
+/// Loads the parent (the model a `#[table(belongs_to = P)]` field names) of each row,
+/// each distinct parent read once by key, through the row cache when `P` is cached.
+///
+/// ```no_run
+/// # use tabula::{Db, Table};
+/// # #[derive(Table, Clone)] pub struct User { #[table(primary_key)] pub id: i64 }
+/// # #[derive(Table, Clone)] pub struct Post { #[table(primary_key)] pub id: i64, #[table(belongs_to = User)] pub user_id: i64 }
+/// # async fn run(db: Db) -> tabula::Result<()> {
+/// let posts: Vec<(Post, Option<User>)> = db
+///     .query::<Post>()
+///     .load(tabula::query::parent::<User>())
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn parent<P: Table>() -> LoadParent<P> {
+    LoadParent(PhantomData)
+}
+
+impl<C: BelongsTo<P>, P: Table + Clone> Loader<C> for LoadParent<P> {
+    type Output = Option<P>;
+
+    fn load<'a>(
+        &'a self,
+        db: &'a Db,
+        children: &'a [C],
+    ) -> impl Future<Output = Result<Vec<Option<P>>>> + Send + 'a {
+        db.parents::<C, P>(children)
+    }
+}
+
+/// Two relations of the same rows: each row gets both.
+impl<P: Table, A: Loader<P>, B: Loader<P>> Loader<P> for (A, B) {
+    type Output = (A::Output, B::Output);
+
+    async fn load(&self, db: &Db, parents: &[P]) -> Result<Vec<Self::Output>> {
+        let first = self.0.load(db, parents).await?;
+        let second = self.1.load(db, parents).await?;
+        Ok(first.into_iter().zip(second).collect())
+    }
+}
+
+impl<M: Table> super::Query<M> {
+    /// Runs the query and loads `loader`'s relations for its rows, one query per level
+    /// and relation, never one per row: each row with what was loaded for it.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table, Clone)] pub struct User { #[table(primary_key)] pub id: i64, pub name: String }
+    /// # #[derive(Table, Clone)] pub struct Post { #[table(primary_key)] pub id: i64, #[table(belongs_to = User)] pub user_id: i64 }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let users: Vec<(User, Vec<Post>)> = db
+    ///     .query::<User>()
+    ///     .filter(User::NAME.like("a%"))
+    ///     .load(tabula::query::children::<Post>())
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn load<L: Loader<M>>(self, loader: L) -> Result<Vec<(M, L::Output)>> {
+        let db = self.db.clone();
+        let rows = self.all().await?;
+        let loaded = loader.load(&db, &rows).await?;
+        Ok(rows.into_iter().zip(loaded).collect())
     }
 }

@@ -270,8 +270,12 @@ impl<'a, T: DeserializeOwned> FromSql<'a> for Json<T> {
 
 /// Decodes a `#[table(json)]` column into its serde type.
 #[doc(hidden)]
-pub fn decode_json_column<M: Table, T: DeserializeOwned>(row: &Row, index: usize) -> Result<T> {
-    row.try_get::<_, Json<T>>(index)
+pub fn decode_json_column<M: Table, T: DeserializeOwned>(
+    row: &Row,
+    at: usize,
+    index: usize,
+) -> Result<T> {
+    row.try_get::<_, Json<T>>(at + index)
         .map(|json| json.0)
         .map_err(|e| crate::table::decode_error::<M>(index, e))
 }
@@ -280,9 +284,10 @@ pub fn decode_json_column<M: Table, T: DeserializeOwned>(row: &Row, index: usize
 #[doc(hidden)]
 pub fn decode_json_opt_column<M: Table, T: DeserializeOwned>(
     row: &Row,
+    at: usize,
     index: usize,
 ) -> Result<Option<T>> {
-    row.try_get::<_, Option<Json<T>>>(index)
+    row.try_get::<_, Option<Json<T>>>(at + index)
         .map(|json| json.map(|j| j.0))
         .map_err(|e| crate::table::decode_error::<M>(index, e))
 }
