@@ -115,3 +115,95 @@ async fn sums_counts_and_extremes_match_the_oracle() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Per (user, likes parity) group: how many posts, their views, the best score —
+/// for groups whose like total passes a bar — against the same grouping in Rust.
+#[tokio::test]
+async fn group_by_with_having_matches_the_oracle() {
+    use tabula::query::count_rows;
+    let db = common::db().await;
+    db.execute_batch(
+        "CREATE TABLE a_posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL, likes int NOT NULL, views bigint NOT NULL, score float8)",
+    )
+    .await
+    .expect("table");
+    let rows: Vec<NewPost> = (0..60)
+        .map(|i: i64| NewPost {
+            user_id: i % 4,
+            likes: (i * 7 % 5) as i32,
+            views: i * 1_000,
+            score: (i % 3 != 0).then_some(i as f64),
+        })
+        .collect();
+    let posts = db.create_many(rows).await.expect("rows");
+
+    type Stats = (i64, Option<i64>, Option<f64>, i64);
+    let mut oracle: BTreeMap<(i64, i32), (Stats, i64)> = BTreeMap::new();
+    for p in posts.iter().filter(|p| p.id % 7 != 0) {
+        let ((count, views, best, scored), likes) = oracle
+            .entry((p.user_id, p.likes))
+            .or_insert(((0, None, None, 0), 0));
+        *count += 1;
+        *views = Some(views.unwrap_or(0) + p.views);
+        if let Some(s) = p.score {
+            *best = Some(best.map_or(s, |b: f64| b.max(s)));
+            *scored += 1;
+        }
+        *likes += i64::from(p.likes);
+    }
+    let expected: Vec<((i64, i32), Stats)> = oracle
+        .into_iter()
+        .filter(|(_, (_, likes))| *likes > 4)
+        .map(|(group, (stats, _))| (group, stats))
+        .collect();
+    assert!(expected.len() > 3, "the bar keeps some groups");
+
+    let got = db
+        .query::<Post>()
+        .filter(Post::ID.ne(0_i64)) // filters apply before grouping
+        .filter(Post::ID.not_in((1..=60).filter(|id| id % 7 == 0)))
+        .group_by((Post::USER_ID, Post::LIKES))
+        .aggregate((
+            count_rows(),
+            Post::VIEWS.sum(),
+            Post::SCORE.max(),
+            Post::SCORE.count(),
+        ))
+        .having(Post::LIKES.sum().gt(4_i64))
+        .all()
+        .await
+        .expect("group by");
+    assert_eq!(got, expected);
+
+    // Limit and offset count groups; an empty result is no error.
+    let second = db
+        .query::<Post>()
+        .group_by(Post::USER_ID)
+        .aggregate(count_rows())
+        .offset(1)
+        .limit(1)
+        .all()
+        .await
+        .expect("paged groups");
+    assert_eq!(second, [(1, 15)]);
+    let none = db
+        .query::<Post>()
+        .group_by(Post::USER_ID)
+        .aggregate(count_rows())
+        .having(count_rows().gt(1_000))
+        .all()
+        .await
+        .expect("no group");
+    assert!(none.is_empty());
+    let locked = db
+        .query::<Post>()
+        .for_update()
+        .group_by(Post::USER_ID)
+        .aggregate(count_rows())
+        .all()
+        .await;
+    assert!(
+        matches!(locked, Err(tabula::Error::Misuse(_))),
+        "{locked:?}"
+    );
+}

@@ -92,11 +92,7 @@ type PostsWithBoth = Vec<(Post, (Option<User>, Vec<Comment>))>;
 
 /// The oracle of `users → posts → comments`: every row grouped under its parent, in
 /// key order.
-fn tree(
-    users: &[User],
-    posts: &[Post],
-    comments: &[Comment],
-) -> Tree {
+fn tree(users: &[User], posts: &[Post], comments: &[Comment]) -> Tree {
     users
         .iter()
         .map(|u| {

@@ -190,6 +190,7 @@ pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
         #[automatically_derived]
         impl #p::ColumnType for #ident {
             const SQL_TYPE: &'static str = #sql_type;
+            type NonNull = Self;
         }
 
         #[automatically_derived]

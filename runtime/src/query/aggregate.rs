@@ -1,10 +1,13 @@
 //! Aggregates over a query's rows: `sum`, `avg`, `min`, `max` of a column, and counts
 //! or sums per value of a grouping column — typed as PostgreSQL returns them.
 
-use sea_query::{Alias, Expr, Order};
+use std::marker::PhantomData;
+
+use sea_query::{Alias, BinOper, Expr, ExprTrait, Order};
+use tokio_postgres::Row;
 use tokio_postgres::types::FromSqlOwned;
 
-use super::{Decode, Query};
+use super::{Decode, IntoValue, Query, Selection};
 use crate::error::Result;
 use crate::sql::{self, Binder};
 use crate::table::{Column, Table};
@@ -109,14 +112,14 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     }
 
     /// The smallest value of `column` over the matching rows.
-    pub async fn min<T: ColumnType>(self, column: Column<M, T>) -> Result<Option<T>> {
+    pub async fn min<T: ColumnType>(self, column: Column<M, T>) -> Result<Option<T::NonNull>> {
         let expr = Self::over(&column, "min({})");
         let rows = self.aggregate_rows("min", vec![expr], None).await?;
         one_value(rows)
     }
 
     /// The largest value of `column` over the matching rows.
-    pub async fn max<T: ColumnType>(self, column: Column<M, T>) -> Result<Option<T>> {
+    pub async fn max<T: ColumnType>(self, column: Column<M, T>) -> Result<Option<T::NonNull>> {
         let expr = Self::over(&column, "max({})");
         let rows = self.aggregate_rows("max", vec![expr], None).await?;
         one_value(rows)
@@ -161,5 +164,291 @@ fn one_value<T: FromSqlOwned>(rows: Vec<tokio_postgres::Row>) -> Result<Option<T
     match rows.first() {
         Some(row) => Ok(row.try_get::<_, Option<T>>(0)?),
         None => Ok(None),
+    }
+}
+
+/// An aggregate of model `M`'s rows whose value decodes to `T`: from a column's
+/// [`sum`](Column::sum), [`avg`](Column::avg), [`min`](Column::min),
+/// [`max`](Column::max) or [`count`](Column::count), or [`count_rows`]. Used in
+/// [`GroupQuery::aggregate`] and, compared with a value, in [`GroupQuery::having`].
+pub struct Aggregate<M, T> {
+    sql: String,
+    _types: PhantomData<fn() -> (M, T)>,
+}
+
+impl<M, T> Aggregate<M, T> {
+    fn new(sql: String) -> Self {
+        Aggregate {
+            sql,
+            _types: PhantomData,
+        }
+    }
+
+    fn compare<V: IntoValue<T>>(self, op: BinOper, value: V) -> Having<M> {
+        Having {
+            sql: self.sql,
+            op,
+            value: value.into_param(),
+            _model: PhantomData,
+        }
+    }
+
+    /// The aggregate equals `value` (for [`GroupQuery::having`]).
+    pub fn eq<V: IntoValue<T>>(self, value: V) -> Having<M> {
+        self.compare(BinOper::Equal, value)
+    }
+
+    /// The aggregate differs from `value`.
+    pub fn ne<V: IntoValue<T>>(self, value: V) -> Having<M> {
+        self.compare(BinOper::NotEqual, value)
+    }
+
+    /// The aggregate is greater than `value`.
+    pub fn gt<V: IntoValue<T>>(self, value: V) -> Having<M> {
+        self.compare(BinOper::GreaterThan, value)
+    }
+
+    /// The aggregate is at least `value`.
+    pub fn ge<V: IntoValue<T>>(self, value: V) -> Having<M> {
+        self.compare(BinOper::GreaterThanOrEqual, value)
+    }
+
+    /// The aggregate is less than `value`.
+    pub fn lt<V: IntoValue<T>>(self, value: V) -> Having<M> {
+        self.compare(BinOper::SmallerThan, value)
+    }
+
+    /// The aggregate is at most `value`.
+    pub fn le<V: IntoValue<T>>(self, value: V) -> Having<M> {
+        self.compare(BinOper::SmallerThanOrEqual, value)
+    }
+}
+
+/// `count(*)`: how many rows each group has.
+pub fn count_rows<M: Table>() -> Aggregate<M, i64> {
+    Aggregate::new("count(*)".to_owned())
+}
+
+impl<M: Table, T: ColumnType> Column<M, T> {
+    fn aggregate<O>(self, template: &str) -> Aggregate<M, O> {
+        Aggregate::new(
+            template.replace("{}", &sql::quote_ident(M::META.columns[self.index()].name)),
+        )
+    }
+
+    /// The sum of this column in each group (`None` when all are NULL); typed as
+    /// [`Summable`] says.
+    pub fn sum(self) -> Aggregate<M, Option<T::Sum>>
+    where
+        T: Summable,
+        Option<T::Sum>: ColumnType,
+    {
+        self.aggregate(T::SUM)
+    }
+
+    /// The average of this column in each group, as `f64`.
+    pub fn avg(self) -> Aggregate<M, Option<f64>>
+    where
+        T: Summable,
+    {
+        self.aggregate("avg({})::float8")
+    }
+
+    /// The smallest value of this column in each group (`None` when all are NULL).
+    pub fn min(self) -> Aggregate<M, Option<T::NonNull>> {
+        self.aggregate("min({})")
+    }
+
+    /// The largest value of this column in each group (`None` when all are NULL).
+    pub fn max(self) -> Aggregate<M, Option<T::NonNull>> {
+        self.aggregate("max({})")
+    }
+
+    /// How many rows of each group have a value (not NULL) in this column.
+    pub fn count(self) -> Aggregate<M, i64> {
+        self.aggregate("count({})")
+    }
+}
+
+/// A condition on a group's aggregate; see [`GroupQuery::having`].
+pub struct Having<M> {
+    sql: String,
+    op: BinOper,
+    value: crate::sql::OwnedParam,
+    _model: PhantomData<fn() -> M>,
+}
+
+/// The aggregates a [`GroupQuery`] computes per group: one [`Aggregate`] or a tuple
+/// of up to six.
+pub trait Aggregates<M> {
+    /// What they decode into.
+    type Output: Send + 'static;
+    /// Their SQL, in order.
+    #[doc(hidden)]
+    fn sql(self) -> Vec<String>;
+    /// Decodes them from `row`, starting at column `at`.
+    #[doc(hidden)]
+    fn decode(row: &Row, at: usize) -> Result<Self::Output>;
+}
+
+impl<M, T: ColumnType> Aggregates<M> for Aggregate<M, T> {
+    type Output = T;
+    fn sql(self) -> Vec<String> {
+        vec![self.sql]
+    }
+    fn decode(row: &Row, at: usize) -> Result<T> {
+        Ok(row.try_get(at)?)
+    }
+}
+
+macro_rules! aggregate_tuples {
+    ($(($($t:ident $v:ident $i:tt),+)),* $(,)?) => {$(
+        impl<M, $($t: ColumnType),+> Aggregates<M> for ($(Aggregate<M, $t>,)+) {
+            type Output = ($($t,)+);
+            fn sql(self) -> Vec<String> {
+                let ($($v,)+) = self;
+                vec![$($v.sql),+]
+            }
+            fn decode(row: &Row, at: usize) -> Result<Self::Output> {
+                Ok(($(row.try_get::<_, $t>(at + $i)?,)+))
+            }
+        }
+    )*};
+}
+
+aggregate_tuples!(
+    (A a 0),
+    (A a 0, B b 1),
+    (A a 0, B b 1, C c 2),
+    (A a 0, B b 1, C c 2, D d 3),
+    (A a 0, B b 1, C c 2, D d 3, E e 4),
+    (A a 0, B b 1, C c 2, D d 3, E e 4, F f 5),
+);
+
+/// A query grouped by some columns; from [`Query::group_by`]. Call
+/// [`aggregate`](Self::aggregate) to say what to compute per group.
+#[must_use = "a grouped query does nothing until .aggregate(…).all() runs it"]
+pub struct GroupQuery<M, G, A = ()> {
+    query: Query<M>,
+    group: Vec<usize>,
+    aggregates: Vec<String>,
+    having: Vec<Having<M>>,
+    _types: PhantomData<fn() -> (G, A)>,
+}
+
+impl<M: Table> Query<M> {
+    /// Groups the matching rows by `columns` (one [`Column`] or a tuple of up to six):
+    /// the query then returns one row per group, with the aggregates asked for by
+    /// [`GroupQuery::aggregate`], ordered by the group columns.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Post { #[table(primary_key)] pub id: i64, pub user_id: i64, pub score: i32, pub draft: bool }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// use tabula::query::count_rows;
+    ///
+    /// // Per author of published posts: how many, their total score (int4 sums to int8)
+    /// // — for authors with more than 10.
+    /// let per_user: Vec<(i64, (i64, Option<i64>))> = db
+    ///     .query::<Post>()
+    ///     .filter(Post::DRAFT.eq(false))
+    ///     .group_by(Post::USER_ID)
+    ///     .aggregate((count_rows(), Post::SCORE.sum()))
+    ///     .having(count_rows().gt(10))
+    ///     .all()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn group_by<G: Selection<M>>(self, columns: G) -> GroupQuery<M, G> {
+        GroupQuery {
+            query: self,
+            group: columns.indices(),
+            aggregates: Vec::new(),
+            having: Vec::new(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<M: Table, G: Selection<M>> GroupQuery<M, G> {
+    /// The aggregates to compute for each group.
+    pub fn aggregate<A: Aggregates<M>>(self, aggregates: A) -> GroupQuery<M, G, A> {
+        GroupQuery {
+            query: self.query,
+            group: self.group,
+            aggregates: aggregates.sql(),
+            having: self.having,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<M: Table, G: Selection<M>, A: Aggregates<M>> GroupQuery<M, G, A> {
+    /// Keeps the groups whose aggregate meets `condition` (`HAVING`; several calls
+    /// combine with AND). The aggregate need not be one of those returned.
+    pub fn having(mut self, condition: Having<M>) -> Self {
+        self.having.push(condition);
+        self
+    }
+
+    /// Returns at most `n` groups.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.query.limit = Some(n);
+        self
+    }
+
+    /// Skips the first `n` groups.
+    pub fn offset(mut self, n: u64) -> Self {
+        self.query.offset = Some(n);
+        self
+    }
+
+    /// Every group (after `having`), ordered by the group columns, with its
+    /// aggregates; limit and offset count groups.
+    pub async fn all(self) -> Result<Vec<(G::Output, A::Output)>> {
+        let GroupQuery {
+            query,
+            group,
+            aggregates,
+            having,
+            ..
+        } = self;
+        query.no_lock("group_by")?;
+        let meta = M::META;
+        // In a block: sea-query statements are not Send.
+        let bound = {
+            let mut binder = Binder::default();
+            let mut q = query.statement(&mut binder, &[], &[], None, None)?;
+            for &g in &group {
+                let column = Alias::new(meta.columns[g].name);
+                q.column(column.clone()).group_by_col(column);
+            }
+            for sql in aggregates {
+                q.expr(Expr::cust(sql));
+            }
+            for condition in having {
+                let value = binder.owned(condition.value);
+                q.and_having(Expr::cust(condition.sql).binary(condition.op, value));
+            }
+            for &g in &group {
+                q.order_by(Alias::new(meta.columns[g].name), Order::Asc);
+            }
+            if let Some(n) = query.limit {
+                q.limit(n);
+            }
+            if let Some(n) = query.offset {
+                q.offset(n);
+            }
+            binder.finish(q).within_limits(meta.name)?
+        };
+        let at = group.len();
+        let db = query.db.clone();
+        crate::db::read_on_conn!(db, "group_by", meta.name, |conn| {
+            conn.query_decode(&bound.sql, &bound.params(), |row| {
+                Ok((G::decode(row)?, A::decode(row, at)?))
+            })
+            .await
+        })
+        .await
     }
 }

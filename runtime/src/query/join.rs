@@ -80,7 +80,7 @@ impl<M: Table> Joined for Inner<M> {
 impl<M: Table> Joined for Left<M> {
     type Model = M;
     type Output = Option<M>;
-    type Value<T: ColumnType> = Option<T>;
+    type Value<T: ColumnType> = Option<T::NonNull>;
     const LEFT: bool = true;
     fn decode(row: &Row, at: usize) -> Result<Option<M>> {
         // A primary key is never NULL in a stored row: NULL there is the row a left

@@ -60,6 +60,7 @@ impl<T: ArrayElement> ArrayElement for Option<T> {
 
 impl<T: ArrayElement> ColumnType for Vec<T> {
     const SQL_TYPE: &'static str = T::ARRAY_TYPE;
+    type NonNull = Self;
 }
 
 /// The element count, then each element.

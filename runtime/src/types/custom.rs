@@ -124,6 +124,7 @@ macro_rules! custom_column {
         impl $crate::ColumnType for $ty {
             const SQL_TYPE: &'static str =
                 <<$ty as $crate::CustomColumn>::Stored as $crate::ColumnType>::SQL_TYPE;
+            type NonNull = Self;
         }
     };
 }

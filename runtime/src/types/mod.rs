@@ -81,11 +81,17 @@ pub trait ColumnType:
     const SQL_TYPE: &'static str;
     /// Whether the column accepts NULL (`Option<_>`).
     const NULLABLE: bool = false;
+    /// The type without its `Option` (itself for a type that is not one): what an
+    /// aggregate that may be NULL (`min`, `max`) wraps in one `Option`, not two.
+    type NonNull: ColumnType;
 }
 
 macro_rules! column_types {
     ($($(#[$attr:meta])* $ty:ty => $name:literal),* $(,)?) => {
-        $($(#[$attr])* impl ColumnType for $ty { const SQL_TYPE: &'static str = $name; })*
+        $($(#[$attr])* impl ColumnType for $ty {
+            const SQL_TYPE: &'static str = $name;
+            type NonNull = Self;
+        })*
     };
 }
 
@@ -125,6 +131,7 @@ column_types! {
 impl<T: ColumnType> ColumnType for Option<T> {
     const SQL_TYPE: &'static str = T::SQL_TYPE;
     const NULLABLE: bool = true;
+    type NonNull = T::NonNull;
 }
 
 /// A borrowed serde value bound as a `jsonb` parameter without copying it first.
