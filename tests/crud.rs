@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use tabula::Error;
+use tabula::{Error, Table};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -420,4 +420,55 @@ async fn batches_of_a_model_with_only_generated_columns_are_all_or_nothing() {
     assert!(matches!(err, Error::CheckViolation { .. }), "{err:?}");
     let rows = db.query::<OnlyGenerated>().all().await.expect("rows");
     assert!(rows.is_empty(), "rows kept from a failed batch: {rows:?}");
+}
+
+/// `New` and `Patch` straight from request bodies, and `update` with the model inferred
+/// from the patch.
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(
+    name = "bodies",
+    derive_new(serde::Deserialize),
+    derive_patch(serde::Deserialize, serde::Serialize)
+)]
+struct Body {
+    #[table(primary_key, generated)]
+    id: i64,
+    name: String,
+    bio: Option<String>,
+    #[table(json)]
+    tags: Vec<String>,
+}
+
+#[tokio::test]
+async fn new_rows_and_patches_deserialize_from_request_bodies() {
+    let db = common::db().await;
+    db.execute_batch(
+        "CREATE TABLE bodies (id bigserial PRIMARY KEY, name text NOT NULL, bio text, tags jsonb NOT NULL)",
+    )
+    .await
+    .expect("table");
+    let new: NewBody = serde_json::from_str(r#"{"name": "ada", "bio": "math", "tags": ["x"]}"#)
+        .expect("new row from JSON");
+    let row = db.create(new).await.expect("create");
+
+    // Missing fields are left alone; no turbofish on update.
+    let patch: BodyPatch = serde_json::from_str(r#"{"name": "ada l."}"#).expect("patch");
+    let row = db.update(row.id, patch).await.expect("update");
+    assert_eq!(
+        (row.name.as_str(), row.bio.as_deref(), row.tags.len()),
+        ("ada l.", Some("math"), 1)
+    );
+    // An explicit null on a nullable column sets NULL; an empty body changes nothing.
+    let patch: BodyPatch = serde_json::from_str(r#"{"bio": null}"#).expect("patch");
+    assert_eq!(patch.bio, Some(None));
+    let row = db.update(row.id, patch).await.expect("set NULL");
+    assert_eq!(row.bio, None);
+    let empty: BodyPatch = serde_json::from_str("{}").expect("empty patch");
+    assert_eq!(db.update(row.id, empty).await.expect("no-op"), row);
+    // A null for a column that cannot be NULL, or a wrong type, is a serde error.
+    assert!(serde_json::from_str::<BodyPatch>(r#"{"name": null}"#).is_err());
+    assert!(serde_json::from_str::<BodyPatch>(r#"{"name": 5}"#).is_err());
+    // The key is no field of a patch: serde ignores it, as any unknown field.
+    let keyed: BodyPatch = serde_json::from_str(r#"{"id": 5}"#).expect("ignored");
+    assert!(keyed.name.is_none() && keyed.bio.is_none() && keyed.tags.is_none());
 }

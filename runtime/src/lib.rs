@@ -164,6 +164,26 @@ pub mod __private {
     pub use tokio_postgres::Row;
     pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
+    /// A patch field of a nullable column from a request body: present (even `null`)
+    /// is `Some`, so `null` sets NULL; missing is the field's default, `None`.
+    pub fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+        T: serde::Deserialize<'de>,
+    {
+        <Option<T> as serde::Deserialize<'de>>::deserialize(deserializer).map(Some)
+    }
+
+    /// A patch field of a column that cannot be NULL: present is `Some` of a value (a
+    /// `null` is an error); missing is `None`.
+    pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+        T: serde::Deserialize<'de>,
+    {
+        T::deserialize(deserializer).map(Some)
+    }
+
     /// Sync + Send trait object of a parameter.
     pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;
 

@@ -8,7 +8,9 @@ pub(crate) const SCHEMA: &str = "schema";
 pub(crate) const CACHE: &str = "cache";
 pub(crate) const TTL: &str = "ttl";
 pub(crate) const NEAR: &str = "near";
-pub(crate) const STRUCT_KEYS: &[&str] = &[NAME, SCHEMA, CACHE];
+pub(crate) const DERIVE_NEW: &str = "derive_new";
+pub(crate) const DERIVE_PATCH: &str = "derive_patch";
+pub(crate) const STRUCT_KEYS: &[&str] = &[NAME, SCHEMA, CACHE, DERIVE_NEW, DERIVE_PATCH];
 
 // field level
 pub(crate) const PRIMARY_KEY: &str = "primary_key";

@@ -47,6 +47,10 @@ pub(crate) struct ContainerAttrs {
     /// `cache(ttl = N, near = false)`: seconds, at least 1, and whether a near tier
     /// may answer (default yes).
     pub(crate) cache_ttl: Slot<(u64, bool)>,
+    /// `derive_new(Trait, …)`: more derives for `New<Model>`.
+    pub(crate) derive_new: Slot<Vec<syn::Path>>,
+    /// `derive_patch(Trait, …)`: more derives for `<Model>Patch`.
+    pub(crate) derive_patch: Slot<Vec<syn::Path>>,
 }
 
 /// Field-level settings.
@@ -69,6 +73,8 @@ impl ContainerAttrs {
             name: Slot::new(NAME),
             schema: Slot::new(SCHEMA),
             cache_ttl: Slot::new(CACHE),
+            derive_new: Slot::new(DERIVE_NEW),
+            derive_patch: Slot::new(DERIVE_PATCH),
         };
         for_each_table_meta(cx, attrs, |cx, meta| {
             let span = meta
@@ -84,6 +90,10 @@ impl ContainerAttrs {
             } else if meta.path.is_ident(CACHE) {
                 let ttl = cache_ttl(&meta)?;
                 out.cache_ttl.set(cx, span, ttl);
+            } else if meta.path.is_ident(DERIVE_NEW) {
+                out.derive_new.set(cx, span, derive_list(&meta)?);
+            } else if meta.path.is_ident(DERIVE_PATCH) {
+                out.derive_patch.set(cx, span, derive_list(&meta)?);
             } else {
                 return Err(unknown_key(&meta, "table attribute", STRUCT_KEYS));
             }
@@ -253,4 +263,23 @@ fn unknown_key(meta: &ParseNestedMeta<'_>, kind: &str, accepted: &[&str]) -> syn
         ToString::to_string,
     );
     syn::Error::new_spanned(&meta.path, unknown_word_message(kind, &word, accepted))
+}
+
+/// `derive_new(Deserialize, serde::Serialize)`: the paths of the derives, at least one.
+fn derive_list(meta: &ParseNestedMeta<'_>) -> syn::Result<Vec<syn::Path>> {
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error("expected a list of derives, as in `derive_new(Deserialize)`"));
+    }
+    let mut paths = Vec::new();
+    meta.parse_nested_meta(|inner| {
+        if !inner.input.is_empty() && !inner.input.peek(syn::Token![,]) {
+            return Err(inner.error("expected the name of a derive macro"));
+        }
+        paths.push(inner.path);
+        Ok(())
+    })?;
+    if paths.is_empty() {
+        return Err(meta.error("expected at least one derive"));
+    }
+    Ok(paths)
 }

@@ -109,15 +109,48 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
     let patch_doc = format!(
         "A partial update of [`{ident}`]: set fields are written, `None` fields are left unchanged."
     );
+    let extra = |slot: &super::attr::Slot<Vec<syn::Path>>| -> Vec<syn::Path> {
+        slot.get()
+            .map(|(_, paths)| paths.clone())
+            .unwrap_or_default()
+    };
+    let (new_derives, patch_derives) = (
+        extra(&cont.attrs.derive_new),
+        extra(&cont.attrs.derive_patch),
+    );
+    // A patch from a request body: a missing field is `None` (left unchanged), and for
+    // a nullable column an explicit `null` is `Some(None)` (set NULL) — which serde's
+    // own `Option<Option<T>>` cannot tell from missing.
+    let patch_serde = patch_derives
+        .iter()
+        .any(is_deserialize)
+        .then(|| quote!(#[serde(default)]));
+    // For a column that cannot be NULL, a `null` is an error, not "unchanged".
+    let patch_fields = patch_fields
+        .zip(patch_columns(cont))
+        .map(|(field, (_, f))| {
+            let with = match option_inner(f.ty) {
+                Some(_) => "::tabula::__private::double_option",
+                None => "::tabula::__private::present",
+            };
+            match patch_serde {
+                Some(_) => quote! {
+                    #[serde(deserialize_with = #with)]
+                    #field
+                },
+                None => field,
+            }
+        });
     quote! {
         #[doc = #new_doc]
-        #[derive(Debug, Clone)]
+        #[derive(Debug, Clone, #(#new_derives),*)]
         #vis struct #new_ident {
             #(#new_fields,)*
         }
 
         #[doc = #patch_doc]
-        #[derive(Debug, Clone, Default)]
+        #[derive(Debug, Clone, Default, #(#patch_derives),*)]
+        #patch_serde
         #vis struct #patch_ident {
             #(#patch_fields,)*
         }
@@ -135,6 +168,13 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
             #(#finders)*
         }
     }
+}
+
+/// Whether a derive is serde's `Deserialize` (by its last segment).
+fn is_deserialize(path: &syn::Path) -> bool {
+    path.segments
+        .last()
+        .is_some_and(|s| s.ident == "Deserialize")
 }
 
 /// Columns a patch can set, with their index in the metadata: all but the primary key.

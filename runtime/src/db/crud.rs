@@ -153,7 +153,7 @@ impl Db {
     }
 
     /// The statement of [`Db::update`], without its cache invalidation.
-    async fn update_now<M: Table>(&self, key: M::Key, patch: M::Patch) -> Result<M> {
+    async fn update_now<M: Table>(&self, key: M::Key, patch: impl Patch<Table = M>) -> Result<M> {
         let key: M::Key = key;
         let meta = M::META;
         let mut assignments = patch.assignments();
@@ -407,7 +407,11 @@ impl Db {
     /// let note = db.update::<Note>(7, NotePatch { body: Some("edited".into()) }).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn update<M: Table>(&self, key: impl Into<M::Key>, patch: M::Patch) -> Result<M> {
+    pub async fn update<M: Table>(
+        &self,
+        key: impl Into<M::Key>,
+        patch: impl Patch<Table = M>,
+    ) -> Result<M> {
         let (db, key) = (self.clone(), key.into());
         let touched = vec![key.clone()];
         // The row's own spelling of its key too (see `sql.rs`).

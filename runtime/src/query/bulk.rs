@@ -21,7 +21,11 @@ impl Db {
     /// let n = db.update_where(Note::BODY.eq(""), NotePatch { pinned: Some(false), ..Default::default() }).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn update_where<M: Table>(&self, filter: Filter<M>, patch: M::Patch) -> Result<u64> {
+    pub async fn update_where<M: Table>(
+        &self,
+        filter: Filter<M>,
+        patch: impl Patch<Table = M>,
+    ) -> Result<u64> {
         self.bulk_update::<M>(Some(filter), patch).await
     }
 
@@ -34,7 +38,7 @@ impl Db {
     /// db.update_all::<Note>(NotePatch { pinned: Some(false) }).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn update_all<M: Table>(&self, patch: M::Patch) -> Result<u64> {
+    pub async fn update_all<M: Table>(&self, patch: impl Patch<Table = M>) -> Result<u64> {
         self.bulk_update::<M>(None, patch).await
     }
 
@@ -69,7 +73,7 @@ impl Db {
     async fn bulk_update<M: Table>(
         &self,
         filter: Option<Filter<M>>,
-        patch: M::Patch,
+        patch: impl Patch<Table = M>,
     ) -> Result<u64> {
         // Refused before the write begins (and invalidates anything).
         if let Some(filter) = &filter {
@@ -103,7 +107,7 @@ impl Db {
     pub(crate) async fn update_matching<M: Table>(
         &self,
         filter: Option<Filter<M>>,
-        patch: M::Patch,
+        patch: impl Patch<Table = M>,
     ) -> Result<Vec<M::Key>> {
         let meta = M::META;
         let assignments = patch.assignments();

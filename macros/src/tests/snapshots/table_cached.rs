@@ -129,26 +129,30 @@ const _: () = {
             cache_near: true,
             shape: ::tabula::__private::row_shape(12588193035827523249u64),
         };
-        fn from_row(
+        fn from_row_at(
             __row: &::tabula::__private::Row,
+            __at: usize,
         ) -> ::tabula::__private::Result<Self> {
             let _ = <Uuid as ::tabula::__private::ColumnType>::SQL_TYPE;
             let _ = <String as ::tabula::__private::ColumnType>::SQL_TYPE;
             let _ = <Option<String> as ::tabula::__private::ColumnType>::SQL_TYPE;
             ::tabula::__private::Result::Ok(Self {
-                id: ::tabula::__private::decode_column::<Self, Uuid>(__row, 0usize)?,
+                id: ::tabula::__private::decode_column::<
+                    Self,
+                    Uuid,
+                >(__row, __at, 0usize)?,
                 username: ::tabula::__private::decode_column::<
                     Self,
                     String,
-                >(__row, 1usize)?,
+                >(__row, __at, 1usize)?,
                 avatar_url: ::tabula::__private::decode_column::<
                     Self,
                     Option<String>,
-                >(__row, 2usize)?,
+                >(__row, __at, 2usize)?,
                 settings: ::tabula::__private::decode_json_opt_column::<
                     Self,
                     Settings,
-                >(__row, 3usize)?,
+                >(__row, __at, 3usize)?,
                 scratch: ::tabula::__private::Default::default(),
             })
         }

@@ -57,7 +57,10 @@ const _: () = {
             cache_near: true,
             shape: 0,
         };
-        fn from_row(_: &::tabula::__private::Row) -> ::tabula::__private::Result<Self> {
+        fn from_row_at(
+            _: &::tabula::__private::Row,
+            _: usize,
+        ) -> ::tabula::__private::Result<Self> {
             ::core::unreachable!()
         }
         fn key(&self) -> &Self::Key {

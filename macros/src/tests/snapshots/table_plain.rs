@@ -148,28 +148,35 @@ const _: () = {
             cache_near: true,
             shape: ::tabula::__private::row_shape(6948523948430002955u64),
         };
-        fn from_row(
+        fn from_row_at(
             __row: &::tabula::__private::Row,
+            __at: usize,
         ) -> ::tabula::__private::Result<Self> {
             let _ = <i64 as ::tabula::__private::ColumnType>::SQL_TYPE;
             let _ = <String as ::tabula::__private::ColumnType>::SQL_TYPE;
             let _ = <Option<String> as ::tabula::__private::ColumnType>::SQL_TYPE;
             ::tabula::__private::assert_soft_delete_column::<Option<DateTime<Utc>>>();
             ::tabula::__private::Result::Ok(Self {
-                id: ::tabula::__private::decode_column::<Self, i64>(__row, 0usize)?,
-                slug: ::tabula::__private::decode_column::<Self, String>(__row, 1usize)?,
+                id: ::tabula::__private::decode_column::<
+                    Self,
+                    i64,
+                >(__row, __at, 0usize)?,
+                slug: ::tabula::__private::decode_column::<
+                    Self,
+                    String,
+                >(__row, __at, 1usize)?,
                 body: ::tabula::__private::decode_column::<
                     Self,
                     Option<String>,
-                >(__row, 2usize)?,
+                >(__row, __at, 2usize)?,
                 meta: ::tabula::__private::decode_json_column::<
                     Self,
                     Meta,
-                >(__row, 3usize)?,
+                >(__row, __at, 3usize)?,
                 deleted_at: ::tabula::__private::decode_column::<
                     Self,
                     Option<DateTime<Utc>>,
-                >(__row, 4usize)?,
+                >(__row, __at, 4usize)?,
                 scratch: ::tabula::__private::Default::default(),
             })
         }
