@@ -1,11 +1,12 @@
 //! Eager loading three levels deep, diesel_bench's `loading_associations` shape: every
 //! user, their posts, and those posts' comments, assembled as
 //! `Vec<(User, Vec<(Post, Vec<Comment>)>)>` — Tabula's `query().all()` and two
-//! `Db::children` calls against raw tokio-postgres running the same three statements
+//! `Db::children` calls (`tabula`), the same through the eager loader
+//! `query().load(children::<Post>().with(children::<Comment>()))` (`tabula_load`),
+//! against raw tokio-postgres running the same three statements
 //! (prepared once) and grouping with `HashMap`s, in the same run. The raw side runs
 //! twice: `raw` buffers each result (`Client::query`, as `benches/crud.rs` does),
-//! `raw_stream` decodes rows as they arrive (`query_raw`), as Tabula does — at 11,100
-//! rows the buffering alone is a visible cost.
+//! `raw_stream` decodes rows as they arrive (`query_raw`), as Tabula does.
 //!
 //! Sizes: 1, 10 and 100 users, ten posts per user and ten comments per post (100 users
 //! is 11,100 rows a load). Run with `cargo bench --bench orm`; only the same-run ratios
@@ -17,6 +18,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::TryStreamExt;
 use tabula::migrate::{Migration, Migrator};
+use tabula::query::children;
 use tabula::{Db, Table};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
@@ -125,6 +127,13 @@ async fn load_tabula(db: &Db) -> tabula::Result<Loaded> {
             (user, theirs)
         })
         .collect())
+}
+
+/// The same tree through the eager loader, `Query::load`.
+async fn load_tabula_loader(db: &Db) -> tabula::Result<Loaded> {
+    db.query::<User>()
+        .load(children::<Post>().with(children::<Comment>()))
+        .await
 }
 
 struct Raw {
@@ -249,13 +258,15 @@ fn loading_associations(c: &mut Criterion) {
             (db, Raw::prepare(client).await)
         });
         // Both sides load the same thing, or the comparison means nothing.
-        let (ours, buffered, streamed) = rt.block_on(async {
+        let (ours, loader, buffered, streamed) = rt.block_on(async {
             (
                 load_tabula(&db).await.expect("tabula"),
+                load_tabula_loader(&db).await.expect("tabula_load"),
                 raw.load(false).await.expect("raw"),
                 raw.load(true).await.expect("raw_stream"),
             )
         });
+        assert_eq!(ours, loader, "children and load loaded different rows");
         assert_eq!(ours, buffered, "tabula and raw loaded different rows");
         assert_eq!(
             ours, streamed,
@@ -271,6 +282,10 @@ fn loading_associations(c: &mut Criterion) {
         group.bench_function("tabula", |b| {
             b.to_async(&rt)
                 .iter(|| async { load_tabula(&db).await.expect("tabula") })
+        });
+        group.bench_function("tabula_load", |b| {
+            b.to_async(&rt)
+                .iter(|| async { load_tabula_loader(&db).await.expect("tabula_load") })
         });
         group.bench_function("raw", |b| {
             b.to_async(&rt)
