@@ -331,3 +331,63 @@ async fn a_null_foreign_key_names_no_parent() {
         vec![Some(users[1].id), None, Some(users[1].id)]
     );
 }
+
+static NOTE_CLONES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A post whose clones are counted: loading moves rows, it does not copy them.
+#[derive(Table, Debug, PartialEq)]
+#[table(name = "r_posts")]
+struct CountedPost {
+    #[table(primary_key, generated)]
+    id: i64,
+    #[table(belongs_to = User)]
+    user_id: i64,
+    title: String,
+}
+
+impl Clone for CountedPost {
+    fn clone(&self) -> Self {
+        NOTE_CLONES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CountedPost {
+            id: self.id,
+            user_id: self.user_id,
+            title: self.title.clone(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn loading_moves_rows_and_lists_children_in_the_parents_order() {
+    use std::sync::atomic::Ordering;
+    use tabula::query::children;
+    let (db, users, posts, _) = data().await;
+    let before = NOTE_CLONES.load(Ordering::SeqCst);
+    let loaded = db
+        .query::<User>()
+        .order_by(User::ID.desc())
+        .load(children::<CountedPost>())
+        .await
+        .expect("load");
+    assert_eq!(NOTE_CLONES.load(Ordering::SeqCst), before, "no post copied");
+    assert_eq!(
+        loaded.iter().map(|(_, p)| p.len()).sum::<usize>(),
+        posts.len()
+    );
+
+    // `all()` lists children parent by parent, in the parents' order, every run.
+    let reversed: Vec<User> = users.iter().rev().cloned().collect();
+    let found = db
+        .children::<User, Post>(&reversed)
+        .await
+        .expect("children");
+    let order: Vec<i64> = found.all().map(|p| p.id).collect();
+    let mut expected: Vec<i64> = Vec::new();
+    for user in &reversed {
+        expected.extend(posts.iter().filter(|p| p.user_id == user.id).map(|p| p.id));
+    }
+    assert_eq!(order, expected);
+    // `take` moves a parent's children out once.
+    let mut found = found;
+    assert_eq!(found.take(&users[5]).len(), 5);
+    assert!(found.take(&users[5]).is_empty());
+}

@@ -35,45 +35,84 @@ use crate::table::{BelongsTo, Table};
 /// ```
 #[derive(Debug)]
 pub struct Children<P, C> {
-    by_parent: HashMap<String, Vec<C>>,
-    _parent: std::marker::PhantomData<fn() -> P>,
+    /// A parent's key (as text) to its group.
+    index: HashMap<String, usize>,
+    /// The groups, in the order their parents were first listed; each in the child's
+    /// key order.
+    groups: Vec<Vec<C>>,
+    _parent: PhantomData<fn() -> P>,
 }
 
 impl<P: Table, C> Children<P, C> {
+    fn group(&self, parent: &P) -> Option<usize> {
+        self.index
+            .get(&crate::db::key_text::<P>(parent.key()))
+            .copied()
+    }
+
     /// The children of `parent` (none when it has none, or was not among the parents
     /// loaded).
     pub fn of(&self, parent: &P) -> &[C] {
-        self.by_parent
-            .get(&crate::db::key_text::<P>(parent.key()))
-            .map_or(&[], Vec::as_slice)
+        self.group(parent)
+            .map_or(&[], |g| self.groups[g].as_slice())
     }
 
-    /// Every child loaded, for the next level down.
+    /// Moves the children of `parent` out (a second call for it returns none).
+    pub fn take(&mut self, parent: &P) -> Vec<C> {
+        self.group(parent)
+            .map(|g| std::mem::take(&mut self.groups[g]))
+            .unwrap_or_default()
+    }
+
+    /// Every child loaded, for the next level down: the first parent's children, then
+    /// the next parent's, in the order the parents were given (a parent listed twice
+    /// counts once), each parent's in key order.
     pub fn all(&self) -> impl Iterator<Item = &C> {
-        self.by_parent.values().flatten()
+        self.groups.iter().flatten()
     }
 
     /// How many children were loaded.
     pub fn len(&self) -> usize {
-        self.by_parent.values().map(Vec::len).sum()
+        self.groups.iter().map(Vec::len).sum()
     }
 
     /// Whether no child was loaded.
     pub fn is_empty(&self) -> bool {
-        self.by_parent.values().all(Vec::is_empty)
+        self.groups.iter().all(Vec::is_empty)
     }
 
-    /// Each parent with its children, in the parents' order (a parent listed twice
-    /// gets its children twice).
+    /// Each parent with its children, in the parents' order. The children are moved,
+    /// not copied; only a parent listed twice gets a copy of its children.
     pub fn attach(self, parents: Vec<P>) -> Vec<(P, Vec<C>)>
     where
         C: Clone,
     {
-        parents
+        let lined = self.lined_up(&parents);
+        parents.into_iter().zip(lined).collect()
+    }
+
+    /// Each parent's children, lined up with `parents`: moved out on a parent's last
+    /// listing, copied for the listings before it.
+    pub(crate) fn lined_up(mut self, parents: &[P]) -> Vec<Vec<C>>
+    where
+        C: Clone,
+    {
+        let groups: Vec<Option<usize>> = parents.iter().map(|p| self.group(p)).collect();
+        let mut left = vec![0usize; self.groups.len()];
+        for g in groups.iter().flatten() {
+            left[*g] += 1;
+        }
+        groups
             .into_iter()
-            .map(|parent| {
-                let children = self.of(&parent).to_vec();
-                (parent, children)
+            .map(|g| match g {
+                None => Vec::new(),
+                Some(g) => {
+                    left[g] -= 1;
+                    match left[g] {
+                        0 => std::mem::take(&mut self.groups[g]),
+                        _ => self.groups[g].clone(),
+                    }
+                }
             })
             .collect()
     }
@@ -143,16 +182,17 @@ impl crate::Db {
     where
         F: Future<Output = Result<Vec<C>>>,
     {
-        let mut by_parent: HashMap<String, Vec<C>> = HashMap::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         let mut keys: Vec<P::Key> = Vec::with_capacity(parents.len());
         for parent in parents {
             if let std::collections::hash_map::Entry::Vacant(slot) =
-                by_parent.entry(crate::db::key_text::<P>(parent.key()))
+                index.entry(crate::db::key_text::<P>(parent.key()))
             {
-                slot.insert(Vec::new());
+                slot.insert(keys.len());
                 keys.push(parent.key().clone());
             }
         }
+        let mut groups: Vec<Vec<C>> = (0..keys.len()).map(|_| Vec::new()).collect();
         if !keys.is_empty() {
             let values: Vec<crate::sql::OwnedParam> = keys
                 .into_iter()
@@ -164,16 +204,20 @@ impl crate::Db {
                 .order_by_key();
             let rows = fetch(query).await?;
             for child in rows {
-                // The query matched a key, so the foreign key is set.
-                if let Some(key) = child.parent_key() {
-                    let text = crate::db::key_text::<P>(key);
-                    by_parent.entry(text).or_default().push(child);
+                // The query matched a key, so the foreign key is set (and names a
+                // parent, unless the database's equality is looser than Rust's).
+                let group = child
+                    .parent_key()
+                    .and_then(|key| index.get(&crate::db::key_text::<P>(key)));
+                if let Some(&g) = group {
+                    groups[g].push(child);
                 }
             }
         }
         Ok(Children {
-            by_parent,
-            _parent: std::marker::PhantomData,
+            index,
+            groups,
+            _parent: PhantomData,
         })
     }
 
@@ -282,7 +326,7 @@ impl<P: Table, C: BelongsTo<P> + Clone> Loader<P> for LoadChildren<C> {
 
     async fn load(&self, db: &Db, parents: &[P]) -> Result<Vec<Vec<C>>> {
         let found = db.children_cached::<P, C>(parents).await?;
-        Ok(parents.iter().map(|p| found.of(p).to_vec()).collect())
+        Ok(found.lined_up(parents))
     }
 }
 
@@ -293,13 +337,9 @@ impl<P: Table, C: BelongsTo<P> + Clone, L: Loader<C>> Loader<P> for LoadChildren
         let found = db.children_cached::<P, C>(parents).await?;
         // Each parent's children in one slice, in the parents' order, for the
         // level below (a parent listed twice gets its children twice).
-        let mut all: Vec<C> = Vec::with_capacity(found.len());
-        let mut counts = Vec::with_capacity(parents.len());
-        for parent in parents {
-            let theirs = found.of(parent);
-            counts.push(theirs.len());
-            all.extend_from_slice(theirs);
-        }
+        let lined = found.lined_up(parents);
+        let counts: Vec<usize> = lined.iter().map(Vec::len).collect();
+        let all: Vec<C> = lined.into_iter().flatten().collect();
         let below = self.next.0.load(db, &all).await?;
         let mut pairs = all.into_iter().zip(below);
         Ok(counts
