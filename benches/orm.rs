@@ -9,8 +9,13 @@
 //! `raw_stream` decodes rows as they arrive (`query_raw`), as Tabula does.
 //!
 //! Sizes: 1, 10 and 100 users, ten posts per user and ten comments per post (100 users
-//! is 11,100 rows a load). Run with `cargo bench --bench orm`; only the same-run ratios
-//! mean anything.
+//! is 11,100 rows a load).
+//!
+//! And diesel_bench's `medium_complex_query`: users LEFT JOIN posts, filtered by hair
+//! colour, as `(User, Option<Post>)` pairs — the typed join against the same SQL
+//! prepared once — for 1, 100 and 1,000 users (half of them match, each with one post).
+//!
+//! Run with `cargo bench --bench orm`; only the same-run ratios mean anything.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -299,12 +304,115 @@ fn loading_associations(c: &mut Criterion) {
     }
 }
 
+type Pairs = Vec<(User, Option<Post>)>;
+
+async fn join_tabula(db: &Db) -> tabula::Result<Pairs> {
+    db.query::<User>()
+        .filter(User::HAIR_COLOR.eq("black"))
+        .left_join::<Post>()
+        .all()
+        .await
+}
+
+async fn join_raw(client: &Client, statement: &Statement) -> Result<Pairs, tokio_postgres::Error> {
+    let rows = client.query(statement, &[&"black"]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let user = User {
+                id: r.get(0),
+                name: r.get(1),
+                hair_color: r.get(2),
+            };
+            let post = r.get::<_, Option<i32>>(3).map(|id| Post {
+                id,
+                user_id: r.get(4),
+                title: r.get(5),
+                body: r.get(6),
+            });
+            (user, post)
+        })
+        .collect())
+}
+
+fn medium_complex_query(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let migrations =
+        Migrator::new(vec![Migration::new(1, "diesel_bench", SCHEMA)]).expect("migrations");
+    for size in [1_usize, 100, 1000] {
+        let (db, raw, statement) = rt.block_on(async {
+            let (db, url) = tabula::testkit::database(&migrations)
+                .await
+                .expect("database");
+            let users = db
+                .create_many(
+                    (0..size)
+                        .map(|i| NewUser {
+                            name: format!("User {i}"),
+                            hair_color: Some(if i % 2 == 0 { "black" } else { "brown" }.into()),
+                        })
+                        .collect(),
+                )
+                .await
+                .expect("users");
+            let posts = users
+                .iter()
+                .map(|u| NewPost {
+                    user_id: u.id,
+                    title: format!("Post by user {}", u.id),
+                    body: None,
+                })
+                .collect();
+            db.create_many(posts).await.expect("posts");
+            db.execute_batch("VACUUM ANALYZE").await.expect("vacuum");
+            let (raw, connection) = tokio_postgres::connect(&url, NoTls)
+                .await
+                .expect("raw client");
+            tokio::spawn(connection);
+            let statement = raw
+                .prepare(
+                    "SELECT u.id, u.name, u.hair_color, p.id, p.user_id, p.title, p.body \
+                     FROM users u LEFT JOIN posts p ON u.id = p.user_id WHERE u.hair_color = $1",
+                )
+                .await
+                .expect("prepare");
+            (db, raw, statement)
+        });
+        let (ours, theirs) = rt.block_on(async {
+            (
+                join_tabula(&db).await.expect("tabula"),
+                join_raw(&raw, &statement).await.expect("raw"),
+            )
+        });
+        assert_eq!(ours.len(), size.div_ceil(2));
+        let sorted = |mut v: Pairs| {
+            v.sort_by_key(|(u, _)| u.id);
+            v
+        };
+        assert_eq!(sorted(ours), sorted(theirs), "different rows");
+
+        let mut group = c.benchmark_group(format!("medium_complex_query_{size}_users"));
+        group.bench_function("tabula", |b| {
+            b.to_async(&rt)
+                .iter(|| async { join_tabula(&db).await.expect("tabula") })
+        });
+        group.bench_function("raw", |b| {
+            b.to_async(&rt)
+                .iter(|| async { join_raw(&raw, &statement).await.expect("raw") })
+        });
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = loading_associations
+    targets = loading_associations, medium_complex_query
 }
 criterion_main!(benches);

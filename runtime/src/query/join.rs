@@ -512,11 +512,87 @@ impl<S: Tables, D: JoinDecode<S>> JoinQuery<S, D> {
         .await
     }
 
-    /// Renders the statement: the rows, or (`count`) their number.
+    /// The statement — the rows, or (`count`) their number — from this handle's
+    /// template of its shape when there is one (rendered once per shape, as for
+    /// single-table queries), else rendered now and kept.
     fn bind(&self, count: bool) -> Result<Bound<'static>> {
         if let Some(reason) = &self.refused {
             return Err(Error::Misuse(reason.clone()));
         }
+        let join = std::any::TypeId::of::<(S, D)>();
+        let rendered = &self.db.shared.rendered;
+        let shape = self.shape(count);
+        if let Some(shape) = &shape
+            && let Some(template) = rendered.get(join, shape)
+        {
+            let mut values = Vec::new();
+            for (_, node) in &self.filters {
+                filter::values(node, &mut values);
+            }
+            return Ok(template.bind(values, self.limit, self.offset));
+        }
+        let bound = self.render(count)?;
+        if let Some(shape) = shape
+            && let Some(template) = bound.template(self.limit, self.offset)
+        {
+            rendered.put(join, shape, template);
+        }
+        Ok(bound)
+    }
+
+    /// Everything the SQL depends on, never a value; `None` for a filter too large to
+    /// keep a template for. (The tables are in the template's key, `(S, D)`.)
+    fn shape(&self, count: bool) -> Option<Vec<u64>> {
+        const LIMIT: usize = 512;
+        let mut shape = Vec::with_capacity(32);
+        shape.extend([
+            u64::from(count),
+            u64::from(self.with_deleted),
+            u64::from(self.limit.is_some()),
+            u64::from(self.offset.is_some()),
+            self.links.len() as u64,
+        ]);
+        for link in &self.links {
+            shape.extend([
+                u64::from(link.left),
+                link.from.0 as u64,
+                link.from.1 as u64,
+                link.to as u64,
+            ]);
+        }
+        match &self.selection {
+            Some(columns) if !count => {
+                shape.push(columns.len() as u64);
+                for (table, column) in columns {
+                    shape.extend([*table as u64, *column as u64]);
+                }
+            }
+            _ => shape.push(u64::MAX),
+        }
+        if !count {
+            shape.push(self.order.len() as u64);
+            for key in &self.order {
+                let nulls = key.nulls.map_or(0, |first| 1 + u64::from(first));
+                shape.extend([
+                    key.table as u64,
+                    key.column as u64,
+                    u64::from(key.descending),
+                    nulls,
+                ]);
+            }
+        }
+        shape.push(self.filters.len() as u64);
+        for (table, node) in &self.filters {
+            shape.push(*table as u64);
+            if !filter::shape(node, &mut shape, LIMIT) {
+                return None;
+            }
+        }
+        Some(shape)
+    }
+
+    /// Renders the statement.
+    fn render(&self, count: bool) -> Result<Bound<'static>> {
         let metas = S::metas();
         let alias = |i: usize| format!("t{i}");
         let mut binder = Binder::default();
