@@ -13,6 +13,31 @@ pub(crate) fn check(cx: &mut Ctxt, cont: &Container<'_>) {
     check_identifiers(cx, cont);
     check_primary_key(cx, cont);
     check_field_flags(cx, cont);
+    check_relations(cx, cont);
+}
+
+/// One relation per parent model: a relation is found through the two types
+/// (`BelongsTo<Parent>`), so a second foreign key to the same parent would make every
+/// use of it ambiguous.
+fn check_relations(cx: &mut Ctxt, cont: &Container<'_>) {
+    let mut parents: Vec<String> = Vec::new();
+    for field in cont.columns() {
+        let Some((_, parent)) = field.attrs.belongs_to.get() else {
+            continue;
+        };
+        let name = quote::ToTokens::to_token_stream(parent).to_string();
+        if parents.contains(&name) {
+            cx.error_spanned_by(
+                parent,
+                format!(
+                    "a second `belongs_to = {name}`: a model declares one relation per parent \
+                     (relations are found by type); join the other foreign key with explicit \
+                     columns (`inner_join_on`) and load it with `Db::sql`"
+                ),
+            );
+        }
+        parents.push(name);
+    }
 }
 
 fn check_generics(cx: &mut Ctxt, cont: &Container<'_>) {
