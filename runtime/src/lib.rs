@@ -184,6 +184,20 @@ pub mod __private {
         T::deserialize(deserializer).map(Some)
     }
 
+    pub use std::string::String;
+    pub use std::vec;
+
+    /// The row cache's name of a row: its key as JSON text.
+    pub fn row_name<M: Table>(key: &M::Key) -> String {
+        crate::db::key_text::<M>(key)
+    }
+
+    /// The row cache's name of a unique column's value: `#column:<value as JSON>`.
+    pub fn unique_name<T: serde::Serialize + ?Sized>(column: &str, value: &T) -> String {
+        let value = serde_json::to_value(value).unwrap_or_default();
+        format!("#{column}:{value}")
+    }
+
     /// Sync + Send trait object of a parameter.
     pub type DynParam<'a> = dyn ToSql + Sync + Send + 'a;
 

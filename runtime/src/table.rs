@@ -123,6 +123,13 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     fn cache_column_holds(&self, _index: usize, _value: &dyn std::any::Any) -> bool {
         false
     }
+
+    /// The row cache's names of this row: its key, and with a row cache the value of
+    /// each unique column (the names a read may have cached its absence under).
+    #[doc(hidden)]
+    fn cache_names(&self) -> Vec<String> {
+        vec![crate::db::key_text::<Self>(self.key())]
+    }
 }
 
 /// The insertable shape of a model, generated as `New<Model>`.
@@ -255,6 +262,8 @@ pub struct ColumnMeta {
     pub nullable: bool,
     /// Stored as JSON through serde.
     pub json: bool,
+    /// Declared `#[table(unique)]` (a `by_<field>` finder exists).
+    pub unique: bool,
 }
 
 /// A typed column of model `M` whose values are `T`. Generated as constants on the

@@ -235,6 +235,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
         let primary_key = f.attrs.primary_key.is_set();
         let generated = f.is_generated();
         let json = f.is_json();
+        let unique = f.attrs.unique.is_set();
         let (sql_type, nullable) = if json {
             let nullable = option_inner(ty).is_some();
             (quote!("jsonb"), quote!(#nullable))
@@ -253,6 +254,7 @@ fn impls(cont: &Container<'_>) -> TokenStream {
                 generated: #generated,
                 nullable: #nullable,
                 json: #json,
+                unique: #unique,
             }
         }
     });
@@ -495,6 +497,13 @@ fn cache_fns(cont: &Container<'_>) -> TokenStream {
             },
         }
     });
+    // A unique column's value names the row too: a finder may have cached that no row
+    // holds it (see `Db::find_unique`).
+    let unique_names = columns.iter().filter(|f| f.attrs.unique.is_set()).map(|f| {
+        let fident = f.ident;
+        let (name, _) = f.column_name();
+        quote!(#p::unique_name(#name, &self.#fident))
+    });
     quote! {
         fn cache_encode(&self) -> #p::Option<#p::Vec<u8>> {
             let mut __out = #p::Vec::new();
@@ -514,6 +523,13 @@ fn cache_fns(cont: &Container<'_>) -> TokenStream {
                 #(#holds)*
                 _ => false,
             }
+        }
+
+        fn cache_names(&self) -> #p::Vec<#p::String> {
+            #p::vec![
+                #p::row_name::<Self>(#p::Table::key(self)),
+                #(#unique_names,)*
+            ]
         }
     }
 }

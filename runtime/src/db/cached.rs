@@ -12,6 +12,12 @@ fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
     super::key_text::<M>(key)
 }
 
+/// An entry that is only the model's shape: the absence of the row it names (a
+/// negative entry). A row's own entry is longer: its key encodes to a byte at least.
+fn is_absence(entry: &[u8]) -> bool {
+    entry.len() == 16
+}
+
 /// Whether `row`'s column `index` still holds `wanted` (compared as the row cache
 /// encodes the column, not through the model's serde).
 fn holds<M: crate::Table, T: 'static>(row: &M, index: usize, wanted: &T) -> bool {
@@ -49,6 +55,7 @@ impl super::Db {
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
         let token = match cache.row_get(&table, &suffix, &shape, how).await {
+            Lookup::Hit(bytes) if is_absence(&bytes) => return Ok(None),
             Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
                 Some(row) => return Ok(Some(row)),
                 // Undecodable: a miss, and not ours to overwrite.
@@ -57,14 +64,26 @@ impl super::Db {
             Lookup::Miss(token) => token,
         };
         let row = self.read_uncached::<M>(key).await?;
+        let Some(token) = token else {
+            return Ok(row);
+        };
         // Filled only under the row's own spelling of its key: writes drop that one
-        // (a `citext` or `char(n)` key read by another spelling stays uncached).
-        if let (Some(row), Some(token)) = (&row, token)
-            && row_suffix::<M>(row.key()) == suffix
-            && let Some(encoded) = row.cache_encode()
-        {
-            let mut value = shape.into_bytes();
-            value.extend(encoded);
+        // (a `citext` or `char(n)` key read by another spelling stays uncached). No
+        // row: its absence is cached under the lease like a row — a create drops it
+        // (see `Table::cache_names`), and one that committed before the fill refuses
+        // the fill.
+        let value = match &row {
+            Some(row) if row_suffix::<M>(row.key()) == suffix => {
+                row.cache_encode().map(|encoded| {
+                    let mut value = shape.into_bytes();
+                    value.extend(encoded);
+                    value
+                })
+            }
+            Some(_) => None,
+            None => Some(shape.into_bytes()),
+        };
+        if let Some(value) = value {
             cache
                 .row_fill(&table, &token, &[(suffix, value)], how.ttl)
                 .await;
@@ -98,11 +117,15 @@ impl super::Db {
             return self.query::<M>().filter(column.eq(value)).first().await;
         };
         let meta = M::META;
-        let wanted = serde_json::to_value(&value).unwrap_or_default();
         let table = meta.qualified_name();
-        let suffix = format!("#{}:{}", meta.columns[column.index()].name, wanted);
+        let suffix = crate::__private::unique_name(meta.columns[column.index()].name, &value);
         let shape = meta.shape_hex();
         let mut lookup = cache.row_get(&table, &suffix, &shape, how).await;
+        if let Lookup::Hit(bytes) = &lookup
+            && is_absence(bytes)
+        {
+            return Ok(None);
+        }
         if let Lookup::Hit(bytes) = &lookup {
             if let Some(key) = bytes
                 .get(16..)
@@ -126,11 +149,17 @@ impl super::Db {
         // costs, also while the cache is unavailable — and, when a lease was taken, the
         // mapping to its key is filled (the row entry fills on its first read by key).
         let row = self.query::<M>().filter(column.eq(value)).first().await?;
-        if let (Some(row), Some(token)) = (&row, token)
-            && let Ok(key) = serde_json::to_vec(row.key())
-        {
-            let mut entry = shape.into_bytes();
-            entry.extend(key);
+        // The mapping to the row's key, or (no row) the value's absence: any write
+        // that gives a row this value drops it (`Table::cache_names`).
+        let entry = match &row {
+            Some(row) => serde_json::to_vec(row.key()).ok().map(|key| {
+                let mut entry = shape.clone().into_bytes();
+                entry.extend(key);
+                entry
+            }),
+            None => Some(shape.into_bytes()),
+        };
+        if let (Some(entry), Some(token)) = (entry, token) {
             cache
                 .row_fill(&table, &token, &[(suffix, entry)], how.ttl)
                 .await;
@@ -193,7 +222,11 @@ impl super::Db {
                     .and_then(M::cache_decode)
             })
             .collect();
-        let missing: Vec<usize> = (0..keys.len()).filter(|i| out[*i].is_none()).collect();
+        // Known absent: not read again.
+        let absent = |i: &usize| cached[*i].as_deref().is_some_and(is_absence);
+        let missing: Vec<usize> = (0..keys.len())
+            .filter(|i| out[*i].is_none() && !absent(i))
+            .collect();
         if missing.is_empty() {
             return Ok((out, 0));
         }
@@ -205,10 +238,14 @@ impl super::Db {
             .map(|row| (row_suffix::<M>(row.key()), row))
             .collect();
         let mut fills = Vec::new();
+        let mut unmatched = Vec::new();
+        let mut matched = std::collections::HashSet::new();
         for i in missing {
             let Some(row) = found.get(&suffixes[i]) else {
+                unmatched.push(i);
                 continue;
             };
+            matched.insert(&suffixes[i]);
             if token.is_some()
                 && let Some(encoded) = row.cache_encode()
             {
@@ -217,6 +254,14 @@ impl super::Db {
                 fills.push((suffixes[i].clone(), value));
             }
             out[i] = Some(row.clone());
+        }
+        // A key no row answered is absent — unless a row came back under another
+        // spelling of a key (`citext`): then which key it answered is unknown, and no
+        // absence is cached.
+        if token.is_some() && matched.len() == found.len() {
+            for i in unmatched {
+                fills.push((suffixes[i].clone(), shape.clone().into_bytes()));
+            }
         }
         let filled = match (&cache, &token) {
             (Some((cache, how)), Some(token)) => {

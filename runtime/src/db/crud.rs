@@ -339,8 +339,11 @@ impl Db {
     /// ```
     pub async fn create<N: NewRow>(&self, new: N) -> Result<N::Table> {
         let db = self.clone();
-        self.write::<N::Table, _>(async move { db.create_now(new).await }, |_| Vec::new())
-            .await
+        // The new row's names: a read may have cached that it did not exist.
+        self.write::<N::Table, _>(async move { db.create_now(new).await }, |row| {
+            row.cache_names()
+        })
+        .await
     }
 
     /// Inserts many rows in one statement per 20,000 rows (each column travels as one
@@ -360,8 +363,8 @@ impl Db {
             return Ok(Vec::new());
         }
         let db = self.clone();
-        self.write::<N::Table, _>(async move { db.create_many_now(rows).await }, |_| {
-            Vec::new()
+        self.write::<N::Table, _>(async move { db.create_many_now(rows).await }, |rows| {
+            rows.iter().flat_map(Table::cache_names).collect()
         })
         .await
     }
@@ -392,7 +395,7 @@ impl Db {
             return Ok(0);
         }
         let db = self.clone();
-        self.write::<N::Table, _>(async move { db.copy_in_now(rows).await }, |_| Vec::new())
+        self.write_unnamed::<N::Table, _>(async move { db.copy_in_now(rows).await })
             .await
     }
 
@@ -418,7 +421,7 @@ impl Db {
         self.write_touching::<M, _>(
             async move { db.update_now::<M>(key, patch).await },
             touched,
-            |row: &M| vec![row.key().clone()],
+            |row: &M| row.cache_names(),
         )
         .await
     }
@@ -441,7 +444,7 @@ impl Db {
         self.write_touching::<M, _>(
             async move { db.delete_now::<M>(key).await },
             touched,
-            |stored: &M::Key| vec![stored.clone()],
+            |stored: &M::Key| vec![super::key_text::<M>(stored)],
         )
         .await
         .map(|_| ())
@@ -463,7 +466,7 @@ impl Db {
         self.write_touching::<M, _>(
             async move { db.hard_delete_now::<M>(key).await },
             touched,
-            |stored: &M::Key| vec![stored.clone()],
+            |stored: &M::Key| vec![super::key_text::<M>(stored)],
         )
         .await
         .map(|_| ())
@@ -487,7 +490,7 @@ impl Db {
         self.write_touching::<M, _>(
             async move { db.restore_now::<M>(key).await },
             touched,
-            |_| Vec::new(),
+            |row: &M| row.cache_names(),
         )
         .await
     }
@@ -519,7 +522,7 @@ impl Db {
         }
         let db = self.clone();
         self.write::<N::Table, _>(async move { db.upsert_now(new, target).await }, |row| {
-            vec![row.key().clone()]
+            row.cache_names()
         })
         .await
     }

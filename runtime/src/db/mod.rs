@@ -60,7 +60,7 @@ use crate::pool::{LastConnectError, PgManager};
 
 pub(crate) use conn::{Conn, TxHandle, read_on_conn};
 pub use tx::Isolation;
-pub(crate) use write::{Invalidation, key_text};
+pub(crate) use write::{Invalidation, key_text, names};
 
 type Pooled = bb8::PooledConnection<'static, PgManager>;
 

@@ -44,6 +44,11 @@ pub(crate) fn key_text<M: Table>(key: &M::Key) -> String {
     serde_json::to_string(key).unwrap_or_default()
 }
 
+/// The row-cache names of these keys.
+pub(crate) fn names<M: Table>(keys: &[M::Key]) -> Vec<String> {
+    keys.iter().map(key_text::<M>).collect()
+}
+
 /// Which tables a write to a table can change through foreign-key actions
 /// (`ON DELETE` / `ON UPDATE` `CASCADE`, `SET NULL`, `SET DEFAULT`), followed
 /// transitively. Read from the catalog; names as [`TableMeta::qualified_name`] gives
@@ -223,14 +228,31 @@ impl Db {
         }
     }
 
-    /// Runs a write and invalidates what it touched: `rows` names the keys of the rows
-    /// it changed, from its result. See [`Db::write_touching`].
+    /// Runs a write and invalidates what it touched: `rows` gives the row-cache names
+    /// of the rows it changed ([`Table::cache_names`], or [`names`] of keys), from its
+    /// result. See [`Db::write_touching`].
     pub(crate) fn write<M: Table, T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T>> + Send + 'static,
-        rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
+        rows: impl FnOnce(&T) -> Vec<String> + Send + 'static,
     ) -> impl Future<Output = Result<T>> + Send + '_ {
         self.write_touching::<M, T>(work, Vec::new(), rows)
+    }
+
+    /// Runs a write whose rows cannot be named (a bulk load of rows whose keys the
+    /// database generates): every row entry of the table goes — a cached absence of
+    /// one of them included — when the table has a row cache.
+    pub(crate) async fn write_unnamed<M: Table, T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        if self.scope.is_some() {
+            crate::cache::memo::note_scoped();
+        }
+        let every_row = M::META.cache_ttl.is_some();
+        let work: Pin<Box<dyn Future<Output = Result<T>> + Send>> = Box::pin(work);
+        self.write_boxed::<M, T>(work, Vec::new(), |_| Vec::new(), every_row)
+            .await
     }
 
     /// Runs a write that touches the rows `known` (and those `rows` names from its
@@ -245,20 +267,21 @@ impl Db {
         &self,
         work: impl Future<Output = Result<T>> + Send + 'static,
         known: Vec<M::Key>,
-        rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
+        rows: impl FnOnce(&T) -> Vec<String> + Send + 'static,
     ) -> impl Future<Output = Result<T>> + Send + '_ {
         if self.scope.is_some() {
             crate::cache::memo::note_scoped();
         }
         let work: Pin<Box<dyn Future<Output = Result<T>> + Send>> = Box::pin(work);
-        self.write_boxed::<M, T>(work, known, rows)
+        self.write_boxed::<M, T>(work, known, rows, false)
     }
 
     async fn write_boxed<M: Table, T: Send + 'static>(
         &self,
         work: Pin<Box<dyn Future<Output = Result<T>> + Send>>,
         known: Vec<M::Key>,
-        rows: impl FnOnce(&T) -> Vec<M::Key> + Send + 'static,
+        rows: impl FnOnce(&T) -> Vec<String> + Send + 'static,
+        every_row: bool,
     ) -> Result<T> {
         if self.shared.cache.is_none()
             && crate::cache::CacheService::global().is_none()
@@ -270,8 +293,8 @@ impl Db {
             match result {
                 Ok(value) => {
                     let mut all = Invalidation::of::<M>(&known);
-                    all.keys
-                        .extend(rows(value).iter().map(super::write::key_text::<M>));
+                    all.keys.extend(rows(value));
+                    all.every_row |= every_row;
                     Some(all)
                 }
                 Err(Error::OutcomeUnknown { .. } | Error::CommitOutcomeUnknown) => {

@@ -79,13 +79,21 @@ impl Db {
         if let Some(filter) = &filter {
             filter::check_depth(M::META.name, &filter.node)?;
         }
+        // A unique column set to a value: a finder may have cached that no row held it,
+        // under a name the keys do not give — every row entry of the table goes.
+        let sets_unique = patch
+            .assignments()
+            .iter()
+            .any(|(i, _)| M::META.columns[*i].unique);
         let db = self.clone();
-        let keys = self
-            .write::<M, _>(
-                async move { db.update_matching::<M>(filter, patch).await },
-                |keys: &Vec<M::Key>| keys.clone(),
-            )
-            .await?;
+        let work = async move { db.update_matching::<M>(filter, patch).await };
+        let keys = match sets_unique {
+            true => self.write_unnamed::<M, _>(work).await?,
+            false => {
+                self.write::<M, _>(work, |keys: &Vec<M::Key>| crate::db::names::<M>(keys))
+                    .await?
+            }
+        };
         Ok(keys.len() as u64)
     }
 
@@ -97,7 +105,7 @@ impl Db {
         let keys = self
             .write::<M, _>(
                 async move { db.delete_matching::<M>(filter).await },
-                |keys: &Vec<M::Key>| keys.clone(),
+                |keys: &Vec<M::Key>| crate::db::names::<M>(keys),
             )
             .await?;
         Ok(keys.len() as u64)

@@ -89,6 +89,7 @@ const _: () = {
                     generated: true,
                     nullable: <Uuid as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: false,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "username",
@@ -98,6 +99,7 @@ const _: () = {
                     generated: false,
                     nullable: <String as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: false,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "avatar_url",
@@ -111,6 +113,7 @@ const _: () = {
                         String,
                     > as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: false,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "settings",
@@ -120,6 +123,7 @@ const _: () = {
                     generated: false,
                     nullable: true,
                     json: true,
+                    unique: false,
                 },
             ],
             primary_key: 0usize,
@@ -256,6 +260,12 @@ const _: () = {
                 }
                 _ => false,
             }
+        }
+        fn cache_names(&self) -> ::tabula::__private::Vec<::tabula::__private::String> {
+            ::tabula::__private::vec![
+                ::tabula::__private::row_name:: < Self >
+                (::tabula::__private::Table::key(self)),
+            ]
         }
     }
     #[automatically_derived]

@@ -95,6 +95,7 @@ const _: () = {
                     generated: true,
                     nullable: <i64 as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: false,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "slug",
@@ -104,6 +105,7 @@ const _: () = {
                     generated: false,
                     nullable: <String as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: true,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "text",
@@ -117,6 +119,7 @@ const _: () = {
                         String,
                     > as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: false,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "meta",
@@ -126,6 +129,7 @@ const _: () = {
                     generated: false,
                     nullable: false,
                     json: true,
+                    unique: false,
                 },
                 ::tabula::__private::ColumnMeta {
                     name: "deleted_at",
@@ -139,6 +143,7 @@ const _: () = {
                         DateTime<Utc>,
                     > as ::tabula::__private::ColumnType>::NULLABLE,
                     json: false,
+                    unique: false,
                 },
             ],
             primary_key: 0usize,
