@@ -207,3 +207,41 @@ async fn group_by_with_having_matches_the_oracle() {
         "{locked:?}"
     );
 }
+
+#[tokio::test]
+async fn aggregates_of_a_limited_query_cover_only_its_rows() {
+    let db = common::db().await;
+    db.execute_batch(
+        "CREATE TABLE a_posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL, likes int NOT NULL, views bigint NOT NULL, score float8)",
+    )
+    .await
+    .expect("table");
+    let rows: Vec<NewPost> = (1..=10)
+        .map(|i: i64| NewPost {
+            user_id: i % 2,
+            likes: (i * 100) as i32,
+            views: i,
+            score: None,
+        })
+        .collect();
+    db.create_many(rows).await.expect("rows");
+    let top = || db.query::<Post>().order_by(Post::LIKES.desc()).limit(3);
+    assert_eq!(top().count().await.expect("count"), 3);
+    assert_eq!(
+        top().sum(Post::LIKES).await.expect("sum"),
+        Some(1000 + 900 + 800)
+    );
+    assert_eq!(top().min(Post::LIKES).await.expect("min"), Some(800));
+    assert_eq!(
+        top()
+            .offset(1)
+            .max(Post::VIEWS)
+            .await
+            .expect("max after offset"),
+        Some(9)
+    );
+    assert_eq!(
+        top().count_by(Post::USER_ID).await.expect("count_by"),
+        [(0, 2), (1, 1)]
+    );
+}

@@ -437,18 +437,23 @@ struct Body {
     bio: Option<String>,
     #[table(json)]
     tags: Vec<String>,
+    settings: serde_json::Value,
+    #[table(generated)]
+    status: String,
 }
 
 #[tokio::test]
 async fn new_rows_and_patches_deserialize_from_request_bodies() {
     let db = common::db().await;
     db.execute_batch(
-        "CREATE TABLE bodies (id bigserial PRIMARY KEY, name text NOT NULL, bio text, tags jsonb NOT NULL)",
+        "CREATE TABLE bodies (id bigserial PRIMARY KEY, name text NOT NULL, bio text, tags jsonb NOT NULL,
+                              settings jsonb NOT NULL DEFAULT '{}', status text NOT NULL DEFAULT 'new')",
     )
     .await
     .expect("table");
-    let new: NewBody = serde_json::from_str(r#"{"name": "ada", "bio": "math", "tags": ["x"]}"#)
-        .expect("new row from JSON");
+    let new: NewBody =
+        serde_json::from_str(r#"{"name": "ada", "bio": "math", "tags": ["x"], "settings": {}}"#)
+            .expect("new row from JSON");
     let row = db.create(new).await.expect("create");
 
     // Missing fields are left alone; no turbofish on update.
@@ -468,6 +473,22 @@ async fn new_rows_and_patches_deserialize_from_request_bodies() {
     // A null for a column that cannot be NULL, or a wrong type, is a serde error.
     assert!(serde_json::from_str::<BodyPatch>(r#"{"name": null}"#).is_err());
     assert!(serde_json::from_str::<BodyPatch>(r#"{"name": 5}"#).is_err());
+    // A JSON column that cannot be NULL refuses `null` too (JSON null is a value).
+    assert!(serde_json::from_str::<BodyPatch>(r#"{"settings": null}"#).is_err());
+    // A column the database fills is not taken from a body.
+    let sneaky: BodyPatch = serde_json::from_str(r#"{"status": "admin"}"#).expect("ignored");
+    assert_eq!(sneaky.status, None);
+    // Serialized, a patch reads back as itself: unset fields are left out.
+    let patch = BodyPatch::default().name("b");
+    let text = serde_json::to_string(&patch).expect("serialize");
+    assert_eq!(text, r#"{"name":"b"}"#);
+    let back: BodyPatch = serde_json::from_str(&text).expect("back");
+    assert_eq!((back.name, back.bio), (Some("b".to_owned()), None));
+    let cleared = BodyPatch::default().bio(None);
+    let text = serde_json::to_string(&cleared).expect("serialize");
+    assert_eq!(text, r#"{"bio":null}"#);
+    let back: BodyPatch = serde_json::from_str(&text).expect("back");
+    assert_eq!(back.bio, Some(None));
     // The key is no field of a patch: serde ignores it, as any unknown field.
     let keyed: BodyPatch = serde_json::from_str(r#"{"id": 5}"#).expect("ignored");
     assert!(keyed.name.is_none() && keyed.bio.is_none() && keyed.tags.is_none());

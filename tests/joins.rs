@@ -295,6 +295,16 @@ async fn filters_orders_and_selections_reach_every_table() {
         .await
         .expect("filter on the joined table");
     assert_eq!(by_title, ["u0", "u2"]);
+    // An anti-join: the users without posts.
+    let silent = db
+        .query::<User>()
+        .left_join::<Post>()
+        .missing::<Post, _>()
+        .select(User::NAME)
+        .all()
+        .await
+        .expect("anti-join");
+    assert_eq!(silent, ["u1"]);
     // Child to parent: the relation declared on the child joins both ways.
     let authors: Vec<(Post, User)> = db
         .query::<Post>()
@@ -384,6 +394,23 @@ async fn soft_deleted_children_leave_the_join_not_their_parent() {
             .as_ref()
             .is_some_and(|p| p.deleted_at.is_some())
     );
+    // `with_deleted` on the first table's query, before the join, is about its rows.
+    let base_only = db
+        .query::<User>()
+        .with_deleted()
+        .left_join::<Post>()
+        .all()
+        .await
+        .expect("base with deleted");
+    assert_eq!(base_only, [(data.users[0].clone(), None)]);
+    let deleted_posts = db
+        .query::<Post>()
+        .with_deleted()
+        .inner_join::<User>()
+        .count()
+        .await
+        .expect("deleted base rows");
+    assert_eq!(deleted_posts, 1);
 }
 
 #[tokio::test]

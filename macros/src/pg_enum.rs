@@ -194,6 +194,9 @@ pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
 
         #[automatically_derived]
+        impl ::tabula::query::Ordered for #ident {}
+
+        #[automatically_derived]
         impl ::tabula::ArrayElement for #ident {
             const ARRAY_TYPE: &'static str = #array_type;
         }

@@ -175,13 +175,19 @@ pub mod __private {
     }
 
     /// A patch field of a column that cannot be NULL: present is `Some` of a value (a
-    /// `null` is an error); missing is `None`.
+    /// `null` is an error, also for a type that could read one, as `serde_json::Value`
+    /// does); missing is `None`.
     pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
     where
         D: serde::Deserializer<'de>,
         T: serde::Deserialize<'de>,
     {
-        T::deserialize(deserializer).map(Some)
+        match <Option<T> as serde::Deserialize<'de>>::deserialize(deserializer)? {
+            Some(value) => Ok(Some(value)),
+            None => Err(<D::Error as serde::de::Error>::custom(
+                "null for a column that cannot be NULL",
+            )),
+        }
     }
 
     pub use std::string::String;

@@ -121,10 +121,14 @@ impl Statements {
             read: read.build_postgres().0,
             insert: insert.build_postgres().0,
             // `unnest` takes every dimension apart, so an array column cannot travel
-            // as an array of arrays: such a model inserts its batches row by row, as
-            // does one with no column to insert (all generated).
+            // as an array of arrays; an enum's array would have to name the enum's
+            // type, which a text column holding the enum does not have. Such a model
+            // inserts its batches row by row (each value then takes the column's own
+            // type), as does one with no column to insert (all generated).
             insert_many: match meta.insert_columns().next().is_none()
-                || meta.insert_columns().any(|c| c.sql_type.ends_with("[]"))
+                || meta
+                    .insert_columns()
+                    .any(|c| c.sql_type.ends_with("[]") || c.sql_type.starts_with('"'))
             {
                 true => String::new(),
                 false => insert_many.map_or_else(|_| String::new(), |q| q.build_postgres().0),

@@ -125,7 +125,10 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
         .iter()
         .any(is_deserialize)
         .then(|| quote!(#[serde(default)]));
-    // For a column that cannot be NULL, a `null` is an error, not "unchanged".
+    // For a column that cannot be NULL, a `null` is an error, not "unchanged". A
+    // column the database fills (`generated`) is not taken from a request body.
+    // Serialized, an unset field is left out: `null` would read back as "set NULL".
+    let patch_serialize = patch_derives.iter().any(is_serialize);
     let patch_fields = patch_fields
         .zip(patch_columns(cont))
         .map(|(field, (_, f))| {
@@ -133,12 +136,19 @@ pub(crate) fn items(cont: &Container<'_>) -> TokenStream {
                 Some(_) => "::tabula::__private::double_option",
                 None => "::tabula::__private::present",
             };
-            match patch_serde {
-                Some(_) => quote! {
-                    #[serde(deserialize_with = #with)]
-                    #field
-                },
-                None => field,
+            let read = match (patch_serde.is_some(), f.is_generated()) {
+                (true, true) => quote!(#[serde(skip_deserializing)]),
+                (true, false) => quote!(#[serde(deserialize_with = #with)]),
+                (false, _) => TokenStream::new(),
+            };
+            let write = match patch_serialize {
+                true => quote!(#[serde(skip_serializing_if = "::core::option::Option::is_none")]),
+                false => TokenStream::new(),
+            };
+            quote! {
+                #read
+                #write
+                #field
             }
         });
     quote! {
@@ -175,6 +185,11 @@ fn is_deserialize(path: &syn::Path) -> bool {
     path.segments
         .last()
         .is_some_and(|s| s.ident == "Deserialize")
+}
+
+/// Whether a derive is serde's `Serialize` (by its last segment).
+fn is_serialize(path: &syn::Path) -> bool {
+    path.segments.last().is_some_and(|s| s.ident == "Serialize")
 }
 
 /// Columns a patch can set, with their index in the metadata: all but the primary key.

@@ -40,6 +40,48 @@ impl Summable for f32 {
 impl Summable for f64 {
     type Sum = f64;
 }
+#[cfg(feature = "decimal")]
+impl Summable for rust_decimal::Decimal {
+    type Sum = rust_decimal::Decimal;
+}
+
+/// A column type PostgreSQL orders, so `min` and `max` exist for it: numbers, text,
+/// dates and times, `inet`, `numeric`, enums (in declaration order), arrays
+/// (element by element), and `Option` of each. Not `bool`, `uuid`, `bytea` or JSON,
+/// which PostgreSQL has no `min` / `max` of.
+#[diagnostic::on_unimplemented(
+    message = "PostgreSQL has no `min` / `max` of `{Self}`",
+    label = "not an ordered column type"
+)]
+pub trait Ordered: ColumnType {}
+
+macro_rules! ordered {
+    ($($(#[$attr:meta])* $ty:ty),* $(,)?) => {$($(#[$attr])* impl Ordered for $ty {})*};
+}
+
+ordered!(
+    i16,
+    i32,
+    i64,
+    f32,
+    f64,
+    String,
+    std::net::IpAddr,
+    #[cfg(feature = "chrono")]
+    chrono::DateTime<chrono::Utc>,
+    #[cfg(feature = "chrono")]
+    chrono::NaiveDate,
+    #[cfg(feature = "chrono")]
+    chrono::NaiveDateTime,
+    #[cfg(feature = "chrono")]
+    chrono::NaiveTime,
+    #[cfg(feature = "decimal")]
+    rust_decimal::Decimal,
+);
+
+impl<T: Ordered> Ordered for Option<T> {}
+impl<T: crate::ArrayElement> Ordered for Vec<T> {}
+
 impl<T: Summable> Summable for Option<T>
 where
     Option<T>: ColumnType,
@@ -49,8 +91,9 @@ where
 }
 
 impl<M: Table, D: Decode<M>> Query<M, D> {
-    /// The rows of `SELECT <exprs> FROM … WHERE <filters> [GROUP BY g ORDER BY g]`
-    /// (order, limit and offset of the query do not apply to an aggregate).
+    /// The rows of `SELECT <exprs> FROM … WHERE <filters> [GROUP BY g ORDER BY g]`;
+    /// with a limit or an offset, over the rows they keep (in the query's order), as
+    /// `count` counts them.
     async fn aggregate_rows(
         self,
         operation: &'static str,
@@ -62,7 +105,16 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         // In a block: sea-query statements are not Send.
         let bound = {
             let mut binder = Binder::default();
-            let mut q = self.statement(&mut binder, &[], &[], None, None)?;
+            let mut q = match (self.limit, self.offset) {
+                (None, None) => self.statement(&mut binder, &[], &[], None, None)?,
+                (limit, offset) => {
+                    let all: Vec<usize> = (0..meta.columns.len()).collect();
+                    let rows = self.statement(&mut binder, &all, &self.order, limit, offset)?;
+                    sea_query::Query::select()
+                        .from_subquery(rows, Alias::new("__rows"))
+                        .to_owned()
+                }
+            };
             if let Some(g) = group {
                 let column = Alias::new(meta.columns[g].name);
                 q.column(column.clone())
@@ -112,14 +164,14 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     }
 
     /// The smallest value of `column` over the matching rows.
-    pub async fn min<T: ColumnType>(self, column: Column<M, T>) -> Result<Option<T::NonNull>> {
+    pub async fn min<T: Ordered>(self, column: Column<M, T>) -> Result<Option<T::NonNull>> {
         let expr = Self::over(&column, "min({})");
         let rows = self.aggregate_rows("min", vec![expr], None).await?;
         one_value(rows)
     }
 
     /// The largest value of `column` over the matching rows.
-    pub async fn max<T: ColumnType>(self, column: Column<M, T>) -> Result<Option<T::NonNull>> {
+    pub async fn max<T: Ordered>(self, column: Column<M, T>) -> Result<Option<T::NonNull>> {
         let expr = Self::over(&column, "max({})");
         let rows = self.aggregate_rows("max", vec![expr], None).await?;
         one_value(rows)
@@ -255,12 +307,18 @@ impl<M: Table, T: ColumnType> Column<M, T> {
     }
 
     /// The smallest value of this column in each group (`None` when all are NULL).
-    pub fn min(self) -> Aggregate<M, Option<T::NonNull>> {
+    pub fn min(self) -> Aggregate<M, Option<T::NonNull>>
+    where
+        T: Ordered,
+    {
         self.aggregate("min({})")
     }
 
     /// The largest value of this column in each group (`None` when all are NULL).
-    pub fn max(self) -> Aggregate<M, Option<T::NonNull>> {
+    pub fn max(self) -> Aggregate<M, Option<T::NonNull>>
+    where
+        T: Ordered,
+    {
         self.aggregate("max({})")
     }
 

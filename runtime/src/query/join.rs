@@ -225,6 +225,8 @@ pub struct JoinQuery<S, D = WholeRow> {
     limit: Option<u64>,
     offset: Option<u64>,
     with_deleted: bool,
+    /// `with_deleted` of the first table's query, before the join: its rows only.
+    base_deleted: bool,
     /// The selected columns (table, column); every column of every table without.
     selection: Option<Vec<(usize, usize)>>,
     /// Why this query cannot run (reported when it is run).
@@ -253,7 +255,8 @@ impl<M: Table> Query<M, WholeRow> {
                 .collect(),
             limit: self.limit,
             offset: self.offset,
-            with_deleted: self.with_deleted,
+            with_deleted: false,
+            base_deleted: self.with_deleted,
             selection: None,
             refused,
             _tables: PhantomData,
@@ -330,6 +333,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
             limit: self.limit,
             offset: self.offset,
             with_deleted: self.with_deleted,
+            base_deleted: self.base_deleted,
             selection: None,
             refused: self.refused,
             _tables: PhantomData,
@@ -412,6 +416,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
             limit: self.limit,
             offset: self.offset,
             with_deleted: self.with_deleted,
+            base_deleted: self.base_deleted,
             selection: Some(columns.columns()),
             refused: self.refused,
             _tables: PhantomData,
@@ -428,6 +433,32 @@ impl<S: Tables, D: JoinDecode<S>> JoinQuery<S, D> {
         S: Has<M, I>,
     {
         self.filters.push((<S as Has<M, I>>::POSITION, filter.node));
+        self
+    }
+
+    /// Keeps the rows where the left-joined table `M` matched nothing (an anti-join:
+    /// "users without posts").
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table, Debug)] pub struct User { #[table(primary_key)] pub id: i64 }
+    /// # #[derive(Table, Debug)] pub struct Post { #[table(primary_key)] pub id: i64, #[table(belongs_to = User)] pub user_id: i64 }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let silent: Vec<i64> = db
+    ///     .query::<User>()
+    ///     .left_join::<Post>()
+    ///     .missing::<Post, _>()
+    ///     .select(User::ID)
+    ///     .all()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn missing<M: Table, I>(mut self) -> Self
+    where
+        S: Has<M, I>,
+    {
+        let node = Node::IsNull(M::META.primary_key, true);
+        self.filters.push((<S as Has<M, I>>::POSITION, node));
         self
     }
 
@@ -458,7 +489,8 @@ impl<S: Tables, D: JoinDecode<S>> JoinQuery<S, D> {
     }
 
     /// Includes soft-deleted rows of every table (a no-op for models without soft
-    /// delete).
+    /// delete). `with_deleted()` on the query before the join includes the first
+    /// table's only.
     pub fn with_deleted(mut self) -> Self {
         self.with_deleted = true;
         self
@@ -548,6 +580,7 @@ impl<S: Tables, D: JoinDecode<S>> JoinQuery<S, D> {
         shape.extend([
             u64::from(count),
             u64::from(self.with_deleted),
+            u64::from(self.base_deleted),
             u64::from(self.limit.is_some()),
             u64::from(self.offset.is_some()),
             self.links.len() as u64,
@@ -617,6 +650,7 @@ impl<S: Tables, D: JoinDecode<S>> JoinQuery<S, D> {
             q.join_as(kind, sql::table_ref(meta), Alias::new(alias(table)), on);
         }
         if !self.with_deleted
+            && !self.base_deleted
             && let Some(soft) = metas[0].soft_delete
         {
             q.and_where(filter::column_expr(metas[0], Some(&alias(0)), soft).is_null());

@@ -42,7 +42,7 @@ use filter::Node;
 mod aggregate;
 pub mod join;
 mod relations;
-pub use aggregate::{Aggregate, Aggregates, GroupQuery, Having, Summable, count_rows};
+pub use aggregate::{Aggregate, Aggregates, GroupQuery, Having, Ordered, Summable, count_rows};
 pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 pub use join::{Has, Inner, JoinQuery, JoinSelection, Left};
 pub use page::{Cursor, Page};

@@ -175,10 +175,16 @@ fn after_condition<M: Table>(
 
 fn value_expr(meta: &TableMeta, column: usize, text: &str, binder: &mut Binder<'_>) -> Expr {
     let param = binder.owned(std::sync::Arc::new(text.to_owned()));
-    // Text first: a bare parameter cast to int4 would be asked for as int4.
-    param
-        .cast_as(Alias::new("text"))
-        .cast_as(Alias::new(meta.columns[column].sql_type))
+    // Text first: a bare parameter cast to int4 would be asked for as int4. The type
+    // is SQL as the column type gives it (`int8[]`, a quoted enum name), not one
+    // identifier.
+    Expr::cust_with_expr(
+        format!(
+            "CAST(CAST($1 AS text) AS {})",
+            meta.columns[column].sql_type
+        ),
+        param,
+    )
 }
 
 fn after_one<M>(
@@ -321,7 +327,8 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let bound = self.bind_keyset(size, keys, values)?;
         let selected = self.selected().len();
         let limit = usize::try_from(size).unwrap_or(usize::MAX);
-        crate::db::read_on_conn!(self.db, "page", M::META.name, |conn| {
+        let from_cursor = values.is_some();
+        let fetched = crate::db::read_on_conn!(self.db, "page", M::META.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             let more = rows.len() > limit;
             let mut items = Vec::with_capacity(rows.len().min(limit));
@@ -335,7 +342,19 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             }
             Ok((items, more, texts))
         })
-        .await
+        .await;
+        match fetched {
+            // A data exception (class 22: invalid text for the type, out of range)
+            // can only come from the cursor's values cast back to their columns: the
+            // rest of the statement binds typed values.
+            Err(Error::Database {
+                sqlstate, message, ..
+            }) if from_cursor && sqlstate.starts_with("22") => Err(Error::Validation(format!(
+                "invalid cursor for a query on `{}`: {message}",
+                M::META.name
+            ))),
+            other => other,
+        }
     }
 }
 
@@ -345,7 +364,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
 fn key_text(meta: &TableMeta, column: usize) -> Expr {
     let column = &meta.columns[column];
     match column.sql_type {
-        "timestamptz" | "date" => Expr::cust(format!(
+        "timestamptz" | "timestamp" | "date" => Expr::cust(format!(
             "to_json({}) #>> '{{}}'",
             crate::sql::quote_ident(column.name)
         )),
@@ -375,6 +394,12 @@ fn key_text_is_valid(sql_type: &str, text: &str) -> bool {
         "date" => is_infinity(text) || date_is_valid(text),
         #[cfg(feature = "chrono")]
         "timestamptz" => is_infinity(text) || timestamp_is_valid(text),
+        #[cfg(feature = "chrono")]
+        "timestamp" => is_infinity(text) || naive_timestamp_is_valid(text),
+        #[cfg(feature = "chrono")]
+        "time" => text == "24:00:00" || clock_is_valid(text),
+        "inet" => inet_is_valid(text),
+        "numeric" => numeric_is_valid(text),
         "bytea" => text.strip_prefix("\\x").is_some_and(|hex| {
             hex.len().is_multiple_of(2) && hex.bytes().all(|b| b.is_ascii_hexdigit())
         }),
@@ -384,9 +409,10 @@ fn key_text_is_valid(sql_type: &str, text: &str) -> bool {
         "jsonb" => {
             !text.contains("\\u0000") && serde_json::from_str::<serde_json::Value>(text).is_ok()
         }
-        // Every column type of this build is listed above; an unknown one cannot be
-        // checked.
-        _ => false,
+        // Enums, arrays, a user's types: no check here beyond what text can hold. A
+        // value its type refuses fails the cast in PostgreSQL, which `page` reports as
+        // an invalid cursor, not as a server error.
+        _ => !text.contains('\0'),
     }
 }
 
@@ -445,13 +471,7 @@ fn timestamp_is_valid(text: &str) -> bool {
         Some(at) => text[11..].split_at(at),
         None => return false,
     };
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let clock_ok = clock.len() == 8
-        && chrono::NaiveTime::parse_from_str(clock, "%H:%M:%S").is_ok()
-        && !clock.starts_with("24");
-    let fraction_ok = fraction.len() <= 6
-        && fraction.bytes().all(|c| c.is_ascii_digit())
-        && (fraction.is_empty() != time.contains('.'));
+    let clock_ok = clock_is_valid(time);
     let offset_ok = offset == "Z" || {
         let parts: Vec<&str> = offset[1..].split(':').collect();
         (1..=3).contains(&parts.len())
@@ -463,5 +483,49 @@ fn timestamp_is_valid(text: &str) -> bool {
                 .iter()
                 .all(|p| p.parse::<u32>().is_ok_and(|m| m <= 59))
     };
-    clock_ok && fraction_ok && offset_ok
+    clock_ok && offset_ok
+}
+
+/// `HH:MM:SS[.f{1,6}]`, as PostgreSQL prints a `time` (and the clock of a timestamp).
+#[cfg(feature = "chrono")]
+fn clock_is_valid(time: &str) -> bool {
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let clock_ok = clock.len() == 8
+        && chrono::NaiveTime::parse_from_str(clock, "%H:%M:%S").is_ok()
+        && !clock.starts_with("24");
+    let fraction_ok = fraction.len() <= 6
+        && fraction.bytes().all(|c| c.is_ascii_digit())
+        && (fraction.is_empty() != time.contains('.'));
+    clock_ok && fraction_ok
+}
+
+/// A `timestamp` (without time zone) in its JSON form: `YYYY-MM-DDTHH:MM:SS[.f]`.
+#[cfg(feature = "chrono")]
+fn naive_timestamp_is_valid(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 19 && date_is_valid(&text[..10]) && b[10] == b'T' && clock_is_valid(&text[11..])
+}
+
+/// An `inet` as PostgreSQL prints it: an address, and a prefix length it can have.
+fn inet_is_valid(text: &str) -> bool {
+    let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let most = if address.is_ipv4() { 32 } else { 128 };
+    prefix.is_empty() || prefix.parse::<u8>().is_ok_and(|p| p <= most)
+}
+
+/// A `numeric` as PostgreSQL prints it: digits with an optional sign and point, or
+/// one of its special values.
+fn numeric_is_valid(text: &str) -> bool {
+    if matches!(text, "NaN" | "Infinity" | "-Infinity") {
+        return true;
+    }
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && digits.len() <= 1_100
+        && whole.bytes().all(|c| c.is_ascii_digit())
+        && fraction.bytes().all(|c| c.is_ascii_digit())
 }
