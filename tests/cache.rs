@@ -953,3 +953,92 @@ async fn an_oversized_value_is_refused_and_never_opens_the_breaker() {
             .expect("a value within the limit");
     }
 }
+
+/// `.cached()` keeps first, one, count, exists and keyset pages as it keeps `all`:
+/// answered from the cache until a write to the table, on every backend.
+#[tokio::test]
+async fn every_cached_shape_is_served_from_the_cache_until_a_write() {
+    for cache in backends() {
+        let db = db_with(cache).await;
+        let mut made = Vec::new();
+        for i in 0..5 {
+            made.push(
+                db.create(new_cached(&format!("s{i}")))
+                    .await
+                    .expect("create"),
+            );
+        }
+        let named = |n: &str| Cached::USERNAME.eq(n.to_owned());
+        let count = || db.query::<Cached>().cached(60).count();
+        let first = || {
+            db.query::<Cached>()
+                .order_by(Cached::USERNAME.asc())
+                .cached(60)
+                .first()
+        };
+        let one = || db.query::<Cached>().filter(named("s3")).cached(60).one();
+        let exists = || {
+            db.query::<Cached>()
+                .filter(named("late"))
+                .cached(60)
+                .exists()
+        };
+        let page = |cursor: Option<tabula::Cursor>| {
+            let db = db.clone();
+            async move {
+                db.query::<Cached>()
+                    .order_by(Cached::USERNAME.asc())
+                    .select(Cached::AVATAR_URL)
+                    .cached(60)
+                    .page(2, cursor.as_ref())
+                    .await
+                    .expect("page")
+            }
+        };
+        assert_eq!(count().await.expect("count"), 5);
+        assert_eq!(
+            first().await.expect("first").map(|c| c.username),
+            Some("s0".into())
+        );
+        assert_eq!(one().await.expect("one").avatar_url, None);
+        assert!(!exists().await.expect("exists"));
+        let page1 = page(None).await;
+        let page2 = page(page1.next.clone()).await;
+        assert_eq!((page1.items.len(), page2.items.len()), (2, 2));
+
+        // Behind Tabula's back: every cached shape keeps its answer.
+        db.execute_batch(
+            "UPDATE profiles SET username = 'a' || username, avatar_url = 'poked';
+             INSERT INTO profiles (user_id, username) VALUES (gen_random_uuid(), 'late')",
+        )
+        .await
+        .expect("behind the back");
+        assert_eq!(count().await.expect("count"), 5, "count cached");
+        assert_eq!(
+            first().await.expect("first").map(|c| c.username),
+            Some("s0".into()),
+            "first cached"
+        );
+        assert_eq!(one().await.expect("one").avatar_url, None, "one cached");
+        assert!(!exists().await.expect("exists"), "exists cached");
+        assert_eq!(page(None).await.items, page1.items, "page cached");
+        assert_eq!(
+            page(page1.next.clone()).await.items,
+            page2.items,
+            "page after a cursor cached"
+        );
+
+        // A write through Tabula: every one of them misses.
+        db.update(made[0].id, CachedPatch::default().username("z"))
+            .await
+            .expect("update");
+        assert_eq!(count().await.expect("count"), 6);
+        assert_eq!(
+            first().await.expect("first").map(|c| c.username),
+            Some("as1".into())
+        );
+        assert!(one().await.is_err(), "no s3 any more: NotFound");
+        assert!(exists().await.expect("exists"));
+        assert_eq!(page(None).await.items, vec![Some("poked".to_owned()); 2]);
+    }
+}

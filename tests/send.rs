@@ -62,6 +62,15 @@ fn every_public_future(
     assert_send(tabula::testkit::database(&MIGRATIONS));
     assert_send(MIGRATIONS.run(db));
 
+    // Cached shapes.
+    let cached = || db.query::<SendNote>().cached(5);
+    assert_send(cached().all());
+    assert_send(cached().first());
+    assert_send(cached().one());
+    assert_send(cached().count());
+    assert_send(cached().exists());
+    assert_send(cached().page(10, Some(cursor)));
+
     // Joins and loaders.
     let joined = || db.query::<SendNote>().left_join::<SendReply>();
     assert_send(joined().all());

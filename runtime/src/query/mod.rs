@@ -40,9 +40,11 @@ pub mod spec;
 use filter::Node;
 
 mod aggregate;
+mod cached;
 pub mod join;
 mod relations;
 pub use aggregate::{Aggregate, Aggregates, GroupQuery, Having, Ordered, Summable, count_rows};
+pub use cached::CachedQuery;
 pub use filter::{Filter, IntoValue, MAX_FILTER_DEPTH};
 pub use join::{Has, Inner, JoinQuery, JoinSelection, Left};
 pub use page::{Cursor, Page};
@@ -850,58 +852,6 @@ async fn fetch<M: Table, D: Decode<M>>(
             .await
     })
     .await
-}
-
-/// A query whose result is cached; from [`Query::cached`].
-#[must_use = "a query does nothing until .all() runs it"]
-pub struct CachedQuery<M, D> {
-    query: Query<M, D>,
-    ttl_seconds: u64,
-}
-
-impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
-    /// Every row, from the cache when this exact query (SQL and values) was answered
-    /// since the table's last write.
-    pub async fn all(self) -> Result<Vec<D::Output>> {
-        if self.ttl_seconds == 0 {
-            return Err(Error::Validation(
-                "a cached query needs a TTL of at least 1 second".into(),
-            ));
-        }
-        let bound = self.query.bind()?;
-        let locking = self.query.lock.is_some();
-        let db = self.query.db;
-        let cache = match (&db.shared.cache, &db.tx, &db.scope) {
-            // A locking read is about the rows as they are now: never from a cache.
-            (Some(cache), None, None) if !locking => cache.clone(),
-            _ => return fetch::<M, D>(&db, &bound).await,
-        };
-        let meta = M::META;
-        let suffix = format!(
-            "{}:{}:{}",
-            meta.qualified_name(),
-            meta.shape_hex(),
-            bound.fingerprint()
-        );
-        let counters = [crate::cache::row::table_counter(meta)];
-        let how = crate::cache::row::RowCache {
-            ttl: std::time::Duration::from_secs(self.ttl_seconds),
-            near: meta.cache_near,
-        };
-        let found = cache.versioned("q", &counters, &suffix, false, how).await;
-        if let Some((_, Some(bytes))) = &found
-            && let Some(rows) = D::decode_rows(bytes)
-        {
-            return Ok(rows);
-        }
-        let rows = fetch::<M, D>(&db, &bound).await?;
-        if let Some((key, _)) = found
-            && let Some(bytes) = D::encode_rows(&rows)
-        {
-            cache.versioned_fill(&key, &bytes, how.ttl).await;
-        }
-        Ok(rows)
-    }
 }
 
 /// The rows of [`Query::stream`], decoded one at a time.

@@ -245,24 +245,51 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     pub async fn page(self, size: u64, after: Option<&Cursor>) -> Result<Page<D::Output>> {
         let keys = self.keyset_keys();
         let values = after.map(|c| decode(c, &keys)).transpose()?;
-        let (items, more, key_texts) = self.fetch_keyset(size, &keys, values.as_deref()).await?;
-        let print = fingerprint(&keys);
-        let cursor = |k: &Vec<Option<String>>| cursor_at(&print, k);
-        Ok(Page {
-            next: if more {
-                key_texts.last().map(cursor)
-            } else {
-                None
-            },
-            prev: if after.is_some() {
-                key_texts.first().map(cursor)
-            } else {
-                None
-            },
-            items,
-        })
+        let fetched = self.fetch_keyset(size, &keys, values.as_deref()).await?;
+        Ok(page_after(&keys, after.is_some(), fetched))
     }
 
+    /// [`page`](Self::page) through the result cache (see [`CachedQuery::page`]):
+    /// the keys, the statement, and the rows with their key texts when fetched.
+    pub(super) fn keyset_plan(
+        &self,
+        size: u64,
+        after: Option<&Cursor>,
+    ) -> Result<(Vec<OrderBy<M>>, Bound<'static>)> {
+        let keys = self.keyset_keys();
+        let values = after.map(|c| decode(c, &keys)).transpose()?;
+        let bound = self.bind_keyset(size, &keys, values.as_deref())?;
+        Ok((keys, bound))
+    }
+}
+
+/// One keyset page's rows, whether more follow, and each row's key values as text.
+pub(super) type Fetched<T> = (Vec<T>, bool, Vec<Vec<Option<String>>>);
+
+/// The page after a cursor (or the first), from what its statement fetched.
+pub(super) fn page_after<M: Table, T>(
+    keys: &[OrderBy<M>],
+    resumed: bool,
+    (items, more, key_texts): Fetched<T>,
+) -> Page<T> {
+    let print = fingerprint(keys);
+    let cursor = |k: &Vec<Option<String>>| cursor_at(&print, k);
+    Page {
+        next: if more {
+            key_texts.last().map(cursor)
+        } else {
+            None
+        },
+        prev: if resumed {
+            key_texts.first().map(cursor)
+        } else {
+            None
+        },
+        items,
+    }
+}
+
+impl<M: Table, D: Decode<M>> Query<M, D> {
     /// The page of at most `size` rows just before a cursor (from [`Page::prev`]), in
     /// the query's order.
     pub async fn page_before(self, size: u64, before: &Cursor) -> Result<Page<D::Output>> {
@@ -323,11 +350,22 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         size: u64,
         keys: &[OrderBy<M>],
         values: Option<&[Option<String>]>,
-    ) -> Result<(Vec<D::Output>, bool, Vec<Vec<Option<String>>>)> {
+    ) -> Result<Fetched<D::Output>> {
         let bound = self.bind_keyset(size, keys, values)?;
+        self.fetch_bound_keyset(&bound, size, keys.len(), values.is_some())
+            .await
+    }
+
+    /// Runs a keyset statement of [`bind_keyset`](Self::bind_keyset).
+    pub(super) async fn fetch_bound_keyset(
+        &self,
+        bound: &Bound<'static>,
+        size: u64,
+        keys: usize,
+        from_cursor: bool,
+    ) -> Result<Fetched<D::Output>> {
         let selected = self.selected().len();
         let limit = usize::try_from(size).unwrap_or(usize::MAX);
-        let from_cursor = values.is_some();
         let fetched = crate::db::read_on_conn!(self.db, "page", M::META.name, |conn| {
             let rows = conn.query(&bound.sql, &bound.params()).await?;
             let more = rows.len() > limit;
@@ -335,7 +373,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             let mut texts = Vec::with_capacity(rows.len().min(limit));
             for row in rows.iter().take(limit) {
                 items.push(D::decode(row)?);
-                let key_texts = (0..keys.len())
+                let key_texts = (0..keys)
                     .map(|k| row.try_get::<_, Option<String>>(selected + k))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 texts.push(key_texts);

@@ -1,0 +1,179 @@
+//! Query results through the cache (`.cached(ttl)`): rows, the first or only row, a
+//! count, whether any row matches, a keyset page — each kept under the table's version
+//! counter, so any write to the table makes every cached result of it miss.
+
+use std::future::Future;
+
+use super::page::{Fetched, page_after};
+use super::{Cursor, Decode, Page, Query, fetch, run_count};
+use crate::error::{Error, Result};
+use crate::sql::Bound;
+use crate::table::{CacheCodec, CodecReader, Table, write_len};
+
+/// A query whose result is cached; from [`Query::cached`].
+#[must_use = "a query does nothing until .all() (or first, one, count, exists, page) runs it"]
+pub struct CachedQuery<M, D> {
+    pub(super) query: Query<M, D>,
+    pub(super) ttl_seconds: u64,
+}
+
+impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
+    /// `fetch`'s result for the statement `bound`, from the cache when this exact
+    /// statement (SQL and values) was answered since the table's last write. Inside a
+    /// transaction, under a user scope, for a locking read, or without a cache, it is
+    /// fetched every time.
+    async fn through<T, F>(
+        &self,
+        bound: &Bound<'static>,
+        fetch: impl FnOnce() -> F,
+        encode: impl FnOnce(&T) -> Option<Vec<u8>>,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        if self.ttl_seconds == 0 {
+            return Err(Error::Validation(
+                "a cached query needs a TTL of at least 1 second".into(),
+            ));
+        }
+        let db = &self.query.db;
+        let locking = self.query.lock.is_some();
+        let cache = match (&db.shared.cache, &db.tx, &db.scope) {
+            // A locking read is about the rows as they are now: never from a cache.
+            (Some(cache), None, None) if !locking => cache.clone(),
+            _ => return fetch().await,
+        };
+        let meta = M::META;
+        let suffix = format!(
+            "{}:{}:{}",
+            meta.qualified_name(),
+            meta.shape_hex(),
+            bound.fingerprint()
+        );
+        let counters = [crate::cache::row::table_counter(meta)];
+        let how = crate::cache::row::RowCache {
+            ttl: std::time::Duration::from_secs(self.ttl_seconds),
+            near: meta.cache_near,
+        };
+        let found = cache.versioned("q", &counters, &suffix, false, how).await;
+        let mut decode = Some(decode);
+        if let Some((_, Some(bytes))) = &found
+            && let Some(decode) = decode.take()
+            && let Some(value) = decode(bytes)
+        {
+            return Ok(value);
+        }
+        let value = fetch().await?;
+        if let Some((key, _)) = found
+            && let Some(bytes) = encode(&value)
+        {
+            cache.versioned_fill(&key, &bytes, how.ttl).await;
+        }
+        Ok(value)
+    }
+
+    /// Every row, from the cache when this exact query (SQL and values) was answered
+    /// since the table's last write.
+    pub async fn all(self) -> Result<Vec<D::Output>> {
+        let bound = self.query.bind()?;
+        let db = self.query.db.clone();
+        self.through(
+            &bound,
+            || fetch::<M, D>(&db, &bound),
+            |rows| D::encode_rows(rows),
+            D::decode_rows,
+        )
+        .await
+    }
+
+    /// The first row, if any (adds `LIMIT 1`).
+    pub async fn first(mut self) -> Result<Option<D::Output>> {
+        self.query = self.query.limit(1);
+        Ok(self.all().await?.into_iter().next())
+    }
+
+    /// Exactly one row: none is [`Error::NotFound`], more than one is
+    /// [`Error::Validation`] — as [`Query::one`].
+    pub async fn one(mut self) -> Result<D::Output> {
+        self.query = self.query.limit(2);
+        let mut rows = self.all().await?.into_iter();
+        match (rows.next(), rows.next()) {
+            (Some(row), None) => Ok(row),
+            (None, _) => Err(Error::NotFound {
+                table: M::META.name,
+            }),
+            (Some(_), Some(_)) => Err(Error::Validation(format!(
+                "expected one row of `{}`, found more",
+                M::META.name
+            ))),
+        }
+    }
+
+    /// How many rows match (honours limit and offset, as [`Query::count`]).
+    pub async fn count(self) -> Result<i64> {
+        self.query.no_lock("count")?;
+        let bound = self.query.bind_count(true)?;
+        let db = self.query.db.clone();
+        self.through(
+            &bound,
+            || run_count::<M>(&db, &bound),
+            |n| Some(n.to_le_bytes().to_vec()),
+            |bytes| bytes.try_into().ok().map(i64::from_le_bytes),
+        )
+        .await
+    }
+
+    /// Whether any row matches.
+    pub async fn exists(mut self) -> Result<bool> {
+        self.query = self.query.limit(1);
+        Ok(self.count().await? > 0)
+    }
+
+    /// One keyset page, as [`Query::page`]: the cursor's values are part of what is
+    /// cached, so each page is its own entry, and a write to the table drops them all.
+    pub async fn page(self, size: u64, after: Option<&Cursor>) -> Result<Page<D::Output>> {
+        let (keys, bound) = self.query.keyset_plan(size, after)?;
+        let resumed = after.is_some();
+        let fetched = self
+            .through(
+                &bound,
+                || {
+                    self.query
+                        .fetch_bound_keyset(&bound, size, keys.len(), resumed)
+                },
+                encode_fetched::<M, D>,
+                decode_fetched::<M, D>,
+            )
+            .await?;
+        Ok(page_after(&keys, resumed, fetched))
+    }
+}
+
+/// A page's rows (as cached queries keep rows), whether more follow, and each row's key
+/// texts.
+fn encode_fetched<M: Table, D: Decode<M>>(fetched: &Fetched<D::Output>) -> Option<Vec<u8>> {
+    let (items, more, texts) = fetched;
+    let mut out = Vec::new();
+    crate::table::write_bytes(&mut out, &D::encode_rows(items)?);
+    more.encode(&mut out);
+    write_len(&mut out, texts.len());
+    for row in texts {
+        row.encode(&mut out);
+    }
+    Some(out)
+}
+
+fn decode_fetched<M: Table, D: Decode<M>>(bytes: &[u8]) -> Option<Fetched<D::Output>> {
+    let mut input = CodecReader::new(bytes);
+    let items = D::decode_rows(input.bytes()?)?;
+    let more = bool::decode(&mut input)?;
+    let count = input.len_prefix()?;
+    let mut texts = Vec::with_capacity(count);
+    for _ in 0..count {
+        texts.push(Vec::<Option<String>>::decode(&mut input)?);
+    }
+    input.finish()?;
+    // Every row has its key texts, or the entry is not one this code wrote.
+    (texts.len() == items.len()).then_some((items, more, texts))
+}
