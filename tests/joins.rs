@@ -6,6 +6,7 @@ mod common;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use tabula::query::children;
 use tabula::{Db, Error, Table};
 
 #[derive(Table, Debug, Clone, PartialEq)]
@@ -55,6 +56,9 @@ const SCHEMA: &str = "
     CREATE TABLE j_comments (id bigserial PRIMARY KEY, post_id bigint NOT NULL REFERENCES j_posts,
                              body text NOT NULL);
     CREATE TABLE j_badges (owner_name text PRIMARY KEY, level int4 NOT NULL);";
+
+/// Users with their posts, each with its comments.
+type Tree = Vec<(User, Vec<(Post, Vec<Comment>)>)>;
 
 const COLORS: [Option<&str>; 3] = [Some("black"), Some("brown"), None];
 
@@ -247,6 +251,35 @@ fn joins_agree_with_a_plain_rust_oracle() {
                 }
             }
             prop_assert_eq!(three, expected);
+            // The eager loader over the same rows: each user, its live posts, their
+            // comments — one query a level.
+            let tree = db
+                .query::<User>()
+                .order_by(User::ID.asc())
+                .load(children::<Post>().with(children::<Comment>()))
+                .await
+                .expect("load");
+            let oracle: Tree = data
+                .users
+                .iter()
+                .map(|u| {
+                    let posts = data
+                        .live_posts()
+                        .filter(|p| p.user_id == u.id)
+                        .map(|p| {
+                            let cs = data
+                                .comments
+                                .iter()
+                                .filter(|c| c.post_id == p.id)
+                                .cloned()
+                                .collect();
+                            (p.clone(), cs)
+                        })
+                        .collect();
+                    (u.clone(), posts)
+                })
+                .collect();
+            prop_assert_eq!(tree, oracle);
             let counted = db
                 .query::<User>()
                 .inner_join::<Post>()
