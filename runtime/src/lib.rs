@@ -97,7 +97,9 @@ pub use tabula_macros::PgEnum;
 /// Memoizes an async function or method in the cache: `#[cached(ttl = 300)]`.
 ///
 /// Options: `ttl = N` (whole seconds, required), `tables(Model, …)` (any write to these
-/// tables drops every entry), `skip(arg, …)` (arguments left out of the key),
+/// tables drops every entry), `tags(expr, …)` (expressions over the arguments, each a tag
+/// [`Db::invalidate_tag`] drops), `stale = N` (an expired entry is served for up to `N`
+/// more seconds while one caller recomputes it), `skip(arg, …)` (arguments left out of the key),
 /// `key = <expr>` (the key instead of the arguments), `name = "..."` (instead of the
 /// function's path). The receiver is never part of the key. For a `Result` only `Ok`
 /// is cached; any other value (`None` included) is cached as returned. Every argument

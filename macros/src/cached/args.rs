@@ -1,5 +1,6 @@
-//! The options of `#[cached(...)]`: `ttl = N` (whole seconds, required), `name = "..."`,
-//! `key = <expr>`, `tables(Model, ...)`, `skip(arg, ...)`.
+//! The options of `#[cached(...)]`: `ttl = N` (whole seconds, required), `stale = N`,
+//! `name = "..."`, `key = <expr>`, `tables(Model, ...)`, `tags(<expr>, ...)`,
+//! `skip(arg, ...)`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::meta::ParseNestedMeta;
@@ -13,7 +14,9 @@ const NAME: &str = "name";
 const KEY: &str = "key";
 const TABLES: &str = "tables";
 const SKIP: &str = "skip";
-const KEYS: &[&str] = &[TTL, NAME, KEY, TABLES, SKIP];
+const STALE: &str = "stale";
+const TAGS: &str = "tags";
+const KEYS: &[&str] = &[TTL, STALE, NAME, KEY, TABLES, TAGS, SKIP];
 
 pub(crate) struct Options {
     pub(crate) ttl: u64,
@@ -21,6 +24,10 @@ pub(crate) struct Options {
     pub(crate) key: Option<Expr>,
     pub(crate) tables: Vec<Path>,
     pub(crate) skip: Vec<Ident>,
+    /// Seconds an expired entry may be served while one caller refreshes it.
+    pub(crate) stale: u64,
+    /// Expressions over the arguments, each a tag of the call's entry.
+    pub(crate) tags: Vec<Expr>,
 }
 
 impl Options {
@@ -30,6 +37,8 @@ impl Options {
         let mut key = None;
         let mut tables = Vec::new();
         let mut skip = Vec::new();
+        let mut stale = 0;
+        let mut tags = Vec::new();
         let mut seen: Vec<String> = Vec::new();
         let parser = syn::meta::parser(|meta: ParseNestedMeta<'_>| {
             let word = meta
@@ -52,6 +61,27 @@ impl Options {
                         ));
                     }
                     ttl = Some(seconds);
+                }
+                STALE => {
+                    let lit: syn::LitInt = meta.value()?.parse()?;
+                    let seconds: u64 = lit.base10_parse()?;
+                    if seconds == 0 {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`stale` is in whole seconds and must be at least 1 (leave it out for none)",
+                        ));
+                    }
+                    stale = seconds;
+                }
+                TAGS => {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    let list = content
+                        .parse_terminated(<Expr as syn::parse::Parse>::parse, syn::Token![,])?;
+                    if list.is_empty() {
+                        return Err(meta.error("`tags(...)` needs at least one expression"));
+                    }
+                    tags.extend(list);
                 }
                 NAME => name = Some(meta.value()?.parse::<LitStr>()?),
                 KEY => key = Some(meta.value()?.parse::<Expr>()?),
@@ -94,6 +124,8 @@ impl Options {
             key,
             tables,
             skip,
+            stale,
+            tags,
         })
     }
 }

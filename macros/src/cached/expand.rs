@@ -16,6 +16,12 @@ pub(crate) fn expand(function: &ItemFn, options: &Options, checked: &Function) -
     let block = &function.block;
     let ident = &sig.ident;
     let ttl = options.ttl;
+    let stale = options.stale;
+    let tag_exprs = &options.tags;
+    let tags = quote! {
+        let __tabula_tags: ::std::vec::Vec<::std::string::String> =
+            ::std::vec![#(::std::string::ToString::to_string(&(#tag_exprs))),*];
+    };
     let tables = options
         .tables
         .iter()
@@ -33,7 +39,7 @@ pub(crate) fn expand(function: &ItemFn, options: &Options, checked: &Function) -
         )),
     };
     let spec = quote! {
-        let __tabula_spec = #p::MemoSpec { name: #base_name, ttl: #ttl, tables: #tables };
+        let __tabula_spec = #p::MemoSpec { name: #base_name, ttl: #ttl, tables: #tables, stale: #stale };
     };
     let asserts = checked
         .key_args
@@ -60,7 +66,8 @@ pub(crate) fn expand(function: &ItemFn, options: &Options, checked: &Function) -
         #vis #sig {
             #spec
             #key
-            #p::memo(&__tabula_spec, __tabula_key, async move { #wrap(async move #block.await) }).await #unwrap
+            #tags
+            #p::memo(&__tabula_spec, __tabula_key, __tabula_tags, async move { #wrap(async move #block.await) }).await #unwrap
         }
     };
 
@@ -84,7 +91,8 @@ pub(crate) fn expand(function: &ItemFn, options: &Options, checked: &Function) -
             #(#unused)*
             #spec
             #key
-            #p::memo_invalidate(&__tabula_spec, __tabula_key).await
+            #tags
+            #p::memo_invalidate(&__tabula_spec, __tabula_key, __tabula_tags).await
         }
 
         #[doc = #clear_doc]

@@ -155,6 +155,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn exists<'a>(&'a self, key: &'a str) -> Pending<'a, bool>;
     /// Sets the TTL of an existing key; whether it existed.
     fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool>;
+    /// Creates `key` for `ttl` unless it exists; whether this call created it (one
+    /// caller of many wins, across processes for a shared backend).
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool>;
     /// Adds `by` to the integer under `key` (0 when absent).
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64>;
     /// Appends to a list; its new length.

@@ -47,6 +47,9 @@ pub struct MemoSpec {
     pub ttl: u64,
     /// Tables whose writes invalidate every entry.
     pub tables: &'static [&'static TableMeta],
+    /// Seconds an expired entry may still be served while one caller refreshes it
+    /// (`stale = N`; 0: never).
+    pub stale: u64,
 }
 
 static GLOBAL: OnceLock<CacheService> = OnceLock::new();
@@ -86,10 +89,17 @@ impl CacheService {
 }
 
 impl MemoSpec {
-    fn counters(&self) -> Vec<String> {
+    /// The function's counter, its tables', and the call's tags'.
+    fn counters(&self, tags: &[String]) -> Vec<String> {
         let mut counters = vec![format!("mv:{}", self.name)];
         counters.extend(self.tables.iter().map(|t| super::row::table_counter(t)));
+        counters.extend(tags.iter().map(|t| super::fresh::tag_counter(t)));
         counters
+    }
+
+    /// Entries with a stale window are stamped (see `fresh.rs`): another kind.
+    fn kind(&self) -> &'static str {
+        if self.stale > 0 { "ms" } else { "m" }
     }
 
     fn how(&self) -> super::row::RowCache {
@@ -178,19 +188,28 @@ impl<T: Serialize + DeserializeOwned, E> MemoStore for OkOnly<T, E> {
     }
 }
 
+/// The cached value of a call and whether it is fresh, and the versioned key it lives
+/// under (`None`: the cache failed).
 async fn lookup<S: MemoStore>(
     cache: &CacheService,
     spec: &MemoSpec,
+    tags: &[String],
     key: &str,
-) -> (Option<S>, Option<String>) {
-    match cache
-        .versioned("m", &spec.counters(), key, false, spec.how())
-        .await
-    {
-        Some((full, Some(bytes))) => match S::load(&bytes) {
-            Some(value) => (Some(value), None),
-            None => (None, Some(full)),
-        },
+) -> (Option<(S, bool)>, Option<String>) {
+    let found = cache
+        .versioned(spec.kind(), &spec.counters(tags), key, false, spec.how())
+        .await;
+    match found {
+        Some((full, Some(bytes))) => {
+            let (fresh, payload) = match spec.stale {
+                0 => (true, &bytes[..]),
+                _ => match super::fresh::read_stamp(&bytes) {
+                    Some(read) => read,
+                    None => return (None, Some(full)),
+                },
+            };
+            (S::load(payload).map(|value| (value, fresh)), Some(full))
+        }
         Some((full, None)) => (None, Some(full)),
         None => (None, None),
     }
@@ -198,7 +217,12 @@ async fn lookup<S: MemoStore>(
 
 /// Runs `body` unless its result is cached; see the [module docs](self).
 #[doc(hidden)]
-pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<Output = S>) -> S {
+pub async fn memo<S: MemoStore>(
+    spec: &MemoSpec,
+    key: String,
+    tags: Vec<String>,
+    body: impl Future<Output = S>,
+) -> S {
     let Some(cache) = CacheService::global() else {
         return body.await;
     };
@@ -206,9 +230,19 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
         bypass("key", &spec.name);
         return body.await;
     }
-    let (hit, full_key) = lookup::<S>(cache, spec, &key).await;
-    if let Some(hit) = hit {
-        return hit;
+    let (hit, full_key) = lookup::<S>(cache, spec, &tags, &key).await;
+    // A stale value is served unless this caller wins the refresh (see `fresh.rs`).
+    let mut refreshing = false;
+    if let Some((value, fresh)) = hit {
+        let window = Duration::from_secs(spec.stale);
+        let claimed = match (&full_key, fresh) {
+            (Some(full), false) => cache.claim_refresh(full, window).await,
+            _ => false,
+        };
+        if !claimed {
+            return value;
+        }
+        refreshing = true;
     }
     // The versioned key names the tables' versions this lookup saw; without it (the
     // cache is down) no computation can be shown to be recent enough to share.
@@ -237,9 +271,13 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
     if let Some(value) = flight.result.get().and_then(|bytes| S::load(bytes)) {
         return value;
     }
-    let (hit, full_key) = lookup::<S>(cache, spec, &key).await;
-    if let Some(hit) = hit {
-        return hit;
+    let mut full_key = Some(full_key);
+    if !refreshing {
+        let (hit, again) = lookup::<S>(cache, spec, &tags, &key).await;
+        if let Some((value, _)) = hit {
+            return value;
+        }
+        full_key = again;
     }
     let (value, scoped) = run_body(spec, body).await;
     if scoped {
@@ -247,9 +285,15 @@ pub async fn memo<S: MemoStore>(spec: &MemoSpec, key: String, body: impl Future<
     }
     if let Some(bytes) = value.store() {
         if let Some(full_key) = full_key {
-            cache
-                .versioned_fill(&full_key, &bytes, Duration::from_secs(spec.ttl))
-                .await;
+            let ttl = Duration::from_secs(spec.ttl);
+            match spec.stale {
+                0 => cache.versioned_fill(&full_key, &bytes, ttl).await,
+                stale => {
+                    let stamped = super::fresh::stamp(&bytes, ttl);
+                    let kept = ttl.saturating_add(Duration::from_secs(stale));
+                    cache.versioned_fill(&full_key, &stamped, kept).await;
+                }
+            }
         }
         let _ = flight.result.set(bytes);
     }
@@ -270,13 +314,13 @@ async fn run_body<S>(spec: &MemoSpec, body: impl Future<Output = S>) -> (S, bool
 
 /// Drops the entry of one call.
 #[doc(hidden)]
-pub async fn memo_invalidate(spec: &MemoSpec, key: String) {
+pub async fn memo_invalidate(spec: &MemoSpec, key: String, tags: Vec<String>) {
     if key.is_empty() {
         return;
     }
     if let Some(cache) = CacheService::global() {
         cache
-            .versioned("m", &spec.counters(), &key, true, spec.how())
+            .versioned(spec.kind(), &spec.counters(&tags), &key, true, spec.how())
             .await;
     }
 }

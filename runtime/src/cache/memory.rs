@@ -306,6 +306,16 @@ impl Backend for MemoryBackend {
         ready(Ok(self.with(|map| map.expire(key, ttl))))
     }
 
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool> {
+        ready(Ok(self.with(|map| {
+            if map.exists(key) {
+                return false;
+            }
+            map.set(key, MemValue::Bytes(b"1".to_vec()), Some(ttl));
+            true
+        })))
+    }
+
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64> {
         ready(self.with(|map| {
             let current = match map.get_bytes(key)? {

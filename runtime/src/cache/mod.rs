@@ -31,6 +31,16 @@
 //!   struct is a miss, never decoded.
 //! - A miss caused by a cache error never fills; a fill larger than
 //!   [`CacheConfig::max_value_bytes`] is skipped.
+//! - An absence is cached like a row (a *negative entry*: only the model's shape),
+//!   under the same lease: every write that can make a row exist names it — a create,
+//!   upsert, restore or update drops the row's key and the values of its unique
+//!   columns; `insert_many`, whose keys the database generates, and an `update_where`
+//!   that sets a unique column drop the table's row generation.
+//! - Staleness is opt-in and bounded, for memos and cached queries only: an entry with
+//!   a `stale` window is served up to `ttl + stale` after it was computed while one
+//!   caller refreshes it, and never after an invalidation (see `fresh.rs`). Tags are
+//!   version counters like tables': [`CacheService::invalidate_tag`] drops every entry
+//!   carrying one.
 //!
 //! # Namespaces
 //!
@@ -146,6 +156,7 @@
 mod backend;
 #[cfg(feature = "cache")]
 mod breaker;
+pub(crate) mod fresh;
 mod key;
 pub(crate) mod memo;
 mod memory;

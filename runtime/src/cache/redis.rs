@@ -851,6 +851,15 @@ impl Backend for RedisBackend {
         self.yes(cmd!("PEXPIRE", key, millis(ttl)))
     }
 
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> Pending<'a, bool> {
+        Box::pin(async move {
+            let set: Option<String> = self
+                .command(cmd!("SET", key, "1", "NX", "PX", millis(ttl)))
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> Pending<'a, i64> {
         self.command(cmd!("INCRBY", key, by))
     }

@@ -15,9 +15,44 @@ use crate::table::{CacheCodec, CodecReader, Table, write_len};
 pub struct CachedQuery<M, D> {
     pub(super) query: Query<M, D>,
     pub(super) ttl_seconds: u64,
+    pub(super) stale_seconds: u64,
+    pub(super) tags: Vec<String>,
 }
 
 impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
+    /// Serves the result for up to `seconds` after its TTL ran out while one caller
+    /// (across processes sharing the cache) refreshes it — opt-in staleness, bounded
+    /// by `ttl + seconds`; a write to the table still drops it at once. See
+    /// [`crate::cache`].
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let total = db.query::<Note>().cached(60).stale(30).count().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stale(mut self, seconds: u64) -> Self {
+        self.stale_seconds = seconds;
+        self
+    }
+
+    /// Tags the cached result: [`Db::invalidate_tag`](crate::Db::invalidate_tag) drops
+    /// every result carrying the tag, in one step.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub owner: i64 }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let mine = db.query::<Note>().filter(Note::OWNER.eq(7)).cached(60).tag("user:7").all().await?;
+    /// db.invalidate_tag("user:7").await;
+    /// # Ok(()) }
+    /// ```
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
     /// `fetch`'s result for the statement `bound`, from the cache when this exact
     /// statement (SQL and values) was answered since the table's last write. Inside a
     /// transaction, under a user scope, for a locking read, or without a cache, it is
@@ -51,24 +86,47 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             meta.shape_hex(),
             bound.fingerprint()
         );
-        let counters = [crate::cache::row::table_counter(meta)];
+        let mut counters = vec![crate::cache::row::table_counter(meta)];
+        counters.extend(
+            self.tags
+                .iter()
+                .map(|t| crate::cache::fresh::tag_counter(t)),
+        );
         let how = crate::cache::row::RowCache {
             ttl: std::time::Duration::from_secs(self.ttl_seconds),
             near: meta.cache_near,
         };
-        let found = cache.versioned("q", &counters, &suffix, false, how).await;
-        let mut decode = Some(decode);
-        if let Some((_, Some(bytes))) = &found
-            && let Some(decode) = decode.take()
-            && let Some(value) = decode(bytes)
-        {
-            return Ok(value);
+        let stale = std::time::Duration::from_secs(self.stale_seconds);
+        // Stamped entries (a stale window) are another kind (see `cache/fresh.rs`).
+        let kind = if stale.is_zero() { "q" } else { "qs" };
+        let found = cache.versioned(kind, &counters, &suffix, false, how).await;
+        if let Some((key, Some(bytes))) = &found {
+            let (fresh, payload) = match stale.is_zero() {
+                true => (true, Some(&bytes[..])),
+                false => match crate::cache::fresh::read_stamp(bytes) {
+                    Some((fresh, payload)) => (fresh, Some(payload)),
+                    None => (false, None),
+                },
+            };
+            if let Some(value) = payload.and_then(decode) {
+                // Stale: served, unless this caller wins the refresh.
+                if fresh || !cache.claim_refresh(key, stale).await {
+                    return Ok(value);
+                }
+            }
         }
         let value = fetch().await?;
         if let Some((key, _)) = found
             && let Some(bytes) = encode(&value)
         {
-            cache.versioned_fill(&key, &bytes, how.ttl).await;
+            match stale.is_zero() {
+                true => cache.versioned_fill(&key, &bytes, how.ttl).await,
+                false => {
+                    let stamped = crate::cache::fresh::stamp(&bytes, how.ttl);
+                    let kept = how.ttl.saturating_add(stale);
+                    cache.versioned_fill(&key, &stamped, kept).await;
+                }
+            }
         }
         Ok(value)
     }

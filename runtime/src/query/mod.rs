@@ -707,6 +707,8 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         CachedQuery {
             query: self,
             ttl_seconds,
+            stale_seconds: 0,
+            tags: Vec::new(),
         }
     }
 

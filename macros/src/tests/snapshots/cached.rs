@@ -7,12 +7,15 @@ impl Service {
             ),
             ttl: 300u64,
             tables: &[<Profile as ::tabula::__private::Table>::META],
+            stale: 0u64,
         };
         ::tabula::__private::assert_key_arg::<i64>();
         let __tabula_key = ::tabula::__private::memo_key(&__tabula_spec, &(&id,));
+        let __tabula_tags: ::std::vec::Vec<::std::string::String> = ::std::vec![];
         ::tabula::__private::memo(
                 &__tabula_spec,
                 __tabula_key,
+                __tabula_tags,
                 async move {
                     ::tabula::__private::OkOnly(
                         async move { self.db.read::<Profile>(id).await }.await,
@@ -34,10 +37,13 @@ impl Service {
             ),
             ttl: 300u64,
             tables: &[<Profile as ::tabula::__private::Table>::META],
+            stale: 0u64,
         };
         ::tabula::__private::assert_key_arg::<i64>();
         let __tabula_key = ::tabula::__private::memo_key(&__tabula_spec, &(&id,));
-        ::tabula::__private::memo_invalidate(&__tabula_spec, __tabula_key).await
+        let __tabula_tags: ::std::vec::Vec<::std::string::String> = ::std::vec![];
+        ::tabula::__private::memo_invalidate(&__tabula_spec, __tabula_key, __tabula_tags)
+            .await
     }
     ///Drops every cached result of `profile`.
     #[allow(dead_code)]
@@ -50,6 +56,7 @@ impl Service {
             ),
             ttl: 300u64,
             tables: &[<Profile as ::tabula::__private::Table>::META],
+            stale: 0u64,
         };
         ::tabula::__private::memo_clear(&__tabula_spec).await
     }
@@ -59,12 +66,15 @@ async fn double(conn: &Conn, n: i64) -> i64 {
         name: ::std::string::String::from("double"),
         ttl: 5u64,
         tables: &[],
+        stale: 0u64,
     };
     ::tabula::__private::assert_key_arg::<i64>();
     let __tabula_key = ::tabula::__private::memo_key(&__tabula_spec, &(&n,));
+    let __tabula_tags: ::std::vec::Vec<::std::string::String> = ::std::vec![];
     ::tabula::__private::memo(
             &__tabula_spec,
             __tabula_key,
+            __tabula_tags,
             async move {
                 ::tabula::__private::Plain(
                     async move {
@@ -87,10 +97,13 @@ async fn double_invalidate(conn: &Conn, n: i64) {
         name: ::std::string::String::from("double"),
         ttl: 5u64,
         tables: &[],
+        stale: 0u64,
     };
     ::tabula::__private::assert_key_arg::<i64>();
     let __tabula_key = ::tabula::__private::memo_key(&__tabula_spec, &(&n,));
-    ::tabula::__private::memo_invalidate(&__tabula_spec, __tabula_key).await
+    let __tabula_tags: ::std::vec::Vec<::std::string::String> = ::std::vec![];
+    ::tabula::__private::memo_invalidate(&__tabula_spec, __tabula_key, __tabula_tags)
+        .await
 }
 ///Drops every cached result of `double`.
 #[allow(dead_code)]
@@ -99,6 +112,7 @@ async fn double_clear() {
         name: ::std::string::String::from("double"),
         ttl: 5u64,
         tables: &[],
+        stale: 0u64,
     };
     ::tabula::__private::memo_clear(&__tabula_spec).await
 }

@@ -1,0 +1,102 @@
+//! Opt-in staleness and tags for memos and cached queries (never for the row cache,
+//! which stays exact).
+//!
+//! **Stale-while-revalidate.** An entry kept with a `stale` window lives `ttl + stale`
+//! in the cache and carries the time it stops being fresh (8 bytes, milliseconds since
+//! the epoch by the writer's clock, before the value). Read fresh, it is a hit. Read
+//! stale, one caller per entry — across processes sharing the cache: whoever creates
+//! the entry's refresh claim first — recomputes it and gets the new value; every other
+//! caller gets the stale value at once. So a value is at most `ttl + stale` old (plus
+//! clock skew between processes), and a write to a table the entry depends on still
+//! drops it at once: staleness covers expiry, never invalidation. Entries with and
+//! without a window are kept under different kinds, so a deploy that changes the
+//! window never misreads an entry.
+//!
+//! **Tags.** A tag is a version counter like a table's (`tg:<tag>`), part of the key
+//! of every entry that carries it: [`CacheService::invalidate_tag`] bumps it, which
+//! drops every such entry at once, in O(1).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::CacheService;
+
+/// The counter of a tag.
+pub(crate) fn tag_counter(tag: &str) -> String {
+    format!("tg:{tag}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `payload` stamped fresh for `ttl` from now.
+pub(crate) fn stamp(payload: &[u8], ttl: Duration) -> Vec<u8> {
+    let until = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&until.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A stamped entry: whether it is still fresh, and its payload. `None` for bytes too
+/// short to be one.
+pub(crate) fn read_stamp(bytes: &[u8]) -> Option<(bool, &[u8])> {
+    let (until, payload) = bytes.split_first_chunk::<8>()?;
+    Some((now_ms() <= u64::from_le_bytes(*until), payload))
+}
+
+impl CacheService {
+    /// Whether this caller is the one to refresh the stale entry `key` (the full key
+    /// [`versioned`](Self::versioned) resolved). The claim lasts `window`: if its
+    /// holder fails to refresh, another caller may try once it lapses. A cache that
+    /// fails answers no: everyone is served the stale value, as the cache holds it.
+    pub(crate) async fn claim_refresh(&self, key: &str, window: Duration) -> bool {
+        let claim = format!("{key}:refresh");
+        let window = window.clamp(Duration::from_millis(1), Duration::from_secs(3600));
+        self.inner
+            .backend
+            .claim(&claim, window)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Drops every memo and cached query carrying `tag` (given with `tags(...)` on a
+    /// `#[cached]` function, or [`CachedQuery::tag`](crate::query::CachedQuery::tag)) in
+    /// this cache: one counter bumped, whatever the number of entries. The memos of
+    /// `#[cached]` live in the installed global cache, cached queries in their
+    /// database's view of a `Db`'s cache: [`Db::invalidate_tag`](crate::Db::invalidate_tag)
+    /// tells both.
+    ///
+    /// ```
+    /// # async fn run() -> tabula::Result<()> {
+    /// let cache = tabula::CacheService::in_memory(Default::default())?;
+    /// cache.invalidate_tag("user:42").await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) {
+        self.bump(&[tag_counter(tag)]).await;
+    }
+}
+
+impl crate::Db {
+    /// Drops every cached query of this database and every `#[cached]` memo carrying
+    /// `tag` (see [`CacheService::invalidate_tag`]).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) {
+    /// db.invalidate_tag("user:42").await;
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) {
+        if let Some(cache) = self.cache() {
+            cache.invalidate_tag(tag).await;
+        }
+        if let Some(global) = CacheService::global()
+            && !self.cache().is_some_and(|own| own.same_namespace(global))
+        {
+            global.invalidate_tag(tag).await;
+        }
+    }
+}
