@@ -128,7 +128,7 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     /// each unique column (the names a read may have cached its absence under).
     #[doc(hidden)]
     fn cache_names(&self) -> Vec<String> {
-        vec![crate::db::key_text::<Self>(self.key())]
+        vec![key_text::<Self>(self.key())]
     }
 }
 
@@ -164,6 +164,11 @@ pub trait BelongsTo<P: Table>: Table {
     const FOREIGN_KEY: usize;
     /// The key of the parent this row belongs to (`None`: a NULL foreign key).
     fn parent_key(&self) -> Option<&P::Key>;
+}
+
+/// A key as the cache names it (JSON text; keys are scalars or tuples of them).
+pub(crate) fn key_text<M: Table>(key: &M::Key) -> String {
+    serde_json::to_string(key).unwrap_or_default()
 }
 
 /// Two models a declared relation joins: `#[table(belongs_to = Parent)]` on a child's

@@ -79,24 +79,3 @@ impl CacheService {
         self.bump(&[tag_counter(tag)]).await;
     }
 }
-
-impl crate::Db {
-    /// Drops every cached query of this database and every `#[cached]` memo carrying
-    /// `tag` (see [`CacheService::invalidate_tag`]).
-    ///
-    /// ```no_run
-    /// # async fn run(db: tabula::Db) {
-    /// db.invalidate_tag("user:42").await;
-    /// # }
-    /// ```
-    pub async fn invalidate_tag(&self, tag: &str) {
-        if let Some(cache) = self.cache() {
-            cache.invalidate_tag(tag).await;
-        }
-        if let Some(global) = CacheService::global()
-            && !self.cache().is_some_and(|own| own.same_namespace(global))
-        {
-            global.invalidate_tag(tag).await;
-        }
-    }
-}

@@ -39,10 +39,7 @@ impl Invalidation {
     }
 }
 
-/// A key as the cache names it (JSON text; keys are scalars or tuples of them).
-pub(crate) fn key_text<M: Table>(key: &M::Key) -> String {
-    serde_json::to_string(key).unwrap_or_default()
-}
+pub(crate) use crate::table::key_text;
 
 /// The row-cache names of these keys.
 pub(crate) fn names<M: Table>(keys: &[M::Key]) -> Vec<String> {
@@ -328,6 +325,27 @@ impl Db {
                 }))
                 .await
             }
+        }
+    }
+}
+
+impl Db {
+    /// Drops every cached query of this database and every `#[cached]` memo carrying
+    /// `tag` (see [`CacheService::invalidate_tag`]).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) {
+    /// db.invalidate_tag("user:42").await;
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) {
+        if let Some(cache) = self.cache() {
+            cache.invalidate_tag(tag).await;
+        }
+        if let Some(global) = crate::cache::CacheService::global()
+            && !self.cache().is_some_and(|own| own.same_namespace(global))
+        {
+            global.invalidate_tag(tag).await;
         }
     }
 }
