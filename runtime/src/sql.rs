@@ -543,6 +543,9 @@ pub(crate) fn upsert_conflict(meta: &TableMeta, target: &[usize]) -> OnConflict 
         .filter(|c| !target.iter().any(|i| meta.columns[*i].name == c.name))
         // A version column is never set from the inserted row: it moves on by one.
         .filter(|c| Some(c.name) != version)
+        // Nor is the primary key: the row that collided keeps its identity (a key
+        // that moved would leave the old one's cache entries behind).
+        .filter(|c| !c.primary_key)
         .map(|c| Alias::new(c.name))
         .collect();
     let update = if update.is_empty() {

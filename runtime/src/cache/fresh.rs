@@ -49,25 +49,33 @@ pub(crate) fn read_stamp(bytes: &[u8]) -> Option<(bool, &[u8])> {
 
 impl CacheService {
     /// Whether this caller is the one to refresh the stale entry `key` (the full key
-    /// [`versioned`](Self::versioned) resolved). The claim lasts `window`: if its
-    /// holder fails to refresh, another caller may try once it lapses. A cache that
-    /// fails answers no: everyone is served the stale value, as the cache holds it.
-    pub(crate) async fn claim_refresh(&self, key: &str, window: Duration) -> bool {
+    /// [`versioned`](Self::versioned) resolved). The claim is released when the
+    /// refresh ends ([`release_refresh`](Self::release_refresh)); if its holder dies
+    /// or is cancelled first, it lapses after the cache's lease time
+    /// ([`CacheConfig::lease`](super::CacheConfig::lease)) and another caller refreshes.
+    /// A cache that fails answers no: everyone is served the stale value.
+    pub(crate) async fn claim_refresh(&self, key: &str) -> Option<RefreshClaim> {
         let claim = format!("{key}:refresh");
-        let window = window.clamp(Duration::from_millis(1), Duration::from_secs(3600));
-        self.inner
+        let lease = self.inner.config.lease.max(Duration::from_millis(1));
+        let won = self
+            .inner
             .backend
-            .claim(&claim, window)
+            .claim(&claim, lease)
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        won.then(|| RefreshClaim {
+            cache: self.clone(),
+            claim,
+            released: false,
+        })
     }
 
     /// Drops every memo and cached query carrying `tag` (given with `tags(...)` on a
     /// `#[cached]` function, or [`CachedQuery::tag`](crate::query::CachedQuery::tag)) in
-    /// this cache: one counter bumped, whatever the number of entries. The memos of
-    /// `#[cached]` live in the installed global cache, cached queries in their
-    /// database's view of a `Db`'s cache: [`Db::invalidate_tag`](crate::Db::invalidate_tag)
-    /// tells both.
+    /// this cache — its own entries, and those of every database a `Db` of this
+    /// process reads through it: one counter bumped per namespace, whatever the number
+    /// of entries. [`Db::invalidate_tag`](crate::Db::invalidate_tag) also tells the
+    /// other caches of its database and the memo cache.
     ///
     /// ```
     /// # async fn run() -> tabula::Result<()> {
@@ -76,6 +84,45 @@ impl CacheService {
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) {
+        self.bump_tag(tag).await;
+        for view in super::views_sharing_backend(self) {
+            view.bump_tag(tag).await;
+        }
+    }
+
+    /// Bumps `tag` in this namespace only.
+    pub(crate) async fn bump_tag(&self, tag: &str) {
         self.bump(&[tag_counter(tag)]).await;
+    }
+}
+
+/// A won refresh claim. Released when the refresh ends; a caller cancelled before that
+/// (its future dropped) releases it from a task, so the next caller to find the entry
+/// stale refreshes at once instead of after the claim's lease.
+pub(crate) struct RefreshClaim {
+    cache: CacheService,
+    claim: String,
+    released: bool,
+}
+
+impl RefreshClaim {
+    /// Ends the refresh.
+    pub(crate) async fn release(mut self) {
+        self.released = true;
+        let _ = self.cache.inner.backend.delete(&self.claim).await;
+    }
+}
+
+impl Drop for RefreshClaim {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (cache, claim) = (self.cache.clone(), std::mem::take(&mut self.claim));
+            runtime.spawn(async move {
+                let _ = cache.inner.backend.delete(&claim).await;
+            });
+        }
     }
 }

@@ -89,11 +89,14 @@ impl CacheService {
 }
 
 impl MemoSpec {
-    /// The function's counter, its tables', and the call's tags'.
-    fn counters(&self, tags: &[String]) -> Vec<String> {
+    /// The function's counter, its tables', the call's tags', and the call's own
+    /// (bumped by `<fn>_invalidate`: a computation that began before it then fills a
+    /// key no reader asks for, instead of the one it deleted).
+    fn counters(&self, tags: &[String], key: &str) -> Vec<String> {
         let mut counters = vec![format!("mv:{}", self.name)];
         counters.extend(self.tables.iter().map(|t| super::row::table_counter(t)));
         counters.extend(tags.iter().map(|t| super::fresh::tag_counter(t)));
+        counters.push(call_counter(key));
         counters
     }
 
@@ -197,7 +200,13 @@ async fn lookup<S: MemoStore>(
     key: &str,
 ) -> (Option<(S, bool)>, Option<String>) {
     let found = cache
-        .versioned(spec.kind(), &spec.counters(tags), key, false, spec.how())
+        .versioned(
+            spec.kind(),
+            &spec.counters(tags, key),
+            key,
+            false,
+            spec.how(),
+        )
         .await;
     match found {
         Some((full, Some(bytes))) => {
@@ -232,18 +241,19 @@ pub async fn memo<S: MemoStore>(
     }
     let (hit, full_key) = lookup::<S>(cache, spec, &tags, &key).await;
     // A stale value is served unless this caller wins the refresh (see `fresh.rs`).
-    let mut refreshing = false;
+    let mut stale = None;
+    let mut claim = None;
     if let Some((value, fresh)) = hit {
-        let window = Duration::from_secs(spec.stale);
-        let claimed = match (&full_key, fresh) {
-            (Some(full), false) => cache.claim_refresh(full, window).await,
-            _ => false,
+        claim = match (&full_key, fresh) {
+            (Some(full), false) => cache.claim_refresh(full).await,
+            _ => None,
         };
-        if !claimed {
+        if claim.is_none() {
             return value;
         }
-        refreshing = true;
+        stale = Some(value);
     }
+    let refreshing = stale.is_some();
     // The versioned key names the tables' versions this lookup saw; without it (the
     // cache is down) no computation can be shown to be recent enough to share.
     let Some(full_key) = full_key else {
@@ -280,10 +290,21 @@ pub async fn memo<S: MemoStore>(
         full_key = again;
     }
     let (value, scoped) = run_body(spec, body).await;
+    // The refresh is over, whatever its outcome: the next caller to find the entry
+    // stale may claim the next one.
+    if let Some(claim) = claim {
+        claim.release().await;
+    }
     if scoped {
         return value;
     }
-    if let Some(bytes) = value.store() {
+    let stored = value.store();
+    // A refresh that failed (an `Err`, not stored) serves the stale value it was to
+    // replace: still within `ttl + stale` (stale-if-error).
+    if let (None, Some(stale)) = (&stored, stale) {
+        return stale;
+    }
+    if let Some(bytes) = stored {
         if let Some(full_key) = full_key {
             let ttl = Duration::from_secs(spec.ttl);
             match spec.stale {
@@ -318,11 +339,15 @@ pub async fn memo_invalidate(spec: &MemoSpec, key: String, tags: Vec<String>) {
     if key.is_empty() {
         return;
     }
+    let _ = (spec, tags);
     if let Some(cache) = CacheService::global() {
-        cache
-            .versioned(spec.kind(), &spec.counters(&tags), &key, true, spec.how())
-            .await;
+        cache.bump(&[call_counter(&key)]).await;
     }
+}
+
+/// The counter of one call's entries.
+fn call_counter(key: &str) -> String {
+    format!("mk:{key}")
 }
 
 /// Drops every entry of the function.

@@ -31,11 +31,12 @@
 //!   struct is a miss, never decoded.
 //! - A miss caused by a cache error never fills; a fill larger than
 //!   [`CacheConfig::max_value_bytes`] is skipped.
-//! - An absence is cached like a row (a *negative entry*: only the model's shape),
-//!   under the same lease: every write that can make a row exist names it — a create,
-//!   upsert, restore or update drops the row's key and the values of its unique
-//!   columns; `insert_many`, whose keys the database generates, and an `update_where`
-//!   that sets a unique column drop the table's row generation.
+//! - An absence found by key is cached like a row (a *negative entry*: only the model's
+//!   shape), under the same lease, for keys whose equality is exact (integers, `uuid`,
+//!   `bool`): every write that can make the row exist names it (a create, upsert,
+//!   restore), and `insert_many`, whose keys the database generates, drops the table's
+//!   row generation. An absence found by a unique finder lives under the table's
+//!   version: any write to the table drops it, whatever spelling it wrote.
 //! - Staleness is opt-in and bounded, for memos and cached queries only: an entry with
 //!   a `stale` window is served up to `ttl + stale` after it was computed while one
 //!   caller refreshes it, and never after an invalidation (see `fresh.rs`). Tags are
@@ -446,6 +447,28 @@ pub(crate) fn has_caches_for_database(identity: &str) -> bool {
         all.iter()
             .any(|(id, weak)| id == identity && weak.strong_count() > 0)
     })
+}
+
+/// The databases' views (see [`CacheService::bound`]) of the backend `cache` uses,
+/// other than `cache`'s own namespace (one per namespace).
+pub(crate) fn views_sharing_backend(cache: &CacheService) -> Vec<CacheService> {
+    let Ok(all) = DATABASE_CACHES.lock() else {
+        return Vec::new();
+    };
+    let mut found: Vec<CacheService> = Vec::new();
+    for (_, weak) in all.iter() {
+        if let Some(inner) = weak.upgrade() {
+            let view = CacheService { inner };
+            let shared = Arc::ptr_eq(&view.inner.backend, &cache.inner.backend);
+            if shared
+                && !view.same_namespace(cache)
+                && !found.iter().any(|c| c.same_namespace(&view))
+            {
+                found.push(view);
+            }
+        }
+    }
+    found
 }
 
 /// The caches of the database `identity` other than `own` (one per namespace).

@@ -256,10 +256,14 @@ impl CacheService {
         how: RowCache,
     ) -> Option<(String, Option<Vec<u8>>)> {
         let started = Instant::now();
+        // The key holds the counters' values; their names go into it too, hashed, so
+        // two entries under different counters (another tag, another table) never
+        // share a key when the values happen to be equal.
+        let suffix = format!("{suffix}#{}", counter_names_hash(counters));
         let name = Versioned {
             kind,
             counters,
-            suffix,
+            suffix: &suffix,
             ttl: how.ttl,
             near: how.near,
         };
@@ -348,4 +352,16 @@ fn touched_tables(writes: &[Touched]) -> (Vec<String>, Vec<String>) {
 /// `v:<table>`: the version counter of a table.
 pub(crate) fn table_counter(meta: &crate::TableMeta) -> String {
     format!("v:{}", meta.qualified_name())
+}
+
+/// FNV-1a over the counter names, in order (16 hex digits).
+fn counter_names_hash(counters: &[String]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in counters {
+        for byte in name.bytes().chain([0xff]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
 }

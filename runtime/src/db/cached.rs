@@ -18,6 +18,17 @@ fn is_absence(entry: &[u8]) -> bool {
     entry.len() == 16
 }
 
+/// Whether an absence of a key of this model may be cached under the key's own name:
+/// only when PostgreSQL's equality of the key type is Rust's. A text key may be
+/// `citext` or have a nondeterministic collation, a numeric one `1.0` and `1.00`: a
+/// create of another spelling of the key would not drop the absence.
+fn exact_key<M: crate::Table>() -> bool {
+    matches!(
+        M::META.key_column().sql_type,
+        "int2" | "int4" | "int8" | "uuid" | "bool"
+    )
+}
+
 /// Whether `row`'s column `index` still holds `wanted` (compared as the row cache
 /// encodes the column, not through the model's serde).
 fn holds<M: crate::Table, T: 'static>(row: &M, index: usize, wanted: &T) -> bool {
@@ -69,9 +80,10 @@ impl super::Db {
         };
         // Filled only under the row's own spelling of its key: writes drop that one
         // (a `citext` or `char(n)` key read by another spelling stays uncached). No
-        // row: its absence is cached under the lease like a row — a create drops it
-        // (see `Table::cache_names`), and one that committed before the fill refuses
-        // the fill.
+        // row: its absence is cached under the lease like a row, for a key whose
+        // equality is exact (see `exact_key`) — a create drops it (see
+        // `Table::cache_names`), and one that committed before the fill refuses the
+        // fill.
         let value = match &row {
             Some(row) if row_suffix::<M>(row.key()) == suffix => {
                 row.cache_encode().map(|encoded| {
@@ -81,7 +93,8 @@ impl super::Db {
                 })
             }
             Some(_) => None,
-            None => Some(shape.into_bytes()),
+            None if exact_key::<M>() => Some(shape.into_bytes()),
+            None => None,
         };
         if let Some(value) = value {
             cache
@@ -121,11 +134,6 @@ impl super::Db {
         let suffix = crate::__private::unique_name(meta.columns[column.index()].name, &value);
         let shape = meta.shape_hex();
         let mut lookup = cache.row_get(&table, &suffix, &shape, how).await;
-        if let Lookup::Hit(bytes) = &lookup
-            && is_absence(bytes)
-        {
-            return Ok(None);
-        }
         if let Lookup::Hit(bytes) = &lookup {
             if let Some(key) = bytes
                 .get(16..)
@@ -145,24 +153,43 @@ impl super::Db {
             Lookup::Miss(token) => token,
             Lookup::Hit(_) => None,
         };
+        // The value's absence lives under the table's version (kind `n`), not under a
+        // lease: every write to the table drops it — whatever spelling of the value it
+        // wrote (`citext`, `1.00`), whichever column was searched, and `Db::invalidate`
+        // too, none of which could name it.
+        let absent_suffix = format!("{table}:{shape}:{suffix}");
+        let counters = [crate::cache::row::table_counter(meta)];
+        let absent = match token {
+            Some(_) => {
+                cache
+                    .versioned("n", &counters, &absent_suffix, false, how)
+                    .await
+            }
+            None => None,
+        };
+        if let Some((_, Some(_))) = &absent {
+            return Ok(None);
+        }
         // One query for the row by the unique column — exactly what an uncached read
         // costs, also while the cache is unavailable — and, when a lease was taken, the
         // mapping to its key is filled (the row entry fills on its first read by key).
         let row = self.query::<M>().filter(column.eq(value)).first().await?;
-        // The mapping to the row's key, or (no row) the value's absence: any write
-        // that gives a row this value drops it (`Table::cache_names`).
-        let entry = match &row {
-            Some(row) => serde_json::to_vec(row.key()).ok().map(|key| {
-                let mut entry = shape.clone().into_bytes();
-                entry.extend(key);
-                entry
-            }),
-            None => Some(shape.into_bytes()),
-        };
-        if let (Some(entry), Some(token)) = (entry, token) {
-            cache
-                .row_fill(&table, &token, &[(suffix, entry)], how.ttl)
-                .await;
+        match (&row, token) {
+            (Some(row), Some(token)) => {
+                if let Ok(key) = serde_json::to_vec(row.key()) {
+                    let mut entry = shape.into_bytes();
+                    entry.extend(key);
+                    cache
+                        .row_fill(&table, &token, &[(suffix, entry)], how.ttl)
+                        .await;
+                }
+            }
+            (None, Some(_)) => {
+                if let Some((name, None)) = absent {
+                    cache.versioned_fill(&name, b"0", how.ttl).await;
+                }
+            }
+            _ => {}
         }
         Ok(row)
     }
@@ -258,7 +285,7 @@ impl super::Db {
         // A key no row answered is absent — unless a row came back under another
         // spelling of a key (`citext`): then which key it answered is unknown, and no
         // absence is cached.
-        if token.is_some() && matched.len() == found.len() {
+        if token.is_some() && matched.len() == found.len() && exact_key::<M>() {
             for i in unmatched {
                 fills.push((suffixes[i].clone(), shape.clone().into_bytes()));
             }

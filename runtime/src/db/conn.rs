@@ -21,6 +21,8 @@ pub(crate) struct TxConn {
     pub(crate) conn: Option<Pooled>,
     /// Cache invalidations of the transaction's writes, applied after COMMIT.
     pub(crate) pending: Vec<Invalidation>,
+    /// Tags to drop after COMMIT ([`Db::invalidate_tag`] inside the transaction).
+    pub(crate) pending_tags: Vec<String>,
 }
 
 /// What every handle of one transaction shares besides the connection.
@@ -54,6 +56,7 @@ impl TxHandle {
             conn: Arc::new(Mutex::new(TxConn {
                 conn: Some(conn),
                 pending: Vec::new(),
+                pending_tags: Vec::new(),
             })),
             shared: Arc::default(),
             depth: 0,
@@ -113,10 +116,15 @@ impl TxHandle {
         Ok(())
     }
 
-    /// Takes the connection and pending invalidations out when the transaction ends.
-    pub(crate) async fn take(&self) -> (Option<Pooled>, Vec<Invalidation>) {
+    /// Takes the connection and pending invalidations (and tags) out when the
+    /// transaction ends.
+    pub(crate) async fn take(&self) -> (Option<Pooled>, Vec<Invalidation>, Vec<String>) {
         let mut state = self.conn.lock().await;
-        (state.conn.take(), std::mem::take(&mut state.pending))
+        (
+            state.conn.take(),
+            std::mem::take(&mut state.pending),
+            std::mem::take(&mut state.pending_tags),
+        )
     }
 }
 
@@ -331,7 +339,7 @@ impl Db {
         });
         let tx = TxHandle::new(conn);
         let result = super::scope::with_scoped_tx(tx.clone(), work).await;
-        let (conn, _) = tx.take().await;
+        let (conn, _, _) = tx.take().await;
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             return Err(Error::Misuse("scoped connection taken twice".into()));

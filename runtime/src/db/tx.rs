@@ -265,7 +265,7 @@ impl Db {
             scope: self.scope.clone(),
         };
         let result = body(handle).await;
-        let (conn, pending) = tx.take().await;
+        let (conn, pending, tags) = tx.take().await;
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             return Err(Error::Misuse("transaction connection taken twice".into()));
@@ -277,12 +277,11 @@ impl Db {
                 let db = self.clone();
                 join_task(tokio::spawn(async move {
                     let outcome = db.end(conn, true, abandoned, &pending).await;
-                    match &outcome {
-                        Ok(()) => db.apply_invalidation(&pending).await,
-                        Err(Error::CommitOutcomeUnknown) => {
-                            db.apply_invalidation(&pending).await;
+                    if matches!(&outcome, Ok(()) | Err(Error::CommitOutcomeUnknown)) {
+                        db.apply_invalidation(&pending).await;
+                        for tag in &tags {
+                            db.drop_tag(tag).await;
                         }
-                        Err(_) => {}
                     }
                     outcome
                 }))

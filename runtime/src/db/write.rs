@@ -145,7 +145,8 @@ impl Db {
     /// Drops the cache entries of the rows of `M` with these keys, and every cached
     /// query and memo over `M`: for writes Tabula cannot see (raw SQL, triggers, other
     /// applications). Cascades along foreign keys are followed as for Tabula's own
-    /// writes. Never fails: an undelivered invalidation is delivered by the cache's
+    /// writes. Inside a transaction it waits for COMMIT, as the transaction's own
+    /// writes do. Never fails: an undelivered invalidation is delivered by the cache's
     /// outage handling (see [`crate::cache`]).
     ///
     /// ```no_run
@@ -160,11 +161,11 @@ impl Db {
     pub async fn invalidate<M: Table>(&self, keys: &[M::Key]) {
         let mut write = Invalidation::of::<M>(keys);
         write.cascades = true;
-        self.apply_invalidation(&[write]).await;
+        self.invalidate_now_or_at_commit(write).await;
     }
 
     /// Drops every cache entry of table `M` — rows, cached queries, memos — e.g.
-    /// after a bulk change made outside Tabula.
+    /// after a bulk change made outside Tabula (inside a transaction, at COMMIT).
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
@@ -178,7 +179,16 @@ impl Db {
         let mut write = Invalidation::of::<M>(&[]);
         write.every_row = true;
         write.cascades = true;
-        self.apply_invalidation(&[write]).await;
+        self.invalidate_now_or_at_commit(write).await;
+    }
+
+    /// An invalidation asked for by hand: inside a transaction after COMMIT, as the
+    /// transaction's own writes; otherwise now.
+    async fn invalidate_now_or_at_commit(&self, write: Invalidation) {
+        match &self.tx {
+            Some(tx) => tx.conn.lock().await.pending.push(write),
+            None => self.apply_invalidation(&[write]).await,
+        }
     }
 
     /// Tells the caches what writes touched (nothing without a cache): this
@@ -331,7 +341,7 @@ impl Db {
 
 impl Db {
     /// Drops every cached query of this database and every `#[cached]` memo carrying
-    /// `tag` (see [`CacheService::invalidate_tag`]).
+    /// `tag` (see [`CacheService::invalidate_tag`](crate::CacheService::invalidate_tag)).
     ///
     /// ```no_run
     /// # async fn run(db: tabula::Db) {
@@ -339,13 +349,28 @@ impl Db {
     /// # }
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) {
+        // Inside a transaction: after COMMIT, as the transaction's own writes (a reader
+        // before then would cache what COMMIT is about to change).
+        if let Some(tx) = &self.tx {
+            tx.conn.lock().await.pending_tags.push(tag.to_owned());
+            return;
+        }
+        self.drop_tag(tag).await;
+    }
+
+    /// Bumps `tag` in every cache a write of this handle tells: its own, the other
+    /// caches of this process over the same database, and the memo cache.
+    pub(crate) async fn drop_tag(&self, tag: &str) {
         if let Some(cache) = self.cache() {
-            cache.invalidate_tag(tag).await;
+            cache.bump_tag(tag).await;
+        }
+        for other in crate::cache::others_for_database(&self.shared.identity, self.cache()) {
+            other.bump_tag(tag).await;
         }
         if let Some(global) = crate::cache::CacheService::global()
             && !self.cache().is_some_and(|own| own.same_namespace(global))
         {
-            global.invalidate_tag(tag).await;
+            global.bump_tag(tag).await;
         }
     }
 }

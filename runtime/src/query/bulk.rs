@@ -79,21 +79,13 @@ impl Db {
         if let Some(filter) = &filter {
             filter::check_depth(M::META.name, &filter.node)?;
         }
-        // A unique column set to a value: a finder may have cached that no row held it,
-        // under a name the keys do not give — every row entry of the table goes.
-        let sets_unique = patch
-            .assignments()
-            .iter()
-            .any(|(i, _)| M::META.columns[*i].unique);
         let db = self.clone();
-        let work = async move { db.update_matching::<M>(filter, patch).await };
-        let keys = match sets_unique {
-            true => self.write_unnamed::<M, _>(work).await?,
-            false => {
-                self.write::<M, _>(work, |keys: &Vec<M::Key>| crate::db::names::<M>(keys))
-                    .await?
-            }
-        };
+        let keys = self
+            .write::<M, _>(
+                async move { db.update_matching::<M>(filter, patch).await },
+                |keys: &Vec<M::Key>| crate::db::names::<M>(keys),
+            )
+            .await?;
         Ok(keys.len() as u64)
     }
 

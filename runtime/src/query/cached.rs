@@ -80,11 +80,15 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             _ => return fetch().await,
         };
         let meta = M::META;
+        // The TTL and the stale window are part of the entry's identity: a query
+        // cached for 1 s is never answered by the entry of one cached for 300.
         let suffix = format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}:{}",
             meta.qualified_name(),
             meta.shape_hex(),
-            bound.fingerprint()
+            bound.fingerprint(),
+            self.ttl_seconds,
+            self.stale_seconds
         );
         let mut counters = vec![crate::cache::row::table_counter(meta)];
         counters.extend(
@@ -100,6 +104,8 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         // Stamped entries (a stale window) are another kind (see `cache/fresh.rs`).
         let kind = if stale.is_zero() { "q" } else { "qs" };
         let found = cache.versioned(kind, &counters, &suffix, false, how).await;
+        let mut served = None;
+        let mut claim = None;
         if let Some((key, Some(bytes))) = &found {
             let (fresh, payload) = match stale.is_zero() {
                 true => (true, Some(&bytes[..])),
@@ -110,12 +116,25 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             };
             if let Some(value) = payload.and_then(decode) {
                 // Stale: served, unless this caller wins the refresh.
-                if fresh || !cache.claim_refresh(key, stale).await {
+                if !fresh {
+                    claim = cache.claim_refresh(key).await;
+                }
+                if claim.is_none() {
                     return Ok(value);
                 }
+                served = Some(value);
             }
         }
-        let value = fetch().await?;
+        let fetched = fetch().await;
+        if let Some(claim) = claim {
+            claim.release().await;
+        }
+        // A failed refresh serves the stale value (still within `ttl + stale`).
+        let value = match (fetched, served) {
+            (Ok(value), _) => value,
+            (Err(_), Some(stale)) => return Ok(stale),
+            (Err(e), None) => return Err(e),
+        };
         if let Some((key, _)) = found
             && let Some(bytes) = encode(&value)
         {
