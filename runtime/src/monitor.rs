@@ -27,6 +27,14 @@ pub const CACHE_OPERATION_SECONDS: &str = "tabula_cache_operation_seconds";
 /// (a value over the size limit, not cached).
 pub const CACHE_EVENTS: &str = "tabula_cache_events_total";
 
+/// Counter: row-cache hits read again from the database by the staleness check
+/// (`CacheConfig::verify_sample`). Label: `table`.
+pub const CACHE_VERIFIED: &str = "tabula_cache_verified_total";
+
+/// Counter: checked row-cache hits the database disagreed with (and still did after a
+/// grace period): the measured staleness. Label: `table`.
+pub const CACHE_STALE: &str = "tabula_cache_stale_total";
+
 /// Counter: `#[cached]` calls that ran without the cache. Label `reason`: `key` (the
 /// arguments could not be encoded) or `scoped` (the body ran under a user scope).
 pub const MEMO_BYPASS: &str = "tabula_memo_bypass_total";

@@ -31,8 +31,9 @@
 //!   struct is a miss, never decoded.
 //! - A miss caused by a cache error never fills; a fill larger than
 //!   [`CacheConfig::max_value_bytes`] is skipped.
-//! - An absence found by key is cached like a row (a *negative entry*: only the model's
-//!   shape), under the same lease, for keys whose equality is exact (integers, `uuid`,
+//! - An absence found by key is cached like a row (a *negative entry*: the model's
+//!   shape and a hash of the row's name), under the same lease, for keys whose equality
+//!   is exact (integers, `uuid`,
 //!   `bool`): every write that can make the row exist names it (a create, upsert,
 //!   restore), and `insert_many`, whose keys the database generates, drops the table's
 //!   row generation. An absence found by a unique finder lives under the table's
@@ -166,6 +167,9 @@ mod near;
 #[cfg(feature = "cache")]
 mod redis;
 pub(crate) mod row;
+mod verify;
+
+pub use verify::VerifyStats;
 
 pub use row::FillHook;
 
@@ -230,6 +234,12 @@ pub struct CacheConfig {
     /// For a `rediss://` URL: a PEM file of the root certificates to trust instead of
     /// the platform's (the `tls` feature).
     pub tls_root_cert: Option<std::path::PathBuf>,
+    /// The fraction of row-cache hits (0 to 1) read again from PostgreSQL, off the
+    /// caller's path, to measure how often the cache disagrees with the database: a
+    /// live consistency check (see [`CacheService::verify_stats`] and the
+    /// `tabula_cache_stale_total` counter). Each check is one more query by key.
+    /// Default 0: none.
+    pub verify_sample: f64,
 }
 
 impl Default for CacheConfig {
@@ -245,6 +255,7 @@ impl Default for CacheConfig {
             near: None,
             near_max_age: None,
             tls_root_cert: None,
+            verify_sample: 0.0,
         }
     }
 }
@@ -307,6 +318,21 @@ impl CacheConfig {
     /// Sets [`CacheConfig::near_max_age`].
     pub fn near_max_age(mut self, max_age: Duration) -> Self {
         self.near_max_age = Some(max_age);
+        self
+    }
+
+    /// Sets [`CacheConfig::verify_sample`] (clamped to 0..=1).
+    ///
+    /// ```
+    /// let config = tabula::cache::CacheConfig::default().verify_sample(0.01);
+    /// assert_eq!(config.verify_sample, 0.01);
+    /// ```
+    pub fn verify_sample(mut self, fraction: f64) -> Self {
+        self.verify_sample = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
         self
     }
 }
@@ -415,6 +441,8 @@ pub(crate) struct CacheInner {
     /// Where Tabula's own keys live: `{prefix}:t:{namespace}`.
     pub(crate) ns: Namespace,
     pub(crate) hooks: Arc<row::Hooks>,
+    /// The staleness check's counters (see `verify.rs`), shared by every view.
+    pub(crate) verify: Arc<verify::Verify>,
 }
 
 /// Every cache a `Db` of this process reads through, by the identity of its database.
@@ -596,6 +624,7 @@ impl CacheService {
                 ns,
                 config,
                 hooks: Arc::default(),
+                verify: Arc::default(),
             }),
         }
     }
@@ -619,6 +648,7 @@ impl CacheService {
         );
         if let Some(inner) = Arc::get_mut(&mut view.inner) {
             inner.hooks = self.inner.hooks.clone();
+            inner.verify = self.inner.verify.clone();
         }
         view
     }

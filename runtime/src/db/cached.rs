@@ -12,10 +12,24 @@ fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
     super::key_text::<M>(key)
 }
 
-/// An entry that is only the model's shape: the absence of the row it names (a
-/// negative entry). A row's own entry is longer: its key encodes to a byte at least.
-fn is_absence(entry: &[u8]) -> bool {
-    entry.len() == 16
+/// The entry that records the absence of the row `suffix` of `table` (a negative
+/// entry): the model's shape, a tag byte, and a hash of the row's name. Never a row's
+/// entry cut short or corrupted into that form by chance: it names its row.
+fn absence(shape: &str, table: &str, suffix: &str) -> Vec<u8> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"absent\0"
+        .iter()
+        .chain(table.as_bytes())
+        .chain(b"\0")
+        .chain(suffix.as_bytes())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut entry = shape.as_bytes().to_vec();
+    entry.push(0xa5);
+    entry.extend_from_slice(&hash.to_le_bytes());
+    entry
 }
 
 /// Whether an absence of a key of this model may be cached under the key's own name:
@@ -54,6 +68,59 @@ impl super::Db {
         Some((cache, how))
     }
 
+    /// When this hit is in the staleness check's sample: reads the row again from the
+    /// database in a task of its own and compares (see `cache/verify.rs`).
+    fn check_hit<M: crate::Table>(
+        &self,
+        cache: &CacheService,
+        how: RowCache,
+        key: M::Key,
+        cached: Vec<u8>,
+    ) {
+        let Some(slot) = cache.sample_hit() else {
+            return;
+        };
+        let (db, cache) = (self.clone(), cache.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let table = M::META.qualified_name();
+            let shape = M::META.shape_hex();
+            let suffix = row_suffix::<M>(&key);
+            // The entry the database's row would make (none for a row that cannot be
+            // encoded: nothing to compare).
+            let expected = |row: &Option<M>| -> Option<Vec<u8>> {
+                match row {
+                    Some(row) => {
+                        let mut entry = shape.clone().into_bytes();
+                        entry.extend(row.cache_encode()?);
+                        Some(entry)
+                    }
+                    None => Some(absence(&shape, &table, &suffix)),
+                }
+            };
+            let Ok(row) = db.read_uncached::<M>(key.clone()).await else {
+                return;
+            };
+            if expected(&row).is_none_or(|e| e == cached) {
+                cache.verified(&table, false);
+                return;
+            }
+            // A write may have committed and be invalidating now: count the hit stale
+            // only if, after the grace period, the cache still holds it and the
+            // database still disagrees.
+            tokio::time::sleep(cache.verify_grace()).await;
+            let still = matches!(
+                cache.row_get(&table, &suffix, &shape, how).await,
+                Lookup::Hit(now) if now == cached
+            );
+            let Ok(row) = db.read_uncached::<M>(key).await else {
+                return;
+            };
+            let disagrees = expected(&row).is_some_and(|e| e != cached);
+            cache.verified(&table, still && disagrees);
+        });
+    }
+
     /// [`Db::read`] through the row cache.
     pub(crate) async fn read_through<M: crate::Table>(
         &self,
@@ -66,9 +133,15 @@ impl super::Db {
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
         let token = match cache.row_get(&table, &suffix, &shape, how).await {
-            Lookup::Hit(bytes) if is_absence(&bytes) => return Ok(None),
+            Lookup::Hit(bytes) if bytes == absence(&shape, &table, &suffix) => {
+                self.check_hit::<M>(&cache, how, key, bytes);
+                return Ok(None);
+            }
             Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
-                Some(row) => return Ok(Some(row)),
+                Some(row) => {
+                    self.check_hit::<M>(&cache, how, key, bytes);
+                    return Ok(Some(row));
+                }
                 // Undecodable: a miss, and not ours to overwrite.
                 None => None,
             },
@@ -93,7 +166,7 @@ impl super::Db {
                 })
             }
             Some(_) => None,
-            None if exact_key::<M>() => Some(shape.into_bytes()),
+            None if exact_key::<M>() => Some(absence(&shape, &table, &suffix)),
             None => None,
         };
         if let Some(value) = value {
@@ -250,7 +323,11 @@ impl super::Db {
             })
             .collect();
         // Known absent: not read again.
-        let absent = |i: &usize| cached[*i].as_deref().is_some_and(is_absence);
+        let absent = |i: &usize| {
+            cached[*i]
+                .as_deref()
+                .is_some_and(|entry| entry == absence(&shape, &table, &suffixes[*i]))
+        };
         let missing: Vec<usize> = (0..keys.len())
             .filter(|i| out[*i].is_none() && !absent(i))
             .collect();
@@ -287,7 +364,7 @@ impl super::Db {
         // absence is cached.
         if token.is_some() && matched.len() == found.len() && exact_key::<M>() {
             for i in unmatched {
-                fills.push((suffixes[i].clone(), shape.clone().into_bytes()));
+                fills.push((suffixes[i].clone(), absence(&shape, &table, &suffixes[i])));
             }
         }
         let filled = match (&cache, &token) {
