@@ -701,3 +701,34 @@ fn a_percent_escape_takes_exactly_two_hex_digits() {
     let spec = QuerySpec::from_query_string("status=eq.%41").expect("a real escape");
     assert_eq!(spec.filters[0].value, Some(serde_json::json!("A")));
 }
+
+/// A LIKE pattern ending in its escape character is bad input (the server cannot read
+/// it): a validation error, from the typed builder and from a `QuerySpec` alike.
+#[tokio::test]
+async fn a_like_pattern_ending_in_a_backslash_is_a_validation_error() {
+    let db = db().await;
+    // PostgreSQL reads the pattern when it compares a row with it.
+    db.create(new_profile("abc"))
+        .await
+        .expect("a row to compare");
+    let typed = db
+        .query::<Profile>()
+        .filter(Profile::USERNAME.like("\\"))
+        .all()
+        .await;
+    assert!(matches!(typed, Err(Error::Validation(_))), "{typed:?}");
+    let spec = QuerySpec::from_query_string("username=like.%5C").expect("spec");
+    let spec = db
+        .query_spec::<Profile>(&spec, &SpecLimits::default())
+        .await;
+    assert!(matches!(spec, Err(Error::Validation(_))), "{spec:?}");
+    // An escaped backslash is a pattern like any other.
+    assert!(
+        db.query::<Profile>()
+            .filter(Profile::USERNAME.like("abc\\\\"))
+            .all()
+            .await
+            .expect("escaped")
+            .is_empty()
+    );
+}

@@ -337,9 +337,10 @@ impl From<tokio_postgres::Error> for Error {
                 table,
                 constraint: constraint(),
             },
-            // Text PostgreSQL cannot store (a NUL byte, an unsupported escape in jsonb):
+            // Text PostgreSQL cannot store (a NUL byte, an unsupported escape in jsonb),
+            // or a LIKE pattern it cannot read (one ending in its escape character):
             // bad input, not a server fault.
-            "22021" | "22P05" => {
+            "22021" | "22P05" | "22025" => {
                 Error::Validation(format!("value rejected by the database: {}", db.message()))
             }
             "42501" => Error::PermissionDenied {

@@ -122,6 +122,18 @@ impl Drop for Node {
     }
 }
 
+/// Whether a LIKE pattern ends in an unpaired `\` (an odd run of them).
+fn ends_in_escape(pattern: &(dyn tokio_postgres::types::ToSql + Sync + Send)) -> bool {
+    let mut text = bytes::BytesMut::new();
+    if pattern
+        .to_sql_checked(&tokio_postgres::types::Type::TEXT, &mut text)
+        .is_err()
+    {
+        return false;
+    }
+    text.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1
+}
+
 /// ⌈log₂ n⌉: the levels of a balanced binary tree over `n` parts.
 fn balanced_levels(n: usize) -> usize {
     n.next_power_of_two().trailing_zeros() as usize
@@ -175,7 +187,9 @@ pub(crate) fn values(node: &Node, out: &mut Vec<OwnedParam>) {
 }
 
 /// Checks that `node` renders at most [`MAX_FILTER_DEPTH`] levels deep, walking it with
-/// an explicit stack and stopping at the first path that is too deep.
+/// an explicit stack and stopping at the first path that is too deep — and that every
+/// LIKE pattern in it is one PostgreSQL can read (whether it would read it depends on
+/// the rows and the plan: the answer must not).
 pub(crate) fn check_depth(table: &str, node: &Node) -> Result<()> {
     // Each entry: a node and the levels above it.
     let mut stack: Vec<(&Node, usize)> = vec![(node, 0)];
@@ -184,6 +198,14 @@ pub(crate) fn check_depth(table: &str, node: &Node) -> Result<()> {
         if here > MAX_FILTER_DEPTH {
             return Err(Error::Validation(format!(
                 "a filter on `{table}` nests deeper than {MAX_FILTER_DEPTH} levels"
+            )));
+        }
+        if let Node::Compare(_, Op::Like | Op::ILike, pattern) = node
+            && ends_in_escape(pattern.as_ref())
+        {
+            return Err(Error::Validation(format!(
+                "a LIKE pattern on `{table}` ends in its escape character `\\` \
+                 (write `\\\\` for a backslash)"
             )));
         }
         match node {
