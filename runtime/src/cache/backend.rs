@@ -75,6 +75,9 @@ pub(crate) struct RowGet<'a> {
     /// Whether a near tier may answer (the model did not opt out).
     #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) near: bool,
+    /// Set when a near tier answered every key (for the `source` of the read's sample).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) answered_near: &'a std::sync::atomic::AtomicBool,
 }
 
 /// A fill under a lease (rule 3).

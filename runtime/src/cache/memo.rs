@@ -308,11 +308,17 @@ pub async fn memo<S: MemoStore>(
         if let Some(full_key) = full_key {
             let ttl = Duration::from_secs(spec.ttl);
             match spec.stale {
-                0 => cache.versioned_fill(&full_key, &bytes, ttl).await,
+                0 => {
+                    cache
+                        .versioned_fill(&full_key, &bytes, ttl, &spec.name)
+                        .await
+                }
                 stale => {
                     let stamped = super::fresh::stamp(&bytes, ttl);
                     let kept = ttl.saturating_add(Duration::from_secs(stale));
-                    cache.versioned_fill(&full_key, &stamped, kept).await;
+                    cache
+                        .versioned_fill(&full_key, &stamped, kept, &spec.name)
+                        .await;
                 }
             }
         }

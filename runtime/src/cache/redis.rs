@@ -678,6 +678,8 @@ impl Backend for RedisBackend {
             if let Some(near) = near {
                 near.rows(ns, get.table, get.shape, get.keys, &mut out);
                 if out.iter().all(Option::is_some) {
+                    get.answered_near
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     return Ok(out);
                 }
             }

@@ -87,9 +87,14 @@ impl CacheService {
         }
     }
 
-    fn event(&self, event: &'static str, n: u64) {
+    fn event(&self, event: &'static str, table: &str, n: u64) {
         if n > 0 {
-            metrics::counter!(monitor::CACHE_EVENTS, "event" => event).increment(n);
+            metrics::counter!(
+                monitor::CACHE_EVENTS,
+                "event" => event,
+                "table" => table.to_owned()
+            )
+            .increment(n);
         }
     }
 
@@ -121,6 +126,7 @@ impl CacheService {
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
         let token = token();
+        let answered_near = std::sync::atomic::AtomicBool::new(false);
         let get = RowGet {
             table,
             token: &token,
@@ -129,6 +135,7 @@ impl CacheService {
             keys,
             ttl: how.ttl,
             near: how.near,
+            answered_near: &answered_near,
         };
         let result = match self.inner.backend.row_get(&self.inner.ns, get).await {
             Ok(values) => (values, Some(token)),
@@ -137,10 +144,16 @@ impl CacheService {
         let hits = result.0.iter().filter(|v| v.is_some()).count() as u64;
         match result.1 {
             Some(_) => {
-                self.event("hit", hits);
-                self.event("miss", keys.len() as u64 - hits);
+                self.event("hit", table, hits);
+                self.event("miss", table, keys.len() as u64 - hits);
+                // Every key answered: a read the database never saw.
+                if hits == keys.len() as u64 && hits > 0 {
+                    let near = answered_near.load(std::sync::atomic::Ordering::Relaxed);
+                    let source = if near { "near" } else { "cache" };
+                    monitor::record_cache_answer("read", table, started, source);
+                }
             }
-            None => self.event("error", 1),
+            None => self.event("error", table, 1),
         }
         monitor::record_cache(
             "row_get",
@@ -163,7 +176,7 @@ impl CacheService {
         let ttl = ttl.min(Duration::from_secs(super::MAX_TTL_SECONDS));
         let limit = self.inner.config.max_value_bytes;
         let too_large = entries.iter().filter(|(_, v)| v.len() > limit).count() as u64;
-        self.event("too_large", too_large);
+        self.event("too_large", table, too_large);
         let entries: Vec<&(String, Vec<u8>)> =
             entries.iter().filter(|(_, v)| v.len() <= limit).collect();
         if entries.is_empty() {
@@ -183,8 +196,8 @@ impl CacheService {
             .row_fill(&self.inner.ns, fill)
             .await
             .unwrap_or(0);
-        self.event("fill", filled);
-        self.event("fill_rejected", entries.len() as u64 - filled);
+        self.event("fill", table, filled);
+        self.event("fill_rejected", table, entries.len() as u64 - filled);
         monitor::record_cache("row_fill", started, "ok");
         filled
     }
@@ -215,7 +228,7 @@ impl CacheService {
             .await
             .is_ok();
         if !ok {
-            self.event("invalidation_failed", 1);
+            self.event("invalidation_failed", "-", 1);
             tracing::warn!(
                 counters = counters.len(),
                 rows = rows.len(),
@@ -279,7 +292,7 @@ impl CacheService {
             Some(_) => "delete",
             None => "error",
         };
-        self.event(event, 1);
+        self.event(event, counters_label(counters), 1);
         monitor::record_cache(
             "versioned",
             started,
@@ -291,10 +304,10 @@ impl CacheService {
     /// Stores a value under a key resolved by [`versioned`](Self::versioned). Safe
     /// without a lease: a write meanwhile bumped a counter, so this key is already one
     /// no reader will ask for. Values over the size limit are not cached.
-    pub(crate) async fn versioned_fill(&self, key: &str, value: &[u8], ttl: Duration) {
+    pub(crate) async fn versioned_fill(&self, key: &str, value: &[u8], ttl: Duration, label: &str) {
         let ttl = ttl.min(Duration::from_secs(super::MAX_TTL_SECONDS));
         if value.len() > self.inner.config.max_value_bytes {
-            self.event("too_large", 1);
+            self.event("too_large", label, 1);
             return;
         }
         if value.is_empty() {
@@ -302,10 +315,10 @@ impl CacheService {
         }
         let stored = self.inner.backend.put(key, value.to_vec(), Some(ttl)).await;
         if stored.is_err() {
-            self.event("error", 1);
+            self.event("error", label, 1);
             return;
         }
-        self.event("fill", 1);
+        self.event("fill", label, 1);
     }
 
     /// Bumps counters only (e.g. clearing every entry of a `#[cached]` function).
@@ -364,4 +377,14 @@ fn counter_names_hash(counters: &[String]) -> String {
         }
     }
     format!("{hash:016x}")
+}
+
+/// The `table` label of a versioned entry: its first counter's table or function.
+fn counters_label(counters: &[String]) -> &str {
+    counters.first().map_or("-", |first| {
+        first
+            .strip_prefix("v:")
+            .or_else(|| first.strip_prefix("mv:"))
+            .unwrap_or(first)
+    })
 }

@@ -259,7 +259,7 @@ impl super::Db {
             }
             (None, Some(_)) => {
                 if let Some((name, None)) = absent {
-                    cache.versioned_fill(&name, b"0", how.ttl).await;
+                    cache.versioned_fill(&name, b"0", how.ttl, &table).await;
                 }
             }
             _ => {}

@@ -80,6 +80,8 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             _ => return fetch().await,
         };
         let meta = M::META;
+        let started = std::time::Instant::now();
+        let table = meta.qualified_name();
         // The TTL and the stale window are part of the entry's identity: a query
         // cached for 1 s is never answered by the entry of one cached for 300.
         let suffix = format!(
@@ -120,6 +122,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
                     claim = cache.claim_refresh(key).await;
                 }
                 if claim.is_none() {
+                    crate::monitor::record_cache_answer("query", &table, started, "cache");
                     return Ok(value);
                 }
                 served = Some(value);
@@ -139,11 +142,11 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             && let Some(bytes) = encode(&value)
         {
             match stale.is_zero() {
-                true => cache.versioned_fill(&key, &bytes, how.ttl).await,
+                true => cache.versioned_fill(&key, &bytes, how.ttl, &table).await,
                 false => {
                     let stamped = crate::cache::fresh::stamp(&bytes, how.ttl);
                     let kept = how.ttl.saturating_add(stale);
-                    cache.versioned_fill(&key, &stamped, kept).await;
+                    cache.versioned_fill(&key, &stamped, kept, &table).await;
                 }
             }
         }

@@ -1,0 +1,105 @@
+//! What Tabula records, read back through a real Prometheus recorder: cache events by
+//! table, and a database-operation sample for every read — `source="db"` when
+//! PostgreSQL answered, `source="cache"` or `"near"` when the cache did.
+
+mod common;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use serde::{Deserialize, Serialize};
+use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+
+#[derive(Table, Debug, Clone, Serialize, Deserialize)]
+#[table(name = "metered", cache(ttl = 60))]
+struct Metered {
+    #[table(primary_key)]
+    id: i64,
+    body: String,
+}
+
+/// The rendered metrics after `work` ran with a recorder of this thread's own.
+fn render(work: impl FnOnce(&tokio::runtime::Runtime)) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || work(&runtime));
+    handle.render()
+}
+
+fn has(text: &str, metric: &str, labels: &[&str]) -> bool {
+    text.lines()
+        .any(|line| line.starts_with(metric) && labels.iter().all(|label| line.contains(label)))
+}
+
+#[test]
+fn cache_events_carry_their_table_and_every_read_its_source() {
+    let text = render(|runtime| {
+        runtime.block_on(async {
+            let redis = tabula::testkit::redis_url().expect("redis");
+            for cache in [
+                CacheService::in_memory(CacheConfig::default()).expect("memory"),
+                CacheService::redis(
+                    &redis,
+                    CacheConfig::default()
+                        .prefix(format!("met{}", std::process::id()))
+                        .near(1 << 20),
+                )
+                .expect("near"),
+            ] {
+                let (_, url) = common::db_and_url().await;
+                let db = Db::connect_with(DbConfig::new(url).cache(cache))
+                    .await
+                    .expect("db");
+                db.execute_batch("CREATE TABLE metered (id int8 PRIMARY KEY, body text NOT NULL)")
+                    .await
+                    .expect("table");
+                db.create(NewMetered {
+                    id: 1,
+                    body: "b".into(),
+                })
+                .await
+                .expect("create");
+                for _ in 0..4 {
+                    db.read::<Metered>(1).await.expect("read");
+                    db.query::<Metered>()
+                        .cached(60)
+                        .count()
+                        .await
+                        .expect("count");
+                }
+            }
+        });
+    });
+    let events = "tabula_cache_events_total";
+    assert!(
+        has(&text, events, &[r#"event="hit""#, r#"table="metered""#]),
+        "{text}"
+    );
+    assert!(
+        has(&text, events, &[r#"event="miss""#, r#"table="metered""#]),
+        "{text}"
+    );
+    assert!(
+        has(&text, events, &[r#"event="fill""#, r#"table="metered""#]),
+        "{text}"
+    );
+    let reads = "tabula_db_operation_seconds_count";
+    assert!(
+        has(&text, reads, &[r#"source="db""#, r#"table="metered""#]),
+        "{text}"
+    );
+    assert!(
+        has(&text, reads, &[r#"operation="read""#, r#"source="cache""#]),
+        "{text}"
+    );
+    assert!(
+        has(&text, reads, &[r#"operation="read""#, r#"source="near""#]),
+        "{text}"
+    );
+    assert!(
+        has(&text, reads, &[r#"operation="query""#, r#"source="cache""#]),
+        "{text}"
+    );
+}
