@@ -1,6 +1,8 @@
 //! The cache against the raw clients, in the same run on a current-thread runtime:
 //! a cached read by primary key vs a raw redis GET + decode of the same value; a cached
-//! vs an uncached read; a `#[cached]` hit vs a raw GET; the in-process backend's read.
+//! vs an uncached read; a `#[cached]` hit vs a raw GET; the in-process backend's read;
+//! a unique finder's hit and cached absences against a row hit; a write to a table
+//! nothing caches, with a cache configured and without one.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ pub struct Profile {
     #[table(primary_key, generated)]
     pub id: Uuid,
     pub user_id: Uuid,
+    #[table(unique)]
     pub username: String,
     pub avatar_url: Option<String>,
     #[table(generated)]
@@ -23,6 +26,15 @@ pub struct Profile {
     pub created_at: chrono::DateTime<chrono::Utc>,
     #[table(generated)]
     pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The same table, with no row cache: its writes need no invalidation of rows.
+#[derive(Table, Debug, Clone)]
+#[table(name = "profiles")]
+pub struct Uncached {
+    #[table(primary_key, generated)]
+    pub id: Uuid,
+    pub avatar_url: Option<String>,
 }
 
 struct Service;
@@ -40,7 +52,7 @@ fn cache_reads(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let redis_url = tabula::testkit::redis_url().expect("redis");
-    let (db, raw, memory_db, id) = rt.block_on(async {
+    let (db, raw, memory_db, id, url) = rt.block_on(async {
         let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
@@ -52,7 +64,7 @@ fn cache_reads(c: &mut Criterion) {
             .await
             .expect("db");
         let memory = CacheService::in_memory(CacheConfig::default()).expect("memory");
-        let memory_db = Db::connect_with(DbConfig::new(url).cache(memory))
+        let memory_db = Db::connect_with(DbConfig::new(url.clone()).cache(memory))
             .await
             .expect("db");
         let p = db
@@ -75,8 +87,9 @@ fn cache_reads(c: &mut Criterion) {
             .query_async::<()>(&mut raw)
             .await
             .expect("set");
-        (db, raw, memory_db, p.id)
+        (db, raw, memory_db, p.id, url)
     });
+    let plain_db = rt.block_on(async { Db::connect(&url).await.expect("db without a cache") });
 
     let mut group = c.benchmark_group("cached_read_by_key");
     group.bench_function("raw_redis_get_decode", |b| {
@@ -111,6 +124,62 @@ fn cache_reads(c: &mut Criterion) {
                 .await
                 .expect("read")
                 .expect("row")
+        })
+    });
+    group.finish();
+
+    // Warm: the row, its finder mapping, an absent key and an absent value.
+    let missing = Uuid::new_v4();
+    rt.block_on(async {
+        for _ in 0..2 {
+            db.read::<Profile>(id).await.expect("read");
+            Profile::by_username(&db, "bench").await.expect("finder");
+            db.read::<Profile>(missing).await.expect("absent");
+            Profile::by_username(&db, "nobody")
+                .await
+                .expect("absent finder");
+        }
+    });
+    let mut group = c.benchmark_group("finder_and_absence_hits");
+    group.bench_function("row_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { db.read::<Profile>(id).await.expect("read").expect("row") })
+    });
+    group.bench_function("unique_finder_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            Profile::by_username(&db, "bench")
+                .await
+                .expect("finder")
+                .expect("row")
+        })
+    });
+    group.bench_function("absent_key_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { db.read::<Profile>(missing).await.expect("absent") })
+    });
+    group.bench_function("absent_value_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            Profile::by_username(&db, "nobody")
+                .await
+                .expect("absent finder")
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("write_to_an_uncached_table");
+    group.bench_function("no_cache_configured", |b| {
+        b.to_async(&rt).iter(|| async {
+            plain_db
+                .update(id, UncachedPatch::default().avatar_url(None))
+                .await
+                .expect("update")
+        })
+    });
+    group.bench_function("cache_configured", |b| {
+        b.to_async(&rt).iter(|| async {
+            db.update(id, UncachedPatch::default().avatar_url(None))
+                .await
+                .expect("update")
         })
     });
     group.finish();
