@@ -62,6 +62,11 @@ fn every_public_future(
     assert_send(tabula::testkit::database(&MIGRATIONS));
     assert_send(MIGRATIONS.run(db));
 
+    // Tags.
+    assert_send(db.invalidate_tag("t"));
+    assert_send(cache.invalidate_tag("t"));
+    assert_send(db.query::<SendNote>().cached(5).stale(5).tag("t").count());
+
     // Cached shapes.
     let cached = || db.query::<SendNote>().cached(5);
     assert_send(cached().all());
