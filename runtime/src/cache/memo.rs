@@ -198,16 +198,21 @@ async fn lookup<S: MemoStore>(
     spec: &MemoSpec,
     tags: &[String],
     key: &str,
+    again: bool,
 ) -> (Option<(S, bool)>, Option<String>) {
-    let found = cache
-        .versioned(
-            spec.kind(),
-            &spec.counters(tags, key),
-            key,
-            false,
-            spec.how(),
-        )
-        .await;
+    let counters = spec.counters(tags, key);
+    let found = match again {
+        false => {
+            cache
+                .versioned(spec.kind(), &counters, key, false, spec.how())
+                .await
+        }
+        true => {
+            cache
+                .versioned_again(spec.kind(), &counters, key, spec.how())
+                .await
+        }
+    };
     match found {
         Some((full, Some(bytes))) => {
             let (fresh, payload) = match spec.stale {
@@ -239,7 +244,7 @@ pub async fn memo<S: MemoStore>(
         bypass("key", &spec.name);
         return body.await;
     }
-    let (hit, full_key) = lookup::<S>(cache, spec, &tags, &key).await;
+    let (hit, full_key) = lookup::<S>(cache, spec, &tags, &key, false).await;
     // A stale value is served unless this caller wins the refresh (see `fresh.rs`).
     let mut stale = None;
     let mut claim = None;
@@ -250,6 +255,15 @@ pub async fn memo<S: MemoStore>(
         };
         if claim.is_none() {
             return value;
+        }
+        // Another caller may have refreshed it between this read and the claim.
+        if let (Some(fresh), _) = lookup::<S>(cache, spec, &tags, &key, true).await
+            && fresh.1
+        {
+            if let Some(claim) = claim {
+                claim.release().await;
+            }
+            return fresh.0;
         }
         stale = Some(value);
     }
@@ -283,7 +297,7 @@ pub async fn memo<S: MemoStore>(
     }
     let mut full_key = Some(full_key);
     if !refreshing {
-        let (hit, again) = lookup::<S>(cache, spec, &tags, &key).await;
+        let (hit, again) = lookup::<S>(cache, spec, &tags, &key, true).await;
         if let Some((value, _)) = hit {
             return value;
         }

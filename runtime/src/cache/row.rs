@@ -268,6 +268,32 @@ impl CacheService {
         delete: bool,
         how: RowCache,
     ) -> Option<(String, Option<Vec<u8>>)> {
+        self.versioned_counted(kind, counters, suffix, delete, how, true)
+            .await
+    }
+
+    /// [`versioned`](Self::versioned) looking again for what a caller already counted
+    /// as a miss (single flight's second look): not counted twice.
+    pub(crate) async fn versioned_again(
+        &self,
+        kind: &str,
+        counters: &[String],
+        suffix: &str,
+        how: RowCache,
+    ) -> Option<(String, Option<Vec<u8>>)> {
+        self.versioned_counted(kind, counters, suffix, false, how, false)
+            .await
+    }
+
+    async fn versioned_counted(
+        &self,
+        kind: &str,
+        counters: &[String],
+        suffix: &str,
+        delete: bool,
+        how: RowCache,
+        count: bool,
+    ) -> Option<(String, Option<Vec<u8>>)> {
         let started = Instant::now();
         // The key holds the counters' values; their names go into it too, hashed, so
         // two entries under different counters (another tag, another table) never
@@ -292,7 +318,9 @@ impl CacheService {
             Some(_) => "delete",
             None => "error",
         };
-        self.event(event, counters_label(counters), 1);
+        if count {
+            self.event(event, counters_label(counters), 1);
+        }
         monitor::record_cache(
             "versioned",
             started,

@@ -58,10 +58,10 @@ impl CacheService {
         if fraction.is_nan() || fraction <= 0.0 {
             return None;
         }
-        // Every ⌈1/fraction⌉-th hit: a steady sample, no random source needed.
-        let every = (1.0 / fraction.min(1.0)).ceil() as u64;
+        // A random sample: a periodic one (every n-th hit) would never see a stale row
+        // read in step with the period (a page of n rows read in order).
         let n = self.inner.verify.hits.fetch_add(1, Ordering::Relaxed);
-        if !n.is_multiple_of(every.max(1)) {
+        if fraction < 1.0 && unit_random(n) >= fraction {
             return None;
         }
         let verify = &self.inner.verify;
@@ -77,7 +77,8 @@ impl CacheService {
     /// How long a disagreement must last to count: long enough for a racing write's
     /// invalidation to land.
     pub(crate) fn verify_grace(&self) -> Duration {
-        (self.inner.config.deadline * 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        (self.inner.config.deadline.saturating_mul(4))
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
     /// Counts one check of a hit on `table`.
@@ -105,4 +106,21 @@ impl CacheService {
             stale: self.inner.verify.stale.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A number in [0, 1), different for each `n` and each process (SplitMix64 over `n`
+/// and a per-process seed).
+fn unit_random(n: u64) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(u64::from(std::process::id()));
+        hasher.finish()
+    });
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }

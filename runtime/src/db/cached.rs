@@ -7,6 +7,14 @@ use std::time::Duration;
 use crate::cache::CacheService;
 use crate::cache::row::{Lookup, RowCache};
 
+/// Whether the connection's role reads a table as any role filling the cache would:
+/// it may `SELECT` it, and no Row Level Security narrows what it sees.
+const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
+     AND (NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls \
+          OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) \
+     FROM pg_class c JOIN pg_roles r ON r.rolname = current_user \
+     WHERE c.oid = to_regclass($1)";
+
 /// The row-cache name of a row within its table (the key as JSON text).
 fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
     super::key_text::<M>(key)
@@ -53,7 +61,7 @@ impl super::Db {
     /// The cache of this handle, when reads of `M` go through it: the model declares
     /// `cache(ttl = …)`, a cache is configured, and the handle is not in a transaction
     /// (a transaction must see its own writes).
-    fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, RowCache)> {
+    async fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, RowCache)> {
         let ttl = M::META.cache_ttl?;
         // Transactions must see their own writes; scoped handles must see only what
         // the policy shows them (see `crate::auth`).
@@ -61,11 +69,61 @@ impl super::Db {
             return None;
         }
         let cache = self.shared.cache.clone()?;
+        if !self.shared_reads_allowed(M::META).await {
+            return None;
+        }
         let how = RowCache {
             ttl: Duration::from_secs(ttl),
             near: M::META.cache_near,
         };
         Some((cache, how))
+    }
+
+    /// Whether this handle may read `meta`'s rows through the shared cache: its
+    /// connection's role can `SELECT` the table and sees every row of it — no Row Level
+    /// Security applies to it (not enabled, or the role is a superuser, bypasses it, or
+    /// owns the table without `FORCE`). The cache holds rows as any handle on the
+    /// database read them; a role that may see fewer (no grant, a policy) would be
+    /// served rows it cannot read. Such a handle reads and writes the database
+    /// directly (its writes still invalidate). Asked once per table and connection
+    /// configuration (again after DDL through the handle); an error answers no, this
+    /// time.
+    pub(crate) async fn shared_reads_allowed(&self, meta: &'static crate::TableMeta) -> bool {
+        let table = meta.qualified_name();
+        if let Some(known) = self
+            .shared
+            .table_access
+            .lock()
+            .ok()
+            .and_then(|access| access.get(&table).copied())
+        {
+            return known;
+        }
+        let name = match meta.schema {
+            Some(schema) => format!(
+                "{}.{}",
+                crate::sql::quote_ident(schema),
+                crate::sql::quote_ident(meta.name)
+            ),
+            None => crate::sql::quote_ident(meta.name),
+        };
+        let asked = self
+            .run("table_access", meta.name, async |conn| {
+                let row = conn.query_opt(TABLE_ACCESS, &[&name]).await?;
+                Ok(row
+                    .and_then(|r| r.get::<_, Option<bool>>(0))
+                    .unwrap_or(false))
+            })
+            .await;
+        match asked {
+            Ok(allowed) => {
+                if let Ok(mut access) = self.shared.table_access.lock() {
+                    access.insert(table, allowed);
+                }
+                allowed
+            }
+            Err(_) => false,
+        }
     }
 
     /// When this hit is in the staleness check's sample: reads the row again from the
@@ -77,11 +135,15 @@ impl super::Db {
         key: M::Key,
         cached: Vec<u8>,
     ) {
+        // A check runs in a task of its own: none outside a Tokio runtime.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let Some(slot) = cache.sample_hit() else {
             return;
         };
         let (db, cache) = (self.clone(), cache.clone());
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _slot = slot;
             let table = M::META.qualified_name();
             let shape = M::META.shape_hex();
@@ -126,7 +188,7 @@ impl super::Db {
         &self,
         key: M::Key,
     ) -> crate::Result<Option<M>> {
-        let Some((cache, how)) = self.row_cache::<M>() else {
+        let Some((cache, how)) = self.row_cache::<M>().await else {
             return self.read_uncached::<M>(key).await;
         };
         let suffix = row_suffix::<M>(&key);
@@ -199,7 +261,7 @@ impl super::Db {
     where
         T: crate::ColumnType + Clone + serde::Serialize,
     {
-        let Some((cache, how)) = self.row_cache::<M>() else {
+        let Some((cache, how)) = self.row_cache::<M>().await else {
             return self.query::<M>().filter(column.eq(value)).first().await;
         };
         let meta = M::META;
@@ -306,7 +368,7 @@ impl super::Db {
         if keys.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let cache = self.row_cache::<M>();
+        let cache = self.row_cache::<M>().await;
         let suffixes: Vec<String> = keys.iter().map(row_suffix::<M>).collect();
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();

@@ -495,6 +495,9 @@ pub(crate) struct Shared {
     /// Which tables a write to a table can change through foreign-key actions; read
     /// from the catalog on first need, forgotten after DDL through this handle.
     pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
+    /// Per table: whether this connection's role sees exactly the rows any other role
+    /// that fills the shared cache sees (see `Db::shared_reads_allowed`).
+    pub(crate) table_access: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// Query-builder statements rendered so far (see `sql.rs`).
     pub(crate) rendered: crate::sql::Rendered,
     pub(crate) config: DbConfig,
@@ -647,6 +650,7 @@ impl Db {
                 identity,
                 connect_errors,
                 foreign_keys: std::sync::RwLock::new(None),
+                table_access: std::sync::Mutex::default(),
                 rendered: crate::sql::Rendered::default(),
             }),
             tx: None,

@@ -140,6 +140,9 @@ impl Db {
         if let Ok(mut slot) = self.shared.foreign_keys.write() {
             *slot = None;
         }
+        if let Ok(mut access) = self.shared.table_access.lock() {
+            access.clear();
+        }
     }
 
     /// Drops the cache entries of the rows of `M` with these keys, and every cached

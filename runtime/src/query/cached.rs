@@ -62,7 +62,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         bound: &Bound<'static>,
         fetch: impl FnOnce() -> F,
         encode: impl FnOnce(&T) -> Option<Vec<u8>>,
-        decode: impl FnOnce(&[u8]) -> Option<T>,
+        decode: impl Fn(&[u8]) -> Option<T>,
     ) -> Result<T>
     where
         F: Future<Output = Result<T>>,
@@ -79,6 +79,11 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             (Some(cache), None, None) if !locking => cache.clone(),
             _ => return fetch().await,
         };
+        // A role that sees fewer rows than others (no grant, a policy) never shares
+        // their results (see `Db::shared_reads_allowed`).
+        if !db.shared_reads_allowed(M::META).await {
+            return fetch().await;
+        }
         let meta = M::META;
         let started = std::time::Instant::now();
         let table = meta.qualified_name();
@@ -116,7 +121,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
                     None => (false, None),
                 },
             };
-            if let Some(value) = payload.and_then(decode) {
+            if let Some(value) = payload.and_then(&decode) {
                 // Stale: served, unless this caller wins the refresh.
                 if !fresh {
                     claim = cache.claim_refresh(key).await;
@@ -124,6 +129,21 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
                 if claim.is_none() {
                     crate::monitor::record_cache_answer("query", &table, started, "cache");
                     return Ok(value);
+                }
+                // Another caller may have refreshed it between this read and the
+                // claim (and released its own): then there is nothing left to do.
+                let again = cache.versioned_again(kind, &counters, &suffix, how).await;
+                let refreshed = match &again {
+                    Some((_, Some(bytes))) => crate::cache::fresh::read_stamp(bytes)
+                        .filter(|(fresh, _)| *fresh)
+                        .and_then(|(_, payload)| decode(payload)),
+                    _ => None,
+                };
+                if let Some(fresh) = refreshed {
+                    if let Some(claim) = claim {
+                        claim.release().await;
+                    }
+                    return Ok(fresh);
                 }
                 served = Some(value);
             }
