@@ -263,6 +263,32 @@ impl<M: Table> Query<M, WholeRow> {
         }
     }
 
+    /// Joins the table of `J` along the relation declared between the two models.
+    fn along<J: Joined>(self) -> JoinQuery<(Base<M>, J)>
+    where
+        M: Related<J::Model>,
+    {
+        let (from, to) = <M as Related<J::Model>>::ON;
+        self.start_join(Link {
+            left: J::LEFT,
+            from: (0, from),
+            to,
+        })
+    }
+
+    /// Joins the table of `J` where `mine` equals `theirs`.
+    fn on<J: Joined, T>(
+        self,
+        mine: Column<M, T>,
+        theirs: Column<J::Model, T>,
+    ) -> JoinQuery<(Base<M>, J)> {
+        self.start_join(Link {
+            left: J::LEFT,
+            from: (0, mine.index()),
+            to: theirs.index(),
+        })
+    }
+
     /// Joins `B` along the relation declared between the two models
     /// (`#[table(belongs_to = …)]` on either side): the rows of `M` that have a related
     /// `B`, each pair once, as `(M, B)`.
@@ -270,12 +296,7 @@ impl<M: Table> Query<M, WholeRow> {
     where
         M: Related<B>,
     {
-        let (from, to) = <M as Related<B>>::ON;
-        self.start_join(Link {
-            left: false,
-            from: (0, from),
-            to,
-        })
+        self.along::<Inner<B>>()
     }
 
     /// Joins `B` along the declared relation keeping every row of `M`: `(M,
@@ -284,12 +305,7 @@ impl<M: Table> Query<M, WholeRow> {
     where
         M: Related<B>,
     {
-        let (from, to) = <M as Related<B>>::ON;
-        self.start_join(Link {
-            left: true,
-            from: (0, from),
-            to,
-        })
+        self.along::<Left<B>>()
     }
 
     /// Joins `B` where `mine` equals `theirs`: a relation the models do not declare.
@@ -298,11 +314,7 @@ impl<M: Table> Query<M, WholeRow> {
         mine: Column<M, T>,
         theirs: Column<B, T>,
     ) -> JoinQuery<(Base<M>, Inner<B>)> {
-        self.start_join(Link {
-            left: false,
-            from: (0, mine.index()),
-            to: theirs.index(),
-        })
+        self.on::<Inner<B>, T>(mine, theirs)
     }
 
     /// Left-joins `B` where `mine` equals `theirs`.
@@ -311,11 +323,7 @@ impl<M: Table> Query<M, WholeRow> {
         mine: Column<M, T>,
         theirs: Column<B, T>,
     ) -> JoinQuery<(Base<M>, Left<B>)> {
-        self.start_join(Link {
-            left: true,
-            from: (0, mine.index()),
-            to: theirs.index(),
-        })
+        self.on::<Left<B>, T>(mine, theirs)
     }
 }
 
@@ -340,6 +348,38 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
         }
     }
 
+    /// Joins the table of `J` along its declared relation with the table joined last.
+    fn along<J: Joined>(self) -> JoinQuery<<S as Push<J>>::Out>
+    where
+        S: Push<J>,
+        <S::Last as Joined>::Model: Related<J::Model>,
+    {
+        let (from, to) = <<S::Last as Joined>::Model as Related<J::Model>>::ON;
+        let last = self.links.len();
+        self.push(Link {
+            left: J::LEFT,
+            from: (last, from),
+            to,
+        })
+    }
+
+    /// Joins the table of `J` where `existing` (a table already in the query) equals
+    /// `theirs`.
+    fn on<J: Joined, M, I, T>(
+        self,
+        existing: Column<M, T>,
+        theirs: Column<J::Model, T>,
+    ) -> JoinQuery<<S as Push<J>>::Out>
+    where
+        S: Has<M, I> + Push<J>,
+    {
+        self.push(Link {
+            left: J::LEFT,
+            from: (<S as Has<M, I>>::POSITION, existing.index()),
+            to: theirs.index(),
+        })
+    }
+
     /// Joins `C` along its declared relation with the table joined last (users → posts
     /// → comments): rows with a related `C` only.
     pub fn inner_join<C: Table>(self) -> JoinQuery<<S as Push<Inner<C>>>::Out>
@@ -347,13 +387,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
         S: Push<Inner<C>>,
         <S::Last as Joined>::Model: Related<C>,
     {
-        let (from, to) = <<S::Last as Joined>::Model as Related<C>>::ON;
-        let last = self.links.len();
-        self.push(Link {
-            left: false,
-            from: (last, from),
-            to,
-        })
+        self.along::<Inner<C>>()
     }
 
     /// Left-joins `C` along its declared relation with the table joined last.
@@ -362,13 +396,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
         S: Push<Left<C>>,
         <S::Last as Joined>::Model: Related<C>,
     {
-        let (from, to) = <<S::Last as Joined>::Model as Related<C>>::ON;
-        let last = self.links.len();
-        self.push(Link {
-            left: true,
-            from: (last, from),
-            to,
-        })
+        self.along::<Left<C>>()
     }
 
     /// Joins `C` where a column of a table already in the query equals one of `C`'s.
@@ -380,11 +408,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
     where
         S: Has<M, I> + Push<Inner<C>>,
     {
-        self.push(Link {
-            left: false,
-            from: (<S as Has<M, I>>::POSITION, existing.index()),
-            to: theirs.index(),
-        })
+        self.on::<Inner<C>, M, I, T>(existing, theirs)
     }
 
     /// Left-joins `C` where a column of a table already in the query equals one of
@@ -397,11 +421,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
     where
         S: Has<M, I> + Push<Left<C>>,
     {
-        self.push(Link {
-            left: true,
-            from: (<S as Has<M, I>>::POSITION, existing.index()),
-            to: theirs.index(),
-        })
+        self.on::<Left<C>, M, I, T>(existing, theirs)
     }
 
     /// Selects these columns — one, or a tuple of up to six, from any of the tables —
