@@ -103,3 +103,65 @@ fn cache_events_carry_their_table_and_every_read_its_source() {
         "{text}"
     );
 }
+
+/// The staleness check's own reads are `operation="verify"`, not application reads, and
+/// its second look at the cache is no hit: the hit ratio and the read counts stay the
+/// application's.
+#[test]
+fn the_staleness_checks_reads_are_not_application_reads() {
+    let text = render(|runtime| {
+        runtime.block_on(async {
+            let cache =
+                CacheService::in_memory(CacheConfig::default().verify_sample(1.0)).expect("memory");
+            let (_, url) = common::db_and_url().await;
+            let db = Db::connect_with(DbConfig::new(url).cache(cache.clone()))
+                .await
+                .expect("db");
+            db.execute_batch("CREATE TABLE metered (id int8 PRIMARY KEY, body text NOT NULL)")
+                .await
+                .expect("table");
+            db.create(NewMetered {
+                id: 1,
+                body: "b".into(),
+            })
+            .await
+            .expect("create");
+            db.read::<Metered>(1).await.expect("fill");
+            db.execute_batch("UPDATE metered SET body = 'behind'")
+                .await
+                .expect("behind the back");
+            db.read::<Metered>(1).await.expect("one stale hit");
+            // Let the check finish (read, grace period, second look, read).
+            for _ in 0..100 {
+                if cache.verify_stats().checked > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(cache.verify_stats().stale, 1);
+        });
+    });
+    let value = |labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("tabula_") && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let count = "tabula_db_operation_seconds_count";
+    assert_eq!(
+        value(&[count, r#"operation="read""#, r#"source="db""#]),
+        1.0,
+        "one application read hit the database: {text}"
+    );
+    assert_eq!(
+        value(&[count, r#"operation="read""#, r#"source="cache""#]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(value(&[count, r#"operation="verify""#]), 2.0, "{text}");
+    assert_eq!(
+        value(&["tabula_cache_events_total", r#"event="hit""#]),
+        1.0,
+        "{text}"
+    );
+}

@@ -106,8 +106,27 @@ impl CacheService {
         shape: &str,
         how: RowCache,
     ) -> Lookup {
+        self.row_get_counted(table, key, shape, how, true).await
+    }
+
+    /// [`row_get`](Self::row_get), counted in the metrics or (the staleness check's
+    /// second look) not.
+    pub(crate) async fn row_get_counted(
+        &self,
+        table: &str,
+        key: &str,
+        shape: &str,
+        how: RowCache,
+        count: bool,
+    ) -> Lookup {
         let (mut values, token) = self
-            .row_get_many(table, std::slice::from_ref(&key.to_owned()), shape, how)
+            .row_get_many_counted(
+                table,
+                std::slice::from_ref(&key.to_owned()),
+                shape,
+                how,
+                count,
+            )
             .await;
         match (values.pop().flatten(), token) {
             (Some(value), _) => Lookup::Hit(value),
@@ -123,6 +142,18 @@ impl CacheService {
         keys: &[String],
         shape: &str,
         how: RowCache,
+    ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
+        self.row_get_many_counted(table, keys, shape, how, true)
+            .await
+    }
+
+    async fn row_get_many_counted(
+        &self,
+        table: &str,
+        keys: &[String],
+        shape: &str,
+        how: RowCache,
+        count: bool,
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
         let token = token();
@@ -142,6 +173,9 @@ impl CacheService {
             Err(_) => (vec![None; keys.len()], None),
         };
         let hits = result.0.iter().filter(|v| v.is_some()).count() as u64;
+        if !count {
+            return result;
+        }
         match result.1 {
             Some(_) => {
                 self.event("hit", table, hits);

@@ -160,7 +160,7 @@ impl super::Db {
                     None => Some(absence(&shape, &table, &suffix)),
                 }
             };
-            let Ok(row) = db.read_uncached::<M>(key.clone()).await else {
+            let Ok(row) = db.read_as::<M>("verify", key.clone()).await else {
                 return;
             };
             if expected(&row).is_none_or(|e| e == cached) {
@@ -172,10 +172,10 @@ impl super::Db {
             // database still disagrees.
             tokio::time::sleep(cache.verify_grace()).await;
             let still = matches!(
-                cache.row_get(&table, &suffix, &shape, how).await,
+                cache.row_get_counted(&table, &suffix, &shape, how, false).await,
                 Lookup::Hit(now) if now == cached
             );
-            let Ok(row) = db.read_uncached::<M>(key).await else {
+            let Ok(row) = db.read_as::<M>("verify", key).await else {
                 return;
             };
             let disagrees = expected(&row).is_some_and(|e| e != cached);

@@ -142,8 +142,17 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn read_uncached<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
-        let key = key.into();
-        crate::db::read_on_conn!(self, "read", M::META.name, |conn| {
+        self.read_as::<M>("read", key.into()).await
+    }
+
+    /// A read by key recorded as `operation` (the staleness check's own reads are
+    /// `verify`, not application reads).
+    pub(crate) async fn read_as<M: Table>(
+        &self,
+        operation: &'static str,
+        key: M::Key,
+    ) -> Result<Option<M>> {
+        crate::db::read_on_conn!(self, operation, M::META.name, |conn| {
             match conn.query_opt(&M::statements().read, &[&key]).await? {
                 Some(row) => M::from_row(&row).map(Some),
                 None => Ok(None),
