@@ -176,3 +176,25 @@ async fn writes_racing_the_checks_are_not_counted_stale() {
         assert_eq!(stats.stale, 0, "racing writes counted as stale: {stats:?}");
     }
 }
+
+/// `read_many`'s hits are sampled as `read`'s are.
+#[tokio::test]
+async fn read_many_hits_are_checked_too() {
+    let cache = CacheService::in_memory(CacheConfig::default().verify_sample(1.0)).expect("memory");
+    let db = db_with(cache.clone()).await;
+    db.create(NewChecked {
+        id: 1,
+        body: "old".into(),
+    })
+    .await
+    .expect("create");
+    db.read_many::<Checked>(&[1]).await.expect("fill");
+    db.execute_batch("UPDATE checked SET body = 'new' WHERE id = 1")
+        .await
+        .expect("behind the back");
+    let before = cache.verify_stats();
+    let served = db.read_many::<Checked>(&[1]).await.expect("hit");
+    assert_eq!(served[0].as_ref().map(|c| c.body.as_str()), Some("old"));
+    let stats = settled(&cache, before.checked + 1).await;
+    assert_eq!(stats.stale, before.stale + 1, "{stats:?}");
+}

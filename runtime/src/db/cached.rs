@@ -390,6 +390,16 @@ impl super::Db {
                 .as_deref()
                 .is_some_and(|entry| entry == absence(&shape, &table, &suffixes[*i]))
         };
+        // Every hit, a row or an absence, may be in the staleness check's sample.
+        if let Some((cache, how)) = &cache {
+            for (i, entry) in cached.iter().enumerate() {
+                if let Some(entry) = entry
+                    && (out[i].is_some() || absent(&i))
+                {
+                    self.check_hit::<M>(cache, *how, keys[i].clone(), entry.clone());
+                }
+            }
+        }
         let missing: Vec<usize> = (0..keys.len())
             .filter(|i| out[*i].is_none() && !absent(i))
             .collect();
