@@ -171,3 +171,84 @@ async fn an_expired_entry_is_served_stale_while_exactly_one_caller_refreshes() {
     assert_eq!(run_number(7).await, 3, "no stale value after a write");
     assert_eq!(runs(), 3);
 }
+
+/// A tag dropped inside a transaction waits for COMMIT: a transaction whose body
+/// panics (or fails) drops nothing, one that commits drops the tagged entries.
+#[tokio::test]
+async fn a_tag_dropped_in_a_transaction_that_panics_is_not_dropped() {
+    let db = db().await;
+    let made = db
+        .create(NewProfile {
+            user_id: Uuid::new_v4(),
+            username: "tx-tagged".into(),
+            avatar_url: None,
+        })
+        .await
+        .expect("create");
+    let tag = format!("tx:{}", made.id);
+    let read = || {
+        db.query::<Profile>()
+            .filter(Profile::ID.eq(made.id))
+            .select(Profile::AVATAR_URL)
+            .cached(300)
+            .tag(tag.clone())
+            .first()
+    };
+    assert_eq!(read().await.expect("fill"), Some(None));
+    db.execute_batch(&format!(
+        "UPDATE profiles SET avatar_url = 'poked' WHERE id = '{}'",
+        made.id
+    ))
+    .await
+    .expect("behind the back");
+    // A body that panics after asking for the tag to go, on a task of its own.
+    let (inner, panicking_tag) = (db.clone(), tag.clone());
+    let joined = tokio::spawn(async move {
+        inner
+            .transaction(|tx| {
+                let tag = panicking_tag.clone();
+                async move {
+                    tx.invalidate_tag(&tag).await;
+                    if tag.starts_with("tx:") {
+                        panic!("the body panics mid-transaction");
+                    }
+                    Ok(())
+                }
+            })
+            .await
+    })
+    .await;
+    assert!(joined.is_err(), "the task panicked");
+    assert_eq!(
+        read().await.expect("read"),
+        Some(None),
+        "nothing committed: still cached"
+    );
+    // A body that fails.
+    let failed: tabula::Result<()> = db
+        .transaction(|tx| {
+            let tag = tag.clone();
+            async move {
+                tx.invalidate_tag(&tag).await;
+                Err(tabula::Error::Validation("no".into()))
+            }
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        read().await.expect("read"),
+        Some(None),
+        "rolled back: still cached"
+    );
+    // The handle still works, and a committed one drops the entry.
+    db.transaction(|tx| {
+        let tag = tag.clone();
+        async move {
+            tx.invalidate_tag(&tag).await;
+            Ok(())
+        }
+    })
+    .await
+    .expect("commit");
+    assert_eq!(read().await.expect("read"), Some(Some("poked".into())));
+}

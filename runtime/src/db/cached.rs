@@ -89,13 +89,15 @@ impl super::Db {
     /// configuration (again after DDL through the handle); an error answers no, this
     /// time.
     pub(crate) async fn shared_reads_allowed(&self, meta: &'static crate::TableMeta) -> bool {
-        let table = meta.qualified_name();
+        // Keyed by the metadata's address (a `static` per model): no allocation on the
+        // read path, which asks on every cached read.
+        let id = std::ptr::from_ref(meta) as usize;
         if let Some(known) = self
             .shared
             .table_access
             .lock()
             .ok()
-            .and_then(|access| access.get(&table).copied())
+            .and_then(|access| access.get(&id).copied())
         {
             return known;
         }
@@ -118,7 +120,7 @@ impl super::Db {
         match asked {
             Ok(allowed) => {
                 if let Ok(mut access) = self.shared.table_access.lock() {
-                    access.insert(table, allowed);
+                    access.insert(id, allowed);
                 }
                 allowed
             }
@@ -132,17 +134,19 @@ impl super::Db {
         &self,
         cache: &CacheService,
         how: RowCache,
-        key: M::Key,
-        cached: Vec<u8>,
+        key: &M::Key,
+        cached: &[u8],
     ) {
+        // Nothing is copied for a hit outside the sample (the common case).
+        let Some(slot) = cache.sample_hit() else {
+            return;
+        };
         // A check runs in a task of its own: none outside a Tokio runtime.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(slot) = cache.sample_hit() else {
-            return;
-        };
         let (db, cache) = (self.clone(), cache.clone());
+        let (key, cached) = (key.clone(), cached.to_vec());
         runtime.spawn(async move {
             let _slot = slot;
             let table = M::META.qualified_name();
@@ -196,12 +200,12 @@ impl super::Db {
         let shape = M::META.shape_hex();
         let token = match cache.row_get(&table, &suffix, &shape, how).await {
             Lookup::Hit(bytes) if bytes == absence(&shape, &table, &suffix) => {
-                self.check_hit::<M>(&cache, how, key, bytes);
+                self.check_hit::<M>(&cache, how, &key, &bytes);
                 return Ok(None);
             }
             Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
                 Some(row) => {
-                    self.check_hit::<M>(&cache, how, key, bytes);
+                    self.check_hit::<M>(&cache, how, &key, &bytes);
                     return Ok(Some(row));
                 }
                 // Undecodable: a miss, and not ours to overwrite.
@@ -396,7 +400,7 @@ impl super::Db {
                 if let Some(entry) = entry
                     && (out[i].is_some() || absent(&i))
                 {
-                    self.check_hit::<M>(cache, *how, keys[i].clone(), entry.clone());
+                    self.check_hit::<M>(cache, *how, &keys[i], entry);
                 }
             }
         }

@@ -497,7 +497,8 @@ pub(crate) struct Shared {
     pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
     /// Per table: whether this connection's role sees exactly the rows any other role
     /// that fills the shared cache sees (see `Db::shared_reads_allowed`).
-    pub(crate) table_access: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// Keyed by the address of the table's `TableMeta`.
+    pub(crate) table_access: std::sync::Mutex<std::collections::HashMap<usize, bool>>,
     /// Query-builder statements rendered so far (see `sql.rs`).
     pub(crate) rendered: crate::sql::Rendered,
     pub(crate) config: DbConfig,

@@ -333,6 +333,11 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
         S: Push<J>,
     {
         self.links.push(link);
+        self.retyped(None)
+    }
+
+    /// The same query over other tables or decoded otherwise, selecting `selection`.
+    fn retyped<S2, D2>(self, selection: Option<Vec<(usize, usize)>>) -> JoinQuery<S2, D2> {
         JoinQuery {
             db: self.db,
             links: self.links,
@@ -342,7 +347,7 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
             offset: self.offset,
             with_deleted: self.with_deleted,
             base_deleted: self.base_deleted,
-            selection: None,
+            selection,
             refused: self.refused,
             _tables: PhantomData,
         }
@@ -428,19 +433,8 @@ impl<S: Tables> JoinQuery<S, WholeRow> {
     /// instead of whole models. A column of a left-joined table comes back as an
     /// `Option` (`None` where no row matched).
     pub fn select<I, C: JoinSelection<S, I>>(self, columns: C) -> JoinQuery<S, Picked<C, I>> {
-        JoinQuery {
-            db: self.db,
-            links: self.links,
-            filters: self.filters,
-            order: self.order,
-            limit: self.limit,
-            offset: self.offset,
-            with_deleted: self.with_deleted,
-            base_deleted: self.base_deleted,
-            selection: Some(columns.columns()),
-            refused: self.refused,
-            _tables: PhantomData,
-        }
+        let selection = Some(columns.columns());
+        self.retyped(selection)
     }
 }
 
