@@ -28,22 +28,59 @@
 //!
 //! # The cache under RLS
 //!
-//! Scoped handles never read the shared row cache or query cache: a row cached by one
-//! user (or by the service role) would otherwise answer before the policy runs — a known
-//! leak in other systems. Their writes still invalidate like any other, so every
-//! scope's later reads, cached or not, see them. `#[cached]` functions know nothing of
-//! scopes: put the user in the key (an argument) when a result depends on who asks.
+//! A scoped handle never reads the shared row cache or query cache — a row cached by
+//! one user (or by the service role) would otherwise answer before the policy runs, a
+//! known leak in other systems. It reads its *scope's own copies* instead: reads by key
+//! (`read`, `read_many`) and cached queries (`.cached(…)`) of a model with a row cache
+//! keep what the policy showed this scope under a name made of a SHA-256 of the role
+//! and the claims, so two scopes never share an entry (anonymous requests share theirs:
+//! same role, same claims). The copies obey the cache's contract (see
+//! [`crate::cache`]):
+//!
+//! - every write through Tabula drops every scope's copy of the rows it wrote (one
+//!   Redis hash per row, a field per scope, deleted whole), scoped writes included;
+//! - a write to a table a policy reads (a membership table in
+//!   `team IN (SELECT team FROM members WHERE user_id = auth.uid())`) makes every
+//!   scope's copies of the policy's table miss: the versions of the tables the
+//!   policies read are part of the copies' names. The tables are read from the
+//!   catalog, from the policies' stored expressions, once per table;
+//! - a table whose `SELECT` policies call a function that could depend on anything but
+//!   the row, the role and the claims — the clock (`now()`, `CURRENT_TIMESTAMP`), a
+//!   `STABLE` or `VOLATILE` function not named in
+//!   [`CacheConfig::policy_functions`](crate::CacheConfig::policy_functions) (by
+//!   default `auth.uid`, `auth.role`, `auth.jwt`) — or that read a view is not cached
+//!   for scopes at all: its scoped reads go to the database, as every scoped read did
+//!   before. The reason is logged once (`tracing`, level info).
+//!
+//! Unique finders (`by_<field>`) under a scope, and everything inside a transaction,
+//! read the database. A change of policies, grants or roles made outside the handle
+//! (a migration in another process) is not seen by the analysis until the handle runs
+//! DDL or restarts; run [`Db::invalidate_table`](crate::Db::invalidate_table) after such
+//! a change.
+//!
+//! `#[cached]` functions know nothing of scopes: put the user in the key (an argument)
+//! when a result depends on who asks.
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
 /// Who a scoped handle acts as: a role and the JWT claims its policies read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scope {
     role: &'static str,
     claims: Arc<str>,
+    /// The name of this scope's cache entries, made on first use.
+    cache_id: std::sync::OnceLock<Arc<str>>,
 }
+
+impl PartialEq for Scope {
+    fn eq(&self, other: &Scope) -> bool {
+        self.role == other.role && self.claims == other.claims
+    }
+}
+
+impl Eq for Scope {}
 
 const ROLES: &[&str] = &["anon", "authenticated", "service_role"];
 
@@ -62,6 +99,7 @@ impl Scope {
         Scope {
             role: "authenticated",
             claims: claims.to_string().into(),
+            cache_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -93,6 +131,7 @@ impl Scope {
         Ok(Scope {
             role,
             claims: text.into(),
+            cache_id: std::sync::OnceLock::new(),
         })
     }
 
@@ -101,6 +140,7 @@ impl Scope {
         Scope {
             role: "anon",
             claims: r#"{"role":"anon"}"#.into(),
+            cache_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -110,5 +150,27 @@ impl Scope {
     /// setting (`standard_conforming_strings = off`) can change what they say.
     pub(crate) fn parts(&self) -> (&'static str, Arc<str>) {
         (self.role, self.claims.clone())
+    }
+
+    /// The name of this scope's copies in the cache: 32 hex digits of a SHA-256 of the
+    /// role and the claims' text (claims are serialized with sorted keys, so equal
+    /// claims give equal text). A cryptographic hash: claims an attacker shapes cannot
+    /// be made to name another user's copies.
+    pub(crate) fn cache_id(&self) -> Arc<str> {
+        self.cache_id
+            .get_or_init(|| {
+                use sha2::Digest;
+                let mut hash = sha2::Sha256::new();
+                hash.update(self.role.as_bytes());
+                hash.update([0]);
+                hash.update(self.claims.as_bytes());
+                let digest = hash.finalize();
+                digest[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    .into()
+            })
+            .clone()
     }
 }

@@ -33,6 +33,15 @@
 //!    [`Backend::put`] later stores the value — no lease needed, since a write
 //!    meanwhile changed a counter and so the name.
 //!
+//! 6. **Scoped rows** (Row Level Security): a user scope's copy of row `key` lives in
+//!    the hash `s:{table}:{g}:{key}`, under the field `{scope},{c1},{c2},…` — the
+//!    scope's id, then the current values of the version counters of the tables the
+//!    table's policies read — with its lease under `l,` and that field. A field's value
+//!    carries its own expiry. Get, fill and lease follow rules 2 and 3 within the hash;
+//!    rule 4 deletes the whole hash with the row's entry, so a write drops every
+//!    scope's copy at once, and a write to a table a policy reads changes the field
+//!    name. A hash holds a bounded number of fields (past it, it is dropped whole).
+//!
 //! Every method's future may be dropped at any point without breaking these rules:
 //! each is one atomic step on the tier.
 
@@ -78,7 +87,22 @@ pub(crate) struct RowGet<'a> {
     /// Set when a near tier answered every key (for the `source` of the read's sample).
     #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) answered_near: &'a std::sync::atomic::AtomicBool,
+    /// A user scope's own copies (rule 6) instead of the shared entries.
+    pub(crate) scope: Option<&'a Scoped>,
 }
+
+/// Whose copies of rows a scoped read uses (rule 6): the scope's id and the version
+/// counters of the tables the table's policies read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scoped {
+    /// 32 hex digits of a SHA-256 of the role and the claims.
+    pub(crate) id: std::sync::Arc<str>,
+    /// `v:{table}` of every table a policy of the table reads.
+    pub(crate) counters: std::sync::Arc<[String]>,
+}
+
+/// The most fields a scoped row's hash holds (rule 6).
+pub(crate) const SCOPED_FIELDS: usize = 512;
 
 /// A fill under a lease (rule 3).
 pub(crate) struct RowFill<'a> {
@@ -86,6 +110,8 @@ pub(crate) struct RowFill<'a> {
     pub(crate) token: &'a str,
     pub(crate) ttl: Duration,
     pub(crate) entries: &'a [&'a (String, Vec<u8>)],
+    /// A user scope's own copies (rule 6).
+    pub(crate) scope: Option<&'a Scoped>,
 }
 
 /// What became stale (rule 4).

@@ -106,10 +106,7 @@ impl MemoSpec {
     }
 
     fn how(&self) -> super::row::RowCache {
-        super::row::RowCache {
-            ttl: Duration::from_secs(self.ttl),
-            near: true,
-        }
+        super::row::RowCache::shared(Duration::from_secs(self.ttl), true)
     }
 }
 
@@ -204,12 +201,12 @@ async fn lookup<S: MemoStore>(
     let found = match again {
         false => {
             cache
-                .versioned(spec.kind(), &counters, key, false, spec.how())
+                .versioned(spec.kind(), &counters, key, false, &spec.how())
                 .await
         }
         true => {
             cache
-                .versioned_again(spec.kind(), &counters, key, spec.how())
+                .versioned_again(spec.kind(), &counters, key, &spec.how())
                 .await
         }
     };

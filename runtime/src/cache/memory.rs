@@ -184,6 +184,64 @@ impl Names<'_> {
         let generation = map.counter(&format!("{}:g:{table}", self.base()));
         format!("{}:{kind}:{table}:{generation}:{key}", self.base())
     }
+
+    /// A scope's field (rule 6): its id, then the current values of its counters.
+    fn scoped_field(&self, map: &mut Map<'_>, scope: &super::backend::Scoped) -> String {
+        let mut field = scope.id.to_string();
+        for counter in scope.counters.iter() {
+            field.push(',');
+            field.push_str(&map.counter(&format!("{}:{counter}", self.base())));
+        }
+        field
+    }
+}
+
+impl Map<'_> {
+    /// Rule 6 in this tier: the hash `s:…` lists the fields of a row's scoped copies,
+    /// each stored (with its own TTL) under `{hash}|{field}`; deleting a row's copies
+    /// deletes the fields it lists.
+    fn scoped_slot(&mut self, hash: &str, field: &str) -> String {
+        let fields = match self.entry(hash, || MemValue::Hash(HashMap::new())) {
+            MemValue::Hash(fields) => fields,
+            _ => return format!("{hash}|{field}"),
+        };
+        if fields.len() >= super::backend::SCOPED_FIELDS && !fields.contains_key(field) {
+            let old: Vec<String> = fields.drain().map(|(f, _)| f).collect();
+            for f in old {
+                self.map.remove(&format!("{hash}|{f}"));
+            }
+        }
+        if let Some(MemValue::Hash(fields)) = self.get_mut_value(hash) {
+            fields.insert(field.to_owned(), Vec::new());
+        }
+        format!("{hash}|{field}")
+    }
+
+    /// Keeps a scoped row's field list at least as long as its newest field.
+    fn outlive(&mut self, hash: &str, ttl: Duration) {
+        let until = self.now.checked_add(ttl);
+        if let Some(entry) = self.live(hash) {
+            entry.expires = match (entry.expires, until) {
+                (Some(old), Some(new)) => Some(old.max(new)),
+                (_, until) => until,
+            };
+        }
+    }
+
+    fn get_mut_value(&mut self, key: &str) -> Option<&mut MemValue> {
+        self.live(key).map(|e| &mut e.value)
+    }
+
+    /// Deletes every scoped copy of a row, with their leases.
+    fn remove_scoped(&mut self, hash: &str) {
+        if let Some(MemValue::Hash(fields)) = self.get_mut_value(hash) {
+            let old: Vec<String> = fields.drain().map(|(f, _)| f).collect();
+            for f in old {
+                self.map.remove(&format!("{hash}|{f}"));
+            }
+        }
+        self.map.remove(hash);
+    }
 }
 
 /// An answer already there.
@@ -207,6 +265,27 @@ impl Backend for MemoryBackend {
     ) -> Pending<'a, Vec<Option<Vec<u8>>>> {
         ready(Ok(self.with(|map| {
             let names = Names(ns);
+            if let Some(scope) = get.scope {
+                let field = names.scoped_field(map, scope);
+                return get
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        let hash = names.row(map, "s", get.table, key);
+                        let entry = format!("{hash}|{field}");
+                        match map.get_bytes(&entry) {
+                            Ok(Some(v)) if v.starts_with(get.shape.as_bytes()) => Some(v),
+                            _ => {
+                                let lease = map.scoped_slot(&hash, &format!("l,{field}"));
+                                let token = MemValue::Bytes(get.token.as_bytes().to_vec());
+                                map.set(&lease, token, Some(get.lease));
+                                map.outlive(&hash, get.lease);
+                                None
+                            }
+                        }
+                    })
+                    .collect();
+            }
             get.keys
                 .iter()
                 .map(|key| {
@@ -229,6 +308,23 @@ impl Backend for MemoryBackend {
         ready(Ok(self.with(|map| {
             let names = Names(ns);
             let mut filled = 0;
+            if let Some(scope) = fill.scope {
+                let field = names.scoped_field(map, scope);
+                for (key, value) in fill.entries {
+                    let hash = names.row(map, "s", fill.table, key);
+                    let lease = format!("{hash}|l,{field}");
+                    if map.get_bytes(&lease).ok().flatten().as_deref()
+                        == Some(fill.token.as_bytes())
+                    {
+                        let entry = map.scoped_slot(&hash, &field);
+                        map.set(&entry, MemValue::Bytes(value.clone()), Some(fill.ttl));
+                        map.outlive(&hash, fill.ttl);
+                        map.remove(&lease);
+                        filled += 1;
+                    }
+                }
+                return filled;
+            }
             for (key, value) in fill.entries {
                 let lease = names.row(map, "l", fill.table, key);
                 if map.get_bytes(&lease).ok().flatten().as_deref() == Some(fill.token.as_bytes()) {
@@ -254,8 +350,10 @@ impl Backend for MemoryBackend {
             for (table, key) in stale.rows {
                 let entry = names.row(map, "r", table, key);
                 let lease = names.row(map, "l", table, key);
+                let scoped = names.row(map, "s", table, key);
                 map.remove(&entry);
                 map.remove(&lease);
+                map.remove_scoped(&scoped);
             }
         });
         ready(Ok(()))

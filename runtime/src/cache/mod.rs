@@ -155,7 +155,7 @@
 //! "near_miss" | "near_eviction" | "near_flush"}` and the gauge
 //! `tabula_cache_near_bytes`).
 
-mod backend;
+pub(crate) mod backend;
 #[cfg(feature = "cache")]
 mod breaker;
 pub(crate) mod fresh;
@@ -240,6 +240,15 @@ pub struct CacheConfig {
     /// `tabula_cache_stale_total` counter). Each check is one more query by key.
     /// Default 0: none.
     pub verify_sample: f64,
+    /// Functions (`schema.name`) that Row Level Security policies may call without
+    /// keeping user-scoped reads out of the cache: functions whose result depends
+    /// only on their arguments, the role and the settings — the JWT claims. A policy
+    /// calling any other function that is not `IMMUTABLE` (or reading the clock)
+    /// keeps its table's scoped reads uncached (see [`crate::auth`]). Default
+    /// `auth.uid`, `auth.role`, `auth.jwt` — as Tabula's built-in migrations and
+    /// Supabase define them, reading `request.jwt.claims`; trusted by name, so leave
+    /// them out if yours read tables.
+    pub policy_functions: Vec<String>,
 }
 
 impl Default for CacheConfig {
@@ -256,6 +265,9 @@ impl Default for CacheConfig {
             near_max_age: None,
             tls_root_cert: None,
             verify_sample: 0.0,
+            policy_functions: ["auth.uid", "auth.role", "auth.jwt"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -318,6 +330,21 @@ impl CacheConfig {
     /// Sets [`CacheConfig::near_max_age`].
     pub fn near_max_age(mut self, max_age: Duration) -> Self {
         self.near_max_age = Some(max_age);
+        self
+    }
+
+    /// Sets [`CacheConfig::policy_functions`] (replacing the default list).
+    ///
+    /// ```
+    /// let config = tabula::CacheConfig::default()
+    ///     .policy_functions(["auth.uid", "auth.jwt", "app.current_org"]);
+    /// assert_eq!(config.policy_functions.len(), 3);
+    /// ```
+    pub fn policy_functions<S: Into<String>>(
+        mut self,
+        functions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.policy_functions = functions.into_iter().map(Into::into).collect();
         self
     }
 
@@ -658,6 +685,11 @@ impl CacheService {
     /// Two Redis caches with the same prefix and namespace are taken to be one cache
     /// (clients of one server, reached perhaps by different routes); an in-process
     /// cache is only ever itself.
+    /// How this cache was configured.
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
     pub(crate) fn same_namespace(&self, other: &CacheService) -> bool {
         let (mine, theirs) = (&self.inner.backend, &other.inner.backend);
         let same_place = if mine.is_shared() && theirs.is_shared() {

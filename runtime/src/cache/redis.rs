@@ -82,6 +82,9 @@ static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row
 static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_fill.lua")));
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
 static VERSIONED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/versioned.lua")));
+static SCOPED_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/scoped_get.lua")));
+static SCOPED_FILL: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/scoped_fill.lua")));
 
 pub(crate) struct RedisBackend {
     /// Itself, for the background probe it spawns.
@@ -636,6 +639,44 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// A user scope's copies of rows (rule 6 of `backend.rs`); never from or into the
+    /// near tier, which mirrors shared entries only.
+    async fn scoped_get(
+        &self,
+        ns: &Namespace,
+        get: &RowGet<'_>,
+        scope: &super::backend::Scoped,
+    ) -> Result<Vec<Option<Vec<u8>>>, Fault> {
+        let lease = millis(get.lease);
+        let n = scope.counters.len().to_string();
+        let mut args: Vec<&[u8]> = vec![
+            get.table.as_bytes(),
+            get.token.as_bytes(),
+            &lease,
+            get.shape.as_bytes(),
+            scope.id.as_bytes(),
+            n.as_bytes(),
+        ];
+        args.extend(scope.counters.iter().map(|c| c.as_bytes()));
+        args.extend(get.keys.iter().map(|k| k.as_bytes()));
+        let reply: Vec<redis::Value> = self.script(&SCOPED_GET, ns, &args).await?;
+        if reply.len() != get.keys.len() {
+            return Err(Fault::Value(
+                "a scoped row lookup answered the wrong number of values",
+            ));
+        }
+        reply
+            .into_iter()
+            .map(|value| {
+                let value = reply_bytes(value)
+                    .ok_or(Fault::Value("a scoped row lookup answered a non-string"))?;
+                Ok((!value.is_empty()).then_some(value))
+            })
+            .collect()
+    }
+}
+
 impl Backend for RedisBackend {
     fn kind(&self) -> &'static str {
         "redis"
@@ -673,6 +714,9 @@ impl Backend for RedisBackend {
         get: RowGet<'a>,
     ) -> Pending<'a, Vec<Option<Vec<u8>>>> {
         Box::pin(async move {
+            if let Some(scope) = get.scope {
+                return self.scoped_get(ns, &get, scope).await;
+            }
             let mut out = vec![None; get.keys.len()];
             let near = self.near_now(get.near);
             if let Some(near) = near {
@@ -721,11 +765,22 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let ttl = millis(fill.ttl);
             let mut args: Vec<&[u8]> = vec![fill.table.as_bytes(), fill.token.as_bytes(), &ttl];
+            let n = fill.scope.map(|scope| scope.counters.len().to_string());
+            if let (Some(scope), Some(n)) = (fill.scope, &n) {
+                args.push(scope.id.as_bytes());
+                args.push(n.as_bytes());
+                args.extend(scope.counters.iter().map(|c| c.as_bytes()));
+            }
             for (key, value) in fill.entries {
                 args.push(key.as_bytes());
                 args.push(value);
             }
-            self.script(&ROW_FILL, ns, &args).await
+            let script = if fill.scope.is_some() {
+                &SCOPED_FILL
+            } else {
+                &ROW_FILL
+            };
+            self.script(script, ns, &args).await
         })
     }
 

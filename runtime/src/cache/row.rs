@@ -36,11 +36,24 @@ pub(crate) struct Hooks {
     before_fill: Mutex<Option<FillHook>>,
 }
 
-/// How entries of one kind are cached: their TTL, and whether a near tier may answer.
-#[derive(Debug, Clone, Copy)]
+/// How entries of one kind are cached: their TTL, whether a near tier may answer, and
+/// for a user scope's reads, whose copies (rule 6 of `backend.rs`).
+#[derive(Debug, Clone)]
 pub(crate) struct RowCache {
     pub(crate) ttl: Duration,
     pub(crate) near: bool,
+    pub(crate) scope: Option<super::backend::Scoped>,
+}
+
+impl RowCache {
+    /// Shared entries with this TTL and near-tier choice.
+    pub(crate) fn shared(ttl: Duration, near: bool) -> RowCache {
+        RowCache {
+            ttl,
+            near,
+            scope: None,
+        }
+    }
 }
 
 /// What a row lookup found.
@@ -104,7 +117,7 @@ impl CacheService {
         table: &str,
         key: &str,
         shape: &str,
-        how: RowCache,
+        how: &RowCache,
     ) -> Lookup {
         self.row_get_counted(table, key, shape, how, true).await
     }
@@ -116,7 +129,7 @@ impl CacheService {
         table: &str,
         key: &str,
         shape: &str,
-        how: RowCache,
+        how: &RowCache,
         count: bool,
     ) -> Lookup {
         let (mut values, token) = self
@@ -141,7 +154,7 @@ impl CacheService {
         table: &str,
         keys: &[String],
         shape: &str,
-        how: RowCache,
+        how: &RowCache,
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         self.row_get_many_counted(table, keys, shape, how, true)
             .await
@@ -152,7 +165,7 @@ impl CacheService {
         table: &str,
         keys: &[String],
         shape: &str,
-        how: RowCache,
+        how: &RowCache,
         count: bool,
     ) -> (Vec<Option<Vec<u8>>>, Option<String>) {
         let started = Instant::now();
@@ -165,8 +178,9 @@ impl CacheService {
             shape,
             keys,
             ttl: how.ttl,
-            near: how.near,
+            near: how.near && how.scope.is_none(),
             answered_near: &answered_near,
+            scope: how.scope.as_ref(),
         };
         let result = match self.inner.backend.row_get(&self.inner.ns, get).await {
             Ok(values) => (values, Some(token)),
@@ -205,9 +219,9 @@ impl CacheService {
         table: &str,
         token: &str,
         entries: &[(String, Vec<u8>)],
-        ttl: Duration,
+        how: &RowCache,
     ) -> u64 {
-        let ttl = ttl.min(Duration::from_secs(super::MAX_TTL_SECONDS));
+        let ttl = how.ttl.min(Duration::from_secs(super::MAX_TTL_SECONDS));
         let limit = self.inner.config.max_value_bytes;
         let too_large = entries.iter().filter(|(_, v)| v.len() > limit).count() as u64;
         self.event("too_large", table, too_large);
@@ -223,6 +237,7 @@ impl CacheService {
             token,
             ttl,
             entries: &entries,
+            scope: how.scope.as_ref(),
         };
         let filled = self
             .inner
@@ -300,7 +315,7 @@ impl CacheService {
         counters: &[String],
         suffix: &str,
         delete: bool,
-        how: RowCache,
+        how: &RowCache,
     ) -> Option<(String, Option<Vec<u8>>)> {
         self.versioned_counted(kind, counters, suffix, delete, how, true)
             .await
@@ -313,7 +328,7 @@ impl CacheService {
         kind: &str,
         counters: &[String],
         suffix: &str,
-        how: RowCache,
+        how: &RowCache,
     ) -> Option<(String, Option<Vec<u8>>)> {
         self.versioned_counted(kind, counters, suffix, false, how, false)
             .await
@@ -325,7 +340,7 @@ impl CacheService {
         counters: &[String],
         suffix: &str,
         delete: bool,
-        how: RowCache,
+        how: &RowCache,
         count: bool,
     ) -> Option<(String, Option<Vec<u8>>)> {
         let started = Instant::now();

@@ -15,6 +15,27 @@ const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
      FROM pg_class c JOIN pg_roles r ON r.rolname = current_user \
      WHERE c.oid = to_regclass($1)";
 
+/// What `map` knows of the table whose metadata lives at `id` (answers read once per
+/// table and kept by the metadata's address: no allocation on a read path).
+pub(super) fn per_table<T: Clone>(
+    map: &std::sync::Mutex<std::collections::HashMap<usize, T>>,
+    id: usize,
+) -> Option<T> {
+    map.lock().ok().and_then(|known| known.get(&id).cloned())
+}
+
+/// The table's name as `to_regclass` reads it (quoted identifiers).
+pub(super) fn regclass_text(meta: &crate::TableMeta) -> String {
+    match meta.schema {
+        Some(schema) => format!(
+            "{}.{}",
+            crate::sql::quote_ident(schema),
+            crate::sql::quote_ident(meta.name)
+        ),
+        None => crate::sql::quote_ident(meta.name),
+    }
+}
+
 /// The row-cache name of a row within its table (the key as JSON text).
 fn row_suffix<M: crate::Table>(key: &M::Key) -> String {
     super::key_text::<M>(key)
@@ -60,21 +81,25 @@ fn holds<M: crate::Table, T: 'static>(row: &M, index: usize, wanted: &T) -> bool
 impl super::Db {
     /// The cache of this handle, when reads of `M` go through it: the model declares
     /// `cache(ttl = …)`, a cache is configured, and the handle is not in a transaction
-    /// (a transaction must see its own writes).
+    /// (a transaction must see its own writes). A user-scoped handle reads its scope's
+    /// own copies, when the table's policies allow caching them (see `db/policy.rs`).
     async fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, RowCache)> {
         let ttl = M::META.cache_ttl?;
-        // Transactions must see their own writes; scoped handles must see only what
-        // the policy shows them (see `crate::auth`).
-        if self.tx.is_some() || self.scope.is_some() {
+        if self.tx.is_some() {
             return None;
         }
         let cache = self.shared.cache.clone()?;
-        if !self.shared_reads_allowed(M::META).await {
-            return None;
-        }
+        let scope = match &self.scope {
+            // Only what the policy shows this scope, never another's copy (see
+            // `crate::auth`).
+            Some(scope) => Some(self.scoped_entries(scope, M::META).await?),
+            None if self.shared_reads_allowed(M::META).await => None,
+            None => return None,
+        };
         let how = RowCache {
             ttl: Duration::from_secs(ttl),
             near: M::META.cache_near,
+            scope,
         };
         Some((cache, how))
     }
@@ -92,23 +117,10 @@ impl super::Db {
         // Keyed by the metadata's address (a `static` per model): no allocation on the
         // read path, which asks on every cached read.
         let id = std::ptr::from_ref(meta) as usize;
-        if let Some(known) = self
-            .shared
-            .table_access
-            .lock()
-            .ok()
-            .and_then(|access| access.get(&id).copied())
-        {
+        if let Some(known) = per_table(&self.shared.table_access, id) {
             return known;
         }
-        let name = match meta.schema {
-            Some(schema) => format!(
-                "{}.{}",
-                crate::sql::quote_ident(schema),
-                crate::sql::quote_ident(meta.name)
-            ),
-            None => crate::sql::quote_ident(meta.name),
-        };
+        let name = regclass_text(meta);
         let asked = self
             .run("table_access", meta.name, async |conn| {
                 let row = conn.query_opt(TABLE_ACCESS, &[&name]).await?;
@@ -133,7 +145,7 @@ impl super::Db {
     fn check_hit<M: crate::Table>(
         &self,
         cache: &CacheService,
-        how: RowCache,
+        how: &RowCache,
         key: &M::Key,
         cached: &[u8],
     ) {
@@ -145,7 +157,7 @@ impl super::Db {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (db, cache) = (self.clone(), cache.clone());
+        let (db, cache, how) = (self.clone(), cache.clone(), how.clone());
         let (key, cached) = (key.clone(), cached.to_vec());
         runtime.spawn(async move {
             let _slot = slot;
@@ -176,7 +188,7 @@ impl super::Db {
             // database still disagrees.
             tokio::time::sleep(cache.verify_grace()).await;
             let still = matches!(
-                cache.row_get_counted(&table, &suffix, &shape, how, false).await,
+                cache.row_get_counted(&table, &suffix, &shape, &how, false).await,
                 Lookup::Hit(now) if now == cached
             );
             let Ok(row) = db.read_as::<M>("verify", key).await else {
@@ -198,14 +210,14 @@ impl super::Db {
         let suffix = row_suffix::<M>(&key);
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
-        let token = match cache.row_get(&table, &suffix, &shape, how).await {
+        let token = match cache.row_get(&table, &suffix, &shape, &how).await {
             Lookup::Hit(bytes) if bytes == absence(&shape, &table, &suffix) => {
-                self.check_hit::<M>(&cache, how, &key, &bytes);
+                self.check_hit::<M>(&cache, &how, &key, &bytes);
                 return Ok(None);
             }
             Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
                 Some(row) => {
-                    self.check_hit::<M>(&cache, how, &key, &bytes);
+                    self.check_hit::<M>(&cache, &how, &key, &bytes);
                     return Ok(Some(row));
                 }
                 // Undecodable: a miss, and not ours to overwrite.
@@ -237,7 +249,7 @@ impl super::Db {
         };
         if let Some(value) = value {
             cache
-                .row_fill(&table, &token, &[(suffix, value)], how.ttl)
+                .row_fill(&table, &token, &[(suffix, value)], &how)
                 .await;
         }
         Ok(row)
@@ -265,14 +277,20 @@ impl super::Db {
     where
         T: crate::ColumnType + Clone + serde::Serialize,
     {
-        let Some((cache, how)) = self.row_cache::<M>().await else {
+        // A user scope's unique-finder reads run uncached: the value's mapping and its
+        // absence are shared entries.
+        let cached = match self.scope {
+            Some(_) => None,
+            None => self.row_cache::<M>().await,
+        };
+        let Some((cache, how)) = cached else {
             return self.query::<M>().filter(column.eq(value)).first().await;
         };
         let meta = M::META;
         let table = meta.qualified_name();
         let suffix = crate::__private::unique_name(meta.columns[column.index()].name, &value);
         let shape = meta.shape_hex();
-        let mut lookup = cache.row_get(&table, &suffix, &shape, how).await;
+        let mut lookup = cache.row_get(&table, &suffix, &shape, &how).await;
         if let Lookup::Hit(bytes) = &lookup {
             if let Some(key) = bytes
                 .get(16..)
@@ -286,7 +304,7 @@ impl super::Db {
             cache
                 .invalidate(&[], &[], &[(table.clone(), suffix.clone())])
                 .await;
-            lookup = cache.row_get(&table, &suffix, &shape, how).await;
+            lookup = cache.row_get(&table, &suffix, &shape, &how).await;
         }
         let token = match lookup {
             Lookup::Miss(token) => token,
@@ -301,7 +319,7 @@ impl super::Db {
         let absent = match token {
             Some(_) => {
                 cache
-                    .versioned("n", &counters, &absent_suffix, false, how)
+                    .versioned("n", &counters, &absent_suffix, false, &how)
                     .await
             }
             None => None,
@@ -319,7 +337,7 @@ impl super::Db {
                     let mut entry = shape.into_bytes();
                     entry.extend(key);
                     cache
-                        .row_fill(&table, &token, &[(suffix, entry)], how.ttl)
+                        .row_fill(&table, &token, &[(suffix, entry)], &how)
                         .await;
                 }
             }
@@ -377,7 +395,7 @@ impl super::Db {
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
         let (cached, token) = match &cache {
-            Some((cache, how)) => cache.row_get_many(&table, &suffixes, &shape, *how).await,
+            Some((cache, how)) => cache.row_get_many(&table, &suffixes, &shape, how).await,
             None => (vec![None; keys.len()], None),
         };
         let mut out: Vec<Option<M>> = cached
@@ -400,7 +418,7 @@ impl super::Db {
                 if let Some(entry) = entry
                     && (out[i].is_some() || absent(&i))
                 {
-                    self.check_hit::<M>(cache, *how, &keys[i], entry);
+                    self.check_hit::<M>(cache, how, &keys[i], entry);
                 }
             }
         }
@@ -444,9 +462,7 @@ impl super::Db {
             }
         }
         let filled = match (&cache, &token) {
-            (Some((cache, how)), Some(token)) => {
-                cache.row_fill(&table, token, &fills, how.ttl).await
-            }
+            (Some((cache, how)), Some(token)) => cache.row_fill(&table, token, &fills, how).await,
             _ => 0,
         };
         Ok((out, filled))

@@ -46,6 +46,7 @@
 mod cached;
 mod conn;
 mod crud;
+mod policy;
 mod raw;
 mod scope;
 mod tx;
@@ -499,6 +500,10 @@ pub(crate) struct Shared {
     /// that fills the shared cache sees (see `Db::shared_reads_allowed`).
     /// Keyed by the address of the table's `TableMeta`.
     pub(crate) table_access: std::sync::Mutex<std::collections::HashMap<usize, bool>>,
+    /// Per table (by `TableMeta` address): the version counters a user scope's cached
+    /// copies depend on, or `None` when they may not be cached (see `db/policy.rs`).
+    pub(crate) policy_plans:
+        std::sync::Mutex<std::collections::HashMap<usize, Option<std::sync::Arc<[String]>>>>,
     /// Query-builder statements rendered so far (see `sql.rs`).
     pub(crate) rendered: crate::sql::Rendered,
     pub(crate) config: DbConfig,
@@ -652,6 +657,7 @@ impl Db {
                 connect_errors,
                 foreign_keys: std::sync::RwLock::new(None),
                 table_access: std::sync::Mutex::default(),
+                policy_plans: std::sync::Mutex::default(),
                 rendered: crate::sql::Rendered::default(),
             }),
             tx: None,

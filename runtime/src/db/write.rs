@@ -143,6 +143,9 @@ impl Db {
         if let Ok(mut access) = self.shared.table_access.lock() {
             access.clear();
         }
+        if let Ok(mut plans) = self.shared.policy_plans.lock() {
+            plans.clear();
+        }
     }
 
     /// Drops the cache entries of the rows of `M` with these keys, and every cached

@@ -54,9 +54,9 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
     }
 
     /// `fetch`'s result for the statement `bound`, from the cache when this exact
-    /// statement (SQL and values) was answered since the table's last write. Inside a
-    /// transaction, under a user scope, for a locking read, or without a cache, it is
-    /// fetched every time.
+    /// statement (SQL and values) was answered since the table's last write. Under a
+    /// user scope, from that scope's own entries. Inside a transaction, for a locking
+    /// read, or without a cache, it is fetched every time.
     async fn through<T, F>(
         &self,
         bound: &Bound<'static>,
@@ -74,22 +74,30 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         }
         let db = &self.query.db;
         let locking = self.query.lock.is_some();
-        let cache = match (&db.shared.cache, &db.tx, &db.scope) {
+        let cache = match (&db.shared.cache, &db.tx) {
             // A locking read is about the rows as they are now: never from a cache.
-            (Some(cache), None, None) if !locking => cache.clone(),
+            (Some(cache), None) if !locking => cache.clone(),
             _ => return fetch().await,
         };
-        // A role that sees fewer rows than others (no grant, a policy) never shares
-        // their results (see `Db::shared_reads_allowed`).
-        if !db.shared_reads_allowed(M::META).await {
-            return fetch().await;
-        }
         let meta = M::META;
+        let scoped = match &db.scope {
+            // A user scope's results are its own: named by the scope, and versioned by
+            // the tables its policies read too (see `db/policy.rs`); not cacheable
+            // under policies that read the clock or unknown functions.
+            Some(scope) => match db.scoped_entries(scope, meta).await {
+                Some(scoped) => Some(scoped),
+                None => return fetch().await,
+            },
+            // A role that sees fewer rows than others (no grant, a policy) never shares
+            // their results (see `Db::shared_reads_allowed`).
+            None if db.shared_reads_allowed(meta).await => None,
+            None => return fetch().await,
+        };
         let started = std::time::Instant::now();
         let table = meta.qualified_name();
         // The TTL and the stale window are part of the entry's identity: a query
         // cached for 1 s is never answered by the entry of one cached for 300.
-        let suffix = format!(
+        let mut suffix = format!(
             "{}:{}:{}:{}:{}",
             meta.qualified_name(),
             meta.shape_hex(),
@@ -103,14 +111,19 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
                 .iter()
                 .map(|t| crate::cache::fresh::tag_counter(t)),
         );
-        let how = crate::cache::row::RowCache {
-            ttl: std::time::Duration::from_secs(self.ttl_seconds),
-            near: meta.cache_near,
-        };
+        if let Some(scoped) = &scoped {
+            suffix.push_str(":s");
+            suffix.push_str(&scoped.id);
+            counters.extend(scoped.counters.iter().cloned());
+        }
+        let how = crate::cache::row::RowCache::shared(
+            std::time::Duration::from_secs(self.ttl_seconds),
+            meta.cache_near,
+        );
         let stale = std::time::Duration::from_secs(self.stale_seconds);
         // Stamped entries (a stale window) are another kind (see `cache/fresh.rs`).
         let kind = if stale.is_zero() { "q" } else { "qs" };
-        let found = cache.versioned(kind, &counters, &suffix, false, how).await;
+        let found = cache.versioned(kind, &counters, &suffix, false, &how).await;
         let mut served = None;
         let mut claim = None;
         if let Some((key, Some(bytes))) = &found {
@@ -132,7 +145,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
                 }
                 // Another caller may have refreshed it between this read and the
                 // claim (and released its own): then there is nothing left to do.
-                let again = cache.versioned_again(kind, &counters, &suffix, how).await;
+                let again = cache.versioned_again(kind, &counters, &suffix, &how).await;
                 let refreshed = match &again {
                     Some((_, Some(bytes))) => crate::cache::fresh::read_stamp(bytes)
                         .filter(|(fresh, _)| *fresh)

@@ -19,3 +19,28 @@ local function row_key(b, kind, tbl, key)
   local g = redis.call('GET', b .. ':g:' .. tbl) or '0'
   return b .. ':' .. kind .. ':' .. tbl .. ':' .. g .. ':' .. key
 end
+
+-- The server's clock in milliseconds (scoped entries carry their own expiry).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A scoped hash field's value, '{expires ms}|{value}', while it has time left.
+local function live(v, now)
+  if not v then return nil end
+  local bar = string.find(v, '|', 1, true)
+  if not bar then return nil end
+  local expires = tonumber(string.sub(v, 1, bar - 1))
+  if not expires or expires <= now then return nil end
+  return string.sub(v, bar + 1)
+end
+
+-- A scope's field: its id, then the current values of the n counters from ARGV[first].
+local function scoped_field(b, scope, first, n)
+  local parts = {scope}
+  for i = first, first + n - 1 do
+    parts[#parts + 1] = redis.call('GET', b .. ':' .. ARGV[i]) or '0'
+  end
+  return table.concat(parts, ',')
+end
