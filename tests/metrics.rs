@@ -165,3 +165,99 @@ fn the_staleness_checks_reads_are_not_application_reads() {
         "{text}"
     );
 }
+
+#[derive(Table, Debug, Clone, Serialize, Deserialize)]
+#[table(name = "handles", cache(ttl = 60))]
+struct Handle {
+    #[table(primary_key)]
+    id: i64,
+    #[table(unique)]
+    name: String,
+}
+
+/// A unique finder answered by the cache costs one cache round trip (the value's
+/// mapping and the row it leads to, in one script) and no database query, on both
+/// backends — counted by the operations each records.
+#[test]
+fn a_unique_finder_hit_is_one_cache_round_trip() {
+    let redis = tabula::testkit::redis_url().expect("redis");
+    for cache in [
+        CacheService::in_memory(CacheConfig::default()).expect("memory"),
+        CacheService::redis(
+            &redis,
+            CacheConfig::default().prefix(format!("uniq{}", std::process::id())),
+        )
+        .expect("redis"),
+    ] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let db = runtime.block_on(async {
+            let (_, url) = common::db_and_url().await;
+            let db = Db::connect_with(DbConfig::new(url).cache(cache))
+                .await
+                .expect("db");
+            db.execute_batch(
+                "CREATE TABLE handles (id int8 PRIMARY KEY, name text UNIQUE NOT NULL)",
+            )
+            .await
+            .expect("table");
+            db.create(NewHandle {
+                id: 1,
+                name: "ada".into(),
+            })
+            .await
+            .expect("create");
+            // The first call fills the mapping, the second the row.
+            for _ in 0..2 {
+                assert!(Handle::by_name(&db, "ada").await.expect("warm").is_some());
+            }
+            db
+        });
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let found = Handle::by_name(&db, "ada").await.expect("hit");
+                assert_eq!(found.map(|h| h.id), Some(1));
+            })
+        });
+        let text = handle.render();
+        let total = |metric: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(metric))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(
+            total("tabula_cache_operation_seconds_count"),
+            1.0,
+            "one cache operation: {text}"
+        );
+        assert!(
+            has(
+                &text,
+                "tabula_cache_operation_seconds_count",
+                &[r#"operation="unique_get""#]
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                &text,
+                "tabula_db_operation_seconds_count",
+                &[r#"source="cache""#]
+            ),
+            "answered by the cache: {text}"
+        );
+        assert!(
+            !has(
+                &text,
+                "tabula_db_operation_seconds_count",
+                &[r#"source="db""#]
+            ),
+            "no database query: {text}"
+        );
+    }
+}

@@ -41,6 +41,11 @@
 //!    rule 4 deletes the whole hash with the row's entry, so a write drops every
 //!    scope's copy at once, and a write to a table a policy reads changes the field
 //!    name. A hash holds a bounded number of fields (past it, it is dropped whole).
+//! 7. **Unique values** ([`Backend::unique_get`]): the entry of a unique value
+//!    (`r:{table}:{g}:#{column}:{value}`) holds the shape and then the name of the
+//!    row it maps to. One atomic step reads it and, when it is there, the row's entry
+//!    it names; what is missing takes the reader's lease (rule 2) — the mapping's, or,
+//!    with the mapping there, the row's.
 //!
 //! Every method's future may be dropped at any point without breaking these rules:
 //! each is one atomic step on the tier.
@@ -104,6 +109,16 @@ pub(crate) struct Scoped {
 /// The most fields a scoped row's hash holds (rule 6).
 pub(crate) const SCOPED_FIELDS: usize = 512;
 
+/// What a unique value's lookup found (rule 7).
+pub(crate) enum UniqueFound {
+    /// The mapping's entry and the row entry it leads to.
+    Both(Vec<u8>, Vec<u8>),
+    /// The mapping's entry; the row's is missing, and its lease was taken.
+    Mapping(Vec<u8>),
+    /// No mapping; its lease was taken.
+    Nothing,
+}
+
 /// A fill under a lease (rule 3).
 pub(crate) struct RowFill<'a> {
     pub(crate) table: &'a str,
@@ -162,6 +177,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
         ns: &'a Namespace,
         get: RowGet<'a>,
     ) -> Pending<'a, Vec<Option<Vec<u8>>>>;
+    /// Rule 7: `get.keys` holds the mapping's name alone.
+    fn unique_get<'a>(&'a self, ns: &'a Namespace, get: RowGet<'a>) -> Pending<'a, UniqueFound>;
     /// Rule 3: how many entries were stored.
     fn row_fill<'a>(&'a self, ns: &'a Namespace, fill: RowFill<'a>) -> Pending<'a, u64>;
     /// Rule 4. An `Err` means the invalidation will be delivered later (rule 4).

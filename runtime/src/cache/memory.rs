@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Fault;
-use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, Versioned};
+use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, UniqueFound, Versioned};
 
 #[derive(Debug, Clone)]
 enum MemValue {
@@ -301,6 +301,37 @@ impl Backend for MemoryBackend {
                     }
                 })
                 .collect()
+        })))
+    }
+
+    fn unique_get<'a>(&'a self, ns: &'a Namespace, get: RowGet<'a>) -> Pending<'a, UniqueFound> {
+        ready(Ok(self.with(|map| {
+            let names = Names(ns);
+            let shape = get.shape.as_bytes();
+            let token = || MemValue::Bytes(get.token.as_bytes().to_vec());
+            let Some(mapping) = get.keys.first() else {
+                return UniqueFound::Nothing;
+            };
+            let entry = names.row(map, "r", get.table, mapping);
+            let found = match map.get_bytes(&entry) {
+                Ok(Some(v)) if v.starts_with(shape) => v,
+                _ => {
+                    let lease = names.row(map, "l", get.table, mapping);
+                    map.set(&lease, token(), Some(get.lease));
+                    return UniqueFound::Nothing;
+                }
+            };
+            let key =
+                String::from_utf8_lossy(found.get(shape.len()..).unwrap_or_default()).into_owned();
+            let row = names.row(map, "r", get.table, &key);
+            match map.get_bytes(&row) {
+                Ok(Some(v)) if v.starts_with(shape) => UniqueFound::Both(found, v),
+                _ => {
+                    let lease = names.row(map, "l", get.table, &key);
+                    map.set(&lease, token(), Some(get.lease));
+                    UniqueFound::Mapping(found)
+                }
+            }
         })))
     }
 

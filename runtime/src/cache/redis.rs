@@ -30,7 +30,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, PushInfo, PushKind, RedisError, Script};
 
-use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, Versioned};
+use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, UniqueFound, Versioned};
 use super::breaker::Breaker;
 use super::near::NearTier;
 use super::{CacheConfig, Fault};
@@ -82,6 +82,7 @@ static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row
 static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_fill.lua")));
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
 static VERSIONED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/versioned.lua")));
+static UNIQUE_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/unique_get.lua")));
 static SCOPED_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/scoped_get.lua")));
 static SCOPED_FILL: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/scoped_fill.lua")));
@@ -591,6 +592,11 @@ fn row_reply(reply: Vec<redis::Value>, keys: usize) -> Result<RowReply, Fault> {
     })
 }
 
+/// The row name a unique value's entry holds after its shape.
+fn mapped_key(entry: &[u8], shape: &str) -> String {
+    String::from_utf8_lossy(entry.get(shape.len()..).unwrap_or_default()).into_owned()
+}
+
 /// The connection of a runtime.
 struct Conn {
     runtime: tokio::runtime::Id,
@@ -758,6 +764,75 @@ impl Backend for RedisBackend {
                 out[i] = value;
             }
             Ok(out)
+        })
+    }
+
+    fn unique_get<'a>(&'a self, ns: &'a Namespace, get: RowGet<'a>) -> Pending<'a, UniqueFound> {
+        Box::pin(async move {
+            let Some(mapping) = get.keys.first() else {
+                return Ok(UniqueFound::Nothing);
+            };
+            let near = self.near_now(get.near);
+            if let Some(near) = near {
+                // Both from the near tier, or the round trip answers both.
+                let mut found = [None];
+                near.rows(
+                    ns,
+                    get.table,
+                    get.shape,
+                    std::slice::from_ref(mapping),
+                    &mut found,
+                );
+                if let [Some(entry)] = found {
+                    let key = mapped_key(&entry, get.shape);
+                    let mut row = [None];
+                    near.rows(
+                        ns,
+                        get.table,
+                        get.shape,
+                        std::slice::from_ref(&key),
+                        &mut row,
+                    );
+                    if let [Some(row)] = row {
+                        get.answered_near
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(UniqueFound::Both(entry, row));
+                    }
+                }
+            }
+            let start = near.map(NearTier::begin);
+            let lease = millis(get.lease);
+            let args: Vec<&[u8]> = vec![
+                get.table.as_bytes(),
+                get.token.as_bytes(),
+                &lease,
+                get.shape.as_bytes(),
+                mapping.as_bytes(),
+            ];
+            let reply: Vec<redis::Value> = self.script(&UNIQUE_GET, ns, &args).await?;
+            let RowReply {
+                epoch,
+                generation,
+                mut values,
+                left,
+            } = row_reply(reply, 2)?;
+            let row = values.pop().flatten();
+            let Some(entry) = values.pop().flatten() else {
+                return Ok(UniqueFound::Nothing);
+            };
+            if let (Some(near), Some(start)) = (near, start) {
+                near.before_install().await;
+                let key = mapped_key(&entry, get.shape);
+                let mut found = vec![(mapping, &entry, left[0])];
+                if let Some(row) = &row {
+                    found.push((&key, row, left[1]));
+                }
+                near.install_rows(start, ns, get.table, &epoch, &generation, &found, get.ttl);
+            }
+            Ok(match row {
+                Some(row) => UniqueFound::Both(entry, row),
+                None => UniqueFound::Mapping(entry),
+            })
         })
     }
 

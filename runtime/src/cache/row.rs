@@ -56,6 +56,16 @@ impl RowCache {
     }
 }
 
+/// What a unique value's lookup found (see [`CacheService::unique_get`]).
+pub(crate) enum UniqueLookup {
+    /// The mapping's entry and the row entry it leads to.
+    Both(Vec<u8>, Vec<u8>),
+    /// The mapping's entry; the row's is missing (`Some(token)`: its lease was taken).
+    Mapping(Vec<u8>, Option<String>),
+    /// No mapping (`Some(token)`: its lease was taken; `None`: the cache failed).
+    Miss(Option<String>),
+}
+
 /// What a row lookup found.
 pub(crate) enum Lookup {
     Hit(Vec<u8>),
@@ -209,6 +219,61 @@ impl CacheService {
             if result.1.is_some() { "ok" } else { "error" },
         );
         result
+    }
+
+    /// A unique value's mapping and the row it leads to, in one round trip (rule 7 of
+    /// `backend.rs`).
+    pub(crate) async fn unique_get(
+        &self,
+        table: &str,
+        mapping: &str,
+        shape: &str,
+        how: &RowCache,
+    ) -> UniqueLookup {
+        use super::backend::UniqueFound;
+        let started = Instant::now();
+        let token = token();
+        let answered_near = std::sync::atomic::AtomicBool::new(false);
+        let keys = [mapping.to_owned()];
+        let get = RowGet {
+            table,
+            token: &token,
+            lease: self.inner.config.lease,
+            shape,
+            keys: &keys,
+            ttl: how.ttl,
+            near: how.near,
+            answered_near: &answered_near,
+            scope: None,
+        };
+        let found = self.inner.backend.unique_get(&self.inner.ns, get).await;
+        monitor::record_cache(
+            "unique_get",
+            started,
+            if found.is_ok() { "ok" } else { "error" },
+        );
+        match found {
+            Ok(UniqueFound::Both(mapping, row)) => {
+                self.event("hit", table, 2);
+                let near = answered_near.load(std::sync::atomic::Ordering::Relaxed);
+                let source = if near { "near" } else { "cache" };
+                monitor::record_cache_answer("read", table, started, source);
+                UniqueLookup::Both(mapping, row)
+            }
+            Ok(UniqueFound::Mapping(mapping)) => {
+                self.event("hit", table, 1);
+                self.event("miss", table, 1);
+                UniqueLookup::Mapping(mapping, Some(token))
+            }
+            Ok(UniqueFound::Nothing) => {
+                self.event("miss", table, 1);
+                UniqueLookup::Miss(Some(token))
+            }
+            Err(_) => {
+                self.event("error", table, 1);
+                UniqueLookup::Miss(None)
+            }
+        }
     }
 
     /// Fills the entries of `table` whose leases still hold `token`; returns how many

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::cache::CacheService;
-use crate::cache::row::{Lookup, RowCache};
+use crate::cache::row::{Lookup, RowCache, UniqueLookup};
 
 /// Whether the connection's role reads a table as any role filling the cache would:
 /// it may `SELECT` it, and no Row Level Security narrows what it sees.
@@ -70,6 +70,27 @@ fn exact_key<M: crate::Table>() -> bool {
         M::META.key_column().sql_type,
         "int2" | "int4" | "int8" | "uuid" | "bool"
     )
+}
+
+/// A row entry's answer: the row, or its absence (`Some(None)`); `None` when the entry
+/// cannot be decoded.
+fn decode_hit<M: crate::Table>(
+    bytes: &[u8],
+    shape: &str,
+    table: &str,
+    suffix: &str,
+) -> Option<Option<M>> {
+    if bytes == absence(shape, table, suffix) {
+        return Some(None);
+    }
+    bytes.get(16..).and_then(M::cache_decode).map(Some)
+}
+
+/// The key a unique value's entry maps to.
+fn mapped<M: crate::Table>(entry: &[u8]) -> Option<M::Key> {
+    entry
+        .get(16..)
+        .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
 }
 
 /// Whether `row`'s column `index` still holds `wanted` (compared as the row cache
@@ -211,24 +232,34 @@ impl super::Db {
         let table = M::META.qualified_name();
         let shape = M::META.shape_hex();
         let token = match cache.row_get(&table, &suffix, &shape, &how).await {
-            Lookup::Hit(bytes) if bytes == absence(&shape, &table, &suffix) => {
-                self.check_hit::<M>(&cache, &how, &key, &bytes);
-                return Ok(None);
-            }
-            Lookup::Hit(bytes) => match bytes.get(16..).and_then(M::cache_decode) {
+            Lookup::Hit(bytes) => match decode_hit::<M>(&bytes, &shape, &table, &suffix) {
                 Some(row) => {
                     self.check_hit::<M>(&cache, &how, &key, &bytes);
-                    return Ok(Some(row));
+                    return Ok(row);
                 }
                 // Undecodable: a miss, and not ours to overwrite.
                 None => None,
             },
             Lookup::Miss(token) => token,
         };
+        self.read_and_fill::<M>(&cache, &how, key, token).await
+    }
+
+    /// A row the cache missed, read from the database and filled under the reader's
+    /// lease `token` (none: the cache failed, or the entry is not ours to overwrite).
+    async fn read_and_fill<M: crate::Table>(
+        &self,
+        cache: &CacheService,
+        how: &RowCache,
+        key: M::Key,
+        token: Option<String>,
+    ) -> crate::Result<Option<M>> {
+        let suffix = row_suffix::<M>(&key);
         let row = self.read_uncached::<M>(key).await?;
         let Some(token) = token else {
             return Ok(row);
         };
+        let (table, shape) = (M::META.qualified_name(), M::META.shape_hex());
         // Filled only under the row's own spelling of its key: writes drop that one
         // (a `citext` or `char(n)` key read by another spelling stays uncached). No
         // row: its absence is cached under the lease like a row, for a key whose
@@ -249,7 +280,7 @@ impl super::Db {
         };
         if let Some(value) = value {
             cache
-                .row_fill(&table, &token, &[(suffix, value)], &how)
+                .row_fill(&table, &token, &[(suffix, value)], how)
                 .await;
         }
         Ok(row)
@@ -290,25 +321,45 @@ impl super::Db {
         let table = meta.qualified_name();
         let suffix = crate::__private::unique_name(meta.columns[column.index()].name, &value);
         let shape = meta.shape_hex();
-        let mut lookup = cache.row_get(&table, &suffix, &shape, &how).await;
-        if let Lookup::Hit(bytes) = &lookup {
-            if let Some(key) = bytes
-                .get(16..)
-                .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
-                && let Some(row) = self.read_through::<M>(key).await?
-                && holds(&row, column.index(), &value)
-            {
-                return Ok(Some(row));
+        // One round trip: the mapping and the row it leads to (rule 7 of
+        // `cache/backend.rs`). The row's answer is trusted only if it still holds the
+        // value.
+        let found = match cache.unique_get(&table, &suffix, &shape, &how).await {
+            UniqueLookup::Miss(token) => Ok(token),
+            UniqueLookup::Both(mapping, entry) => {
+                let row = mapped::<M>(&mapping).and_then(|key| {
+                    let name = row_suffix::<M>(&key);
+                    let row = decode_hit::<M>(&entry, &shape, &table, &name)??;
+                    Some((key, row))
+                });
+                match row {
+                    Some((key, row)) if holds(&row, column.index(), &value) => {
+                        self.check_hit::<M>(&cache, &how, &key, &entry);
+                        return Ok(Some(row));
+                    }
+                    _ => Err(()),
+                }
             }
+            UniqueLookup::Mapping(mapping, token) => match mapped::<M>(&mapping) {
+                Some(key) => match self.read_and_fill::<M>(&cache, &how, key, token).await? {
+                    Some(row) if holds(&row, column.index(), &value) => return Ok(Some(row)),
+                    _ => Err(()),
+                },
+                None => Err(()),
+            },
+        };
+        let token = match found {
+            Ok(token) => token,
             // A stale mapping: drop it, and take a lease to fill the right one.
-            cache
-                .invalidate(&[], &[], &[(table.clone(), suffix.clone())])
-                .await;
-            lookup = cache.row_get(&table, &suffix, &shape, &how).await;
-        }
-        let token = match lookup {
-            Lookup::Miss(token) => token,
-            Lookup::Hit(_) => None,
+            Err(()) => {
+                cache
+                    .invalidate(&[], &[], &[(table.clone(), suffix.clone())])
+                    .await;
+                match cache.row_get(&table, &suffix, &shape, &how).await {
+                    Lookup::Miss(token) => token,
+                    Lookup::Hit(_) => None,
+                }
+            }
         };
         // The value's absence lives under the table's version (kind `n`), not under a
         // lease: every write to the table drops it — whatever spelling of the value it
