@@ -46,6 +46,18 @@
 //!    row it maps to. One atomic step reads it and, when it is there, the row's entry
 //!    it names; what is missing takes the reader's lease (rule 2) — the mapping's, or,
 //!    with the mapping there, the row's.
+//! 8. **The registry of cached tables** (only with
+//!    [`CacheConfig::registry_window`](super::CacheConfig::registry_window), only
+//!    on a shared tier): every epoch starts with a registry `reg` (a hash, marked by
+//!    the field `''`); a lookup registers each table its entry depends on (the row's
+//!    table, a scope's policy tables, the tables of a versioned name's `v:` counters)
+//!    with the tier's clock, and takes no lease — and marks a versioned name as not to
+//!    be filled — while a registration is younger than the *wait* (the window and a
+//!    half). An invalidation answers the registered tables. A writer skips the tables
+//!    not in a snapshot of the registry younger than the window, taken before it
+//!    asked; so a writer that skipped a table committed before any reader of it took
+//!    a lease. A registry missing while its epoch exists was lost: the epoch is
+//!    replaced (rule 4's way of delivering what could not be).
 //!
 //! Every method's future may be dropped at any point without breaking these rules:
 //! each is one atomic step on the tier.
@@ -182,14 +194,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Rule 3: how many entries were stored.
     fn row_fill<'a>(&'a self, ns: &'a Namespace, fill: RowFill<'a>) -> Pending<'a, u64>;
     /// Rule 4. An `Err` means the invalidation will be delivered later (rule 4).
-    fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()>;
-    /// Rule 5: the resolved name and its value (always `None` with `delete`).
+    /// Under a registry window (rule 8), the registered tables, read in the same step.
+    fn invalidate<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        stale: Stale<'a>,
+    ) -> Pending<'a, Option<Vec<String>>>;
+    /// Rule 5: the resolved name, its value (always `None` with `delete`), and whether
+    /// it may be filled (rule 8).
     fn versioned<'a>(
         &'a self,
         ns: &'a Namespace,
         name: Versioned<'a>,
         delete: bool,
-    ) -> Pending<'a, (String, Option<Vec<u8>>)>;
+    ) -> Pending<'a, (String, Option<Vec<u8>>, bool)>;
 
     /// Stores `value` under `key`, with a TTL if given.
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> Pending<'a, ()>;

@@ -369,7 +369,11 @@ impl Backend for MemoryBackend {
         })))
     }
 
-    fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()> {
+    fn invalidate<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        stale: Stale<'a>,
+    ) -> Pending<'a, Option<Vec<String>>> {
         self.with(|map| {
             let names = Names(ns);
             for counter in stale.counters {
@@ -387,7 +391,8 @@ impl Backend for MemoryBackend {
                 map.remove_scoped(&scoped);
             }
         });
-        ready(Ok(()))
+        // One process: nothing to register, every write is told (rule 8).
+        ready(Ok(None))
     }
 
     fn versioned<'a>(
@@ -395,7 +400,7 @@ impl Backend for MemoryBackend {
         ns: &'a Namespace,
         name: Versioned<'a>,
         delete: bool,
-    ) -> Pending<'a, (String, Option<Vec<u8>>)> {
+    ) -> Pending<'a, (String, Option<Vec<u8>>, bool)> {
         ready(Ok(self.with(|map| {
             let base = Names(ns).base();
             let parts: Vec<String> = name
@@ -406,10 +411,10 @@ impl Backend for MemoryBackend {
             let key = format!("{base}:{}:{}:{}", name.kind, parts.join(","), name.suffix);
             if delete {
                 map.remove(&key);
-                (key, None)
+                (key, None, false)
             } else {
                 let value = map.get_bytes(&key).ok().flatten();
-                (key, value)
+                (key, value, true)
             }
         })))
     }

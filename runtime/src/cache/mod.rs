@@ -249,6 +249,16 @@ pub struct CacheConfig {
     /// Supabase define them, reading `request.jwt.claims`; trusted by name, so leave
     /// them out if yours read tables.
     pub policy_functions: Vec<String>,
+    /// Cheaper writes (Redis only): writes to a table nothing caches — no row entry,
+    /// cached query, memo or scoped copy depends on it — skip Redis entirely, and a
+    /// write to a cached table costs its one invalidation round trip as before. Redis
+    /// keeps a registry of the tables cache entries depend on; each writer keeps a
+    /// snapshot of it, refreshed by every invalidation it sends and never trusted
+    /// longer than this window. The price: the first time a table is cached (per
+    /// epoch), nothing of it is filled for the window and a half — a writer holding an
+    /// older snapshot might still skip it. Every process sharing the namespace must
+    /// use the same setting. Default `None`: every write tells Redis.
+    pub registry_window: Option<Duration>,
 }
 
 impl Default for CacheConfig {
@@ -268,6 +278,7 @@ impl Default for CacheConfig {
             policy_functions: ["auth.uid", "auth.role", "auth.jwt"]
                 .map(String::from)
                 .to_vec(),
+            registry_window: None,
         }
     }
 }
@@ -348,6 +359,18 @@ impl CacheConfig {
         self
     }
 
+    /// Sets [`CacheConfig::registry_window`] (at least 1 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = tabula::CacheConfig::default().registry_window(Duration::from_secs(1));
+    /// assert_eq!(config.registry_window, Some(Duration::from_secs(1)));
+    /// ```
+    pub fn registry_window(mut self, window: Duration) -> Self {
+        self.registry_window = Some(window.max(Duration::from_millis(1)));
+        self
+    }
+
     /// Sets [`CacheConfig::verify_sample`] (clamped to 0..=1).
     ///
     /// ```
@@ -362,6 +385,13 @@ impl CacheConfig {
         };
         self
     }
+}
+
+/// How long a newly registered table waits before it is filled (rule 8 of
+/// `backend.rs`): the window writers trust a snapshot for, and half again for the
+/// difference between the clocks that measure it (Redis's and each writer's).
+pub(crate) fn registry_wait(window: Duration) -> Duration {
+    window.saturating_add(window / 2)
 }
 
 /// What the near tier has done, for tests and dashboards (also exported as metrics).
@@ -470,6 +500,9 @@ pub(crate) struct CacheInner {
     pub(crate) hooks: Arc<row::Hooks>,
     /// The staleness check's counters (see `verify.rs`), shared by every view.
     pub(crate) verify: Arc<verify::Verify>,
+    /// The last snapshot of the registry of cached tables (rule 8 of `backend.rs`)
+    /// and when it was asked for.
+    pub(crate) registry: std::sync::Mutex<Option<row::Registry>>,
 }
 
 /// Every cache a `Db` of this process reads through, by the identity of its database.
@@ -652,6 +685,7 @@ impl CacheService {
                 config,
                 hooks: Arc::default(),
                 verify: Arc::default(),
+                registry: std::sync::Mutex::default(),
             }),
         }
     }
@@ -685,11 +719,6 @@ impl CacheService {
     /// Two Redis caches with the same prefix and namespace are taken to be one cache
     /// (clients of one server, reached perhaps by different routes); an in-process
     /// cache is only ever itself.
-    /// How this cache was configured.
-    pub(crate) fn config(&self) -> &CacheConfig {
-        &self.inner.config
-    }
-
     pub(crate) fn same_namespace(&self, other: &CacheService) -> bool {
         let (mine, theirs) = (&self.inner.backend, &other.inner.backend);
         let same_place = if mine.is_shared() && theirs.is_shared() {
@@ -698,6 +727,11 @@ impl CacheService {
             std::ptr::addr_eq(Arc::as_ptr(mine), Arc::as_ptr(theirs))
         };
         same_place && self.inner.ns == other.inner.ns
+    }
+
+    /// How this cache was configured.
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.inner.config
     }
 
     /// A cache on the Redis at `url`. Nothing is sent until first use, so a Redis that

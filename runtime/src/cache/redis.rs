@@ -113,6 +113,9 @@ pub(crate) struct RedisBackend {
     /// failure during a change is never erased by it).
     dirty: AtomicU64,
     probing: AtomicBool,
+    /// How long a table's registration must be old before it is filled, in ms
+    /// (`ARGV[3]` of every script; `0`: no registry). See `CacheConfig::registry_window`.
+    registry_wait: String,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -193,6 +196,10 @@ impl RedisBackend {
             epochs: Mutex::default(),
             dirty: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            registry_wait: config
+                .registry_window
+                .map_or(0, |w| super::registry_wait(w).as_millis())
+                .to_string(),
         }))
     }
 
@@ -468,7 +475,10 @@ impl RedisBackend {
         self.call(async |conn| {
             let mut invocation = script.prepare_invoke();
             invocation.key(&ns.epoch_key);
-            invocation.arg(&ns.base).arg(&fresh);
+            invocation
+                .arg(&ns.base)
+                .arg(&fresh)
+                .arg(&self.registry_wait);
             for arg in args {
                 invocation.arg(*arg);
             }
@@ -859,7 +869,11 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn invalidate<'a>(&'a self, ns: &'a Namespace, stale: Stale<'a>) -> Pending<'a, ()> {
+    fn invalidate<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        stale: Stale<'a>,
+    ) -> Pending<'a, Option<Vec<String>>> {
         Box::pin(async move {
             // Read-your-writes in this process without waiting for the push; again
             // after the answer, for replies read before the write that come in after.
@@ -884,17 +898,32 @@ impl Backend for RedisBackend {
                 args.push(table.as_bytes());
                 args.push(key.as_bytes());
             }
-            let mut delivered = self.script::<i64>(&INVALIDATE, ns, &args).await;
+            let mut delivered = self
+                .script::<Vec<redis::Value>>(&INVALIDATE, ns, &args)
+                .await;
             if matches!(&delivered, Err(fault) if fault.is_broken_connection()) {
                 // A connection broken before this call (Redis restarted): deliver on a
                 // new one rather than flush every entry for it.
-                delivered = self.script::<i64>(&INVALIDATE, ns, &args).await;
+                delivered = self
+                    .script::<Vec<redis::Value>>(&INVALIDATE, ns, &args)
+                    .await;
             }
             if delivered.is_err() {
                 self.mark_dirty();
             }
             evict();
-            delivered.map(|_| ())
+            // Under a registry window: the registered tables, read in the same step.
+            let registry = match (delivered?, self.registry_wait.as_str()) {
+                (_, "0") => None,
+                (reply, _) => Some(
+                    reply
+                        .into_iter()
+                        .skip(1)
+                        .filter_map(|t| reply_text(Some(t)).ok())
+                        .collect(),
+                ),
+            };
+            Ok(registry)
         })
     }
 
@@ -903,14 +932,14 @@ impl Backend for RedisBackend {
         ns: &'a Namespace,
         name: Versioned<'a>,
         delete: bool,
-    ) -> Pending<'a, (String, Option<Vec<u8>>)> {
+    ) -> Pending<'a, (String, Option<Vec<u8>>, bool)> {
         Box::pin(async move {
             let near = self.near_now(name.near && !delete);
             if let Some(near) = near
                 && let Some((key, value)) =
                     near.versioned(ns, name.kind, name.counters, name.suffix)
             {
-                return Ok((key, Some(value)));
+                return Ok((key, Some(value), true));
             }
             let start = near.map(NearTier::begin);
             let n = name.counters.len().to_string();
@@ -923,10 +952,10 @@ impl Backend for RedisBackend {
                 for near in near_tiers(&self.tracked_prefix) {
                     near.own_delete(&key);
                 }
-                return Ok((key, None));
+                return Ok((key, None, false));
             }
             let reply: Vec<redis::Value> = self.script(&VERSIONED, ns, &args).await?;
-            if reply.len() != 4 + name.counters.len() {
+            if reply.len() != 5 + name.counters.len() {
                 return Err(Fault::Value("a versioned lookup answered the wrong shape"));
             }
             let mut parts = reply.into_iter();
@@ -937,6 +966,7 @@ impl Backend for RedisBackend {
                 .ok_or(Fault::Value("a versioned lookup answered a non-string"))?;
             let left = parts.next().as_ref().and_then(reply_left);
             let epoch = reply_text(parts.next())?;
+            let fill = matches!(parts.next(), Some(redis::Value::Int(1)));
             let counters = parts
                 .map(|b| reply_text(Some(b)))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -955,7 +985,7 @@ impl Backend for RedisBackend {
                     left,
                 );
             }
-            Ok((key, value))
+            Ok((key, value, fill))
         })
     }
 

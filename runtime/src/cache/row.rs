@@ -36,6 +36,14 @@ pub(crate) struct Hooks {
     before_fill: Mutex<Option<FillHook>>,
 }
 
+/// A snapshot of the registry of cached tables (rule 8 of `backend.rs`).
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) tables: Arc<std::collections::HashSet<String>>,
+    /// When it was asked for (before the request left).
+    pub(crate) asked: Instant,
+}
+
 /// How entries of one kind are cached: their TTL, whether a near tier may answer, and
 /// for a user scope's reads, whose copies (rule 6 of `backend.rs`).
 #[derive(Debug, Clone)]
@@ -335,12 +343,18 @@ impl CacheService {
             generations,
             rows,
         };
-        let ok = self
-            .inner
-            .backend
-            .invalidate(&self.inner.ns, stale)
-            .await
-            .is_ok();
+        let told = self.inner.backend.invalidate(&self.inner.ns, stale).await;
+        let ok = told.is_ok();
+        // The registry as of this step: a snapshot trusted for the window from
+        // `started`, before the request left (rule 8 of `backend.rs`).
+        if let Ok(Some(tables)) = told
+            && let Ok(mut known) = self.inner.registry.lock()
+        {
+            *known = Some(Registry {
+                tables: Arc::new(tables.into_iter().collect()),
+                asked: started,
+            });
+        }
         if !ok {
             self.event("invalidation_failed", "-", 1);
             tracing::warn!(
@@ -358,7 +372,10 @@ impl CacheService {
     /// write cascades to; the generation of every table whose changed rows cannot be
     /// named (cascades, unknown outcomes); the entries of the rows named.
     pub(crate) async fn invalidate_writes(&self, writes: &[Touched]) -> bool {
-        let (counters, generations) = touched_tables(writes);
+        let Some(writes) = self.registered_only(writes) else {
+            return true;
+        };
+        let (counters, generations) = touched_tables(&writes);
         let rows: Vec<(String, String)> = writes
             .iter()
             .flat_map(|w| w.keys.iter().map(|k| (w.table.clone(), k.clone())))
@@ -368,8 +385,62 @@ impl CacheService {
 
     /// The versions alone (for a cache that holds only memos of these tables).
     pub(crate) async fn invalidate_tables(&self, writes: &[Touched]) -> bool {
-        let (counters, _) = touched_tables(writes);
+        let Some(writes) = self.registered_only(writes) else {
+            return true;
+        };
+        let (counters, _) = touched_tables(&writes);
         self.invalidate(&counters, &[], &[]).await
+    }
+
+    /// What of `writes` this cache must be told (rule 8 of `backend.rs`): without a
+    /// registry window, or without a snapshot of the registry younger than it, all of
+    /// it; otherwise only the tables registered — `None` when that is nothing, and
+    /// the write costs no round trip.
+    fn registered_only(&self, writes: &[Touched]) -> Option<Vec<Touched>> {
+        let window = self.registry_window();
+        let snapshot = window.and_then(|window| {
+            let known = self.inner.registry.lock().ok()?;
+            let known = known.as_ref()?;
+            (known.asked.elapsed() < window).then(|| known.tables.clone())
+        });
+        let Some(tables) = snapshot else {
+            return Some(writes.to_vec());
+        };
+        let mut kept = Vec::new();
+        for write in writes {
+            let cascade_to: Vec<String> = write
+                .cascade_to
+                .iter()
+                .filter(|t| tables.contains(*t))
+                .cloned()
+                .collect();
+            if tables.contains(&write.table) {
+                kept.push(Touched {
+                    cascade_to,
+                    ..write.clone()
+                });
+            } else if !cascade_to.is_empty() {
+                kept.push(Touched {
+                    table: write.table.clone(),
+                    keys: Vec::new(),
+                    every_row: false,
+                    cascade_to,
+                });
+            }
+        }
+        if kept.is_empty() {
+            self.event("invalidation_skipped", "-", 1);
+            return None;
+        }
+        Some(kept)
+    }
+
+    /// The registry window, for a shared tier configured with one.
+    fn registry_window(&self) -> Option<Duration> {
+        self.inner
+            .config
+            .registry_window
+            .filter(|_| self.inner.backend.is_shared())
     }
 
     /// Resolves the versioned key `kind:<counters>:suffix` and GETs (or with `delete`,
@@ -420,26 +491,28 @@ impl CacheService {
             ttl: how.ttl,
             near: how.near,
         };
-        let result = self
+        let found = self
             .inner
             .backend
             .versioned(&self.inner.ns, name, delete)
-            .await
-            .ok();
-        let event = match &result {
-            Some((_, Some(_))) => "hit",
-            Some((_, None)) if !delete => "miss",
-            Some(_) => "delete",
-            None => "error",
+            .await;
+        let event = match &found {
+            Ok((_, Some(_), _)) => "hit",
+            Ok((_, None, _)) if !delete => "miss",
+            Ok(_) => "delete",
+            Err(_) => "error",
+        };
+        let ok = found.is_ok();
+        // A miss that may not be filled (a table registered too recently, rule 8):
+        // answered as nothing to fill.
+        let result = match found {
+            Ok((key, value, fill)) if fill || delete || value.is_some() => Some((key, value)),
+            _ => None,
         };
         if count {
             self.event(event, counters_label(counters), 1);
         }
-        monitor::record_cache(
-            "versioned",
-            started,
-            if result.is_some() { "ok" } else { "error" },
-        );
+        monitor::record_cache("versioned", started, if ok { "ok" } else { "error" });
         result
     }
 

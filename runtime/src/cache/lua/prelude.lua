@@ -2,13 +2,25 @@
 -- first time (or after Redis lost its data) gets the fresh random epoch the caller
 -- sent, so an epoch never comes back to a value old entries were written under.
 -- KEYS[1]: the epoch key. ARGV[1]: the namespace's base. ARGV[2]: a fresh epoch.
+-- ARGV[3]: the registry window in ms (CacheConfig::registry_window; 0: no registry).
 -- After base(), E is the epoch (scripts that feed a near tier return it).
+--
+-- Every epoch starts with its registry of cached tables ('{base}:{E}:reg', a hash of
+-- table -> the server time it was first cached, with the field '' as its mark). Under
+-- a registry window, writers skip tables that are not in it; so a registry lost while
+-- its epoch survived (evicted, deleted) would let writers skip tables that have
+-- entries: the epoch is replaced instead, as after a lost invalidation.
 local E
 local function base()
   E = redis.call('GET', KEYS[1])
-  if not E then
+  local fresh = not E
+  if not fresh and tonumber(ARGV[3]) > 0 and redis.call('EXISTS', ARGV[1] .. ':' .. E .. ':reg') == 0 then
+    fresh = true
+  end
+  if fresh then
     E = ARGV[2]
     redis.call('SET', KEYS[1], E)
+    redis.call('HSET', ARGV[1] .. ':' .. E .. ':reg', '', '0')
   end
   return ARGV[1] .. ':' .. E
 end
@@ -43,4 +55,35 @@ local function scoped_field(b, scope, first, n)
     parts[#parts + 1] = redis.call('GET', b .. ':' .. ARGV[i]) or '0'
   end
   return table.concat(parts, ',')
+end
+
+-- Registers the tables an entry depends on (rule 8 in backend.rs) and answers whether
+-- every one was registered at least the window ago — only then may a reader take a
+-- lease or fill: a writer's snapshot of the registry is never older than the window,
+-- so every writer that could still skip such a table committed before this read.
+local function registered(b, tables)
+  local window = tonumber(ARGV[3])
+  if window <= 0 then return true end
+  local now = now_ms()
+  local old = true
+  for _, t in ipairs(tables) do
+    local at = redis.call('HGET', b .. ':reg', t)
+    if not at then
+      redis.call('HSET', b .. ':reg', t, now)
+      old = false
+    elseif now - tonumber(at) < window then
+      old = false
+    end
+  end
+  return old
+end
+
+-- The tables of version counters ('v:{table}'); other counters (tags, memo calls) are
+-- bumped by hand, never skipped.
+local function counter_tables(first, n)
+  local tables = {}
+  for i = first, first + n - 1 do
+    if string.sub(ARGV[i], 1, 2) == 'v:' then tables[#tables + 1] = string.sub(ARGV[i], 3) end
+  end
+  return tables
 end

@@ -1,13 +1,17 @@
 -- Reads a user scope's copies of rows (rule 6 in backend.rs); each miss takes a lease
--- in the same step. ARGV: base, fresh epoch, table, token, lease ms, shape, scope,
--- number of counters, counters..., keys... Returns per key the value or '' (a miss).
+-- in the same step (none while a table is registered for less than the window). ARGV:
+-- base, fresh epoch, window, table, token, lease ms, shape, scope, number of counters,
+-- counters..., keys... Returns per key the value or '' (a miss).
 local b = base()
-local tbl, token, lease, shape = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-local n = tonumber(ARGV[8])
-local field = scoped_field(b, ARGV[7], 9, n)
+local tbl, token, lease, shape = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local n = tonumber(ARGV[9])
+local field = scoped_field(b, ARGV[8], 10, n)
+local tables = counter_tables(10, n)
+tables[#tables + 1] = tbl
+local leases = registered(b, tables)
 local now = now_ms()
 local out = {}
-for i = 9 + n, #ARGV do
+for i = 10 + n, #ARGV do
   local name = row_key(b, 's', tbl, ARGV[i])
   local v = live(redis.call('HGET', name, field), now)
   if v and string.sub(v, 1, 16) == shape then
@@ -18,8 +22,10 @@ for i = 9 + n, #ARGV do
     if redis.call('HLEN', name) >= 512 then
       redis.call('DEL', name)
     end
-    redis.call('HSET', name, 'l,' .. field, (now + lease) .. '|' .. token)
-    if redis.call('PTTL', name) < lease then redis.call('PEXPIRE', name, lease) end
+    if leases then
+      redis.call('HSET', name, 'l,' .. field, (now + lease) .. '|' .. token)
+      if redis.call('PTTL', name) < lease then redis.call('PEXPIRE', name, lease) end
+    end
     out[#out + 1] = ''
   end
 end
