@@ -1395,3 +1395,93 @@ async fn a_move_or_copy_whose_commit_fails_leaves_the_bytes_where_the_rows_say()
         b"payload".to_vec()
     );
 }
+
+/// A cached download asks the database nothing — the object's row and its bucket and
+/// path come from the row cache, the bytes from the cache — and every write through
+/// the service (move, delete, overwrite) is seen at once.
+#[test]
+fn a_cached_download_asks_the_database_nothing_and_follows_every_write() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let k = runtime.block_on(async {
+        let k = kit().await;
+        k.storage
+            .upload_file("avatars", "a.jpg", b"v1".to_vec(), jpeg())
+            .await
+            .expect("upload");
+        // Fills: the path's mapping, then the row, then the bytes.
+        for _ in 0..3 {
+            k.storage
+                .download_file("avatars", "a.jpg")
+                .await
+                .expect("download");
+        }
+        k
+    });
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let bytes = k
+                .storage
+                .download_file("avatars", "a.jpg")
+                .await
+                .expect("cached download");
+            assert_eq!(bytes.as_ref(), b"v1");
+        })
+    });
+    let text = handle.render();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("tabula_db_operation_seconds_count") && l.contains(r#"source="db""#)),
+        "no database query: {text}"
+    );
+    runtime.block_on(async {
+        let download = |path: &'static str| {
+            let storage = k.storage.clone();
+            async move { storage.download_file("avatars", path).await }
+        };
+        k.storage
+            .move_file("avatars", "a.jpg", "b.jpg")
+            .await
+            .expect("move");
+        assert!(matches!(download("a.jpg").await, Err(Error::NotFound { .. })));
+        assert_eq!(download("b.jpg").await.expect("moved").as_ref(), b"v1");
+        k.storage
+            .upload_file("avatars", "a.jpg", b"v2".to_vec(), jpeg())
+            .await
+            .expect("upload again");
+        for _ in 0..2 {
+            assert_eq!(download("a.jpg").await.expect("new").as_ref(), b"v2");
+        }
+        k.storage
+            .delete_files("avatars", &["a.jpg"])
+            .await
+            .expect("delete");
+        assert!(matches!(download("a.jpg").await, Err(Error::NotFound { .. })));
+        assert_eq!(download("b.jpg").await.expect("still there").as_ref(), b"v1");
+        // A row renamed in place (through the `Db`, not the service): the cached
+        // mapping of its old path no longer answers.
+        let object = k.storage.object("avatars", "b.jpg").await.expect("object");
+        k.db.update::<tabula::storage::FileObject>(
+            object.id,
+            tabula::storage::FileObjectPatch {
+                name: Some("c.jpg".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rename the row");
+        assert!(matches!(
+            k.storage.object("avatars", "b.jpg").await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(
+            k.storage.object("avatars", "c.jpg").await.expect("renamed").id,
+            object.id
+        );
+    });
+}

@@ -308,6 +308,29 @@ impl super::Db {
     where
         T: crate::ColumnType + Clone + serde::Serialize,
     {
+        let name = crate::__private::unique_name(M::META.columns[column.index()].name, &value);
+        let wanted = value.clone();
+        self.find_unique_by::<M, _>(
+            name,
+            move |row: &M| holds(row, column.index(), &wanted),
+            || self.query::<M>().filter(column.eq(value)).first(),
+        )
+        .await
+    }
+
+    /// The row a unique value names, through the row cache (see
+    /// [`find_unique`](Self::find_unique)): `name` is the value's entry under the table
+    /// (`#column:value`), `holds` says whether a row still holds the value, `query`
+    /// finds it in the database.
+    pub(crate) async fn find_unique_by<M: crate::Table, Q>(
+        &self,
+        name: String,
+        holds: impl Fn(&M) -> bool,
+        query: impl FnOnce() -> Q,
+    ) -> crate::Result<Option<M>>
+    where
+        Q: std::future::Future<Output = crate::Result<Option<M>>>,
+    {
         // A user scope's unique-finder reads run uncached: the value's mapping and its
         // absence are shared entries.
         let cached = match self.scope {
@@ -315,11 +338,11 @@ impl super::Db {
             None => self.row_cache::<M>().await,
         };
         let Some((cache, how)) = cached else {
-            return self.query::<M>().filter(column.eq(value)).first().await;
+            return query().await;
         };
         let meta = M::META;
         let table = meta.qualified_name();
-        let suffix = crate::__private::unique_name(meta.columns[column.index()].name, &value);
+        let suffix = name;
         let shape = meta.shape_hex();
         // One round trip: the mapping and the row it leads to (rule 7 of
         // `cache/backend.rs`). The row's answer is trusted only if it still holds the
@@ -333,7 +356,7 @@ impl super::Db {
                     Some((key, row))
                 });
                 match row {
-                    Some((key, row)) if holds(&row, column.index(), &value) => {
+                    Some((key, row)) if holds(&row) => {
                         self.check_hit::<M>(&cache, &how, &key, &entry);
                         return Ok(Some(row));
                     }
@@ -342,7 +365,7 @@ impl super::Db {
             }
             UniqueLookup::Mapping(mapping, token) => match mapped::<M>(&mapping) {
                 Some(key) => match self.read_and_fill::<M>(&cache, &how, key, token).await? {
-                    Some(row) if holds(&row, column.index(), &value) => return Ok(Some(row)),
+                    Some(row) if holds(&row) => return Ok(Some(row)),
                     _ => Err(()),
                 },
                 None => Err(()),
@@ -381,7 +404,7 @@ impl super::Db {
         // One query for the row by the unique column — exactly what an uncached read
         // costs, also while the cache is unavailable — and, when a lease was taken, the
         // mapping to its key is filled (the row entry fills on its first read by key).
-        let row = self.query::<M>().filter(column.eq(value)).first().await?;
+        let row = query().await?;
         match (&row, token) {
             (Some(row), Some(token)) => {
                 if let Ok(key) = serde_json::to_vec(row.key()) {

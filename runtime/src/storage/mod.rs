@@ -87,9 +87,10 @@ pub struct Bucket {
     pub created_at: DateTime<Utc>,
 }
 
-/// An object's metadata row.
+/// An object's metadata row. With a cache, rows are cached (by id, and by bucket and
+/// path — see [`StorageService::object`]) and every write drops them as any model's.
 #[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[table(schema = "storage", name = "objects")]
+#[table(schema = "storage", name = "objects", cache(ttl = 300))]
 pub struct FileObject {
     /// Row id.
     #[table(primary_key, generated)]
@@ -379,15 +380,29 @@ impl StorageService {
             })
     }
 
-    /// The metadata of an object.
+    /// The metadata of an object. With a cache, from the row cache when it holds it:
+    /// bucket and path map to the object's id like a unique value (one round trip
+    /// for both), trusted only while the row still has that bucket and path — so a
+    /// cached download asks the database nothing.
     pub async fn object(&self, bucket: &str, path: &str) -> Result<FileObject> {
         validate_bucket(bucket)?;
         validate_path(path)?;
+        let name = format!(
+            "#(bucket_id,name):{}",
+            serde_json::json!([bucket, path])
+        );
         self.db
-            .query::<FileObject>()
-            .filter(FileObject::BUCKET_ID.eq(bucket))
-            .filter(FileObject::NAME.eq(path))
-            .first()
+            .find_unique_by::<FileObject, _>(
+                name,
+                |object| object.bucket_id == bucket && object.name == path,
+                || {
+                    self.db
+                        .query::<FileObject>()
+                        .filter(FileObject::BUCKET_ID.eq(bucket))
+                        .filter(FileObject::NAME.eq(path))
+                        .first()
+                },
+            )
             .await?
             .ok_or(Error::NotFound {
                 table: "storage.objects",
