@@ -2,7 +2,8 @@
 //! a cached read by primary key vs a raw redis GET + decode of the same value; a cached
 //! vs an uncached read; a `#[cached]` hit vs a raw GET; the in-process backend's read;
 //! a unique finder's hit and cached absences against a row hit; a write to a table
-//! nothing caches, with a cache configured and without one.
+//! nothing caches, without a cache, with one, and with one and a registry window; a
+//! user-scoped cached read (Row Level Security) against an unscoped one.
 
 use std::time::Duration;
 
@@ -26,6 +27,16 @@ pub struct Profile {
     pub created_at: chrono::DateTime<chrono::Utc>,
     #[table(generated)]
     pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A table nothing in this benchmark caches.
+#[derive(Table, Debug, Clone)]
+#[table(name = "experiences")]
+pub struct Experience {
+    #[table(primary_key, generated)]
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub content: String,
 }
 
 /// The same table, with no row cache: its writes need no invalidation of rows.
@@ -90,6 +101,28 @@ fn cache_reads(c: &mut Criterion) {
         (db, raw, memory_db, p.id, url)
     });
     let plain_db = rt.block_on(async { Db::connect(&url).await.expect("db without a cache") });
+    // A cache of its own namespace with a registry window: writes to tables nothing
+    // caches skip Redis.
+    let (registry_db, experience) = rt.block_on(async {
+        let cache = CacheService::redis(
+            &redis_url,
+            CacheConfig::default()
+                .prefix("benchreg")
+                .registry_window(Duration::from_secs(1)),
+        )
+        .expect("cache");
+        let db = Db::connect_with(DbConfig::new(url.clone()).cache(cache))
+            .await
+            .expect("db");
+        let row = db
+            .create(NewExperience {
+                user_id: Uuid::new_v4(),
+                content: "bench".into(),
+            })
+            .await
+            .expect("experience");
+        (db, row.id)
+    });
 
     let mut group = c.benchmark_group("cached_read_by_key");
     group.bench_function("raw_redis_get_decode", |b| {
@@ -167,19 +200,60 @@ fn cache_reads(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("write_to_an_uncached_table");
+    let patch = || ExperiencePatch::default().content("bench".to_owned());
     group.bench_function("no_cache_configured", |b| {
+        b.to_async(&rt)
+            .iter(|| async { plain_db.update(experience, patch()).await.expect("update") })
+    });
+    group.bench_function("cache_configured", |b| {
+        b.to_async(&rt)
+            .iter(|| async { db.update(experience, patch()).await.expect("update") })
+    });
+    group.bench_function("cache_with_registry_window", |b| {
         b.to_async(&rt).iter(|| async {
-            plain_db
-                .update(id, UncachedPatch::default().avatar_url(None))
+            registry_db
+                .update(experience, patch())
                 .await
                 .expect("update")
         })
     });
-    group.bench_function("cache_configured", |b| {
+    group.finish();
+
+    // Row Level Security: the profile's owner reads it through a scoped handle.
+    let owner = rt.block_on(async {
+        let owner = db
+            .read::<Profile>(id)
+            .await
+            .expect("read")
+            .expect("row")
+            .user_id;
+        for _ in 0..2 {
+            db.as_user(owner).read::<Profile>(id).await.expect("scoped");
+        }
+        owner
+    });
+    let (scoped, scoped_plain) = (db.as_user(owner), plain_db.as_user(owner));
+    let mut group = c.benchmark_group("scoped_cached_read");
+    group.bench_function("unscoped_cached_read", |b| {
+        b.to_async(&rt)
+            .iter(|| async { db.read::<Profile>(id).await.expect("read").expect("row") })
+    });
+    group.bench_function("scoped_cached_read", |b| {
         b.to_async(&rt).iter(|| async {
-            db.update(id, UncachedPatch::default().avatar_url(None))
+            scoped
+                .read::<Profile>(id)
                 .await
-                .expect("update")
+                .expect("read")
+                .expect("row")
+        })
+    });
+    group.bench_function("scoped_uncached_read", |b| {
+        b.to_async(&rt).iter(|| async {
+            scoped_plain
+                .read::<Profile>(id)
+                .await
+                .expect("read")
+                .expect("row")
         })
     });
     group.finish();

@@ -1,5 +1,6 @@
 //! Storage in the same run as its baselines: a 64 KiB download from the cache vs from
-//! the store, and a 100 MiB streamed upload vs writing the same bytes to a file.
+//! the store vs reading the object's file straight from the store's folder, and a
+//! 100 MiB streamed upload vs writing the same bytes to a file.
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ fn storage(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let root = std::env::temp_dir().join(format!("tabula-bench-store-{}", std::process::id()));
-    let (cached, uncached) = rt.block_on(async {
+    let (cached, uncached, redis_cached) = rt.block_on(async {
         let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
@@ -31,6 +32,16 @@ fn storage(c: &mut Criterion) {
             .await
             .expect("db");
         let without = Db::connect(&url).await.expect("db");
+        let redis = CacheService::redis(
+            &tabula::testkit::redis_url().expect("redis"),
+            CacheConfig::default().prefix(format!("benchstore{}", std::process::id())),
+        )
+        .expect("redis cache");
+        let with_redis = Db::connect_with(DbConfig::new(url.clone()).cache(redis))
+            .await
+            .expect("db");
+        let redis_cached =
+            StorageService::local(with_redis, &root, KEY, "http://localhost").expect("storage");
         let cached =
             StorageService::local(with_cache, &root, KEY, "http://localhost").expect("storage");
         let uncached =
@@ -48,9 +59,25 @@ fn storage(c: &mut Criterion) {
             )
             .await
             .expect("upload");
-        (cached, uncached)
+        // Warm: the path's mapping, the row, the bytes.
+        for service in [&cached, &redis_cached] {
+            for _ in 0..3 {
+                service
+                    .download_file("bench", "64k.bin")
+                    .await
+                    .expect("warm");
+            }
+        }
+        (cached, uncached, redis_cached)
     });
+    // The store's own copy of the object (the local store keeps it as a file).
+    let file = root.join("bench").join("64k.bin");
+    assert_eq!(std::fs::metadata(&file).expect("stored").len(), 64 * 1024);
     let mut group = c.benchmark_group("download_64k");
+    group.bench_function("raw_store_read", |b| {
+        b.to_async(&rt)
+            .iter(|| async { Bytes::from(std::fs::read(&file).expect("read")) })
+    });
     group.bench_function("uncached", |b| {
         b.to_async(&rt).iter(|| async {
             uncached
@@ -62,6 +89,43 @@ fn storage(c: &mut Criterion) {
     group.bench_function("cached", |b| {
         b.to_async(&rt).iter(|| async {
             cached
+                .download_file("bench", "64k.bin")
+                .await
+                .expect("download")
+        })
+    });
+    // The floor of a download cached in Redis: one GET of the same 64 KiB.
+    let raw = rt.block_on(async {
+        let client =
+            redis::Client::open(tabula::testkit::redis_url().expect("redis")).expect("client");
+        let mut raw = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw redis");
+        redis::cmd("SET")
+            .arg("benchstore:raw")
+            .arg(vec![1u8; 64 * 1024])
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("set");
+        raw
+    });
+    group.bench_function("raw_redis_get", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut raw = raw.clone();
+            async move {
+                let bytes: Vec<u8> = redis::cmd("GET")
+                    .arg("benchstore:raw")
+                    .query_async(&mut raw)
+                    .await
+                    .expect("get");
+                Bytes::from(bytes)
+            }
+        })
+    });
+    group.bench_function("cached_in_redis", |b| {
+        b.to_async(&rt).iter(|| async {
+            redis_cached
                 .download_file("bench", "64k.bin")
                 .await
                 .expect("download")

@@ -1436,7 +1436,8 @@ fn a_cached_download_asks_the_database_nothing_and_follows_every_write() {
     assert!(
         !text
             .lines()
-            .any(|l| l.starts_with("tabula_db_operation_seconds_count") && l.contains(r#"source="db""#)),
+            .any(|l| l.starts_with("tabula_db_operation_seconds_count")
+                && l.contains(r#"source="db""#)),
         "no database query: {text}"
     );
     runtime.block_on(async {
@@ -1448,7 +1449,10 @@ fn a_cached_download_asks_the_database_nothing_and_follows_every_write() {
             .move_file("avatars", "a.jpg", "b.jpg")
             .await
             .expect("move");
-        assert!(matches!(download("a.jpg").await, Err(Error::NotFound { .. })));
+        assert!(matches!(
+            download("a.jpg").await,
+            Err(Error::NotFound { .. })
+        ));
         assert_eq!(download("b.jpg").await.expect("moved").as_ref(), b"v1");
         k.storage
             .upload_file("avatars", "a.jpg", b"v2".to_vec(), jpeg())
@@ -1461,8 +1465,14 @@ fn a_cached_download_asks_the_database_nothing_and_follows_every_write() {
             .delete_files("avatars", &["a.jpg"])
             .await
             .expect("delete");
-        assert!(matches!(download("a.jpg").await, Err(Error::NotFound { .. })));
-        assert_eq!(download("b.jpg").await.expect("still there").as_ref(), b"v1");
+        assert!(matches!(
+            download("a.jpg").await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(
+            download("b.jpg").await.expect("still there").as_ref(),
+            b"v1"
+        );
         // A row renamed in place (through the `Db`, not the service): the cached
         // mapping of its old path no longer answers.
         let object = k.storage.object("avatars", "b.jpg").await.expect("object");
@@ -1480,7 +1490,11 @@ fn a_cached_download_asks_the_database_nothing_and_follows_every_write() {
             Err(Error::NotFound { .. })
         ));
         assert_eq!(
-            k.storage.object("avatars", "c.jpg").await.expect("renamed").id,
+            k.storage
+                .object("avatars", "c.jpg")
+                .await
+                .expect("renamed")
+                .id,
             object.id
         );
     });

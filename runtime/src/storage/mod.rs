@@ -387,10 +387,7 @@ impl StorageService {
     pub async fn object(&self, bucket: &str, path: &str) -> Result<FileObject> {
         validate_bucket(bucket)?;
         validate_path(path)?;
-        let name = format!(
-            "#(bucket_id,name):{}",
-            serde_json::json!([bucket, path])
-        );
+        let name = format!("#(bucket_id,name):{}", serde_json::json!([bucket, path]));
         self.db
             .find_unique_by::<FileObject, _>(
                 name,
