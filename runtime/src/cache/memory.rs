@@ -244,9 +244,14 @@ impl Map<'_> {
     }
 }
 
-/// An answer already there.
+/// An answer already there — after spending a unit of the task's cooperative budget,
+/// so a task answered by this tier in a loop still lets its runtime's other tasks run
+/// (a Redis call would have yielded).
 fn ready<'a, T: Send + 'a>(result: Result<T, Fault>) -> Pending<'a, T> {
-    Box::pin(std::future::ready(result))
+    Box::pin(async move {
+        tokio::task::coop::consume_budget().await;
+        result
+    })
 }
 
 impl Backend for MemoryBackend {

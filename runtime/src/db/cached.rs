@@ -142,6 +142,7 @@ impl super::Db {
             return known;
         }
         let name = regclass_text(meta);
+        let schema_epoch = self.schema_epoch();
         let asked = self
             .run("table_access", meta.name, async |conn| {
                 let row = conn.query_opt(TABLE_ACCESS, &[&name]).await?;
@@ -152,7 +153,10 @@ impl super::Db {
             .await;
         match asked {
             Ok(allowed) => {
-                if let Ok(mut access) = self.shared.table_access.lock() {
+                // Kept unless DDL through the handle ran meanwhile.
+                if let Ok(mut access) = self.shared.table_access.lock()
+                    && self.schema_epoch() == schema_epoch
+                {
                     access.insert(id, allowed);
                 }
                 allowed

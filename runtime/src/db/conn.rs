@@ -39,6 +39,9 @@ pub(crate) struct TxShared {
     /// Set when a nested transaction was abandoned half-way (its future dropped):
     /// what it did is unknown, so the transaction can only roll back.
     pub(crate) abandoned: AtomicBool,
+    /// Set when raw SQL ran in it (it may have changed the schema): what the handle
+    /// read from the catalog is forgotten again when it ends.
+    pub(crate) schema_touched: AtomicBool,
 }
 
 /// A handle's link to its transaction: the connection, and the savepoint depth the

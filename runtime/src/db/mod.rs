@@ -485,6 +485,9 @@ pub struct Db {
     pub(crate) scope: Option<Arc<crate::auth::Scope>>,
 }
 
+/// What `db/policy.rs` found for one table (`None`: its scoped reads are not cached).
+pub(crate) type PolicyPlan = Option<(Arc<[String]>, Arc<str>)>;
+
 pub(crate) struct Shared {
     pool: bb8::Pool<PgManager>,
     /// Opens connections outside the pool (to resolve a lost COMMIT).
@@ -501,9 +504,12 @@ pub(crate) struct Shared {
     /// Keyed by the address of the table's `TableMeta`.
     pub(crate) table_access: std::sync::Mutex<std::collections::HashMap<usize, bool>>,
     /// Per table (by `TableMeta` address): the version counters a user scope's cached
-    /// copies depend on, or `None` when they may not be cached (see `db/policy.rs`).
-    pub(crate) policy_plans:
-        std::sync::Mutex<std::collections::HashMap<usize, Option<std::sync::Arc<[String]>>>>,
+    /// copies depend on and the fingerprint of the policies, grants and settings that
+    /// decided them, or `None` when they may not be cached (see `db/policy.rs`).
+    pub(crate) policy_plans: std::sync::Mutex<std::collections::HashMap<usize, PolicyPlan>>,
+    /// Bumped whenever what was read from the catalog is forgotten (DDL through the
+    /// handle): an answer read across a bump is not kept.
+    pub(crate) schema_epoch: std::sync::atomic::AtomicU64,
     /// Query-builder statements rendered so far (see `sql.rs`).
     pub(crate) rendered: crate::sql::Rendered,
     pub(crate) config: DbConfig,
@@ -658,6 +664,7 @@ impl Db {
                 foreign_keys: std::sync::RwLock::new(None),
                 table_access: std::sync::Mutex::default(),
                 policy_plans: std::sync::Mutex::default(),
+                schema_epoch: std::sync::atomic::AtomicU64::new(0),
                 rendered: crate::sql::Rendered::default(),
             }),
             tx: None,

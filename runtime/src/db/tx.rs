@@ -275,8 +275,12 @@ impl Db {
                 // COMMIT and the invalidations run in a task of their own, so a caller
                 // that gives up half-way cannot leave committed rows stale in the cache.
                 let db = self.clone();
+                let touched = tx.shared.schema_touched.load(Ordering::Acquire);
                 join_task(tokio::spawn(async move {
                     let outcome = db.end(conn, true, abandoned, &pending).await;
+                    if touched {
+                        db.forget_schema();
+                    }
                     if matches!(&outcome, Ok(()) | Err(Error::CommitOutcomeUnknown)) {
                         db.apply_invalidation(&pending).await;
                         for tag in &tags {
@@ -290,6 +294,9 @@ impl Db {
             }
             Err(e) => {
                 let _ = self.end(conn, false, abandoned, &[]).await;
+                if tx.shared.schema_touched.load(Ordering::Acquire) {
+                    self.forget_schema();
+                }
                 Err(e)
             }
         }

@@ -48,14 +48,17 @@ pub(crate) fn names<M: Table>(keys: &[M::Key]) -> Vec<String> {
 
 /// Which tables a write to a table can change through foreign-key actions
 /// (`ON DELETE` / `ON UPDATE` `CASCADE`, `SET NULL`, `SET DEFAULT`), followed
-/// transitively. Read from the catalog; names as [`TableMeta::qualified_name`] gives
-/// them (tables in `public` without their schema).
+/// transitively. Read from the catalog, under every name a model may give a table
+/// (`schema.name`, and `name` when the search path finds it so — see
+/// [`TableMeta::qualified_name`]).
 #[derive(Debug, Default)]
 pub(crate) struct Cascades {
     dependents: HashMap<String, Vec<String>>,
 }
 
-const FOREIGN_KEY_ACTIONS: &str = "SELECT rn.nspname::text, r.relname::text, cn.nspname::text, c.relname::text \
+const FOREIGN_KEY_ACTIONS: &str = "SELECT rn.nspname::text, r.relname::text, cn.nspname::text, c.relname::text, \
+     to_regclass(quote_ident(r.relname)) IS NOT DISTINCT FROM r.oid, \
+     to_regclass(quote_ident(c.relname)) IS NOT DISTINCT FROM c.oid \
      FROM pg_constraint k \
      JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace \
      JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
@@ -69,11 +72,13 @@ impl Cascades {
         }
         let mut dependents = HashMap::new();
         for parent in direct.keys() {
-            // Breadth first, with a visited set: cycles in the graph end here.
+            // Breadth first, with a visited set: cycles in the graph end here. A table
+            // reached again — a foreign key to itself — is a dependent of its own: the
+            // rows a cascade changes in it cannot be named.
             let mut seen: Vec<String> = Vec::new();
             let mut queue: Vec<&str> = direct[parent].clone();
             while let Some(table) = queue.pop() {
-                if table == *parent || seen.iter().any(|s| s == table) {
+                if seen.iter().any(|s| s == table) {
                     continue;
                 }
                 seen.push(table.to_owned());
@@ -84,16 +89,10 @@ impl Cascades {
         Cascades { dependents }
     }
 
-    /// The tables a write to `table` can change besides itself.
+    /// The tables a write to `table` can change through foreign keys (itself, too, when
+    /// a foreign key of it refers to it).
     pub(crate) fn of(&self, table: &str) -> &[String] {
         self.dependents.get(table).map_or(&[], Vec::as_slice)
-    }
-}
-
-fn table_name(schema: &str, name: &str) -> String {
-    match schema {
-        "public" => name.to_owned(),
-        schema => format!("{schema}.{name}"),
     }
 }
 
@@ -104,6 +103,7 @@ impl Db {
         if let Some(known) = self.shared.foreign_keys.read().ok().and_then(|g| g.clone()) {
             return known;
         }
+        let schema_epoch = self.schema_epoch();
         let loaded = self
             .run("foreign_keys", "-", async |conn| {
                 let rows = conn.query(FOREIGN_KEY_ACTIONS, &[]).await?;
@@ -115,7 +115,14 @@ impl Db {
                         row.try_get(2)?,
                         row.try_get(3)?,
                     );
-                    edges.push((table_name(&ps, &p), table_name(&cs, &c)));
+                    let (p_bare, c_bare): (bool, bool) = (row.try_get(4)?, row.try_get(5)?);
+                    // Every name a model may give either table (see `db/policy.rs`).
+                    let children = super::policy::spellings(&cs, &c, c_bare);
+                    for parent in super::policy::spellings(&ps, &p, p_bare) {
+                        for child in &children {
+                            edges.push((parent.clone(), child.clone()));
+                        }
+                    }
                 }
                 Ok(Cascades::from_edges(edges))
             })
@@ -123,7 +130,10 @@ impl Db {
         match loaded {
             Ok(cascades) => {
                 let cascades = Arc::new(cascades);
-                if let Ok(mut slot) = self.shared.foreign_keys.write() {
+                // Kept unless DDL through the handle ran meanwhile.
+                if let Ok(mut slot) = self.shared.foreign_keys.write()
+                    && self.schema_epoch() == schema_epoch
+                {
                     *slot = Some(cascades.clone());
                 }
                 cascades
@@ -135,8 +145,25 @@ impl Db {
         }
     }
 
-    /// Forgets the foreign keys read before (the schema may have changed).
+    /// The count of [`forget_schema`](Self::forget_schema) calls so far.
+    pub(crate) fn schema_epoch(&self) -> u64 {
+        self.shared
+            .schema_epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Forgets what was read from the catalog — foreign keys, table access, policies
+    /// (the schema may have changed). Inside a transaction, again when it ends: an
+    /// answer read meanwhile saw the schema before COMMIT.
     pub(crate) fn forget_schema(&self) {
+        if let Some(tx) = &self.tx {
+            tx.shared
+                .schema_touched
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.shared
+            .schema_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut slot) = self.shared.foreign_keys.write() {
             *slot = None;
         }
