@@ -1058,3 +1058,54 @@ async fn a_key_written_in_one_spelling_is_not_read_stale_in_another() {
         );
     }
 }
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "threads", cache(ttl = 300))]
+struct Thread {
+    #[table(primary_key)]
+    id: i64,
+    parent_id: Option<i64>,
+}
+
+#[derive(Table, Debug, Clone, PartialEq)]
+#[table(name = "threads", schema = "public", cache(ttl = 300))]
+struct PublicThread {
+    #[table(primary_key)]
+    id: i64,
+    parent_id: Option<i64>,
+}
+
+/// A foreign key from a table to itself: deleting a row deletes its replies in the
+/// same table, rows the write cannot name — the table's other rows are dropped too. And
+/// a model that spells the table's schema out (`schema = "public"`) is the same table
+/// to the cascades.
+#[tokio::test]
+async fn a_cascade_within_one_table_and_under_another_spelling_of_its_name_is_invalidated() {
+    let (_, url) = common::db_and_url().await;
+    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    db.execute_batch(
+        "CREATE TABLE threads (id bigint PRIMARY KEY,
+             parent_id bigint REFERENCES threads ON DELETE CASCADE);
+         INSERT INTO threads VALUES (1, NULL), (2, 1), (3, 2), (4, NULL), (5, 4);",
+    )
+    .await
+    .expect("schema");
+    for id in 1..=5 {
+        assert!(db.read::<Thread>(id).await.expect("read").is_some());
+        assert!(db.read::<PublicThread>(id).await.expect("read").is_some());
+    }
+    db.delete::<Thread>(1).await.expect("delete the thread");
+    for id in [2, 3] {
+        assert_eq!(
+            db.read::<Thread>(id).await.expect("read"),
+            None,
+            "reply {id}"
+        );
+        assert_eq!(db.read::<PublicThread>(id).await.expect("read"), None);
+    }
+    db.delete::<PublicThread>(4)
+        .await
+        .expect("delete through the other spelling");
+    assert_eq!(db.read::<Thread>(5).await.expect("read"), None, "reply 5");
+    assert_eq!(db.read::<PublicThread>(5).await.expect("read"), None);
+}

@@ -52,11 +52,21 @@
 //!   for scopes at all: its scoped reads go to the database, as every scoped read did
 //!   before. The reason is logged once (`tracing`, level info).
 //!
+//! The copies' names also hold a fingerprint of everything else that decides what a
+//! scope sees: every policy of the table and of the tables they read, their RLS
+//! switches and grants, the login role and database, the settings those give
+//! connections (`ALTER ROLE/DATABASE … SET`) and the handle's URL `options` — so a
+//! policy changed through the handle (DDL runs through `execute_batch`, `with_client`
+//! or a migration; inside a transaction, at its end), or by another process before
+//! this one started, takes effect on the next read. A policy change made by another
+//! process while this one runs is seen after a restart, or at once with
+//! [`Db::invalidate_table`](crate::Db::invalidate_table). A handle with an
+//! `after_connect` hook shares copies with every other handle that has one: if hooks
+//! set settings policies read to different values, give them different cache
+//! namespaces.
+//!
 //! Unique finders (`by_<field>`) under a scope, and everything inside a transaction,
-//! read the database. A change of policies, grants or roles made outside the handle
-//! (a migration in another process) is not seen by the analysis until the handle runs
-//! DDL or restarts; run [`Db::invalidate_table`](crate::Db::invalidate_table) after such
-//! a change.
+//! read the database.
 //!
 //! `#[cached]` functions know nothing of scopes: put the user in the key (an argument)
 //! when a result depends on who asks.

@@ -80,12 +80,16 @@ const OPERATORS: &str = "SELECT oprcode::oid::int8 FROM pg_operator WHERE oid::i
 /// The input functions of types (what a cast through text calls).
 const TYPE_INPUTS: &str = "SELECT typinput::oid::int8 FROM pg_type WHERE oid::int8 = ANY($1)";
 
-/// Who the connection is and the settings it was given (by its URL's options, its
-/// login role or its database): a policy may read them, and two handles that differ in
-/// them must not share copies.
-const SESSION: &str = "SELECT concat_ws(E'\\n', session_user, \
-     (SELECT string_agg(name || '=' || setting, E'\\n' ORDER BY name) FROM pg_settings \
-      WHERE source IN ('client', 'user', 'database', 'session', 'environment variable')))";
+/// Who the connection is and the settings its login role and database give it (the
+/// handle adds its URL's options): a policy may read them, and two handles that differ
+/// in them must not share copies. Read from `pg_db_role_setting`, since settings no
+/// module defines (`app.tenant`) are not in `pg_settings`.
+const SESSION: &str = "SELECT concat_ws(E'\\n', session_user, current_database(), \
+     (SELECT string_agg(array_to_string(s.setconfig, E'\\n'), E'\\n' \
+                        ORDER BY s.setdatabase, s.setrole) \
+      FROM pg_db_role_setting s \
+      WHERE s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = session_user)) \
+        AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))))";
 
 /// `pg_catalog` functions whose result depends on the role or the settings only — both
 /// part of a scoped copy's name (the role and claims in the scope's id, the
@@ -247,9 +251,20 @@ impl Db {
             scope: None,
         };
         let name = super::cached::regclass_text(meta);
+        // What this handle's connections are given besides the role's and database's
+        // settings: its URL's `options` (and whether a hook of its own runs at
+        // connect — what it sets cannot be read back).
+        let config = &self.shared.config;
+        let options = config
+            .url
+            .parse::<tokio_postgres::Config>()
+            .ok()
+            .and_then(|pg| pg.get_options().map(str::to_owned))
+            .unwrap_or_default();
+        let session = format!("{options}\n{}", config.after_connect.is_some());
         let analysis = owner
             .run("policies", meta.name, async move |conn| {
-                analyse(conn, &name, &trusted).await
+                analyse(conn, &name, &trusted, &session).await
             })
             .await;
         let plan: Option<(Arc<[String]>, Arc<str>)> = match analysis {
@@ -279,6 +294,7 @@ async fn analyse(
     conn: &mut crate::pool::PgConn,
     name: &str,
     trusted: &[String],
+    session: &str,
 ) -> crate::Result<Analysis> {
     use sha2::Digest;
     let Some(oid) = conn
@@ -289,6 +305,7 @@ async fn analyse(
         return Ok(Err("the table is not in the catalog".to_owned()));
     };
     let mut fingerprint = sha2::Sha256::new();
+    fingerprint.update(session);
     if let Some(row) = conn.query_opt(SESSION, &[]).await? {
         fingerprint.update(row.try_get::<_, Option<String>>(0)?.unwrap_or_default());
     }
