@@ -390,6 +390,7 @@ impl CacheConfig {
 /// How long a newly registered table waits before it is filled (rule 8 of
 /// `backend.rs`): the window writers trust a snapshot for, and half again for the
 /// difference between the clocks that measure it (Redis's and each writer's).
+#[cfg(feature = "cache")]
 pub(crate) fn registry_wait(window: Duration) -> Duration {
     window.saturating_add(window / 2)
 }
