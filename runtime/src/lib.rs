@@ -52,6 +52,9 @@ pub mod migrate;
 pub mod monitor;
 mod pool;
 pub mod query;
+#[cfg(feature = "rest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rest")))]
+pub mod rest;
 mod sql;
 #[cfg(feature = "storage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "storage")))]

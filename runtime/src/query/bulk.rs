@@ -75,6 +75,24 @@ impl Db {
         filter: Option<Filter<M>>,
         patch: impl Patch<Table = M>,
     ) -> Result<u64> {
+        Ok(self.bulk_update_keys(filter, patch).await?.len() as u64)
+    }
+
+    /// [`update_where`](Self::update_where), answering the keys of the rows changed.
+    #[cfg_attr(not(feature = "rest"), allow(dead_code))]
+    pub(crate) async fn update_where_keys<M: Table>(
+        &self,
+        filter: Filter<M>,
+        patch: impl Patch<Table = M>,
+    ) -> Result<Vec<M::Key>> {
+        self.bulk_update_keys(Some(filter), patch).await
+    }
+
+    async fn bulk_update_keys<M: Table>(
+        &self,
+        filter: Option<Filter<M>>,
+        patch: impl Patch<Table = M>,
+    ) -> Result<Vec<M::Key>> {
         // Refused before the write begins (and invalidates anything).
         if let Some(filter) = &filter {
             filter::check_depth(M::META.name, &filter.node)?;
@@ -86,7 +104,7 @@ impl Db {
                 |keys: &Vec<M::Key>| crate::db::names::<M>(keys),
             )
             .await?;
-        Ok(keys.len() as u64)
+        Ok(keys)
     }
 
     async fn bulk_delete<M: Table>(&self, filter: Option<Filter<M>>) -> Result<u64> {

@@ -33,7 +33,7 @@ use crate::table::{Column, Table};
 use crate::types::{ColumnType, Json};
 
 mod bulk;
-mod filter;
+pub(crate) mod filter;
 pub mod page;
 pub mod spec;
 

@@ -128,18 +128,7 @@ impl Db {
                 (!indices.is_empty()).then_some(indices)
             }
         };
-        let query = self.query::<M>().apply(spec, limits)?;
-        let query: Query<M, JsonRow> = Query {
-            db: query.db,
-            columns,
-            filters: query.filters,
-            order: query.order,
-            limit: query.limit,
-            offset: query.offset,
-            with_deleted: query.with_deleted,
-            lock: query.lock,
-            _decode: std::marker::PhantomData,
-        };
+        let query = as_json(self.query::<M>().apply(spec, limits)?, columns);
         if spec.offset.is_some() {
             if spec.cursor.is_some() {
                 return Err(invalid("use either `offset` or `cursor`, not both".into()));

@@ -43,6 +43,42 @@ mod validate;
 
 pub use json::JsonRow;
 
+/// A filter of a spec checked against a model (see `validate.rs`), for the REST API.
+#[cfg_attr(not(feature = "rest"), allow(dead_code))]
+pub(crate) fn validate_filter(
+    meta: &TableMeta,
+    spec: &FilterSpec,
+    limits: &SpecLimits,
+) -> Result<Node> {
+    validate::filter_node(meta, spec, limits)
+}
+
+/// An order key of a spec checked against a model.
+#[cfg_attr(not(feature = "rest"), allow(dead_code))]
+pub(crate) fn order_by<M>(
+    meta: &TableMeta,
+    column: &str,
+    direction: Option<&str>,
+    nulls: Option<&str>,
+) -> Result<OrderBy<M>> {
+    validate::order_key(meta, column, direction, nulls)
+}
+
+/// A query's rows as JSON objects of these columns (all when `None`).
+pub(crate) fn as_json<M: Table>(query: Query<M>, columns: Option<Vec<usize>>) -> Query<M, JsonRow> {
+    Query {
+        db: query.db,
+        columns,
+        filters: query.filters,
+        order: query.order,
+        limit: query.limit,
+        offset: query.offset,
+        with_deleted: query.with_deleted,
+        lock: query.lock,
+        _decode: std::marker::PhantomData,
+    }
+}
+
 use super::filter::{MAX_FILTER_DEPTH, Node, Op};
 use super::page::{Cursor, KEY_PREFIX};
 use super::{Decode, OrderBy, Query};

@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(super) fn column<'m>(
+pub(crate) fn column<'m>(
     meta: &'m TableMeta,
     name: &str,
     part: &str,
@@ -157,7 +157,7 @@ pub(super) fn truncate(value: &Value) -> String {
     }
 }
 
-pub(super) fn filter_node(
+pub(crate) fn filter_node(
     meta: &TableMeta,
     spec: &FilterSpec,
     limits: &SpecLimits,
@@ -241,7 +241,7 @@ pub(super) fn filter_node(
     }
 }
 
-pub(super) fn order_key<M>(
+pub(crate) fn order_key<M>(
     meta: &TableMeta,
     column_name: &str,
     direction: Option<&str>,

@@ -1,0 +1,835 @@
+//! A PostgREST-compatible API over the models (feature `rest`): a registry of the
+//! models an application exposes, a dynamic API on it by table name — reads, inserts,
+//! upserts, updates and deletes from JSON — and an axum router ([`router`]) that speaks
+//! PostgREST's HTTP dialect, so a Supabase client (`@supabase/postgrest-js`) can talk to
+//! a Tabula server.
+//!
+//! Every request goes through the typed code paths: a column name is looked up in the
+//! model's metadata (never spliced into SQL), a value is parsed as the column's type
+//! and bound, a body is deserialized into the model's `New` or `Patch` type, writes
+//! invalidate the cache, and a scoped handle's reads go through its own copies. Errors
+//! have PostgREST's JSON shape (`code`, `message`, `details`, `hint`).
+//!
+//! ```no_run
+//! use tabula::rest::{Read, RestApi};
+//! # #[derive(tabula::Table, serde::Serialize, serde::Deserialize)]
+//! # #[table(derive_new(serde::Deserialize), derive_patch(serde::Deserialize))]
+//! # pub struct Profile { #[table(primary_key)] pub id: i64, pub username: String }
+//! # async fn run(db: tabula::Db) -> Result<(), tabula::rest::RestError> {
+//! let api = RestApi::new().model::<Profile>();
+//! let read = Read::from_query("select=id,username&username=eq.ada&limit=1")?;
+//! let rows = api.table("profiles")?.select(&db, &read).await?.rows;
+//! # Ok(()) }
+//! ```
+//!
+//! Covered: `select` of columns, the filters `eq`, `neq`, `gt`, `gte`, `lt`, `lte`,
+//! `like`, `ilike` (`*` as `%`), `in`, `is` (null, true, false), `cs` (JSON
+//! containment), `not.` before any of them, `or=(…)` / `and=(…)` nested; `order`
+//! (with `nullsfirst` / `nullslast`), `limit`, `offset`, `Range`, `Prefer: count=exact`
+//! (and `planned` / `estimated`), inserts (one object or an array), upserts
+//! (`Prefer: resolution=merge-duplicates`, `on_conflict`), updates and deletes by
+//! filter (refused without one), `Prefer: return=representation|minimal`, and
+//! `Accept: application/vnd.pgrst.object+json`. Not covered (refused with
+//! `PGRST100`-style errors, never ignored): embedded relations, aliases and casts in
+//! `select`, full-text and range operators, RPC.
+
+mod http;
+mod params;
+
+pub use http::{Cors, RestConfig, router};
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::db::Db;
+use crate::error::Error;
+use crate::query::filter::Node;
+use crate::query::spec::{FilterSpec, JsonRow, OrderKeySpec, SpecLimits};
+use crate::query::{Filter, Query};
+use crate::table::{ColumnSet, Table, TableMeta};
+
+/// A request's read part, model-free: what PostgREST's query string says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Read {
+    /// Columns to return (`None`: all the readable ones).
+    pub select: Option<Vec<String>>,
+    /// The filter (`None`: every row).
+    pub filter: Option<Cond>,
+    /// Order keys.
+    pub order: Vec<OrderKeySpec>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
+    /// Rows to skip.
+    pub offset: Option<u64>,
+    /// Whether to count every matching row too.
+    pub count: Option<Count>,
+}
+
+impl Read {
+    /// Reads PostgREST's query string (`select=…&col=op.value&order=…&limit=…`).
+    ///
+    /// ```
+    /// let read = tabula::rest::Read::from_query("id=gt.5&order=id.desc&limit=2")?;
+    /// assert_eq!(read.limit, Some(2));
+    /// # Ok::<(), tabula::rest::RestError>(())
+    /// ```
+    pub fn from_query(query: &str) -> Result<Read, RestError> {
+        params::parse_query(query)
+    }
+}
+
+/// A filter, model-free: a column's condition, or a combination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// `column op value` (the operators of [`FilterSpec`]; `value` is `Null` for
+    /// `is_null`).
+    Leaf {
+        /// The column's name.
+        column: String,
+        /// `eq`, `ne`, `lt`, `lte`, `gt`, `gte`, `like`, `ilike`, `in`, `is_null`,
+        /// `contains`.
+        op: String,
+        /// The value (a list for `in`).
+        value: Value,
+    },
+    /// All of them.
+    And(Vec<Cond>),
+    /// Any of them.
+    Or(Vec<Cond>),
+    /// Not it.
+    Not(Box<Cond>),
+}
+
+/// How a read counts its matching rows (`Prefer: count=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// `count(*)` of every matching row.
+    Exact,
+    /// The planner's estimate (`planned`, `estimated`).
+    Estimated,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selected {
+    /// The rows, as JSON objects of the selected columns.
+    pub rows: Vec<Map<String, Value>>,
+    /// Every matching row, when asked.
+    pub total: Option<i64>,
+}
+
+/// Which operations and columns a model exposes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Expose {
+    /// `GET`. Default yes.
+    pub read: bool,
+    /// `POST`. Default yes.
+    pub insert: bool,
+    /// `PATCH`. Default yes.
+    pub update: bool,
+    /// `DELETE`. Default yes.
+    pub delete: bool,
+    /// Columns never returned, filtered or ordered on.
+    pub hidden: Vec<&'static str>,
+    /// Columns never written.
+    pub read_only: Vec<&'static str>,
+}
+
+impl Default for Expose {
+    fn default() -> Self {
+        Expose {
+            read: true,
+            insert: true,
+            update: true,
+            delete: true,
+            hidden: Vec::new(),
+            read_only: Vec::new(),
+        }
+    }
+}
+
+impl Expose {
+    /// Reads only.
+    ///
+    /// ```
+    /// let expose = tabula::rest::Expose::read_only().hide(["email"]);
+    /// assert!(expose.read && !expose.insert);
+    /// ```
+    pub fn read_only() -> Expose {
+        Expose {
+            insert: false,
+            update: false,
+            delete: false,
+            ..Expose::default()
+        }
+    }
+
+    /// Hides these columns (never returned, filtered or ordered on).
+    pub fn hide(mut self, columns: impl IntoIterator<Item = &'static str>) -> Expose {
+        self.hidden.extend(columns);
+        self
+    }
+
+    /// Makes these columns read-only.
+    pub fn protect(mut self, columns: impl IntoIterator<Item = &'static str>) -> Expose {
+        self.read_only.extend(columns);
+        self
+    }
+}
+
+/// An error in PostgREST's shape: an HTTP status and the JSON body
+/// `{"code", "message", "details", "hint"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestError {
+    /// The HTTP status.
+    pub status: u16,
+    /// PostgREST's or PostgreSQL's code (`PGRST100`, `23505`, `42501`, …).
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+    /// More about it, if anything.
+    pub details: Option<String>,
+    /// What to do, if known.
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for RestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for RestError {}
+
+impl RestError {
+    fn new(status: u16, code: &str, message: impl Into<String>) -> RestError {
+        RestError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            details: None,
+            hint: None,
+        }
+    }
+
+    /// A request that does not parse (400, `PGRST100`).
+    pub(crate) fn parse(message: impl Into<String>) -> RestError {
+        RestError::new(400, "PGRST100", message)
+    }
+
+    /// A feature of PostgREST this server does not have (400, `PGRST100`).
+    pub(crate) fn unsupported(message: impl Into<String>) -> RestError {
+        RestError::new(400, "PGRST100", message)
+    }
+
+    /// The body as PostgREST writes it.
+    pub fn body(&self) -> Value {
+        serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "hint": self.hint,
+        })
+    }
+}
+
+impl From<Error> for RestError {
+    fn from(error: Error) -> RestError {
+        let message = error.to_string();
+        match &error {
+            Error::Validation(_) => RestError::new(400, "PGRST100", message),
+            Error::NotFound { .. } => RestError::new(404, "PGRST116", message),
+            Error::UniqueViolation { .. } | Error::AlreadyExists(_) => {
+                RestError::new(409, "23505", message)
+            }
+            Error::ForeignKeyViolation { .. } => RestError::new(409, "23503", message),
+            Error::NotNullViolation { .. } => RestError::new(400, "23502", message),
+            Error::CheckViolation { .. } => RestError::new(400, "23514", message),
+            Error::PermissionDenied { .. } => RestError::new(403, "42501", message),
+            Error::Unauthenticated { .. } => RestError::new(401, "PGRST301", message),
+            Error::Conflict { .. } | Error::StaleVersion { .. } => {
+                RestError::new(409, "PGRST409", message)
+            }
+            Error::Misuse(_) | Error::Config(_) => RestError::new(500, "PGRST000", message),
+            Error::PoolTimeout(_)
+            | Error::Connect(_)
+            | Error::Timeout { .. }
+            | Error::Connection(_) => RestError::new(503, "PGRST001", message),
+            _ => RestError::new(500, "PGRST000", message),
+        }
+    }
+}
+
+type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, RestError>> + Send + 'a>>;
+
+/// One model's operations, by JSON.
+trait Dynamic: Send + Sync {
+    fn meta(&self) -> &'static TableMeta;
+    fn expose(&self) -> &Expose;
+    fn select<'a>(&'a self, db: &'a Db, read: &'a Read) -> Pending<'a, Selected>;
+    fn insert<'a>(
+        &'a self,
+        db: &'a Db,
+        rows: Vec<Map<String, Value>>,
+        upsert: Option<Vec<String>>,
+        returning: Option<&'a [String]>,
+    ) -> Pending<'a, Vec<Map<String, Value>>>;
+    fn update<'a>(
+        &'a self,
+        db: &'a Db,
+        filter: &'a Cond,
+        patch: Map<String, Value>,
+        returning: Option<&'a [String]>,
+    ) -> Pending<'a, Vec<Map<String, Value>>>;
+    fn delete<'a>(
+        &'a self,
+        db: &'a Db,
+        filter: &'a Cond,
+        returning: Option<&'a [String]>,
+    ) -> Pending<'a, Vec<Map<String, Value>>>;
+}
+
+/// The models an API exposes, by table name.
+///
+/// ```no_run
+/// # #[derive(tabula::Table)]
+/// # #[table(derive_new(serde::Deserialize), derive_patch(serde::Deserialize))]
+/// # pub struct Profile { #[table(primary_key)] pub id: i64, pub username: String, pub email: String }
+/// use tabula::rest::{Expose, RestApi};
+/// let api = RestApi::new().model_with::<Profile>(Expose::read_only().hide(["email"]));
+/// assert!(api.table("profiles").is_ok());
+/// ```
+#[derive(Clone, Default)]
+pub struct RestApi {
+    tables: BTreeMap<&'static str, Arc<dyn Dynamic>>,
+    limits: SpecLimits,
+}
+
+impl std::fmt::Debug for RestApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestApi")
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RestApi {
+    /// An API exposing nothing yet.
+    pub fn new() -> RestApi {
+        RestApi {
+            tables: BTreeMap::new(),
+            limits: SpecLimits::default(),
+        }
+    }
+
+    /// Exposes `M` under its table's name, every operation and column.
+    pub fn model<M>(self) -> RestApi
+    where
+        M: Table,
+        M::New: DeserializeOwned,
+        M::Patch: DeserializeOwned,
+    {
+        self.model_with::<M>(Expose::default())
+    }
+
+    /// Exposes `M` under its table's name, as `expose` says.
+    pub fn model_with<M>(mut self, expose: Expose) -> RestApi
+    where
+        M: Table,
+        M::New: DeserializeOwned,
+        M::Patch: DeserializeOwned,
+    {
+        self.tables.insert(
+            M::META.name,
+            Arc::new(Model::<M> {
+                expose,
+                limits: self.limits,
+                _model: std::marker::PhantomData,
+            }),
+        );
+        self
+    }
+
+    /// Sets the bounds on what a request may ask (rows per read, filters, list
+    /// lengths); for the models exposed after it.
+    ///
+    /// ```
+    /// use tabula::{query::SpecLimits, rest::RestApi};
+    /// let api = RestApi::new().limits(SpecLimits::default().max_limit(100));
+    /// ```
+    pub fn limits(mut self, limits: SpecLimits) -> RestApi {
+        self.limits = limits;
+        self
+    }
+
+    /// The exposed table `name`, or PostgREST's 404 (`PGRST205`).
+    pub fn table(&self, name: &str) -> Result<RestTable, RestError> {
+        self.tables
+            .get(name)
+            .cloned()
+            .map(RestTable)
+            .ok_or_else(|| {
+                RestError::new(
+                    404,
+                    "PGRST205",
+                    format!(
+                        "Could not find the table '{}' in the schema cache",
+                        name.chars().take(64).collect::<String>()
+                    ),
+                )
+            })
+    }
+}
+
+/// One exposed table: reads and writes by JSON, through the model's typed paths.
+#[derive(Clone)]
+pub struct RestTable(Arc<dyn Dynamic>);
+
+impl std::fmt::Debug for RestTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RestTable")
+            .field(&self.0.meta().name)
+            .finish()
+    }
+}
+
+impl RestTable {
+    /// The rows `read` asks for (as `db` sees them: a scoped handle sees what its
+    /// policies show).
+    pub async fn select(&self, db: &Db, read: &Read) -> Result<Selected, RestError> {
+        self.allowed(self.0.expose().read, "read")?;
+        self.0.select(db, read).await
+    }
+
+    /// Inserts `rows` (objects of column values); with `upsert`, on a conflict on those
+    /// columns the row is updated instead. Returns the rows written (their `returning`
+    /// columns; none when `returning` is `None`).
+    pub async fn insert(
+        &self,
+        db: &Db,
+        rows: Vec<Map<String, Value>>,
+        upsert: Option<Vec<String>>,
+        returning: Option<&[String]>,
+    ) -> Result<Vec<Map<String, Value>>, RestError> {
+        self.allowed(self.0.expose().insert, "insert")?;
+        if upsert.is_some() {
+            self.allowed(self.0.expose().update, "update")?;
+        }
+        self.0.insert(db, rows, upsert, returning).await
+    }
+
+    /// Applies `patch` to the rows `filter` matches; returns them (their `returning`
+    /// columns).
+    pub async fn update(
+        &self,
+        db: &Db,
+        filter: &Cond,
+        patch: Map<String, Value>,
+        returning: Option<&[String]>,
+    ) -> Result<Vec<Map<String, Value>>, RestError> {
+        self.allowed(self.0.expose().update, "update")?;
+        self.0.update(db, filter, patch, returning).await
+    }
+
+    /// Deletes the rows `filter` matches; returns them (their `returning` columns).
+    pub async fn delete(
+        &self,
+        db: &Db,
+        filter: &Cond,
+        returning: Option<&[String]>,
+    ) -> Result<Vec<Map<String, Value>>, RestError> {
+        self.allowed(self.0.expose().delete, "delete")?;
+        self.0.delete(db, filter, returning).await
+    }
+
+    /// The name of the table's primary key column (the default upsert target).
+    pub fn key_column(&self) -> &'static str {
+        self.0.meta().key_column().name
+    }
+
+    fn allowed(&self, yes: bool, what: &str) -> Result<(), RestError> {
+        match yes {
+            true => Ok(()),
+            false => Err(RestError::new(
+                405,
+                "PGRST105",
+                format!("{what} is not allowed on '{}'", self.0.meta().name),
+            )),
+        }
+    }
+}
+
+struct Model<M> {
+    expose: Expose,
+    limits: SpecLimits,
+    _model: std::marker::PhantomData<fn() -> M>,
+}
+
+/// Upsert targets by position.
+struct Indices(Vec<usize>);
+
+impl<M> ColumnSet<M> for Indices {
+    fn indices(&self) -> Vec<usize> {
+        self.0.clone()
+    }
+}
+
+impl<M: Table> Model<M> {
+    /// A readable column's position (hidden ones are unknown, as in PostgREST with
+    /// column privileges).
+    fn readable(&self, name: &str) -> Result<usize, RestError> {
+        let meta = M::META;
+        match meta.column(name.trim()) {
+            Some((index, column)) if !self.expose.hidden.contains(&column.name) => Ok(index),
+            _ => Err(unknown_column(meta, name)),
+        }
+    }
+
+    /// The selected columns' positions (`None`/`*`: every readable one).
+    fn columns(&self, select: Option<&[String]>) -> Result<Vec<usize>, RestError> {
+        let meta = M::META;
+        let all = || {
+            (0..meta.columns.len())
+                .filter(|i| !self.expose.hidden.contains(&meta.columns[*i].name))
+                .collect::<Vec<_>>()
+        };
+        match select {
+            None => Ok(all()),
+            Some(names) if names.iter().all(|n| n.trim() == "*") => Ok(all()),
+            Some(names) => {
+                let mut out = Vec::new();
+                for name in names {
+                    if name.trim() == "*" {
+                        out.extend(all());
+                        continue;
+                    }
+                    let index = self.readable(name)?;
+                    if !out.contains(&index) {
+                        out.push(index);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The filter tree, checked against the model: an explicit stack, however deep
+    /// the input (the parser bounds it too).
+    fn node(&self, cond: &Cond) -> Result<Node, RestError> {
+        let mut leaves = 0usize;
+        let node = self.node_at(cond, 0, &mut leaves)?;
+        Ok(node)
+    }
+
+    fn node_at(&self, cond: &Cond, depth: usize, leaves: &mut usize) -> Result<Node, RestError> {
+        if depth > crate::query::MAX_FILTER_DEPTH {
+            return Err(RestError::parse("a filter nested too deep"));
+        }
+        Ok(match cond {
+            Cond::Leaf { column, op, value } => {
+                *leaves += 1;
+                if *leaves > self.limits.max_filters {
+                    return Err(RestError::parse(format!(
+                        "more than {} conditions",
+                        self.limits.max_filters
+                    )));
+                }
+                self.readable(column)?;
+                let spec = FilterSpec {
+                    column: column.clone(),
+                    op: op.clone(),
+                    value: (!value.is_null()).then(|| value.clone()),
+                };
+                crate::query::spec::validate_filter(M::META, &spec, &self.limits)?
+            }
+            Cond::And(items) => Node::And(
+                items
+                    .iter()
+                    .map(|c| self.node_at(c, depth + 1, leaves))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Cond::Or(items) => Node::Or(
+                items
+                    .iter()
+                    .map(|c| self.node_at(c, depth + 1, leaves))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Cond::Not(inner) => Node::Not(Box::new(self.node_at(inner, depth + 1, leaves)?)),
+        })
+    }
+
+    /// Checks a body's keys: columns of the model, writable (not generated, not
+    /// read-only, not hidden).
+    fn writable(&self, row: &Map<String, Value>) -> Result<(), RestError> {
+        let meta = M::META;
+        for name in row.keys() {
+            match meta.column(name) {
+                Some((_, column))
+                    if !column.generated
+                        && !self.expose.read_only.contains(&column.name)
+                        && !self.expose.hidden.contains(&column.name) => {}
+                Some(_) => {
+                    return Err(RestError::new(
+                        400,
+                        "PGRST204",
+                        format!(
+                            "Column '{}' of '{}' cannot be written",
+                            name.chars().take(64).collect::<String>(),
+                            meta.name
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(RestError::new(
+                        400,
+                        "PGRST204",
+                        format!(
+                            "Could not find the '{}' column of '{}' in the schema cache",
+                            name.chars().take(64).collect::<String>(),
+                            meta.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows with these keys, as JSON objects of `columns`.
+    async fn rows_by_keys(
+        db: &Db,
+        keys: &[M::Key],
+        columns: Vec<usize>,
+    ) -> Result<Vec<Map<String, Value>>, RestError> {
+        if keys.is_empty() || columns.is_empty() {
+            return Ok(keys.iter().map(|_| Map::new()).collect());
+        }
+        let meta = M::META;
+        let list = keys
+            .iter()
+            .map(|k| serde_json::to_value(k).map_err(|e| RestError::parse(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = FilterSpec {
+            column: meta.key_column().name.to_owned(),
+            op: "in".into(),
+            value: Some(Value::Array(list)),
+        };
+        let limits = SpecLimits {
+            max_list: keys.len(),
+            ..SpecLimits::default()
+        };
+        let node = crate::query::spec::validate_filter(meta, &spec, &limits)?;
+        let query = db.query::<M>().filter(Filter::new(node));
+        Ok(json_query(query, columns).all().await?)
+    }
+}
+
+/// A query's rows as JSON objects of these columns.
+fn json_query<M: Table>(query: Query<M>, columns: Vec<usize>) -> Query<M, JsonRow> {
+    crate::query::spec::as_json(query, Some(columns))
+}
+
+fn unknown_column(meta: &TableMeta, name: &str) -> RestError {
+    RestError::new(
+        400,
+        "42703",
+        format!(
+            "column {}.{} does not exist",
+            meta.name,
+            name.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+fn parse_body<T: DeserializeOwned>(
+    meta: &TableMeta,
+    row: Map<String, Value>,
+) -> Result<T, RestError> {
+    serde_json::from_value(Value::Object(row)).map_err(|e| {
+        RestError::new(
+            400,
+            "PGRST102",
+            format!("a body for '{}' does not fit its columns: {e}", meta.name),
+        )
+    })
+}
+
+impl<M> Dynamic for Model<M>
+where
+    M: Table,
+    M::New: DeserializeOwned,
+    M::Patch: DeserializeOwned,
+{
+    fn meta(&self) -> &'static TableMeta {
+        M::META
+    }
+
+    fn expose(&self) -> &Expose {
+        &self.expose
+    }
+
+    fn select<'a>(&'a self, db: &'a Db, read: &'a Read) -> Pending<'a, Selected> {
+        Box::pin(async move {
+            let meta = M::META;
+            let columns = self.columns(read.select.as_deref())?;
+            let filtered = || -> Result<Query<M>, RestError> {
+                let query = db.query::<M>();
+                Ok(match &read.filter {
+                    Some(cond) => query.filter(Filter::new(self.node(cond)?)),
+                    None => query,
+                })
+            };
+            let mut query = filtered()?;
+            let total = match read.count {
+                Some(Count::Exact) => Some(filtered()?.count().await?),
+                Some(Count::Estimated) => Some(filtered()?.count_estimate().await?),
+                None => None,
+            };
+            for key in &read.order {
+                self.readable(&key.column)?;
+                query = query.order_by(crate::query::spec::order_by::<M>(
+                    meta,
+                    &key.column,
+                    key.direction.as_deref(),
+                    key.nulls.as_deref(),
+                )?);
+            }
+            let limit = read.limit.unwrap_or(self.limits.default_limit);
+            if limit > self.limits.max_limit {
+                return Err(RestError::parse(format!(
+                    "limit {limit} is over the maximum of {}",
+                    self.limits.max_limit
+                )));
+            }
+            query = query.limit(limit);
+            if let Some(offset) = read.offset {
+                query = query.offset(offset);
+            }
+            let rows = json_query(query, columns).all().await?;
+            Ok(Selected { rows, total })
+        })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        db: &'a Db,
+        rows: Vec<Map<String, Value>>,
+        upsert: Option<Vec<String>>,
+        returning: Option<&'a [String]>,
+    ) -> Pending<'a, Vec<Map<String, Value>>> {
+        Box::pin(async move {
+            let meta = M::META;
+            let columns = match returning {
+                Some(select) => Some(self.columns(Some(select))?),
+                None => None,
+            };
+            for row in &rows {
+                self.writable(row)?;
+            }
+            let written: Vec<M> = match upsert {
+                None => {
+                    let news = rows
+                        .into_iter()
+                        .map(|row| parse_body::<M::New>(meta, row))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    db.create_many(news).await?
+                }
+                Some(target) => {
+                    let indices = target
+                        .iter()
+                        .map(|name| self.readable(name))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for row in &rows {
+                        parse_body::<M::New>(meta, row.clone())?;
+                    }
+                    // One statement per row, in one transaction: all or none (a
+                    // retried transaction reads the bodies again).
+                    db.transaction(|tx: Db| {
+                        let (rows, indices) = (rows.clone(), indices.clone());
+                        async move {
+                            let mut out = Vec::with_capacity(rows.len());
+                            for row in rows {
+                                let new = parse_body::<M::New>(meta, row)
+                                    .map_err(|e| Error::Validation(e.message))?;
+                                out.push(tx.upsert(new, Indices(indices.clone())).await?);
+                            }
+                            Ok(out)
+                        }
+                    })
+                    .await?
+                }
+            };
+            let Some(columns) = columns else {
+                return Ok(Vec::new());
+            };
+            let keys: Vec<M::Key> = written.iter().map(|row| row.key().clone()).collect();
+            Self::rows_by_keys(db, &keys, columns).await
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        db: &'a Db,
+        filter: &'a Cond,
+        patch: Map<String, Value>,
+        returning: Option<&'a [String]>,
+    ) -> Pending<'a, Vec<Map<String, Value>>> {
+        Box::pin(async move {
+            let meta = M::META;
+            let columns = match returning {
+                Some(select) => Some(self.columns(Some(select))?),
+                None => None,
+            };
+            self.writable(&patch)?;
+            let patch = parse_body::<M::Patch>(meta, patch)?;
+            let node = self.node(filter)?;
+            let keys = db.update_where_keys::<M>(Filter::new(node), patch).await?;
+            match columns {
+                Some(columns) => Self::rows_by_keys(db, &keys, columns).await,
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        db: &'a Db,
+        filter: &'a Cond,
+        returning: Option<&'a [String]>,
+    ) -> Pending<'a, Vec<Map<String, Value>>> {
+        Box::pin(async move {
+            let columns = match returning {
+                Some(select) => Some(self.columns(Some(select))?),
+                None => None,
+            };
+            let node = self.node(filter)?;
+            let Some(columns) = columns else {
+                db.delete_where::<M>(Filter::new(node)).await?;
+                return Ok(Vec::new());
+            };
+            drop(node);
+            // The rows as they were, read and deleted in one transaction (locked
+            // between the two).
+            let rows = db
+                .transaction(|tx: Db| {
+                    let nodes = self.node(filter).and_then(|a| Ok((a, self.node(filter)?)));
+                    let columns = columns.clone();
+                    async move {
+                        let (read, delete) = nodes.map_err(|e| Error::Validation(e.message))?;
+                        let locked = tx.query::<M>().filter(Filter::new(read)).for_update();
+                        let rows = json_query(locked, columns).all().await?;
+                        tx.delete_where::<M>(Filter::new(delete)).await?;
+                        Ok(rows)
+                    }
+                })
+                .await?;
+            Ok(rows)
+        })
+    }
+}

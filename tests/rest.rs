@@ -1,0 +1,674 @@
+//! The PostgREST-compatible API over HTTP on loopback: reads with filters, logic,
+//! order, ranges and counts; writes with representations and upserts; Row Level
+//! Security deciding per token; CORS; and hostile input answered with PostgREST-shaped
+//! 4xx errors, nothing written.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tabula::jwt::JwtVerifier;
+use tabula::rest::{Cors, Expose, RestApi, RestConfig};
+use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+pub const SECRET: &[u8] = b"a test secret of at least thirty-two bytes";
+
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(
+    name = "profiles",
+    cache(ttl = 60),
+    derive_new(serde::Deserialize),
+    derive_patch(serde::Deserialize)
+)]
+pub struct Profile {
+    #[table(primary_key, generated)]
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    pub avatar_url: Option<String>,
+    #[table(generated)]
+    pub status: String,
+    #[table(generated)]
+    pub created_at: DateTime<Utc>,
+    #[table(generated)]
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(
+    name = "experiences",
+    derive_new(serde::Deserialize),
+    derive_patch(serde::Deserialize)
+)]
+pub struct Experience {
+    #[table(primary_key, generated)]
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub content: String,
+    pub metadata: Value,
+    #[table(generated)]
+    pub created_at: DateTime<Utc>,
+}
+
+pub fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("sign")
+}
+
+pub fn user_token(user: Uuid) -> String {
+    token(json!({
+        "sub": user, "role": "authenticated", "aud": "authenticated",
+        "exp": Utc::now().timestamp() + 600
+    }))
+}
+
+pub fn anon_key() -> String {
+    token(json!({ "role": "anon", "aud": "authenticated", "exp": Utc::now().timestamp() + 600 }))
+}
+
+/// A server on loopback: the API over `profiles` and `experiences`, a handle with a
+/// Redis cache and the JWT secret; returns its base URL and the unscoped handle.
+pub async fn serve() -> (String, Db) {
+    let (_, url) = common::db_and_url().await;
+    let cache = CacheService::redis(
+        &tabula::testkit::redis_url().expect("redis"),
+        CacheConfig::default()
+            .prefix(format!(
+                "rest{}x{}",
+                std::process::id(),
+                Uuid::new_v4().simple()
+            ))
+            .deadline(Duration::from_secs(2)),
+    )
+    .expect("cache");
+    let db = Db::connect_with(
+        DbConfig::new(url)
+            .cache(cache)
+            .jwt(JwtVerifier::hs256(SECRET).expect("verifier")),
+    )
+    .await
+    .expect("db");
+    let api = RestApi::new()
+        .model::<Profile>()
+        .model_with::<Experience>(Expose::default().protect(["user_id"]));
+    let app = tabula::rest::router(
+        db.clone(),
+        api,
+        RestConfig::default().cors(Cors::origins(["http://app.test"])),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, db)
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "not JSON ({}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own.
+pub async fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Response {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn seed(db: &Db) -> (Uuid, Uuid) {
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    for (user, name) in [(alice, "alice-a"), (alice, "alice-b"), (bob, "bob-a")] {
+        db.create(NewProfile {
+            user_id: user,
+            username: name.into(),
+            avatar_url: None,
+        })
+        .await
+        .expect("seed");
+    }
+    (alice, bob)
+}
+
+fn names(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|row| row["username"].as_str().expect("username").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn reads_filter_order_range_and_count_as_the_policy_allows() {
+    let (base, db) = serve().await;
+    let (alice, _bob) = seed(&db).await;
+    let auth = bearer(&user_token(alice));
+    let get = |path: String, extra: Vec<(&'static str, String)>| {
+        let (base, auth) = (base.clone(), auth.clone());
+        async move {
+            let mut headers: Vec<(&str, &str)> = vec![("Authorization", &auth)];
+            headers.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
+            request(&base, "GET", &path, &headers, None).await
+        }
+    };
+    let all = get(
+        "/rest/v1/profiles?select=id,username&order=username.desc".into(),
+        vec![],
+    )
+    .await;
+    assert_eq!(all.status, 200, "{}", String::from_utf8_lossy(&all.body));
+    assert_eq!(
+        names(&all.json()),
+        ["alice-b", "alice-a"],
+        "bob's row is hidden"
+    );
+    assert_eq!(
+        all.json()[0].as_object().expect("row").len(),
+        2,
+        "only the selected columns"
+    );
+    let filtered = get(
+        "/rest/v1/profiles?or=(username.eq.alice-a,username.like.*-z)&avatar_url=is.null".into(),
+        vec![],
+    )
+    .await;
+    assert_eq!(names(&filtered.json()), ["alice-a"]);
+    let negated = get(
+        "/rest/v1/profiles?username=not.in.(alice-a,x)".into(),
+        vec![],
+    )
+    .await;
+    assert_eq!(names(&negated.json()), ["alice-b"]);
+    let ranged = get(
+        "/rest/v1/profiles?order=username".into(),
+        vec![("Range", "1-1".into()), ("Prefer", "count=exact".into())],
+    )
+    .await;
+    assert_eq!(ranged.status, 200, "the last row of two");
+    assert_eq!(names(&ranged.json()), ["alice-b"]);
+    assert_eq!(ranged.header("content-range"), Some("1-1/2"));
+    let first = get(
+        "/rest/v1/profiles?order=username".into(),
+        vec![("Range", "0-0".into()), ("Prefer", "count=exact".into())],
+    )
+    .await;
+    assert_eq!(first.status, 206);
+    assert_eq!(first.header("content-range"), Some("0-0/2"));
+    let one = get(
+        "/rest/v1/profiles?username=eq.alice-a".into(),
+        vec![("Accept", "application/vnd.pgrst.object+json".into())],
+    )
+    .await;
+    assert_eq!(one.json()["username"], "alice-a");
+    let many = get(
+        "/rest/v1/profiles".into(),
+        vec![("Accept", "application/vnd.pgrst.object+json".into())],
+    )
+    .await;
+    assert_eq!(
+        (many.status, many.json()["code"].clone()),
+        (406, json!("PGRST116"))
+    );
+    // Anonymous: nothing (the policy shows owners their rows only).
+    let anon = request(
+        &base,
+        "GET",
+        "/rest/v1/profiles",
+        &[("apikey", &anon_key())],
+        None,
+    )
+    .await;
+    assert_eq!((anon.status, anon.json()), (200, json!([])));
+    let none = request(&base, "GET", "/rest/v1/profiles", &[], None).await;
+    assert_eq!((none.status, none.json()), (200, json!([])));
+}
+
+#[tokio::test]
+async fn writes_return_representations_upsert_and_obey_the_policy() {
+    let (base, db) = serve().await;
+    let (alice, bob) = seed(&db).await;
+    let auth = bearer(&user_token(alice));
+    let json_headers = |prefer: &'static str| -> Vec<(&'static str, String)> {
+        vec![
+            ("Authorization", auth.clone()),
+            ("Content-Type", "application/json".into()),
+            ("Prefer", prefer.into()),
+        ]
+    };
+    let send = |method: &'static str,
+                path: &'static str,
+                headers: Vec<(&'static str, String)>,
+                body: Value| {
+        let base = base.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let body = serde_json::to_vec(&body).expect("body");
+            request(&base, method, path, &headers, Some(&body)).await
+        }
+    };
+    let created = send(
+        "POST",
+        "/rest/v1/profiles?select=username,status",
+        json_headers("return=representation"),
+        json!([{ "user_id": alice, "username": "alice-c" }, { "user_id": alice, "username": "alice-d" }]),
+    )
+    .await;
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    assert_eq!(
+        created.json(),
+        json!([{ "username": "alice-c", "status": "active" }, { "username": "alice-d", "status": "active" }])
+    );
+    // For another user: the policy refuses, nothing is written (the whole batch).
+    let refused = send(
+        "POST",
+        "/rest/v1/profiles",
+        json_headers("return=minimal"),
+        json!([{ "user_id": alice, "username": "alice-e" }, { "user_id": bob, "username": "bob-x" }]),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.json()["code"], "42501");
+    let count = db.query::<Profile>().count().await.expect("count");
+    assert_eq!(
+        count, 5,
+        "three seeded, two created, none of the refused batch"
+    );
+    // Update and delete by filter.
+    let updated = send(
+        "PATCH",
+        "/rest/v1/profiles?username=eq.alice-c",
+        json_headers("return=representation"),
+        json!({ "avatar_url": "https://a/c.png" }),
+    )
+    .await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(updated.json()[0]["avatar_url"], "https://a/c.png");
+    let bobs = send(
+        "PATCH",
+        "/rest/v1/profiles?username=eq.bob-a",
+        json_headers("return=representation"),
+        json!({ "avatar_url": "hacked" }),
+    )
+    .await;
+    assert_eq!(
+        (bobs.status, bobs.json()),
+        (200, json!([])),
+        "bob's row is not alice's to change"
+    );
+    let deleted = send(
+        "DELETE",
+        "/rest/v1/profiles?username=eq.alice-d",
+        json_headers("return=representation"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(names(&deleted.json()), ["alice-d"]);
+    // Upsert on the primary key: merge.
+    let row = db
+        .query::<Profile>()
+        .filter(Profile::USERNAME.eq("alice-a".to_owned()))
+        .first()
+        .await
+        .expect("query")
+        .expect("alice-a");
+    let merged = send(
+        "POST",
+        "/rest/v1/profiles?on_conflict=id&select=id,username",
+        json_headers("return=representation,resolution=merge-duplicates"),
+        json!({ "id": row.id, "user_id": alice, "username": "alice-renamed" }),
+    )
+    .await;
+    assert_eq!(
+        merged.status,
+        400,
+        "`id` is generated, so not writable: {}",
+        String::from_utf8_lossy(&merged.body)
+    );
+    // Upsert on a unique column: the existing row is merged, none added (the row
+    // cached before by the unscoped handle follows).
+    assert_eq!(
+        db.read::<Profile>(row.id)
+            .await
+            .expect("warm")
+            .map(|p| p.avatar_url),
+        Some(None)
+    );
+    let merged = send(
+        "POST",
+        "/rest/v1/profiles?on_conflict=username&select=username,avatar_url",
+        json_headers("return=representation,resolution=merge-duplicates"),
+        json!({ "user_id": alice, "username": "alice-a", "avatar_url": "merged" }),
+    )
+    .await;
+    assert_eq!(
+        merged.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&merged.body)
+    );
+    assert_eq!(
+        merged.json(),
+        json!([{ "username": "alice-a", "avatar_url": "merged" }])
+    );
+    assert_eq!(db.query::<Profile>().count().await.expect("count"), 4);
+    // The cache saw every write: the unscoped handle's cached reads agree.
+    let read = db
+        .read::<Profile>(row.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(read.avatar_url.as_deref(), Some("merged"));
+    let updated_row = db
+        .query::<Profile>()
+        .filter(Profile::USERNAME.eq("alice-c".to_owned()))
+        .cached(60)
+        .first()
+        .await
+        .expect("cached")
+        .expect("alice-c");
+    assert_eq!(updated_row.avatar_url.as_deref(), Some("https://a/c.png"));
+    // A protected column is refused.
+    let protected = send(
+        "POST",
+        "/rest/v1/experiences",
+        json_headers("return=minimal"),
+        json!({ "user_id": alice, "content": "x", "metadata": {} }),
+    )
+    .await;
+    assert_eq!(
+        (protected.status, protected.json()["code"].clone()),
+        (400, json!("PGRST204"))
+    );
+}
+
+#[tokio::test]
+async fn hostile_input_gets_postgrest_errors_and_changes_nothing() {
+    let (base, db) = serve().await;
+    let (alice, _) = seed(&db).await;
+    let auth = bearer(&user_token(alice));
+    let get = |path: String| {
+        let (base, auth) = (base.clone(), auth.clone());
+        async move { request(&base, "GET", &path, &[("Authorization", &auth)], None).await }
+    };
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("/rest/v1/nope".into(), 404, "PGRST205"),
+        ("/rest/v1/profiles?nope=eq.1".into(), 400, "42703"),
+        ("/rest/v1/profiles?select=id,nope".into(), 400, "42703"),
+        ("/rest/v1/profiles?username=zz.1".into(), 400, "PGRST100"),
+        ("/rest/v1/profiles?username=eq".into(), 400, "PGRST100"),
+        (
+            "/rest/v1/profiles?or=(username.eq.a".into(),
+            400,
+            "PGRST100",
+        ),
+        ("/rest/v1/profiles?id=eq.not-a-uuid".into(), 400, "PGRST100"),
+        (
+            "/rest/v1/profiles?order=username.sideways".into(),
+            400,
+            "PGRST100",
+        ),
+        ("/rest/v1/profiles?limit=100000".into(), 400, "PGRST100"),
+        (
+            "/rest/v1/profiles?select=id,experiences(content)".into(),
+            400,
+            "PGRST100",
+        ),
+        (
+            format!(
+                "/rest/v1/profiles?username=in.({})",
+                vec!["x"; 5000].join(",")
+            ),
+            400,
+            "PGRST100",
+        ),
+        (
+            format!(
+                "/rest/v1/profiles?or=({}username.eq.a{})",
+                "and(".repeat(80),
+                ")".repeat(80)
+            ),
+            400,
+            "PGRST100",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let response = get(path.clone()).await;
+        assert_eq!(
+            response.status,
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let body = response.json();
+        assert_eq!(body["code"], code, "{path}");
+        assert!(
+            body.get("message").is_some()
+                && body.get("hint").is_some()
+                && body.get("details").is_some()
+        );
+    }
+    // Injection in values and names is data, never SQL.
+    for path in [
+        "/rest/v1/profiles?username=eq.%27;%20DROP%20TABLE%20profiles;--",
+        "/rest/v1/profiles?username=like.%25%27%20OR%201=1--",
+        "/rest/v1/profiles?or=(username.eq.a%29%20OR%20%28true)",
+    ] {
+        let response = get(path.into()).await;
+        assert!(
+            response.status == 200 && response.json() == json!([]) || response.status == 400,
+            "{path}: {} {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    let injected_column = get("/rest/v1/profiles?select=id;DROP%20TABLE%20profiles".into()).await;
+    assert_eq!(injected_column.status, 400);
+    // Writes: unfiltered, invalid JSON, oversized, a bad token.
+    let json = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let unfiltered = request(&base, "DELETE", "/rest/v1/profiles", &json, None).await;
+    assert_eq!(
+        (unfiltered.status, unfiltered.json()["code"].clone()),
+        (400, json!("21000"))
+    );
+    let unfiltered = request(
+        &base,
+        "PATCH",
+        "/rest/v1/profiles",
+        &json,
+        Some(br#"{"avatar_url":"x"}"#),
+    )
+    .await;
+    assert_eq!(unfiltered.status, 400);
+    let garbage = request(
+        &base,
+        "POST",
+        "/rest/v1/profiles",
+        &json,
+        Some(b"{not json"),
+    )
+    .await;
+    assert_eq!(
+        (garbage.status, garbage.json()["code"].clone()),
+        (400, json!("PGRST102"))
+    );
+    let huge = vec![b' '; 2 << 20];
+    let oversized = request(&base, "POST", "/rest/v1/profiles", &json, Some(&huge)).await;
+    assert_eq!(oversized.status, 413);
+    let unknown = request(
+        &base,
+        "POST",
+        "/rest/v1/profiles",
+        &json,
+        Some(br#"{"user_id":"00000000-0000-0000-0000-000000000000","username":"x","admin":true}"#),
+    )
+    .await;
+    assert_eq!(
+        (unknown.status, unknown.json()["code"].clone()),
+        (400, json!("PGRST204"))
+    );
+    let forged = token(json!({ "sub": alice, "role": "service_role", "aud": "authenticated", "exp": Utc::now().timestamp() + 600 }))
+        .replace('.', ".x");
+    let refused = request(
+        &base,
+        "GET",
+        "/rest/v1/profiles",
+        &[("Authorization", &bearer(&forged))],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.json()["code"].clone()),
+        (401, json!("PGRST301"))
+    );
+    assert_eq!(
+        db.query::<Profile>().count().await.expect("count"),
+        3,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn cors_preflight_and_origins() {
+    let (base, _db) = serve().await;
+    let preflight = request(
+        &base,
+        "OPTIONS",
+        "/rest/v1/profiles",
+        &[
+            ("Origin", "http://app.test"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "apikey,authorization,prefer,range",
+            ),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    let allowed = preflight
+        .header("access-control-allow-headers")
+        .expect("headers");
+    for name in [
+        "apikey",
+        "authorization",
+        "prefer",
+        "range",
+        "content-profile",
+    ] {
+        assert!(allowed.contains(name), "{name} in {allowed}");
+    }
+    let other = request(
+        &base,
+        "GET",
+        "/rest/v1/profiles",
+        &[("Origin", "http://evil.test")],
+        None,
+    )
+    .await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    let own = request(
+        &base,
+        "GET",
+        "/rest/v1/profiles",
+        &[("Origin", "http://app.test")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        own.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    assert!(
+        own.header("access-control-expose-headers")
+            .is_some_and(|h| h.contains("Content-Range"))
+    );
+}
