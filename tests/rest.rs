@@ -672,3 +672,205 @@ async fn cors_preflight_and_origins() {
             .is_some_and(|h| h.contains("Content-Range"))
     );
 }
+
+/// `@supabase/postgrest-js`, installed from the npm registry once per target
+/// directory, with the conformance script beside it.
+fn postgrest_js() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("postgrest-js-1.21.4");
+    let installed = dir.join("node_modules/@supabase/postgrest-js/package.json");
+    if !installed.exists() {
+        std::fs::create_dir_all(&dir).expect("npm dir");
+        std::fs::write(
+            dir.join("package.json"),
+            r#"{"name":"conformance","private":true,"type":"module"}"#,
+        )
+        .expect("package.json");
+        let status = std::process::Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "@supabase/postgrest-js@1.21.4",
+            ])
+            .current_dir(&dir)
+            .status()
+            .expect("npm (Node.js) is needed: `./tabula setup` installs it");
+        assert!(status.success(), "npm install failed");
+    }
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/js/postgrest_conformance.mjs"
+        ),
+        dir.join("postgrest_conformance.mjs"),
+    )
+    .expect("script");
+    dir
+}
+
+/// The real postgrest-js client against the router: every step's answer equals what
+/// the typed API says (or PostgREST's documented error), and the table ends as the
+/// typed API sees it.
+#[tokio::test]
+async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
+    let dir = tokio::task::spawn_blocking(postgrest_js)
+        .await
+        .expect("npm");
+    let (base, db) = serve().await;
+    let (alice, bob) = seed(&db).await;
+    // The typed API's answers, as alice, before the client writes anything.
+    let as_alice = db.as_user(alice);
+    let typed = |filter: Option<tabula::Filter<Profile>>, descending: bool| {
+        let as_alice = as_alice.clone();
+        async move {
+            let mut query = as_alice.query::<Profile>();
+            if let Some(filter) = filter {
+                query = query.filter(filter);
+            }
+            let order = if descending {
+                Profile::USERNAME.desc()
+            } else {
+                Profile::USERNAME.asc()
+            };
+            query
+                .order_by(order)
+                .all()
+                .await
+                .expect("typed")
+                .into_iter()
+                .map(|p| p.username)
+                .collect::<Vec<_>>()
+        }
+    };
+    let expected = (
+        typed(None, false).await,
+        typed(None, true).await,
+        typed(
+            Some(Profile::USERNAME.is_in(["alice-a".to_owned(), "nobody".to_owned()])),
+            false,
+        )
+        .await,
+        typed(
+            Some(
+                Profile::USERNAME
+                    .eq("alice-b".to_owned())
+                    .or(Profile::USERNAME.eq("bob-a".to_owned())),
+            ),
+            false,
+        )
+        .await,
+        typed(Some(Profile::USERNAME.ilike("ALICE-%")), false).await,
+        typed(Some(Profile::AVATAR_URL.is_null()), false).await,
+        typed(Some(Profile::USERNAME.ne("alice-a".to_owned())), false).await,
+    );
+    let args = [
+        base.clone(),
+        anon_key(),
+        user_token(alice),
+        alice.to_string(),
+        bob.to_string(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("postgrest_conformance.mjs")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("node");
+    assert!(
+        output.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let steps: std::collections::HashMap<String, Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let step: Value = serde_json::from_str(line).expect("a JSON line");
+            (step["step"].as_str().expect("step").to_owned(), step)
+        })
+        .collect();
+    let step = |name: &str| {
+        steps
+            .get(name)
+            .unwrap_or_else(|| panic!("no step {name}: {steps:?}"))
+    };
+    let usernames = |name: &str| -> Vec<String> {
+        let step = step(name);
+        assert!(step["error"].is_null(), "{name}: {step}");
+        names(&step["data"])
+    };
+    let (ordered, descending, listed, either, ilike, null, not) = expected;
+    assert_eq!(usernames("select_ordered"), ordered);
+    assert_eq!(usernames("select_desc_limit"), descending[..1]);
+    assert_eq!(usernames("filter_in"), listed);
+    assert_eq!(usernames("filter_or"), either);
+    assert_eq!(usernames("filter_ilike"), ilike);
+    assert_eq!(usernames("filter_is_null"), null);
+    assert_eq!(usernames("filter_not"), not);
+    assert_eq!(usernames("filter_neq_gt"), ["alice-b"]);
+    let ranged = step("range_count");
+    assert_eq!(
+        (names(&ranged["data"]), ranged["count"].clone()),
+        (vec!["alice-b".to_owned()], json!(2))
+    );
+    let head = step("head_count");
+    assert_eq!(
+        (head["data"].clone(), head["count"].clone()),
+        (json!(null), json!(2)),
+        "{head}"
+    );
+    assert_eq!(step("single")["data"], json!({ "username": "alice-a" }));
+    let none = step("single_none");
+    assert_eq!(
+        (none["status"].clone(), none["error"]["code"].clone()),
+        (json!(406), json!("PGRST116"))
+    );
+    let maybe = step("maybe_single");
+    assert_eq!(
+        (maybe["data"].clone(), maybe["error"].clone()),
+        (json!(null), json!(null)),
+        "{maybe}"
+    );
+    assert_eq!(
+        step("insert")["data"],
+        json!([{ "username": "alice-js", "status": "active" }])
+    );
+    assert_eq!(usernames("insert_bulk"), ["alice-js-2", "alice-js-3"]);
+    assert_eq!(
+        step("upsert")["data"],
+        json!([{ "username": "alice-js", "avatar_url": "https://a/js.png" }])
+    );
+    assert_eq!(
+        step("update")["data"],
+        json!([{ "username": "alice-js", "avatar_url": "https://a/v2.png" }])
+    );
+    let denied = step("rls_denied_insert");
+    assert_eq!(
+        (denied["status"].clone(), denied["error"]["code"].clone()),
+        (json!(403), json!("42501")),
+        "{denied}"
+    );
+    assert_eq!(step("rls_hidden_update")["data"], json!([]));
+    assert_eq!(usernames("delete"), ["alice-js-2", "alice-js-3"]);
+    assert_eq!(step("anon_select")["data"], json!([]));
+    assert_eq!(step("unknown_table")["error"]["code"], "PGRST205");
+    assert_eq!(step("unknown_column")["error"]["code"], "42703");
+    // The end state, by the client and by the typed API (unscoped: bob's row untouched).
+    assert_eq!(usernames("after"), typed(None, false).await);
+    assert_eq!(usernames("after"), ["alice-a", "alice-b", "alice-js"]);
+    let bobs = db
+        .query::<Profile>()
+        .filter(Profile::USER_ID.eq(bob))
+        .all()
+        .await
+        .expect("bob");
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(
+        bobs[0].avatar_url, None,
+        "the hidden update changed nothing"
+    );
+}
