@@ -575,8 +575,8 @@ fn param_expr(f: &Field<'_>, place: TokenStream) -> TokenStream {
     }
 }
 
-/// FNV-1a over the table name and every column's name, flags and type tokens: a
-/// change to any of them changes the hash.
+/// FNV-1a over the table name and every column's name, flags (key, JSON, soft delete)
+/// and type tokens: a change to any of them changes the hash.
 fn shape_hash(cont: &Container<'_>, table: &str) -> u64 {
     let mut text = String::from(table);
     for f in cont.columns() {
@@ -591,6 +591,9 @@ fn shape_hash(cont: &Container<'_>, table: &str) -> u64 {
         } else {
             ""
         });
+        // Which rows the model sees: a soft-delete model never reads a deleted row, so
+        // its entries (rows, absences) must not be another model's over the table.
+        text.push_str(if f.is_soft_delete() { ":soft" } else { "" });
     }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {

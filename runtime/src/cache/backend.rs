@@ -48,16 +48,19 @@
 //!    with the mapping there, the row's.
 //! 8. **The registry of cached tables** (only with
 //!    [`CacheConfig::registry_window`](super::CacheConfig::registry_window), only
-//!    on a shared tier): every epoch starts with a registry `reg` (a hash, marked by
-//!    the field `''`); a lookup registers each table its entry depends on (the row's
-//!    table, a scope's policy tables, the tables of a versioned name's `v:` counters)
-//!    with the tier's clock, and takes no lease — and marks a versioned name as not to
-//!    be filled — while a registration is younger than the *wait* (the window and a
-//!    half). An invalidation answers the registered tables. A writer skips the tables
-//!    not in a snapshot of the registry younger than the window, taken before it
-//!    asked; so a writer that skipped a table committed before any reader of it took
-//!    a lease. A registry missing while its epoch exists was lost: the epoch is
-//!    replaced (rule 4's way of delivering what could not be).
+//!    on a shared tier): every epoch starts with a registry `reg` (a hash) whose
+//!    field `''` holds the longest reader *wait* (the window and a half) of any
+//!    process with a window that used the namespace. Once it is set, every lookup —
+//!    of a process with a window or not — registers each table its entry depends on
+//!    (the row's table, a scope's policy tables, the tables of a versioned name's `v:`
+//!    counters) with the tier's clock, and takes no lease — and marks a versioned
+//!    name as not to be filled — while a registration is younger than the wait. An
+//!    invalidation by a process with a window answers the registered tables. Such a
+//!    writer skips the tables not in a snapshot of the registry younger than its
+//!    window, taken before it asked; so a writer that skipped a table committed
+//!    before any reader of it took a lease. An epoch whose registry lacks the mark
+//!    (lost, or used only without a window so far) is replaced by the first process
+//!    with a window (rule 4's way of delivering what could not be).
 //!
 //! Every method's future may be dropped at any point without breaking these rules:
 //! each is one atomic step on the tier.

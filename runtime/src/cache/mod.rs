@@ -256,8 +256,10 @@ pub struct CacheConfig {
     /// snapshot of it, refreshed by every invalidation it sends and never trusted
     /// longer than this window. The price: the first time a table is cached (per
     /// epoch), nothing of it is filled for the window and a half — a writer holding an
-    /// older snapshot might still skip it. Every process sharing the namespace must
-    /// use the same setting. Default `None`: every write tells Redis.
+    /// older snapshot might still skip it. Processes without the setting may share the
+    /// namespace: once one with it has used it, they register and wait as readers too
+    /// (its first use replaces the epoch, dropping what was cached unregistered).
+    /// Default `None`: every write tells Redis.
     pub registry_window: Option<Duration>,
 }
 
@@ -359,7 +361,7 @@ impl CacheConfig {
         self
     }
 
-    /// Sets [`CacheConfig::registry_window`] (at least 1 ms).
+    /// Sets [`CacheConfig::registry_window`] (at least 10 ms).
     ///
     /// ```
     /// use std::time::Duration;
@@ -367,7 +369,7 @@ impl CacheConfig {
     /// assert_eq!(config.registry_window, Some(Duration::from_secs(1)));
     /// ```
     pub fn registry_window(mut self, window: Duration) -> Self {
-        self.registry_window = Some(window.max(Duration::from_millis(1)));
+        self.registry_window = Some(window.max(Duration::from_millis(10)));
         self
     }
 
@@ -392,7 +394,14 @@ impl CacheConfig {
 /// difference between the clocks that measure it (Redis's and each writer's).
 #[cfg(feature = "cache")]
 pub(crate) fn registry_wait(window: Duration) -> Duration {
-    window.saturating_add(window / 2)
+    // Rounded up to whole milliseconds (the server's clock is read in them) and one
+    // more, so that the margin survives the rounding on both sides.
+    let wait = window.saturating_add(window / 2);
+    Duration::from_millis(
+        u64::try_from(wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(2),
+    )
 }
 
 /// What the near tier has done, for tests and dashboards (also exported as metrics).

@@ -93,6 +93,25 @@ fn mapped<M: crate::Table>(entry: &[u8]) -> Option<M::Key> {
         .and_then(|b| serde_json::from_slice::<M::Key>(b).ok())
 }
 
+/// Whether a column type's values decode into Rust without loss, so that Rust's
+/// equality of two decoded values implies PostgreSQL's.
+fn lossless(sql_type: &str) -> bool {
+    matches!(
+        sql_type,
+        "int2"
+            | "int4"
+            | "int8"
+            | "uuid"
+            | "bool"
+            | "text"
+            | "varchar"
+            | "bytea"
+            | "date"
+            | "timestamptz"
+            | "timestamp"
+    )
+}
+
 /// Whether `row`'s column `index` still holds `wanted` (compared as the row cache
 /// encodes the column, not through the model's serde).
 fn holds<M: crate::Table, T: 'static>(row: &M, index: usize, wanted: &T) -> bool {
@@ -312,7 +331,15 @@ impl super::Db {
     where
         T: crate::ColumnType + Clone + serde::Serialize,
     {
-        let name = crate::__private::unique_name(M::META.columns[column.index()].name, &value);
+        // The mapping is trusted when the row still holds the value as Rust compares
+        // it; that proves the database's equality only for types decoded without loss
+        // (a `numeric` past 28 digits, a JSON number past f64, a custom type may
+        // compare equal here and not there): others are looked up uncached.
+        let meta = M::META;
+        if !lossless(meta.columns[column.index()].sql_type) {
+            return self.query::<M>().filter(column.eq(value)).first().await;
+        }
+        let name = crate::__private::unique_name(meta.columns[column.index()].name, &value);
         let wanted = value.clone();
         self.find_unique_by::<M, _>(
             name,

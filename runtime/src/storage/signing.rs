@@ -96,6 +96,11 @@ fn render(expires: i64, nonce: &[u8; 16], owner: Option<&[u8; 16]>, tag: &[u8; 3
     }
 }
 
+/// What a download token is bound to: the object's row and the version of its bytes.
+fn download_binding(object: &super::FileObject) -> String {
+    format!("{}:{}", object.id, object.etag)
+}
+
 impl StorageService {
     /// A URL that allows downloading `bucket`/`path` for `expires_in` seconds, any
     /// number of times until it expires.
@@ -118,7 +123,9 @@ impl StorageService {
                     ));
                 }
                 let expires = Utc::now().timestamp() + expires_in as i64;
-                let binding = object.id.to_string();
+                // The object's row and its bytes (an overwrite keeps the row, not the
+                // etag): the token never serves a later version.
+                let binding = download_binding(&object);
                 let token = self.sign(Purpose::Download, bucket, path, expires, &binding, None);
                 Ok(format!(
                     "{}/object/sign/{bucket}/{}?token={token}",
@@ -259,7 +266,7 @@ impl StorageService {
             bucket,
             path,
             token,
-            &object.id.to_string(),
+            &download_binding(&object),
         )?;
         Ok(object)
     }

@@ -151,7 +151,7 @@ const _: () = {
             version: ::tabula::__private::Option::None,
             cache_ttl: ::tabula::__private::Option::None,
             cache_near: true,
-            shape: ::tabula::__private::row_shape(6948523948430002955u64),
+            shape: ::tabula::__private::row_shape(17244957423811391135u64),
         };
         fn from_row_at(
             __row: &::tabula::__private::Row,

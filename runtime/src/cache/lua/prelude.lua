@@ -2,25 +2,34 @@
 -- first time (or after Redis lost its data) gets the fresh random epoch the caller
 -- sent, so an epoch never comes back to a value old entries were written under.
 -- KEYS[1]: the epoch key. ARGV[1]: the namespace's base. ARGV[2]: a fresh epoch.
--- ARGV[3]: the registry window in ms (CacheConfig::registry_window; 0: no registry).
--- After base(), E is the epoch (scripts that feed a near tier return it).
+-- ARGV[3]: this process's registry wait in ms (CacheConfig::registry_window; 0: none).
+-- After base(), E is the epoch (scripts that feed a near tier return it) and WAIT the
+-- namespace's registry wait.
 --
 -- Every epoch starts with its registry of cached tables ('{base}:{E}:reg', a hash of
--- table -> the server time it was first cached, with the field '' as its mark). Under
--- a registry window, writers skip tables that are not in it; so a registry lost while
--- its epoch survived (evicted, deleted) would let writers skip tables that have
--- entries: the epoch is replaced instead, as after a lost invalidation.
+-- table -> the server time it was first cached) whose field '' is the longest wait of
+-- any process with a registry window: once one has used the namespace, every reader —
+-- with a window or not — registers what it caches and waits, so writers that skip
+-- unregistered tables are safe beside processes without a window. An epoch without
+-- that mark (lost with the registry, or only ever used without a window) is replaced
+-- when the first process with a window uses it: entries cached unregistered go with it.
 local E
+local WAIT = 0
 local function base()
   E = redis.call('GET', KEYS[1])
-  local fresh = not E
-  if not fresh and tonumber(ARGV[3]) > 0 and redis.call('EXISTS', ARGV[1] .. ':' .. E .. ':reg') == 0 then
-    fresh = true
-  end
-  if fresh then
+  local mine = tonumber(ARGV[3])
+  local mark = nil
+  if E then mark = redis.call('HGET', ARGV[1] .. ':' .. E .. ':reg', '') end
+  if not E or (mine > 0 and (not mark or tonumber(mark) == 0)) then
     E = ARGV[2]
     redis.call('SET', KEYS[1], E)
-    redis.call('HSET', ARGV[1] .. ':' .. E .. ':reg', '', '0')
+    mark = tostring(mine)
+    redis.call('HSET', ARGV[1] .. ':' .. E .. ':reg', '', mark)
+  end
+  WAIT = tonumber(mark or '0')
+  if mine > WAIT then
+    WAIT = mine
+    redis.call('HSET', ARGV[1] .. ':' .. E .. ':reg', '', ARGV[3])
   end
   return ARGV[1] .. ':' .. E
 end
@@ -62,7 +71,7 @@ end
 -- lease or fill: a writer's snapshot of the registry is never older than the window,
 -- so every writer that could still skip such a table committed before this read.
 local function registered(b, tables)
-  local window = tonumber(ARGV[3])
+  local window = WAIT
   if window <= 0 then return true end
   local now = now_ms()
   local old = true
