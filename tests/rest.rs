@@ -56,6 +56,40 @@ pub struct Experience {
     pub created_at: DateTime<Utc>,
 }
 
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(
+    name = "authors",
+    derive_new(serde::Deserialize),
+    derive_patch(serde::Deserialize)
+)]
+pub struct Author {
+    #[table(primary_key)]
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(
+    name = "posts",
+    derive_new(serde::Deserialize),
+    derive_patch(serde::Deserialize)
+)]
+pub struct Post {
+    #[table(primary_key)]
+    pub id: i64,
+    #[table(belongs_to = Author)]
+    pub author_id: Option<i64>,
+    pub title: String,
+}
+
+const RELATED: &str = "
+    CREATE TABLE authors (id int8 PRIMARY KEY, name text NOT NULL);
+    CREATE TABLE posts (id int8 PRIMARY KEY, author_id int8 REFERENCES authors, title text NOT NULL);
+    GRANT SELECT, INSERT, UPDATE, DELETE ON authors, posts TO anon, authenticated;
+    INSERT INTO authors VALUES (1, 'ann'), (2, 'bob'), (3, 'cy');
+    INSERT INTO posts VALUES (10, 1, 'a1'), (11, 1, 'a2'), (12, 2, 'b1'), (13, NULL, 'orphan');
+";
+
 pub fn token(claims: Value) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -98,9 +132,13 @@ pub async fn serve() -> (String, Db) {
     )
     .await
     .expect("db");
+    db.execute_batch(RELATED).await.expect("related tables");
     let api = RestApi::new()
         .model::<Profile>()
-        .model_with::<Experience>(Expose::default().protect(["user_id"]));
+        .model_with::<Experience>(Expose::default().protect(["user_id"]))
+        .model::<Author>()
+        .model::<Post>()
+        .embed::<Author, Post>();
     let app = tabula::rest::router(
         db.clone(),
         api,
@@ -492,7 +530,7 @@ async fn hostile_input_gets_postgrest_errors_and_changes_nothing() {
         (
             "/rest/v1/profiles?select=id,experiences(content)".into(),
             400,
-            "PGRST100",
+            "PGRST200",
         ),
         (
             format!(
@@ -859,6 +897,18 @@ async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
     assert_eq!(step("anon_select")["data"], json!([]));
     assert_eq!(step("unknown_table")["error"]["code"], "PGRST205");
     assert_eq!(step("unknown_column")["error"]["code"], "42703");
+    assert_eq!(
+        step("embed_children")["data"],
+        json!([
+            { "name": "ann", "posts": [{ "title": "a1" }, { "title": "a2" }] },
+            { "name": "bob", "posts": [{ "title": "b1" }] },
+            { "name": "cy", "posts": [] },
+        ])
+    );
+    assert_eq!(
+        step("embed_parent")["data"],
+        json!({ "title": "b1", "authors": { "name": "bob" } })
+    );
     // The end state, by the client and by the typed API (unscoped: bob's row untouched).
     assert_eq!(usernames("after"), typed(None, false).await);
     assert_eq!(usernames("after"), ["alice-a", "alice-b", "alice-js"]);
@@ -873,4 +923,58 @@ async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
         bobs[0].avatar_url, None,
         "the hidden update changed nothing"
     );
+}
+
+/// Embedded resources along the declared relation, both ways and nested; PostgREST's
+/// shapes (an array of children, an object or `null` for a parent).
+#[tokio::test]
+async fn embedded_resources_follow_the_declared_relation_both_ways() {
+    let (base, _db) = serve().await;
+    let get = |path: &'static str| {
+        let base = base.clone();
+        async move { request(&base, "GET", path, &[], None).await }
+    };
+    let authors = get("/rest/v1/authors?select=name,posts(title)&order=name").await;
+    assert_eq!(
+        authors.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&authors.body)
+    );
+    assert_eq!(
+        authors.json(),
+        json!([
+            { "name": "ann", "posts": [{ "title": "a1" }, { "title": "a2" }] },
+            { "name": "bob", "posts": [{ "title": "b1" }] },
+            { "name": "cy", "posts": [] },
+        ])
+    );
+    let posts = get("/rest/v1/posts?select=title,authors(name)&order=id").await;
+    assert_eq!(
+        posts.json(),
+        json!([
+            { "title": "a1", "authors": { "name": "ann" } },
+            { "title": "a2", "authors": { "name": "ann" } },
+            { "title": "b1", "authors": { "name": "bob" } },
+            { "title": "orphan", "authors": null },
+        ])
+    );
+    let nested = get("/rest/v1/posts?select=id,authors(name,posts(id))&id=eq.12").await;
+    assert_eq!(
+        nested.json(),
+        json!([{ "id": 12, "authors": { "name": "bob", "posts": [{ "id": 12 }] } }])
+    );
+    let only = get("/rest/v1/authors?select=posts(*)&id=eq.2").await;
+    assert_eq!(
+        only.json(),
+        json!([{ "posts": [{ "id": 12, "author_id": 2, "title": "b1" }] }])
+    );
+    let unrelated = get("/rest/v1/authors?select=name,profiles(username)").await;
+    assert_eq!(
+        (unrelated.status, unrelated.json()["code"].clone()),
+        (400, json!("PGRST200"))
+    );
+    let too_deep =
+        get("/rest/v1/posts?select=id,authors(posts(authors(posts(authors(name)))))").await;
+    assert_eq!(too_deep.status, 400);
 }

@@ -52,4 +52,6 @@ await step('delete', user.from('profiles').delete().in('username', ['alice-js-2'
 await step('anon_select', anon.from('profiles').select('username'));
 await step('unknown_table', user.from('nope').select('*'));
 await step('unknown_column', user.from('profiles').select('nope'));
+await step('embed_children', anon.from('authors').select('name, posts(title)').order('name'));
+await step('embed_parent', anon.from('posts').select('title, authors(name)').eq('id', 12).single());
 await step('after', user.from('profiles').select('username,avatar_url').order('username'));

@@ -28,10 +28,12 @@
 //! (with `nullsfirst` / `nullslast`), `limit`, `offset`, `Range`, `Prefer: count=exact`
 //! (and `planned` / `estimated`), inserts (one object or an array), upserts
 //! (`Prefer: resolution=merge-duplicates`, `on_conflict`), updates and deletes by
-//! filter (refused without one), `Prefer: return=representation|minimal`, and
-//! `Accept: application/vnd.pgrst.object+json`. Not covered (refused with
-//! `PGRST100`-style errors, never ignored): embedded relations, aliases and casts in
-//! `select`, full-text and range operators, RPC.
+//! filter (refused without one), `Prefer: return=representation|minimal`,
+//! `Accept: application/vnd.pgrst.object+json`, and embedded resources along the
+//! relations the API declares ([`RestApi::embed`]: `select=id,posts(title)`, nested up to
+//! four levels). Not covered (refused with `PGRST100`-style errors, never ignored):
+//! aliases, casts and join hints in `select`, filters on embedded resources, full-text
+//! and range operators, RPC.
 
 mod http;
 mod params;
@@ -58,6 +60,9 @@ use crate::table::{ColumnSet, Table, TableMeta};
 pub struct Read {
     /// Columns to return (`None`: all the readable ones).
     pub select: Option<Vec<String>>,
+    /// Related rows to embed (`select=id,experiences(content)`), along relations the
+    /// API declares ([`RestApi::embed`]).
+    pub embeds: Vec<Embed>,
     /// The filter (`None`: every row).
     pub filter: Option<Cond>,
     /// Order keys.
@@ -81,6 +86,27 @@ impl Read {
     pub fn from_query(query: &str) -> Result<Read, RestError> {
         params::parse_query(query)
     }
+}
+
+/// A resource embedded in a read's rows: `name(columns, nested(…))`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embed {
+    /// The related table's name.
+    pub name: String,
+    /// Its columns to return (`None`: all the readable ones).
+    pub select: Option<Vec<String>>,
+    /// Resources embedded in it.
+    pub embeds: Vec<Embed>,
+}
+
+/// A relation the API may embed along: `from`'s column equals `to`'s column.
+#[derive(Debug, Clone, Copy)]
+struct Relation {
+    from_column: &'static str,
+    to_column: &'static str,
+    /// `to`'s column is its primary key: each row has at most one related row (an
+    /// object or `null`); otherwise any number (an array).
+    to_one: bool,
 }
 
 /// A filter, model-free: a column's condition, or a combination.
@@ -307,14 +333,21 @@ trait Dynamic: Send + Sync {
 /// ```
 #[derive(Clone, Default)]
 pub struct RestApi {
+    inner: Arc<Registry>,
+}
+
+#[derive(Clone, Default)]
+struct Registry {
     tables: BTreeMap<&'static str, Arc<dyn Dynamic>>,
+    /// By (table, embedded table).
+    relations: BTreeMap<(&'static str, &'static str), Relation>,
     limits: SpecLimits,
 }
 
 impl std::fmt::Debug for RestApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestApi")
-            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .field("tables", &self.inner.tables.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -322,10 +355,7 @@ impl std::fmt::Debug for RestApi {
 impl RestApi {
     /// An API exposing nothing yet.
     pub fn new() -> RestApi {
-        RestApi {
-            tables: BTreeMap::new(),
-            limits: SpecLimits::default(),
-        }
+        RestApi::default()
     }
 
     /// Exposes `M` under its table's name, every operation and column.
@@ -345,13 +375,51 @@ impl RestApi {
         M::New: DeserializeOwned,
         M::Patch: DeserializeOwned,
     {
-        self.tables.insert(
+        let registry = Arc::make_mut(&mut self.inner);
+        let limits = registry.limits;
+        registry.tables.insert(
             M::META.name,
             Arc::new(Model::<M> {
                 expose,
-                limits: self.limits,
+                limits,
                 _model: std::marker::PhantomData,
             }),
+        );
+        self
+    }
+
+    /// Lets reads of `A` embed rows of `B` along their declared relation
+    /// (`#[table(belongs_to = …)]`), both ways: `select=id,posts(title)` on the parent
+    /// gives each row an array of its children, `select=title,users(name)` on the
+    /// child an object (or `null`).
+    ///
+    /// ```no_run
+    /// # #[derive(tabula::Table)] #[table(derive_new(serde::Deserialize), derive_patch(serde::Deserialize))]
+    /// # pub struct User { #[table(primary_key)] pub id: i64, pub name: String }
+    /// # #[derive(tabula::Table)] #[table(derive_new(serde::Deserialize), derive_patch(serde::Deserialize))]
+    /// # pub struct Post { #[table(primary_key)] pub id: i64, #[table(belongs_to = User)] pub user_id: i64, pub title: String }
+    /// let api = tabula::rest::RestApi::new().model::<User>().model::<Post>().embed::<User, Post>();
+    /// ```
+    pub fn embed<A: crate::Related<B>, B: crate::Related<A>>(mut self) -> RestApi {
+        let registry = Arc::make_mut(&mut self.inner);
+        let (a, b) = (A::META, B::META);
+        let (a_column, b_column) = <A as crate::Related<B>>::ON;
+        let (from, to) = (a.columns[a_column].name, b.columns[b_column].name);
+        registry.relations.insert(
+            (a.name, b.name),
+            Relation {
+                from_column: from,
+                to_column: to,
+                to_one: b_column == b.primary_key,
+            },
+        );
+        registry.relations.insert(
+            (b.name, a.name),
+            Relation {
+                from_column: to,
+                to_column: from,
+                to_one: a_column == a.primary_key,
+            },
         );
         self
     }
@@ -364,37 +432,40 @@ impl RestApi {
     /// let api = RestApi::new().limits(SpecLimits::default().max_limit(100));
     /// ```
     pub fn limits(mut self, limits: SpecLimits) -> RestApi {
-        self.limits = limits;
+        Arc::make_mut(&mut self.inner).limits = limits;
         self
     }
 
     /// The exposed table `name`, or PostgREST's 404 (`PGRST205`).
     pub fn table(&self, name: &str) -> Result<RestTable, RestError> {
-        self.tables
-            .get(name)
-            .cloned()
-            .map(RestTable)
-            .ok_or_else(|| {
-                RestError::new(
-                    404,
-                    "PGRST205",
-                    format!(
-                        "Could not find the table '{}' in the schema cache",
-                        name.chars().take(64).collect::<String>()
-                    ),
-                )
-            })
+        let table = self.inner.tables.get(name).cloned().ok_or_else(|| {
+            RestError::new(
+                404,
+                "PGRST205",
+                format!(
+                    "Could not find the table '{}' in the schema cache",
+                    name.chars().take(64).collect::<String>()
+                ),
+            )
+        })?;
+        Ok(RestTable {
+            table,
+            registry: self.inner.clone(),
+        })
     }
 }
 
 /// One exposed table: reads and writes by JSON, through the model's typed paths.
 #[derive(Clone)]
-pub struct RestTable(Arc<dyn Dynamic>);
+pub struct RestTable {
+    table: Arc<dyn Dynamic>,
+    registry: Arc<Registry>,
+}
 
 impl std::fmt::Debug for RestTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("RestTable")
-            .field(&self.0.meta().name)
+            .field(&self.table.meta().name)
             .finish()
     }
 }
@@ -403,8 +474,166 @@ impl RestTable {
     /// The rows `read` asks for (as `db` sees them: a scoped handle sees what its
     /// policies show).
     pub async fn select(&self, db: &Db, read: &Read) -> Result<Selected, RestError> {
-        self.allowed(self.0.expose().read, "read")?;
-        self.0.select(db, read).await
+        self.allowed(self.table.expose().read, "read")?;
+        if read.embeds.is_empty() {
+            return self.table.select(db, read).await;
+        }
+        let (rows, total) = self.select_embedding(db, read, 0).await?;
+        Ok(Selected { rows, total })
+    }
+
+    /// A read with embedded resources: the rows (with the columns the relations need,
+    /// dropped again unless selected), then per embedded resource one read of the
+    /// related rows by `in` over this page's values, grouped onto the rows.
+    fn select_embedding<'a>(
+        &'a self,
+        db: &'a Db,
+        read: &'a Read,
+        depth: usize,
+    ) -> Pending<'a, (Vec<Map<String, Value>>, Option<i64>)> {
+        Box::pin(async move {
+            if depth > params::MAX_EMBED_DEPTH {
+                return Err(RestError::parse("embedded resources nest too deep"));
+            }
+            let name = self.table.meta().name;
+            let mut relations = Vec::with_capacity(read.embeds.len());
+            for embed in &read.embeds {
+                let relation = self
+                    .registry
+                    .relations
+                    .get(&(name, embed.name.as_str()))
+                    .copied()
+                    .ok_or_else(|| {
+                        RestError::new(
+                            400,
+                            "PGRST200",
+                            format!(
+                                "Could not find a relationship between '{name}' and '{}' in the schema cache",
+                                embed.name.chars().take(64).collect::<String>()
+                            ),
+                        )
+                    })?;
+                let target = RestApi {
+                    inner: self.registry.clone(),
+                }
+                .table(&embed.name)?;
+                target.allowed(target.table.expose().read, "read")?;
+                relations.push((embed, relation, target));
+            }
+            // The columns to return, and those the relations need besides.
+            let mut own = read.clone();
+            own.embeds = Vec::new();
+            let wanted: Option<Vec<String>> = read
+                .select
+                .clone()
+                .filter(|s| !s.is_empty() || read.embeds.is_empty());
+            let mut extra = Vec::new();
+            if let Some(columns) = &wanted
+                && !columns.iter().any(|c| c.trim() == "*")
+            {
+                let mut columns = columns.clone();
+                for (_, relation, _) in &relations {
+                    if !columns.iter().any(|c| c.trim() == relation.from_column) {
+                        columns.push(relation.from_column.to_owned());
+                        extra.push(relation.from_column);
+                    }
+                }
+                own.select = Some(columns);
+            } else if wanted.is_none() && read.select.as_ref().is_some_and(Vec::is_empty) {
+                // Only embedded resources: just the columns the relations need.
+                own.select = Some(
+                    relations
+                        .iter()
+                        .map(|(_, r, _)| r.from_column.to_owned())
+                        .collect(),
+                );
+                extra.extend(relations.iter().map(|(_, r, _)| r.from_column));
+            }
+            let selected = self.table.select(db, &own).await?;
+            let mut rows = selected.rows;
+            let max = self.registry.limits.max_limit;
+            for (embed, relation, target) in relations {
+                // The values this page holds, once each, nulls left out.
+                let mut values: Vec<Value> = Vec::new();
+                for row in &rows {
+                    if let Some(value) = row.get(relation.from_column)
+                        && !value.is_null()
+                        && !values.contains(value)
+                    {
+                        values.push(value.clone());
+                    }
+                }
+                let mut related: Vec<Map<String, Value>> = Vec::new();
+                let mut dropped_key = false;
+                if !values.is_empty() {
+                    let mut select = embed.select.clone();
+                    if let Some(columns) = &mut select
+                        && !columns
+                            .iter()
+                            .any(|c| c.trim() == "*" || c.trim() == relation.to_column)
+                    {
+                        columns.push(relation.to_column.to_owned());
+                        dropped_key = true;
+                    }
+                    let child = Read {
+                        select,
+                        embeds: embed.embeds.clone(),
+                        filter: Some(Cond::Leaf {
+                            column: relation.to_column.to_owned(),
+                            op: "in".into(),
+                            value: Value::Array(values),
+                        }),
+                        order: Vec::new(),
+                        // One more than allowed: more means the embedding is too large
+                        // to return whole, which is an error, not a truncation.
+                        limit: Some(max),
+                        offset: None,
+                        count: None,
+                    };
+                    related = match child.embeds.is_empty() {
+                        true => target.table.select(db, &child).await?.rows,
+                        false => target.select_embedding(db, &child, depth + 1).await?.0,
+                    };
+                    if related.len() as u64 >= max {
+                        return Err(RestError::new(
+                            400,
+                            "PGRST100",
+                            format!(
+                                "embedding '{}' returns {max} rows or more; filter the parent rows",
+                                embed.name
+                            ),
+                        ));
+                    }
+                }
+                for row in &mut rows {
+                    let key = row
+                        .get(relation.from_column)
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let mut matching = related
+                        .iter()
+                        .filter(|r| !key.is_null() && r.get(relation.to_column) == Some(&key))
+                        .cloned()
+                        .map(|mut r| {
+                            if dropped_key {
+                                r.remove(relation.to_column);
+                            }
+                            Value::Object(r)
+                        });
+                    let value = match relation.to_one {
+                        true => matching.next().unwrap_or(Value::Null),
+                        false => Value::Array(matching.collect()),
+                    };
+                    row.insert(embed.name.clone(), value);
+                }
+            }
+            for row in &mut rows {
+                for column in &extra {
+                    row.remove(*column);
+                }
+            }
+            Ok((rows, selected.total))
+        })
     }
 
     /// Inserts `rows` (objects of column values); with `upsert`, on a conflict on those
@@ -417,11 +646,11 @@ impl RestTable {
         upsert: Option<Vec<String>>,
         returning: Option<&[String]>,
     ) -> Result<Vec<Map<String, Value>>, RestError> {
-        self.allowed(self.0.expose().insert, "insert")?;
+        self.allowed(self.table.expose().insert, "insert")?;
         if upsert.is_some() {
-            self.allowed(self.0.expose().update, "update")?;
+            self.allowed(self.table.expose().update, "update")?;
         }
-        self.0.insert(db, rows, upsert, returning).await
+        self.table.insert(db, rows, upsert, returning).await
     }
 
     /// Applies `patch` to the rows `filter` matches; returns them (their `returning`
@@ -433,8 +662,8 @@ impl RestTable {
         patch: Map<String, Value>,
         returning: Option<&[String]>,
     ) -> Result<Vec<Map<String, Value>>, RestError> {
-        self.allowed(self.0.expose().update, "update")?;
-        self.0.update(db, filter, patch, returning).await
+        self.allowed(self.table.expose().update, "update")?;
+        self.table.update(db, filter, patch, returning).await
     }
 
     /// Deletes the rows `filter` matches; returns them (their `returning` columns).
@@ -444,13 +673,13 @@ impl RestTable {
         filter: &Cond,
         returning: Option<&[String]>,
     ) -> Result<Vec<Map<String, Value>>, RestError> {
-        self.allowed(self.0.expose().delete, "delete")?;
-        self.0.delete(db, filter, returning).await
+        self.allowed(self.table.expose().delete, "delete")?;
+        self.table.delete(db, filter, returning).await
     }
 
     /// The name of the table's primary key column (the default upsert target).
     pub fn key_column(&self) -> &'static str {
-        self.0.meta().key_column().name
+        self.table.meta().key_column().name
     }
 
     fn allowed(&self, yes: bool, what: &str) -> Result<(), RestError> {
@@ -459,7 +688,7 @@ impl RestTable {
             false => Err(RestError::new(
                 405,
                 "PGRST105",
-                format!("{what} is not allowed on '{}'", self.0.meta().name),
+                format!("{what} is not allowed on '{}'", self.table.meta().name),
             )),
         }
     }

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{Cond, Read, RestError};
+use super::{Cond, Embed, Read, RestError};
 use crate::query::MAX_FILTER_DEPTH;
 use crate::query::spec::OrderKeySpec;
 
@@ -48,7 +48,12 @@ pub(super) fn parse_query(query: &str) -> Result<Read, RestError> {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let (key, value) = (decode(key)?, decode(value)?);
         match key.as_str() {
-            "select" => read.select = Some(parse_select(&value)?),
+            "select" => {
+                let (columns, embeds) = parse_select(&value, 0)?;
+                // Only embeds (`select=experiences(*)`): no column of the table itself.
+                read.select = Some(columns);
+                read.embeds = embeds;
+            }
             "order" => read.order = parse_order(&value)?,
             "limit" => read.limit = Some(count("limit", &value)?),
             "offset" => read.offset = Some(count("offset", &value)?),
@@ -87,18 +92,40 @@ fn count(what: &str, value: &str) -> Result<u64, RestError> {
         .map_err(|_| RestError::parse(format!("`{what}` must be a whole number")))
 }
 
-/// `id,username,alias:column` (an alias is not supported: refused), `*`.
-fn parse_select(value: &str) -> Result<Vec<String>, RestError> {
-    let mut columns = Vec::new();
+/// How deep embedded resources may nest (`a(b(c(d)))`).
+pub(super) const MAX_EMBED_DEPTH: usize = 4;
+
+/// `id,username,experiences(content,created_at),*`: the columns, and the embedded
+/// resources with their own lists. Aliases, casts and join hints are refused.
+fn parse_select(value: &str, depth: usize) -> Result<(Vec<String>, Vec<Embed>), RestError> {
+    if depth > MAX_EMBED_DEPTH {
+        return Err(RestError::parse(format!(
+            "embedded resources nest deeper than {MAX_EMBED_DEPTH} levels"
+        )));
+    }
+    let (mut columns, mut embeds) = (Vec::new(), Vec::new());
     for part in split_top(value)? {
         let part = part.trim();
         if part.is_empty() {
             continue;
         }
-        if part.contains('(') {
-            return Err(RestError::unsupported(format!(
-                "embedding `{part}` is not supported"
-            )));
+        if let Some(open) = part.find('(') {
+            let name = part[..open].trim();
+            let inner = part[open + 1..].strip_suffix(')').ok_or_else(|| {
+                RestError::parse(format!("`{part}`: an embedded resource is name(columns)"))
+            })?;
+            if name.is_empty() || name.contains([':', '!', '.']) {
+                return Err(RestError::unsupported(format!(
+                    "aliases and hints on embedded resources (`{name}`) are not supported"
+                )));
+            }
+            let (select, nested) = parse_select(inner, depth + 1)?;
+            embeds.push(Embed {
+                name: name.to_owned(),
+                select: (!select.is_empty()).then_some(select),
+                embeds: nested,
+            });
+            continue;
         }
         if part.contains(':') {
             return Err(RestError::unsupported(format!(
@@ -107,7 +134,7 @@ fn parse_select(value: &str) -> Result<Vec<String>, RestError> {
         }
         columns.push(part.to_owned());
     }
-    Ok(columns)
+    Ok((columns, embeds))
 }
 
 /// `created_at.desc.nullslast,id`.
@@ -359,7 +386,9 @@ mod tests {
             "limit=-1",
             "name=in.ann",
             "id=is.maybe",
-            "select=a(b)",
+            "select=a(b",
+            "select=x:a(b)",
+            "select=a(b(c(d(e(f)))))",
             "x=%zz",
         ] {
             assert!(parse_query(bad).is_err(), "{bad}");
