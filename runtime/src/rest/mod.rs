@@ -478,8 +478,7 @@ impl RestTable {
         if read.embeds.is_empty() {
             return self.table.select(db, read).await;
         }
-        let (rows, total) = self.select_embedding(db, read, 0).await?;
-        Ok(Selected { rows, total })
+        self.select_embedding(db, read, 0).await
     }
 
     /// A read with embedded resources: the rows (with the columns the relations need,
@@ -490,7 +489,7 @@ impl RestTable {
         db: &'a Db,
         read: &'a Read,
         depth: usize,
-    ) -> Pending<'a, (Vec<Map<String, Value>>, Option<i64>)> {
+    ) -> Pending<'a, Selected> {
         Box::pin(async move {
             if depth > params::MAX_EMBED_DEPTH {
                 return Err(RestError::parse("embedded resources nest too deep"));
@@ -592,7 +591,7 @@ impl RestTable {
                     };
                     related = match child.embeds.is_empty() {
                         true => target.table.select(db, &child).await?.rows,
-                        false => target.select_embedding(db, &child, depth + 1).await?.0,
+                        false => target.select_embedding(db, &child, depth + 1).await?.rows,
                     };
                     if related.len() as u64 >= max {
                         return Err(RestError::new(
@@ -632,7 +631,10 @@ impl RestTable {
                     row.remove(*column);
                 }
             }
-            Ok((rows, selected.total))
+            Ok(Selected {
+                rows,
+                total: selected.total,
+            })
         })
     }
 
