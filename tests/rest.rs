@@ -113,6 +113,11 @@ pub fn anon_key() -> String {
 /// A server on loopback: the API over `profiles` and `experiences`, a handle with a
 /// Redis cache and the JWT secret; returns its base URL and the unscoped handle.
 pub async fn serve() -> (String, Db) {
+    serve_with(Cors::origins(["http://app.test"])).await
+}
+
+/// [`serve`] with another CORS policy.
+pub async fn serve_with(cors: Cors) -> (String, Db) {
     let (_, url) = common::db_and_url().await;
     let cache = CacheService::redis(
         &tabula::testkit::redis_url().expect("redis"),
@@ -139,11 +144,7 @@ pub async fn serve() -> (String, Db) {
         .model::<Author>()
         .model::<Post>()
         .embed::<Author, Post>();
-    let app = tabula::rest::router(
-        db.clone(),
-        api,
-        RestConfig::default().cors(Cors::origins(["http://app.test"])),
-    );
+    let app = tabula::rest::router(db.clone(), api, RestConfig::default().cors(cors));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("listener");
@@ -711,12 +712,11 @@ async fn cors_preflight_and_origins() {
     );
 }
 
-/// `@supabase/postgrest-js`, installed from the npm registry once per target
-/// directory, with the conformance script beside it.
+/// `@supabase/postgrest-js` (and esbuild, to bundle it for a browser), installed from
+/// the npm registry once per target directory, with the conformance scripts beside it.
 fn postgrest_js() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("postgrest-js-1.21.4");
-    let installed = dir.join("node_modules/@supabase/postgrest-js/package.json");
-    if !installed.exists() {
+    if !dir.join("node_modules/.bin/esbuild").exists() {
         std::fs::create_dir_all(&dir).expect("npm dir");
         std::fs::write(
             dir.join("package.json"),
@@ -730,32 +730,43 @@ fn postgrest_js() -> std::path::PathBuf {
                 "--no-fund",
                 "--silent",
                 "@supabase/postgrest-js@1.21.4",
+                "esbuild@0.25.0",
             ])
             .current_dir(&dir)
             .status()
             .expect("npm (Node.js) is needed: `./tabula setup` installs it");
         assert!(status.success(), "npm install failed");
     }
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/js/postgrest_conformance.mjs"
-        ),
-        dir.join("postgrest_conformance.mjs"),
-    )
-    .expect("script");
+    for script in [
+        "steps.mjs",
+        "postgrest_conformance.mjs",
+        "browser_entry.mjs",
+    ] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/js")
+                .join(script),
+            dir.join(script),
+        )
+        .expect("script");
+    }
     dir
 }
 
-/// The real postgrest-js client against the router: every step's answer equals what
-/// the typed API says (or PostgREST's documented error), and the table ends as the
-/// typed API sees it.
-#[tokio::test]
-async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
-    let dir = tokio::task::spawn_blocking(postgrest_js)
-        .await
-        .expect("npm");
-    let (base, db) = serve().await;
+/// What a conformance run is given: the API's base URL, the anon key, alice's token,
+/// alice's and bob's ids.
+type Args = [String; 5];
+
+/// Runs the conformance steps with `runner` against a fresh server, and checks every
+/// answer against the typed API's (computed before the client writes anything) and
+/// PostgREST's documented errors.
+async fn conformance<F, Fut>(runner: F)
+where
+    F: FnOnce(Args) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    // Any origin: the browser's page is served from a port known only later.
+    let (base, db) = serve_with(Cors::any()).await;
     let (alice, bob) = seed(&db).await;
     // The typed API's answers, as alice, before the client writes anything.
     let as_alice = db.as_user(alice);
@@ -802,35 +813,23 @@ async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
         typed(Some(Profile::AVATAR_URL.is_null()), false).await,
         typed(Some(Profile::USERNAME.ne("alice-a".to_owned())), false).await,
     );
-    let args = [
+    let output = runner([
         base.clone(),
         anon_key(),
         user_token(alice),
         alice.to_string(),
         bob.to_string(),
-    ];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("postgrest_conformance.mjs")
-            .args(&args)
-            .current_dir(&dir)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("node");
-    assert!(
-        output.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let steps: std::collections::HashMap<String, Value> = String::from_utf8_lossy(&output.stdout)
+    ])
+    .await;
+    let steps: std::collections::HashMap<String, Value> = output
         .lines()
+        .filter(|line| !line.trim().is_empty())
         .map(|line| {
             let step: Value = serde_json::from_str(line).expect("a JSON line");
             (step["step"].as_str().expect("step").to_owned(), step)
         })
         .collect();
+    assert!(!steps.contains_key("exception"), "{steps:?}");
     let step = |name: &str| {
         steps
             .get(name)
@@ -923,6 +922,140 @@ async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
         bobs[0].avatar_url, None,
         "the hidden update changed nothing"
     );
+}
+
+/// The real postgrest-js client, from Node.js, against the router.
+#[tokio::test]
+async fn the_postgrest_js_client_gets_the_answers_of_the_typed_api() {
+    let dir = tokio::task::spawn_blocking(postgrest_js)
+        .await
+        .expect("npm");
+    conformance(|args| async move {
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .arg("postgrest_conformance.mjs")
+                .args(&args)
+                .current_dir(&dir)
+                .output()
+        })
+        .await
+        .expect("join")
+        .expect("node");
+        assert!(
+            output.status.success(),
+            "node failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    })
+    .await;
+}
+
+/// The same client in a real headless browser (Debian's Chromium): a page on another
+/// origin loads postgrest-js (bundled by esbuild for the browser) and calls the router
+/// on loopback, so CORS and preflights are the browser's own.
+#[tokio::test]
+async fn the_postgrest_js_client_in_a_headless_browser_gets_the_same_answers() {
+    let dir = tokio::task::spawn_blocking(|| {
+        let dir = postgrest_js();
+        let status = std::process::Command::new(dir.join("node_modules/.bin/esbuild"))
+            .args([
+                "browser_entry.mjs",
+                "--bundle",
+                "--format=esm",
+                "--platform=browser",
+                "--log-level=warning",
+                "--outfile=bundle.js",
+            ])
+            .current_dir(&dir)
+            .status()
+            .expect("esbuild");
+        assert!(status.success(), "esbuild failed");
+        dir
+    })
+    .await
+    .expect("bundle");
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("Chromium is needed: `./tabula setup` installs it (Debian package chromium)");
+    conformance(|args| async move {
+        let bundle = std::fs::read(dir.join("bundle.js")).expect("bundle.js");
+        let (sender, receiver) = tokio::sync::oneshot::channel::<String>();
+        let sender = std::sync::Arc::new(std::sync::Mutex::new(Some(sender)));
+        let page = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(|| async {
+                    (
+                        [("content-type", "text/html")],
+                        "<!doctype html><script type=\"module\" src=\"/bundle.js\"></script>",
+                    )
+                }),
+            )
+            .route(
+                "/bundle.js",
+                axum::routing::get(move || {
+                    let bundle = bundle.clone();
+                    async move { ([("content-type", "text/javascript")], bundle) }
+                }),
+            )
+            .route(
+                "/results",
+                axum::routing::post(move |body: String| {
+                    let sender = sender.clone();
+                    async move {
+                        if let Some(sender) = sender.lock().ok().and_then(|mut s| s.take()) {
+                            let _ = sender.send(body);
+                        }
+                        "ok"
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("page listener");
+        let origin = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, page).await });
+        let query: String = ["base", "anon", "token", "user", "other"]
+            .iter()
+            .zip(&args)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let profile = std::env::temp_dir().join(format!(
+            "tabula-chromium-{}-{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        ));
+        let mut child = std::process::Command::new(browser)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                &format!("--user-data-dir={}", profile.display()),
+                &format!("{origin}/?{query}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium");
+        let lines = tokio::time::timeout(Duration::from_secs(90), receiver).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&profile);
+        lines
+            .expect("the page reported within 90 s")
+            .expect("the page's results")
+    })
+    .await;
 }
 
 /// Embedded resources along the declared relation, both ways and nested; PostgREST's
