@@ -1,13 +1,14 @@
 //! The REST API against the typed API in the same run: `GET
 //! /rest/v1/profiles?id=eq.X` through the router (HTTP/1.1 keep-alive on loopback) vs
-//! `db.read` of the same row, uncached and cached; and 16 concurrent clients'
-//! throughput through the router.
+//! `db.read` of the same row, uncached and cached (the router's reads through the query
+//! cache with `Expose::cached`); and 16 concurrent clients' throughput through the
+//! router.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use tabula::rest::{RestApi, RestConfig};
+use tabula::rest::{Expose, RestApi, RestConfig};
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -83,7 +84,7 @@ fn rest(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (db, plain, addr, id) = rt.block_on(async {
+    let (db, plain, addr, cached_addr, id) = rt.block_on(async {
         let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
@@ -120,7 +121,18 @@ fn rest(c: &mut Criterion) {
             .expect("listener");
         let addr = listener.local_addr().expect("addr").to_string();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (db, plain, addr, row.id)
+        // The same API with reads through the query cache (Redis).
+        let cached_app = tabula::rest::router(
+            db.clone(),
+            RestApi::new().model_with::<Profile>(Expose::default().cached(3600)),
+            RestConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let cached_addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move { axum::serve(listener, cached_app).await });
+        (db, plain, addr, cached_addr, row.id)
     });
     // Anonymous requests see no row under the example's policies: the benchmark
     // reads a table without them.
@@ -134,6 +146,8 @@ fn rest(c: &mut Criterion) {
     let path = format!("/rest/v1/profiles?id=eq.{id}");
     let mut client = rt.block_on(Client::connect(&addr, &path));
     assert!(!rt.block_on(client.get()).is_empty());
+    let mut cached_client = rt.block_on(Client::connect(&cached_addr, &path));
+    assert_eq!(rt.block_on(cached_client.get()), rt.block_on(client.get()));
 
     let mut group = c.benchmark_group("rest_read_by_key");
     group.bench_function("db_read_uncached", |b| {
@@ -150,6 +164,17 @@ fn rest(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     client.get().await;
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("router_get_cached", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    cached_client.get().await;
                 }
                 started.elapsed()
             })

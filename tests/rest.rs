@@ -141,7 +141,7 @@ pub async fn serve_with(cors: Cors) -> (String, Db) {
     let api = RestApi::new()
         .model::<Profile>()
         .model_with::<Experience>(Expose::default().protect(["user_id"]))
-        .model::<Author>()
+        .model_with::<Author>(Expose::default().cached(60))
         .model::<Post>()
         .embed::<Author, Post>();
     let app = tabula::rest::router(db.clone(), api, RestConfig::default().cors(cors));
@@ -1110,4 +1110,59 @@ async fn embedded_resources_follow_the_declared_relation_both_ways() {
     let too_deep =
         get("/rest/v1/posts?select=id,authors(posts(authors(posts(authors(name)))))").await;
     assert_eq!(too_deep.status, 400);
+}
+
+/// A model exposed with `Expose::cached`: reads come from the query cache (a change
+/// behind the cache's back is not seen), and every write through the API (or Tabula)
+/// drops them.
+#[tokio::test]
+async fn cached_reads_follow_every_write() {
+    let (base, db) = serve().await;
+    let get = || {
+        let base = base.clone();
+        async move {
+            request(
+                &base,
+                "GET",
+                "/rest/v1/authors?select=name&id=eq.1",
+                &[],
+                None,
+            )
+            .await
+            .json()
+        }
+    };
+    assert_eq!(get().await, json!([{ "name": "ann" }]));
+    db.execute_batch("UPDATE authors SET name = 'behind' WHERE id = 1")
+        .await
+        .expect("behind");
+    assert_eq!(
+        get().await,
+        json!([{ "name": "ann" }]),
+        "served from the cache"
+    );
+    let patched = request(
+        &base,
+        "PATCH",
+        "/rest/v1/authors?id=eq.1",
+        &[("Content-Type", "application/json")],
+        Some(br#"{"name":"annie"}"#),
+    )
+    .await;
+    assert_eq!(
+        patched.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&patched.body)
+    );
+    assert_eq!(get().await, json!([{ "name": "annie" }]));
+    db.update::<Author>(
+        1,
+        AuthorPatch {
+            name: Some("ann".into()),
+        },
+    )
+    .await
+    .expect("typed write");
+    assert_eq!(get().await, json!([{ "name": "ann" }]));
 }

@@ -165,6 +165,10 @@ pub struct Expose {
     pub hidden: Vec<&'static str>,
     /// Columns never written.
     pub read_only: Vec<&'static str>,
+    /// Reads (and counts) through the query cache for this many seconds: versioned by
+    /// the table like every cached query (any write drops them), a user scope's in its
+    /// own copies. Default `None`: every read asks the database.
+    pub cache_ttl: Option<u64>,
 }
 
 impl Default for Expose {
@@ -176,6 +180,7 @@ impl Default for Expose {
             delete: true,
             hidden: Vec::new(),
             read_only: Vec::new(),
+            cache_ttl: None,
         }
     }
 }
@@ -205,6 +210,17 @@ impl Expose {
     /// Makes these columns read-only.
     pub fn protect(mut self, columns: impl IntoIterator<Item = &'static str>) -> Expose {
         self.read_only.extend(columns);
+        self
+    }
+
+    /// Serves reads through the query cache (see [`Expose::cache_ttl`]).
+    ///
+    /// ```
+    /// let expose = tabula::rest::Expose::default().cached(60);
+    /// assert_eq!(expose.cache_ttl, Some(60));
+    /// ```
+    pub fn cached(mut self, ttl_seconds: u64) -> Expose {
+        self.cache_ttl = Some(ttl_seconds);
         self
     }
 }
@@ -917,10 +933,11 @@ where
                 })
             };
             let mut query = filtered()?;
-            let total = match read.count {
-                Some(Count::Exact) => Some(filtered()?.count().await?),
-                Some(Count::Estimated) => Some(filtered()?.count_estimate().await?),
-                None => None,
+            let total = match (read.count, self.expose.cache_ttl) {
+                (Some(Count::Exact), Some(ttl)) => Some(filtered()?.cached(ttl).count().await?),
+                (Some(Count::Exact), None) => Some(filtered()?.count().await?),
+                (Some(Count::Estimated), _) => Some(filtered()?.count_estimate().await?),
+                (None, _) => None,
             };
             for key in &read.order {
                 self.readable(&key.column)?;
@@ -942,7 +959,11 @@ where
             if let Some(offset) = read.offset {
                 query = query.offset(offset);
             }
-            let rows = json_query(query, columns).all().await?;
+            let query = json_query(query, columns);
+            let rows = match self.expose.cache_ttl {
+                Some(ttl) => query.cached(ttl).all().await?,
+                None => query.all().await?,
+            };
             Ok(Selected { rows, total })
         })
     }
