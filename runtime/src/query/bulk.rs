@@ -177,6 +177,83 @@ impl Db {
         .await
     }
 
+    /// [`delete_where`](Self::delete_where), answering the deleted rows' `columns` as
+    /// JSON objects — as the statement returned them (`DELETE … RETURNING`), so exactly
+    /// the rows it deleted, whatever other policies would show.
+    #[cfg(feature = "rest")]
+    pub(crate) async fn delete_where_returning<M: Table>(
+        &self,
+        filter: Filter<M>,
+        columns: Vec<usize>,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        filter::check_depth(M::META.name, &filter.node)?;
+        let db = self.clone();
+        let (_, rows) = self
+            .write::<M, _>(
+                async move { db.delete_returning::<M>(filter, columns).await },
+                |(keys, _): &(Vec<M::Key>, Vec<_>)| crate::db::names::<M>(keys),
+            )
+            .await?;
+        Ok(rows)
+    }
+
+    #[cfg(feature = "rest")]
+    async fn delete_returning<M: Table>(
+        &self,
+        filter: Filter<M>,
+        columns: Vec<usize>,
+    ) -> Result<(Vec<M::Key>, Vec<serde_json::Map<String, serde_json::Value>>)> {
+        use super::Decode;
+        let meta = M::META;
+        let mut binder = Binder::default();
+        let key = format!(
+            "{} AS {}",
+            sql::quote_ident(meta.key_column().name),
+            sql::quote_ident(&format!("{}0", super::page::KEY_PREFIX))
+        );
+        let returned: Vec<String> = std::iter::once(key)
+            .chain(columns.iter().map(|i| {
+                let name = sql::quote_ident(meta.columns[*i].name);
+                match super::spec::json_native(meta.columns[*i].sql_type) {
+                    true => name,
+                    false => format!("to_jsonb({name}) AS {name}"),
+                }
+            }))
+            .collect();
+        let bound = match meta.soft_delete_column() {
+            Some(soft) => {
+                let mut mark = SeaQuery::update();
+                mark.table(sql::table_ref(meta))
+                    .value(Alias::new(soft.name), Expr::cust("now()"));
+                mark.and_where(filter::render(meta, &filter.node, &mut binder)?);
+                if let Some(live) = sql::live_rows(meta) {
+                    mark.and_where(live);
+                }
+                mark.returning(SeaQuery::returning().expr(Expr::cust(returned.join(", "))));
+                binder.finish(mark)
+            }
+            None => {
+                let mut delete = SeaQuery::delete();
+                delete.from_table(sql::table_ref(meta));
+                delete.and_where(filter::render(meta, &filter.node, &mut binder)?);
+                delete.returning(SeaQuery::returning().expr(Expr::cust(returned.join(", "))));
+                binder.finish(delete)
+            }
+        }
+        .within_limits(meta.name)?;
+        self.run("delete_where", meta.name, async |conn| {
+            let rows = conn.query(&bound.sql, &bound.params()).await?;
+            let mut keys = Vec::with_capacity(rows.len());
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                keys.push(crate::table::decode_column::<M, M::Key>(row, 0, 0)?);
+                out.push(<super::spec::JsonRow as Decode<M>>::decode(row)?);
+            }
+            Ok((keys, out))
+        })
+        .await
+    }
+
     /// DELETE … RETURNING the keys of the rows it removed.
     /// With soft delete, marks the live matching rows instead.
     pub(crate) async fn delete_matching<M: Table>(

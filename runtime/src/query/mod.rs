@@ -186,6 +186,11 @@ pub trait Decode<M>: Send + Sync {
     fn encode_rows(rows: &[Self::Output]) -> Option<Vec<u8>>;
     /// The rows back; `None` for bytes that are not a valid encoding (a miss).
     fn decode_rows(bytes: &[u8]) -> Option<Vec<Self::Output>>;
+    /// Whether the selected columns are asked as JSON where their type has no native
+    /// JSON decoding (`to_jsonb(column)`: `numeric`, `timestamp`, arrays, enums, …) —
+    /// for rows decoded into JSON objects.
+    #[doc(hidden)]
+    const JSON_COLUMNS: bool = false;
 }
 
 /// Encodes each item with `each` after the count.
@@ -512,7 +517,22 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let meta = M::META;
         let mut q = sea_query::Query::select();
         q.from(sql::table_ref(meta));
-        q.columns(columns.iter().map(|i| Alias::new(meta.columns[*i].name)));
+        if D::JSON_COLUMNS {
+            for i in columns {
+                let column = &meta.columns[*i];
+                match spec::json_native(column.sql_type) {
+                    true => {
+                        q.column(Alias::new(column.name));
+                    }
+                    false => {
+                        let name = sql::quote_ident(column.name);
+                        q.expr(sea_query::Expr::cust(format!("to_jsonb({name}) AS {name}")));
+                    }
+                }
+            }
+        } else {
+            q.columns(columns.iter().map(|i| Alias::new(meta.columns[*i].name)));
+        }
         if !self.with_deleted
             && let Some(live) = sql::live_rows(meta)
         {
@@ -635,6 +655,8 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         let mut shape = Vec::with_capacity(16);
         shape.push(kind as u64);
         shape.push(u64::from(self.with_deleted));
+        // The same columns render otherwise for rows decoded into JSON.
+        shape.push(u64::from(D::JSON_COLUMNS));
         if kind == Kind::Rows {
             match &self.columns {
                 Some(columns) => {

@@ -133,10 +133,17 @@ async fn handle(
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         .map(str::to_owned);
+    let anonymous = !request.headers().contains_key(header::AUTHORIZATION)
+        && !request.headers().contains_key("apikey");
     let mut response = match request.method() {
         &Method::OPTIONS => preflight(&shared.config.cors),
         _ => match serve(&shared, &table, request).await {
             Ok(response) => response,
+            // Refused for want of a token: authenticate (PostgREST's 401), not 403.
+            Err(error) if anonymous && error.code == "42501" => error_response(&RestError {
+                status: 401,
+                ..error
+            }),
             Err(error) => error_response(&error),
         },
     };
@@ -223,24 +230,57 @@ fn prefers<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, value)| value.trim())
 }
 
-/// `Range: 0-9` (items) as (offset, limit).
+/// `Range: 0-9` (items) as (first, last): `None` for a header that does not read as
+/// one (ignored, as PostgREST does); 416 for a reversed one.
 fn range(headers: &HeaderMap) -> Result<Option<(u64, Option<u64>)>, RestError> {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
-    let bad = || RestError::new(416, "PGRST103", "Requested range not satisfiable");
     let value = value.trim().trim_start_matches("items=");
-    let (first, last) = value.split_once('-').ok_or_else(bad)?;
-    let first: u64 = first.trim().parse().map_err(|_| bad())?;
+    let Some((first, last)) = value.split_once('-') else {
+        return Ok(None);
+    };
+    let Ok(first) = first.trim().parse::<u64>() else {
+        return Ok(None);
+    };
     let last = match last.trim() {
         "" => None,
-        last => Some(last.parse::<u64>().map_err(|_| bad())?),
+        last => match last.parse::<u64>() {
+            Ok(last) => Some(last),
+            Err(_) => return Ok(None),
+        },
     };
     match last {
-        Some(last) if last < first => Err(bad()),
-        Some(last) => Ok(Some((first, Some(last - first + 1)))),
-        None => Ok(Some((first, None))),
+        Some(last) if last < first => Err(not_satisfiable()),
+        _ => Ok(Some((first, last))),
     }
+}
+
+fn not_satisfiable() -> RestError {
+    RestError::new(416, "PGRST103", "Requested range not satisfiable")
+}
+
+/// The rows a read asks for: `offset`/`limit` intersected with a `Range` header. A
+/// window wider than `max` rows is no limit (at most `max` come back, as a partial
+/// answer), never an error: a client's `Range` is not a request for that many rows.
+fn window(read: &mut Read, range: Option<(u64, Option<u64>)>, max: u64) -> Result<(), RestError> {
+    let Some((first, last)) = range else {
+        return Ok(());
+    };
+    let offset = read.offset.unwrap_or(0);
+    // The query's rows are offset..offset+limit; the header's first..=last.
+    let end = match (read.limit, last) {
+        (Some(limit), Some(last)) => Some(offset.saturating_add(limit).min(last.saturating_add(1))),
+        (Some(limit), None) => Some(offset.saturating_add(limit)),
+        (None, Some(last)) => Some(last.saturating_add(1)),
+        (None, None) => None,
+    };
+    let start = offset.max(first);
+    read.offset = Some(start);
+    read.limit = end
+        .map(|end| end.saturating_sub(start))
+        .filter(|limit| *limit <= max || read.limit.is_some_and(|l| l <= max));
+    Ok(())
 }
 
 async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Response, RestError> {
@@ -256,6 +296,21 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
                 "The schema must be one of the following: public",
             ));
         }
+    }
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+        && !accept.split(',').any(|media| {
+            let media = media.split(';').next().unwrap_or_default().trim();
+            matches!(
+                media,
+                "" | "*/*" | "application/*" | "application/json" | OBJECT
+            )
+        })
+    {
+        return Err(RestError::new(
+            406,
+            "PGRST107",
+            format!("None of these media types are available: {accept}"),
+        ));
     }
     let table = shared.api.table(table)?;
     let db = scoped(&shared.db, headers)?;
@@ -282,13 +337,11 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
         })?;
     match method {
         Method::GET | Method::HEAD => {
-            if let Some((offset, limit)) = range(headers)? {
-                read.offset = Some(read.offset.unwrap_or(0) + offset);
-                read.limit = match (limit, read.limit) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+            window(
+                &mut read,
+                range(headers)?,
+                shared.api.inner.limits.max_limit,
+            )?;
             read.count = match prefers(headers, "count") {
                 Some("exact") => Some(Count::Exact),
                 Some("planned" | "estimated") => Some(Count::Estimated),
@@ -297,16 +350,24 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
             let selected = table.select(&db, &read).await?;
             let first = read.offset.unwrap_or(0);
             let returned = selected.rows.len() as u64;
-            let content_range = match (returned, selected.total) {
+            let total = selected.total.map(|t| u64::try_from(t).unwrap_or(0));
+            if let Some(total) = total
+                && total > 0
+                && first >= total
+            {
+                return Err(not_satisfiable());
+            }
+            let content_range = match (returned, total) {
                 (0, Some(total)) => format!("*/{total}"),
                 (0, None) => "*/*".to_owned(),
                 (n, Some(total)) => format!("{first}-{}/{total}", first + n - 1),
                 (n, None) => format!("{first}-{}/*", first + n - 1),
             };
-            let partial = selected
-                .total
-                .is_some_and(|total| (first + returned) < u64::try_from(total).unwrap_or(0));
-            let status = if partial && headers.contains_key(header::RANGE) {
+            // Partial: fewer rows than match (known from a count), or a read without a
+            // limit that stopped at the maximum.
+            let partial = selected.more
+                || total.is_some_and(|total| first > 0 || first.saturating_add(returned) < total);
+            let status = if partial {
                 StatusCode::PARTIAL_CONTENT
             } else {
                 StatusCode::OK
@@ -320,6 +381,9 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
             }
             Ok(response)
         }
+        Method::DELETE if !read.embeds.is_empty() => Err(RestError::unsupported(
+            "embedded resources in a delete's representation are not supported",
+        )),
         Method::POST => {
             let rows = body_rows(&body)?;
             let upsert = match prefers(headers, "resolution") {
@@ -336,9 +400,16 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
                 Some(None) => Some(vec![table.key_column().to_owned()]),
                 None => None,
             };
-            let written = table
-                .insert(&db, rows, upsert, returning.as_deref())
-                .await?;
+            let written = singular(&db, wants_object, &returning, |db, returning| {
+                let (table, rows, upsert, read) =
+                    (table.clone(), rows.clone(), upsert.clone(), read.clone());
+                async move {
+                    let keyed = with_key(&table, &read, returning);
+                    let written = table.insert(&db, rows, upsert, keyed.as_deref()).await?;
+                    embedded(&table, &db, &read, written).await
+                }
+            })
+            .await?;
             write_response(StatusCode::CREATED, written, representation, wants_object)
         }
         Method::PATCH => {
@@ -347,14 +418,25 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
                 Ok(Value::Object(patch)) => patch,
                 _ => return Err(invalid_json()),
             };
-            let written = table
-                .update(&db, &filter, patch, returning.as_deref())
-                .await?;
+            let written = singular(&db, wants_object, &returning, |db, returning| {
+                let (table, filter, patch, read) =
+                    (table.clone(), filter.clone(), patch.clone(), read.clone());
+                async move {
+                    let keyed = with_key(&table, &read, returning);
+                    let written = table.update(&db, &filter, patch, keyed.as_deref()).await?;
+                    embedded(&table, &db, &read, written).await
+                }
+            })
+            .await?;
             write_response(StatusCode::OK, written, representation, wants_object)
         }
         Method::DELETE => {
             let filter = required_filter(&read, &shared.config)?;
-            let written = table.delete(&db, &filter, returning.as_deref()).await?;
+            let written = singular(&db, wants_object, &returning, |db, returning| {
+                let (table, filter) = (table.clone(), filter.clone());
+                async move { table.delete(&db, &filter, returning.as_deref()).await }
+            })
+            .await?;
             write_response(StatusCode::OK, written, representation, wants_object)
         }
         _ => Err(RestError::new(
@@ -363,6 +445,125 @@ async fn serve(shared: &Shared, table: &str, request: Request) -> Result<Respons
             format!("Unsupported HTTP method: {method}"),
         )),
     }
+}
+
+/// Runs a write; with `Accept: application/vnd.pgrst.object+json`, inside a
+/// transaction that is rolled back unless it wrote exactly one row (PostgREST's rule:
+/// a 406 changes nothing).
+async fn singular<F, Fut>(
+    db: &Db,
+    wants_object: bool,
+    returning: &Option<Vec<String>>,
+    write: F,
+) -> Result<Vec<Map<String, Value>>, RestError>
+where
+    F: Fn(Db, Option<Vec<String>>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Map<String, Value>>, RestError>>,
+{
+    if !wants_object {
+        return write(db.clone(), returning.clone()).await;
+    }
+    // The rows are needed to count them, whatever is returned.
+    let counted = returning.clone().or_else(|| Some(vec!["*".to_owned()]));
+    let refused: std::sync::Mutex<Option<RestError>> = std::sync::Mutex::new(None);
+    let result = db
+        .transaction(|tx| {
+            let (counted, refused, write) = (counted.clone(), &refused, &write);
+            async move {
+                match write(tx, counted).await {
+                    Ok(rows) if rows.len() == 1 => Ok(rows),
+                    Ok(rows) => {
+                        let error = RestError {
+                            details: Some(format!("The result contains {} rows", rows.len())),
+                            ..RestError::new(
+                                406,
+                                "PGRST116",
+                                "JSON object requested, multiple (or no) rows returned",
+                            )
+                        };
+                        if let Ok(mut slot) = refused.lock() {
+                            *slot = Some(error);
+                        }
+                        Err(crate::Error::Misuse("rolled back".into()))
+                    }
+                    Err(error) => {
+                        if let Ok(mut slot) = refused.lock() {
+                            *slot = Some(error);
+                        }
+                        Err(crate::Error::Misuse("rolled back".into()))
+                    }
+                }
+            }
+        })
+        .await;
+    match result {
+        Ok(rows) => Ok(rows),
+        Err(error) => Err(refused
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or_else(|| error.into())),
+    }
+}
+
+/// A write's returned columns, with the key too when resources are embedded (the
+/// written rows are read again by it).
+fn with_key(
+    table: &super::RestTable,
+    read: &Read,
+    returning: Option<Vec<String>>,
+) -> Option<Vec<String>> {
+    let mut columns = returning?;
+    if !read.embeds.is_empty() && !columns.iter().any(|c| c == "*" || c == table.key_column()) {
+        columns.push(table.key_column().to_owned());
+    }
+    Some(columns)
+}
+
+/// The written rows with their embedded resources: read again by key, through the
+/// same handle (inside the write's transaction, when there is one), in the order
+/// written.
+async fn embedded(
+    table: &super::RestTable,
+    db: &Db,
+    read: &Read,
+    written: Vec<Map<String, Value>>,
+) -> Result<Vec<Map<String, Value>>, RestError> {
+    if read.embeds.is_empty() || written.is_empty() {
+        return Ok(written);
+    }
+    let key = table.key_column();
+    let keys: Vec<Value> = written.iter().filter_map(|r| r.get(key).cloned()).collect();
+    let mut select = read.select.clone();
+    let dropped = match &mut select {
+        Some(columns) if !columns.iter().any(|c| c == "*" || c == key) => {
+            columns.push(key.to_owned());
+            true
+        }
+        _ => false,
+    };
+    let again = Read {
+        select,
+        embeds: read.embeds.clone(),
+        filter: Some(super::Cond::Leaf {
+            column: key.to_owned(),
+            op: "in".into(),
+            value: Value::Array(keys.clone()),
+        }),
+        limit: Some(keys.len() as u64),
+        ..Read::default()
+    };
+    let rows = table.select(db, &again).await?.rows;
+    Ok(keys
+        .iter()
+        .filter_map(|k| rows.iter().find(|r| r.get(key) == Some(k)).cloned())
+        .map(|mut row| {
+            if dropped {
+                row.remove(key);
+            }
+            row
+        })
+        .collect())
 }
 
 fn invalid_json() -> RestError {

@@ -147,6 +147,10 @@ pub struct Selected {
     pub rows: Vec<Map<String, Value>>,
     /// Every matching row, when asked.
     pub total: Option<i64>,
+    /// Whether rows were left out: a read without a `limit` returns at most
+    /// [`SpecLimits::max_limit`] rows, and says so here (the router answers `206
+    /// Partial Content`) rather than truncate silently.
+    pub more: bool,
 }
 
 /// Which operations and columns a model exposes.
@@ -303,6 +307,22 @@ impl From<Error> for RestError {
             | Error::Connect(_)
             | Error::Timeout { .. }
             | Error::Connection(_) => RestError::new(503, "PGRST001", message),
+            // PostgreSQL's own errors, by class, as PostgREST answers them.
+            Error::Database { sqlstate, .. } => {
+                let status = match sqlstate.get(..2).unwrap_or_default() {
+                    "08" | "53" => 503,
+                    "23" => 409,
+                    "28" | "0L" | "0P" => 403,
+                    "54" => 413,
+                    "25" | "2D" | "38" | "39" | "3B" | "40" | "55" | "57" | "58" | "XX" => 500,
+                    _ => match sqlstate.as_str() {
+                        "42P01" | "42883" => 404,
+                        "42501" => 403,
+                        _ => 400,
+                    },
+                };
+                RestError::new(status, sqlstate, message)
+            }
             _ => RestError::new(500, "PGRST000", message),
         }
     }
@@ -650,6 +670,7 @@ impl RestTable {
             Ok(Selected {
                 rows,
                 total: selected.total,
+                more: selected.more,
             })
         })
     }
@@ -948,11 +969,12 @@ where
                     key.nulls.as_deref(),
                 )?);
             }
-            let limit = read.limit.unwrap_or(self.limits.default_limit);
-            if limit > self.limits.max_limit {
+            let max = self.limits.max_limit;
+            // No limit: every row, up to the maximum — one more is asked, to know.
+            let limit = read.limit.unwrap_or(max.saturating_add(1));
+            if read.limit.is_some_and(|l| l > max) {
                 return Err(RestError::parse(format!(
-                    "limit {limit} is over the maximum of {}",
-                    self.limits.max_limit
+                    "limit {limit} is over the maximum of {max}"
                 )));
             }
             query = query.limit(limit);
@@ -960,11 +982,15 @@ where
                 query = query.offset(offset);
             }
             let query = json_query(query, columns);
-            let rows = match self.expose.cache_ttl {
+            let mut rows = match self.expose.cache_ttl {
                 Some(ttl) => query.cached(ttl).all().await?,
                 None => query.all().await?,
             };
-            Ok(Selected { rows, total })
+            let more = read.limit.is_none() && rows.len() as u64 > max;
+            if more {
+                rows.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+            }
+            Ok(Selected { rows, total, more })
         })
     }
 
@@ -1039,6 +1065,21 @@ where
                 None => None,
             };
             self.writable(&patch)?;
+            if let Some(key) = patch.keys().find(|k| *k == meta.key_column().name) {
+                // The model's patch has no key: a changed key would be dropped silently.
+                return Err(RestError::new(
+                    400,
+                    "PGRST204",
+                    format!(
+                        "Column '{key}' of '{}' (its primary key) cannot be updated",
+                        meta.name
+                    ),
+                ));
+            }
+            if patch.is_empty() {
+                // Nothing to change: PostgREST's no-op.
+                return Ok(Vec::new());
+            }
             let patch = parse_body::<M::Patch>(meta, patch)?;
             let node = self.node(filter)?;
             let keys = db.update_where_keys::<M>(Filter::new(node), patch).await?;
@@ -1065,23 +1106,10 @@ where
                 db.delete_where::<M>(Filter::new(node)).await?;
                 return Ok(Vec::new());
             };
-            drop(node);
-            // The rows as they were, read and deleted in one transaction (locked
-            // between the two).
-            let rows = db
-                .transaction(|tx: Db| {
-                    let nodes = self.node(filter).and_then(|a| Ok((a, self.node(filter)?)));
-                    let columns = columns.clone();
-                    async move {
-                        let (read, delete) = nodes.map_err(|e| Error::Validation(e.message))?;
-                        let locked = tx.query::<M>().filter(Filter::new(read)).for_update();
-                        let rows = json_query(locked, columns).all().await?;
-                        tx.delete_where::<M>(Filter::new(delete)).await?;
-                        Ok(rows)
-                    }
-                })
-                .await?;
-            Ok(rows)
+            // The rows the statement deleted, as it returned them (`DELETE … RETURNING`).
+            Ok(db
+                .delete_where_returning::<M>(Filter::new(node), columns)
+                .await?)
         })
     }
 }

@@ -75,7 +75,7 @@ pub(super) fn parse_query(query: &str) -> Result<Read, RestError> {
                     group
                 });
             }
-            column => conditions.push(leaf(column, &value)?),
+            column => conditions.push(leaf(column, &value, false)?),
         }
     }
     read.filter = match conditions.len() {
@@ -226,7 +226,7 @@ fn logic(op: &str, inner: &str, depth: usize) -> Result<Cond, RestError> {
                 let (column, condition) = rest.split_once('.').ok_or_else(|| {
                     RestError::parse(format!("`{rest}` is not a condition (column.op.value)"))
                 })?;
-                leaf(column, condition)?
+                leaf(column, condition, true)?
             }
         };
         items.push(if negated {
@@ -244,8 +244,11 @@ fn logic(op: &str, inner: &str, depth: usize) -> Result<Cond, RestError> {
     })
 }
 
-/// One column's condition: `op.value` or `not.op.value`.
-fn leaf(column: &str, condition: &str) -> Result<Cond, RestError> {
+/// One column's condition: `op.value` or `not.op.value`. A value may be double-quoted
+/// inside `or=(…)`/`and=(…)` (`quoted`), where commas and parentheses are syntax; a
+/// top-level value is taken verbatim, as PostgREST does. Items of an `in` list may be
+/// quoted anywhere.
+fn leaf(column: &str, condition: &str, quoted: bool) -> Result<Cond, RestError> {
     let (negated, condition) = match condition.strip_prefix("not.") {
         Some(rest) => (true, rest),
         None => (false, condition),
@@ -255,12 +258,16 @@ fn leaf(column: &str, condition: &str) -> Result<Cond, RestError> {
             "`{column}={condition}`: a filter is `operator.value` (eq.5, in.(1,2), is.null)"
         ))
     })?;
-    let text = |raw: &str| Value::String(unquote(raw));
+    let text = |raw: &str| match quoted {
+        true => unquote(raw),
+        false => raw.to_owned(),
+    };
+    let item = |raw: &str| Value::String(unquote(raw));
     let (op, value) = match op {
-        "eq" | "gt" | "gte" | "lt" | "lte" => (op, text(raw)),
-        "neq" => ("ne", text(raw)),
+        "eq" | "gt" | "gte" | "lt" | "lte" => (op, Value::String(text(raw))),
+        "neq" => ("ne", Value::String(text(raw))),
         // PostgREST's `*` is SQL's `%` (a literal `%` still works).
-        "like" | "ilike" => (op, Value::String(unquote(raw).replace('*', "%"))),
+        "like" | "ilike" => (op, Value::String(text(raw).replace('*', "%"))),
         "in" => {
             let inner = raw
                 .strip_prefix('(')
@@ -270,20 +277,40 @@ fn leaf(column: &str, condition: &str) -> Result<Cond, RestError> {
                 })?;
             let items = match inner.is_empty() {
                 true => Vec::new(),
-                false => split_top(inner)?.into_iter().map(text).collect(),
+                false => split_top(inner)?.into_iter().map(item).collect(),
             };
             ("in", Value::Array(items))
         }
         "is" => match raw {
             "null" => ("is_null", Value::Null),
-            "true" | "false" => ("eq", Value::Bool(raw == "true")),
+            "true" | "false" => {
+                // `IS TRUE`: false for NULL, so its negation keeps NULL rows (an
+                // `= true` would make both sides drop them).
+                let cond = Cond::And(vec![
+                    Cond::Leaf {
+                        column: column.to_owned(),
+                        op: "not_null".into(),
+                        value: Value::Null,
+                    },
+                    Cond::Leaf {
+                        column: column.to_owned(),
+                        op: "eq".into(),
+                        value: Value::Bool(raw == "true"),
+                    },
+                ]);
+                return Ok(if negated {
+                    Cond::Not(Box::new(cond))
+                } else {
+                    cond
+                });
+            }
             other => {
                 return Err(RestError::parse(format!(
                     "`is` takes null, true or false, not `{other}`"
                 )));
             }
         },
-        "cs" => ("contains", text(raw)),
+        "cs" => ("contains", Value::String(text(raw))),
         other => {
             return Err(RestError::unsupported(format!(
                 "operator `{other}` (on `{column}`) is not supported"

@@ -35,6 +35,29 @@ impl<M: Table> Decode<M> for JsonRow {
     fn decode_rows(bytes: &[u8]) -> Option<Vec<Map<String, Value>>> {
         serde_json::from_slice(bytes).ok()
     }
+
+    const JSON_COLUMNS: bool = true;
+}
+
+/// Whether [`json_value`] decodes a column of this type itself; others are selected as
+/// `to_jsonb(column)` (PostgreSQL's own JSON of the value: a number for `numeric`, an
+/// array for an array, a string for `timestamp`, `time`, `inet`, an enum, …).
+pub(crate) fn json_native(sql_type: &str) -> bool {
+    matches!(
+        sql_type,
+        "bool"
+            | "int2"
+            | "int4"
+            | "int8"
+            | "float4"
+            | "float8"
+            | "text"
+            | "varchar"
+            | "bytea"
+            | "json"
+            | "jsonb"
+    ) || (sql_type == "uuid" && cfg!(feature = "uuid"))
+        || (matches!(sql_type, "timestamptz" | "date") && cfg!(feature = "chrono"))
 }
 
 pub(super) fn json_value(

@@ -42,6 +42,7 @@ mod parse;
 mod validate;
 
 pub use json::JsonRow;
+pub(crate) use json::json_native;
 
 /// A filter of a spec checked against a model (see `validate.rs`), for the REST API.
 #[cfg_attr(not(feature = "rest"), allow(dead_code))]
