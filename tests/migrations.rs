@@ -391,3 +391,106 @@ async fn the_built_in_track_applies_over_objects_a_database_already_has() {
         .expect("count");
     assert_eq!(kept, 1);
 }
+
+fn reversible() -> Vec<Migration> {
+    vec![
+        Migration::new(1, "create_a", "CREATE TABLE a (id int)").with_down("DROP TABLE a"),
+        Migration::new(2, "create_b", "CREATE TABLE b (id int)").with_down("DROP TABLE b"),
+        Migration::new(3, "create_c", "CREATE TABLE c (id int)"),
+    ]
+}
+
+/// Status, a dry run, a run up to a target, verify, and revert with down files —
+/// the library side of `tabula migrate info | run --dry-run | run --target | verify |
+/// revert`.
+#[tokio::test]
+async fn status_plan_target_verify_and_revert() {
+    use tabula::migrate::MigrationState;
+    let (db, _) = empty_db().await;
+    let migrator = Migrator::new(reversible()).expect("migrator");
+    let states = |lines: Vec<tabula::migrate::MigrationStatus>| -> Vec<(i64, MigrationState)> {
+        lines.iter().map(|l| (l.version, l.state)).collect()
+    };
+    assert_eq!(
+        states(migrator.status(&db).await.expect("status")),
+        [
+            (1, MigrationState::Pending),
+            (2, MigrationState::Pending),
+            (3, MigrationState::Pending)
+        ]
+    );
+    assert_eq!(migrator.plan(&db, Some(2)).await.expect("plan"), [1, 2]);
+    assert!(!table_exists(&db, "a").await, "a dry run applies nothing");
+    let report = migrator.run_to(&db, Some(2)).await.expect("run to 2");
+    assert_eq!(report.applied, [1, 2]);
+    assert!(table_exists(&db, "b").await && !table_exists(&db, "c").await);
+    assert_eq!(migrator.plan(&db, None).await.expect("plan"), [3]);
+    migrator.verify(&db).await.expect("nothing edited");
+
+    // Revert the latest (2), then 1; nothing more to revert.
+    assert_eq!(migrator.revert(&db).await.expect("revert"), 2);
+    assert!(!table_exists(&db, "b").await && table_exists(&db, "a").await);
+    assert_eq!(
+        states(migrator.status(&db).await.expect("status"))[1],
+        (2, MigrationState::Pending)
+    );
+    assert_eq!(migrator.revert(&db).await.expect("revert"), 1);
+    let nothing = migrator.revert(&db).await;
+    assert!(
+        matches!(nothing, Err(Error::Migration { .. })),
+        "{nothing:?}"
+    );
+
+    // 3 has no down file: applied, it cannot be reverted, and nothing changes.
+    migrator.run(&db).await.expect("run all");
+    let refused = migrator.revert(&db).await;
+    assert!(
+        matches!(&refused, Err(Error::Migration { version: 3, message }) if message.contains("no down file")),
+        "{refused:?}"
+    );
+    assert!(table_exists(&db, "c").await);
+
+    // An edited file and a missing one: verify fails, status says which.
+    let edited = Migrator::new(vec![
+        Migration::new(1, "create_a", "CREATE TABLE a (id bigint)").with_down("DROP TABLE a"),
+        Migration::new(2, "create_b", "CREATE TABLE b (id int)").with_down("DROP TABLE b"),
+    ])
+    .expect("migrator");
+    assert!(matches!(
+        edited.verify(&db).await,
+        Err(Error::Migration { version: 1, .. })
+    ));
+    assert_eq!(
+        states(edited.status(&db).await.expect("status")),
+        [
+            (1, MigrationState::Edited),
+            (2, MigrationState::Applied),
+            (3, MigrationState::Missing)
+        ]
+    );
+    assert!(edited.plan(&db, None).await.is_err());
+}
+
+#[test]
+fn down_files_pair_with_their_migration_in_a_folder() {
+    let dir = std::env::temp_dir().join(format!("tabula-mig-down-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("0001_a.sql"), "CREATE TABLE a (id int)").expect("up");
+    std::fs::write(dir.join("0001_a.down.sql"), "DROP TABLE a").expect("down");
+    std::fs::write(dir.join("0002_b.sql"), "CREATE TABLE b (id int)").expect("up");
+    let migrator = Migrator::from_dir(&dir).expect("folder");
+    assert_eq!(migrator.migrations().len(), 2);
+    assert_eq!(
+        migrator.migrations()[0].down.as_deref(),
+        Some("DROP TABLE a")
+    );
+    assert!(migrator.migrations()[1].down.is_none());
+    std::fs::write(dir.join("0003_c.down.sql"), "DROP TABLE c").expect("orphan");
+    let orphan = Migrator::from_dir(&dir);
+    assert!(
+        matches!(&orphan, Err(Error::Config(m)) if m.contains("0003_c.down.sql")),
+        "{orphan:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,6 +37,7 @@ fn embed_from(path: &Path, span: Span) -> syn::Result<TokenStream> {
     })?;
     let mut ctxt = Ctxt::default();
     let mut files = Vec::new();
+    let mut downs: Vec<(i64, String, PathBuf)> = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -53,9 +54,20 @@ fn embed_from(path: &Path, span: Span) -> syn::Result<TokenStream> {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        match tabula_build::parse_migration_file_name(&name) {
-            Ok((version, rest)) => files.push((version, rest.to_owned(), file)),
+        match tabula_build::parse_migration_file(&name) {
+            Ok((version, rest, false)) => files.push((version, rest.to_owned(), file)),
+            Ok((version, rest, true)) => downs.push((version, rest.to_owned(), file)),
             Err(e) => ctxt.push(syn::Error::new(span, e)),
+        }
+    }
+    for (version, name, _) in &downs {
+        if !files.iter().any(|(v, n, _)| v == version && n == name) {
+            ctxt.push(syn::Error::new(
+                span,
+                format!(
+                    "down file `{version}_{name}.down.sql` has no migration `{version}_{name}.sql`"
+                ),
+            ));
         }
     }
     files.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -71,8 +83,15 @@ fn embed_from(path: &Path, span: Span) -> syn::Result<TokenStream> {
     ctxt.check()?;
     let items = files.iter().map(|(version, name, file)| {
         let file = file.to_string_lossy();
+        let down = downs
+            .iter()
+            .find(|(v, n, _)| v == version && n == name)
+            .map(|(_, _, down)| {
+                let down = down.to_string_lossy();
+                quote! { .with_down(::core::include_str!(#down)) }
+            });
         quote! {
-            ::tabula::__private::Migration::new(#version, #name, ::core::include_str!(#file))
+            ::tabula::__private::Migration::new(#version, #name, ::core::include_str!(#file)) #down
         }
     });
     Ok(quote! {
@@ -132,6 +151,21 @@ mod tests {
                 .iter()
                 .any(|m| m.contains("`a` and `b` have the same version 1"))
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_down_file_is_embedded_with_its_migration_and_an_orphan_is_refused() {
+        let dir = folder("down", &["0001_a.sql", "0001_a.down.sql", "0002_b.sql"]);
+        let expanded = embed_from(&dir, Span::call_site())
+            .expect("embed")
+            .to_string();
+        assert_eq!(expanded.matches("with_down").count(), 1, "{expanded}");
+        assert!(expanded.contains("0001_a.down.sql"), "{expanded}");
+        std::fs::remove_dir_all(&dir).ok();
+        let dir = folder("orphan-down", &["0001_a.sql", "0002_b.down.sql"]);
+        let err = embed_from(&dir, Span::call_site()).expect_err("orphan");
+        assert!(err.to_string().contains("has no migration"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -88,6 +88,10 @@ pub struct Migration {
     pub name: Cow<'static, str>,
     /// The SQL text.
     pub sql: Cow<'static, str>,
+    /// The SQL that undoes it (its `<version>_<name>.down.sql` file), if it has one:
+    /// what [`Migrator::revert`] runs. Not part of the checksum, so a down file may be
+    /// added to an applied migration.
+    pub down: Option<Cow<'static, str>>,
 }
 
 impl Migration {
@@ -106,7 +110,19 @@ impl Migration {
             version,
             name: name.into(),
             sql: sql.into(),
+            down: None,
         }
+    }
+
+    /// The same migration with the SQL that undoes it.
+    ///
+    /// ```
+    /// let m = tabula::migrate::Migration::new(1, "init", "CREATE TABLE t (id int)").with_down("DROP TABLE t");
+    /// assert!(m.down.is_some());
+    /// ```
+    pub fn with_down(mut self, sql: impl Into<Cow<'static, str>>) -> Self {
+        self.down = Some(sql.into());
+        self
     }
 
     /// Hex SHA-256 of the SQL text.
@@ -268,6 +284,7 @@ impl Migrator {
             ))
         })?;
         let mut migrations = Vec::new();
+        let mut downs: Vec<(i64, String, String, String)> = Vec::new();
         for entry in entries {
             let entry =
                 entry.map_err(|e| Error::Config(format!("cannot read {}: {e}", dir.display())))?;
@@ -276,11 +293,32 @@ impl Migrator {
                 continue;
             }
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            let (version, name) = tabula_build::parse_migration_file_name(&file_name)
+            let (version, name, down) = tabula_build::parse_migration_file(&file_name)
                 .map_err(|e| Error::Config(e.to_string()))?;
             let sql = std::fs::read_to_string(&path)
                 .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-            migrations.push(Migration::new(version, name.to_owned(), sql));
+            match down {
+                true => downs.push((version, name.to_owned(), sql, file_name.clone())),
+                false => migrations.push(Migration::new(version, name.to_owned(), sql)),
+            }
+        }
+        for (version, name, sql, file) in downs {
+            let Some(up) = migrations
+                .iter_mut()
+                .find(|m| m.version == version && m.name == name.as_str())
+            else {
+                return Err(Error::Config(format!(
+                    "down file `{}` has no migration `{}.sql` beside it",
+                    file.escape_debug(),
+                    file.trim_end_matches(".down.sql").escape_debug()
+                )));
+            };
+            if up.down.is_some() {
+                return Err(Error::Config(format!(
+                    "migration {version} has two down files"
+                )));
+            }
+            up.down = Some(sql.into());
         }
         Migrator::new(migrations)
     }
@@ -299,6 +337,18 @@ impl Migrator {
     /// # Ok(()) }
     /// ```
     pub async fn run(&self, db: &Db) -> Result<MigrationReport> {
+        self.run_to(db, None).await
+    }
+
+    /// [`run`](Self::run), stopping after version `target` (the pending migrations
+    /// above it stay pending); `None`: all of them.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// tabula::migrate::Migrator::from_dir("migrations")?.run_to(&db, Some(3)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_to(&self, db: &Db, target: Option<i64>) -> Result<MigrationReport> {
         let builtin_applied = match self.with_builtin {
             true => Box::pin(Migrator::builtin().run(db)).await?.applied,
             false => Vec::new(),
@@ -374,6 +424,9 @@ impl Migrator {
                 report.already_applied.push(migration.version);
                 continue;
             }
+            if target.is_some_and(|target| migration.version > target) {
+                break;
+            }
             if apply(db, migration, self.allow_out_of_order, track).await? {
                 metrics::counter!(monitor::MIGRATIONS_APPLIED).increment(1);
                 tracing::info!(version = migration.version, name = %migration.name, "applied migration");
@@ -384,6 +437,249 @@ impl Migrator {
         }
         Ok(report)
     }
+}
+
+/// Where one migration stands in a database (see [`Migrator::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationState {
+    /// Applied, and the file is as it was.
+    Applied,
+    /// Not applied yet.
+    Pending,
+    /// Applied, but the file changed since (its checksum differs).
+    Edited,
+    /// Applied, but no file of this migrator has its version.
+    Missing,
+}
+
+/// One line of [`Migrator::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationStatus {
+    /// The version.
+    pub version: i64,
+    /// The file's name (or the recorded one, for a missing file).
+    pub name: String,
+    /// Where it stands.
+    pub state: MigrationState,
+    /// The checksum of the file (`None` for a missing one).
+    pub checksum: Option<String>,
+    /// When it was applied.
+    pub applied_at: Option<std::time::SystemTime>,
+    /// Whether it has a down file.
+    pub reversible: bool,
+}
+
+impl Migrator {
+    /// Every migration of this migrator and every one the database recorded, in
+    /// version order, with where it stands. Reads only; the record table is not
+    /// created.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// for line in tabula::migrate::Migrator::from_dir("migrations")?.status(&db).await? {
+    ///     println!("{} {} {:?}", line.version, line.name, line.state);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn status(&self, db: &Db) -> Result<Vec<MigrationStatus>> {
+        let recorded = recorded(db, self.track).await?;
+        let mut out: Vec<MigrationStatus> = self
+            .migrations
+            .iter()
+            .map(|m| {
+                let row = recorded.iter().find(|r| r.0 == m.version);
+                let state = match row {
+                    None => MigrationState::Pending,
+                    Some(r) if r.2 != m.checksum() => MigrationState::Edited,
+                    Some(_) => MigrationState::Applied,
+                };
+                MigrationStatus {
+                    version: m.version,
+                    name: m.name.to_string(),
+                    state,
+                    checksum: Some(m.checksum()),
+                    applied_at: row.map(|r| r.3),
+                    reversible: m.down.is_some(),
+                }
+            })
+            .collect();
+        for (version, name, _, at) in &recorded {
+            if !self.migrations.iter().any(|m| m.version == *version) {
+                out.push(MigrationStatus {
+                    version: *version,
+                    name: name.clone(),
+                    state: MigrationState::Missing,
+                    checksum: None,
+                    applied_at: Some(*at),
+                    reversible: false,
+                });
+            }
+        }
+        out.sort_by_key(|line| line.version);
+        Ok(out)
+    }
+
+    /// The versions [`run_to`](Self::run_to) would apply now, in order (a dry run);
+    /// the same refusals as a run (an edited file, a pending one below the latest
+    /// applied), so a plan that succeeds is one a run follows.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let pending = tabula::migrate::Migrator::from_dir("migrations")?.plan(&db, None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn plan(&self, db: &Db, target: Option<i64>) -> Result<Vec<i64>> {
+        let status = self.status(db).await?;
+        if let Some(edited) = status.iter().find(|s| s.state == MigrationState::Edited) {
+            return Err(Error::Migration {
+                version: edited.version,
+                message: format!("`{}` was edited after it was applied", edited.name),
+            });
+        }
+        let latest = status
+            .iter()
+            .filter(|s| matches!(s.state, MigrationState::Applied | MigrationState::Missing))
+            .map(|s| s.version)
+            .max();
+        let pending: Vec<&MigrationStatus> = status
+            .iter()
+            .filter(|s| s.state == MigrationState::Pending)
+            .filter(|s| target.is_none_or(|t| s.version <= t))
+            .collect();
+        if !self.allow_out_of_order
+            && let Some(latest) = latest
+            && let Some(late) = pending.iter().find(|s| s.version < latest)
+            && let Some(m) = self.migrations.iter().find(|m| m.version == late.version)
+        {
+            return Err(out_of_order(m, latest));
+        }
+        Ok(pending.iter().map(|s| s.version).collect())
+    }
+
+    /// Fails with [`Error::Migration`] if an applied migration's file was edited or is
+    /// missing — for CI, before deploying.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// tabula::migrate::Migrator::from_dir("migrations")?.verify(&db).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn verify(&self, db: &Db) -> Result<()> {
+        for line in self.status(db).await? {
+            let problem = match line.state {
+                MigrationState::Edited => "was edited after it was applied",
+                MigrationState::Missing => "is applied but its file is missing",
+                _ => continue,
+            };
+            return Err(Error::Migration {
+                version: line.version,
+                message: format!("`{}` {problem}", line.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Undoes the latest applied migration: runs its down file and removes its record,
+    /// in one transaction under the migrations' lock. Refused with [`Error::Migration`]
+    /// when nothing is applied, when the latest applied migration has no down file (or
+    /// no file at all), or when its file was edited since it was applied. Returns the
+    /// version reverted.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let undone = tabula::migrate::Migrator::from_dir("migrations")?.revert(&db).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn revert(&self, db: &Db) -> Result<i64> {
+        db.forget_schema();
+        let track = self.track;
+        let migrations = &self.migrations;
+        let reverted = db
+            .transaction(|tx| async move {
+                tx.with_client(async |c| {
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+                        .await?;
+                    c.batch_execute(&track.setup()).await?;
+                    let latest = c
+                        .query_opt(
+                            &format!(
+                                "SELECT version, name, checksum FROM {} ORDER BY version DESC LIMIT 1",
+                                track.table()
+                            ),
+                            &[],
+                        )
+                        .await?;
+                    let Some(latest) = latest else {
+                        return Err(Error::Migration {
+                            version: 0,
+                            message: "nothing is applied: there is nothing to revert".into(),
+                        });
+                    };
+                    let (version, name, checksum): (i64, String, String) =
+                        (latest.get(0), latest.get(1), latest.get(2));
+                    let refuse = |message: String| Error::Migration { version, message };
+                    let Some(migration) = migrations.iter().find(|m| m.version == version) else {
+                        return Err(refuse(format!(
+                            "`{name}` is the latest applied migration, but no file has its version"
+                        )));
+                    };
+                    if migration.checksum() != checksum {
+                        return Err(refuse(format!(
+                            "`{name}` was edited after it was applied: its down file may not undo what ran"
+                        )));
+                    }
+                    let Some(down) = &migration.down else {
+                        return Err(refuse(format!(
+                            "`{name}` has no down file (`{version}_{name}.down.sql`): it cannot be reverted"
+                        )));
+                    };
+                    check_no_transaction_control(&Migration::new(version, name.clone(), down.clone()))?;
+                    c.batch_execute(down).await?;
+                    c.execute(
+                        &format!("DELETE FROM {} WHERE version = $1", track.table()),
+                        &[&version],
+                    )
+                    .await?;
+                    Ok(version)
+                })
+                .await
+            })
+            .await?;
+        tracing::info!(version = reverted, "reverted migration");
+        Ok(reverted)
+    }
+}
+
+/// What the database recorded for a track: version, name, checksum, time — nothing
+/// when it has no record table yet.
+async fn recorded(
+    db: &Db,
+    track: Track,
+) -> Result<Vec<(i64, String, String, std::time::SystemTime)>> {
+    db.with_client(async |c| {
+        let exists: Option<String> = c
+            .query_one("SELECT to_regclass($1)::text", &[&track.table()])
+            .await?
+            .get(0);
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT version, name, checksum, applied_at FROM {} ORDER BY version",
+                    track.table()
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    })
+    .await
 }
 
 /// The refusal of `late`, pending below the applied version `latest`.

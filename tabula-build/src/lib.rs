@@ -142,10 +142,19 @@ impl std::error::Error for FileNameError {}
 ///
 /// [`FileNameError`] says which rule the name breaks.
 pub fn parse_migration_file_name(file_name: &str) -> Result<(i64, &str), FileNameError> {
+    let stem = file_name
+        .strip_suffix(".sql")
+        .ok_or_else(|| FileNameError::Malformed {
+            file: file_name.to_owned(),
+        })?;
+    parse_stem(stem, file_name)
+}
+
+/// `<version>_<name>` of the file `file_name` (for its errors).
+fn parse_stem<'a>(stem: &'a str, file_name: &str) -> Result<(i64, &'a str), FileNameError> {
     let malformed = || FileNameError::Malformed {
         file: file_name.to_owned(),
     };
-    let stem = file_name.strip_suffix(".sql").ok_or_else(malformed)?;
     let (version, name) = stem.split_once('_').ok_or_else(malformed)?;
     if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
         return Err(malformed());
@@ -159,9 +168,40 @@ pub fn parse_migration_file_name(file_name: &str) -> Result<(i64, &str), FileNam
     Ok((version, name))
 }
 
+/// Splits a migration folder's file name into its version, its name, and whether it is
+/// the migration's *down* file (`0001_create_profiles.down.sql`, which undoes
+/// `0001_create_profiles.sql`).
+///
+/// ```
+/// use tabula_build::parse_migration_file;
+/// assert_eq!(parse_migration_file("0001_init.sql"), Ok((1, "init", false)));
+/// assert_eq!(parse_migration_file("0001_init.down.sql"), Ok((1, "init", true)));
+/// ```
+///
+/// # Errors
+///
+/// [`FileNameError`] says which rule the name breaks.
+pub fn parse_migration_file(file_name: &str) -> Result<(i64, &str, bool), FileNameError> {
+    match file_name.strip_suffix(".down.sql") {
+        Some(stem) => parse_stem(stem, file_name).map(|(v, n)| (v, n, true)),
+        None => parse_migration_file_name(file_name).map(|(v, n)| (v, n, false)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn down_files_are_named_after_their_migration() {
+        assert_eq!(
+            parse_migration_file("0002_add.down.sql"),
+            Ok((2, "add", true))
+        );
+        assert_eq!(parse_migration_file("0002_add.sql"), Ok((2, "add", false)));
+        assert!(parse_migration_file("_x.down.sql").is_err());
+        assert!(parse_migration_file("0002_.down.sql").is_err());
+    }
 
     #[test]
     fn the_largest_version_is_accepted_and_one_more_is_refused() {
