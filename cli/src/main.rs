@@ -1,0 +1,344 @@
+//! `tabula`: the command line of the Tabula data layer.
+//!
+//! ```text
+//! tabula migrate add <name> [--down]     the next migration file (and its down file)
+//! tabula migrate run [--dry-run] [--target N] [--no-builtin]
+//! tabula migrate info [--json]           applied / pending / edited / missing
+//! tabula migrate revert                  undo the latest applied migration
+//! tabula migrate verify                  exit 1 if an applied file was edited or is gone
+//! tabula completions <shell>             shell completions (bash, zsh, fish, …)
+//! ```
+//!
+//! The database is `--database-url`, else `DATABASE_URL` from the environment or a
+//! `.env` file in the current directory. Exit status: 0 done; 1 a check failed or the
+//! operation was refused (nothing changed); 2 bad usage; 3 the database could not be
+//! reached or the configuration is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use tabula::migrate::{MigrationState, Migrator};
+
+#[derive(Parser)]
+#[command(
+    name = "tabula",
+    version,
+    about = "The Tabula data layer's command line"
+)]
+struct Cli {
+    /// The PostgreSQL URL (default: `DATABASE_URL`, also read from `.env`).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Versioned SQL migrations.
+    #[command(subcommand)]
+    Migrate(Migrate),
+    /// Prints a completion script for a shell.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum Migrate {
+    /// Creates the next migration file, `<version>_<name>.sql`.
+    Add {
+        /// Letters, digits and `_`.
+        name: String,
+        /// Also creates `<version>_<name>.down.sql`, which `revert` runs.
+        #[arg(long)]
+        down: bool,
+        #[command(flatten)]
+        dir: Dir,
+    },
+    /// Applies the pending migrations (Tabula's built-in track first).
+    Run {
+        /// Prints what would be applied, and applies nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stops after this version.
+        #[arg(long)]
+        target: Option<i64>,
+        /// Leaves out Tabula's built-in migrations (auth roles, storage schema).
+        #[arg(long)]
+        no_builtin: bool,
+        #[command(flatten)]
+        dir: Dir,
+    },
+    /// Shows every migration: applied, pending, edited or missing.
+    Info {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: Dir,
+    },
+    /// Undoes the latest applied migration with its down file.
+    Revert {
+        #[command(flatten)]
+        dir: Dir,
+    },
+    /// Fails (exit status 1) when an applied migration was edited or its file is gone.
+    Verify {
+        #[command(flatten)]
+        dir: Dir,
+    },
+}
+
+#[derive(clap::Args)]
+struct Dir {
+    /// The migrations folder.
+    #[arg(long, default_value = "migrations")]
+    dir: PathBuf,
+}
+
+/// A failure and its exit status.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    fn refused(message: impl Into<String>) -> Failure {
+        Failure {
+            status: 1,
+            message: message.into(),
+        }
+    }
+
+    fn setup(message: impl Into<String>) -> Failure {
+        Failure {
+            status: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tabula::Error> for Failure {
+    fn from(error: tabula::Error) -> Failure {
+        match error {
+            tabula::Error::Migration { .. } | tabula::Error::Validation(_) => {
+                Failure::refused(error.to_string())
+            }
+            other => Failure::setup(other.to_string()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // A `.env` file is read when present; its absence is no error.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tabula: cannot start: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("tabula: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tabula", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Migrate(Migrate::Add { name, down, dir }) => add(&dir.dir, &name, down),
+        Command::Migrate(command) => {
+            let url = cli.database_url.ok_or_else(|| {
+                Failure::setup("no database: pass --database-url or set DATABASE_URL (or .env)")
+            })?;
+            migrate(&url, command).await
+        }
+    }
+}
+
+fn migrator(dir: &Path) -> Result<Migrator, Failure> {
+    Migrator::from_dir(dir).map_err(|e| Failure::setup(e.to_string()))
+}
+
+async fn connect(url: &str) -> Result<tabula::Db, Failure> {
+    tabula::Db::connect(url)
+        .await
+        .map_err(|e| Failure::setup(format!("cannot connect: {e}")))
+}
+
+async fn migrate(url: &str, command: Migrate) -> Result<(), Failure> {
+    match command {
+        Migrate::Add { .. } => Ok(()),
+        Migrate::Run {
+            dry_run,
+            target,
+            no_builtin,
+            dir,
+        } => {
+            let mut migrator = migrator(&dir.dir)?;
+            if !no_builtin {
+                migrator = migrator.with_builtin();
+            }
+            let db = connect(url).await?;
+            if dry_run {
+                let pending = migrator.plan(&db, target).await?;
+                if pending.is_empty() {
+                    println!("nothing to apply");
+                }
+                for version in pending {
+                    let name = migrator
+                        .migrations()
+                        .iter()
+                        .find(|m| m.version == version)
+                        .map_or("", |m| m.name.as_ref());
+                    println!("would apply {version} {name}");
+                }
+                return Ok(());
+            }
+            let report = migrator.run_to(&db, target).await?;
+            for version in &report.builtin_applied {
+                println!("applied built-in {version}");
+            }
+            for version in &report.applied {
+                let name = migrator
+                    .migrations()
+                    .iter()
+                    .find(|m| m.version == *version)
+                    .map_or("", |m| m.name.as_ref());
+                println!("applied {version} {name}");
+            }
+            if report.applied.is_empty() {
+                println!("nothing to apply");
+            }
+            Ok(())
+        }
+        Migrate::Info { json, dir } => {
+            let migrator = migrator(&dir.dir)?;
+            let db = connect(url).await?;
+            let lines = migrator.status(&db).await?;
+            if json {
+                let out: Vec<serde_json::Value> = lines
+                    .iter()
+                    .map(|line| {
+                        serde_json::json!({
+                            "version": line.version,
+                            "name": line.name,
+                            "state": state_word(line.state),
+                            "checksum": line.checksum,
+                            "applied_at": line.applied_at.and_then(|t| {
+                                t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+                            }),
+                            "reversible": line.reversible,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+                return Ok(());
+            }
+            if lines.is_empty() {
+                println!("no migrations");
+            }
+            for line in lines {
+                println!(
+                    "{:>6}  {:<8}  {}{}",
+                    line.version,
+                    state_word(line.state),
+                    line.name,
+                    if line.reversible {
+                        "  (reversible)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(())
+        }
+        Migrate::Revert { dir } => {
+            let migrator = migrator(&dir.dir)?;
+            let db = connect(url).await?;
+            let version = migrator.revert(&db).await?;
+            println!("reverted {version}");
+            Ok(())
+        }
+        Migrate::Verify { dir } => {
+            let migrator = migrator(&dir.dir)?;
+            let db = connect(url).await?;
+            migrator.verify(&db).await?;
+            println!("every applied migration matches its file");
+            Ok(())
+        }
+    }
+}
+
+fn state_word(state: MigrationState) -> &'static str {
+    match state {
+        MigrationState::Applied => "applied",
+        MigrationState::Pending => "pending",
+        MigrationState::Edited => "edited",
+        MigrationState::Missing => "missing",
+    }
+}
+
+/// Creates the next migration file in `dir` (made if missing): its version one above
+/// the highest there, zero-padded like the others (4 digits for the first).
+fn add(dir: &Path, name: &str, down: bool) -> Result<(), Failure> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Failure::refused(format!(
+            "a migration name is letters, digits and `_`, not `{}`",
+            name.escape_debug()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::setup(format!("cannot create {}: {e}", dir.display())))?;
+    let existing = migrator(dir)?;
+    let last = existing.migrations().last();
+    let version = last.map_or(1, |m| m.version + 1);
+    let width = std::fs::read_dir(dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.split_once('_').map(|(digits, _)| digits.len())
+        })
+        .max()
+        .unwrap_or(4);
+    let up = dir.join(format!("{version:0width$}_{name}.sql"));
+    let header = format!("-- Migration {version}: {name}\n");
+    write_new(&up, &header)?;
+    println!("created {}", up.display());
+    if down {
+        let down = dir.join(format!("{version:0width$}_{name}.down.sql"));
+        write_new(&down, &format!("-- Undoes migration {version}: {name}\n"))?;
+        println!("created {}", down.display());
+    }
+    Ok(())
+}
+
+/// Writes a file that must not exist yet.
+fn write_new(path: &Path, text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Failure::refused(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))
+}

@@ -1,0 +1,237 @@
+//! The built `tabula` binary against the test kit's PostgreSQL: every `migrate`
+//! command, its output and exit status, and bad input refused with a clear message and
+//! nothing changed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tabula::migrate::Migrator;
+
+/// A fresh database (nothing applied) and its URL.
+async fn database() -> (tabula::Db, String) {
+    let none = Migrator::new(Vec::new()).expect("empty migrator");
+    tabula::testkit::database(&none).await.expect("database")
+}
+
+/// A folder of this test's own, removed when dropped.
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(test: &str) -> Folder {
+        let dir = std::env::temp_dir().join(format!("tabula-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        Folder(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.0.join("migrations").join(file), text).expect("write");
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `tabula args…` in `cwd` with `DATABASE_URL` (when given).
+fn tabula(cwd: &Path, url: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tabula"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DATABASE_URL");
+    if let Some(url) = url {
+        command.env("DATABASE_URL", url);
+    }
+    command.output().expect("run tabula")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn table_exists(db: &tabula::Db, name: &str) -> bool {
+    db.with_client(async |c| {
+        Ok(c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?
+            .get(0))
+    })
+    .await
+    .expect("to_regclass")
+}
+
+#[tokio::test]
+async fn the_migration_workflow_add_run_info_revert_verify() {
+    let (db, url) = database().await;
+    let folder = Folder::new("workflow");
+    let cwd = folder.0.as_path();
+    let url = Some(url.as_str());
+
+    // add: the next numbers, with a down file on request.
+    let added = tabula(cwd, None, &["migrate", "add", "create_a", "--down"]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(
+        stdout(&added).contains("0001_create_a.sql"),
+        "{}",
+        stdout(&added)
+    );
+    assert!(cwd.join("migrations/0001_create_a.down.sql").exists());
+    let second = tabula(cwd, None, &["migrate", "add", "create_b"]);
+    assert!(second.status.success());
+    assert!(cwd.join("migrations/0002_create_b.sql").exists());
+    folder.write("0001_create_a.sql", "CREATE TABLE a (id int);");
+    folder.write("0001_create_a.down.sql", "DROP TABLE a;");
+    folder.write("0002_create_b.sql", "CREATE TABLE b (id int);");
+
+    // A dry run applies nothing; a run up to a target, then the rest.
+    let dry = tabula(cwd, url, &["migrate", "run", "--dry-run", "--no-builtin"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert_eq!(
+        stdout(&dry),
+        "would apply 1 create_a\nwould apply 2 create_b\n"
+    );
+    assert!(!table_exists(&db, "a").await);
+    let first = tabula(
+        cwd,
+        url,
+        &["migrate", "run", "--target", "1", "--no-builtin"],
+    );
+    assert_eq!(stdout(&first), "applied 1 create_a\n", "{}", stderr(&first));
+    assert!(table_exists(&db, "a").await && !table_exists(&db, "b").await);
+
+    // info, as text and JSON.
+    let info = tabula(cwd, url, &["migrate", "info"]);
+    let text = stdout(&info);
+    assert!(text.contains("applied   create_a  (reversible)"), "{text}");
+    assert!(text.contains("pending   create_b"), "{text}");
+    let json = tabula(cwd, url, &["migrate", "info", "--json"]);
+    let lines: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(lines[0]["state"], "applied");
+    assert_eq!(lines[1]["state"], "pending");
+    assert_eq!(lines[0]["reversible"], true);
+
+    let rest = tabula(cwd, url, &["migrate", "run", "--no-builtin"]);
+    assert_eq!(stdout(&rest), "applied 2 create_b\n", "{}", stderr(&rest));
+    let again = tabula(cwd, url, &["migrate", "run", "--no-builtin"]);
+    assert_eq!(stdout(&again), "nothing to apply\n");
+
+    // revert: 2 has no down file — refused (status 1), nothing changes.
+    let refused = tabula(cwd, url, &["migrate", "revert"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("no down file"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(table_exists(&db, "b").await);
+
+    // verify passes; after an edit it fails with status 1 and names the file.
+    let verified = tabula(cwd, url, &["migrate", "verify"]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    folder.write("0002_create_b.sql", "CREATE TABLE b (id bigint);");
+    let edited = tabula(cwd, url, &["migrate", "verify"]);
+    assert_eq!(edited.status.code(), Some(1));
+    assert!(stderr(&edited).contains("create_b"), "{}", stderr(&edited));
+    folder.write("0002_create_b.sql", "CREATE TABLE b (id int);");
+
+    // With 2 reverted by hand (its down file added), revert undoes 2 then 1.
+    folder.write("0002_create_b.down.sql", "DROP TABLE b;");
+    let reverted = tabula(cwd, url, &["migrate", "revert"]);
+    assert_eq!(stdout(&reverted), "reverted 2\n", "{}", stderr(&reverted));
+    let reverted = tabula(cwd, url, &["migrate", "revert"]);
+    assert_eq!(stdout(&reverted), "reverted 1\n");
+    assert!(!table_exists(&db, "a").await && !table_exists(&db, "b").await);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let (db, url) = database().await;
+    let folder = Folder::new("bad");
+    let cwd = folder.0.as_path();
+    // A name that is not one.
+    let bad_name = tabula(cwd, None, &["migrate", "add", "no spaces"]);
+    assert_eq!(bad_name.status.code(), Some(1));
+    assert!(
+        stderr(&bad_name).contains("letters, digits"),
+        "{}",
+        stderr(&bad_name)
+    );
+    assert!(
+        !cwd.join("migrations")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    );
+    // No database.
+    let none = tabula(cwd, None, &["migrate", "info"]);
+    assert_eq!(none.status.code(), Some(3));
+    assert!(stderr(&none).contains("DATABASE_URL"), "{}", stderr(&none));
+    // A malformed URL and an unreachable server.
+    let malformed = tabula(cwd, Some("not a url"), &["migrate", "info"]);
+    assert_eq!(malformed.status.code(), Some(3), "{}", stderr(&malformed));
+    let unreachable = tabula(
+        cwd,
+        Some("postgres://nobody@127.0.0.1:1/none?connect_timeout=2"),
+        &["migrate", "info"],
+    );
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "{}",
+        stderr(&unreachable)
+    );
+    // A misnamed file and a missing folder: refused before any change.
+    std::fs::create_dir_all(cwd.join("migrations")).expect("dir");
+    folder.write("notes.sql", "CREATE TABLE notes (id int);");
+    let misnamed = tabula(cwd, Some(&url), &["migrate", "run", "--no-builtin"]);
+    assert_eq!(misnamed.status.code(), Some(3));
+    assert!(
+        stderr(&misnamed).contains("notes.sql"),
+        "{}",
+        stderr(&misnamed)
+    );
+    assert!(!table_exists(&db, "notes").await);
+    let missing = tabula(cwd, Some(&url), &["migrate", "run", "--dir", "nowhere"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
+    // Bad usage is clap's status 2.
+    let usage = tabula(cwd, None, &["migrate", "fly"]);
+    assert_eq!(usage.status.code(), Some(2));
+    // Nothing to revert.
+    std::fs::remove_file(cwd.join("migrations/notes.sql")).expect("rm");
+    let nothing = tabula(cwd, Some(&url), &["migrate", "revert"]);
+    assert_eq!(nothing.status.code(), Some(1), "{}", stderr(&nothing));
+}
+
+#[test]
+fn completions_are_printed_for_a_shell() {
+    let folder = Folder::new("completions");
+    let bash = tabula(&folder.0, None, &["completions", "bash"]);
+    assert!(bash.status.success());
+    assert!(stdout(&bash).contains("migrate"), "{}", stdout(&bash));
+    let unknown = tabula(&folder.0, None, &["completions", "tcsh"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn a_dot_env_file_gives_the_database_url() {
+    let folder = Folder::new("dotenv");
+    std::fs::write(
+        folder.0.join(".env"),
+        "DATABASE_URL=postgres://nobody@127.0.0.1:1/from_dot_env?connect_timeout=1\n",
+    )
+    .expect(".env");
+    let output = tabula(&folder.0, None, &["migrate", "info"]);
+    // It tried the `.env` URL (and could not connect), instead of asking for one.
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        !stderr(&output).contains("no database"),
+        "{}",
+        stderr(&output)
+    );
+}
