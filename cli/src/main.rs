@@ -6,6 +6,7 @@
 //! tabula migrate info [--json]           applied / pending / edited / missing
 //! tabula migrate revert                  undo the latest applied migration
 //! tabula migrate verify                  exit 1 if an applied file was edited or is gone
+//! tabula schema pull [--schema S] [-o F]  #[derive(Table)] models from a live database
 //! tabula completions <shell>             shell completions (bash, zsh, fish, …)
 //! ```
 //!
@@ -19,6 +20,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use tabula::migrate::{MigrationState, Migrator};
+
+mod schema;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +42,9 @@ enum Command {
     /// Versioned SQL migrations.
     #[command(subcommand)]
     Migrate(Migrate),
+    /// The database's schema.
+    #[command(subcommand)]
+    Schema(Schema),
     /// Prints a completion script for a shell.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -89,6 +95,23 @@ enum Migrate {
     Verify {
         #[command(flatten)]
         dir: Dir,
+    },
+}
+
+#[derive(Subcommand)]
+enum Schema {
+    /// Writes `#[derive(Table)]` models for the tables of a live database.
+    Pull {
+        /// The PostgreSQL schema to read.
+        #[arg(long, default_value = "public")]
+        schema: String,
+        /// The file to write (default: standard output). An existing file is not
+        /// overwritten unless `--force`.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Overwrite `--output` if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -162,6 +185,36 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Migrate(Migrate::Add { name, down, dir }) => add(&dir.dir, &name, down),
+        Command::Schema(Schema::Pull {
+            schema,
+            output,
+            force,
+        }) => {
+            let url = cli.database_url.ok_or_else(|| {
+                Failure::setup("no database: pass --database-url or set DATABASE_URL (or .env)")
+            })?;
+            if let Some(path) = &output
+                && path.exists()
+                && !force
+            {
+                return Err(Failure::refused(format!(
+                    "{} exists; pass --force to overwrite it",
+                    path.display()
+                )));
+            }
+            let db = connect(&url).await?;
+            let source = schema::pull(&db, &schema).await?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, source).map_err(|e| {
+                        Failure::setup(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    println!("wrote {}", path.display());
+                }
+                None => print!("{source}"),
+            }
+            Ok(())
+        }
         Command::Migrate(command) => {
             let url = cli.database_url.ok_or_else(|| {
                 Failure::setup("no database: pass --database-url or set DATABASE_URL (or .env)")
