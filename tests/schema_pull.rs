@@ -4,12 +4,12 @@
 
 mod common;
 
-#[allow(dead_code, clippy::all)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod seed {
     include!("generated/seed_models.rs");
 }
 
-#[allow(dead_code, clippy::all)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod rich {
     include!("generated/rich_models.rs");
 }
