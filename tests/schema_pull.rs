@@ -33,6 +33,9 @@ const RICH: &str = r#"
 #[tokio::test]
 async fn the_pulled_seed_models_round_trip_rows() {
     let db = common::db().await;
+    db.verify::<(seed::Profile, seed::Experience, seed::Document)>()
+        .await
+        .expect("the pulled models match the tables they came from");
     let user = uuid::Uuid::new_v4();
     let created = db
         .create(seed::NewProfile {
@@ -68,6 +71,9 @@ async fn the_pulled_seed_models_round_trip_rows() {
 async fn the_pulled_rich_models_round_trip_enums_arrays_numeric_and_relations() {
     let db = common::db().await;
     db.execute_batch(RICH).await.expect("schema");
+    db.verify::<(rich::Category, rich::OrderItem)>()
+        .await
+        .expect("the pulled models match the tables they came from");
     let category = db
         .create(rich::NewCategory {
             id: 1,

@@ -199,6 +199,13 @@ pub enum Error {
     /// The configuration is missing or malformed.
     #[error("configuration error: {0}")]
     Config(String),
+    /// The models do not match the live tables ([`Db::verify`](crate::Db::verify)):
+    /// every mismatch found, each naming its table and column.
+    #[error("the models do not match the database:\n  {}", .problems.join("\n  "))]
+    SchemaMismatch {
+        /// One line per mismatch.
+        problems: Vec<String>,
+    },
 }
 
 impl Error {

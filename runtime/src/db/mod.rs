@@ -50,6 +50,7 @@ mod policy;
 mod raw;
 mod scope;
 mod tx;
+mod verify;
 mod write;
 
 use std::sync::Arc;
@@ -61,6 +62,7 @@ use crate::pool::{LastConnectError, PgManager};
 
 pub(crate) use conn::{Conn, TxHandle, read_on_conn};
 pub use tx::Isolation;
+pub use verify::ModelSet;
 pub(crate) use write::{Invalidation, key_text, names};
 
 type Pooled = bb8::PooledConnection<'static, PgManager>;
