@@ -7,6 +7,8 @@
 //! tabula migrate revert                  undo the latest applied migration
 //! tabula migrate verify                  exit 1 if an applied file was edited or is gone
 //! tabula schema pull [--schema S] [-o F]  #[derive(Table)] models from a live database
+//! tabula cache stats | flush [--namespace N]
+//! tabula storage ls | put | get | rm | sign
 //! tabula completions <shell>             shell completions (bash, zsh, fish, …)
 //! ```
 //!
@@ -22,6 +24,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tabula::migrate::{MigrationState, Migrator};
 
 mod schema;
+mod tools;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +36,9 @@ struct Cli {
     /// The PostgreSQL URL (default: `DATABASE_URL`, also read from `.env`).
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The Redis URL of the cache (default: `REDIS_URL`, also read from `.env`).
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +51,16 @@ enum Command {
     /// The database's schema.
     #[command(subcommand)]
     Schema(Schema),
+    /// Tabula's entries in Redis.
+    #[command(subcommand)]
+    Cache(tools::Cache),
+    /// The file storage service (a local store).
+    Storage {
+        #[command(flatten)]
+        settings: tools::StorageSettings,
+        #[command(subcommand)]
+        command: tools::Storage,
+    },
     /// Prints a completion script for a shell.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -123,20 +139,20 @@ struct Dir {
 }
 
 /// A failure and its exit status.
-struct Failure {
+pub(crate) struct Failure {
     status: u8,
     message: String,
 }
 
 impl Failure {
-    fn refused(message: impl Into<String>) -> Failure {
+    pub(crate) fn refused(message: impl Into<String>) -> Failure {
         Failure {
             status: 1,
             message: message.into(),
         }
     }
 
-    fn setup(message: impl Into<String>) -> Failure {
+    pub(crate) fn setup(message: impl Into<String>) -> Failure {
         Failure {
             status: 3,
             message: message.into(),
@@ -147,9 +163,11 @@ impl Failure {
 impl From<tabula::Error> for Failure {
     fn from(error: tabula::Error) -> Failure {
         match error {
-            tabula::Error::Migration { .. } | tabula::Error::Validation(_) => {
-                Failure::refused(error.to_string())
-            }
+            tabula::Error::Migration { .. }
+            | tabula::Error::Validation(_)
+            | tabula::Error::NotFound { .. }
+            | tabula::Error::AlreadyExists(_)
+            | tabula::Error::PermissionDenied { .. } => Failure::refused(error.to_string()),
             other => Failure::setup(other.to_string()),
         }
     }
@@ -185,6 +203,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Migrate(Migrate::Add { name, down, dir }) => add(&dir.dir, &name, down),
+        Command::Cache(command) => tools::cache(cli.redis_url, command).await,
+        Command::Storage { settings, command } => {
+            let url = cli.database_url.ok_or_else(|| {
+                Failure::setup("no database: pass --database-url or set DATABASE_URL (or .env)")
+            })?;
+            tools::storage(connect(&url).await?, settings, command).await
+        }
         Command::Schema(Schema::Pull {
             schema,
             output,

@@ -332,3 +332,148 @@ async fn schema_pull_maps_types_keys_and_names_and_says_what_it_leaves_out() {
         assert!(source.contains(line), "{line}:\n{source}");
     }
 }
+
+/// `cache stats` counts keys by namespace; `cache flush` drops one namespace (its epoch
+/// first) or all of Tabula's, never the key-value API's keys.
+#[tokio::test]
+async fn cache_stats_and_flush_by_namespace() {
+    let redis_url = tabula::testkit::redis_url().expect("redis");
+    let prefix = format!("cli{}", std::process::id());
+    let client = redis::Client::open(redis_url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for key in [
+        format!("{prefix}:t:one:epoch"),
+        format!("{prefix}:t:one:e1:r:notes:0:1"),
+        format!("{prefix}:t:one:e1:v:notes"),
+        format!("{prefix}:t:two:epoch"),
+        format!("{prefix}:t:two:e2:r:notes:0:1"),
+        format!("{prefix}:u:mine"),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .expect("set");
+    }
+    let folder = Folder::new("cache");
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tabula"));
+        command
+            .args(args)
+            .current_dir(&folder.0)
+            .env("REDIS_URL", &redis_url)
+            .env_remove("DATABASE_URL");
+        command.output().expect("run tabula")
+    };
+    let stats = run(&["cache", "stats", "--prefix", &prefix, "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    assert_eq!(stats["keys"]["one"], 3, "{stats}");
+    assert_eq!(stats["keys"]["two"], 2, "{stats}");
+    assert_eq!(stats["keys"]["(key-value API)"], 1, "{stats}");
+    let flushed = run(&["cache", "flush", "--prefix", &prefix, "--namespace", "one"]);
+    assert!(flushed.status.success(), "{}", stderr(&flushed));
+    assert_eq!(stdout(&flushed), "flushed 1 namespace(s), 3 key(s)\n");
+    let exists = |key: String| {
+        let client = client.clone();
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("exists")
+                == 1
+        }
+    };
+    assert!(!exists(format!("{prefix}:t:one:epoch")).await);
+    assert!(exists(format!("{prefix}:t:two:epoch")).await);
+    let all = run(&["cache", "flush", "--prefix", &prefix]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert!(!exists(format!("{prefix}:t:two:e2:r:notes:0:1")).await);
+    assert!(
+        exists(format!("{prefix}:u:mine")).await,
+        "the key-value API's keys stay"
+    );
+    let no_redis = tabula(&folder.0, None, &["cache", "stats"]);
+    assert_eq!(no_redis.status.code(), Some(3));
+}
+
+/// `storage put | ls | get | sign | rm` on a local store.
+#[tokio::test]
+async fn storage_commands_on_a_local_store() {
+    let migrations = tabula::embed_migrations!("../migrations").with_builtin();
+    let (db, url) = tabula::testkit::database(&migrations)
+        .await
+        .expect("database");
+    let folder = Folder::new("storage");
+    let root = folder.0.join("store");
+    let key = "a storage signing key of 32 bytes or more";
+    tabula::storage::StorageService::local(db, &root, key.as_bytes(), "http://files.test")
+        .expect("service")
+        .create_bucket("docs", tabula::storage::BucketOptions::default())
+        .await
+        .expect("bucket");
+    std::fs::write(folder.0.join("hello.txt"), "hello").expect("file");
+    let root_arg = root.to_string_lossy().into_owned();
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tabula"));
+        command
+            .args([
+                "storage",
+                "--root",
+                &root_arg,
+                "--base-url",
+                "http://files.test",
+            ])
+            .args(args)
+            .current_dir(&folder.0)
+            .env("DATABASE_URL", &url)
+            .env("TABULA_STORAGE_KEY", key);
+        command.output().expect("run tabula")
+    };
+    let put = run(&[
+        "put",
+        "docs",
+        "a/hello.txt",
+        "hello.txt",
+        "--content-type",
+        "text/plain",
+    ]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let again = run(&["put", "docs", "a/hello.txt", "hello.txt"]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "no overwrite without --upsert"
+    );
+    let ls = run(&["ls", "docs", "a/", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("JSON");
+    assert_eq!(listed[0]["name"], "a/hello.txt", "{listed}");
+    assert_eq!(listed[0]["content_type"], "text/plain");
+    let got = run(&["get", "docs", "a/hello.txt"]);
+    assert_eq!(got.stdout, b"hello");
+    let signed = run(&["sign", "docs", "a/hello.txt", "--expires", "15m"]);
+    assert!(stdout(&signed).starts_with("http://files.test/object/sign/docs/a/hello.txt?token="));
+    let bad = run(&["sign", "docs", "a/hello.txt", "--expires", "1w"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let rm = run(&["rm", "docs", "a/hello.txt"]);
+    assert_eq!(stdout(&rm), "deleted 1\n");
+    let gone = run(&["get", "docs", "a/hello.txt"]);
+    assert_eq!(gone.status.code(), Some(1), "{}", stderr(&gone));
+    let no_key = Command::new(env!("CARGO_BIN_EXE_tabula"))
+        .args(["storage", "--root", &root_arg, "ls", "docs"])
+        .current_dir(&folder.0)
+        .env("DATABASE_URL", &url)
+        .env_remove("TABULA_STORAGE_KEY")
+        .output()
+        .expect("run");
+    assert_eq!(no_key.status.code(), Some(3));
+}

@@ -1,0 +1,381 @@
+//! `tabula cache …` and `tabula storage …`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::Failure;
+
+#[derive(Subcommand)]
+pub(crate) enum Cache {
+    /// Keys per namespace and the memory Redis uses.
+    Stats {
+        /// The cache's key prefix (`CacheConfig::prefix`).
+        #[arg(long, default_value = "tabula")]
+        prefix: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drops Tabula's entries: replaces a namespace's epoch (every entry of it is
+    /// unreachable at once, as after a lost invalidation), then deletes its keys in
+    /// batches (SCAN + UNLINK, never KEYS).
+    Flush {
+        /// The cache's key prefix.
+        #[arg(long, default_value = "tabula")]
+        prefix: String,
+        /// One namespace (default: every namespace under the prefix).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Storage {
+    /// Lists the objects of a bucket (under a prefix).
+    Ls {
+        bucket: String,
+        #[arg(default_value = "")]
+        prefix: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Uploads a file.
+    Put {
+        bucket: String,
+        path: String,
+        file: PathBuf,
+        /// MIME type.
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+        /// Replaces an existing object.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// Downloads an object (to standard output, or a file).
+    Get {
+        bucket: String,
+        path: String,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Deletes objects.
+    Rm {
+        bucket: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// A signed download URL.
+    Sign {
+        bucket: String,
+        path: String,
+        /// How long it is valid: `90s`, `15m`, `1h`, `7d` (at most 7 days).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+    },
+}
+
+/// The storage service's settings: where objects live, the signing key, the URL
+/// signed links point at.
+#[derive(clap::Args)]
+pub(crate) struct StorageSettings {
+    /// The local store's folder.
+    #[arg(long, env = "TABULA_STORAGE_ROOT")]
+    root: Option<PathBuf>,
+    /// The signing key (at least 32 bytes).
+    #[arg(long, env = "TABULA_STORAGE_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// The base URL of the storage router.
+    #[arg(
+        long,
+        env = "TABULA_STORAGE_URL",
+        default_value = "http://localhost:3000"
+    )]
+    base_url: String,
+}
+
+async fn redis(url: Option<String>) -> Result<redis::aio::MultiplexedConnection, Failure> {
+    let url =
+        url.ok_or_else(|| Failure::setup("no cache: pass --redis-url or set REDIS_URL (or .env)"))?;
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| Failure::setup(format!("invalid redis url: {e}")))?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| Failure::setup(format!("cannot connect to redis: {e}")))
+}
+
+fn redis_failure(e: redis::RedisError) -> Failure {
+    Failure::setup(format!("redis: {e}"))
+}
+
+/// Every key matching `pattern`, in batches.
+async fn scan(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    mut each: impl FnMut(Vec<String>),
+) -> Result<(), Failure> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(redis_failure)?;
+        each(keys);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The namespace a key of Tabula's belongs to: `{prefix}:t:{namespace}:…` (the
+/// namespace may itself hold `:`, up to the epoch or `epoch`), or the key-value API's
+/// `{prefix}:u:…`.
+fn namespace_of<'k>(prefix: &str, key: &'k str) -> &'k str {
+    let rest = key
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix(':'))
+        .unwrap_or(key);
+    match rest.strip_prefix("t:") {
+        Some(tail) => tail.split(':').next().unwrap_or(tail),
+        None if rest.starts_with("u:") => "(key-value API)",
+        None => "(other)",
+    }
+}
+
+pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Failure> {
+    let mut conn = redis(url).await?;
+    match command {
+        Cache::Stats { prefix, json } => {
+            let mut namespaces: BTreeMap<String, u64> = BTreeMap::new();
+            scan(&mut conn, &format!("{prefix}:*"), |keys| {
+                for key in keys {
+                    *namespaces
+                        .entry(namespace_of(&prefix, &key).to_owned())
+                        .or_default() += 1;
+                }
+            })
+            .await?;
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_failure)?;
+            let used = info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if json {
+                let out = serde_json::json!({
+                    "prefix": prefix,
+                    "used_memory_bytes": used,
+                    "keys": namespaces,
+                });
+                println!("{out}");
+                return Ok(());
+            }
+            println!("redis memory used: {used} bytes");
+            if namespaces.is_empty() {
+                println!("no keys under `{prefix}:`");
+            }
+            for (namespace, keys) in namespaces {
+                println!("{keys:>10}  {namespace}");
+            }
+            println!(
+                "hit ratios are the cache's metrics (tabula_cache_events_total), not kept in redis"
+            );
+            Ok(())
+        }
+        Cache::Flush { prefix, namespace } => {
+            let base = match &namespace {
+                Some(ns) => format!("{prefix}:t:{ns}"),
+                None => format!("{prefix}:t:"),
+            };
+            // First the epochs: from here on no process reads an old entry.
+            let mut epochs = Vec::new();
+            let epoch_pattern = match &namespace {
+                Some(_) => format!("{base}:epoch"),
+                None => format!("{base}*:epoch"),
+            };
+            scan(&mut conn, &epoch_pattern, |keys| epochs.extend(keys)).await?;
+            for epoch in &epochs {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(epoch)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_failure)?;
+            }
+            // Then the keys themselves, to free the memory.
+            let pattern = match &namespace {
+                Some(_) => format!("{base}:*"),
+                None => format!("{base}*"),
+            };
+            let mut doomed = Vec::new();
+            scan(&mut conn, &pattern, |keys| doomed.extend(keys)).await?;
+            let mut deleted: i64 = 0;
+            for batch in doomed.chunks(500) {
+                deleted += redis::cmd("UNLINK")
+                    .arg(batch)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(redis_failure)?;
+            }
+            println!(
+                "flushed {} namespace(s), {} key(s)",
+                epochs.len(),
+                deleted + epochs.len() as i64
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `90s`, `15m`, `1h`, `7d` as seconds.
+fn duration(text: &str) -> Result<u64, Failure> {
+    let bad = || {
+        Failure::refused(format!(
+            "`{text}` is not a duration like 90s, 15m, 1h or 7d"
+        ))
+    };
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(scale).ok_or_else(bad)
+}
+
+pub(crate) async fn storage(
+    db: tabula::Db,
+    settings: StorageSettings,
+    command: Storage,
+) -> Result<(), Failure> {
+    let root = settings.root.ok_or_else(|| {
+        Failure::setup("no storage folder: pass --root or set TABULA_STORAGE_ROOT")
+    })?;
+    let key = settings
+        .key
+        .ok_or_else(|| Failure::setup("no signing key: pass --key or set TABULA_STORAGE_KEY"))?;
+    let storage =
+        tabula::storage::StorageService::local(db, &root, key.as_bytes(), &settings.base_url)?;
+    match command {
+        Storage::Ls {
+            bucket,
+            prefix,
+            json,
+        } => {
+            let objects = storage
+                .list_files(&bucket, &prefix, tabula::storage::ListOptions::default())
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&objects).map_err(|e| Failure::setup(e.to_string()))?
+                );
+                return Ok(());
+            }
+            for object in objects {
+                println!(
+                    "{:>12}  {}  {}",
+                    object.size, object.content_type, object.name
+                );
+            }
+            Ok(())
+        }
+        Storage::Put {
+            bucket,
+            path,
+            file,
+            content_type,
+            upsert,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::refused(format!("cannot read {}: {e}", file.display())))?;
+            let options = tabula::storage::UploadOptions {
+                content_type,
+                upsert,
+                ..Default::default()
+            };
+            let url = storage.upload_file(&bucket, &path, bytes, options).await?;
+            println!("{url}");
+            Ok(())
+        }
+        Storage::Get {
+            bucket,
+            path,
+            output,
+        } => {
+            let bytes = storage.download_file(&bucket, &path).await?;
+            match output {
+                Some(file) => {
+                    std::fs::write(&file, &bytes).map_err(|e| {
+                        Failure::setup(format!("cannot write {}: {e}", file.display()))
+                    })?;
+                    println!("wrote {} bytes to {}", bytes.len(), file.display());
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(|e| Failure::setup(e.to_string()))?;
+                }
+            }
+            Ok(())
+        }
+        Storage::Rm { bucket, paths } => {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let deleted = storage.delete_files(&bucket, &paths).await?;
+            println!("deleted {deleted}");
+            if deleted < paths.len() as u64 {
+                return Err(Failure::refused(format!(
+                    "{} of the paths were not there",
+                    paths.len() as u64 - deleted
+                )));
+            }
+            Ok(())
+        }
+        Storage::Sign {
+            bucket,
+            path,
+            expires,
+        } => {
+            let seconds = duration(&expires)?;
+            let url = storage.create_signed_url(&bucket, &path, seconds).await?;
+            println!("{url}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_namespaces_read_as_documented() {
+        assert_eq!(duration("90s").ok(), Some(90));
+        assert_eq!(duration("15m").ok(), Some(900));
+        assert_eq!(duration("1h").ok(), Some(3600));
+        assert_eq!(duration("7d").ok(), Some(604_800));
+        assert!(duration("1w").is_err() && duration("h").is_err());
+        assert!(duration("99999999999999999999d").is_err());
+        assert_eq!(namespace_of("tabula", "tabula:t:db1:abc:r:x"), "db1");
+        assert_eq!(namespace_of("tabula", "tabula:u:mine"), "(key-value API)");
+    }
+}
