@@ -7,6 +7,7 @@
 //! tabula migrate revert                  undo the latest applied migration
 //! tabula migrate verify                  exit 1 if an applied file was edited or is gone
 //! tabula schema pull [--schema S] [-o F]  #[derive(Table)] models from a live database
+//! tabula schema check <file>             exit 1 if the database no longer pulls as <file>
 //! tabula cache stats | flush [--namespace N]
 //! tabula storage ls | put | get | rm | sign
 //! tabula completions <shell>             shell completions (bash, zsh, fish, …)
@@ -129,6 +130,16 @@ enum Schema {
         #[arg(long)]
         force: bool,
     },
+    /// Fails (exit status 1) when the database no longer pulls as `file` does — a
+    /// drift check for generated models kept as `schema pull` wrote them. (Models you
+    /// edited: check them at start-up with `Db::verify`.)
+    Check {
+        /// A file `schema pull` wrote.
+        file: PathBuf,
+        /// The PostgreSQL schema to read.
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -203,6 +214,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Migrate(Migrate::Add { name, down, dir }) => add(&dir.dir, &name, down),
+        Command::Schema(Schema::Check { file, schema }) => {
+            let url = cli.database_url.ok_or_else(|| {
+                Failure::setup("no database: pass --database-url or set DATABASE_URL (or .env)")
+            })?;
+            let expected = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::setup(format!("cannot read {}: {e}", file.display())))?;
+            let db = connect(&url).await?;
+            let now = schema::pull(&db, &schema).await?;
+            if now == expected {
+                println!("{} matches the database", file.display());
+                return Ok(());
+            }
+            let (old, new): (Vec<&str>, Vec<&str>) =
+                (expected.lines().collect(), now.lines().collect());
+            for line in old.iter().filter(|l| !new.contains(l)) {
+                println!("- {line}");
+            }
+            for line in new.iter().filter(|l| !old.contains(l)) {
+                println!("+ {line}");
+            }
+            Err(Failure::refused(format!(
+                "{} no longer matches the database (- in the file, + in the database); \
+                 `tabula schema pull -o {} --force` rewrites it",
+                file.display(),
+                file.display()
+            )))
+        }
         Command::Cache(command) => tools::cache(cli.redis_url, command).await,
         Command::Storage { settings, command } => {
             let url = cli.database_url.ok_or_else(|| {
@@ -288,11 +326,27 @@ async fn migrate(url: &str, command: Migrate) -> Result<(), Failure> {
                 }
                 return Ok(());
             }
-            let report = migrator.run_to(&db, target).await?;
-            for version in &report.builtin_applied {
+            // One version at a time, so the bar moves (each step is a run of its own,
+            // under the same lock and checks).
+            let pending = migrator.plan(&db, target).await?;
+            let bar = progress(pending.len() as u64, "migrations");
+            let mut applied = Vec::new();
+            let mut builtin = Vec::new();
+            let steps: Vec<Option<i64>> = match pending.is_empty() {
+                true => vec![target],
+                false => pending.iter().copied().map(Some).collect(),
+            };
+            for step in steps {
+                let report = migrator.run_to(&db, step).await?;
+                builtin.extend(report.builtin_applied);
+                applied.extend(report.applied);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            for version in &builtin {
                 println!("applied built-in {version}");
             }
-            for version in &report.applied {
+            for version in &applied {
                 let name = migrator
                     .migrations()
                     .iter()
@@ -300,7 +354,7 @@ async fn migrate(url: &str, command: Migrate) -> Result<(), Failure> {
                     .map_or("", |m| m.name.as_ref());
                 println!("applied {version} {name}");
             }
-            if report.applied.is_empty() {
+            if applied.is_empty() {
                 println!("nothing to apply");
             }
             Ok(())
@@ -361,6 +415,23 @@ async fn migrate(url: &str, command: Migrate) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A progress bar on standard error when it is a terminal; hidden otherwise (pipes,
+/// CI logs, tests).
+pub(crate) fn progress(length: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(length);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed})")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
 }
 
 fn state_word(state: MigrationState) -> &'static str {

@@ -222,13 +222,16 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
             let mut doomed = Vec::new();
             scan(&mut conn, &pattern, |keys| doomed.extend(keys)).await?;
             let mut deleted: i64 = 0;
+            let bar = crate::progress(doomed.len() as u64, "keys");
             for batch in doomed.chunks(500) {
                 deleted += redis::cmd("UNLINK")
                     .arg(batch)
                     .query_async::<i64>(&mut conn)
                     .await
                     .map_err(redis_failure)?;
+                bar.inc(batch.len() as u64);
             }
+            bar.finish_and_clear();
             println!(
                 "flushed {} namespace(s), {} key(s)",
                 epochs.len(),

@@ -477,3 +477,35 @@ async fn storage_commands_on_a_local_store() {
         .expect("run");
     assert_eq!(no_key.status.code(), Some(3));
 }
+
+/// `schema check`: 0 while the database pulls as the file says; 1, with the lines that
+/// differ, once it does not.
+#[tokio::test]
+async fn schema_check_fails_on_drift_and_shows_it() {
+    let (db, url) = database().await;
+    db.execute_batch("CREATE TABLE notes (id int8 PRIMARY KEY, body text NOT NULL)")
+        .await
+        .expect("table");
+    let folder = Folder::new("check");
+    let file = folder.0.join("models.rs");
+    let file_arg = file.to_string_lossy().into_owned();
+    let pulled = tabula(&folder.0, Some(&url), &["schema", "pull", "-o", &file_arg]);
+    assert!(pulled.status.success(), "{}", stderr(&pulled));
+    let same = tabula(&folder.0, Some(&url), &["schema", "check", &file_arg]);
+    assert!(same.status.success(), "{}", stderr(&same));
+    db.execute_batch("ALTER TABLE notes ADD COLUMN pinned bool")
+        .await
+        .expect("drift");
+    let drifted = tabula(&folder.0, Some(&url), &["schema", "check", &file_arg]);
+    assert_eq!(drifted.status.code(), Some(1));
+    assert!(
+        stdout(&drifted).contains("+     pub pinned: Option<bool>,"),
+        "{}",
+        stdout(&drifted)
+    );
+    assert!(
+        stderr(&drifted).contains("no longer matches"),
+        "{}",
+        stderr(&drifted)
+    );
+}
