@@ -92,6 +92,10 @@ enum Migrate {
         /// Leaves out Tabula's built-in migrations (auth roles, storage schema).
         #[arg(long)]
         no_builtin: bool,
+        /// Applies a pending migration below the latest applied one (see
+        /// `Migrator::allow_out_of_order`).
+        #[arg(long)]
+        allow_out_of_order: bool,
         #[command(flatten)]
         dir: Dir,
     },
@@ -304,9 +308,10 @@ async fn migrate(url: &str, command: Migrate) -> Result<(), Failure> {
             dry_run,
             target,
             no_builtin,
+            allow_out_of_order,
             dir,
         } => {
-            let mut migrator = migrator(&dir.dir)?;
+            let mut migrator = migrator(&dir.dir)?.allow_out_of_order(allow_out_of_order);
             if !no_builtin {
                 migrator = migrator.with_builtin();
             }
@@ -456,14 +461,24 @@ fn add(dir: &Path, name: &str, down: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::setup(format!("cannot create {}: {e}", dir.display())))?;
     let existing = migrator(dir)?;
     let last = existing.migrations().last();
-    let version = last.map_or(1, |m| m.version + 1);
+    let version = match last {
+        None => 1,
+        Some(m) => m.version.checked_add(1).ok_or_else(|| {
+            Failure::refused(format!(
+                "migration {} has the largest version there is; no file can follow it",
+                m.version
+            ))
+        })?,
+    };
     let width = std::fs::read_dir(dir)
         .ok()
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
         .filter_map(|e| {
             let file = e.file_name().to_string_lossy().into_owned();
+            tabula::migrate::parse_file_name(&file)?;
             file.split_once('_').map(|(digits, _)| digits.len())
         })
         .max()
@@ -471,12 +486,19 @@ fn add(dir: &Path, name: &str, down: bool) -> Result<(), Failure> {
     let up = dir.join(format!("{version:0width$}_{name}.sql"));
     let header = format!("-- Migration {version}: {name}\n");
     write_new(&up, &header)?;
-    println!("created {}", up.display());
     if down {
         let down = dir.join(format!("{version:0width$}_{name}.down.sql"));
-        write_new(&down, &format!("-- Undoes migration {version}: {name}\n"))?;
+        if let Err(failure) = write_new(&down, &format!("-- Undoes migration {version}: {name}\n"))
+        {
+            // Both files or neither.
+            let _ = std::fs::remove_file(&up);
+            return Err(failure);
+        }
+        println!("created {}", up.display());
         println!("created {}", down.display());
+        return Ok(());
     }
+    println!("created {}", up.display());
     Ok(())
 }
 

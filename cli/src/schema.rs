@@ -20,6 +20,7 @@ const COLUMNS: &str = "SELECT c.relname::text, a.attname::text, t.typname::text,
                WHERE k.conrelid = c.oid AND k.conkey = ARRAY[a.attnum]::int2[] AND k.contype IN ('p', 'u')), false), \
      coalesce((SELECT bool_or(k.contype = 'u') FROM pg_constraint k \
                WHERE k.conrelid = c.oid AND k.conkey = ARRAY[a.attnum]::int2[] AND k.contype = 'u'), false), \
+     a.attndims, \
      (SELECT r.relname::text FROM pg_constraint k JOIN pg_class r ON r.oid = k.confrelid \
       JOIN pg_constraint rp ON rp.conrelid = r.oid AND rp.contype = 'p' AND rp.conkey = k.confkey \
       WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.conkey = ARRAY[a.attnum]::int2[] \
@@ -29,7 +30,7 @@ const COLUMNS: &str = "SELECT c.relname::text, a.attname::text, t.typname::text,
      JOIN pg_type t ON t.oid = a.atttypid \
      LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
      WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
-       AND c.relname NOT LIKE 'tabula\\_%' \
+       AND c.relname NOT IN ('tabula_migrations', 'tabula_builtin_migrations') \
      ORDER BY c.relname, a.attnum";
 
 const ENUMS: &str = "SELECT t.typname::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) \
@@ -53,6 +54,14 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
     let schema = schema.to_owned();
     let (columns, enums) = db
         .with_client(async |c| {
+            if c.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+                .await?
+                .is_none()
+            {
+                return Err(tabula::Error::Validation(format!(
+                    "schema `{schema}` does not exist"
+                )));
+            }
             let columns = c.query(COLUMNS, &[&schema]).await?;
             let enums = c.query(ENUMS, &[&schema]).await?;
             Ok((columns, enums))
@@ -79,9 +88,12 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
             row.get(4),
             row.get(5),
         );
-        let rust = match elem.is_empty() {
-            true => rust_type(&typname, &typtype, &enums),
-            false => rust_type(&elem, &elem_type, &enums).map(|t| format!("Vec<{t}>")),
+        let dims: i32 = row.get(10);
+        let rust = match (elem.is_empty(), dims > 1) {
+            (true, _) => rust_type(&typname, &typtype, &enums),
+            // One dimension only: `Vec<Vec<_>>` is not a column type.
+            (false, true) => None,
+            (false, false) => rust_type(&elem, &elem_type, &enums).map(|t| format!("Vec<{t}>")),
         };
         tables.entry(table).or_default().push(Column {
             name,
@@ -95,7 +107,7 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
             generated: row.get(7),
             primary_key: row.get(8),
             unique: row.get(9),
-            references: row.get(10),
+            references: row.get(11),
         });
     }
     let mut out = String::new();
@@ -105,51 +117,121 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
          // yours now. Needs tabula's features for the types used (uuid, chrono, json,\n\
          // decimal) and serde.\n"
     );
+    // What is emitted: tables whose every column maps, with one single-column key.
+    let mut left_out: BTreeMap<&String, String> = BTreeMap::new();
+    for (table, columns) in &tables {
+        if let Some(column) = columns.iter().find(|c| c.rust.is_none()) {
+            left_out.insert(
+                table,
+                format!(
+                    "column `{}` has type `{}`, which has no Rust mapping here",
+                    column.name, column.unmapped
+                ),
+            );
+        } else if columns.iter().filter(|c| c.primary_key).count() != 1 {
+            left_out.insert(table, "it has no single-column primary key".into());
+        }
+    }
     let used_enums: Vec<&String> = enums
         .keys()
         .filter(|e| {
             tables
-                .values()
-                .flatten()
+                .iter()
+                .filter(|(t, _)| !left_out.contains_key(t))
+                .flat_map(|(_, cols)| cols)
                 .any(|c| c.unmapped == **e || c.unmapped == format!("{e}[]"))
         })
         .collect();
-    for name in used_enums {
-        let labels = &enums[name];
+    // Rust names, each once: enums, then structs with the companions the derive makes
+    // (`New…`, `…Patch`), never a prelude name.
+    let mut taken: Vec<String> = PRELUDE.iter().map(|s| (*s).to_owned()).collect();
+    let mut claim = |candidates: Vec<String>, companions: bool| -> String {
+        let fits = |name: &String, taken: &Vec<String>| {
+            !taken.contains(name)
+                && (!companions
+                    || (!taken.contains(&format!("New{name}"))
+                        && !taken.contains(&format!("{name}Patch"))))
+        };
+        let base = candidates[0].clone();
+        let chosen = candidates
+            .into_iter()
+            .find(|c| fits(c, &taken))
+            .unwrap_or_else(|| {
+                (2..)
+                    .map(|n| format!("{base}{n}"))
+                    .find(|c| fits(c, &taken))
+                    .unwrap_or(base)
+            });
+        taken.push(chosen.clone());
+        if companions {
+            taken.push(format!("New{chosen}"));
+            taken.push(format!("{chosen}Patch"));
+        }
+        chosen
+    };
+    let enum_names: BTreeMap<&String, String> = used_enums
+        .iter()
+        .map(|e| {
+            (
+                *e,
+                claim(vec![camel(e), format!("{}Enum", camel(e))], false),
+            )
+        })
+        .collect();
+    let struct_names: BTreeMap<&String, String> = tables
+        .keys()
+        .filter(|t| !left_out.contains_key(t))
+        .map(|t| {
+            let name = claim(
+                vec![singular(t), camel(t), format!("{}Row", singular(t))],
+                true,
+            );
+            (t, name)
+        })
+        .collect();
+    let schema_attr = match schema.as_str() {
+        "public" => String::new(),
+        other => format!("schema = {other:?}, "),
+    };
+    for name in &used_enums {
+        let labels = &enums[*name];
         let _ = writeln!(
             out,
             "#[derive(tabula::PgEnum, Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]"
         );
-        let _ = writeln!(out, "#[pg_enum(name = {name:?})]");
-        let _ = writeln!(out, "pub enum {} {{", camel(name));
+        let _ = writeln!(out, "#[pg_enum({schema_attr}name = {name:?})]");
+        let _ = writeln!(out, "pub enum {} {{", enum_names[name]);
+        let mut variants: Vec<String> = Vec::new();
         for label in labels {
+            let mut variant = camel(label);
+            if variant == "Self" {
+                variant = "SelfValue".into();
+            }
+            if variants.contains(&variant) {
+                let base = variant.clone();
+                variant = (2..)
+                    .map(|n| format!("{base}{n}"))
+                    .find(|v| !variants.contains(v))
+                    .unwrap_or(base);
+            }
+            variants.push(variant.clone());
             let _ = writeln!(out, "    #[pg_enum(rename = {label:?})]");
-            let _ = writeln!(out, "    {},", camel(label));
+            let _ = writeln!(out, "    {variant},");
         }
         let _ = writeln!(out, "}}\n");
     }
     for (table, columns) in &tables {
-        if let Some(column) = columns.iter().find(|c| c.rust.is_none()) {
-            let _ = writeln!(
-                out,
-                "// `{table}` is left out: column `{}` has type `{}`, which has no Rust mapping here.\n",
-                column.name, column.unmapped
-            );
-            continue;
-        }
-        if columns.iter().filter(|c| c.primary_key).count() != 1 {
-            let _ = writeln!(
-                out,
-                "// `{table}` is left out: it has no single-column primary key.\n"
-            );
+        if let Some(reason) = left_out.get(table) {
+            let _ = writeln!(out, "// `{table}` is left out: {reason}.\n");
             continue;
         }
         let _ = writeln!(
             out,
             "#[derive(tabula::Table, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]"
         );
-        let _ = writeln!(out, "#[table(name = {table:?})]");
-        let _ = writeln!(out, "pub struct {} {{", singular(table));
+        let _ = writeln!(out, "#[table({schema_attr}name = {table:?})]");
+        let _ = writeln!(out, "pub struct {} {{", struct_names[table]);
+        let mut fields: Vec<String> = Vec::new();
         for column in columns {
             let mut attrs: Vec<String> = Vec::new();
             if column.primary_key {
@@ -163,20 +245,42 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
             }
             if let Some(parent) = &column.references
                 && parent != table
+                && let Some(parent_name) = struct_names.get(parent)
                 && tables
                     .get(parent)
                     .is_some_and(|cols| cols.iter().any(|c| c.primary_key && c.rust == column.rust))
             {
-                attrs.push(format!("belongs_to = {}", singular(parent)));
+                attrs.push(format!("belongs_to = {parent_name}"));
             }
-            let field = field_name(&column.name);
+            let mut field = field_name(&column.name);
+            if fields.contains(&field) {
+                let base = field.clone();
+                field = (2..)
+                    .map(|n| format!("{base}_{n}"))
+                    .find(|f| !fields.contains(f))
+                    .unwrap_or(base);
+            }
+            fields.push(field.clone());
             if field != column.name {
                 attrs.push(format!("rename = {:?}", column.name));
             }
             if !attrs.is_empty() {
                 let _ = writeln!(out, "    #[table({})]", attrs.join(", "));
             }
-            let rust = column.rust.clone().unwrap_or_default();
+            let rust = match &column.rust {
+                Some(rust) => match enum_names.iter().find(|(e, _)| camel(e) == *rust) {
+                    Some((_, name)) => name.clone(),
+                    None => rust.clone(),
+                },
+                None => String::new(),
+            };
+            let rust = match rust.strip_prefix("Vec<").and_then(|r| r.strip_suffix('>')) {
+                Some(inner) => match enum_names.iter().find(|(e, _)| camel(e) == inner) {
+                    Some((_, name)) => format!("Vec<{name}>"),
+                    None => rust,
+                },
+                None => rust,
+            };
             let ty = match column.not_null {
                 true => rust,
                 false => format!("Option<{rust}>"),
@@ -187,6 +291,49 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
     }
     Ok(out.trim_end().to_owned() + "\n")
 }
+
+/// Names a generated type must not take: they would shadow the prelude's in the
+/// generated file (`Option<_>` fields).
+const PRELUDE: &[&str] = &[
+    "Option",
+    "Some",
+    "None",
+    "Result",
+    "Ok",
+    "Err",
+    "Vec",
+    "String",
+    "Box",
+    "Self",
+    "Copy",
+    "Clone",
+    "Default",
+    "Send",
+    "Sync",
+    "Sized",
+    "Drop",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "Iterator",
+    "IntoIterator",
+    "Extend",
+    "ToString",
+    "ToOwned",
+    "Eq",
+    "PartialEq",
+    "Ord",
+    "PartialOrd",
+    "Debug",
+    "Hash",
+    "From",
+    "Into",
+    "AsRef",
+    "AsMut",
+    "Unpin",
+    "Table",
+    "PgEnum",
+];
 
 fn rust_type(
     typname: &str,
@@ -256,6 +403,7 @@ fn field_name(column: &str) -> String {
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && column.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && column.chars().any(|c| c != '_')
         && !KEYWORDS.contains(&column);
     if plain {
         return column.to_owned();
@@ -300,5 +448,7 @@ mod tests {
         assert_eq!(field_name("Created At"), "created_at");
         assert_eq!(camel("very-sad"), "VerySad");
         assert_eq!(camel("2fa"), "T2fa");
+        assert_eq!(field_name("_"), "col__");
+        assert_eq!(field_name("__"), "col___");
     }
 }

@@ -349,6 +349,11 @@ impl Migrator {
     /// # Ok(()) }
     /// ```
     pub async fn run_to(&self, db: &Db, target: Option<i64>) -> Result<MigrationReport> {
+        // A run this track refuses (an edited file, one out of order) changes nothing:
+        // not even the built-in track.
+        if self.with_builtin {
+            self.plan(db, target).await?;
+        }
         let builtin_applied = match self.with_builtin {
             true => Box::pin(Migrator::builtin().run(db)).await?.applied,
             false => Vec::new(),
@@ -427,7 +432,13 @@ impl Migrator {
             if target.is_some_and(|target| migration.version > target) {
                 break;
             }
-            if apply(db, migration, self.allow_out_of_order, track).await? {
+            let lower: Vec<i64> = self
+                .migrations
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| *v < migration.version)
+                .collect();
+            if apply(db, migration, &lower, self.allow_out_of_order, track).await? {
                 metrics::counter!(monitor::MIGRATIONS_APPLIED).increment(1);
                 tracing::info!(version = migration.version, name = %migration.name, "applied migration");
                 report.applied.push(migration.version);
@@ -545,8 +556,8 @@ impl Migrator {
         let pending: Vec<&MigrationStatus> = status
             .iter()
             .filter(|s| s.state == MigrationState::Pending)
-            .filter(|s| target.is_none_or(|t| s.version <= t))
             .collect();
+        // Every pending file, whatever the target: a run refuses them all the same.
         if !self.allow_out_of_order
             && let Some(latest) = latest
             && let Some(late) = pending.iter().find(|s| s.version < latest)
@@ -554,7 +565,11 @@ impl Migrator {
         {
             return Err(out_of_order(m, latest));
         }
-        Ok(pending.iter().map(|s| s.version).collect())
+        Ok(pending
+            .iter()
+            .filter(|s| target.is_none_or(|t| s.version <= t))
+            .map(|s| s.version)
+            .collect())
     }
 
     /// Fails with [`Error::Migration`] if an applied migration's file was edited or is
@@ -635,7 +650,9 @@ impl Migrator {
                         )));
                     };
                     check_no_transaction_control(&Migration::new(version, name.clone(), down.clone()))?;
-                    c.batch_execute(down).await?;
+                    c.batch_execute(down).await.map_err(|e| {
+                        refuse(format!("the down file of `{name}` failed: {}", crate::Error::from(e)))
+                    })?;
                     c.execute(
                         &format!("DELETE FROM {} WHERE version = $1", track.table()),
                         &[&version],
@@ -689,7 +706,7 @@ fn out_of_order(late: &Migration, latest: i64) -> Error {
         message: format!(
             "`{}` is pending but migration {latest} is already applied; migrations apply in \
              version order, so give it a version above {latest} (or opt in with \
-             `Migrator::allow_out_of_order(true)`)",
+             `Migrator::allow_out_of_order(true)`, `--allow-out-of-order` on the command line)",
             late.name
         ),
     }
@@ -758,8 +775,16 @@ fn statement_heads(sql: &str) -> Vec<String> {
                 at_start = false;
                 continue;
             }
-            b'$' => {
-                // `$tag$` opens a dollar-quoted body that runs to the same `$tag$`.
+            // `$tag$` opens a dollar-quoted body that runs to the same `$tag$` — but
+            // not inside an identifier (`a$x$` is one name), where `$` is a letter;
+            // nor does a tag start with a digit (`$1` is a parameter).
+            b'$' if !(i > 0
+                && (bytes[i - 1].is_ascii_alphanumeric()
+                    || bytes[i - 1] == b'_'
+                    || bytes[i - 1] == b'$'
+                    || bytes[i - 1] >= 0x80))
+                && !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+            {
                 let tag_end = bytes[i + 1..]
                     .iter()
                     .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
@@ -822,6 +847,7 @@ fn check_no_transaction_control(migration: &Migration) -> Result<()> {
 async fn apply(
     db: &Db,
     migration: &Migration,
+    lower: &[i64],
     allow_out_of_order: bool,
     track: Track,
 ) -> Result<bool> {
@@ -851,6 +877,25 @@ async fn apply(
                             .get(0);
                         if let Some(latest) = latest.filter(|l| *l > migration.version) {
                             return Err(out_of_order(migration, latest));
+                        }
+                        // Every lower file applied: one reverted by another process
+                        // meanwhile would leave a gap no fresh database has.
+                        let below: i64 = c
+                            .query_one(
+                                &format!("SELECT count(*) FROM {table} WHERE version = ANY($1)"),
+                                &[&lower],
+                            )
+                            .await?
+                            .get(0);
+                        if below != lower.len() as i64 {
+                            return Err(Error::Migration {
+                                version: migration.version,
+                                message: format!(
+                                    "`{}` would apply above a migration that is not applied \
+                                     (reverted meanwhile?); run again",
+                                    migration.name
+                                ),
+                            });
                         }
                     }
                     c.batch_execute(&migration.sql).await?;

@@ -52,17 +52,29 @@ const COLUMNS: &str = "SELECT a.attname::text, t.typname::text, a.attnotnull, \
      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
 
+/// A type as the model names it, without quotes or schema (`"public"."mood"` →
+/// `mood`).
+fn bare(sql_type: &str) -> String {
+    let unquoted = sql_type.replace('"', "");
+    unquoted.rsplit('.').next().unwrap_or_default().to_owned()
+}
+
 /// Whether a column of the catalog's type `actual` holds the model's `expected`.
 fn same_type(expected: &str, actual: &str, category: &str) -> bool {
+    // Arrays: the model says `int4[]`, the catalog `_int4`: their elements compare.
+    if category == "A" {
+        return match (expected.strip_suffix("[]"), actual.strip_prefix('_')) {
+            (Some(expected), Some(actual)) => {
+                same_type(expected, actual, "") || bare(expected) == actual
+            }
+            _ => false,
+        };
+    }
     expected == actual
         || matches!(
             (expected, actual),
-            ("text", "varchar" | "bpchar" | "citext" | "name")
-                | ("timestamptz", "timestamptz")
-                | ("jsonb", "json")
+            ("text", "varchar" | "bpchar" | "citext" | "name") | ("jsonb", "json")
         )
-        // Arrays: the model says `_int4`-style or `int4[]`; the catalog `_int4`.
-        || (category == "A" && expected.trim_end_matches("[]") == actual.trim_start_matches('_'))
 }
 
 impl Db {
@@ -98,7 +110,7 @@ impl Db {
                 continue;
             }
             for column in meta.columns {
-                let Some((_, actual, not_null, key, category, _)) =
+                let Some((_, actual, not_null, key, category, filled)) =
                     columns.iter().find(|c| c.0 == column.name)
                 else {
                     problems.push(format!("`{table}.{}`: no such column", column.name));
@@ -111,9 +123,8 @@ impl Db {
                     ));
                 }
                 // An enum's type as the model names it: quoted, perhaps with its schema.
-                let enum_name = column.sql_type.replace('"', "");
-                let enum_name = enum_name.rsplit('.').next().unwrap_or_default();
-                if category == "E" && enum_name != actual && column.sql_type != "text" {
+                if category == "E" && bare(column.sql_type) != *actual && column.sql_type != "text"
+                {
                     problems.push(format!(
                         "`{table}.{}`: the model's enum is {}, the database's {actual}",
                         column.name, column.sql_type
@@ -122,6 +133,13 @@ impl Db {
                 if !column.nullable && !not_null && !column.primary_key {
                     problems.push(format!(
                         "`{table}.{}`: the column may be NULL, the field is not an Option",
+                        column.name
+                    ));
+                }
+                if column.generated && *not_null && !filled {
+                    problems.push(format!(
+                        "`{table}.{}`: the model leaves it to the database (generated), but it is \
+                         NOT NULL without a default (inserts fail)",
                         column.name
                     ));
                 }
