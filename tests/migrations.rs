@@ -494,3 +494,68 @@ fn down_files_pair_with_their_migration_in_a_folder() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Round 15: `$` inside an identifier (`a$x$`) is not a dollar quote, so a `COMMIT`
+/// after it is seen and refused — in an up file and in a down file — before anything
+/// runs.
+#[tokio::test]
+async fn a_commit_after_a_dollar_in_an_identifier_is_refused_before_anything_runs() {
+    let (db, _) = empty_db().await;
+    let up = Migrator::new(vec![Migration::new(
+        1,
+        "hidden",
+        "CREATE TABLE t$x$ (id int); COMMIT; SELECT 1/0;",
+    )])
+    .expect("migrator");
+    assert!(matches!(up.run(&db).await, Err(Error::Migration { .. })));
+    assert!(!table_exists(&db, "t$x$").await, "nothing ran");
+    let down = Migrator::new(vec![
+        Migration::new(
+            1,
+            "a",
+            "CREATE TABLE a$x$ (id int); CREATE TABLE keepme (id int)",
+        )
+        .with_down("DROP TABLE a$x$; COMMIT; DROP TABLE keepme; DROP TABLE nosuch$x$;"),
+    ])
+    .expect("migrator");
+    down.run(&db).await.expect("up");
+    assert!(matches!(
+        down.revert(&db).await,
+        Err(Error::Migration { .. })
+    ));
+    assert!(table_exists(&db, "a$x$").await && table_exists(&db, "keepme").await);
+    assert_eq!(
+        down.status(&db).await.expect("status")[0].state,
+        tabula::migrate::MigrationState::Applied
+    );
+}
+
+/// Round 15: a run its own track refuses (an edited file; one out of order, whatever
+/// the target) changes nothing — not even Tabula's built-in track — and a dry run
+/// refuses it the same way.
+#[tokio::test]
+async fn a_refused_run_changes_nothing_not_even_the_built_in_track() {
+    let (db, _) = empty_db().await;
+    Migrator::new(one_and_three())
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect("1 and 3");
+    let late = {
+        let mut all = one_and_three();
+        all.push(late_two());
+        Migrator::new(all).expect("migrator").with_builtin()
+    };
+    assert!(matches!(
+        late.plan(&db, Some(1)).await,
+        Err(Error::Migration { version: 2, .. })
+    ));
+    assert!(matches!(
+        late.run_to(&db, Some(1)).await,
+        Err(Error::Migration { .. })
+    ));
+    assert!(
+        !table_exists(&db, "tabula_builtin_migrations").await,
+        "the built-in track was not applied by a refused run"
+    );
+}

@@ -14,6 +14,71 @@ mod rich {
     include!("generated/rich_models.rs");
 }
 
+#[allow(dead_code, unreachable_pub, clippy::all)]
+mod colliding {
+    include!("generated/colliding_models.rs");
+}
+
+/// The schema `colliding_models.rs` was pulled from (as `cli/tests/cli.rs` creates it).
+const COLLIDING: &str = r#"
+    CREATE SCHEMA other;
+    CREATE TYPE other.role AS ENUM ('a-b', 'a_b', 'self', 'Self');
+    CREATE TABLE other."user" (id int PRIMARY KEY);
+    CREATE TABLE other.users (id int PRIMARY KEY, role other.role, roles other.role[]);
+    CREATE TABLE other.roles (id int PRIMARY KEY);
+    CREATE TABLE other.new_users (id int PRIMARY KEY);
+    CREATE TABLE other.options (id int PRIMARY KEY, "userId" int, userid int, "_" int);
+    CREATE TABLE other.shapes (id int PRIMARY KEY, p point);
+    CREATE TABLE other.corners (id int PRIMARY KEY, shape_id int REFERENCES other.shapes, m int[][]);
+    CREATE TABLE other.tabula_notes (id int PRIMARY KEY);
+"#;
+
+/// Names that collide once made Rust names get one each, in a schema of their own:
+/// the output compiles, matches the tables, and round-trips.
+#[tokio::test]
+async fn the_pulled_colliding_names_compile_and_round_trip() {
+    let db = common::db().await;
+    db.execute_batch(COLLIDING).await.expect("schema");
+    db.verify::<(
+        colliding::NewUser,
+        colliding::Options,
+        colliding::Roles,
+        colliding::TabulaNote,
+        colliding::UserRow,
+        colliding::Users,
+    )>()
+    .await
+    .expect("the pulled models match the tables they came from");
+    let user = db
+        .create(colliding::NewUsers {
+            id: 1,
+            role: Some(colliding::Role::AB2),
+            roles: Some(vec![
+                colliding::Role::SelfValue,
+                colliding::Role::SelfValue2,
+            ]),
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        db.read::<colliding::Users>(1).await.expect("read"),
+        Some(user)
+    );
+    let options = db
+        .create(colliding::NewOptions {
+            id: 1,
+            userid: Some(1),
+            userid_2: Some(2),
+            col__: Some(3),
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        db.read::<colliding::Options>(1).await.expect("read"),
+        Some(options)
+    );
+}
+
 /// The schema `rich_models.rs` was pulled from (as `cli/tests/cli.rs` creates it).
 const RICH: &str = r#"
     CREATE TYPE mood AS ENUM ('happy', 'very-sad');

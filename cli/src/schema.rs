@@ -98,10 +98,10 @@ pub(crate) async fn pull(db: &tabula::Db, schema: &str) -> tabula::Result<String
         tables.entry(table).or_default().push(Column {
             name,
             rust,
-            unmapped: if elem.is_empty() {
-                typname
-            } else {
-                format!("{elem}[]")
+            unmapped: match (elem.is_empty(), dims > 1) {
+                (true, _) => typname,
+                (false, true) => format!("{elem}[] in {dims} dimensions"),
+                (false, false) => format!("{elem}[]"),
             },
             not_null: row.get(6),
             generated: row.get(7),
@@ -415,7 +415,7 @@ fn field_name(column: &str) -> String {
             false => '_',
         })
         .collect();
-    if out.is_empty()
+    if out.chars().all(|c| c == '_')
         || out.starts_with(|c: char| c.is_ascii_digit())
         || KEYWORDS.contains(&out.as_str())
     {

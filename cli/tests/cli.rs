@@ -509,3 +509,56 @@ async fn schema_check_fails_on_drift_and_shows_it() {
         stderr(&drifted)
     );
 }
+
+/// Names that collide once made Rust names (round 15): two tables, a table and an
+/// enum, a table and the derive's companions, a prelude name, enum labels, columns,
+/// `_`, a foreign key to a table left out, another schema. The output is
+/// `tests/generated/colliding_models.rs`, which `tests/schema_pull.rs` compiles.
+pub const COLLIDING: &str = r#"
+    CREATE SCHEMA other;
+    CREATE TYPE other.role AS ENUM ('a-b', 'a_b', 'self', 'Self');
+    CREATE TABLE other."user" (id int PRIMARY KEY);
+    CREATE TABLE other.users (id int PRIMARY KEY, role other.role, roles other.role[]);
+    CREATE TABLE other.roles (id int PRIMARY KEY);
+    CREATE TABLE other.new_users (id int PRIMARY KEY);
+    CREATE TABLE other.options (id int PRIMARY KEY, "userId" int, userid int, "_" int);
+    CREATE TABLE other.shapes (id int PRIMARY KEY, p point);
+    CREATE TABLE other.corners (id int PRIMARY KEY, shape_id int REFERENCES other.shapes, m int[][]);
+    CREATE TABLE other.tabula_notes (id int PRIMARY KEY);
+"#;
+
+#[tokio::test]
+async fn schema_pull_gives_every_name_once() {
+    let (db, url) = database().await;
+    db.execute_batch(COLLIDING).await.expect("schema");
+    let folder = Folder::new("pull-colliding");
+    let pulled = tabula(
+        &folder.0,
+        Some(&url),
+        &["schema", "pull", "--schema", "other"],
+    );
+    assert!(pulled.status.success(), "{}", stderr(&pulled));
+    let source = stdout(&pulled);
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/generated/colliding_models.rs");
+    if std::env::var_os("TABULA_BLESS").is_some() {
+        std::fs::write(&golden, &source).expect("bless");
+    }
+    let expected = std::fs::read_to_string(&golden).expect("golden file");
+    assert_eq!(
+        source, expected,
+        "run with TABULA_BLESS=1 to accept the new output"
+    );
+    assert!(
+        source.contains("#[table(schema = \"other\", name = \"users\")]"),
+        "{source}"
+    );
+    assert!(source.contains("`corners` is left out"), "{source}");
+    assert!(source.contains("tabula_notes"), "{source}");
+    let unknown = tabula(
+        &folder.0,
+        Some(&url),
+        &["schema", "pull", "--schema", "nosuch"],
+    );
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+}
