@@ -559,3 +559,28 @@ async fn a_refused_run_changes_nothing_not_even_the_built_in_track() {
         "the built-in track was not applied by a refused run"
     );
 }
+
+/// `PREPARE name AS …` is a statement like any other (only `PREPARE TRANSACTION` ends
+/// the transaction), and a file saved with a byte-order mark applies.
+#[tokio::test]
+async fn prepare_of_a_statement_and_a_byte_order_mark_are_accepted() {
+    let (db, _) = empty_db().await;
+    let migrator = Migrator::new(vec![
+        Migration::new(1, "prepared", "PREPARE q AS SELECT 1; DEALLOCATE q;"),
+        Migration::new(2, "bom", "\u{feff}CREATE TABLE bom (id int)"),
+    ])
+    .expect("migrator");
+    migrator.run(&db).await.expect("both apply");
+    assert!(table_exists(&db, "bom").await);
+    let two_phase = Migrator::new(vec![Migration::new(
+        3,
+        "two_phase",
+        "SELECT 1;\n  PREPARE\n  TRANSACTION 'x';",
+    )])
+    .expect("migrator")
+    .allow_out_of_order(true);
+    assert!(matches!(
+        two_phase.run(&db).await,
+        Err(Error::Migration { .. })
+    ));
+}

@@ -109,7 +109,7 @@ impl Migration {
         Migration {
             version,
             name: name.into(),
-            sql: sql.into(),
+            sql: without_bom(sql.into()),
             down: None,
         }
     }
@@ -121,7 +121,7 @@ impl Migration {
     /// assert!(m.down.is_some());
     /// ```
     pub fn with_down(mut self, sql: impl Into<Cow<'static, str>>) -> Self {
-        self.down = Some(sql.into());
+        self.down = Some(without_bom(sql.into()));
         self
     }
 
@@ -131,6 +131,15 @@ impl Migration {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+/// The text without a leading UTF-8 byte-order mark (editors on some systems write
+/// one; PostgreSQL would read it as part of the first word).
+fn without_bom(sql: Cow<'static, str>) -> Cow<'static, str> {
+    match sql.strip_prefix('\u{feff}') {
+        Some(rest) => Cow::Owned(rest.to_owned()),
+        None => sql,
     }
 }
 
@@ -318,7 +327,7 @@ impl Migrator {
                     "migration {version} has two down files"
                 )));
             }
-            up.down = Some(sql.into());
+            up.down = Some(without_bom(sql.into()));
         }
         Migrator::new(migrations)
     }
@@ -715,10 +724,17 @@ fn out_of_order(late: &Migration, latest: i64) -> Error {
 /// Statements that would end (or nest) the transaction a migration runs in: a
 /// `COMMIT` in a file would make it half-applied, with no record, forever failing.
 const TRANSACTION_CONTROL: &[&str] = &[
-    "begin", "start", "commit", "end", "rollback", "abort", "prepare",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "prepare transaction",
 ];
 
-/// The first word of each top-level statement of `sql`, lowercased: comments
+/// The first word of each top-level statement of `sql`, lowercased (two for `PREPARE`:
+/// `prepare transaction` ends a transaction, `prepare name AS …` does not): comments
 /// (`--`, nested `/* */`), quoted strings (`'…'`, `E'…'`), quoted identifiers and
 /// dollar-quoted bodies (`$tag$…$tag$`, function bodies) are skipped, not split.
 fn statement_heads(sql: &str) -> Vec<String> {
@@ -812,6 +828,10 @@ fn statement_heads(sql: &str) -> Vec<String> {
         if at_start {
             if b.is_ascii_alphabetic() || (!head.is_empty() && b == b'_') {
                 head.push(b.to_ascii_lowercase() as char);
+            } else if b.is_ascii_whitespace() && head == "prepare" {
+                head.push(' ');
+            } else if b.is_ascii_whitespace() && head.ends_with(' ') {
+                // Between `prepare` and its second word.
             } else if !head.is_empty() || !b.is_ascii_whitespace() {
                 at_start = false;
             }
