@@ -20,18 +20,7 @@ mod colliding {
 }
 
 /// The schema `colliding_models.rs` was pulled from (as `cli/tests/cli.rs` creates it).
-const COLLIDING: &str = r#"
-    CREATE SCHEMA other;
-    CREATE TYPE other.role AS ENUM ('a-b', 'a_b', 'self', 'Self');
-    CREATE TABLE other."user" (id int PRIMARY KEY);
-    CREATE TABLE other.users (id int PRIMARY KEY, role other.role, roles other.role[]);
-    CREATE TABLE other.roles (id int PRIMARY KEY);
-    CREATE TABLE other.new_users (id int PRIMARY KEY);
-    CREATE TABLE other.options (id int PRIMARY KEY, "userId" int, userid int, "_" int);
-    CREATE TABLE other.shapes (id int PRIMARY KEY, p point);
-    CREATE TABLE other.corners (id int PRIMARY KEY, shape_id int REFERENCES other.shapes, m int[][]);
-    CREATE TABLE other.tabula_notes (id int PRIMARY KEY);
-"#;
+const COLLIDING: &str = include_str!("generated/colliding.sql");
 
 /// Names that collide once made Rust names get one each, in a schema of their own:
 /// the output compiles, matches the tables, and round-trips.
@@ -80,20 +69,7 @@ async fn the_pulled_colliding_names_compile_and_round_trip() {
 }
 
 /// The schema `rich_models.rs` was pulled from (as `cli/tests/cli.rs` creates it).
-const RICH: &str = r#"
-    CREATE TYPE mood AS ENUM ('happy', 'very-sad');
-    CREATE TABLE categories (id int8 PRIMARY KEY, "type" text NOT NULL, "Label" text);
-    CREATE TABLE order_items (
-        id serial PRIMARY KEY,
-        category_id int8 REFERENCES categories,
-        price numeric(10, 2) NOT NULL,
-        tags text[] NOT NULL DEFAULT '{}',
-        mood mood,
-        seen date,
-        payload bytea,
-        code text UNIQUE
-    );
-"#;
+const RICH: &str = include_str!("generated/rich.sql");
 
 #[tokio::test]
 async fn the_pulled_seed_models_round_trip_rows() {

@@ -281,22 +281,7 @@ async fn schema_pull_writes_the_models_of_the_seed_schema() {
     assert!(forced.status.success());
 }
 
-const RICH: &str = r#"
-    CREATE TYPE mood AS ENUM ('happy', 'very-sad');
-    CREATE TABLE categories (id int8 PRIMARY KEY, "type" text NOT NULL, "Label" text);
-    CREATE TABLE order_items (
-        id serial PRIMARY KEY,
-        category_id int8 REFERENCES categories,
-        price numeric(10, 2) NOT NULL,
-        tags text[] NOT NULL DEFAULT '{}',
-        mood mood,
-        seen date,
-        payload bytea,
-        code text UNIQUE
-    );
-    CREATE TABLE pairs (a int, b int, PRIMARY KEY (a, b));
-    CREATE TABLE points (id int PRIMARY KEY, at point);
-"#;
+const RICH: &str = include_str!("../../tests/generated/rich.sql");
 
 /// Enums, arrays, numeric, renames, a foreign key, a unique column, and the tables
 /// left out (a composite key, an unmapped type): `tests/generated/rich_models.rs`,
@@ -514,18 +499,7 @@ async fn schema_check_fails_on_drift_and_shows_it() {
 /// enum, a table and the derive's companions, a prelude name, enum labels, columns,
 /// `_`, a foreign key to a table left out, another schema. The output is
 /// `tests/generated/colliding_models.rs`, which `tests/schema_pull.rs` compiles.
-pub const COLLIDING: &str = r#"
-    CREATE SCHEMA other;
-    CREATE TYPE other.role AS ENUM ('a-b', 'a_b', 'self', 'Self');
-    CREATE TABLE other."user" (id int PRIMARY KEY);
-    CREATE TABLE other.users (id int PRIMARY KEY, role other.role, roles other.role[]);
-    CREATE TABLE other.roles (id int PRIMARY KEY);
-    CREATE TABLE other.new_users (id int PRIMARY KEY);
-    CREATE TABLE other.options (id int PRIMARY KEY, "userId" int, userid int, "_" int);
-    CREATE TABLE other.shapes (id int PRIMARY KEY, p point);
-    CREATE TABLE other.corners (id int PRIMARY KEY, shape_id int REFERENCES other.shapes, m int[][]);
-    CREATE TABLE other.tabula_notes (id int PRIMARY KEY);
-"#;
+const COLLIDING: &str = include_str!("../../tests/generated/colliding.sql");
 
 #[tokio::test]
 async fn schema_pull_gives_every_name_once() {
