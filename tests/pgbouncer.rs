@@ -155,20 +155,33 @@ async fn named_statements_break_through_transaction_pooling() {
     let (_, url) = common::db_and_url().await;
     let db = through(&bouncer, &url, false).await;
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let (db, errors) = (db.clone(), errors.clone());
-            tokio::spawn(async move {
-                for _ in 0..50 {
-                    if let Err(e) = db.query::<Profile>().limit(1).all().await {
-                        errors.lock().expect("errors").push(e.to_string());
+    // Rounds of contention until a statement meets a server connection that does not
+    // know it (a round can pass without: the clients may happen to keep their
+    // connections), at most 20.
+    for _round in 0..20 {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, errors) = (db.clone(), errors.clone());
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        if let Err(e) = db.query::<Profile>().limit(1).all().await {
+                            errors.lock().expect("errors").push(e.to_string());
+                        }
                     }
-                }
+                })
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        if errors
+            .lock()
+            .expect("errors")
+            .iter()
+            .any(|e| e.contains("prepared statement"))
+        {
+            break;
+        }
     }
     let errors = errors.lock().expect("errors");
     assert!(
