@@ -1169,3 +1169,35 @@ async fn cached_reads_follow_every_write() {
     .expect("typed write");
     assert_eq!(get().await, json!([{ "name": "ann" }]));
 }
+
+/// Embedding up to the maximum row count works; one row more is refused (never
+/// silently cut) — with the API's own limit.
+#[tokio::test]
+async fn an_embedding_at_the_maximum_is_whole_and_one_more_is_refused() {
+    let db = common::db().await;
+    db.execute_batch(RELATED).await.expect("related tables");
+    let api = RestApi::new()
+        .limits(tabula::query::SpecLimits::default().max_limit(2))
+        .model::<Author>()
+        .model::<Post>()
+        .embed::<Author, Post>();
+    let read = tabula::rest::Read::from_query("select=name,posts(title)&id=eq.1").expect("read");
+    let ann = api
+        .table("authors")
+        .expect("table")
+        .select(&db, &read)
+        .await;
+    assert_eq!(
+        ann.expect("two posts, the maximum").rows[0]["posts"],
+        json!([{ "title": "a1" }, { "title": "a2" }])
+    );
+    db.execute_batch("INSERT INTO posts VALUES (14, 1, 'a3')")
+        .await
+        .expect("third post");
+    let more = api
+        .table("authors")
+        .expect("table")
+        .select(&db, &read)
+        .await;
+    assert!(matches!(&more, Err(e) if e.status == 400), "{more:?}");
+}

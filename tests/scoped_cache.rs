@@ -448,3 +448,38 @@ async fn a_policy_calling_an_untrusted_function_keeps_its_table_out_of_the_cache
         "uncached: the change behind the cache's back is seen"
     );
 }
+
+/// A scoped read dropped while it holds its lease (the caller gave up between the
+/// database read and the fill) leaves nothing behind that outlives a write: the next
+/// reads of every scope see the database.
+#[tokio::test]
+async fn a_scoped_read_dropped_before_its_fill_leaves_nothing_stale() {
+    let (db, _plain) = setup(true).await;
+    let alice = Uuid::new_v4();
+    db.create(note(1, alice, "first")).await.expect("create");
+    let cache = db.cache().expect("cache").clone();
+    cache.set_fill_hook(Some(std::sync::Arc::new(|| {
+        Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600)))
+    })));
+    let as_alice = db.as_user(alice);
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        as_alice.read::<Note>(1),
+    )
+    .await;
+    assert!(dropped.is_err(), "the read was waiting in its fill");
+    cache.set_fill_hook(None);
+    db.update::<Note>(1, give(alice, "second"))
+        .await
+        .expect("update");
+    for _ in 0..2 {
+        assert_eq!(
+            as_alice
+                .read::<Note>(1)
+                .await
+                .expect("read")
+                .map(|n| n.body),
+            Some("second".into())
+        );
+    }
+}

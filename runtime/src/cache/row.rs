@@ -396,15 +396,20 @@ impl CacheService {
     /// registry window, or without a snapshot of the registry younger than it, all of
     /// it; otherwise only the tables registered — `None` when that is nothing, and
     /// the write costs no round trip.
-    fn registered_only(&self, writes: &[Touched]) -> Option<Vec<Touched>> {
+    fn registered_only<'w>(
+        &self,
+        writes: &'w [Touched],
+    ) -> Option<std::borrow::Cow<'w, [Touched]>> {
         let window = self.registry_window();
         let snapshot = window.and_then(|window| {
             let known = self.inner.registry.lock().ok()?;
             let known = known.as_ref()?;
             (known.asked.elapsed() < window).then(|| known.tables.clone())
         });
+        // Without a window (or a snapshot young enough), the writes as they are: no
+        // copy on the write path.
         let Some(tables) = snapshot else {
-            return Some(writes.to_vec());
+            return Some(std::borrow::Cow::Borrowed(writes));
         };
         let mut kept = Vec::new();
         for write in writes {
@@ -432,7 +437,7 @@ impl CacheService {
             self.event("invalidation_skipped", "-", 1);
             return None;
         }
-        Some(kept)
+        Some(std::borrow::Cow::Owned(kept))
     }
 
     /// The registry window, for a shared tier configured with one.

@@ -619,26 +619,27 @@ impl RestTable {
                             value: Value::Array(values),
                         }),
                         order: Vec::new(),
-                        // One more than allowed: more means the embedding is too large
-                        // to return whole, which is an error, not a truncation.
-                        limit: Some(max),
+                        // No limit: up to the maximum, and `more` says when rows were
+                        // left out — an error here, never a silent truncation.
+                        limit: None,
                         offset: None,
                         count: None,
                     };
-                    related = match child.embeds.is_empty() {
-                        true => target.table.select(db, &child).await?.rows,
-                        false => target.select_embedding(db, &child, depth + 1).await?.rows,
+                    let selected = match child.embeds.is_empty() {
+                        true => target.table.select(db, &child).await?,
+                        false => target.select_embedding(db, &child, depth + 1).await?,
                     };
-                    if related.len() as u64 >= max {
+                    if selected.more {
                         return Err(RestError::new(
                             400,
                             "PGRST100",
                             format!(
-                                "embedding '{}' returns {max} rows or more; filter the parent rows",
+                                "embedding '{}' returns more than {max} rows; filter the parent rows",
                                 embed.name
                             ),
                         ));
                     }
+                    related = selected.rows;
                 }
                 for row in &mut rows {
                     let key = row
