@@ -584,3 +584,44 @@ async fn prepare_of_a_statement_and_a_byte_order_mark_are_accepted() {
         Err(Error::Migration { .. })
     ));
 }
+
+/// A function or procedure with an SQL-standard body (`BEGIN ATOMIC … END`, whose
+/// statements end in `;`, with a `CASE … END` inside) applies; a `COMMIT` after it is
+/// still refused.
+#[tokio::test]
+async fn sql_standard_routine_bodies_apply() {
+    let (db, _) = empty_db().await;
+    let body = "CREATE TABLE atomic_log (n int);\n\
+                CREATE FUNCTION sign_of(x int) RETURNS int LANGUAGE sql\n\
+                BEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 WHEN x < 0 THEN -1 ELSE 0 END;\nEND;\n\
+                CREATE OR REPLACE PROCEDURE log_it(x int) LANGUAGE sql\n\
+                BEGIN ATOMIC\n  INSERT INTO atomic_log VALUES (x);\n  INSERT INTO atomic_log VALUES (x + 1);\nEND;\n\
+                CALL log_it(sign_of(-5));";
+    Migrator::new(vec![Migration::new(1, "atomic", body)])
+        .expect("migrator")
+        .run(&db)
+        .await
+        .expect("applies");
+    let rows: Vec<i32> = db
+        .sql_rows("SELECT n FROM atomic_log ORDER BY n", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, [-1, 0]);
+    let then_commit =
+        "CREATE FUNCTION two() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 2; END; COMMIT;";
+    let refused = Migrator::new(vec![Migration::new(2, "commit", then_commit)])
+        .expect("migrator")
+        .run(&db)
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Migration { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        db.sql_rows("SELECT 'two'::regproc", &[]).await.is_err(),
+        "nothing of the refused file ran"
+    );
+}

@@ -222,6 +222,25 @@ async fn two_users_a_warmer_and_foreign_ids(redis: bool) {
         Some("note 4".into()),
         "bob's copy of his own row was not written: still cached"
     );
+    // What the cache holds for row 4, as `tabula cache get` shows it: the warmed shared
+    // entry (behind the update, so the old body) and alice's and bob's own copies; a
+    // write drops them all.
+    let peek = db.cache_entry::<Note>(&4).await.expect("peek");
+    assert!(
+        matches!(&peek.entry, tabula::cache::CachedEntry::Row(n) if n.body == "note 4"),
+        "{peek:?}"
+    );
+    assert_eq!(peek.scoped_copies, 2, "{peek:?}");
+    assert!(
+        peek.ttl.is_some_and(|t| t.as_secs() > 0) && !peek.leased,
+        "{peek:?}"
+    );
+    db.update::<Note>(4, give(bob, "note 4"))
+        .await
+        .expect("update");
+    let peek = db.cache_entry::<Note>(&4).await.expect("peek");
+    assert_eq!(peek.entry, tabula::cache::CachedEntry::Missing);
+    assert_eq!(peek.scoped_copies, 0);
 }
 
 #[tokio::test]

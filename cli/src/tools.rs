@@ -29,6 +29,42 @@ pub(crate) enum Cache {
         #[arg(long)]
         namespace: Option<String>,
     },
+    /// Shows what the row cache holds for one row of a model, decoded (needs a binary
+    /// built with your models: `tabula_cli::main_with`).
+    Get {
+        /// The model: its table, `schema.table`, or its Rust type's name.
+        model: String,
+        /// The row's primary key: JSON (`42`, `[1, "x"]`) or plain text (a UUID).
+        key: String,
+        #[command(flatten)]
+        cache: CacheSettings,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reads a model's rows into the row cache, in key order (needs a binary built
+    /// with your models).
+    Warm {
+        /// The model: its table, `schema.table`, or its Rust type's name.
+        model: String,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        cache: CacheSettings,
+    },
+}
+
+/// Where an application's cache lives in Redis.
+#[derive(clap::Args)]
+pub(crate) struct CacheSettings {
+    /// The cache's key prefix (`CacheConfig::prefix`).
+    #[arg(long, default_value = "tabula")]
+    pub(crate) prefix: String,
+    /// The namespace (`CacheConfig::namespace`; default: the database's identity, as
+    /// the library's).
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +190,8 @@ fn namespace_of<'k>(prefix: &str, key: &'k str) -> &'k str {
 pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Failure> {
     let mut conn = redis(url).await?;
     match command {
+        // Answered with the models (see `crate::run`).
+        Cache::Get { .. } | Cache::Warm { .. } => Ok(()),
         Cache::Stats { prefix, json } => {
             let mut namespaces: BTreeMap<String, u64> = BTreeMap::new();
             scan(&mut conn, &format!("{prefix}:*"), |keys| {
@@ -308,15 +346,43 @@ pub(crate) async fn storage(
             content_type,
             upsert,
         } => {
-            let bytes = std::fs::read(&file)
+            let mut reader = std::fs::File::open(&file)
                 .map_err(|e| Failure::refused(format!("cannot read {}: {e}", file.display())))?;
+            let size = match reader.metadata() {
+                Ok(meta) if meta.is_file() => meta.len(),
+                _ => {
+                    return Err(Failure::refused(format!(
+                        "{} is not a file",
+                        file.display()
+                    )));
+                }
+            };
             let options = tabula::storage::UploadOptions {
                 content_type,
                 upsert,
                 ..Default::default()
             };
-            let url = storage.upload_file(&bucket, &path, bytes, options).await?;
-            println!("{url}");
+            // Read and sent a chunk at a time: a file larger than memory uploads too.
+            let bar = crate::progress(size, "bytes");
+            let sent = bar.clone();
+            let chunks = std::iter::from_fn(move || {
+                use std::io::Read;
+                let mut chunk = vec![0u8; 256 * 1024];
+                match reader.read(&mut chunk) {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        sent.inc(n as u64);
+                        Some(Ok(tabula::storage::Bytes::from(chunk)))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            });
+            let url = storage
+                .upload_stream(&bucket, &path, futures_util::stream::iter(chunks), options)
+                .await;
+            bar.finish_and_clear();
+            println!("{}", url?);
             Ok(())
         }
         Storage::Get {
@@ -324,20 +390,50 @@ pub(crate) async fn storage(
             path,
             output,
         } => {
-            let bytes = storage.download_file(&bucket, &path).await?;
-            match output {
-                Some(file) => {
-                    std::fs::write(&file, &bytes).map_err(|e| {
-                        Failure::setup(format!("cannot write {}: {e}", file.display()))
-                    })?;
-                    println!("wrote {} bytes to {}", bytes.len(), file.display());
+            use futures_util::StreamExt;
+            use std::io::Write;
+            let (object, mut chunks) = storage.download_stream(&bucket, &path).await?;
+            // To a file next to the target, renamed when whole: a failure midway leaves
+            // no half-written file under the name asked for.
+            let partial = output.as_ref().map(|file| {
+                let mut name = file.as_os_str().to_owned();
+                name.push(".partial");
+                PathBuf::from(name)
+            });
+            let mut sink: Box<dyn Write> = match &partial {
+                Some(partial) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(partial).map_err(|e| {
+                        Failure::setup(format!("cannot write {}: {e}", partial.display()))
+                    })?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let bar = crate::progress(u64::try_from(object.size).unwrap_or(0), "bytes");
+            let mut written: u64 = 0;
+            let outcome: Result<(), Failure> = async {
+                while let Some(chunk) = chunks.next().await {
+                    let chunk = chunk?;
+                    sink.write_all(&chunk)
+                        .map_err(|e| Failure::setup(format!("cannot write: {e}")))?;
+                    written += chunk.len() as u64;
+                    bar.set_position(written);
                 }
-                None => {
-                    use std::io::Write;
-                    std::io::stdout()
-                        .write_all(&bytes)
-                        .map_err(|e| Failure::setup(e.to_string()))?;
+                sink.flush()
+                    .map_err(|e| Failure::setup(format!("cannot write: {e}")))
+            }
+            .await;
+            bar.finish_and_clear();
+            drop(sink);
+            if let Err(failure) = outcome {
+                if let Some(partial) = &partial {
+                    let _ = std::fs::remove_file(partial);
                 }
+                return Err(failure);
+            }
+            if let (Some(file), Some(partial)) = (&output, &partial) {
+                std::fs::rename(partial, file)
+                    .map_err(|e| Failure::setup(format!("cannot write {}: {e}", file.display())))?;
+                println!("wrote {written} bytes to {}", file.display());
             }
             Ok(())
         }

@@ -449,6 +449,24 @@ async fn storage_commands_on_a_local_store() {
     assert!(stdout(&signed).starts_with("http://files.test/object/sign/docs/a/hello.txt?token="));
     let bad = run(&["sign", "docs", "a/hello.txt", "--expires", "1w"]);
     assert_eq!(bad.status.code(), Some(1));
+    // A file of several chunks goes up and comes down whole, through streams.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(folder.0.join("big.bin"), &big).expect("big file");
+    let put = run(&["put", "docs", "big.bin", "big.bin"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let got = run(&["get", "docs", "big.bin", "-o", "copy.bin"]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(stdout(&got), "wrote 3000000 bytes to copy.bin\n");
+    assert!(std::fs::read(folder.0.join("copy.bin")).expect("copy") == big);
+    // A missing object writes no file at all.
+    let missing = run(&["get", "docs", "nope.bin", "-o", "nope.bin"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(!folder.0.join("nope.bin").exists() && !folder.0.join("nope.bin.partial").exists());
+    // A file that cannot be read uploads nothing.
+    let unreadable = run(&["put", "docs", "dir", "."]);
+    assert_eq!(unreadable.status.code(), Some(1), "{}", stderr(&unreadable));
+    let ls = run(&["ls", "docs", "dir"]);
+    assert_eq!(stdout(&ls), "");
     let rm = run(&["rm", "docs", "a/hello.txt"]);
     assert_eq!(stdout(&rm), "deleted 1\n");
     let gone = run(&["get", "docs", "a/hello.txt"]);

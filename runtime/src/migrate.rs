@@ -736,15 +736,26 @@ const TRANSACTION_CONTROL: &[&str] = &[
 /// The first word of each top-level statement of `sql`, lowercased (two for `PREPARE`:
 /// `prepare transaction` ends a transaction, `prepare name AS …` does not): comments
 /// (`--`, nested `/* */`), quoted strings (`'…'`, `E'…'`), quoted identifiers and
-/// dollar-quoted bodies (`$tag$…$tag$`, function bodies) are skipped, not split.
+/// dollar-quoted bodies (`$tag$…$tag$`, function bodies) are skipped, not split; so
+/// is the SQL-standard body of `CREATE [OR REPLACE] FUNCTION|PROCEDURE … BEGIN ATOMIC
+/// … END`, whose statements end in `;` (see [`Routine`]).
 fn statement_heads(sql: &str) -> Vec<String> {
     let bytes = sql.as_bytes();
     let mut heads = Vec::new();
     let mut head = String::new();
     let mut at_start = true;
+    let mut routine = Routine::default();
+    let mut word = String::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        let in_word =
+            b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80 || (b == b'$' && !word.is_empty());
+        if in_word {
+            word.push(b.to_ascii_lowercase() as char);
+        } else if !word.is_empty() {
+            routine.word(&std::mem::take(&mut word));
+        }
         match b {
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
@@ -815,11 +826,17 @@ fn statement_heads(sql: &str) -> Vec<String> {
                     continue;
                 }
             }
+            // Inside a routine's `BEGIN ATOMIC … END`, `;` ends a statement of the body.
+            b';' if routine.depth > 0 => {
+                i += 1;
+                continue;
+            }
             b';' => {
                 if !head.is_empty() {
                     heads.push(std::mem::take(&mut head));
                 }
                 at_start = true;
+                routine = Routine::default();
                 i += 1;
                 continue;
             }
@@ -842,6 +859,41 @@ fn statement_heads(sql: &str) -> Vec<String> {
         heads.push(head);
     }
     heads
+}
+
+/// What [`statement_heads`] knows of a statement's words, to tell a routine's
+/// SQL-standard body from the top level: in a statement that starts `CREATE [OR
+/// REPLACE] FUNCTION|PROCEDURE`, `BEGIN` opens a block, `CASE` inside a block opens
+/// another, and `END` closes one (the heuristic psql uses to send such a statement
+/// whole).
+#[derive(Default)]
+struct Routine {
+    /// The statement's first four words.
+    first: [Option<String>; 4],
+    seen: usize,
+    depth: usize,
+}
+
+impl Routine {
+    fn word(&mut self, word: &str) {
+        if let Some(slot) = self.first.get_mut(self.seen) {
+            *slot = Some(word.to_owned());
+        }
+        self.seen += 1;
+        let is = |n: usize, w: &[&str]| self.first[n].as_deref().is_some_and(|x| w.contains(&x));
+        let kinds = ["function", "procedure"];
+        let creates = is(0, &["create"])
+            && (is(1, &kinds) || (is(1, &["or"]) && is(2, &["replace"]) && is(3, &kinds)));
+        if !creates {
+            return;
+        }
+        match word {
+            "begin" => self.depth += 1,
+            "case" if self.depth > 0 => self.depth += 1,
+            "end" => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+    }
 }
 
 /// Refuses a migration whose SQL would end the transaction it runs in.
@@ -957,6 +1009,23 @@ mod statement_tests {
         assert_eq!(
             statement_heads(sql),
             ["create", "create", "insert", "commit"]
+        );
+    }
+
+    #[test]
+    fn sql_standard_routine_bodies_are_one_statement() {
+        let sql = "CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC\n\
+                     SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\n  SELECT x;\nEND;\n\
+                   create or replace procedure p() language sql begin atomic insert into t values (1); end;\n\
+                   COMMIT; BEGIN; SELECT 'end'; END;";
+        assert_eq!(
+            statement_heads(sql),
+            ["create", "create", "commit", "begin", "select", "end"]
+        );
+        // A `BEGIN` word outside a routine's creation is no block.
+        assert_eq!(
+            statement_heads("CREATE TABLE begin_x (a int); COMMIT"),
+            ["create", "commit"]
         );
     }
 }

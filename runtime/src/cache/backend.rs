@@ -164,6 +164,17 @@ pub(crate) struct Versioned<'a> {
     pub(crate) near: bool,
 }
 
+/// What a row's entry holds, read without taking a lease ([`Backend::row_peek`]).
+#[derive(Debug, Default)]
+pub(crate) struct RowPeek {
+    /// The entry (shape first) and the time it has left (`None`: no expiry).
+    pub(crate) entry: Option<(Vec<u8>, Option<Duration>)>,
+    /// Whether a reader holds the row's lease (a fill is on its way).
+    pub(crate) leased: bool,
+    /// How many user scopes keep a copy of the row (rule 6).
+    pub(crate) scoped_copies: u64,
+}
+
 /// A cache tier. Keys given to the data-structure operations are full names (the
 /// service adds its prefixes); values are bytes.
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -192,6 +203,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
         ns: &'a Namespace,
         get: RowGet<'a>,
     ) -> Pending<'a, Vec<Option<Vec<u8>>>>;
+    /// The row `key` of `table` as rules 1 and 6 store it, read only: no lease is
+    /// taken and nothing is registered (inspection, `tabula cache get`).
+    fn row_peek<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        table: &'a str,
+        key: &'a str,
+    ) -> Pending<'a, RowPeek>;
     /// Rule 7: `get.keys` holds the mapping's name alone.
     fn unique_get<'a>(&'a self, ns: &'a Namespace, get: RowGet<'a>) -> Pending<'a, UniqueFound>;
     /// Rule 3: how many entries were stored.

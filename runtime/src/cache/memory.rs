@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Fault;
-use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, UniqueFound, Versioned};
+use super::backend::{
+    Backend, Namespace, Pending, RowFill, RowGet, RowPeek, Stale, UniqueFound, Versioned,
+};
 
 #[derive(Debug, Clone)]
 enum MemValue {
@@ -306,6 +308,41 @@ impl Backend for MemoryBackend {
                     }
                 })
                 .collect()
+        })))
+    }
+
+    fn row_peek<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        table: &'a str,
+        key: &'a str,
+    ) -> Pending<'a, RowPeek> {
+        ready(Ok(self.with(|map| {
+            let names = Names(ns);
+            let entry_name = names.row(map, "r", table, key);
+            let now = map.now;
+            let entry = map.live(&entry_name).and_then(|e| match &e.value {
+                MemValue::Bytes(b) => Some((b.clone(), e.expires.map(|t| t - now))),
+                _ => None,
+            });
+            let leased = {
+                let lease = names.row(map, "l", table, key);
+                map.exists(&lease)
+            };
+            let hash = names.row(map, "s", table, key);
+            let fields: Vec<String> = match map.get(&hash) {
+                Some(MemValue::Hash(fields)) => fields.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            let scoped_copies = fields
+                .iter()
+                .filter(|f| !f.starts_with("l,") && map.exists(&format!("{hash}|{f}")))
+                .count() as u64;
+            RowPeek {
+                entry,
+                leased,
+                scoped_copies,
+            }
         })))
     }
 

@@ -483,6 +483,35 @@ impl KindName for ::redis::RedisError {
     }
 }
 
+/// What the row cache holds for one key of a model, read without taking a lease or
+/// filling anything ([`Db::cache_entry`](crate::Db::cache_entry); `tabula cache get`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedRow<M> {
+    /// The shared entry.
+    pub entry: CachedEntry<M>,
+    /// The time the entry has left (`None`: no entry, or no expiry).
+    pub ttl: Option<Duration>,
+    /// Whether a reader holds the row's lease: it missed and its fill is on its way.
+    pub leased: bool,
+    /// How many user scopes keep their own copy of the row (Row Level Security).
+    pub scoped_copies: u64,
+}
+
+/// The shared entry of a row ([`CachedRow::entry`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CachedEntry<M> {
+    /// The row as it was cached.
+    Row(M),
+    /// A negative entry: the row was read as absent.
+    Absent,
+    /// No entry: the next read asks the database.
+    Missing,
+    /// An entry another shape of the model wrote (the model's columns changed since):
+    /// this model's reads treat it as a miss.
+    OtherShape,
+}
+
 impl From<Fault> for Error {
     fn from(fault: Fault) -> Self {
         match fault {
@@ -919,6 +948,15 @@ impl CacheService {
     /// The value under `key`, if any.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.get_bytes(key).await?.map(|b| decode(&b)).transpose()
+    }
+
+    /// A row's entry, read without a lease (see [`crate::Db::cache_entry`]).
+    pub(crate) async fn row_peek(&self, table: &str, key: &str) -> Result<backend::RowPeek> {
+        self.recorded(
+            "row_peek",
+            self.inner.backend.row_peek(&self.inner.ns, table, key),
+        )
+        .await
     }
 
     /// Raw bytes stored by [`set_bytes`](Self::set_bytes).

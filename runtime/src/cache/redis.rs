@@ -30,7 +30,9 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, PushInfo, PushKind, RedisError, Script};
 
-use super::backend::{Backend, Namespace, Pending, RowFill, RowGet, Stale, UniqueFound, Versioned};
+use super::backend::{
+    Backend, Namespace, Pending, RowFill, RowGet, RowPeek, Stale, UniqueFound, Versioned,
+};
 use super::breaker::Breaker;
 use super::near::NearTier;
 use super::{CacheConfig, Fault};
@@ -83,6 +85,7 @@ static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/ro
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
 static VERSIONED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/versioned.lua")));
 static UNIQUE_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/unique_get.lua")));
+static ROW_PEEK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_peek.lua")));
 static SCOPED_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/scoped_get.lua")));
 static SCOPED_FILL: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/scoped_fill.lua")));
@@ -774,6 +777,32 @@ impl Backend for RedisBackend {
                 out[i] = value;
             }
             Ok(out)
+        })
+    }
+
+    fn row_peek<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        table: &'a str,
+        key: &'a str,
+    ) -> Pending<'a, RowPeek> {
+        Box::pin(async move {
+            let reply: Vec<redis::Value> = self
+                .script(&ROW_PEEK, ns, &[table.as_bytes(), key.as_bytes()])
+                .await?;
+            let [value, ttl, leased, copies] = <[redis::Value; 4]>::try_from(reply)
+                .map_err(|_| Fault::Value("a row peek answered the wrong number of values"))?;
+            let value =
+                reply_bytes(value).ok_or(Fault::Value("a row peek answered a non-string"))?;
+            let count = |v: &redis::Value| match v {
+                redis::Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
+            Ok(RowPeek {
+                entry: (!value.is_empty()).then(|| (value, reply_left(&ttl))),
+                leased: count(&leased) > 0,
+                scoped_copies: count(&copies),
+            })
         })
     }
 

@@ -243,6 +243,59 @@ impl super::Db {
         });
     }
 
+    /// What the row cache holds for `key` of `M`, read without taking a lease or
+    /// filling anything: for inspection (`tabula cache get`), never for serving. The
+    /// shared entry, whatever this handle's scope; [`Misuse`](crate::Error::Misuse)
+    /// when no cache is configured or `M` declares no `cache(ttl = …)`.
+    ///
+    /// ```no_run
+    /// # use tabula::{Db, Table};
+    /// # use tabula::cache::CachedEntry;
+    /// # #[derive(Table, Debug)] #[table(cache(ttl = 60))] #[derive(serde::Serialize, serde::Deserialize)]
+    /// # pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
+    /// # async fn run(db: Db) -> tabula::Result<()> {
+    /// let cached = db.cache_entry::<Note>(&7).await?;
+    /// if let CachedEntry::Row(note) = &cached.entry {
+    ///     println!("{note:?}, for {:?} more", cached.ttl);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn cache_entry<M: crate::Table>(
+        &self,
+        key: &M::Key,
+    ) -> crate::Result<crate::cache::CachedRow<M>> {
+        let Some(cache) = &self.shared.cache else {
+            return Err(crate::Error::Misuse("no cache is configured".into()));
+        };
+        if M::META.cache_ttl.is_none() {
+            return Err(crate::Error::Misuse(format!(
+                "{} declares no cache(ttl = ...): its rows are never cached",
+                M::META.name
+            )));
+        }
+        let suffix = row_suffix::<M>(key);
+        let table = M::META.qualified_name();
+        let shape = M::META.shape_hex();
+        let peek = cache.row_peek(&table, &suffix).await?;
+        let (entry, ttl) = match peek.entry {
+            None => (crate::cache::CachedEntry::Missing, None),
+            Some((bytes, ttl)) if bytes.starts_with(shape.as_bytes()) => {
+                match decode_hit::<M>(&bytes, &shape, &table, &suffix) {
+                    Some(Some(row)) => (crate::cache::CachedEntry::Row(row), ttl),
+                    Some(None) => (crate::cache::CachedEntry::Absent, ttl),
+                    None => (crate::cache::CachedEntry::OtherShape, ttl),
+                }
+            }
+            Some((_, ttl)) => (crate::cache::CachedEntry::OtherShape, ttl),
+        };
+        Ok(crate::cache::CachedRow {
+            entry,
+            ttl,
+            leased: peek.leased,
+            scoped_copies: peek.scoped_copies,
+        })
+    }
+
     /// [`Db::read`] through the row cache.
     pub(crate) async fn read_through<M: crate::Table>(
         &self,

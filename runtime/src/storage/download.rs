@@ -40,8 +40,47 @@ impl StorageService {
         .await
     }
 
+    /// Metadata and the bytes of an object as they arrive from the store (never
+    /// through the cache): for objects too large to hold in memory, and for progress
+    /// as they come. The stream ends with an error if the store fails midway.
+    ///
+    /// ```no_run
+    /// # async fn run(storage: tabula::storage::StorageService) -> tabula::Result<()> {
+    /// use futures_util::StreamExt;
+    /// let (object, mut bytes) = storage.download_stream("videos", "intro.mp4").await?;
+    /// let mut seen = 0;
+    /// while let Some(chunk) = bytes.next().await {
+    ///     seen += chunk?.len() as u64;
+    ///     println!("{seen} of {}", object.size);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn download_stream(
+        &self,
+        bucket: &str,
+        path: &str,
+    ) -> Result<(
+        FileObject,
+        futures_util::stream::BoxStream<'static, Result<Bytes>>,
+    )> {
+        use futures_util::StreamExt;
+        let object = self.object(bucket, path).await?;
+        let (result, key) = self.store_get(&object).await?;
+        let stream = result
+            .into_stream()
+            .map(move |chunk| chunk.map_err(store_error("reading", &key)))
+            .boxed();
+        Ok((object, stream))
+    }
+
     /// The bytes of an object straight from the store.
     pub(crate) async fn read_bytes(&self, object: &FileObject) -> Result<Bytes> {
+        let (result, key) = self.store_get(object).await?;
+        result.bytes().await.map_err(store_error("reading", &key))
+    }
+
+    /// The store's answer for an object, and the object's name for errors.
+    async fn store_get(&self, object: &FileObject) -> Result<(object_store::GetResult, String)> {
         let location = keys::store_path(&object.bucket_id, &object.name);
         let key = format!("{}/{}", object.bucket_id, object.name);
         let result = self
@@ -49,7 +88,7 @@ impl StorageService {
             .get(&location)
             .await
             .map_err(store_error("reading", &key))?;
-        result.bytes().await.map_err(store_error("reading", &key))
+        Ok((result, key))
     }
 
     /// A range of an object's bytes straight from the store.

@@ -61,6 +61,8 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The byte buffers uploads take and downloads give (the `bytes` crate's).
+pub use bytes::Bytes;
 pub use keys::{validate_bucket, validate_path};
 
 use crate::Table;
