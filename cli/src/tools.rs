@@ -34,7 +34,8 @@ pub(crate) enum Cache {
     Get {
         /// The model: its table, `schema.table`, or its Rust type's name.
         model: String,
-        /// The row's primary key: JSON (`42`, `[1, "x"]`) or plain text (a UUID).
+        /// The row's primary key: JSON (`42`, `-5`, `[1, "x"]`) or plain text (a UUID).
+        #[arg(allow_hyphen_values = true)]
         key: String,
         #[command(flatten)]
         cache: CacheSettings,
@@ -392,20 +393,24 @@ pub(crate) async fn storage(
         } => {
             use futures_util::StreamExt;
             use std::io::Write;
+            if let Some(file) = &output
+                && file.is_dir()
+            {
+                return Err(Failure::refused(format!(
+                    "{} is a directory; name the file to write",
+                    file.display()
+                )));
+            }
             let (object, mut chunks) = storage.download_stream(&bucket, &path).await?;
-            // To a file next to the target, renamed when whole: a failure midway leaves
-            // no half-written file under the name asked for.
-            let partial = output.as_ref().map(|file| {
-                let mut name = file.as_os_str().to_owned();
-                name.push(".partial");
-                PathBuf::from(name)
-            });
+            // To a new file next to the target, renamed when whole: a failure midway
+            // leaves no half-written file under the name asked for, and no file of the
+            // user's is overwritten but the target.
+            let partial = match &output {
+                Some(file) => Some(Partial::create(file)?),
+                None => None,
+            };
             let mut sink: Box<dyn Write> = match &partial {
-                Some(partial) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(partial).map_err(|e| {
-                        Failure::setup(format!("cannot write {}: {e}", partial.display()))
-                    })?,
-                )),
+                Some(partial) => Box::new(std::io::BufWriter::new(partial.file()?)),
                 None => Box::new(std::io::stdout().lock()),
             };
             let bar = crate::progress(u64::try_from(object.size).unwrap_or(0), "bytes");
@@ -424,15 +429,9 @@ pub(crate) async fn storage(
             .await;
             bar.finish_and_clear();
             drop(sink);
-            if let Err(failure) = outcome {
-                if let Some(partial) = &partial {
-                    let _ = std::fs::remove_file(partial);
-                }
-                return Err(failure);
-            }
-            if let (Some(file), Some(partial)) = (&output, &partial) {
-                std::fs::rename(partial, file)
-                    .map_err(|e| Failure::setup(format!("cannot write {}: {e}", file.display())))?;
+            outcome?;
+            if let (Some(file), Some(partial)) = (&output, partial) {
+                partial.finish(file)?;
                 println!("wrote {written} bytes to {}", file.display());
             }
             Ok(())
@@ -458,6 +457,72 @@ pub(crate) async fn storage(
             let url = storage.create_signed_url(&bucket, &path, seconds).await?;
             println!("{url}");
             Ok(())
+        }
+    }
+}
+
+/// A download's file until it is whole: created new (never someone's file) beside
+/// the target, renamed over it at the end, removed if anything fails first.
+struct Partial {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Partial {
+    fn create(target: &std::path::Path) -> Result<Partial, Failure> {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for n in 0..100u32 {
+            let path = target.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(Partial {
+                        path,
+                        file: Some(file),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Failure::setup(format!(
+                        "cannot write {}: {e}",
+                        target.display()
+                    )));
+                }
+            }
+        }
+        Err(Failure::setup(format!(
+            "cannot write {}: no free temporary name beside it",
+            target.display()
+        )))
+    }
+
+    fn file(&self) -> Result<std::fs::File, Failure> {
+        self.file
+            .as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .ok_or_else(|| Failure::setup(format!("cannot write {}", self.path.display())))
+    }
+
+    fn finish(mut self, target: &std::path::Path) -> Result<(), Failure> {
+        self.file = None;
+        std::fs::rename(&self.path, target)
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", target.display())))?;
+        // Renamed: nothing is left to remove.
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

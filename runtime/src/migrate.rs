@@ -753,8 +753,17 @@ fn statement_heads(sql: &str) -> Vec<String> {
             b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80 || (b == b'$' && !word.is_empty());
         if in_word {
             word.push(b.to_ascii_lowercase() as char);
-        } else if !word.is_empty() {
-            routine.word(&std::mem::take(&mut word));
+        } else {
+            if !word.is_empty() {
+                routine.word(&std::mem::take(&mut word));
+            }
+            let comment = matches!(
+                (b, bytes.get(i + 1)),
+                (b'-', Some(b'-')) | (b'/', Some(b'*'))
+            );
+            if !comment && !b.is_ascii_whitespace() && b != b';' {
+                routine.token(b);
+            }
         }
         match b {
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
@@ -782,7 +791,15 @@ fn statement_heads(sql: &str) -> Vec<String> {
                 continue;
             }
             b'\'' | b'"' => {
-                let escapes = b == b'\'' && i > 0 && matches!(bytes[i - 1], b'e' | b'E');
+                // `E'…'` takes backslash escapes — `E` as a word of its own: in
+                // `name'\'` the `e` ends a type name, and the string is plain.
+                let escapes = b == b'\''
+                    && i > 0
+                    && matches!(bytes[i - 1], b'e' | b'E')
+                    && !(i > 1
+                        && (bytes[i - 2].is_ascii_alphanumeric()
+                            || matches!(bytes[i - 2], b'_' | b'$')
+                            || bytes[i - 2] >= 0x80));
                 i += 1;
                 while i < bytes.len() {
                     if escapes && bytes[i] == b'\\' {
@@ -828,6 +845,7 @@ fn statement_heads(sql: &str) -> Vec<String> {
             }
             // Inside a routine's `BEGIN ATOMIC … END`, `;` ends a statement of the body.
             b';' if routine.depth > 0 => {
+                routine.body_statement();
                 i += 1;
                 continue;
             }
@@ -862,37 +880,88 @@ fn statement_heads(sql: &str) -> Vec<String> {
 }
 
 /// What [`statement_heads`] knows of a statement's words, to tell a routine's
-/// SQL-standard body from the top level: in a statement that starts `CREATE [OR
-/// REPLACE] FUNCTION|PROCEDURE`, `BEGIN` opens a block, `CASE` inside a block opens
-/// another, and `END` closes one (the heuristic psql uses to send such a statement
-/// whole).
+/// SQL-standard body from the top level. In a statement that starts `CREATE [OR
+/// REPLACE] FUNCTION|PROCEDURE`, the words `BEGIN ATOMIC` outside parentheses open the
+/// body; inside it, `CASE` opens a level that an `END` closes, and the `END` that
+/// starts a statement of the body closes the body. A word after `.` or `AS` is a name
+/// (`t.end`, `AS end`), never a keyword; `begin` alone is an identifier (a parameter,
+/// a column, a function's name).
+///
+/// The scanner may only err towards splitting: a body it never enters is split at
+/// its `;` (a refusal at worst), but a body entered where PostgreSQL sees none would
+/// hide what follows.
 #[derive(Default)]
 struct Routine {
     /// The statement's first four words.
     first: [Option<String>; 4],
     seen: usize,
+    /// Parentheses open in the header (a parameter list, `RETURNS TABLE (…)`).
+    parens: usize,
+    /// 0 outside the body, 1 in it, 1 + n inside n `CASE`s.
     depth: usize,
+    /// The last token was the word `begin`, outside parentheses and the body.
+    after_begin: bool,
+    /// The next word starts a statement of the body.
+    body_start: bool,
+    /// The last token was `.` or the word `as`: the next word is a name.
+    name_next: bool,
 }
 
 impl Routine {
+    fn creates(&self) -> bool {
+        let is = |n: usize, w: &[&str]| self.first[n].as_deref().is_some_and(|x| w.contains(&x));
+        let kinds = ["function", "procedure"];
+        is(0, &["create"])
+            && (is(1, &kinds) || (is(1, &["or"]) && is(2, &["replace"]) && is(3, &kinds)))
+    }
+
     fn word(&mut self, word: &str) {
         if let Some(slot) = self.first.get_mut(self.seen) {
             *slot = Some(word.to_owned());
         }
         self.seen += 1;
-        let is = |n: usize, w: &[&str]| self.first[n].as_deref().is_some_and(|x| w.contains(&x));
-        let kinds = ["function", "procedure"];
-        let creates = is(0, &["create"])
-            && (is(1, &kinds) || (is(1, &["or"]) && is(2, &["replace"]) && is(3, &kinds)));
-        if !creates {
+        let name = std::mem::take(&mut self.name_next);
+        let body_start = std::mem::take(&mut self.body_start);
+        let after_begin = std::mem::take(&mut self.after_begin);
+        if !self.creates() {
             return;
         }
-        match word {
-            "begin" => self.depth += 1,
-            "case" if self.depth > 0 => self.depth += 1,
-            "end" => self.depth = self.depth.saturating_sub(1),
+        self.name_next = word == "as";
+        if name {
+            return;
+        }
+        match (self.depth, word) {
+            (0, "begin") if self.parens == 0 => self.after_begin = true,
+            (0, "atomic") if after_begin => {
+                self.depth = 1;
+                self.body_start = true;
+            }
+            (1.., "case") => self.depth += 1,
+            (1, "end") if body_start => self.depth = 0,
+            (2.., "end") => self.depth -= 1,
             _ => {}
         }
+    }
+
+    /// Any other token but `;` (a quoted string or name, an operator, a parenthesis).
+    fn token(&mut self, b: u8) {
+        self.after_begin = false;
+        self.body_start = false;
+        self.name_next = b == b'.';
+        if self.depth == 0 {
+            match b {
+                b'(' => self.parens += 1,
+                b')' => self.parens = self.parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+
+    /// A `;` inside the body.
+    fn body_statement(&mut self) {
+        self.after_begin = false;
+        self.name_next = false;
+        self.body_start = true;
     }
 }
 
@@ -1026,6 +1095,36 @@ mod statement_tests {
         assert_eq!(
             statement_heads("CREATE TABLE begin_x (a int); COMMIT"),
             ["create", "commit"]
+        );
+        // `begin` as an identifier in a routine (found from outside: each opened a
+        // block, and the COMMIT after it was hidden).
+        for sql in [
+            "CREATE FUNCTION f(begin int) RETURNS int LANGUAGE sql AS 'SELECT 1'; COMMIT",
+            "CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'SELECT 1'; COMMIT",
+            "CREATE FUNCTION f() RETURNS TABLE (begin int) LANGUAGE sql AS 'SELECT 1'; COMMIT",
+            "CREATE FUNCTION f(begin atomic) RETURNS int LANGUAGE sql AS 'SELECT 1'; COMMIT",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT begin FROM t; END; COMMIT",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE t.end WHEN 1 THEN 2 END AS end FROM t; END; COMMIT",
+        ] {
+            assert_eq!(statement_heads(sql), ["create", "commit"], "{sql}");
+        }
+        // `end` as a name inside a body does not close it.
+        assert_eq!(
+            statement_heads(
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1 AS end; END; SELECT 2"
+            ),
+            ["create", "select"]
+        );
+        // A typed literal whose type ends in `e` is a plain string (found from
+        // outside: read as E'…', its backslash hid the COMMIT).
+        assert_eq!(
+            statement_heads("SELECT name'\\'; COMMIT; SELECT 1; -- '"),
+            ["select", "commit", "select"]
+        );
+        assert_eq!(
+            statement_heads("SELECT E'\\'; COMMIT; --'"),
+            ["select"],
+            "E'…' escapes: the string runs to the end"
         );
     }
 }

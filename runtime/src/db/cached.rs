@@ -523,7 +523,7 @@ impl super::Db {
         &self,
         keys: &[M::Key],
     ) -> crate::Result<Vec<Option<M>>> {
-        Ok(self.read_many_counted(keys).await?.0)
+        Ok(self.read_many_counted(keys).await?.rows)
     }
 
     /// Fills the row cache with these rows in one pipelined round trip
@@ -537,16 +537,27 @@ impl super::Db {
     /// db.warm::<Note>(&[1, 2, 3]).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// A cache that cannot be reached (or whose circuit breaker is open) is
+    /// [`Error::Cache`](crate::Error::Cache): a warm that filled nothing says so, where
+    /// a read would quietly fall back to the database.
     pub async fn warm<M: crate::Table + Clone>(&self, keys: &[M::Key]) -> crate::Result<u64> {
-        Ok(self.read_many_counted::<M>(keys).await?.1)
+        let read = self.read_many_counted::<M>(keys).await?;
+        if read.cache_failed {
+            return Err(crate::Error::cache(format!(
+                "the cache could not be reached: no row of {} was filled",
+                M::META.name
+            )));
+        }
+        Ok(read.filled)
     }
 
     async fn read_many_counted<M: crate::Table + Clone>(
         &self,
         keys: &[M::Key],
-    ) -> crate::Result<(Vec<Option<M>>, u64)> {
+    ) -> crate::Result<ManyRead<M>> {
         if keys.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok(ManyRead::default());
         }
         let cache = self.row_cache::<M>().await;
         let suffixes: Vec<String> = keys.iter().map(row_suffix::<M>).collect();
@@ -556,6 +567,7 @@ impl super::Db {
             Some((cache, how)) => cache.row_get_many(&table, &suffixes, &shape, how).await,
             None => (vec![None; keys.len()], None),
         };
+        let cache_failed = cache.is_some() && token.is_none();
         let mut out: Vec<Option<M>> = cached
             .iter()
             .map(|b| {
@@ -584,7 +596,11 @@ impl super::Db {
             .filter(|i| out[*i].is_none() && !absent(i))
             .collect();
         if missing.is_empty() {
-            return Ok((out, 0));
+            return Ok(ManyRead {
+                rows: out,
+                filled: 0,
+                cache_failed,
+            });
         }
         let wanted: Vec<M::Key> = missing.iter().map(|i| keys[*i].clone()).collect();
         let found: std::collections::HashMap<String, M> = self
@@ -623,6 +639,28 @@ impl super::Db {
             (Some((cache, how)), Some(token)) => cache.row_fill(&table, token, &fills, how).await,
             _ => 0,
         };
-        Ok((out, filled))
+        Ok(ManyRead {
+            rows: out,
+            filled,
+            cache_failed,
+        })
+    }
+}
+
+/// What a read of many keys found: the rows (in key order), the entries it filled, and
+/// whether the cache failed (the rows then came from the database alone).
+struct ManyRead<M> {
+    rows: Vec<Option<M>>,
+    filled: u64,
+    cache_failed: bool,
+}
+
+impl<M> Default for ManyRead<M> {
+    fn default() -> Self {
+        ManyRead {
+            rows: Vec::new(),
+            filled: 0,
+            cache_failed: false,
+        }
     }
 }
