@@ -659,7 +659,7 @@ impl Migrator {
                         )));
                     };
                     check_no_transaction_control(&Migration::new(version, name.clone(), down.clone()))?;
-                    c.batch_execute(down).await.map_err(|e| {
+                    c.batch_execute(&sealed(down)).await.map_err(|e| {
                         refuse(format!("the down file of `{name}` failed: {}", crate::Error::from(e)))
                     })?;
                     c.execute(
@@ -965,6 +965,27 @@ impl Routine {
     }
 }
 
+/// A migration file's SQL as it is sent: every statement of it run by PL/pgSQL's
+/// `EXECUTE` inside a `DO` block, in the transaction Tabula opened. There the server
+/// itself refuses anything that would end or split that transaction — `COMMIT`,
+/// `ROLLBACK`, `BEGIN`, savepoints, `PREPARE TRANSACTION`, a `CALL` of a procedure
+/// that commits — with an error that rolls the whole migration back, however the
+/// statement is spelled or hidden. The statement scanner ([`statement_heads`]) only
+/// gives the common cases a clearer message before anything is sent; nothing depends
+/// on it being right.
+///
+/// The SQL travels as a dollar-quoted literal whose tag it does not contain.
+fn sealed(sql: &str) -> String {
+    let free = |kind: &str| {
+        (0u64..)
+            .map(|n| format!("$tabula_{kind}{n}$"))
+            .find(|tag| !sql.contains(tag.as_str()))
+            .unwrap_or_default()
+    };
+    let (inner, outer) = (free("sql"), free("do"));
+    format!("DO {outer} BEGIN EXECUTE {inner}{sql}{inner}; END {outer}")
+}
+
 /// Refuses a migration whose SQL would end the transaction it runs in.
 fn check_no_transaction_control(migration: &Migration) -> Result<()> {
     match statement_heads(&migration.sql)
@@ -1039,7 +1060,7 @@ async fn apply(
                             });
                         }
                     }
-                    c.batch_execute(&migration.sql).await?;
+                    c.batch_execute(&sealed(&migration.sql)).await?;
                     c.execute(
                         &format!(
                             "INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"

@@ -18,6 +18,10 @@ pub const DB_OPERATION_SECONDS: &str = "tabula_db_operation_seconds";
 /// (closed by the server, a failover) before any answer. Label: `operation`.
 pub const DB_READ_RETRIES: &str = "tabula_db_read_retries_total";
 
+/// Counter: reads that went to the primary because no replica had replayed the
+/// writes they depend on (see [`crate::db::replica`]).
+pub const DB_REPLICA_BEHIND: &str = "tabula_db_replica_behind_total";
+
 /// Counter: transactions retried after a serialization failure or deadlock.
 pub const DB_TRANSACTION_RETRIES: &str = "tabula_db_transaction_retries_total";
 

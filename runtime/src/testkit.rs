@@ -872,3 +872,189 @@ impl PgBouncer {
         )
     }
 }
+
+/// A PostgreSQL primary with a streaming hot standby of its own, for one test: the
+/// primary by `initdb`, the standby by `pg_basebackup -R` from it, each on a free
+/// loopback port and stopped when the value is dropped (or the process ends).
+///
+/// The primary commits synchronously to its WAL (the shared test server does not), so
+/// the standby is usually a few milliseconds behind; [`ReplicaSet::pause_replay`]
+/// holds it behind on purpose.
+///
+/// ```no_run
+/// # async fn run() -> tabula::Result<()> {
+/// let set = tabula::testkit::ReplicaSet::start()?;
+/// let db = tabula::Db::connect_with(
+///     tabula::DbConfig::new(set.primary_url("postgres")).replica(set.replica_url("postgres")),
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ReplicaSet {
+    primary: Server,
+    standby: Server,
+}
+
+impl ReplicaSet {
+    /// Starts both and waits until the standby streams from the primary.
+    pub fn start() -> Result<ReplicaSet> {
+        let (primary, _) = start_postgres_with(|_, _| {
+            Ok(vec![
+                "synchronous_commit=on".into(),
+                "wal_level=replica".into(),
+                "max_wal_senders=4".into(),
+            ])
+        })?;
+        let basebackup = find_postgres_bin("pg_basebackup")
+            .ok_or_else(|| Error::Config(format!("pg_basebackup not found; {INSTALL_HINT}")))?;
+        let postgres = find_postgres_bin("postgres")
+            .ok_or_else(|| Error::Config(format!("postgres not found; {INSTALL_HINT}")))?;
+        let owner = if is_root() {
+            system_user("postgres")
+        } else {
+            None
+        };
+        let dir = scratch_dir("pg-standby", owner)?;
+        let data = dir.join("data");
+        let mut backup = Command::new(&basebackup);
+        backup
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_user(&mut backup, owner);
+        let output = backup
+            .output()
+            .map_err(|e| Error::Config(format!("cannot run pg_basebackup: {e}")))?;
+        if !output.status.success() {
+            return Err(Error::Config(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let args: Vec<String> = [
+                "-D",
+                &data.to_string_lossy(),
+                "-p",
+                &port.to_string(),
+                "-k",
+                &dir.to_string_lossy(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "hot_standby=on",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=400",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            match supervise_until(
+                &postgres,
+                &args,
+                &dir,
+                owner,
+                port,
+                "ready to accept read-only connections",
+            ) {
+                Ok(standby) => return Ok(ReplicaSet { primary, standby }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config("the standby did not start".into())))
+    }
+
+    /// The primary's URL of `database`.
+    pub fn primary_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.primary.port
+        )
+    }
+
+    /// The standby's URL of `database`.
+    pub fn replica_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.standby.port
+        )
+    }
+
+    /// A fresh database on the primary with `migrator`'s migrations applied, once the
+    /// standby has it too; its name.
+    pub async fn database(&self, migrator: &Migrator) -> Result<String> {
+        let name = format!(
+            "tabula_r_{}_{}",
+            std::process::id(),
+            DATABASE_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin =
+            Db::connect_with(DbConfig::new(self.primary_url("postgres")).pool_size(1)).await?;
+        admin
+            .execute_batch(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        let db = Db::connect_with(DbConfig::new(self.primary_url(&name)).pool_size(1)).await?;
+        migrator.run(&db).await?;
+        self.caught_up().await?;
+        Ok(name)
+    }
+
+    /// Waits (up to 30 s) until the standby has replayed everything the primary wrote
+    /// so far.
+    pub async fn caught_up(&self) -> Result<()> {
+        let primary =
+            Db::connect_with(DbConfig::new(self.primary_url("postgres")).pool_size(1)).await?;
+        let standby =
+            Db::connect_with(DbConfig::new(self.replica_url("postgres")).pool_size(1)).await?;
+        let target: String = primary
+            .sql_rows("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .first()
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        let started = Instant::now();
+        loop {
+            let done: bool = standby
+                .sql_rows(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&target],
+                )
+                .await?
+                .first()
+                .is_some_and(|r| r.get(0));
+            if done {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(Error::Config(
+                    "the standby did not catch up within 30 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Holds the standby's replay (`pg_wal_replay_pause`): it keeps receiving WAL and
+    /// answering reads, from the state it had.
+    pub async fn pause_replay(&self) -> Result<()> {
+        self.standby_call("SELECT pg_wal_replay_pause()").await
+    }
+
+    /// Lets the standby replay again (`pg_wal_replay_resume`).
+    pub async fn resume_replay(&self) -> Result<()> {
+        self.standby_call("SELECT pg_wal_replay_resume()").await
+    }
+
+    async fn standby_call(&self, sql: &str) -> Result<()> {
+        let standby =
+            Db::connect_with(DbConfig::new(self.replica_url("postgres")).pool_size(1)).await?;
+        standby.sql_rows(sql, &[]).await.map(|_| ())
+    }
+}

@@ -201,7 +201,8 @@ impl super::Db {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (db, cache, how) = (self.clone(), cache.clone(), how.clone());
+        // The database's answer is the primary's (a replica may lag the cache).
+        let (db, cache, how) = (self.for_fill(), cache.clone(), how.clone());
         let (key, cached) = (key.clone(), cached.to_vec());
         runtime.spawn(async move {
             let _slot = slot;
@@ -331,7 +332,9 @@ impl super::Db {
         token: Option<String>,
     ) -> crate::Result<Option<M>> {
         let suffix = row_suffix::<M>(&key);
-        let row = self.read_uncached::<M>(key).await?;
+        // From the primary: a replica's older row would fill the cache (see
+        // `db/replica.rs`).
+        let row = self.for_fill().read_uncached::<M>(key).await?;
         let Some(token) = token else {
             return Ok(row);
         };
@@ -394,10 +397,11 @@ impl super::Db {
         }
         let name = crate::__private::unique_name(meta.columns[column.index()].name, &value);
         let wanted = value.clone();
+        let reader = self.for_fill();
         self.find_unique_by::<M, _>(
             name,
             move |row: &M| holds(row, column.index(), &wanted),
-            || self.query::<M>().filter(column.eq(value)).first(),
+            || reader.query::<M>().filter(column.eq(value)).first(),
         )
         .await
     }
@@ -603,7 +607,11 @@ impl super::Db {
             });
         }
         let wanted: Vec<M::Key> = missing.iter().map(|i| keys[*i].clone()).collect();
-        let found: std::collections::HashMap<String, M> = self
+        let reader = match &cache {
+            Some(_) => self.for_fill(),
+            None => self.clone(),
+        };
+        let found: std::collections::HashMap<String, M> = reader
             .read_keys::<M>(wanted)
             .await?
             .into_iter()

@@ -402,6 +402,7 @@ impl Db {
             .await;
         // DDL may have changed the foreign keys the cache follows.
         self.forget_schema();
+        self.note_raw_write().await;
         result
     }
 
@@ -424,29 +425,32 @@ impl Db {
         &self,
         body: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
     ) -> Result<T> {
-        self.timed("raw", "-", async {
-            let tx = self.current_tx();
-            let mut conn = self.conn().await?;
-            let pg = conn.get()?;
-            pg.flush_setup().await?;
-            pg.in_flight = true;
-            // While the body holds the connection, any other statement on this
-            // transaction — from this task or another — is refused, not queued forever.
-            let raw = tx.as_ref().map(|tx| RawHold::new(tx.shared.clone()));
-            let result = body(pg.client()).await;
-            drop(raw);
-            pg.in_flight = false;
-            if pg.in_transaction {
-                // A plain SET inside a transaction outlives its COMMIT.
-                pg.discard = true;
-            } else {
-                pg.reset_session().await;
-            }
-            // The body may have changed the schema (a foreign key the cache follows).
-            self.forget_schema();
-            result
-        })
-        .await
+        let result = self
+            .timed("raw", "-", async {
+                let tx = self.current_tx();
+                let mut conn = self.conn().await?;
+                let pg = conn.get()?;
+                pg.flush_setup().await?;
+                pg.in_flight = true;
+                // While the body holds the connection, any other statement on this
+                // transaction — from this task or another — is refused, not queued forever.
+                let raw = tx.as_ref().map(|tx| RawHold::new(tx.shared.clone()));
+                let result = body(pg.client()).await;
+                drop(raw);
+                pg.in_flight = false;
+                if pg.in_transaction {
+                    // A plain SET inside a transaction outlives its COMMIT.
+                    pg.discard = true;
+                } else {
+                    pg.reset_session().await;
+                }
+                // The body may have changed the schema (a foreign key the cache follows).
+                self.forget_schema();
+                result
+            })
+            .await;
+        self.note_raw_write().await;
+        result
     }
 }
 
@@ -462,7 +466,7 @@ macro_rules! read_on_conn {
             let mut __tries = 0;
             loop {
                 let __attempt: $crate::Result<_> = async {
-                    let mut __guard = __db.conn().await?;
+                    let mut __guard = __db.read_conn().await?;
                     let $conn = __guard.get()?;
                     $body
                 }

@@ -48,6 +48,7 @@ mod conn;
 mod crud;
 mod policy;
 mod raw;
+pub mod replica;
 mod scope;
 mod tx;
 mod verify;
@@ -61,6 +62,8 @@ use crate::error::{Error, Result};
 use crate::pool::{LastConnectError, PgManager};
 
 pub(crate) use conn::{Conn, TxHandle, read_on_conn};
+pub use replica::ConsistencyToken;
+pub(crate) use replica::Route;
 pub use tx::Isolation;
 pub use verify::ModelSet;
 pub(crate) use write::{Invalidation, key_text, names};
@@ -153,6 +156,9 @@ pub struct DbConfig {
     /// The cache behind the row cache, cached queries and `#[cached]`. Default none
     /// ([`Db::connect_from_env`] sets one up from `REDIS_URL`).
     pub cache: Option<CacheService>,
+    /// Streaming replicas (hot standbys) that reads may go to, each with a pool of
+    /// its own sized as the primary's (see [`DbConfig::replica`]). Default none.
+    pub replicas: Vec<String>,
     /// A pool setting in the URL that could not be read, reported at connect.
     url_error: Option<String>,
 }
@@ -177,6 +183,78 @@ impl std::fmt::Debug for DbConfig {
             .field("cache", &self.cache)
             .finish()
     }
+}
+
+/// A connection manager for `url` with `config`'s settings (timeouts, TLS, hooks).
+fn manager_for(url: &str, config: &DbConfig) -> Result<PgManager> {
+    let (url, _) = split_url_settings(url);
+    let (url, _) = crate::tls::take_settings(&url);
+    let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+        // A pool setting where PostgreSQL's parser sees it (a key=value string,
+        // an escaped name): say so, rather than only "invalid".
+        match URL_SETTINGS
+            .iter()
+            .find(|name| url.contains(&format!("{name}=")))
+        {
+            Some(name) => Error::Config(format!(
+                "invalid database url: `{name}` is read from the query of a \
+                     postgres:// URL only; set it with DbConfig for a key=value \
+                     connection string ({e})"
+            )),
+            None => Error::Config(format!("invalid database url: {e}")),
+        }
+    })?;
+    pg.application_name(&config.application_name);
+    // An sslmode PostgreSQL's parser found where Tabula's did not (spaced, quoted,
+    // escaped): refused, never silently replaced by the default.
+    if !matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer) {
+        return Err(Error::Config(
+            "`sslmode` is written in a form Tabula cannot read: write `sslmode=<mode>` \
+             (no spaces, quotes or escapes) in the URL query or the key=value string, \
+             or use DbConfig::ssl_mode"
+                .into(),
+        ));
+    }
+    pg.ssl_mode(config.ssl_mode.negotiation());
+    let tls = crate::tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref())?;
+    Ok(PgManager::new(
+        pg,
+        config.connect_timeout,
+        config.statement_timeout,
+        config.after_connect.clone(),
+        tls,
+        config.transaction_pooling,
+    ))
+}
+
+/// A pool of `manager`'s connections with `config`'s sizes and limits.
+fn pool_for(
+    manager: PgManager,
+    config: &DbConfig,
+    checkout_timeout: Duration,
+    connect_errors: &LastConnectError,
+) -> bb8::Pool<PgManager> {
+    // The reaper closes idle and old connections; it must look often enough for
+    // the shortest of the two limits.
+    let reaper = [config.idle_timeout, config.max_lifetime]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Duration::from_secs(30), |d| {
+            (d / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+        });
+    bb8::Pool::builder()
+        .max_size(config.pool_size)
+        .min_idle(config.min_idle.map(|n| n.min(config.pool_size)))
+        .max_lifetime(config.max_lifetime)
+        .idle_timeout(config.idle_timeout)
+        .reaper_rate(reaper)
+        .connection_timeout(checkout_timeout.max(Duration::from_millis(1)))
+        // Dead sockets are caught by `has_broken` without a round trip per checkout.
+        .test_on_check_out(false)
+        .retry_connection(false)
+        .error_sink(Box::new(connect_errors.clone()))
+        .build_unchecked(manager)
 }
 
 /// The pool settings a URL may carry (see [`DbConfig`]).
@@ -223,6 +301,7 @@ impl DbConfig {
             transaction_pooling: false,
             transaction_attempts: 5,
             cache: None,
+            replicas: Vec::new(),
             url_error: None,
         };
         if let Err(e) = config.read_url_settings() {
@@ -387,6 +466,23 @@ impl DbConfig {
         self
     }
 
+    /// Adds a streaming replica (a hot standby of the primary): reads outside a
+    /// transaction go to one that has replayed this handle's writes, the rest to the
+    /// primary; the cache is filled from the primary. See [`crate::db::replica`]'s
+    /// rules and [`Db::consistency_token`]. Pool settings in its URL are ignored (the
+    /// primary's apply); TLS settings are its own.
+    ///
+    /// ```
+    /// let config = tabula::DbConfig::new("postgres://app@primary/app")
+    ///     .replica("postgres://app@standby-1/app")
+    ///     .replica("postgres://app@standby-2/app");
+    /// assert_eq!(config.replicas.len(), 2);
+    /// ```
+    pub fn replica(mut self, url: impl Into<String>) -> Self {
+        self.replicas.push(url.into());
+        self
+    }
+
     /// Sets [`DbConfig::transaction_pooling`].
     ///
     /// ```
@@ -485,6 +581,8 @@ pub struct Db {
     pub(crate) tx: Option<TxHandle>,
     /// Set for a user-scoped handle (see [`crate::auth`]).
     pub(crate) scope: Option<Arc<crate::auth::Scope>>,
+    /// Where its reads may go (see [`replica`]).
+    pub(crate) route: Route,
 }
 
 /// What `db/policy.rs` found for one table (`None`: its scoped reads are not cached).
@@ -514,6 +612,8 @@ pub(crate) struct Shared {
     pub(crate) schema_epoch: std::sync::atomic::AtomicU64,
     /// Query-builder statements rendered so far (see `sql.rs`).
     pub(crate) rendered: crate::sql::Rendered,
+    /// The replicas reads may go to (see [`replica`]).
+    pub(crate) replicas: Option<replica::Replicas>,
     pub(crate) config: DbConfig,
     connect_errors: LastConnectError,
 }
@@ -568,44 +668,7 @@ impl Db {
         if let Some(e) = &config.url_error {
             return Err(Error::Config(e.clone()));
         }
-        let (url, _) = split_url_settings(&config.url);
-        let (url, _) = crate::tls::take_settings(&url);
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
-            // A pool setting where PostgreSQL's parser sees it (a key=value string,
-            // an escaped name): say so, rather than only "invalid".
-            match URL_SETTINGS
-                .iter()
-                .find(|name| url.contains(&format!("{name}=")))
-            {
-                Some(name) => Error::Config(format!(
-                    "invalid database url: `{name}` is read from the query of a \
-                         postgres:// URL only; set it with DbConfig for a key=value \
-                         connection string ({e})"
-                )),
-                None => Error::Config(format!("invalid database url: {e}")),
-            }
-        })?;
-        pg.application_name(&config.application_name);
-        // An sslmode PostgreSQL's parser found where Tabula's did not (spaced, quoted,
-        // escaped): refused, never silently replaced by the default.
-        if !matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer) {
-            return Err(Error::Config(
-                "`sslmode` is written in a form Tabula cannot read: write `sslmode=<mode>` \
-                 (no spaces, quotes or escapes) in the URL query or the key=value string, \
-                 or use DbConfig::ssl_mode"
-                    .into(),
-            ));
-        }
-        pg.ssl_mode(config.ssl_mode.negotiation());
-        let tls = crate::tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref())?;
-        let manager = PgManager::new(
-            pg,
-            config.connect_timeout,
-            config.statement_timeout,
-            config.after_connect.clone(),
-            tls,
-            config.transaction_pooling,
-        );
+        let manager = manager_for(&config.url, &config)?;
         let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
@@ -632,29 +695,32 @@ impl Db {
             bound
         });
         let connect_errors = LastConnectError::default();
-        // The reaper closes idle and old connections; it must look often enough for
-        // the shortest of the two limits.
-        let reaper = [config.idle_timeout, config.max_lifetime]
-            .into_iter()
-            .flatten()
-            .min()
-            .map_or(Duration::from_secs(30), |d| {
-                (d / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
-            });
-        let pool = bb8::Pool::builder()
-            .max_size(config.pool_size)
-            .min_idle(config.min_idle.map(|n| n.min(config.pool_size)))
-            .max_lifetime(config.max_lifetime)
-            .idle_timeout(config.idle_timeout)
-            .reaper_rate(reaper)
-            .connection_timeout(config.checkout_timeout.max(Duration::from_millis(1)))
-            // Dead sockets are caught by `has_broken` without a round trip per checkout.
-            .test_on_check_out(false)
-            .retry_connection(false)
-            .error_sink(Box::new(connect_errors.clone()))
-            .build_unchecked(manager);
+        let pool = pool_for(manager, &config, config.checkout_timeout, &connect_errors);
         // Hand the connection opened above to the pool instead of wasting it.
         let _ = pool.add(first);
+        // Replicas are not asked at connect: one that is down is skipped by reads.
+        let replicas = match config.replicas.is_empty() {
+            true => None,
+            false => {
+                let pools = config
+                    .replicas
+                    .iter()
+                    .map(|url| {
+                        let manager = manager_for(url, &config)?;
+                        // A replica that cannot be reached soon is left for the
+                        // primary: its checkouts wait at most a second.
+                        let wait = config.checkout_timeout.min(Duration::from_secs(1));
+                        Ok(pool_for(
+                            manager,
+                            &config,
+                            wait,
+                            &LastConnectError::default(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(replica::Replicas::new(pools))
+            }
+        };
         Ok(Db {
             shared: Arc::new(Shared {
                 pool,
@@ -668,9 +734,11 @@ impl Db {
                 policy_plans: std::sync::Mutex::default(),
                 schema_epoch: std::sync::atomic::AtomicU64::new(0),
                 rendered: crate::sql::Rendered::default(),
+                replicas,
             }),
             tx: None,
             scope: None,
+            route: Route::default(),
         })
     }
 

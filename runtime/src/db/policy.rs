@@ -249,6 +249,11 @@ impl Db {
             shared: self.shared.clone(),
             tx: None,
             scope: None,
+            // The catalog as the primary has it (a replica may not have replayed DDL).
+            route: super::Route {
+                primary: true,
+                ..self.route
+            },
         };
         let name = super::cached::regclass_text(meta);
         // What this handle's connections are given besides the role's and database's

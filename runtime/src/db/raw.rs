@@ -59,10 +59,14 @@ impl super::Db {
             "WITH __tabula_sql AS ({text}\n) SELECT {} FROM __tabula_sql",
             columns.join(", ")
         );
-        self.run("sql", M::META.name, async |conn| {
-            conn.query_decode(&wrapped, params, M::from_row).await
-        })
-        .await
+        let rows = self
+            .run("sql", M::META.name, async |conn| {
+                conn.query_decode(&wrapped, params, M::from_row).await
+            })
+            .await;
+        // It may have written (see `db/replica.rs`).
+        self.note_raw_write().await;
+        rows
     }
 
     /// Runs hand-written SQL and returns the driver's rows, for results no model
@@ -83,8 +87,12 @@ impl super::Db {
         params: &[Param<'_>],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let text = statement_text(sql)?;
-        self.run("sql", "-", async |conn| conn.query(text, params).await)
-            .await
+        let rows = self
+            .run("sql", "-", async |conn| conn.query(text, params).await)
+            .await;
+        // It may have written (see `db/replica.rs`).
+        self.note_raw_write().await;
+        rows
     }
 }
 

@@ -29,6 +29,7 @@ impl Db {
             shared: self.shared.clone(),
             tx: None,
             scope: Some(Arc::new(scope)),
+            route: self.route,
         }
     }
 

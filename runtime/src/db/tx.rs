@@ -175,6 +175,7 @@ impl Db {
                 ..tx.clone()
             }),
             scope: self.scope.clone(),
+            route: self.route,
         }
     }
 
@@ -263,6 +264,7 @@ impl Db {
             shared: self.shared.clone(),
             tx: Some(tx.clone()),
             scope: self.scope.clone(),
+            route: self.route,
         };
         let result = body(handle).await;
         let (conn, pending, tags) = tx.take().await;
@@ -372,6 +374,11 @@ impl Db {
         match committed.map_err(Error::from) {
             Ok(()) => {
                 conn.in_transaction = false;
+                // A transaction that wrote: replicas must replay this far before
+                // they answer this handle (see `db/replica.rs`).
+                if conn.xid.is_some() {
+                    self.note_write(Some(&mut conn)).await;
+                }
                 match probe.map_err(Error::from) {
                     Ok(Some(row))
                         if row

@@ -327,7 +327,11 @@ impl Db {
             && crate::cache::CacheService::global().is_none()
             && !crate::cache::has_caches_for_database(&self.shared.identity)
         {
-            return work.await;
+            let result = work.await;
+            if self.tx.is_none() {
+                self.note_write(None).await;
+            }
+            return result;
         }
         let touched = move |result: &Result<T>| -> Option<Invalidation> {
             match result {
@@ -357,6 +361,9 @@ impl Db {
                 let db = self.clone();
                 super::tx::join_task(tokio::spawn(async move {
                     let result = work.await;
+                    // Before the invalidation: a reader that misses after it reads
+                    // at least this far (see `db/replica.rs`).
+                    db.note_write(None).await;
                     if let Some(inv) = touched(&result) {
                         db.apply_invalidation(std::slice::from_ref(&inv)).await;
                         if result.is_err() {

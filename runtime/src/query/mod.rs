@@ -725,7 +725,11 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     /// let ids: Vec<i64> = db.query::<Note>().select(Note::ID).limit(10).cached(60).all().await?;
     /// # Ok(()) }
     /// ```
-    pub fn cached(self, ttl_seconds: u64) -> CachedQuery<M, D> {
+    pub fn cached(mut self, ttl_seconds: u64) -> CachedQuery<M, D> {
+        // Its answer fills the cache: from the primary (see `db/replica.rs`).
+        if self.db.cache().is_some() {
+            self.db = self.db.for_fill();
+        }
         CachedQuery {
             query: self,
             ttl_seconds,

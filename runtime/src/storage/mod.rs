@@ -390,12 +390,13 @@ impl StorageService {
         validate_bucket(bucket)?;
         validate_path(path)?;
         let name = format!("#(bucket_id,name):{}", serde_json::json!([bucket, path]));
+        let reader = self.db.for_fill();
         self.db
             .find_unique_by::<FileObject, _>(
                 name,
                 |object| object.bucket_id == bucket && object.name == path,
                 || {
-                    self.db
+                    reader
                         .query::<FileObject>()
                         .filter(FileObject::BUCKET_ID.eq(bucket))
                         .filter(FileObject::NAME.eq(path))

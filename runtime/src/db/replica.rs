@@ -1,0 +1,317 @@
+//! Read replicas ([`DbConfig::replica`](super::DbConfig::replica)): reads outside a
+//! transaction go to a streaming standby that has replayed every write this handle
+//! depends on; writes, transactions and everything else go to the primary.
+//!
+//! # The rules
+//!
+//! 1. **A read's floor.** Every write through a [`Db`] (any clone of it) records the
+//!    primary's WAL insert position after its COMMIT: a position at or past the
+//!    commit record. A read needs a replica that has replayed up to the highest
+//!    position recorded so far, or up to the [`ConsistencyToken`] the handle was
+//!    given ([`Db::at_least`]), whichever is higher.
+//! 2. **The check.** Each replica remembers the highest replay position it reported.
+//!    A read whose floor is at or below it goes straight to the replica; otherwise
+//!    the replica is asked (`pg_last_wal_replay_lsn()`, one round trip), and when it
+//!    is still behind, the read goes to the primary — it never waits for a replica.
+//! 3. **The cache is filled from the primary.** A read that will fill the row cache,
+//!    a cached query or a unique value's mapping reads the primary: an entry is then
+//!    never older than the primary was when its lease was taken, so the lease
+//!    protocol's guarantee (an invalidation after the lease refuses the fill) holds as
+//!    without replicas. A lagging replica can delay nothing but uncached reads of
+//!    handles that did not write.
+//! 4. **What stays on the primary:** transactions, user-scoped handles, raw SQL
+//!    (`sql`, `sql_rows`, `execute_batch`, `with_client` may write; their WAL position
+//!    is recorded after them), the staleness check's reads.
+//!
+//! A replica that cannot be reached is skipped for a few seconds (its reads go to
+//! the primary) and tried again.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{Db, Pooled};
+use crate::error::{Error, Result};
+use crate::pool::PgManager;
+
+/// A position in the primary's write-ahead log: what a replica must have replayed
+/// before it may answer a read of the handle that holds it. Written as PostgreSQL
+/// writes an LSN (`16/B374D848`), so a web application can keep it in a cookie or a
+/// header and hand it to the next request's handle ([`Db::at_least`]).
+///
+/// ```
+/// let token: tabula::db::ConsistencyToken = "16/B374D848".parse()?;
+/// assert_eq!(token.to_string(), "16/B374D848");
+/// # Ok::<(), tabula::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ConsistencyToken(u64);
+
+impl ConsistencyToken {
+    /// The start of the log: no write to wait for.
+    pub const NONE: ConsistencyToken = ConsistencyToken(0);
+}
+
+impl fmt::Display for ConsistencyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl FromStr for ConsistencyToken {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<ConsistencyToken> {
+        let bad = || Error::Validation(format!("`{text}` is not a WAL position like 16/B374D848"));
+        let (high, low) = text.split_once('/').ok_or_else(bad)?;
+        let part = |s: &str| {
+            if s.is_empty() || s.len() > 8 {
+                return Err(bad());
+            }
+            u64::from_str_radix(s, 16).map_err(|_| bad())
+        };
+        Ok(ConsistencyToken((part(high)? << 32) | part(low)?))
+    }
+}
+
+/// How long a replica that could not be reached is left out.
+const SKIP_UNREACHABLE: Duration = Duration::from_secs(5);
+
+/// One replica's pool and what it last said of its replay.
+pub(crate) struct Replica {
+    pool: bb8::Pool<PgManager>,
+    /// The highest replay position it reported.
+    replayed: AtomicU64,
+    /// Milliseconds after `started` until which it is skipped (unreachable).
+    skip_until: AtomicU64,
+    started: Instant,
+}
+
+/// The replicas of a [`Db`], and the WAL position of its latest write.
+pub(crate) struct Replicas {
+    list: Vec<Replica>,
+    next: AtomicUsize,
+    /// The primary's insert position after this handle's latest write.
+    written: AtomicU64,
+}
+
+impl Replicas {
+    pub(crate) fn new(pools: Vec<bb8::Pool<PgManager>>) -> Replicas {
+        Replicas {
+            list: pools
+                .into_iter()
+                .map(|pool| Replica {
+                    pool,
+                    replayed: AtomicU64::new(0),
+                    skip_until: AtomicU64::new(0),
+                    started: Instant::now(),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+
+    /// A connection to a replica that has replayed up to `floor`, or `None` (read the
+    /// primary).
+    async fn checkout(&self, floor: u64) -> Option<Pooled> {
+        let n = self.list.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let replica = &self.list[(first + i) % n];
+            let now = replica.started.elapsed().as_millis() as u64;
+            if replica.skip_until.load(Ordering::Relaxed) > now {
+                continue;
+            }
+            let mut conn = match replica.pool.get_owned().await {
+                Ok(conn) if !conn.is_closed() => conn,
+                Ok(_) => continue,
+                Err(e) => {
+                    let until = now + SKIP_UNREACHABLE.as_millis() as u64;
+                    replica.skip_until.store(until, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "a replica cannot be reached: its reads go to the primary");
+                    continue;
+                }
+            };
+            conn.pending_setup = None;
+            if replica.replayed.load(Ordering::Acquire) >= floor {
+                return Some(conn);
+            }
+            match replay_position(&mut conn).await {
+                Ok(at) => {
+                    replica.replayed.fetch_max(at, Ordering::AcqRel);
+                    if at >= floor {
+                        return Some(conn);
+                    }
+                    metrics::counter!(crate::monitor::DB_REPLICA_BEHIND).increment(1);
+                }
+                Err(e) => tracing::debug!(error = %e, "a replica did not say its replay position"),
+            }
+        }
+        None
+    }
+}
+
+/// What a replica has replayed; the end of the log for a server that is not in
+/// recovery (a primary named as a replica reads its own writes).
+async fn replay_position(conn: &mut crate::pool::PgConn) -> Result<u64> {
+    let row = conn
+        .query_opt(
+            "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()",
+            &[],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(0);
+    };
+    let recovering: bool = row.try_get(1)?;
+    if !recovering {
+        return Ok(u64::MAX);
+    }
+    let at: Option<String> = row.try_get(0)?;
+    Ok(at
+        .and_then(|t| t.parse::<ConsistencyToken>().ok())
+        .map_or(0, |t| t.0))
+}
+
+/// Where a handle's reads may go (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Route {
+    /// The floor a handle was given ([`Db::at_least`]).
+    pub(crate) at_least: u64,
+    /// Reads go to the primary (reads that fill the cache).
+    pub(crate) primary: bool,
+}
+
+impl Db {
+    /// The position a replica must have replayed for this handle: its latest write's
+    /// (through any clone of it) or the token it was given, whichever is later. Hand it
+    /// to another process's handle with [`Db::at_least`] — e.g. in a cookie — and that
+    /// handle reads what this one wrote. [`ConsistencyToken::NONE`] without replicas.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// db.execute_batch("UPDATE notes SET body = 'x' WHERE id = 1").await?;
+    /// let cookie = db.consistency_token().to_string();
+    /// // … next request, maybe another process:
+    /// let reader = db.at_least(cookie.parse()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn consistency_token(&self) -> ConsistencyToken {
+        let written = self
+            .shared
+            .replicas
+            .as_ref()
+            .map_or(0, |r| r.written.load(Ordering::Acquire));
+        ConsistencyToken(written.max(self.route.at_least))
+    }
+
+    /// This handle, reading from replicas only once they have replayed `token` (see
+    /// [`Db::consistency_token`]).
+    ///
+    /// ```no_run
+    /// # fn run(db: tabula::Db, cookie: &str) -> tabula::Result<()> {
+    /// let reader = db.at_least(cookie.parse()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn at_least(&self, token: ConsistencyToken) -> Db {
+        let mut db = self.clone();
+        db.route.at_least = db.route.at_least.max(token.0);
+        db
+    }
+
+    /// This handle, reading from the primary: for reads whose rows fill a cache (rule
+    /// 3 of the module docs).
+    pub(crate) fn for_fill(&self) -> Db {
+        let mut db = self.clone();
+        if self.shared.replicas.is_some() {
+            db.route.primary = true;
+        }
+        db
+    }
+
+    /// A connection for a read: a replica's when one may answer (see the module docs),
+    /// else the primary's (or the transaction's).
+    pub(crate) async fn read_conn(&self) -> Result<super::Conn> {
+        if let Some(replicas) = &self.shared.replicas
+            && !self.route.primary
+            && self.tx.is_none()
+            && self.scope.is_none()
+        {
+            let floor = replicas
+                .written
+                .load(Ordering::Acquire)
+                .max(self.route.at_least);
+            if let Some(conn) = replicas.checkout(floor).await {
+                return Ok(super::Conn::Pooled(conn));
+            }
+        }
+        self.conn().await
+    }
+
+    /// After raw SQL, which may have written: the WAL position, outside a transaction
+    /// (a transaction's is recorded at its COMMIT).
+    pub(crate) async fn note_raw_write(&self) {
+        if self.tx.is_none() && self.shared.replicas.is_some() {
+            self.note_write(None).await;
+        }
+    }
+
+    /// Records the primary's WAL position after a write (rule 1): on `conn` when the
+    /// caller still holds the write's connection, else on one from the pool. Without
+    /// replicas, nothing. A failure to ask is logged: the floor stays where it was,
+    /// and the write's own answer stands.
+    pub(crate) async fn note_write(&self, conn: Option<&mut crate::pool::PgConn>) {
+        let Some(replicas) = &self.shared.replicas else {
+            return;
+        };
+        const POSITION: &str = "SELECT pg_current_wal_insert_lsn()::text";
+        let asked = match conn {
+            Some(conn) => conn.query_opt(POSITION, &[]).await,
+            None => match self.checkout().await {
+                Ok(mut conn) => conn.query_opt(POSITION, &[]).await,
+                Err(e) => Err(e),
+            },
+        };
+        let at = asked.and_then(|row| {
+            row.map(|r| r.try_get::<_, String>(0))
+                .transpose()
+                .map_err(Error::from)
+        });
+        match at {
+            Ok(Some(text)) => match text.parse::<ConsistencyToken>() {
+                Ok(token) => {
+                    replicas.written.fetch_max(token.0, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the primary's WAL position could not be read")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the WAL position after a write could not be read: replicas may answer this handle's next reads with older rows"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConsistencyToken;
+
+    #[test]
+    fn tokens_read_and_write_as_postgresql_writes_positions() {
+        for text in ["0/0", "16/B374D848", "FFFFFFFF/FFFFFFFF", "1/1"] {
+            let token: ConsistencyToken = text.parse().expect("token");
+            assert_eq!(token.to_string(), text);
+        }
+        let low: ConsistencyToken = "0/FFFFFFFF".parse().expect("token");
+        let high: ConsistencyToken = "1/0".parse().expect("token");
+        assert!(low < high);
+        for bad in ["", "1", "/1", "1/", "G/0", "123456789/0", "1/2/3", " 1/2"] {
+            assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad:?}");
+        }
+    }
+}
