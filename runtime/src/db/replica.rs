@@ -262,7 +262,15 @@ impl Db {
     /// caller still holds the write's connection, else on one from the pool. Without
     /// replicas, nothing. A failure to ask is logged: the floor stays where it was,
     /// and the write's own answer stands.
+    ///
+    /// Boxed, and only when there are replicas: the write paths' futures stay small.
     pub(crate) async fn note_write(&self, conn: Option<&mut crate::pool::PgConn>) {
+        if self.shared.replicas.is_some() {
+            Box::pin(self.note_write_now(conn)).await;
+        }
+    }
+
+    async fn note_write_now(&self, conn: Option<&mut crate::pool::PgConn>) {
         let Some(replicas) = &self.shared.replicas else {
             return;
         };
