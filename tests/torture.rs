@@ -303,7 +303,7 @@ fn torture_child() {
             let stats = memo_cache.near_stats().expect("a near tier");
             println!("process {process}: near tier {stats:?}");
             assert!(
-                stats.hits > 50,
+                stats.hits > 10,
                 "the near tier answered too little to be tested: {stats:?}"
             );
         }
