@@ -974,7 +974,8 @@ impl Routine {
 /// gives the common cases a clearer message before anything is sent; nothing depends
 /// on it being right.
 ///
-/// The SQL travels as a dollar-quoted literal whose tag it does not contain.
+/// The SQL travels as a dollar-quoted literal whose tag it does not contain, between
+/// newlines.
 fn sealed(sql: &str) -> String {
     let free = |kind: &str| {
         (0u64..)
@@ -983,7 +984,11 @@ fn sealed(sql: &str) -> String {
             .unwrap_or_default()
     };
     let (inner, outer) = (free("sql"), free("do"));
-    format!("DO {outer} BEGIN EXECUTE {inner}{sql}{inner}; END {outer}")
+    // Newlines keep the file's first and last characters from joining a tag (a file
+    // ending in `$tabula_sql0` would close the literal early), and end a trailing
+    // `--` comment. PL/pgSQL's EXECUTE refuses a string whose *last* statement is
+    // `SELECT … INTO`: a `SELECT NULL` is always last.
+    format!("DO {outer} BEGIN EXECUTE {inner}\n{sql}\n;SELECT NULL\n{inner}; END {outer}")
 }
 
 /// Refuses a migration whose SQL would end the transaction it runs in.

@@ -140,6 +140,12 @@ pub(crate) fn note_scoped() {
     let _ = FRAME.try_with(|scoped| scoped.store(true, std::sync::atomic::Ordering::Release));
 }
 
+/// Whether the current task is running a memoized body: its reads fill a memo, so
+/// they read the primary, never a replica that may lag (see `db/replica.rs`).
+pub(crate) fn in_memo_body() -> bool {
+    FRAME.try_with(|_| ()).is_ok()
+}
+
 fn bypass(reason: &'static str, name: &str) {
     metrics::counter!(crate::monitor::MEMO_BYPASS, "reason" => reason).increment(1);
     static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -397,12 +397,14 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn execute_batch(&self, sql: &str) -> Result<()> {
+        let mark = self.write_mark();
         let result = self
             .run("execute_batch", "-", async |conn| conn.batch(sql).await)
             .await;
         // DDL may have changed the foreign keys the cache follows.
         self.forget_schema();
         self.note_raw_write().await;
+        mark.done();
         result
     }
 
@@ -425,6 +427,7 @@ impl Db {
         &self,
         body: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
     ) -> Result<T> {
+        let mark = self.write_mark();
         let result = self
             .timed("raw", "-", async {
                 let tx = self.current_tx();
@@ -450,6 +453,7 @@ impl Db {
             })
             .await;
         self.note_raw_write().await;
+        mark.done();
         result
     }
 }
@@ -464,14 +468,35 @@ macro_rules! read_on_conn {
         let __db = &$db;
         __db.timed($op, $table, async {
             let mut __tries = 0;
+            let mut __replicas = true;
             loop {
-                let __attempt: $crate::Result<_> = async {
-                    let mut __guard = __db.read_conn().await?;
+                let (mut __guard, __replica) = match __db.read_conn(__replicas).await {
+                    Ok(routed) => routed,
+                    Err(e) => break Err(e),
+                };
+                let __attempt = async {
                     let $conn = __guard.get()?;
                     $body
-                }
-                .await;
+                };
+                // A replica has half the deadline; the primary, asked instead, the rest.
+                let __attempt: $crate::Result<_> = match __replica {
+                    Some(_) => {
+                        match ::tokio::time::timeout(__db.replica_patience(), __attempt).await {
+                            Ok(answer) => answer,
+                            Err(_) => Err($crate::Error::Timeout {
+                                operation: $op,
+                                after: __db.replica_patience(),
+                            }),
+                        }
+                    }
+                    None => __attempt.await,
+                };
+                drop(__guard);
                 match __attempt {
+                    Err(e) if __replica.is_some_and(|i| __db.replica_failed(i, &e)) => {
+                        __replicas = false;
+                        continue;
+                    }
                     Err(e) if __db.retry_read($op, &e, &mut __tries) => continue,
                     other => break other,
                 }

@@ -672,7 +672,7 @@ impl Db {
         let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
-        let first = bb8::ManageConnection::connect(&manager)
+        let mut first = bb8::ManageConnection::connect(&manager)
             .await
             .map_err(
                 |e| match e.to_string().contains("unsupported startup parameter") {
@@ -697,11 +697,17 @@ impl Db {
         let connect_errors = LastConnectError::default();
         let pool = pool_for(manager, &config, config.checkout_timeout, &connect_errors);
         // Hand the connection opened above to the pool instead of wasting it.
-        let _ = pool.add(first);
-        // Replicas are not asked at connect: one that is down is skipped by reads.
+        // Replicas are not asked at connect (one that is down is skipped by reads);
+        // each is checked on its first connection against what the primary is.
         let replicas = match config.replicas.is_empty() {
             true => None,
             false => {
+                let primary: String = first
+                    .query_opt(replica::WHAT_IT_IS, &[])
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?
+                    .unwrap_or_default();
                 let pools = config
                     .replicas
                     .iter()
@@ -718,9 +724,10 @@ impl Db {
                         ))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Some(replica::Replicas::new(pools))
+                Some(replica::Replicas::new(pools, primary))
             }
         };
+        let _ = pool.add(first);
         Ok(Db {
             shared: Arc::new(Shared {
                 pool,

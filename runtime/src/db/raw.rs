@@ -59,6 +59,7 @@ impl super::Db {
             "WITH __tabula_sql AS ({text}\n) SELECT {} FROM __tabula_sql",
             columns.join(", ")
         );
+        let mark = self.write_mark();
         let rows = self
             .run("sql", M::META.name, async |conn| {
                 conn.query_decode(&wrapped, params, M::from_row).await
@@ -66,6 +67,7 @@ impl super::Db {
             .await;
         // It may have written (see `db/replica.rs`).
         self.note_raw_write().await;
+        mark.done();
         rows
     }
 
@@ -87,11 +89,13 @@ impl super::Db {
         params: &[Param<'_>],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let text = statement_text(sql)?;
+        let mark = self.write_mark();
         let rows = self
             .run("sql", "-", async |conn| conn.query(text, params).await)
             .await;
         // It may have written (see `db/replica.rs`).
         self.note_raw_write().await;
+        mark.done();
         rows
     }
 }

@@ -66,7 +66,7 @@ impl FromStr for ConsistencyToken {
         let bad = || Error::Validation(format!("`{text}` is not a WAL position like 16/B374D848"));
         let (high, low) = text.split_once('/').ok_or_else(bad)?;
         let part = |s: &str| {
-            if s.is_empty() || s.len() > 8 {
+            if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             u64::from_str_radix(s, 16).map_err(|_| bad())
@@ -81,6 +81,9 @@ const SKIP_UNREACHABLE: Duration = Duration::from_secs(5);
 /// One replica's pool and what it last said of its replay.
 pub(crate) struct Replica {
     pool: bb8::Pool<PgManager>,
+    /// Whether it was found to be a standby of the primary's database (asked on its
+    /// first connection): 0 not yet, 1 yes, 2 no — never used.
+    checked: std::sync::atomic::AtomicU8,
     /// The highest replay position it reported.
     replayed: AtomicU64,
     /// Milliseconds after `started` until which it is skipped (unreachable).
@@ -94,15 +97,27 @@ pub(crate) struct Replicas {
     next: AtomicUsize,
     /// The primary's insert position after this handle's latest write.
     written: AtomicU64,
+    /// Writes whose caller's future was dropped before their position was recorded
+    /// (counted by [`WriteMark`]), and how many of them a recorded position covers: a
+    /// read first asks the primary's position while the first is ahead.
+    abandoned: AtomicU64,
+    covered: AtomicU64,
+    /// What a replica must be: the primary's database (name and oid) and cluster
+    /// (system identifier, when the role may read it).
+    primary: String,
 }
 
 impl Replicas {
-    pub(crate) fn new(pools: Vec<bb8::Pool<PgManager>>) -> Replicas {
+    pub(crate) fn new(pools: Vec<bb8::Pool<PgManager>>, primary: String) -> Replicas {
         Replicas {
+            abandoned: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
+            primary,
             list: pools
                 .into_iter()
                 .map(|pool| Replica {
                     pool,
+                    checked: std::sync::atomic::AtomicU8::new(0),
                     replayed: AtomicU64::new(0),
                     skip_until: AtomicU64::new(0),
                     started: Instant::now(),
@@ -113,66 +128,144 @@ impl Replicas {
         }
     }
 
-    /// A connection to a replica that has replayed up to `floor`, or `None` (read the
-    /// primary).
-    async fn checkout(&self, floor: u64) -> Option<Pooled> {
+    /// A connection to a replica that has replayed up to `floor` and its index, or
+    /// `None` (read the primary). Each replica has `patience` to answer the questions
+    /// asked here; one that does not is left out for a while.
+    async fn checkout(&self, floor: u64, patience: Duration) -> Option<(Pooled, usize)> {
         let n = self.list.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
-            let replica = &self.list[(first + i) % n];
-            let now = replica.started.elapsed().as_millis() as u64;
-            if replica.skip_until.load(Ordering::Relaxed) > now {
+            let index = (first + i) % n;
+            let replica = &self.list[index];
+            if replica.skipped() {
                 continue;
             }
-            let mut conn = match replica.pool.get_owned().await {
-                Ok(conn) if !conn.is_closed() => conn,
-                Ok(_) => continue,
-                Err(e) => {
-                    let until = now + SKIP_UNREACHABLE.as_millis() as u64;
-                    replica.skip_until.store(until, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "a replica cannot be reached: its reads go to the primary");
-                    continue;
+            match tokio::time::timeout(patience, self.try_replica(replica, floor)).await {
+                Ok(Ok(Some(conn))) => return Some((conn, index)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    replica.skip();
+                    tracing::warn!(error = %e, "a replica cannot be reached: its reads go to the primary for a while");
                 }
-            };
-            conn.pending_setup = None;
-            if replica.replayed.load(Ordering::Acquire) >= floor {
-                return Some(conn);
-            }
-            match replay_position(&mut conn).await {
-                Ok(at) => {
-                    replica.replayed.fetch_max(at, Ordering::AcqRel);
-                    if at >= floor {
-                        return Some(conn);
-                    }
-                    metrics::counter!(crate::monitor::DB_REPLICA_BEHIND).increment(1);
+                Err(_) => {
+                    replica.skip();
+                    tracing::warn!(
+                        "a replica did not answer in time: its reads go to the primary for a while"
+                    );
                 }
-                Err(e) => tracing::debug!(error = %e, "a replica did not say its replay position"),
             }
         }
         None
     }
+
+    /// A connection to `replica` if it is a standby of the primary's database that has
+    /// replayed up to `floor`; an error when it cannot be reached.
+    async fn try_replica(&self, replica: &Replica, floor: u64) -> Result<Option<Pooled>> {
+        let mut conn = match replica.pool.get_owned().await {
+            Ok(conn) if !conn.is_closed() => conn,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(Error::from(e)),
+        };
+        conn.pending_setup = None;
+        match replica.checked.load(Ordering::Acquire) {
+            1 => {}
+            2 => return Ok(None),
+            _ => {
+                if same_database(&mut conn, &self.primary).await? {
+                    replica.checked.store(1, Ordering::Release);
+                } else {
+                    replica.checked.store(2, Ordering::Release);
+                    tracing::error!(
+                        "a configured replica is not a standby of the primary's database \
+                         (another database, another cluster, or a server not in recovery): \
+                         it is never read"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+        if replica.replayed.load(Ordering::Acquire) >= floor {
+            return Ok(Some(conn));
+        }
+        let at = replay_position(&mut conn).await?;
+        replica.replayed.fetch_max(at, Ordering::AcqRel);
+        if at >= floor {
+            return Ok(Some(conn));
+        }
+        metrics::counter!(crate::monitor::DB_REPLICA_BEHIND).increment(1);
+        Ok(None)
+    }
 }
 
-/// What a replica has replayed; the end of the log for a server that is not in
-/// recovery (a primary named as a replica reads its own writes).
+impl Replica {
+    fn skipped(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.skip_until.load(Ordering::Relaxed) > now
+    }
+
+    /// Leaves it out for [`SKIP_UNREACHABLE`].
+    fn skip(&self) {
+        let until = self.started.elapsed().as_millis() as u64 + SKIP_UNREACHABLE.as_millis() as u64;
+        self.skip_until.store(until, Ordering::Relaxed);
+    }
+}
+
+/// What a replica has replayed (0 when it says nothing: it is then never ahead).
 async fn replay_position(conn: &mut crate::pool::PgConn) -> Result<u64> {
     let row = conn
-        .query_opt(
-            "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()",
-            &[],
-        )
+        .query_opt("SELECT pg_last_wal_replay_lsn()::text", &[])
         .await?;
-    let Some(row) = row else {
-        return Ok(0);
+    let at: Option<String> = match row {
+        Some(row) => row.try_get(0)?,
+        None => None,
     };
-    let recovering: bool = row.try_get(1)?;
-    if !recovering {
-        return Ok(u64::MAX);
-    }
-    let at: Option<String> = row.try_get(0)?;
     Ok(at
         .and_then(|t| t.parse::<ConsistencyToken>().ok())
         .map_or(0, |t| t.0))
+}
+
+/// What a server must match to serve as a replica: the database's name and oid, and
+/// the cluster's system identifier where the role may read it (a standby shares its
+/// primary's).
+pub(crate) const WHAT_IT_IS: &str = "SELECT current_database()::text || '/' || \
+     (SELECT oid::text FROM pg_database WHERE datname = current_database()) || '/' || \
+     coalesce((SELECT system_identifier::text FROM pg_control_system() \
+               WHERE has_function_privilege('pg_control_system()', 'EXECUTE')), '?')";
+
+/// Whether the server behind `conn` is a standby (in recovery) of the primary's
+/// database: another database, another cluster, or a server that is not in recovery
+/// (it would never replay the primary's writes) is not.
+async fn same_database(conn: &mut crate::pool::PgConn, primary: &str) -> Result<bool> {
+    let row = conn
+        .query_opt(&format!("SELECT ({WHAT_IT_IS}), pg_is_in_recovery()"), &[])
+        .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let (what, recovering): (Option<String>, bool) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(recovering && what.as_deref() == Some(primary))
+}
+
+/// Marks a write on a handle with replicas; dropped before [`WriteMark::done`] (the
+/// caller's future was dropped mid-write), it tells reads to ask the primary's
+/// position first: the write may have committed.
+pub(crate) struct WriteMark {
+    shared: Option<std::sync::Arc<super::Shared>>,
+}
+
+impl WriteMark {
+    /// Its position was recorded (or it is known not to have written).
+    pub(crate) fn done(mut self) {
+        self.shared = None;
+    }
+}
+
+impl Drop for WriteMark {
+    fn drop(&mut self) {
+        if let Some(replicas) = self.shared.as_ref().and_then(|s| s.replicas.as_ref()) {
+            replicas.abandoned.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Where a handle's reads may go (see the module docs).
@@ -231,23 +324,74 @@ impl Db {
         db
     }
 
-    /// A connection for a read: a replica's when one may answer (see the module docs),
-    /// else the primary's (or the transaction's).
-    pub(crate) async fn read_conn(&self) -> Result<super::Conn> {
+    /// A connection for a read, and the index of the replica it reaches: a replica's
+    /// when one may answer (see the module docs) and `replicas` allows, else the
+    /// primary's (or the transaction's).
+    pub(crate) async fn read_conn(
+        &self,
+        replicas_allowed: bool,
+    ) -> Result<(super::Conn, Option<usize>)> {
         if let Some(replicas) = &self.shared.replicas
+            && replicas_allowed
             && !self.route.primary
             && self.tx.is_none()
             && self.scope.is_none()
+            // A memoized body's reads fill the memo.
+            && !crate::cache::memo::in_memo_body()
         {
+            // A write dropped mid-way may have committed: its position first.
+            let abandoned = replicas.abandoned.load(Ordering::Acquire);
+            if abandoned > replicas.covered.load(Ordering::Acquire) {
+                self.note_write(None).await;
+            }
             let floor = replicas
                 .written
                 .load(Ordering::Acquire)
                 .max(self.route.at_least);
-            if let Some(conn) = replicas.checkout(floor).await {
-                return Ok(super::Conn::Pooled(conn));
+            if let Some((conn, index)) = replicas.checkout(floor, self.replica_patience()).await {
+                return Ok((super::Conn::Pooled(conn), Some(index)));
             }
         }
-        self.conn().await
+        Ok((self.conn().await?, None))
+    }
+
+    /// A mark for a write about to run (see [`WriteMark`]); inert without replicas.
+    pub(crate) fn write_mark(&self) -> WriteMark {
+        WriteMark {
+            shared: self.shared.replicas.is_some().then(|| self.shared.clone()),
+        }
+    }
+
+    /// How long a read may wait for replica `index` before the primary is asked
+    /// instead: half the statement deadline, so that the primary has the other half.
+    pub(crate) fn replica_patience(&self) -> Duration {
+        self.shared.config.statement_timeout / 2
+    }
+
+    /// Whether a read that failed on replica `index` is tried again on the primary:
+    /// the replica did not answer in time or its connection broke (it is then left
+    /// out for a while), or it cancelled the read for a conflict with recovery.
+    pub(crate) fn replica_failed(&self, index: usize, error: &Error) -> bool {
+        let Some(replica) = self
+            .shared
+            .replicas
+            .as_ref()
+            .and_then(|r| r.list.get(index))
+        else {
+            return false;
+        };
+        let unreachable = matches!(error, Error::Timeout { .. } | Error::Connection(_));
+        if unreachable {
+            replica.skip();
+            tracing::warn!(%error, "a replica did not answer: its reads go to the primary for a while");
+        }
+        // A standby cancels queries that conflict with what it replays (40001), or
+        // ends sessions whose database was dropped (57P04).
+        let conflict = matches!(error.sqlstate(), Some("40001" | "57P04"));
+        if conflict {
+            metrics::counter!(crate::monitor::DB_REPLICA_BEHIND).increment(1);
+        }
+        unreachable || conflict
     }
 
     /// After raw SQL, which may have written: the WAL position, outside a transaction
@@ -275,6 +419,8 @@ impl Db {
             return;
         };
         const POSITION: &str = "SELECT pg_current_wal_insert_lsn()::text";
+        // Writes dropped before this question committed before its answer, if at all.
+        let abandoned = replicas.abandoned.load(Ordering::Acquire);
         let asked = match conn {
             Some(conn) => conn.query_opt(POSITION, &[]).await,
             None => match self.checkout().await {
@@ -291,6 +437,7 @@ impl Db {
             Ok(Some(text)) => match text.parse::<ConsistencyToken>() {
                 Ok(token) => {
                     replicas.written.fetch_max(token.0, Ordering::AcqRel);
+                    replicas.covered.fetch_max(abandoned, Ordering::AcqRel);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the primary's WAL position could not be read")
@@ -318,7 +465,18 @@ mod tests {
         let low: ConsistencyToken = "0/FFFFFFFF".parse().expect("token");
         let high: ConsistencyToken = "1/0".parse().expect("token");
         assert!(low < high);
-        for bad in ["", "1", "/1", "1/", "G/0", "123456789/0", "1/2/3", " 1/2"] {
+        for bad in [
+            "",
+            "1",
+            "/1",
+            "1/",
+            "G/0",
+            "123456789/0",
+            "1/2/3",
+            " 1/2",
+            "+1/+2",
+            "1/-0",
+        ] {
             assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad:?}");
         }
     }

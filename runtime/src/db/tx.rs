@@ -146,13 +146,16 @@ impl Db {
         }
         let attempts = self.shared.config.transaction_attempts;
         let mut attempt = 0;
-        loop {
+        // Dropped before it returns, the transaction may have committed (see
+        // `db/replica.rs`); its COMMIT records the position otherwise.
+        let mark = self.write_mark();
+        let outcome = loop {
             attempt += 1;
             let outcome = Box::pin(self.run_transaction_once(isolation, &mut body)).await;
             match outcome {
                 Err(e) if e.is_retryable_conflict() => {
                     if attempt >= attempts {
-                        return Err(Error::Conflict {
+                        break Err(Error::Conflict {
                             sqlstate: e.sqlstate().unwrap_or_default().to_owned(),
                             attempts: attempt,
                         });
@@ -161,9 +164,11 @@ impl Db {
                     tracing::debug!(attempt, error = %e, "retrying transaction");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                other => return other,
+                other => break other,
             }
-        }
+        };
+        mark.done();
+        outcome
     }
 
     /// The handle a nested transaction's body gets: one savepoint deeper.
@@ -447,7 +452,10 @@ impl Db {
             .resolve(&xid, self.shared.config.statement_timeout)
             .await
         {
-            Resolution::Committed => Ok(()),
+            Resolution::Committed => {
+                self.note_write(None).await;
+                Ok(())
+            }
             Resolution::Aborted => Err(lost),
             Resolution::Unknown => {
                 tracing::warn!(xid, "commit outcome unknown: the database cannot be asked");

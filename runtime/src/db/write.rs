@@ -327,10 +327,12 @@ impl Db {
             && crate::cache::CacheService::global().is_none()
             && !crate::cache::has_caches_for_database(&self.shared.identity)
         {
+            let mark = self.write_mark();
             let result = work.await;
             if self.tx.is_none() {
                 self.note_write(None).await;
             }
+            mark.done();
             return result;
         }
         let touched = move |result: &Result<T>| -> Option<Invalidation> {
@@ -359,7 +361,10 @@ impl Db {
             }
             None => {
                 let db = self.clone();
-                super::tx::join_task(tokio::spawn(async move {
+                // The task records the position; a caller that stops waiting first
+                // leaves the next read to ask for it (see `db/replica.rs`).
+                let mark = self.write_mark();
+                let result = super::tx::join_task(tokio::spawn(async move {
                     let result = work.await;
                     // Before the invalidation: a reader that misses after it reads
                     // at least this far (see `db/replica.rs`).
@@ -373,7 +378,9 @@ impl Db {
                     }
                     result
                 }))
-                .await
+                .await;
+                mark.done();
+                result
             }
         }
     }
