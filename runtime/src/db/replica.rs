@@ -14,17 +14,25 @@
 //!    the replica is asked (`pg_last_wal_replay_lsn()`, one round trip), and when it
 //!    is still behind, the read goes to the primary — it never waits for a replica.
 //! 3. **The cache is filled from the primary.** A read that will fill the row cache,
-//!    a cached query or a unique value's mapping reads the primary: an entry is then
-//!    never older than the primary was when its lease was taken, so the lease
-//!    protocol's guarantee (an invalidation after the lease refuses the fill) holds as
-//!    without replicas. A lagging replica can delay nothing but uncached reads of
-//!    handles that did not write.
-//! 4. **What stays on the primary:** transactions, user-scoped handles, raw SQL
+//!    a cached query or a unique value's mapping reads the primary, and so does every
+//!    read of a `#[cached]` function's body (a task-local flag; reads in tasks the
+//!    body spawns are not marked): an entry is then never older than the primary was
+//!    when its lease was taken, so the lease protocol's guarantee (an invalidation
+//!    after the lease refuses the fill) holds as without replicas. A lagging replica
+//!    can delay nothing but uncached reads of handles that did not write.
+//! 4. **A write dropped mid-way.** A write whose caller stopped waiting before its
+//!    position was recorded (a dropped future, a client deadline) may still have
+//!    committed: a mark counts it, and the next read through the handle asks
+//!    the primary's position first.
+//! 5. **What stays on the primary:** transactions, user-scoped handles, raw SQL
 //!    (`sql`, `sql_rows`, `execute_batch`, `with_client` may write; their WAL position
-//!    is recorded after them), the staleness check's reads.
-//!
-//! A replica that cannot be reached is skipped for a few seconds (its reads go to
-//! the primary) and tried again.
+//!    is recorded after them), streams, the staleness check's reads.
+//! 6. **Failures fall back.** A replica has half the statement deadline to hand out a
+//!    connection, report its replay and answer the read; past it, or when its
+//!    connection breaks, it is left out for 5 s and the primary answers. A read the
+//!    standby cancelled for a conflict with recovery is read on the primary. A replica
+//!    must be a standby (in recovery) of the primary's database — same name, oid and,
+//!    where the role may read it, system identifier — or it is never read.
 
 use std::fmt;
 use std::str::FromStr;
