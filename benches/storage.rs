@@ -1,6 +1,7 @@
 //! Storage in the same run as its baselines: a 64 KiB download from the cache vs from
 //! the store vs reading the object's file straight from the store's folder, and a
-//! 100 MiB streamed upload vs writing the same bytes to a file.
+//! 100 MiB streamed upload vs writing the same bytes to a file, and the same upload to
+//! the test kit's S3-compatible server (moto, in memory) — multipart, 5 MiB parts.
 
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ fn storage(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let root = std::env::temp_dir().join(format!("tabula-bench-store-{}", std::process::id()));
-    let (cached, uncached, redis_cached) = rt.block_on(async {
+    let s3_server = tabula::testkit::S3Server::start("bench").expect("moto server");
+    let (cached, uncached, redis_cached, on_s3) = rt.block_on(async {
         let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
@@ -44,6 +46,13 @@ fn storage(c: &mut Criterion) {
             StorageService::local(with_redis, &root, KEY, "http://localhost").expect("storage");
         let cached =
             StorageService::local(with_cache, &root, KEY, "http://localhost").expect("storage");
+        let on_s3 = StorageService::s3(
+            without.clone(),
+            s3_server.options(),
+            KEY,
+            "http://localhost",
+        )
+        .expect("s3 storage");
         let uncached =
             StorageService::local(without, &root, KEY, "http://localhost").expect("storage");
         cached
@@ -68,7 +77,7 @@ fn storage(c: &mut Criterion) {
                     .expect("warm");
             }
         }
-        (cached, uncached, redis_cached)
+        (cached, uncached, redis_cached, on_s3)
     });
     // The store's own copy of the object (the local store keeps it as a file).
     let file = root.join("bench").join("64k.bin");
@@ -159,6 +168,18 @@ fn storage(c: &mut Criterion) {
                 ..Default::default()
             };
             uncached
+                .upload_stream("bench", "big.bin", chunks(SIZE), options)
+                .await
+                .expect("upload")
+        })
+    });
+    group.bench_function("storage_upload_stream_to_s3", |b| {
+        b.to_async(&rt).iter(|| async {
+            let options = UploadOptions {
+                upsert: true,
+                ..Default::default()
+            };
+            on_s3
                 .upload_stream("bench", "big.bin", chunks(SIZE), options)
                 .await
                 .expect("upload")

@@ -1058,3 +1058,101 @@ impl ReplicaSet {
         standby.sql_rows(sql, &[]).await.map(|_| ())
     }
 }
+
+/// An S3-compatible server for one test: moto's standalone server (`moto_server`,
+/// from PyPI; `./tabula setup` installs it in `~/.cache/tabula/moto`), in memory, on
+/// a free loopback port, with one bucket made; stopped when dropped (or the process
+/// ends). Moto because it is an installable package that speaks S3's REST protocol
+/// with multipart uploads, copies and listings, starts in a second, and keeps
+/// nothing on disk.
+///
+/// ```no_run
+/// let s3 = tabula::testkit::S3Server::start("files")?;
+/// let endpoint = s3.endpoint();
+/// # Ok::<(), tabula::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct S3Server {
+    server: Server,
+    bucket: String,
+}
+
+impl S3Server {
+    /// Starts one and creates `bucket` in it.
+    pub fn start(bucket: &str) -> Result<S3Server> {
+        let program = std::env::var_os("TABULA_MOTO_SERVER")
+            .map(PathBuf::from)
+            .or_else(|| find_on_path("moto_server"))
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|home| PathBuf::from(home).join(".cache/tabula/moto/bin/moto_server"))
+                    .filter(|p| p.is_file())
+            })
+            .ok_or_else(|| {
+                Error::Config(
+                    "moto_server not found: run ./tabula setup, or pip install 'moto[s3,server]', \
+                     or set TABULA_MOTO_SERVER"
+                        .into(),
+                )
+            })?;
+        let dir = scratch_dir("s3", None)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let args = vec![
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ];
+            match supervise_until(&program, &args, &dir, None, port, "Running on") {
+                Ok(server) => {
+                    let s3 = S3Server {
+                        server,
+                        bucket: bucket.to_owned(),
+                    };
+                    s3.create_bucket()?;
+                    return Ok(s3);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config("moto_server did not start".into())))
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server.port)
+    }
+
+    /// Options for [`StorageService::s3`](crate::storage::StorageService::s3) on its
+    /// bucket (any credentials pass).
+    #[cfg(feature = "s3")]
+    pub fn options(&self) -> crate::storage::S3Options {
+        crate::storage::S3Options::new(&self.bucket, "us-east-1", "testing", "testing")
+            .endpoint(self.endpoint())
+    }
+
+    /// `PUT /{bucket}`: moto takes unsigned requests.
+    fn create_bucket(&self) -> Result<()> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.server.port))
+            .map_err(|e| Error::Config(format!("moto: {e}")))?;
+        let request = format!(
+            "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.bucket, self.server.port
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| Error::Config(format!("moto: {e}")))?;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        match answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+            true => Ok(()),
+            false => Err(Error::Config(format!(
+                "moto refused to create the bucket: {}",
+                answer.lines().next().unwrap_or_default()
+            ))),
+        }
+    }
+}

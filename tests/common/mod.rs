@@ -2,6 +2,8 @@
 //! test, and the seed's models.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod http;
+
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};

@@ -470,34 +470,45 @@ macro_rules! read_on_conn {
             let mut __tries = 0;
             let mut __replicas = true;
             loop {
+                let __asked = ::std::time::Instant::now();
                 let (mut __guard, __replica) = match __db.read_conn(__replicas).await {
                     Ok(routed) => routed,
                     Err(e) => break Err(e),
                 };
-                let __attempt = async {
-                    let $conn = __guard.get()?;
-                    $body
-                };
-                // A replica has half the deadline; the primary, asked instead, the rest.
                 let __attempt: $crate::Result<_> = match __replica {
-                    Some(_) => {
-                        match ::tokio::time::timeout(__db.replica_patience(), __attempt).await {
-                            Ok(answer) => answer,
-                            Err(_) => Err($crate::Error::Timeout {
-                                operation: $op,
-                                after: __db.replica_patience(),
-                            }),
-                        }
+                    // On a replica: hedged by the primary once the replica's patience
+                    // is spent (see `db/replica.rs`, rule 6).
+                    Some(__index) => {
+                        let __on_replica = async {
+                            let $conn = __guard.get()?;
+                            $body
+                        };
+                        let __on_primary = || async {
+                            let mut __primary = __db.conn().await?;
+                            let $conn = __primary.get()?;
+                            $body
+                        };
+                        let __answer = __db
+                            .hedged(__index, __asked, __on_replica, __on_primary)
+                            .await;
+                        drop(__guard);
+                        __answer
                     }
-                    None => __attempt.await,
+                    None => {
+                        let __answer = async {
+                            let $conn = __guard.get()?;
+                            $body
+                        }
+                        .await;
+                        drop(__guard);
+                        __answer
+                    }
                 };
-                drop(__guard);
                 match __attempt {
-                    Err(e) if __replica.is_some_and(|i| __db.replica_failed(i, &e)) => {
+                    Err(e) if __db.retry_read($op, &e, &mut __tries) => {
                         __replicas = false;
                         continue;
                     }
-                    Err(e) if __db.retry_read($op, &e, &mut __tries) => continue,
                     other => break other,
                 }
             }

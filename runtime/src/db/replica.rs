@@ -21,16 +21,18 @@
 //!    after the lease refuses the fill) holds as without replicas. A lagging replica
 //!    can delay nothing but uncached reads of handles that did not write.
 //! 4. **A write dropped mid-way.** A write whose caller stopped waiting before its
-//!    position was recorded (a dropped future, a client deadline) may still have
-//!    committed: a mark counts it, and the next read through the handle asks
-//!    the primary's position first.
+//!    position was recorded (a dropped future, a client deadline) may still commit,
+//!    until its statement deadline (and grace) has passed: until then the handle's
+//!    reads go to the primary, and the first read after asks the primary's position.
 //! 5. **What stays on the primary:** transactions, user-scoped handles, raw SQL
 //!    (`sql`, `sql_rows`, `execute_batch`, `with_client` may write; their WAL position
 //!    is recorded after them), streams, the staleness check's reads.
 //! 6. **Failures fall back.** A replica has half the statement deadline to hand out a
-//!    connection, report its replay and answer the read; past it, or when its
-//!    connection breaks, it is left out for 5 s and the primary answers. A read the
-//!    standby cancelled for a conflict with recovery is read on the primary. A replica
+//!    connection, report its replay and answer the read; past it the same read starts
+//!    on the primary too, and the first answer wins (a slow answer from a healthy
+//!    replica that still comes first is taken). A replica that lost that race, or
+//!    whose connection broke, is left out for 5 s. A read the standby cancelled for a
+//!    conflict with recovery is read on the primary. A replica
 //!    must be a standby (in recovery) of the primary's database — same name, oid and,
 //!    where the role may read it, system identifier — or it is never read.
 
@@ -110,6 +112,10 @@ pub(crate) struct Replicas {
     /// read first asks the primary's position while the first is ahead.
     abandoned: AtomicU64,
     covered: AtomicU64,
+    /// Until when (milliseconds after `epoch`) reads stay on the primary: an abandoned
+    /// write may still commit until its statement deadline (and grace) has passed.
+    hold_until: AtomicU64,
+    epoch: Instant,
     /// What a replica must be: the primary's database (name and oid) and cluster
     /// (system identifier, when the role may read it).
     primary: String,
@@ -120,6 +126,8 @@ impl Replicas {
         Replicas {
             abandoned: AtomicU64::new(0),
             covered: AtomicU64::new(0),
+            hold_until: AtomicU64::new(0),
+            epoch: Instant::now(),
             primary,
             list: pools
                 .into_iter()
@@ -270,7 +278,17 @@ impl WriteMark {
 
 impl Drop for WriteMark {
     fn drop(&mut self) {
-        if let Some(replicas) = self.shared.as_ref().and_then(|s| s.replicas.as_ref()) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if let Some(replicas) = &shared.replicas {
+            // The statement may run (and commit) until its deadline and grace: reads
+            // stay on the primary until then, and then ask its position once.
+            let deadline = shared.config.statement_timeout;
+            let until = replicas.epoch.elapsed() + deadline + super::conn::grace(deadline);
+            replicas
+                .hold_until
+                .fetch_max(until.as_millis() as u64, Ordering::AcqRel);
             replicas.abandoned.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -322,6 +340,22 @@ impl Db {
         db
     }
 
+    /// This handle, with every read on the primary: for reads that must not lag, such
+    /// as those a `#[cached]` body runs in a task it spawns (the body's own task reads
+    /// the primary already; a spawned task is not known to belong to it).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
+    /// let fresh = db.on_primary();
+    /// let task = tokio::spawn(async move { fresh.sql_rows("SELECT 1", &[]).await });
+    /// # Ok(()) }
+    /// ```
+    pub fn on_primary(&self) -> Db {
+        let mut db = self.clone();
+        db.route.primary = true;
+        db
+    }
+
     /// This handle, reading from the primary: for reads whose rows fill a cache (rule
     /// 3 of the module docs).
     pub(crate) fn for_fill(&self) -> Db {
@@ -347,7 +381,13 @@ impl Db {
             // A memoized body's reads fill the memo.
             && !crate::cache::memo::in_memo_body()
         {
-            // A write dropped mid-way may have committed: its position first.
+            // A write dropped mid-way may commit until its deadline has passed: until
+            // then the primary answers; after, its position is asked once.
+            let now = replicas.epoch.elapsed().as_millis() as u64;
+            let held = now < replicas.hold_until.load(Ordering::Acquire);
+            if held {
+                return Ok((self.conn().await?, None));
+            }
             let abandoned = replicas.abandoned.load(Ordering::Acquire);
             if abandoned > replicas.covered.load(Ordering::Acquire) {
                 self.note_write(None).await;
@@ -370,16 +410,60 @@ impl Db {
         }
     }
 
-    /// How long a read may wait for replica `index` before the primary is asked
-    /// instead: half the statement deadline, so that the primary has the other half.
+    /// How long a read may wait for a replica before the primary is asked too: half
+    /// the statement deadline, so that the primary has the other half.
     pub(crate) fn replica_patience(&self) -> Duration {
         self.shared.config.statement_timeout / 2
     }
 
-    /// Whether a read that failed on replica `index` is tried again on the primary:
-    /// the replica did not answer in time or its connection broke (it is then left
-    /// out for a while), or it cancelled the read for a conflict with recovery.
-    pub(crate) fn replica_failed(&self, index: usize, error: &Error) -> bool {
+    /// A read on replica `index` (`on_replica`), hedged: once the replica's patience
+    /// (counted from `asked`, checkout included) is spent, the same read starts on the
+    /// primary (`on_primary`) and the first answer wins; a replica that fails in a way
+    /// the primary can make good (unreachable, a conflict with recovery) hands the read
+    /// to the primary at once. A replica that lost the race or broke is left out for a
+    /// while; a slow answer that still came first is taken, and costs nothing.
+    pub(crate) async fn hedged<T, R, P, F>(
+        &self,
+        index: usize,
+        asked: Instant,
+        on_replica: R,
+        on_primary: P,
+    ) -> Result<T>
+    where
+        R: std::future::Future<Output = Result<T>>,
+        P: FnOnce() -> F,
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let mut on_replica = std::pin::pin!(on_replica);
+        let patience = self.replica_patience().saturating_sub(asked.elapsed());
+        tokio::select! {
+            biased;
+            answer = &mut on_replica => {
+                return match answer {
+                    Err(e) if self.replica_failed(index, &e) => on_primary().await,
+                    other => other,
+                };
+            }
+            () = tokio::time::sleep(patience) => {}
+        }
+        let mut on_primary = std::pin::pin!(on_primary());
+        tokio::select! {
+            biased;
+            answer = &mut on_replica => match answer {
+                Err(e) if self.replica_failed(index, &e) => on_primary.await,
+                other => other,
+            },
+            answer = &mut on_primary => {
+                self.replica_lost(index);
+                answer
+            }
+        }
+    }
+
+    /// Whether a read that failed on replica `index` should be answered by the primary:
+    /// the replica's connection broke (it is then left out for a while), or it
+    /// cancelled the read for a conflict with recovery.
+    fn replica_failed(&self, index: usize, error: &Error) -> bool {
         let Some(replica) = self
             .shared
             .replicas
@@ -400,6 +484,22 @@ impl Db {
             metrics::counter!(crate::monitor::DB_REPLICA_BEHIND).increment(1);
         }
         unreachable || conflict
+    }
+
+    /// Replica `index` was slower than the primary asked after its patience: left out
+    /// for a while (it is hung, or far slower than the primary).
+    fn replica_lost(&self, index: usize) {
+        if let Some(replica) = self
+            .shared
+            .replicas
+            .as_ref()
+            .and_then(|r| r.list.get(index))
+        {
+            replica.skip();
+            tracing::warn!(
+                "a replica answered slower than the primary: its reads go to the primary for a while"
+            );
+        }
     }
 
     /// After raw SQL, which may have written: the WAL position, outside a transaction

@@ -51,6 +51,9 @@ pub mod http;
 mod keys;
 mod listing;
 mod objects;
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+mod s3;
 mod signing;
 mod upload;
 
@@ -64,6 +67,8 @@ use uuid::Uuid;
 /// The byte buffers uploads take and downloads give (the `bytes` crate's).
 pub use bytes::Bytes;
 pub use keys::{validate_bucket, validate_path};
+#[cfg(feature = "s3")]
+pub use s3::S3Options;
 
 use crate::Table;
 use crate::cache::CacheService;
