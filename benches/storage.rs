@@ -179,8 +179,9 @@ fn storage(c: &mut Criterion) {
                 upsert: true,
                 ..Default::default()
             };
+            // Its own name: the database's rows are shared with the local store.
             on_s3
-                .upload_stream("bench", "big.bin", chunks(SIZE), options)
+                .upload_stream("bench", "big-on-s3.bin", chunks(SIZE), options)
                 .await
                 .expect("upload")
         })
