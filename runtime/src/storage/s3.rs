@@ -84,6 +84,10 @@ impl StorageService {
     /// (multipart uploads of 5 MiB parts), downloads and ranges come from S3, and
     /// signed URLs and the HTTP router work as over the filesystem.
     ///
+    /// HTTPS goes through rustls with the process's default crypto provider: when the
+    /// application has installed none, this installs *ring* (the provider the rest of
+    /// Tabula uses).
+    ///
     /// ```no_run
     /// # fn run(db: tabula::Db) -> tabula::Result<()> {
     /// use tabula::storage::{S3Options, StorageService};
@@ -108,6 +112,9 @@ impl StorageService {
                 .with_allow_http(endpoint.starts_with("http://"))
                 .with_virtual_hosted_style_request(false);
         }
+        // reqwest takes its TLS provider from the process default: *ring* (Tabula's
+        // own) unless the application installed one already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = builder
             .build()
             .map_err(|e| Error::Config(format!("S3 storage: {e}")))?;
