@@ -11,8 +11,23 @@ use crate::error::{Error, Result};
 
 impl StorageService {
     /// Deletes objects; returns how many existed.
+    ///
+    /// Each object's row and bytes go together: the work runs in a task of its own, so
+    /// a caller that stops waiting (a dropped future, a client that went away) cannot
+    /// leave a row whose bytes were deleted.
     #[tracing::instrument(name = "tabula.storage.delete_files", skip_all, fields(bucket = bucket))]
     pub async fn delete_files(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
+        let this = self.clone();
+        let bucket = bucket.to_owned();
+        let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+        crate::db::join_task(tokio::spawn(async move {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            this.delete_now(&bucket, &paths).await
+        }))
+        .await
+    }
+
+    async fn delete_now(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
         recorded(
             "delete",
             Box::pin(async {
@@ -57,13 +72,31 @@ impl StorageService {
     }
 
     /// Moves an object to a new path in the same bucket (fails if the target exists).
+    /// Runs in a task of its own: a caller that stops waiting cannot separate the row
+    /// from its bytes.
     pub async fn move_file(&self, bucket: &str, from: &str, to: &str) -> Result<()> {
-        self.relocate(bucket, from, to, true).await
+        self.relocate_in_task(bucket, from, to, true).await
     }
 
     /// Copies an object to a new path in the same bucket (fails if the target exists).
+    /// Runs in a task of its own, as [`move_file`](Self::move_file).
     pub async fn copy_file(&self, bucket: &str, from: &str, to: &str) -> Result<()> {
-        self.relocate(bucket, from, to, false).await
+        self.relocate_in_task(bucket, from, to, false).await
+    }
+
+    async fn relocate_in_task(
+        &self,
+        bucket: &str,
+        from: &str,
+        to: &str,
+        remove: bool,
+    ) -> Result<()> {
+        let this = self.clone();
+        let (bucket, from, to) = (bucket.to_owned(), from.to_owned(), to.to_owned());
+        crate::db::join_task(tokio::spawn(async move {
+            this.relocate(&bucket, &from, &to, remove).await
+        }))
+        .await
     }
 
     #[tracing::instrument(name = "tabula.storage.relocate", skip_all, fields(bucket = bucket, from = from, to = to))]

@@ -222,7 +222,47 @@ impl StorageService {
             .map(|b| format!("{b:02x}"))
             .collect();
 
-        // 2. Under the key's lock: checks, metadata row and rename, in one transaction.
+        // 2. Under the key's lock: checks, metadata row and rename, in one transaction
+        // — in a task of its own, so that a caller that stops waiting (a dropped
+        // future, a client gone) cannot separate the row from its bytes mid-way.
+        let this = self.clone();
+        let (bucket, path) = (bucket.to_owned(), path.to_owned());
+        crate::db::join_task(tokio::spawn(async move {
+            this.finish_upload(
+                &bucket,
+                &path,
+                Finished {
+                    temp,
+                    key,
+                    etag,
+                    size,
+                    cache_control,
+                },
+                options,
+                grant,
+            )
+            .await
+        }))
+        .await
+    }
+
+    /// Step 2 of [`upload`](Self::upload): the streamed bytes at `done.temp` become
+    /// the object.
+    async fn finish_upload(
+        &self,
+        bucket: &str,
+        path: &str,
+        done: Finished,
+        options: UploadOptions,
+        grant: Option<Grant>,
+    ) -> Result<String> {
+        let Finished {
+            temp,
+            key,
+            etag,
+            size,
+            cache_control,
+        } = done;
         let final_path = keys::store_path(bucket, path);
         let row = NewFileObject {
             bucket_id: bucket.to_owned(),
@@ -323,6 +363,16 @@ impl StorageService {
         }
         Ok(self.public_url(bucket, path))
     }
+}
+
+/// What step 1 of an upload leaves for step 2: the streamed bytes' temporary object,
+/// the object's name for errors, its hash, size and cache control.
+struct Finished {
+    temp: StorePath,
+    key: String,
+    etag: String,
+    size: i64,
+    cache_control: String,
 }
 
 /// What a failed upload's transaction had moved (bit flags).
