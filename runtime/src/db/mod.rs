@@ -65,6 +65,7 @@ pub(crate) use conn::{Conn, TxHandle, read_on_conn};
 pub use replica::ConsistencyToken;
 pub(crate) use replica::Route;
 pub use tx::Isolation;
+#[cfg(feature = "storage")]
 pub(crate) use tx::join_task;
 pub use verify::ModelSet;
 pub(crate) use write::{Invalidation, key_text, names};
