@@ -119,8 +119,18 @@ pub(crate) enum Storage {
 #[derive(clap::Args)]
 pub(crate) struct StorageSettings {
     /// The local store's folder.
-    #[arg(long, env = "TABULA_STORAGE_ROOT")]
+    #[arg(long, env = "TABULA_STORAGE_ROOT", conflicts_with = "s3_bucket")]
     root: Option<PathBuf>,
+    /// The S3 bucket of the store, instead of a folder (credentials from
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
+    #[arg(long, env = "TABULA_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// The S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// An S3-compatible store's URL (default: AWS).
+    #[arg(long, env = "TABULA_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
     /// The signing key (at least 32 bytes).
     #[arg(long, env = "TABULA_STORAGE_KEY", hide_env_values = true)]
     key: Option<String>,
@@ -308,14 +318,37 @@ pub(crate) async fn storage(
     settings: StorageSettings,
     command: Storage,
 ) -> Result<(), Failure> {
-    let root = settings.root.ok_or_else(|| {
-        Failure::setup("no storage folder: pass --root or set TABULA_STORAGE_ROOT")
-    })?;
     let key = settings
         .key
         .ok_or_else(|| Failure::setup("no signing key: pass --key or set TABULA_STORAGE_KEY"))?;
-    let storage =
-        tabula::storage::StorageService::local(db, &root, key.as_bytes(), &settings.base_url)?;
+    let storage = match (settings.s3_bucket, settings.root) {
+        (Some(bucket), _) => {
+            let credential = |name: &str| {
+                std::env::var(name).map_err(|_| {
+                    Failure::setup(format!("S3 storage needs {name} in the environment"))
+                })
+            };
+            let mut options = tabula::storage::S3Options::new(
+                bucket,
+                settings.s3_region,
+                credential("AWS_ACCESS_KEY_ID")?,
+                credential("AWS_SECRET_ACCESS_KEY")?,
+            );
+            if let Some(endpoint) = settings.s3_endpoint {
+                options = options.endpoint(endpoint);
+            }
+            tabula::storage::StorageService::s3(db, options, key.as_bytes(), &settings.base_url)?
+        }
+        (None, Some(root)) => {
+            tabula::storage::StorageService::local(db, &root, key.as_bytes(), &settings.base_url)?
+        }
+        (None, None) => {
+            return Err(Failure::setup(
+                "no store: pass --root (or TABULA_STORAGE_ROOT) for a folder, or --s3-bucket \
+                 (or TABULA_S3_BUCKET) for S3",
+            ));
+        }
+    };
     match command {
         Storage::Ls {
             bucket,
