@@ -278,3 +278,49 @@ async fn a_replica_that_cannot_be_reached_leaves_reads_to_the_primary() {
         started.elapsed()
     );
 }
+
+/// An application role, not a superuser, on a server where `pg_control_system()` is
+/// not granted to it: the replica's identity check (which reads the system
+/// identifier only where the role may) still connects, and its reads use the standby.
+#[tokio::test]
+async fn an_unprivileged_role_reads_the_replica() {
+    let _turn = TURN.lock().await;
+    let name = database().await;
+    let set = set();
+    let admin = Db::connect_with(DbConfig::new(set.primary_url(&name)).pool_size(1))
+        .await
+        .expect("admin");
+    admin
+        .execute_batch(
+            "DO $$ BEGIN CREATE ROLE app_reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC;
+             GRANT SELECT, INSERT, UPDATE ON notes TO app_reader;
+             INSERT INTO notes VALUES (1, 'v1');",
+        )
+        .await
+        .expect("role");
+    set.caught_up().await.expect("caught up");
+    let as_role = |url: String| url.replacen("postgres://postgres@", "postgres://app_reader@", 1);
+    let db = Db::connect_with(
+        DbConfig::new(as_role(set.primary_url(&name)))
+            .replica(as_role(set.replica_url(&name)))
+            .pool_size(2),
+    )
+    .await
+    .expect("an unprivileged role connects with a replica");
+    set.pause_replay().await.expect("pause");
+    let _resume = Resume;
+    admin
+        .execute_batch("UPDATE notes SET body = 'v2' WHERE id = 1")
+        .await
+        .expect("update elsewhere");
+    assert_eq!(
+        body(&db, 1).await.as_deref(),
+        Some("v1"),
+        "the standby answered: the replica was accepted"
+    );
+    admin
+        .execute_batch("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+        .await
+        .expect("restore");
+}

@@ -470,7 +470,6 @@ macro_rules! read_on_conn {
             let mut __tries = 0;
             let mut __replicas = true;
             loop {
-                let __asked = ::std::time::Instant::now();
                 let (mut __guard, __replica) = match __db.read_conn(__replicas).await {
                     Ok(routed) => routed,
                     Err(e) => break Err(e),
@@ -478,7 +477,7 @@ macro_rules! read_on_conn {
                 let __attempt: $crate::Result<_> = match __replica {
                     // On a replica: hedged by the primary once the replica's patience
                     // is spent (see `db/replica.rs`, rule 6).
-                    Some(__index) => {
+                    Some((__index, __asked)) => {
                         let __on_replica = async {
                             let $conn = __guard.get()?;
                             $body

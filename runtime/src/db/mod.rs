@@ -704,12 +704,7 @@ impl Db {
         let replicas = match config.replicas.is_empty() {
             true => None,
             false => {
-                let primary: String = first
-                    .query_opt(replica::WHAT_IT_IS, &[])
-                    .await?
-                    .map(|row| row.try_get(0))
-                    .transpose()?
-                    .unwrap_or_default();
+                let (primary, _) = replica::what_it_is(&mut first).await?;
                 let pools = config
                     .replicas
                     .iter()

@@ -12,7 +12,8 @@
 //! 2. **The check.** Each replica remembers the highest replay position it reported.
 //!    A read whose floor is at or below it goes straight to the replica; otherwise
 //!    the replica is asked (`pg_last_wal_replay_lsn()`, one round trip), and when it
-//!    is still behind, the read goes to the primary — it never waits for a replica.
+//!    is still behind, the read goes to the primary — it never waits for a replica to
+//!    catch up.
 //! 3. **The cache is filled from the primary.** A read that will fill the row cache,
 //!    a cached query or a unique value's mapping reads the primary, and so does every
 //!    read of a `#[cached]` function's body (a task-local flag; reads in tasks the
@@ -242,24 +243,39 @@ async fn replay_position(conn: &mut crate::pool::PgConn) -> Result<u64> {
 
 /// What a server must match to serve as a replica: the database's name and oid, and
 /// the cluster's system identifier where the role may read it (a standby shares its
-/// primary's).
-pub(crate) const WHAT_IT_IS: &str = "SELECT current_database()::text || '/' || \
-     (SELECT oid::text FROM pg_database WHERE datname = current_database()) || '/' || \
-     coalesce((SELECT system_identifier::text FROM pg_control_system() \
-               WHERE has_function_privilege('pg_control_system()', 'EXECUTE')), '?')";
+/// primary's). Two questions: PostgreSQL checks the right to call
+/// `pg_control_system()` when it plans the call, even in a branch never taken, so it
+/// is only asked of a role that may.
+pub(crate) async fn what_it_is(conn: &mut crate::pool::PgConn) -> Result<(String, bool)> {
+    const DATABASE: &str = "SELECT current_database()::text || '/' || \
+         (SELECT oid::text FROM pg_database WHERE datname = current_database()), \
+         has_function_privilege('pg_control_system()', 'EXECUTE'), pg_is_in_recovery()";
+    const CLUSTER: &str = "SELECT system_identifier::text FROM pg_control_system()";
+    let Some(row) = conn.query_opt(DATABASE, &[]).await? else {
+        return Err(Error::Connect(
+            "the server did not say which database it is".into(),
+        ));
+    };
+    let (database, may_ask, recovering): (String, bool, bool) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let cluster = match may_ask {
+        true => conn
+            .query_opt(CLUSTER, &[])
+            .await?
+            .map(|row| row.try_get::<_, String>(0))
+            .transpose()?
+            .unwrap_or_default(),
+        false => "?".to_owned(),
+    };
+    Ok((format!("{database}/{cluster}"), recovering))
+}
 
 /// Whether the server behind `conn` is a standby (in recovery) of the primary's
 /// database: another database, another cluster, or a server that is not in recovery
 /// (it would never replay the primary's writes) is not.
 async fn same_database(conn: &mut crate::pool::PgConn, primary: &str) -> Result<bool> {
-    let row = conn
-        .query_opt(&format!("SELECT ({WHAT_IT_IS}), pg_is_in_recovery()"), &[])
-        .await?;
-    let Some(row) = row else {
-        return Ok(false);
-    };
-    let (what, recovering): (Option<String>, bool) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(recovering && what.as_deref() == Some(primary))
+    let (what, recovering) = what_it_is(conn).await?;
+    Ok(recovering && what == primary)
 }
 
 /// Marks a write on a handle with replicas; dropped before [`WriteMark::done`] (the
@@ -366,13 +382,14 @@ impl Db {
         db
     }
 
-    /// A connection for a read, and the index of the replica it reaches: a replica's
+    /// A connection for a read, and the index of the replica it reaches with the time
+    /// it was asked for: a replica's
     /// when one may answer (see the module docs) and `replicas` allows, else the
     /// primary's (or the transaction's).
     pub(crate) async fn read_conn(
         &self,
         replicas_allowed: bool,
-    ) -> Result<(super::Conn, Option<usize>)> {
+    ) -> Result<(super::Conn, Option<(usize, Instant)>)> {
         if let Some(replicas) = &self.shared.replicas
             && replicas_allowed
             && !self.route.primary
@@ -381,6 +398,9 @@ impl Db {
             // A memoized body's reads fill the memo.
             && !crate::cache::memo::in_memo_body()
         {
+            // The replica's patience counts from here (checkout included); a handle
+            // without replicas never reads the clock for it.
+            let asked = Instant::now();
             // A write dropped mid-way may commit until its deadline has passed: until
             // then the primary answers; after, its position is asked once.
             let now = replicas.epoch.elapsed().as_millis() as u64;
@@ -397,7 +417,7 @@ impl Db {
                 .load(Ordering::Acquire)
                 .max(self.route.at_least);
             if let Some((conn, index)) = replicas.checkout(floor, self.replica_patience()).await {
-                return Ok((super::Conn::Pooled(conn), Some(index)));
+                return Ok((super::Conn::Pooled(conn), Some((index, asked))));
             }
         }
         Ok((self.conn().await?, None))
