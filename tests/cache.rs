@@ -72,14 +72,24 @@ fn near_redis() -> CacheService {
     CacheService::redis(&tabula::testkit::redis_url().expect("redis"), config).expect("cache")
 }
 
+/// A Redis Cluster of three masters (the test kit's, shared by this process).
+fn cluster_redis() -> CacheService {
+    let config = CacheConfig::default()
+        .prefix(unique_prefix())
+        .deadline(Duration::from_secs(2));
+    let urls = tabula::testkit::redis_cluster_urls().expect("redis cluster");
+    CacheService::redis_cluster(&urls, config).expect("cache")
+}
+
 /// The contract holds on every backend and tier: each contract test runs on Redis,
-/// on Redis behind a near tier, and in-process.
-fn backends() -> [CacheService; 3] {
+/// on Redis behind a near tier, in-process, and on a Redis Cluster.
+fn backends() -> [CacheService; 4] {
     let memory = CacheConfig::default().prefix(unique_prefix());
     [
         shared_redis(),
         near_redis(),
         CacheService::in_memory(memory).expect("memory"),
+        cluster_redis(),
     ]
 }
 
@@ -726,6 +736,7 @@ async fn structures(cache: &CacheService) {
 async fn data_structures_work_the_same_on_redis_and_in_process() {
     structures(&shared_redis()).await;
     structures(&near_redis()).await;
+    structures(&cluster_redis()).await;
     structures(
         &CacheService::in_memory(CacheConfig::default().prefix(unique_prefix())).expect("memory"),
     )
@@ -821,8 +832,8 @@ async fn insert_many_invalidates_the_cached_queries_of_its_table() {
 /// mistakes (INCR on text) are errors of that call, not an outage.
 #[tokio::test]
 async fn the_backends_agree_at_the_corners_of_the_api() {
-    let [redis, near, memory] = backends();
-    let both = [&redis, &near, &memory];
+    let [redis, near, memory, cluster] = backends();
+    let both = [&redis, &near, &memory, &cluster];
     for cache in both {
         for v in ["a", "b", "c"] {
             cache.list_push("l", v).await.expect("push");

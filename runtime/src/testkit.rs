@@ -549,18 +549,172 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas) on loopback, each a `redis-server
+/// --cluster-enabled yes` of its own, joined and given the 16,384 slots by `redis-cli
+/// --cluster create`. Stopped when dropped (or when this process exits).
+///
+/// ```no_run
+/// let cluster = tabula::testkit::RedisCluster::start()?;
+/// let cache = tabula::cache::CacheService::redis_cluster(&cluster.urls(), Default::default())?;
+/// # Ok::<(), tabula::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<Server>,
+}
+
+impl RedisCluster {
+    /// Starts three masters and waits until every one reports `cluster_state:ok`.
+    pub fn start() -> Result<RedisCluster> {
+        let cli = redis_cli()?;
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(start_redis_with(None, "--port", |_| {
+                Ok(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "5000".into(),
+                ])
+            })?);
+        }
+        let mut create = Command::new(&cli);
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        run_cli(&mut create, "redis-cli --cluster create")?;
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    /// `redis://127.0.0.1:<port>/` of every master, in start order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect()
+    }
+
+    /// The ports of the masters, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Moves `slots` hash slots from master `from` to master `to` (indices into
+    /// [`ports`](Self::ports)) with `redis-cli --cluster reshard`, keys and all, while
+    /// clients keep working (they follow `ASK` and `MOVED`).
+    pub fn reshard(&self, from: usize, to: usize, slots: u32) -> Result<()> {
+        let (Some(source), Some(target)) = (self.nodes.get(from), self.nodes.get(to)) else {
+            return Err(Error::Config("no such cluster node".into()));
+        };
+        let (source, target) = (node_id(source.port)?, node_id(target.port)?);
+        let mut reshard = Command::new(redis_cli()?);
+        reshard
+            .args(["--cluster", "reshard"])
+            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
+            .args(["--cluster-from", &source, "--cluster-to", &target])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .args(["--cluster-pipeline", "100"]);
+        run_cli(&mut reshard, "redis-cli --cluster reshard")?;
+        self.wait_ok()
+    }
+
+    fn wait_ok(&self) -> Result<()> {
+        let cli = redis_cli()?;
+        let started = Instant::now();
+        loop {
+            let ok = self.nodes.iter().all(|node| {
+                Command::new(&cli)
+                    .args(["-p", &node.port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .is_ok_and(|out| {
+                        String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+                    })
+            });
+            if ok {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(Error::Config(
+                    "the redis cluster did not become ready".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The URLs of the Redis Cluster for tests: `REDIS_CLUSTER_URLS` (comma-separated), or
+/// a throwaway [`RedisCluster`] started on first use and kept for this process.
+///
+/// ```no_run
+/// let urls = tabula::testkit::redis_cluster_urls()?;
+/// # Ok::<(), tabula::Error>(())
+/// ```
+pub fn redis_cluster_urls() -> Result<Vec<String>> {
+    if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
+        return Ok(urls.split(',').map(|u| u.trim().to_owned()).collect());
+    }
+    static CLUSTER: OnceLock<std::result::Result<RedisCluster, String>> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| RedisCluster::start().map_err(|e| e.to_string()))
+        .as_ref()
+        .map(RedisCluster::urls)
+        .map_err(|e| Error::Config(e.clone()))
+}
+
+fn redis_cli() -> Result<PathBuf> {
+    find_on_path("redis-cli")
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-cli")).filter(|p| p.is_file()))
+        .ok_or_else(|| Error::Config(format!("redis-cli not found; {INSTALL_HINT}")))
+}
+
+fn run_cli(command: &mut Command, what: &str) -> Result<()> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Config(format!("cannot run {what}: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )))
+}
+
+/// A cluster node's id.
+fn node_id(port: u16) -> Result<String> {
+    let out = Command::new(redis_cli()?)
+        .args(["-p", &port.to_string(), "CLUSTER", "MYID"])
+        .output()
+        .map_err(|e| Error::Config(format!("cannot run redis-cli: {e}")))?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if id.len() != 40 {
+        return Err(Error::Config(format!("no node id from port {port}: {id}")));
+    }
+    Ok(id)
+}
+
 fn start_redis() -> Result<Server> {
     start_redis_on(None)
 }
 
 fn start_redis_on(fixed_port: Option<u16>) -> Result<Server> {
-    start_redis_with(fixed_port, |_| Ok(Vec::new()))
+    start_redis_with(fixed_port, "--port", |_| Ok(Vec::new()))
 }
 
-/// Starts a redis-server; `extra` gets its folder and returns arguments that replace
-/// `--port <port>` (the port is appended to them).
+/// Starts a redis-server; `extra` gets its folder and returns arguments put before
+/// `{port_flag} <port>` (`--port`, or `--tls-port` for a TLS-only server).
 fn start_redis_with(
     fixed_port: Option<u16>,
+    port_flag: &str,
     extra: impl Fn(&Path) -> Result<Vec<String>>,
 ) -> Result<Server> {
     let redis = find_on_path("redis-server")
@@ -578,11 +732,7 @@ fn start_redis_with(
             Some(port) => port,
             None => free_port()?,
         };
-        let (port_flag, listen): (&str, &[String]) = match listen.as_slice() {
-            [] => ("--port", &[]),
-            more => ("--tls-port", more),
-        };
-        let mut args: Vec<String> = listen.to_vec();
+        let mut args: Vec<String> = listen.clone();
         args.extend(
             [
                 port_flag,
@@ -759,7 +909,7 @@ impl TlsRedis {
     pub fn start() -> Result<TlsRedis> {
         let certs = test_certs()?;
         let ca_file = std::sync::Mutex::new(PathBuf::new());
-        let server = start_redis_with(None, |dir| {
+        let server = start_redis_with(None, "--tls-port", |dir| {
             let cert = private_file(dir, "server.crt", &certs.cert, None)?;
             let key = private_file(dir, "server.key", &certs.key, None)?;
             let ca = private_file(dir, "ca.crt", &certs.ca, None)?;

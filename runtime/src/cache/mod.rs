@@ -158,6 +158,8 @@
 pub(crate) mod backend;
 #[cfg(feature = "cache")]
 mod breaker;
+#[cfg(feature = "cache")]
+mod cluster;
 pub(crate) mod fresh;
 mod key;
 pub(crate) mod memo;
@@ -784,6 +786,26 @@ impl CacheService {
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn redis(url: &str, config: CacheConfig) -> Result<Self> {
         let backend = RedisBackend::new(url, &config)?;
+        CacheService::build(backend, config)
+    }
+
+    /// A cache on a Redis Cluster, given the URL of one or more of its nodes (the
+    /// client learns the others, and follows slots as they move). Every protocol
+    /// script touches only keys it declares, in one hash slot: a namespace's epoch,
+    /// table generations and version counters share its slot, and each row's entry,
+    /// lease and scoped copies share a slot of their own, so rows spread over the
+    /// cluster. A cached read costs two round trips (the namespace's head, then the
+    /// rows). No near tier on a cluster yet ([`CacheConfig::near`] is refused).
+    ///
+    /// ```no_run
+    /// let nodes = ["redis://127.0.0.1:7000/".to_owned(), "redis://127.0.0.1:7001/".to_owned()];
+    /// let cache = tabula::cache::CacheService::redis_cluster(&nodes, Default::default())?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    #[cfg(feature = "cache")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+    pub fn redis_cluster(urls: &[String], config: CacheConfig) -> Result<Self> {
+        let backend = RedisBackend::cluster(urls, &config)?;
         CacheService::build(backend, config)
     }
 

@@ -28,6 +28,7 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, PushInfo, PushKind, RedisError, Script};
 
 use super::backend::{
@@ -93,7 +94,7 @@ static SCOPED_FILL: LazyLock<Script> =
 pub(crate) struct RedisBackend {
     /// Itself, for the background probe it spawns.
     me: Weak<RedisBackend>,
-    client: redis::Client,
+    client: Client,
     /// One connection per runtime: a connection's driver task lives on the runtime
     /// that opened it and dies with it, so another runtime must not borrow it.
     conns: Mutex<Vec<Conn>>,
@@ -134,7 +135,77 @@ pub(crate) fn fresh_epoch() -> String {
     super::row::token()[..16].to_owned()
 }
 
+/// What connections are made from: one server, or the nodes of a Redis Cluster.
+enum Client {
+    One(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// One runtime's connection: multiplexed to one server, or a cluster connection
+/// (which keeps one to each node and follows `MOVED` and `ASK`).
+#[derive(Clone)]
+pub(super) enum Wire {
+    One(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Wire {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Wire::One(c) => c.req_packed_command(cmd),
+            Wire::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Wire::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Wire::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Wire::One(c) => c.get_db(),
+            Wire::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 impl RedisBackend {
+    /// A cache on a Redis Cluster whose nodes include `urls` (the client learns the
+    /// rest). The protocol's names carry hash tags (see `cluster.rs`); no near tier.
+    pub(crate) fn cluster(urls: &[String], config: &CacheConfig) -> Result<Arc<Self>, Fault> {
+        let invalid = |e: RedisError| Fault::Config(format!("invalid redis cluster url: {e}"));
+        if urls.is_empty() {
+            return Err(Fault::Config(
+                "a redis cluster cache needs the URL of at least one node".into(),
+            ));
+        }
+        if config.near.is_some() {
+            return Err(Fault::Config(
+                "a near tier is not available on a redis cluster cache yet (CacheConfig::near)"
+                    .into(),
+            ));
+        }
+        if config.tls_root_cert.is_some() {
+            return Err(Fault::Config(
+                "CacheConfig::tls_root_cert is not available on a redis cluster cache yet".into(),
+            ));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            .connection_timeout(config.deadline)
+            .response_timeout(config.deadline)
+            .build()
+            .map_err(invalid)?;
+        Ok(Self::with_client(Client::Cluster(client), None, config))
+    }
+
     pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Arc<Self>, Fault> {
         let invalid = |e: RedisError| Fault::Config(format!("invalid redis url: {e}"));
         let mut info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
@@ -178,13 +249,17 @@ impl RedisBackend {
                 ));
             }
         };
+        Ok(Self::with_client(Client::One(client), near, config))
+    }
+
+    fn with_client(client: Client, near: Option<Arc<NearTier>>, config: &CacheConfig) -> Arc<Self> {
         let tracked_prefix = format!("{}:t:", config.prefix);
         if let (Some(near), Ok(mut all)) = (&near, NEAR_TIERS.lock()) {
             all.retain(|(_, tier)| tier.strong_count() > 0);
             all.push((tracked_prefix.clone(), Arc::downgrade(near)));
             ANY_NEAR_TIER.store(true, Ordering::Release);
         }
-        Ok(Arc::new_cyclic(|me| RedisBackend {
+        Arc::new_cyclic(|me| RedisBackend {
             me: me.clone(),
             client,
             conns: Mutex::default(),
@@ -203,7 +278,17 @@ impl RedisBackend {
                 .registry_window
                 .map_or(0, |w| super::registry_wait(w).as_millis())
                 .to_string(),
-        }))
+        })
+    }
+
+    /// `ARGV[3]` of every script: the registry wait in ms (`0`: none).
+    pub(super) fn registry_wait(&self) -> &str {
+        &self.registry_wait
+    }
+
+    /// Whether this is a Redis Cluster (the protocol of `cluster.rs`).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.client, Client::Cluster(_))
     }
 
     async fn connection(&self) -> Result<Link, Fault> {
@@ -228,18 +313,29 @@ impl RedisBackend {
                 serial,
             });
         }
-        let mut conn = tokio::time::timeout(
-            self.deadline,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| Fault::Timeout)?
-        .map_err(Fault::Redis)?;
-        self.check_server(&mut conn).await;
-        let tracked = match &self.near {
-            Some(_) => self.track(&mut conn).await,
-            None => false,
+        let mut conn = match &self.client {
+            Client::One(client) => {
+                let mut conn = tokio::time::timeout(
+                    self.deadline,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
+                .await
+                .map_err(|_| Fault::Timeout)?
+                .map_err(Fault::Redis)?;
+                self.check_server(&mut conn).await;
+                Wire::One(conn)
+            }
+            Client::Cluster(client) => {
+                let conn = tokio::time::timeout(self.deadline, client.get_async_connection())
+                    .await
+                    .map_err(|_| Fault::Timeout)?
+                    .map_err(Fault::Redis)?;
+                Wire::Cluster(conn)
+            }
+        };
+        let tracked = match (&self.near, &mut conn) {
+            (Some(_), Wire::One(one)) => self.track(one).await,
+            _ => false,
         };
         let heard = Arc::new(AtomicU64::new(self.now()));
         if let Ok(mut conns) = self.conns.lock() {
@@ -393,17 +489,27 @@ impl RedisBackend {
     }
 
     /// Replaces the epoch of every namespace used, if invalidations were lost.
-    async fn clean(&self, conn: &mut MultiplexedConnection) -> Result<(), Fault> {
+    async fn clean(&self, conn: &mut Wire) -> Result<(), Fault> {
         let seen = self.dirty.load(Ordering::Acquire);
         if seen == 0 {
             return Ok(());
         }
         let keys = self.epochs.lock().map(|e| e.clone()).unwrap_or_default();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.cmd("SET").arg(key).arg(fresh_epoch()).ignore();
+        if self.is_cluster() {
+            // Each epoch in its namespace's slot: one command each.
+            for key in &keys {
+                cmd!("SET", super::cluster::epoch_key(key), fresh_epoch())
+                    .query_async::<()>(conn)
+                    .await
+                    .map_err(Fault::Redis)?;
+            }
+        } else {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("SET").arg(key).arg(fresh_epoch()).ignore();
+            }
+            pipe.query_async::<()>(conn).await.map_err(Fault::Redis)?;
         }
-        pipe.query_async::<()>(conn).await.map_err(Fault::Redis)?;
         // The connection hears nothing of its own plain commands (NOLOOP).
         if let Some(near) = &self.near {
             near.flush();
@@ -423,9 +529,9 @@ impl RedisBackend {
 
     /// Runs `body` on the connection under the deadline and the breaker. While an
     /// invalidation is undelivered, the epochs are replaced before anything else runs.
-    async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
-        body: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+        body: impl AsyncFnOnce(&mut Wire) -> Result<T, RedisError>,
     ) -> Result<T, Fault> {
         if !self.breaker.allow() {
             return Err(Fault::Unavailable);
@@ -554,7 +660,7 @@ struct RowReply {
 }
 
 /// The bytes of a string reply.
-fn reply_bytes(value: redis::Value) -> Option<Vec<u8>> {
+pub(super) fn reply_bytes(value: redis::Value) -> Option<Vec<u8>> {
     match value {
         redis::Value::BulkString(b) => Some(b),
         redis::Value::SimpleString(s) => Some(s.into_bytes()),
@@ -564,7 +670,7 @@ fn reply_bytes(value: redis::Value) -> Option<Vec<u8>> {
 }
 
 /// The time a key has left, from its PTTL (`None`: no TTL, or no key).
-fn reply_left(value: &redis::Value) -> Option<Duration> {
+pub(super) fn reply_left(value: &redis::Value) -> Option<Duration> {
     match value {
         redis::Value::Int(ms) if *ms >= 0 => Some(Duration::from_millis(*ms as u64)),
         _ => None,
@@ -573,7 +679,7 @@ fn reply_left(value: &redis::Value) -> Option<Duration> {
 
 /// Text Redis holds: names built from anything else would never meet their
 /// invalidations, so such a reply is a failed lookup, not a hit.
-fn reply_text(value: Option<redis::Value>) -> Result<String, Fault> {
+pub(super) fn reply_text(value: Option<redis::Value>) -> Result<String, Fault> {
     value
         .and_then(reply_bytes)
         .and_then(|b| String::from_utf8(b).ok())
@@ -615,7 +721,7 @@ struct Conn {
     runtime: tokio::runtime::Id,
     /// Tells a late "ended" from a replaced connection apart.
     serial: u64,
-    conn: MultiplexedConnection,
+    conn: Wire,
     /// Whether invalidation pushes arrive on it (near tier).
     tracked: bool,
     /// When it last answered (nanoseconds after the backend was made).
@@ -624,7 +730,7 @@ struct Conn {
 
 /// A connection borrowed for one call, and where to say it answered.
 struct Link {
-    conn: MultiplexedConnection,
+    conn: Wire,
     heard: Arc<AtomicU64>,
 }
 
@@ -733,6 +839,9 @@ impl Backend for RedisBackend {
         get: RowGet<'a>,
     ) -> Pending<'a, Vec<Option<Vec<u8>>>> {
         Box::pin(async move {
+            if self.is_cluster() {
+                return self.cluster_row_get(ns, &get).await;
+            }
             if let Some(scope) = get.scope {
                 return self.scoped_get(ns, &get, scope).await;
             }
@@ -787,6 +896,9 @@ impl Backend for RedisBackend {
         key: &'a str,
     ) -> Pending<'a, RowPeek> {
         Box::pin(async move {
+            if self.is_cluster() {
+                return self.cluster_row_peek(ns, table, key).await;
+            }
             let reply: Vec<redis::Value> = self
                 .script(&ROW_PEEK, ns, &[table.as_bytes(), key.as_bytes()])
                 .await?;
@@ -808,6 +920,9 @@ impl Backend for RedisBackend {
 
     fn unique_get<'a>(&'a self, ns: &'a Namespace, get: RowGet<'a>) -> Pending<'a, UniqueFound> {
         Box::pin(async move {
+            if self.is_cluster() {
+                return self.cluster_unique_get(ns, &get).await;
+            }
             let Some(mapping) = get.keys.first() else {
                 return Ok(UniqueFound::Nothing);
             };
@@ -877,6 +992,9 @@ impl Backend for RedisBackend {
 
     fn row_fill<'a>(&'a self, ns: &'a Namespace, fill: RowFill<'a>) -> Pending<'a, u64> {
         Box::pin(async move {
+            if self.is_cluster() {
+                return self.cluster_row_fill(ns, &fill).await;
+            }
             let ttl = millis(fill.ttl);
             let mut args: Vec<&[u8]> = vec![fill.table.as_bytes(), fill.token.as_bytes(), &ttl];
             let n = fill.scope.map(|scope| scope.counters.len().to_string());
@@ -927,15 +1045,24 @@ impl Backend for RedisBackend {
                 args.push(table.as_bytes());
                 args.push(key.as_bytes());
             }
-            let mut delivered = self
-                .script::<Vec<redis::Value>>(&INVALIDATE, ns, &args)
-                .await;
+            let deliver = async || {
+                if self.is_cluster() {
+                    return self.cluster_invalidate(ns, &stale).await;
+                }
+                let reply = self
+                    .script::<Vec<redis::Value>>(&INVALIDATE, ns, &args)
+                    .await?;
+                Ok(reply
+                    .into_iter()
+                    .skip(1)
+                    .filter_map(|t| reply_text(Some(t)).ok())
+                    .collect())
+            };
+            let mut delivered = deliver().await;
             if matches!(&delivered, Err(fault) if fault.is_broken_connection()) {
                 // A connection broken before this call (Redis restarted): deliver on a
                 // new one rather than flush every entry for it.
-                delivered = self
-                    .script::<Vec<redis::Value>>(&INVALIDATE, ns, &args)
-                    .await;
+                delivered = deliver().await;
             }
             if delivered.is_err() {
                 self.mark_dirty();
@@ -944,13 +1071,7 @@ impl Backend for RedisBackend {
             // Under a registry window: the registered tables, read in the same step.
             let registry = match (delivered?, self.registry_wait.as_str()) {
                 (_, "0") => None,
-                (reply, _) => Some(
-                    reply
-                        .into_iter()
-                        .skip(1)
-                        .filter_map(|t| reply_text(Some(t)).ok())
-                        .collect(),
-                ),
+                (tables, _) => Some(tables),
             };
             Ok(registry)
         })
@@ -963,6 +1084,9 @@ impl Backend for RedisBackend {
         delete: bool,
     ) -> Pending<'a, (String, Option<Vec<u8>>, bool)> {
         Box::pin(async move {
+            if self.is_cluster() {
+                return self.cluster_versioned(ns, &name, delete).await;
+            }
             let near = self.near_now(name.near && !delete);
             if let Some(near) = near
                 && let Some((key, value)) =
@@ -1105,6 +1229,9 @@ impl Backend for RedisBackend {
 
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> Pending<'a, u64> {
         Box::pin(async move {
+            if self.is_cluster() {
+                return self.cluster_delete_matching(pattern).await;
+            }
             let (mut cursor, mut deleted) = (0u64, 0u64);
             loop {
                 let (next, keys): (u64, Vec<String>) = self

@@ -1,0 +1,617 @@
+//! The protocol of `backend.rs` on a Redis Cluster, where a script may touch only keys
+//! it declares, all in one hash slot.
+//!
+//! # Names
+//!
+//! A namespace's *head* — its epoch, its registry of cached tables, its table
+//! generations and its version counters — is four keys in the namespace's slot, tagged
+//! with its base (letters, digits and `_-.:` only, so never a brace):
+//! `{base}:{{base}}:epoch`, `…:reg`, `…:g` (a hash, table → generation) and `…:v` (a
+//! hash, counter → value). A row's entry, lease and scoped copies share the slot of a
+//! tag made from its table and key, so different rows spread over the cluster:
+//! `{base}:{epoch}:{{tag}}:r:{table}:{g}:{key}` (and `l`, `s`). A versioned name is
+//! one key, in whatever slot its name hashes to.
+//!
+//! # Two steps instead of one
+//!
+//! Every operation first runs `head.lua` on the namespace's slot (the epoch, the
+//! generations and counters it needs, rule 8's registration), then the row scripts on
+//! each row slot with names built from what the head answered. A step in between may
+//! see a write's head change and not yet its row deletions, or the reverse; the rules
+//! still hold:
+//!
+//! - A writer bumps the head first, then deletes the rows it names under the epoch and
+//!   generation its own head step answered. A reader's lease taken before that deletion
+//!   is deleted with it, so its fill is refused (rule 3); a lease taken after it was
+//!   taken after the write committed, so its database read sees the write.
+//! - A generation or epoch bumped since a reader's head step leaves that reader
+//!   working on names no later reader resolves: a late fill lands where nobody looks
+//!   (and expires with its TTL). A fill resolves the head again before it stores, so a
+//!   lease taken under an older generation finds nothing to fill under the new one.
+//! - An invalidation that fails half-way is reported (`Err`), which makes the backend
+//!   dirty and replaces the namespace's epoch (rule 4's later delivery, `redis.rs`).
+//!
+//! What this costs: a cached read is two round trips (the head, then the rows), a fill
+//! three, a unique finder's read three. Keys of a multi-row call are grouped by slot,
+//! one script per slot, all in flight together.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{FromRedisValue, RedisError, Script};
+
+use super::Fault;
+use super::backend::{Namespace, RowFill, RowGet, RowPeek, Scoped, Stale, UniqueFound, Versioned};
+use super::redis::{RedisBackend, Wire, reply_bytes, reply_left, reply_text};
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("#!lua\n{body}"))
+}
+
+static HEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/head.lua")));
+static ROWS_GET: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/cluster/rows_get.lua")));
+static ROWS_FILL: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/cluster/rows_fill.lua")));
+static SCOPED_GET: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/cluster/scoped_get.lua")));
+static SCOPED_FILL: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/cluster/scoped_fill.lua")));
+static PEEK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/peek.lua")));
+static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/get.lua")));
+
+/// The cluster's epoch key of a namespace, from its single-server epoch key
+/// (`{base}:epoch`, the name `register` records).
+pub(super) fn epoch_key(single: &str) -> String {
+    let base = single.strip_suffix(":epoch").unwrap_or(single);
+    head_key(base, "epoch")
+}
+
+fn head_key(base: &str, what: &str) -> String {
+    format!("{base}:{{{base}}}:{what}")
+}
+
+/// The slot tag of a row: 16 hex digits of a 64-bit FNV-1a hash of its table and key
+/// (a key may hold braces; the hash never does).
+fn row_tag(table: &str, key: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in table.bytes().chain([0]).chain(key.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// A row's entry (`r`), lease (`l`) or scoped copies (`s`).
+fn row_name(base: &str, epoch: &str, kind: char, table: &str, g: &str, key: &str) -> String {
+    let tag = row_tag(table, key);
+    format!("{base}:{epoch}:{{{tag}}}:{kind}:{table}:{g}:{key}")
+}
+
+/// What a head step does besides answering the epoch.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Registers tables (rule 8) and answers whether leases may be taken.
+    Read,
+    /// Bumps counters and generations; under a window answers the registered tables.
+    Write,
+    /// Changes nothing.
+    Peek,
+}
+
+#[derive(Default)]
+struct Ask<'a> {
+    bump_counters: &'a [String],
+    bump_tables: &'a [String],
+    tables: Vec<&'a str>,
+    counters: &'a [String],
+    register: Vec<&'a str>,
+}
+
+/// What a head step answered.
+struct Head {
+    /// `None`: a peek of a namespace that has no epoch (nothing cached in it).
+    epoch: Option<String>,
+    /// Whether leases may be taken (rule 8).
+    leases: bool,
+    generations: Vec<String>,
+    counters: Vec<String>,
+    registered: Vec<String>,
+}
+
+/// The tables of the version counters among `counters` (rule 8 registers them).
+fn counter_tables(counters: &[String]) -> impl Iterator<Item = &str> {
+    counters.iter().filter_map(|c| c.strip_prefix("v:"))
+}
+
+/// `keys` grouped by slot: per slot, the indices of its keys in order.
+fn by_slot<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<Vec<usize>> {
+    let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
+    for (i, key) in keys.enumerate() {
+        groups.entry(Slot::for_key(key)).or_default().push(i);
+    }
+    groups.into_values().collect()
+}
+
+async fn eval<T: FromRedisValue>(
+    conn: &mut Wire,
+    script: &Script,
+    keys: &[&str],
+    args: &[&[u8]],
+) -> Result<T, RedisError> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(*key);
+    }
+    for arg in args {
+        invocation.arg(*arg);
+    }
+    invocation.invoke_async(conn).await
+}
+
+fn millis(d: Duration) -> Vec<u8> {
+    d.as_millis().to_string().into_bytes()
+}
+
+impl RedisBackend {
+    /// The head step (see the module docs).
+    async fn head(
+        &self,
+        conn: &mut Wire,
+        ns: &Namespace,
+        mode: Mode,
+        ask: &Ask<'_>,
+    ) -> Result<Head, RedisError> {
+        let keys = ["epoch", "reg", "g", "v"].map(|what| head_key(&ns.base, what));
+        let fresh = super::redis::fresh_epoch();
+        let mode_word: &[u8] = match mode {
+            Mode::Read => b"read",
+            Mode::Write => b"write",
+            Mode::Peek => b"peek",
+        };
+        let lens = [
+            ask.bump_counters.len(),
+            ask.bump_tables.len(),
+            ask.tables.len(),
+            ask.counters.len(),
+            ask.register.len(),
+        ]
+        .map(|n| n.to_string());
+        let mut args: Vec<&[u8]> =
+            vec![fresh.as_bytes(), self.registry_wait().as_bytes(), mode_word];
+        args.push(lens[0].as_bytes());
+        args.extend(ask.bump_counters.iter().map(|c| c.as_bytes()));
+        args.push(lens[1].as_bytes());
+        args.extend(ask.bump_tables.iter().map(|t| t.as_bytes()));
+        args.push(lens[2].as_bytes());
+        args.extend(ask.tables.iter().map(|t| t.as_bytes()));
+        args.push(lens[3].as_bytes());
+        args.extend(ask.counters.iter().map(|c| c.as_bytes()));
+        args.push(lens[4].as_bytes());
+        args.extend(ask.register.iter().map(|t| t.as_bytes()));
+        let keys = keys.each_ref().map(String::as_str);
+        let reply: Vec<redis::Value> = eval(conn, &HEAD, &keys, &args).await?;
+        let wrong = || {
+            RedisError::from((
+                redis::ErrorKind::Parse,
+                "a head step answered the wrong shape",
+            ))
+        };
+        let mut parts = reply.into_iter();
+        let epoch = reply_text(parts.next()).map_err(|_| wrong())?;
+        if epoch.is_empty() {
+            return Ok(Head {
+                epoch: None,
+                leases: false,
+                generations: Vec::new(),
+                counters: Vec::new(),
+                registered: Vec::new(),
+            });
+        }
+        let leases = matches!(parts.next(), Some(redis::Value::Int(1)));
+        let mut text = |n: usize| -> Result<Vec<String>, RedisError> {
+            (0..n)
+                .map(|_| reply_text(parts.next()).map_err(|_| wrong()))
+                .collect()
+        };
+        let generations = text(ask.tables.len())?;
+        let counters = text(ask.counters.len())?;
+        let registered = parts.filter_map(|t| reply_text(Some(t)).ok()).collect();
+        Ok(Head {
+            epoch: Some(epoch),
+            leases,
+            generations,
+            counters,
+            registered,
+        })
+    }
+
+    /// Rule 2 (and 6 for a scope) on the cluster.
+    pub(super) async fn cluster_row_get(
+        &self,
+        ns: &Namespace,
+        get: &RowGet<'_>,
+    ) -> Result<Vec<Option<Vec<u8>>>, Fault> {
+        self.call(async |conn| {
+            let counters: &[String] = get.scope.map_or(&[], |s| &s.counters);
+            let mut register: Vec<&str> = counter_tables(counters).collect();
+            register.push(get.table);
+            let ask = Ask {
+                tables: vec![get.table],
+                counters,
+                register,
+                ..Ask::default()
+            };
+            let head = self.head(conn, ns, Mode::Read, &ask).await?;
+            let epoch = head.epoch.as_deref().unwrap_or_default();
+            let g = head.generations.first().map_or("0", String::as_str);
+            let lease = millis(get.lease);
+            let leases: &[u8] = if head.leases { b"1" } else { b"0" };
+            let mut out = vec![None; get.keys.len()];
+            match get.scope {
+                Some(scope) => {
+                    let field = scoped_field(scope, &head.counters);
+                    let names: Vec<String> = get
+                        .keys
+                        .iter()
+                        .map(|k| row_name(&ns.base, epoch, 's', get.table, g, k))
+                        .collect();
+                    let groups = by_slot(names.iter().map(String::as_str));
+                    let answers = try_join_all(groups.iter().map(|group| {
+                        let mut conn = conn.clone();
+                        let keys: Vec<&str> = group.iter().map(|i| names[*i].as_str()).collect();
+                        let args: Vec<&[u8]> = vec![
+                            get.token.as_bytes(),
+                            &lease,
+                            get.shape.as_bytes(),
+                            leases,
+                            field.as_bytes(),
+                        ];
+                        async move {
+                            eval::<Vec<redis::Value>>(&mut conn, &SCOPED_GET, &keys, &args).await
+                        }
+                    }))
+                    .await?;
+                    for (group, answer) in groups.iter().zip(answers) {
+                        for (i, value) in group.iter().zip(answer) {
+                            out[*i] = reply_bytes(value).filter(|v| !v.is_empty());
+                        }
+                    }
+                }
+                None => {
+                    let names: Vec<[String; 2]> = get
+                        .keys
+                        .iter()
+                        .map(|k| {
+                            ['r', 'l'].map(|kind| row_name(&ns.base, epoch, kind, get.table, g, k))
+                        })
+                        .collect();
+                    let groups = by_slot(names.iter().map(|n| n[0].as_str()));
+                    let answers = try_join_all(groups.iter().map(|group| {
+                        let mut conn = conn.clone();
+                        let keys: Vec<&str> = group
+                            .iter()
+                            .flat_map(|i| names[*i].iter().map(String::as_str))
+                            .collect();
+                        let args: Vec<&[u8]> =
+                            vec![get.token.as_bytes(), &lease, get.shape.as_bytes(), leases];
+                        async move {
+                            eval::<Vec<redis::Value>>(&mut conn, &ROWS_GET, &keys, &args).await
+                        }
+                    }))
+                    .await?;
+                    for (group, answer) in groups.iter().zip(answers) {
+                        let values = answer.into_iter().step_by(2);
+                        for (i, value) in group.iter().zip(values) {
+                            out[*i] = reply_bytes(value).filter(|v| !v.is_empty());
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Rule 3 (and 6) on the cluster: the head is read again, so a lease taken under
+    /// a generation or epoch since replaced finds nothing to fill.
+    pub(super) async fn cluster_row_fill(
+        &self,
+        ns: &Namespace,
+        fill: &RowFill<'_>,
+    ) -> Result<u64, Fault> {
+        self.call(async |conn| {
+            let counters: &[String] = fill.scope.map_or(&[], |s| &s.counters);
+            let ask = Ask {
+                tables: vec![fill.table],
+                counters,
+                ..Ask::default()
+            };
+            let head = self.head(conn, ns, Mode::Peek, &ask).await?;
+            let Some(epoch) = head.epoch.as_deref() else {
+                return Ok(0);
+            };
+            let g = head.generations.first().map_or("0", String::as_str);
+            let ttl = millis(fill.ttl);
+            let field = fill.scope.map(|scope| scoped_field(scope, &head.counters));
+            let kinds: &[char] = if fill.scope.is_some() {
+                &['s']
+            } else {
+                &['r', 'l']
+            };
+            let names: Vec<Vec<String>> = fill
+                .entries
+                .iter()
+                .map(|(k, _)| {
+                    kinds
+                        .iter()
+                        .map(|kind| row_name(&ns.base, epoch, *kind, fill.table, g, k))
+                        .collect()
+                })
+                .collect();
+            let groups = by_slot(names.iter().map(|n| n[0].as_str()));
+            let filled = try_join_all(groups.iter().map(|group| {
+                let mut conn = conn.clone();
+                let keys: Vec<&str> = group
+                    .iter()
+                    .flat_map(|i| names[*i].iter().map(String::as_str))
+                    .collect();
+                let mut args: Vec<&[u8]> = vec![fill.token.as_bytes(), &ttl];
+                if let Some(field) = &field {
+                    args.push(field.as_bytes());
+                }
+                args.extend(group.iter().map(|i| fill.entries[*i].1.as_slice()));
+                let script: &Script = if field.is_some() {
+                    &SCOPED_FILL
+                } else {
+                    &ROWS_FILL
+                };
+                async move { eval::<u64>(&mut conn, script, &keys, &args).await }
+            }))
+            .await?;
+            Ok(filled.into_iter().sum())
+        })
+        .await
+    }
+
+    /// Rule 7 on the cluster: the mapping, then the row it names (two row steps).
+    pub(super) async fn cluster_unique_get(
+        &self,
+        ns: &Namespace,
+        get: &RowGet<'_>,
+    ) -> Result<UniqueFound, Fault> {
+        let Some(mapping) = get.keys.first() else {
+            return Ok(UniqueFound::Nothing);
+        };
+        let found = self
+            .cluster_row_get(
+                ns,
+                &RowGet {
+                    keys: std::slice::from_ref(mapping),
+                    ..*get
+                },
+            )
+            .await?;
+        let Some(entry) = found.into_iter().next().flatten() else {
+            return Ok(UniqueFound::Nothing);
+        };
+        let key =
+            String::from_utf8_lossy(entry.get(get.shape.len()..).unwrap_or_default()).into_owned();
+        let row = self
+            .cluster_row_get(
+                ns,
+                &RowGet {
+                    keys: std::slice::from_ref(&key),
+                    ..*get
+                },
+            )
+            .await?;
+        Ok(match row.into_iter().next().flatten() {
+            Some(row) => UniqueFound::Both(entry, row),
+            None => UniqueFound::Mapping(entry),
+        })
+    }
+
+    pub(super) async fn cluster_row_peek(
+        &self,
+        ns: &Namespace,
+        table: &str,
+        key: &str,
+    ) -> Result<RowPeek, Fault> {
+        self.call(async |conn| {
+            let ask = Ask {
+                tables: vec![table],
+                ..Ask::default()
+            };
+            let head = self.head(conn, ns, Mode::Peek, &ask).await?;
+            let Some(epoch) = head.epoch.as_deref() else {
+                return Ok(RowPeek::default());
+            };
+            let g = head.generations.first().map_or("0", String::as_str);
+            let names = ['r', 'l', 's'].map(|kind| row_name(&ns.base, epoch, kind, table, g, key));
+            let keys = names.each_ref().map(String::as_str);
+            let reply: Vec<redis::Value> = eval(conn, &PEEK, &keys, &[]).await?;
+            let [value, ttl, leased, copies] =
+                <[redis::Value; 4]>::try_from(reply).map_err(|_| {
+                    RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "a row peek answered the wrong shape",
+                    ))
+                })?;
+            let count = |v: &redis::Value| match v {
+                redis::Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
+            let value = reply_bytes(value).unwrap_or_default();
+            Ok(RowPeek {
+                entry: (!value.is_empty()).then(|| (value, reply_left(&ttl))),
+                leased: count(&leased) > 0,
+                scoped_copies: count(&copies),
+            })
+        })
+        .await
+    }
+
+    /// Rule 4 on the cluster: the head's bumps, then each named row's deletion under
+    /// the epoch and generation the head answered. Under a registry window, the
+    /// registered tables.
+    pub(super) async fn cluster_invalidate(
+        &self,
+        ns: &Namespace,
+        stale: &Stale<'_>,
+    ) -> Result<Vec<String>, Fault> {
+        self.call(async |conn| {
+            let mut tables: Vec<&str> = stale.rows.iter().map(|(t, _)| t.as_str()).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            let ask = Ask {
+                bump_counters: stale.counters,
+                bump_tables: stale.generations,
+                tables: tables.clone(),
+                ..Ask::default()
+            };
+            let head = self.head(conn, ns, Mode::Write, &ask).await?;
+            let epoch = head.epoch.as_deref().unwrap_or_default();
+            let names: Vec<String> = stale
+                .rows
+                .iter()
+                .flat_map(|(table, key)| {
+                    let g = tables
+                        .iter()
+                        .position(|t| t == table)
+                        .and_then(|i| head.generations.get(i))
+                        .map_or("0", String::as_str);
+                    ['r', 'l', 's'].map(|kind| row_name(&ns.base, epoch, kind, table, g, key))
+                })
+                .collect();
+            let groups = by_slot(names.iter().map(String::as_str));
+            try_join_all(groups.iter().map(|group| {
+                let mut conn = conn.clone();
+                let mut del = redis::cmd("DEL");
+                for i in group {
+                    del.arg(&names[*i]);
+                }
+                async move { del.query_async::<i64>(&mut conn).await }
+            }))
+            .await?;
+            Ok(head.registered)
+        })
+        .await
+    }
+
+    /// Rule 5 on the cluster: the head resolves the name, then one key is read (or
+    /// deleted) in its own slot.
+    pub(super) async fn cluster_versioned(
+        &self,
+        ns: &Namespace,
+        name: &Versioned<'_>,
+        delete: bool,
+    ) -> Result<(String, Option<Vec<u8>>, bool), Fault> {
+        self.call(async |conn| {
+            let ask = Ask {
+                counters: name.counters,
+                register: if delete {
+                    Vec::new()
+                } else {
+                    counter_tables(name.counters).collect()
+                },
+                ..Ask::default()
+            };
+            let head = self.head(conn, ns, Mode::Read, &ask).await?;
+            let epoch = head.epoch.as_deref().unwrap_or_default();
+            let key = format!(
+                "{}:{epoch}:{}:{}:{}",
+                ns.base,
+                name.kind,
+                head.counters.join(","),
+                name.suffix
+            );
+            if delete {
+                redis::cmd("DEL").arg(&key).query_async::<i64>(conn).await?;
+                return Ok((key, None, false));
+            }
+            let reply: Vec<redis::Value> = eval(conn, &GET, &[key.as_str()], &[]).await?;
+            let value = reply
+                .into_iter()
+                .next()
+                .and_then(reply_bytes)
+                .filter(|v| !v.is_empty());
+            Ok((key, value, head.leases))
+        })
+        .await
+    }
+
+    /// Deletes every key matching `pattern` on every master of the cluster.
+    pub(super) async fn cluster_delete_matching(&self, pattern: &str) -> Result<u64, Fault> {
+        let nodes: String = self
+            .call(async |conn| redis::cmd("CLUSTER").arg("NODES").query_async(conn).await)
+            .await?;
+        let masters: Vec<(String, u16)> = nodes
+            .lines()
+            .filter(|line| {
+                line.split(' ')
+                    .nth(2)
+                    .is_some_and(|flags| flags.contains("master"))
+            })
+            .filter_map(|line| {
+                let address = line.split(' ').nth(1)?.split('@').next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                Some((host.to_owned(), port.parse().ok()?))
+            })
+            .collect();
+        let mut deleted = 0;
+        for (host, port) in masters {
+            let mut cursor = 0u64;
+            loop {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port,
+                });
+                let (next, keys): (u64, Vec<String>) = self
+                    .call(async |conn| {
+                        let Wire::Cluster(cluster) = conn else {
+                            return Err(RedisError::from((
+                                redis::ErrorKind::Client,
+                                "not a cluster",
+                            )));
+                        };
+                        let mut scan = redis::cmd("SCAN");
+                        scan.arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(500);
+                        let value = cluster.route_command(scan, route).await?;
+                        Ok(redis::from_redis_value(value)?)
+                    })
+                    .await?;
+                for key in &keys {
+                    deleted += self
+                        .call(async |conn| {
+                            redis::cmd("UNLINK").arg(key).query_async::<u64>(conn).await
+                        })
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// A scope's field in a row's scoped hash: its id, then the counter values the head
+/// answered.
+fn scoped_field(scope: &Scoped, values: &[String]) -> String {
+    let mut field = scope.id.to_string();
+    for value in values {
+        field.push(',');
+        field.push_str(value);
+    }
+    field
+}

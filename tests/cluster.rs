@@ -1,0 +1,307 @@
+//! The cache on a Redis Cluster of three masters started by the test kit: rows spread
+//! over every master, each row's entry and lease in one slot, and a slot migration
+//! under a read/write workload that fails no request and serves nothing stale. (The
+//! whole cache contract runs on the cluster too: `tests/cache.rs`, `backends()`.)
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tabula::testkit::RedisCluster;
+use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+use uuid::Uuid;
+
+#[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[table(name = "profiles", cache(ttl = 300))]
+struct Cached {
+    #[table(primary_key, generated)]
+    id: Uuid,
+    user_id: Uuid,
+    #[table(unique)]
+    username: String,
+    avatar_url: Option<String>,
+}
+
+fn cluster_cache(urls: &[String], prefix: &str) -> CacheService {
+    let config = CacheConfig::default()
+        .prefix(prefix)
+        .deadline(Duration::from_secs(2));
+    CacheService::redis_cluster(urls, config).expect("cache")
+}
+
+async fn db_with(cache: CacheService) -> Db {
+    let (_, url) = common::db_and_url().await;
+    Db::connect_with(DbConfig::new(url).cache(cache))
+        .await
+        .expect("db")
+}
+
+fn new_cached(name: &str) -> NewCached {
+    NewCached {
+        user_id: Uuid::new_v4(),
+        username: name.into(),
+        avatar_url: None,
+    }
+}
+
+/// Changes a row behind the cache's back: a read that still answers the old value
+/// came from the cache.
+async fn poke(db: &Db, id: Uuid, avatar: &str) {
+    let avatar = avatar.to_owned();
+    db.with_client(async |c| {
+        c.execute(
+            "UPDATE profiles SET avatar_url = $1 WHERE id = $2",
+            &[&avatar, &id],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+    .expect("poke");
+}
+
+/// The keys under `pattern` on one node (not the cluster: this node's own).
+async fn keys_on(port: u16, pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node");
+    conn.keys(pattern).await.expect("keys")
+}
+
+#[tokio::test]
+async fn rows_spread_over_every_master_with_entry_and_lease_in_one_slot() {
+    let cluster = RedisCluster::start().expect("cluster");
+    let db = db_with(cluster_cache(&cluster.urls(), "spread")).await;
+    let rows = db
+        .create_many((0..300).map(|i| new_cached(&format!("c{i}"))).collect())
+        .await
+        .expect("seed");
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(db.warm::<Cached>(&ids).await.expect("warm"), 300);
+
+    let mut entries = 0;
+    for port in cluster.ports() {
+        let here = keys_on(port, "spread:*:r:*").await;
+        assert!(
+            here.len() > 30,
+            "node {port} holds {} of 300 row entries: rows do not spread",
+            here.len()
+        );
+        entries += here.len();
+    }
+    assert_eq!(entries, 300, "one entry per row, on one node each");
+
+    // Served from the cache: a change behind its back is not seen until a write.
+    poke(&db, ids[7], "behind").await;
+    let cached = db.read::<Cached>(ids[7]).await.expect("read").expect("row");
+    assert_eq!(cached.avatar_url, None, "a hit, from the cluster");
+    db.update::<Cached>(
+        ids[7],
+        CachedPatch {
+            avatar_url: Some(Some("written".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("write");
+    let fresh = db.read::<Cached>(ids[7]).await.expect("read").expect("row");
+    assert_eq!(fresh.avatar_url.as_deref(), Some("written"));
+
+    // A row's lease and scoped copies are named in its entry's slot (a script may
+    // touch only one slot), while rows of one table are in many slots.
+    let port = cluster.ports()[0];
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
+    let mut node = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node");
+    let mut slots = std::collections::HashSet::new();
+    for entry in keys_on(port, "spread:*:r:*").await {
+        let slot = |name: String| {
+            let mut node = node.clone();
+            async move {
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(name)
+                    .query_async::<i64>(&mut node)
+                    .await
+                    .expect("keyslot")
+            }
+        };
+        let own = slot(entry.clone()).await;
+        assert_eq!(own, slot(entry.replacen(":r:", ":l:", 1)).await, "{entry}");
+        assert_eq!(own, slot(entry.replacen(":r:", ":s:", 1)).await, "{entry}");
+        slots.insert(own);
+    }
+    assert!(slots.len() > 20, "rows of one node share few slots: {slots:?}");
+    let _ = &mut node;
+
+    // The namespace's head (epoch, generations, counters) is one slot of its own.
+    let mut heads = Vec::new();
+    for port in cluster.ports() {
+        for key in keys_on(port, "spread:t:*:{spread:t:*}:*").await {
+            heads.push((port, key));
+        }
+    }
+    assert!(heads.len() >= 3, "epoch, registry, counters: {heads:?}");
+    assert!(
+        heads.iter().all(|(port, _)| *port == heads[0].0),
+        "the head's keys share one node: {heads:?}"
+    );
+}
+
+/// Rows move between masters while 4 writers and 6 readers work: no request fails,
+/// no read answers a version older than one whose write had returned, and the cache
+/// keeps answering (a row changed behind its back is still served as cached).
+#[tokio::test]
+async fn a_reshard_under_load_fails_nothing_and_serves_nothing_stale() {
+    let cluster = Arc::new(RedisCluster::start().expect("cluster"));
+    let cache = cluster_cache(&cluster.urls(), "moving");
+    let db = db_with(cache.clone()).await;
+    let rows = db
+        .create_many((0..200).map(|i| new_cached(&format!("m{i}"))).collect())
+        .await
+        .expect("seed");
+    let ids: Arc<Vec<Uuid>> = Arc::new(rows.iter().map(|r| r.id).collect());
+    let done: Arc<Vec<AtomicI64>> = Arc::new((0..ids.len()).map(|_| AtomicI64::new(-1)).collect());
+    let (stale, failed, hits) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    // Every task works until the slots have moved (and at least its minimum).
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let moving = {
+        let (cluster, moved) = (cluster.clone(), moved.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = cluster
+                .reshard(0, 1, 2000)
+                .and_then(|()| cluster.reshard(1, 2, 3000));
+            moved.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    let checks = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let (db, ids, done, failed) = (db.clone(), ids.clone(), done.clone(), failed.clone());
+        let moved = moved.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut step = 0usize;
+            while step < 100 || !moved.load(Ordering::SeqCst) {
+                step += 1;
+                let row = (w + 4 * (step * 7)) % 160;
+                let row = row - row % 4 + w; // each row has one writer
+                let version = done[row].load(Ordering::SeqCst) + 1;
+                let patch = CachedPatch {
+                    avatar_url: Some(Some(version.to_string())),
+                    ..Default::default()
+                };
+                match db.update::<Cached>(ids[row], patch).await {
+                    Ok(_) => done[row].store(version, Ordering::SeqCst),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for r in 0..6usize {
+        let (db, ids, done) = (db.clone(), ids.clone(), done.clone());
+        let (stale, failed, moved) = (stale.clone(), failed.clone(), moved.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut step = 0usize;
+            while step < 200 || !moved.load(Ordering::SeqCst) {
+                step += 1;
+                let row = (r * 31 + step * 13) % 160;
+                let floor = done[row].load(Ordering::SeqCst);
+                match db.read::<Cached>(ids[row]).await {
+                    Ok(Some(got)) => {
+                        let seen: i64 = got
+                            .avatar_url
+                            .as_deref()
+                            .map_or(-1, |v| v.parse().unwrap_or(-1));
+                        if seen < floor {
+                            stale.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    // Rows 160..200 are never written: each is read (filled), changed behind the
+    // cache's back, and read again — the old value means the cache answered.
+    {
+        let (db, ids, hits, failed) = (db.clone(), ids.clone(), hits.clone(), failed.clone());
+        let (moved, checks) = (moved.clone(), checks.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut round = 0;
+            while round < 2 || !moved.load(Ordering::SeqCst) {
+                round += 1;
+                for row in 160..200 {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    let before = db.read::<Cached>(ids[row]).await;
+                    poke(&db, ids[row], &format!("behind{round}")).await;
+                    let after = db.read::<Cached>(ids[row]).await;
+                    match (before, after) {
+                        (Ok(Some(a)), Ok(Some(b))) if a == b => {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        (Ok(Some(_)), Ok(Some(_))) => {}
+                        _ => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    // A write makes the next round read the new value, then cache it.
+                    if db
+                        .update::<Cached>(ids[row], CachedPatch::default())
+                        .await
+                        .is_err()
+                    {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    // The cache's own API, beside: every call answers.
+    {
+        let (cache, failed, moved) = (cache.clone(), failed.clone(), moved.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while i < 200 || !moved.load(Ordering::SeqCst) {
+                i += 1;
+                let key = format!("k{}", i % 97);
+                if cache.set(&key, &i, Some(60)).await.is_err() {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                match cache.get::<u64>(&key).await {
+                    Ok(Some(v)) if v == i => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    moving.await.expect("reshard thread").expect("reshard");
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests");
+    assert_eq!(stale.load(Ordering::SeqCst), 0, "stale reads");
+    let (hits, checks) = (hits.load(Ordering::SeqCst), checks.load(Ordering::SeqCst));
+    assert!(
+        hits * 10 >= checks * 9,
+        "the cache answered only {hits} of {checks} checks"
+    );
+}
