@@ -44,7 +44,7 @@ fn backends() -> Vec<(&'static str, CacheService)> {
         ),
         (
             "near",
-            CacheService::redis(&redis, config(&prefix()).near(1 << 20)).expect("near"),
+            CacheService::redis(&redis, common::near(config(&prefix()))).expect("near"),
         ),
         (
             "memory",

@@ -39,8 +39,8 @@ fn pairs() -> Vec<(&'static str, CacheService, CacheService)> {
         ),
         (
             "near",
-            CacheService::redis(&redis, config(&near).near(1 << 20)).expect("near"),
-            CacheService::redis(&redis, config(&near).near(1 << 20)).expect("near"),
+            CacheService::redis(&redis, common::near(config(&near))).expect("near"),
+            CacheService::redis(&redis, common::near(config(&near))).expect("near"),
         ),
         ("memory", memory.clone(), memory),
     ]

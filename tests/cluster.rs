@@ -139,7 +139,10 @@ async fn rows_spread_over_every_master_with_entry_and_lease_in_one_slot() {
         assert_eq!(own, slot(entry.replacen(":r:", ":s:", 1)).await, "{entry}");
         slots.insert(own);
     }
-    assert!(slots.len() > 20, "rows of one node share few slots: {slots:?}");
+    assert!(
+        slots.len() > 20,
+        "rows of one node share few slots: {slots:?}"
+    );
     let _ = &mut node;
 
     // The namespace's head (epoch, generations, counters) is one slot of its own.

@@ -53,8 +53,8 @@ fn pairs() -> Vec<(CacheService, CacheService)> {
             CacheService::redis(&redis, config(&plain)).expect("redis"),
         ),
         (
-            CacheService::redis(&redis, config(&near).near(1 << 20)).expect("near"),
-            CacheService::redis(&redis, config(&near).near(1 << 20)).expect("near"),
+            CacheService::redis(&redis, common::near(config(&near))).expect("near"),
+            CacheService::redis(&redis, common::near(config(&near))).expect("near"),
         ),
         (memory.clone(), memory),
     ]

@@ -34,7 +34,7 @@ fn caches() -> Vec<CacheService> {
     let redis = tabula::testkit::redis_url().expect("redis");
     vec![
         CacheService::redis(&redis, config()).expect("redis"),
-        CacheService::redis(&redis, config().near(1 << 20)).expect("near"),
+        CacheService::redis(&redis, common::near(config())).expect("near"),
         CacheService::in_memory(config()).expect("memory"),
     ]
 }

@@ -76,7 +76,10 @@ pub fn postgres_server() -> Option<&'static Server> {
     POSTGRES.get().and_then(|s| s.as_ref().ok())
 }
 
-/// A URL for Redis: `REDIS_URL`, or a throwaway `redis-server` started on first use.
+/// A URL for Redis: `REDIS_URL`, or a throwaway `redis-server` started on first use
+/// — or, with `TABULA_TEST_REDIS=cluster`, the `redis+cluster://` URL of
+/// [`redis_cluster_urls`], so a test suite written against one Redis runs on a
+/// cluster unchanged.
 ///
 /// ```no_run
 /// let url = tabula::testkit::redis_url()?;
@@ -85,6 +88,17 @@ pub fn postgres_server() -> Option<&'static Server> {
 pub fn redis_url() -> Result<String> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         return Ok(url);
+    }
+    if std::env::var("TABULA_TEST_REDIS").is_ok_and(|kind| kind == "cluster") {
+        let nodes: Vec<String> = redis_cluster_urls()?
+            .iter()
+            .map(|url| {
+                url.trim_start_matches("redis://")
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
+            .collect();
+        return Ok(format!("redis+cluster://{}/", nodes.join(",")));
     }
     let mut redis = REDIS
         .lock()

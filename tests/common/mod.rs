@@ -226,3 +226,14 @@ pub fn server_addr(url: &str) -> std::net::SocketAddr {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// A near tier of 1 MiB in front of `config` — none when the suite runs on a Redis
+/// Cluster (`TABULA_TEST_REDIS=cluster`), which has no near tier: the test's "near"
+/// case then runs as one more plain cluster case.
+#[allow(dead_code)]
+pub fn near(config: tabula::CacheConfig) -> tabula::CacheConfig {
+    if std::env::var("TABULA_TEST_REDIS").is_ok_and(|kind| kind == "cluster") {
+        return config;
+    }
+    config.near(1 << 20)
+}

@@ -776,7 +776,9 @@ impl CacheService {
     }
 
     /// A cache on the Redis at `url`. Nothing is sent until first use, so a Redis that
-    /// is down now does not stop the application from starting.
+    /// is down now does not stop the application from starting. A URL
+    /// `redis+cluster://host:port,host:port/` names nodes of a Redis Cluster (see
+    /// [`redis_cluster`](Self::redis_cluster)); so `REDIS_URL` may name one too.
     ///
     /// ```no_run
     /// let cache = tabula::cache::CacheService::redis("redis://127.0.0.1/", Default::default())?;
@@ -785,6 +787,15 @@ impl CacheService {
     #[cfg(feature = "cache")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn redis(url: &str, config: CacheConfig) -> Result<Self> {
+        if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+            let urls: Vec<String> = nodes
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|node| !node.is_empty())
+                .map(|node| format!("redis://{node}/"))
+                .collect();
+            return CacheService::redis_cluster(&urls, config);
+        }
         let backend = RedisBackend::new(url, &config)?;
         CacheService::build(backend, config)
     }

@@ -136,6 +136,8 @@ pub(crate) fn fresh_epoch() -> String {
 }
 
 /// What connections are made from: one server, or the nodes of a Redis Cluster.
+// One per backend, made once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     One(redis::Client),
     Cluster(redis::cluster::ClusterClient),
