@@ -26,7 +26,7 @@ fn cluster_reads(c: &mut Criterion) {
         .expect("runtime");
     let single_url = tabula::testkit::redis_url().expect("redis");
     let cluster_urls = tabula::testkit::redis_cluster_urls().expect("redis cluster");
-    let (single, cluster, ids, mut raw_one, mut raw_cluster) = rt.block_on(async {
+    let (single, cluster, ids, raw_one, raw_cluster) = rt.block_on(async {
         let migrations = tabula::embed_migrations!("migrations").with_builtin();
         let (_, url) = tabula::testkit::database(&migrations)
             .await
@@ -83,23 +83,29 @@ fn cluster_reads(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("cluster_cached_read_by_key");
     group.bench_function("raw_get_one_redis", |b| {
-        b.to_async(&rt).iter(|| async {
-            let bytes: Vec<u8> = redis::cmd("GET")
-                .arg("benchraw")
-                .query_async(&mut raw_one)
-                .await
-                .expect("get");
-            serde_json::from_slice::<Profile>(&bytes).expect("decode")
+        b.to_async(&rt).iter(|| {
+            let mut conn = raw_one.clone();
+            async move {
+                let bytes: Vec<u8> = redis::cmd("GET")
+                    .arg("benchraw")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("get");
+                serde_json::from_slice::<Profile>(&bytes).expect("decode")
+            }
         })
     });
     group.bench_function("raw_get_cluster", |b| {
-        b.to_async(&rt).iter(|| async {
-            let bytes: Vec<u8> = redis::cmd("GET")
-                .arg("benchraw")
-                .query_async(&mut raw_cluster)
-                .await
-                .expect("get");
-            serde_json::from_slice::<Profile>(&bytes).expect("decode")
+        b.to_async(&rt).iter(|| {
+            let mut conn = raw_cluster.clone();
+            async move {
+                let bytes: Vec<u8> = redis::cmd("GET")
+                    .arg("benchraw")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("get");
+                serde_json::from_slice::<Profile>(&bytes).expect("decode")
+            }
         })
     });
     group.bench_function("tabula_one_redis", |b| {

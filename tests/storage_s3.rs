@@ -6,6 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::http::{header, http_get};
+use futures_util::StreamExt;
 use tabula::storage::{BucketOptions, ListOptions, StorageService, UploadOptions};
 use tabula::testkit::S3Server;
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Error};
@@ -312,5 +313,124 @@ async fn dropped_deletes_and_moves_keep_rows_and_bytes_together() {
             agreed,
             "{from} / {to}: a row without bytes or bytes without a row"
         );
+    }
+}
+
+/// The multipart uploads S3 holds open in the test bucket (moto answers an unsigned
+/// `GET /{bucket}?uploads`).
+async fn open_uploads(s3: &S3Server) -> usize {
+    let url = format!(
+        "{}/tabula-files?uploads",
+        s3.endpoint().trim_end_matches('/')
+    );
+    let (status, _, body) = http_get(&url, &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    String::from_utf8_lossy(&body).matches("<Upload>").count()
+}
+
+/// An upload whose caller stops waiting after a part went up: its multipart upload is
+/// aborted and nothing is left under `.tmp/` (S3 would keep the parts, billed, until a
+/// lifecycle rule ends them).
+#[tokio::test]
+async fn a_dropped_upload_leaves_no_open_multipart_upload_and_no_temporary_object() {
+    let k = kit().await;
+    assert_eq!(open_uploads(&k.s3).await, 0);
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut sent_tx = Some(sent_tx);
+    // 6 MiB (more than one 5 MiB part), then a body that never ends.
+    let body = futures_util::stream::iter((0..6).map(|_| Ok(Bytes::from(vec![7u8; 1 << 20]))))
+        .chain(futures_util::stream::poll_fn(move |_| {
+            if let Some(tx) = sent_tx.take() {
+                let _ = tx.send(());
+            }
+            std::task::Poll::Pending
+        }));
+    let upload = k
+        .storage
+        .upload_stream("documents", "never.bin", body, UploadOptions::default());
+    tokio::select! {
+        _ = upload => panic!("the body never ends"),
+        _ = async {
+            sent_rx.await.expect("body read");
+            // Let the first part reach S3.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        } => {}
+    }
+    // Dropped. Its clean-up runs in a task of its own.
+    let mut open = usize::MAX;
+    for _ in 0..100 {
+        open = open_uploads(&k.s3).await;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open, 0,
+        "the dropped upload's multipart upload is still open"
+    );
+    assert_eq!(k.in_s3("documents", "never.bin").await, None);
+}
+
+/// A store that accepts connections and never answers costs an operation the request
+/// timeout times its retries — not object_store's default of minutes.
+#[tokio::test]
+async fn a_silent_store_fails_within_the_configured_timeout_and_retries() {
+    let (_, url) = common::db_and_url().await;
+    let db = Db::connect(&url).await.expect("db");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream); // never answered
+        }
+    });
+    let options =
+        tabula::storage::S3Options::new("tabula-files", "us-east-1", "testing", "testing")
+            .endpoint(endpoint)
+            .timeout(std::time::Duration::from_millis(300))
+            .retries(1, std::time::Duration::from_secs(2));
+    let storage = StorageService::s3(db, options, KEY, "http://127.0.0.1:1").expect("storage");
+    storage
+        .create_bucket("b", BucketOptions::default())
+        .await
+        .expect("bucket");
+    let started = std::time::Instant::now();
+    let err = storage
+        .upload_file(
+            "b",
+            "x.txt",
+            Bytes::from_static(b"x"),
+            UploadOptions::default(),
+        )
+        .await
+        .expect_err("nothing answers");
+    assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A malformed endpoint is refused when the service is made, not at its first call.
+#[tokio::test]
+async fn a_malformed_endpoint_is_refused_at_construction() {
+    let (_, url) = common::db_and_url().await;
+    let db = Db::connect(&url).await.expect("db");
+    for endpoint in [
+        "",
+        "127.0.0.1:9000",
+        "ftp://host",
+        "http://",
+        "http:// host",
+        "http://:9000",
+    ] {
+        let options =
+            tabula::storage::S3Options::new("b", "us-east-1", "k", "s").endpoint(endpoint);
+        let err =
+            StorageService::s3(db.clone(), options, KEY, "http://127.0.0.1:1").expect_err(endpoint);
+        assert!(matches!(err, Error::Config(_)), "{endpoint}: {err:?}");
     }
 }

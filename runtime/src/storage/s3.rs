@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use object_store::path::Path;
@@ -41,6 +42,14 @@ pub struct S3Options {
     pub secret_access_key: String,
     /// A compatible store's URL (`http://` allowed); none for AWS itself.
     pub endpoint: Option<String>,
+    /// How long one request may take, connecting included. Default 30 s.
+    pub timeout: Duration,
+    /// How many times a failed request is retried (with backoff), and the time after
+    /// its first attempt past which none is: together the longest an operation waits
+    /// for a store that does not answer — while it holds the key's lock and a database
+    /// connection (every write to a key runs under its lock). Default 3 retries
+    /// within 30 s.
+    pub retries: (usize, Duration),
 }
 
 impl fmt::Debug for S3Options {
@@ -51,6 +60,8 @@ impl fmt::Debug for S3Options {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("endpoint", &self.endpoint)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
             .finish()
     }
 }
@@ -69,7 +80,30 @@ impl S3Options {
             access_key_id: access_key_id.into(),
             secret_access_key: secret_access_key.into(),
             endpoint: None,
+            timeout: Duration::from_secs(30),
+            retries: (3, Duration::from_secs(30)),
         }
+    }
+
+    /// How long one request may take (see [`timeout`](Self::timeout)).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let options = tabula::storage::S3Options::new("b", "us-east-1", "k", "s")
+    ///     .timeout(Duration::from_secs(5))
+    ///     .retries(1, Duration::from_secs(10));
+    /// assert_eq!(options.retries, (1, Duration::from_secs(10)));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> S3Options {
+        self.timeout = timeout;
+        self
+    }
+
+    /// At most `times` retries of a failed request, none started `within` after its
+    /// first attempt (see [`retries`](Self::retries)); `0` retries none.
+    pub fn retries(mut self, times: usize, within: Duration) -> S3Options {
+        self.retries = (times, within);
+        self
     }
 
     /// An S3-compatible store at `url` (path-style requests).
@@ -101,12 +135,23 @@ impl StorageService {
         signing_key: &[u8],
         base_url: &str,
     ) -> Result<StorageService> {
+        let client = object_store::ClientOptions::new()
+            .with_timeout(options.timeout)
+            .with_connect_timeout(options.timeout.min(Duration::from_secs(5)));
+        let retry = object_store::RetryConfig {
+            max_retries: options.retries.0,
+            retry_timeout: options.retries.1,
+            ..Default::default()
+        };
         let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_client_options(client)
+            .with_retry(retry)
             .with_bucket_name(&options.bucket)
             .with_region(&options.region)
             .with_access_key_id(&options.access_key_id)
             .with_secret_access_key(&options.secret_access_key);
         if let Some(endpoint) = &options.endpoint {
+            check_endpoint(endpoint)?;
             builder = builder
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"))
@@ -119,6 +164,28 @@ impl StorageService {
             .build()
             .map_err(|e| Error::Config(format!("S3 storage: {e}")))?;
         StorageService::new(db, Arc::new(Locked(store)), signing_key, base_url)
+    }
+}
+
+/// An endpoint is an `http://` or `https://` URL with a host: refused here, at
+/// construction, rather than at the first request.
+fn check_endpoint(endpoint: &str) -> Result<()> {
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+    match host {
+        Some(host)
+            if !host.is_empty()
+                && !host.starts_with(':')
+                && !host.contains(|c: char| c.is_whitespace() || c.is_control() || c == '@') =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::Config(format!(
+            "S3 storage: the endpoint `{}` is not an http:// or https:// URL with a host",
+            endpoint.escape_debug()
+        ))),
     }
 }
 

@@ -182,7 +182,11 @@ impl StorageService {
             .put_multipart(&temp)
             .await
             .map_err(store_error("writing", &key))?;
-        let mut writer = object_store::WriteMultipart::new(upload);
+        let mut staged = Staged {
+            store: self.store.clone(),
+            temp: Some(temp),
+            writer: Some(object_store::WriteMultipart::new(upload)),
+        };
         let mut hasher = Sha256::new();
         let mut size: i64 = 0;
         let mut body = std::pin::pin!(body);
@@ -199,6 +203,12 @@ impl StorageService {
                     )));
                 }
                 hasher.update(&chunk);
+                let Some(writer) = staged.writer.as_mut() else {
+                    return Err(Error::Storage {
+                        message: "the upload's writer is gone".into(),
+                        source: None,
+                    });
+                };
                 writer
                     .wait_for_capacity(4)
                     .await
@@ -208,6 +218,12 @@ impl StorageService {
             Ok(())
         }
         .await;
+        let Some(writer) = staged.writer.take() else {
+            return Err(Error::Storage {
+                message: "the upload's writer is gone".into(),
+                source: None,
+            });
+        };
         if let Err(e) = streamed {
             let _ = writer.abort().await;
             return Err(e);
@@ -216,6 +232,7 @@ impl StorageService {
             .finish()
             .await
             .map_err(store_error("writing", &key))?;
+        let temp = staged.hand_over();
         let etag: String = hasher
             .finalize()
             .iter()
@@ -478,5 +495,42 @@ async fn consume(tx: &Db, grant: Grant, bucket: &str, path: &str) -> Result<()> 
         Ok(())
     } else {
         Err(token_spent())
+    }
+}
+
+/// The temporary object of an upload still streaming: when the upload stops before
+/// step 2 takes the object over — an error, or the caller's future dropped — its
+/// multipart upload is aborted (on S3 its parts would otherwise be kept, and billed,
+/// until a lifecycle rule ends them) and whatever was written is deleted, in a task of
+/// its own.
+struct Staged {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    temp: Option<StorePath>,
+    writer: Option<object_store::WriteMultipart>,
+}
+
+impl Staged {
+    /// Step 2 owns the object from here (it removes it on every path).
+    fn hand_over(mut self) -> StorePath {
+        self.temp
+            .take()
+            .unwrap_or_else(|| StorePath::from(".tmp/none"))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(temp) = self.temp.take() else {
+            return;
+        };
+        let (store, writer) = (self.store.clone(), self.writer.take());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(writer) = writer {
+                    let _ = writer.abort().await;
+                }
+                let _ = store.delete(&temp).await;
+            });
+        }
     }
 }
