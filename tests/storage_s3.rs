@@ -51,6 +51,19 @@ async fn kit() -> Kit {
 }
 
 impl Kit {
+    /// A client of its own on the test bucket.
+    fn raw_store(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("tabula-files")
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .with_endpoint(self.s3.endpoint())
+            .with_allow_http(true)
+            .build()
+            .expect("client")
+    }
+
     /// The object's bytes as the S3 bucket holds them, read with a client of its own.
     async fn in_s3(&self, bucket: &str, path: &str) -> Option<Vec<u8>> {
         use object_store::ObjectStoreExt;
@@ -433,4 +446,44 @@ async fn a_malformed_endpoint_is_refused_at_construction() {
             StorageService::s3(db.clone(), options, KEY, "http://127.0.0.1:1").expect_err(endpoint);
         assert!(matches!(err, Error::Config(_)), "{endpoint}: {err:?}");
     }
+}
+
+/// An upsert over a row whose bytes were deleted behind the service's back (by hand,
+/// a lifecycle rule) replaces the row and stores the new bytes: there is nothing to
+/// set aside, which is no reason to fail.
+#[tokio::test]
+async fn an_upsert_over_a_row_whose_bytes_vanished_stores_the_new_bytes() {
+    use object_store::ObjectStoreExt;
+    let k = kit().await;
+    k.storage
+        .upload_file(
+            "documents",
+            "gone.txt",
+            Bytes::from_static(b"old"),
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    k.raw_store()
+        .delete(&object_store::path::Path::from("documents/gone.txt"))
+        .await
+        .expect("delete behind the service's back");
+    let upsert = UploadOptions {
+        upsert: true,
+        ..Default::default()
+    };
+    k.storage
+        .upload_file("documents", "gone.txt", Bytes::from_static(b"new"), upsert)
+        .await
+        .expect("upsert");
+    assert_eq!(
+        k.in_s3("documents", "gone.txt").await.as_deref(),
+        Some(&b"new"[..])
+    );
+    let (_, bytes) = k
+        .storage
+        .download("documents", "gone.txt")
+        .await
+        .expect("download");
+    assert_eq!(&bytes[..], b"new");
 }

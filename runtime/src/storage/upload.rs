@@ -338,11 +338,18 @@ impl StorageService {
                         None => tx.create(row.clone()).await?,
                     };
                     if previous.is_some() {
-                        self.store
-                            .rename(final_path, backup)
-                            .await
-                            .map_err(store_error("setting the previous version aside", key))?;
-                        moved.store(MOVED_PREVIOUS_ASIDE, std::sync::atomic::Ordering::Release);
+                        match self.store.rename(final_path, backup).await {
+                            Ok(()) => moved
+                                .store(MOVED_PREVIOUS_ASIDE, std::sync::atomic::Ordering::Release),
+                            // The row's bytes were removed behind the service's back:
+                            // nothing to set aside, the new bytes replace nothing.
+                            Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => {
+                                return Err(
+                                    store_error("setting the previous version aside", key)(e),
+                                );
+                            }
+                        }
                     }
                     self.store
                         .rename(temp, final_path)
