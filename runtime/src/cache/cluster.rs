@@ -3,14 +3,18 @@
 //!
 //! # Names
 //!
-//! A namespace's *head* — its epoch, its registry of cached tables, its table
-//! generations and its version counters — is four keys in the namespace's slot, tagged
-//! with its base (letters, digits and `_-.:` only, so never a brace):
-//! `{base}:{{base}}:epoch`, `…:reg`, `…:g` (a hash, table → generation) and `…:v` (a
-//! hash, counter → value). A row's entry, lease and scoped copies share the slot of a
-//! tag made from its table and key, so different rows spread over the cluster:
-//! `{base}:{epoch}:{{tag}}:r:{table}:{g}:{key}` (and `l`, `s`). A versioned name is
-//! one key, in whatever slot its name hashes to.
+//! Every script touches one key. A slot being migrated (`redis-cli --cluster
+//! reshard`) refuses a script whose keys are partly moved (`TRYAGAIN`), and the keys
+//! of a row — its entry, its lease, its scoped copies — would be partly there most of
+//! the time (a lease exists only during a fill). So each is one hash:
+//!
+//! - A namespace's *head*, `{base}:{{base}}` in the namespace's slot (the base holds
+//!   letters, digits and `_-.:` only, never a brace): the epoch, the registry of cached
+//!   tables (rule 8), table generations and version counters (`head.lua`).
+//! - A *row*, `{base}:{epoch}:{{tag}}:{table}:{g}:{key}`, tagged with a hash of its
+//!   table and key so rows spread over the cluster: its entry, its lease and every
+//!   scope's copy and lease, each field with its own expiry (`prelude.lua`).
+//! - A versioned name is one plain key, in whatever slot its name hashes to.
 //!
 //! # Two steps instead of one
 //!
@@ -32,15 +36,14 @@
 //!   dirty and replaces the namespace's epoch (rule 4's later delivery, `redis.rs`).
 //!
 //! What this costs: a cached read is two round trips (the head, then the rows), a fill
-//! three, a unique finder's read three. Keys of a multi-row call are grouped by slot,
-//! one script per slot, all in flight together.
+//! three, a unique finder's read three. A multi-row call runs one script per row, all
+//! in flight together.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{FromRedisValue, RedisError, Script};
 
 use super::Fault;
@@ -51,27 +54,33 @@ fn script(body: &str) -> Script {
     Script::new(&format!("#!lua\n{body}"))
 }
 
-static HEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/head.lua")));
-static ROWS_GET: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/cluster/rows_get.lua")));
-static ROWS_FILL: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/cluster/rows_fill.lua")));
-static SCOPED_GET: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/cluster/scoped_get.lua")));
-static SCOPED_FILL: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/cluster/scoped_fill.lua")));
-static PEEK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/peek.lua")));
-static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/get.lua")));
+/// The row scripts' shared helpers.
+const PRELUDE: &str = include_str!("lua/cluster/prelude.lua");
 
-/// The cluster's epoch key of a namespace, from its single-server epoch key
-/// (`{base}:epoch`, the name `register` records).
-pub(super) fn epoch_key(single: &str) -> String {
-    let base = single.strip_suffix(":epoch").unwrap_or(single);
-    head_key(base, "epoch")
+fn row_script(body: &str) -> Script {
+    Script::new(&format!("#!lua\n{PRELUDE}\n{body}"))
 }
 
-fn head_key(base: &str, what: &str) -> String {
-    format!("{base}:{{{base}}}:{what}")
+static HEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/head.lua")));
+static ROWS_GET: LazyLock<Script> =
+    LazyLock::new(|| row_script(include_str!("lua/cluster/rows_get.lua")));
+static ROWS_FILL: LazyLock<Script> =
+    LazyLock::new(|| row_script(include_str!("lua/cluster/rows_fill.lua")));
+static SCOPED_GET: LazyLock<Script> =
+    LazyLock::new(|| row_script(include_str!("lua/cluster/scoped_get.lua")));
+static SCOPED_FILL: LazyLock<Script> =
+    LazyLock::new(|| row_script(include_str!("lua/cluster/scoped_fill.lua")));
+static PEEK: LazyLock<Script> = LazyLock::new(|| row_script(include_str!("lua/cluster/peek.lua")));
+static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/get.lua")));
+
+/// The head of a namespace on the cluster, from its single-server epoch key
+/// (`{base}:epoch`, the name `register` records).
+pub(super) fn head_of(epoch_key: &str) -> String {
+    head_key(epoch_key.strip_suffix(":epoch").unwrap_or(epoch_key))
+}
+
+fn head_key(base: &str) -> String {
+    format!("{base}:{{{base}}}")
 }
 
 /// The slot tag of a row: 16 hex digits of a 64-bit FNV-1a hash of its table and key
@@ -85,10 +94,10 @@ fn row_tag(table: &str, key: &str) -> String {
     format!("{hash:016x}")
 }
 
-/// A row's entry (`r`), lease (`l`) or scoped copies (`s`).
-fn row_name(base: &str, epoch: &str, kind: char, table: &str, g: &str, key: &str) -> String {
+/// A row's hash: its entry, lease and scoped copies.
+fn row_name(base: &str, epoch: &str, table: &str, g: &str, key: &str) -> String {
     let tag = row_tag(table, key);
-    format!("{base}:{epoch}:{{{tag}}}:{kind}:{table}:{g}:{key}")
+    format!("{base}:{epoch}:{{{tag}}}:{table}:{g}:{key}")
 }
 
 /// What a head step does besides answering the epoch.
@@ -127,15 +136,6 @@ fn counter_tables(counters: &[String]) -> impl Iterator<Item = &str> {
     counters.iter().filter_map(|c| c.strip_prefix("v:"))
 }
 
-/// `keys` grouped by slot: per slot, the indices of its keys in order.
-fn by_slot<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<Vec<usize>> {
-    let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
-    for (i, key) in keys.enumerate() {
-        groups.entry(Slot::for_key(key)).or_default().push(i);
-    }
-    groups.into_values().collect()
-}
-
 async fn eval<T: FromRedisValue>(
     conn: &mut Wire,
     script: &Script,
@@ -165,7 +165,7 @@ impl RedisBackend {
         mode: Mode,
         ask: &Ask<'_>,
     ) -> Result<Head, RedisError> {
-        let keys = ["epoch", "reg", "g", "v"].map(|what| head_key(&ns.base, what));
+        let head = head_key(&ns.base);
         let fresh = super::redis::fresh_epoch();
         let mode_word: &[u8] = match mode {
             Mode::Read => b"read",
@@ -192,8 +192,7 @@ impl RedisBackend {
         args.extend(ask.counters.iter().map(|c| c.as_bytes()));
         args.push(lens[4].as_bytes());
         args.extend(ask.register.iter().map(|t| t.as_bytes()));
-        let keys = keys.each_ref().map(String::as_str);
-        let reply: Vec<redis::Value> = eval(conn, &HEAD, &keys, &args).await?;
+        let reply: Vec<redis::Value> = eval(conn, &HEAD, &[head.as_str()], &args).await?;
         let wrong = || {
             RedisError::from((
                 redis::ErrorKind::Parse,
@@ -229,7 +228,8 @@ impl RedisBackend {
         })
     }
 
-    /// Rule 2 (and 6 for a scope) on the cluster.
+    /// Rule 2 (and 6 for a scope) on the cluster: one script per row, all in flight
+    /// together.
     pub(super) async fn cluster_row_get(
         &self,
         ns: &Namespace,
@@ -250,68 +250,32 @@ impl RedisBackend {
             let g = head.generations.first().map_or("0", String::as_str);
             let lease = millis(get.lease);
             let leases: &[u8] = if head.leases { b"1" } else { b"0" };
-            let mut out = vec![None; get.keys.len()];
-            match get.scope {
-                Some(scope) => {
-                    let field = scoped_field(scope, &head.counters);
-                    let names: Vec<String> = get
-                        .keys
-                        .iter()
-                        .map(|k| row_name(&ns.base, epoch, 's', get.table, g, k))
-                        .collect();
-                    let groups = by_slot(names.iter().map(String::as_str));
-                    let answers = try_join_all(groups.iter().map(|group| {
-                        let mut conn = conn.clone();
-                        let keys: Vec<&str> = group.iter().map(|i| names[*i].as_str()).collect();
-                        let args: Vec<&[u8]> = vec![
-                            get.token.as_bytes(),
-                            &lease,
-                            get.shape.as_bytes(),
-                            leases,
-                            field.as_bytes(),
-                        ];
-                        async move {
-                            eval::<Vec<redis::Value>>(&mut conn, &SCOPED_GET, &keys, &args).await
-                        }
-                    }))
-                    .await?;
-                    for (group, answer) in groups.iter().zip(answers) {
-                        for (i, value) in group.iter().zip(answer) {
-                            out[*i] = reply_bytes(value).filter(|v| !v.is_empty());
-                        }
-                    }
+            let field = get.scope.map(|scope| scoped_field(scope, &head.counters));
+            let mut args: Vec<&[u8]> =
+                vec![get.token.as_bytes(), &lease, get.shape.as_bytes(), leases];
+            let script: &Script = match &field {
+                Some(field) => {
+                    args.push(field.as_bytes());
+                    &SCOPED_GET
                 }
-                None => {
-                    let names: Vec<[String; 2]> = get
-                        .keys
-                        .iter()
-                        .map(|k| {
-                            ['r', 'l'].map(|kind| row_name(&ns.base, epoch, kind, get.table, g, k))
-                        })
-                        .collect();
-                    let groups = by_slot(names.iter().map(|n| n[0].as_str()));
-                    let answers = try_join_all(groups.iter().map(|group| {
+                None => &ROWS_GET,
+            };
+            let answers =
+                try_join_all(
+                    get.keys.iter().map(|key| {
                         let mut conn = conn.clone();
-                        let keys: Vec<&str> = group
-                            .iter()
-                            .flat_map(|i| names[*i].iter().map(String::as_str))
-                            .collect();
-                        let args: Vec<&[u8]> =
-                            vec![get.token.as_bytes(), &lease, get.shape.as_bytes(), leases];
+                        let name = row_name(&ns.base, epoch, get.table, g, key);
+                        let args = &args;
                         async move {
-                            eval::<Vec<redis::Value>>(&mut conn, &ROWS_GET, &keys, &args).await
+                            eval::<redis::Value>(&mut conn, script, &[name.as_str()], args).await
                         }
-                    }))
-                    .await?;
-                    for (group, answer) in groups.iter().zip(answers) {
-                        let values = answer.into_iter().step_by(2);
-                        for (i, value) in group.iter().zip(values) {
-                            out[*i] = reply_bytes(value).filter(|v| !v.is_empty());
-                        }
-                    }
-                }
-            }
-            Ok(out)
+                    }),
+                )
+                .await?;
+            Ok(answers
+                .into_iter()
+                .map(|value| reply_bytes(value).filter(|v| !v.is_empty()))
+                .collect())
         })
         .await
     }
@@ -337,39 +301,19 @@ impl RedisBackend {
             let g = head.generations.first().map_or("0", String::as_str);
             let ttl = millis(fill.ttl);
             let field = fill.scope.map(|scope| scoped_field(scope, &head.counters));
-            let kinds: &[char] = if fill.scope.is_some() {
-                &['s']
-            } else {
-                &['r', 'l']
-            };
-            let names: Vec<Vec<String>> = fill
-                .entries
-                .iter()
-                .map(|(k, _)| {
-                    kinds
-                        .iter()
-                        .map(|kind| row_name(&ns.base, epoch, *kind, fill.table, g, k))
-                        .collect()
-                })
-                .collect();
-            let groups = by_slot(names.iter().map(|n| n[0].as_str()));
-            let filled = try_join_all(groups.iter().map(|group| {
+            let filled = try_join_all(fill.entries.iter().map(|(key, value)| {
                 let mut conn = conn.clone();
-                let keys: Vec<&str> = group
-                    .iter()
-                    .flat_map(|i| names[*i].iter().map(String::as_str))
-                    .collect();
+                let name = row_name(&ns.base, epoch, fill.table, g, key);
                 let mut args: Vec<&[u8]> = vec![fill.token.as_bytes(), &ttl];
-                if let Some(field) = &field {
-                    args.push(field.as_bytes());
-                }
-                args.extend(group.iter().map(|i| fill.entries[*i].1.as_slice()));
-                let script: &Script = if field.is_some() {
-                    &SCOPED_FILL
-                } else {
-                    &ROWS_FILL
+                let script: &Script = match &field {
+                    Some(field) => {
+                        args.push(field.as_bytes());
+                        &SCOPED_FILL
+                    }
+                    None => &ROWS_FILL,
                 };
-                async move { eval::<u64>(&mut conn, script, &keys, &args).await }
+                args.push(value);
+                async move { eval::<u64>(&mut conn, script, &[name.as_str()], &args).await }
             }))
             .await?;
             Ok(filled.into_iter().sum())
@@ -377,7 +321,7 @@ impl RedisBackend {
         .await
     }
 
-    /// Rule 7 on the cluster: the mapping, then the row it names (two row steps).
+    /// Rule 7 on the cluster: the mapping, then the row it names.
     pub(super) async fn cluster_unique_get(
         &self,
         ns: &Namespace,
@@ -431,9 +375,8 @@ impl RedisBackend {
                 return Ok(RowPeek::default());
             };
             let g = head.generations.first().map_or("0", String::as_str);
-            let names = ['r', 'l', 's'].map(|kind| row_name(&ns.base, epoch, kind, table, g, key));
-            let keys = names.each_ref().map(String::as_str);
-            let reply: Vec<redis::Value> = eval(conn, &PEEK, &keys, &[]).await?;
+            let name = row_name(&ns.base, epoch, table, g, key);
+            let reply: Vec<redis::Value> = eval(conn, &PEEK, &[name.as_str()], &[]).await?;
             let [value, ttl, leased, copies] =
                 <[redis::Value; 4]>::try_from(reply).map_err(|_| {
                     RedisError::from((
@@ -455,9 +398,9 @@ impl RedisBackend {
         .await
     }
 
-    /// Rule 4 on the cluster: the head's bumps, then each named row's deletion under
-    /// the epoch and generation the head answered. Under a registry window, the
-    /// registered tables.
+    /// Rule 4 on the cluster: the head's bumps, then each named row deleted — one key,
+    /// one command each — under the epoch and generation the head answered. Under a
+    /// registry window, the registered tables.
     pub(super) async fn cluster_invalidate(
         &self,
         ns: &Namespace,
@@ -475,26 +418,20 @@ impl RedisBackend {
             };
             let head = self.head(conn, ns, Mode::Write, &ask).await?;
             let epoch = head.epoch.as_deref().unwrap_or_default();
-            let names: Vec<String> = stale
-                .rows
-                .iter()
-                .flat_map(|(table, key)| {
-                    let g = tables
-                        .iter()
-                        .position(|t| t == table)
-                        .and_then(|i| head.generations.get(i))
-                        .map_or("0", String::as_str);
-                    ['r', 'l', 's'].map(|kind| row_name(&ns.base, epoch, kind, table, g, key))
-                })
-                .collect();
-            let groups = by_slot(names.iter().map(String::as_str));
-            try_join_all(groups.iter().map(|group| {
+            try_join_all(stale.rows.iter().map(|(table, key)| {
+                let g = tables
+                    .iter()
+                    .position(|t| t == table)
+                    .and_then(|i| head.generations.get(i))
+                    .map_or("0", String::as_str);
+                let name = row_name(&ns.base, epoch, table, g, key);
                 let mut conn = conn.clone();
-                let mut del = redis::cmd("DEL");
-                for i in group {
-                    del.arg(&names[*i]);
+                async move {
+                    redis::cmd("DEL")
+                        .arg(name)
+                        .query_async::<i64>(&mut conn)
+                        .await
                 }
-                async move { del.query_async::<i64>(&mut conn).await }
             }))
             .await?;
             Ok(head.registered)

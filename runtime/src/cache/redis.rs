@@ -500,7 +500,7 @@ impl RedisBackend {
         if self.is_cluster() {
             // Each epoch in its namespace's slot: one command each.
             for key in &keys {
-                cmd!("SET", super::cluster::epoch_key(key), fresh_epoch())
+                cmd!("HSET", super::cluster::head_of(key), "e", fresh_epoch())
                     .query_async::<()>(conn)
                     .await
                     .map_err(Fault::Redis)?;

@@ -1,17 +1,16 @@
--- One row as stored, read only (Backend::row_peek). KEYS: entry, lease, scoped hash
--- (one slot). Returns the entry ('' when missing), its PTTL, 1 when a lease is held,
--- and how many scopes keep a live copy.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- One row as stored, read only (Backend::row_peek). KEYS[1]: the row. Returns the
+-- entry ('' when missing), the milliseconds it has left, 1 when a lease is held, and
+-- how many scopes keep a live copy.
+local now = now_ms()
+local entry = redis.call('HGET', KEYS[1], 'r')
 local copies = 0
-local fields = redis.call('HGETALL', KEYS[3])
+local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) ~= 'l,' then
-    local v = fields[i + 1]
-    local bar = string.find(v, '|', 1, true)
-    local expires = bar and tonumber(string.sub(v, 1, bar - 1))
-    if expires and expires > now then copies = copies + 1 end
+  local f = fields[i]
+  if f ~= 'r' and f ~= 'l' and string.sub(f, 1, 2) ~= 'l,' and live(fields[i + 1], now) then
+    copies = copies + 1
   end
 end
-return {redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1]),
-  redis.call('EXISTS', KEYS[2]), copies}
+local leased = 0
+if live(redis.call('HGET', KEYS[1], 'l'), now) then leased = 1 end
+return {live(entry, now) or '', left(entry, now), leased, copies}

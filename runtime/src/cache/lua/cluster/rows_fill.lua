@@ -1,12 +1,9 @@
--- Fills the rows of one slot whose lease still holds the token (rule 3 of
--- backend.rs). KEYS: entry, lease, entry, lease, ... ARGV: token, ttl ms, then one
--- value per row. Returns how many were filled.
-local filled = 0
-for i = 1, #KEYS, 2 do
-  if redis.call('GET', KEYS[i + 1]) == ARGV[1] then
-    redis.call('SET', KEYS[i], ARGV[2 + (i + 1) / 2], 'PX', ARGV[2])
-    redis.call('DEL', KEYS[i + 1])
-    filled = filled + 1
-  end
-end
-return filled
+-- Fills one row if its lease still holds the token (rule 3 of backend.rs). KEYS[1]:
+-- the row. ARGV: token, ttl ms, the entry. Returns 1 when filled.
+local now = now_ms()
+if live(redis.call('HGET', KEYS[1], 'l'), now) ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'r', (now + ttl) .. '|' .. ARGV[3])
+redis.call('HDEL', KEYS[1], 'l')
+extend(KEYS[1], ttl)
+return 1
