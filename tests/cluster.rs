@@ -451,3 +451,44 @@ async fn a_write_while_its_rows_slot_is_migrating_is_delivered_at_once() {
         .expect("row");
     assert_eq!(cached.avatar_url.as_deref(), Some("v1"), "a hit");
 }
+
+/// One Redis and a cluster with the same prefix and namespace are two caches, not
+/// one: a write through a handle on either invalidates the other's entries.
+#[tokio::test]
+async fn one_redis_and_a_cluster_with_one_namespace_are_two_caches() {
+    let config = || {
+        CacheConfig::default()
+            .prefix("both")
+            .namespace("same")
+            .deadline(Duration::from_secs(2))
+    };
+    let single = CacheService::redis(&tabula::testkit::redis_url().expect("redis"), config())
+        .expect("cache");
+    let urls = tabula::testkit::redis_cluster_urls().expect("cluster");
+    let cluster = CacheService::redis_cluster(&urls, config()).expect("cache");
+    let (_, url) = common::db_and_url().await;
+    let on_single = Db::connect_with(DbConfig::new(url.clone()).cache(single))
+        .await
+        .expect("db");
+    let on_cluster = Db::connect_with(DbConfig::new(url).cache(cluster))
+        .await
+        .expect("db");
+    let row = on_single.create(new_cached("both")).await.expect("create");
+    for (writer, reader, value) in [
+        (&on_single, &on_cluster, "a"),
+        (&on_cluster, &on_single, "b"),
+    ] {
+        assert!(reader.read::<Cached>(row.id).await.expect("fill").is_some());
+        let patch = CachedPatch {
+            avatar_url: Some(Some(value.into())),
+            ..Default::default()
+        };
+        writer.update::<Cached>(row.id, patch).await.expect("write");
+        let seen = reader
+            .read::<Cached>(row.id)
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(seen.avatar_url.as_deref(), Some(value));
+    }
+}

@@ -143,15 +143,60 @@ pub(crate) struct StorageSettings {
     base_url: String,
 }
 
-async fn redis(url: Option<String>) -> Result<redis::aio::MultiplexedConnection, Failure> {
-    let url =
-        url.ok_or_else(|| Failure::setup("no cache: pass --redis-url or set REDIS_URL (or .env)"))?;
-    let client = redis::Client::open(url.as_str())
-        .map_err(|e| Failure::setup(format!("invalid redis url: {e}")))?;
+/// The servers the cache's keys are on: one Redis, or every master of a Redis
+/// Cluster (`redis+cluster://host:port,…`), each by a connection of its own.
+struct Servers {
+    masters: Vec<redis::aio::MultiplexedConnection>,
+    cluster: bool,
+}
+
+async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, Failure> {
+    let client =
+        redis::Client::open(url).map_err(|e| Failure::setup(format!("invalid redis url: {e}")))?;
     client
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| Failure::setup(format!("cannot connect to redis: {e}")))
+}
+
+async fn redis(url: Option<String>) -> Result<Servers, Failure> {
+    let url =
+        url.ok_or_else(|| Failure::setup("no cache: pass --redis-url or set REDIS_URL (or .env)"))?;
+    let Some(nodes) = url.strip_prefix("redis+cluster://") else {
+        return Ok(Servers {
+            masters: vec![connect(&url).await?],
+            cluster: false,
+        });
+    };
+    // The first node answers for the cluster: its masters, each asked on its own.
+    let first = nodes
+        .split(['/', ','])
+        .next()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Failure::setup("a redis+cluster:// URL names no node"))?;
+    let credentials = first.rsplit_once('@').map(|(c, _)| format!("{c}@"));
+    let mut seed = connect(&format!("redis://{first}/")).await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut seed)
+        .await
+        .map_err(redis_failure)?;
+    let mut masters = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let is_master = fields
+            .get(2)
+            .is_some_and(|f| f.contains("master") && !f.contains("fail"));
+        let address = fields.get(1).and_then(|a| a.split('@').next());
+        if let (true, Some(address)) = (is_master, address) {
+            let credentials = credentials.as_deref().unwrap_or_default();
+            masters.push(connect(&format!("redis://{credentials}{address}/")).await?);
+        }
+    }
+    Ok(Servers {
+        masters,
+        cluster: true,
+    })
 }
 
 fn redis_failure(e: redis::RedisError) -> Failure {
@@ -198,31 +243,54 @@ fn namespace_of<'k>(prefix: &str, key: &'k str) -> &'k str {
     }
 }
 
+/// Unlinks `keys`, one command each (a cluster refuses one command over keys of
+/// several slots), pipelined; how many existed.
+async fn unlink(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> Result<i64, Failure> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("UNLINK").arg(key);
+    }
+    let counts: Vec<i64> = pipe.query_async(conn).await.map_err(redis_failure)?;
+    Ok(counts.iter().sum())
+}
+
 pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Failure> {
-    let mut conn = redis(url).await?;
+    let Servers {
+        mut masters,
+        cluster,
+    } = redis(url).await?;
     match command {
         // Answered with the models (see `crate::run`).
         Cache::Get { .. } | Cache::Warm { .. } => Ok(()),
         Cache::Stats { prefix, json } => {
             let mut namespaces: BTreeMap<String, u64> = BTreeMap::new();
-            scan(&mut conn, &format!("{prefix}:*"), |keys| {
-                for key in keys {
-                    *namespaces
-                        .entry(namespace_of(&prefix, &key).to_owned())
-                        .or_default() += 1;
-                }
-            })
-            .await?;
-            let info: String = redis::cmd("INFO")
-                .arg("memory")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_failure)?;
-            let used = info
-                .lines()
-                .find_map(|l| l.strip_prefix("used_memory:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            let mut used = 0;
+            for conn in &mut masters {
+                scan(conn, &format!("{prefix}:*"), |keys| {
+                    for key in keys {
+                        *namespaces
+                            .entry(namespace_of(&prefix, &key).to_owned())
+                            .or_default() += 1;
+                    }
+                })
+                .await?;
+                let info: String = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(conn)
+                    .await
+                    .map_err(redis_failure)?;
+                used += info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
             if json {
                 let out = serde_json::json!({
                     "prefix": prefix,
@@ -249,19 +317,20 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
                 Some(ns) => format!("{prefix}:t:{ns}"),
                 None => format!("{prefix}:t:"),
             };
-            // First the epochs: from here on no process reads an old entry.
-            let mut epochs = Vec::new();
-            let epoch_pattern = match &namespace {
-                Some(_) => format!("{base}:epoch"),
-                None => format!("{base}*:epoch"),
+            // First the epochs (on a cluster, the namespaces' heads, which hold
+            // them): from here on no process reads an old entry.
+            let epoch_pattern = match (&namespace, cluster) {
+                (Some(_), false) => format!("{base}:epoch"),
+                (None, false) => format!("{base}*:epoch"),
+                (Some(_), true) => format!("{base}:{{{base}}}"),
+                (None, true) => format!("{base}*:{{{base}*}}"),
             };
-            scan(&mut conn, &epoch_pattern, |keys| epochs.extend(keys)).await?;
-            for epoch in &epochs {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(epoch)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_failure)?;
+            let mut epochs = 0;
+            for conn in &mut masters {
+                let mut found = Vec::new();
+                scan(conn, &epoch_pattern, |keys| found.extend(keys)).await?;
+                unlink(conn, &found).await?;
+                epochs += found.len();
             }
             // Then the keys themselves, to free the memory.
             let pattern = match &namespace {
@@ -269,22 +338,29 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
                 None => format!("{base}*"),
             };
             let mut doomed = Vec::new();
-            scan(&mut conn, &pattern, |keys| doomed.extend(keys)).await?;
+            for (i, conn) in masters.iter_mut().enumerate() {
+                scan(conn, &pattern, |keys| {
+                    doomed.extend(keys.into_iter().map(|key| (i, key)));
+                })
+                .await?;
+            }
             let mut deleted: i64 = 0;
             let bar = crate::progress(doomed.len() as u64, "keys");
-            for batch in doomed.chunks(500) {
-                deleted += redis::cmd("UNLINK")
-                    .arg(batch)
-                    .query_async::<i64>(&mut conn)
-                    .await
-                    .map_err(redis_failure)?;
-                bar.inc(batch.len() as u64);
+            for (i, conn) in masters.iter_mut().enumerate() {
+                let here: Vec<String> = doomed
+                    .iter()
+                    .filter(|(at, _)| *at == i)
+                    .map(|(_, key)| key.clone())
+                    .collect();
+                for batch in here.chunks(500) {
+                    deleted += unlink(conn, batch).await?;
+                    bar.inc(batch.len() as u64);
+                }
             }
             bar.finish_and_clear();
             println!(
-                "flushed {} namespace(s), {} key(s)",
-                epochs.len(),
-                deleted + epochs.len() as i64
+                "flushed {epochs} namespace(s), {} key(s)",
+                deleted + epochs as i64
             );
             Ok(())
         }

@@ -624,3 +624,82 @@ async fn storage_commands_on_s3() {
         stderr(&bare)
     );
 }
+
+/// `cache stats` and `cache flush` on a Redis Cluster (`redis+cluster://`): every
+/// master is scanned, the namespaces' heads go first, then their keys, one command a
+/// key (the keys live in many slots); the key-value API's keys stay.
+#[tokio::test]
+async fn cache_stats_and_flush_on_a_cluster() {
+    let urls = tabula::testkit::redis_cluster_urls().expect("redis cluster");
+    let nodes: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let cluster_url = format!("redis+cluster://{}/", nodes.join(","));
+    let prefix = format!("clic{}", std::process::id());
+    let client = redis::cluster::ClusterClient::new(urls.clone()).expect("client");
+    let mut conn = client.get_async_connection().await.expect("cluster");
+    let mut keys = vec![
+        format!("{prefix}:t:one:{{{prefix}:t:one}}"),
+        format!("{prefix}:t:two:{{{prefix}:t:two}}"),
+        format!("{prefix}:u:mine"),
+    ];
+    // Rows of namespace `one` in many slots, two of `two`.
+    for i in 0..40 {
+        keys.push(format!("{prefix}:t:one:e1:{{{i:x}}}:notes:0:{i}"));
+    }
+    for i in 0..2 {
+        keys.push(format!("{prefix}:t:two:e2:{{t{i}}}:notes:0:{i}"));
+    }
+    for key in &keys {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .expect("set");
+    }
+    let folder = Folder::new("cache-cluster");
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tabula"));
+        command
+            .args(args)
+            .current_dir(&folder.0)
+            .env("REDIS_URL", &cluster_url)
+            .env_remove("DATABASE_URL");
+        command.output().expect("run tabula")
+    };
+    let stats = run(&["cache", "stats", "--prefix", &prefix, "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    assert_eq!(stats["keys"]["one"], 41, "{stats}");
+    assert_eq!(stats["keys"]["two"], 3, "{stats}");
+    assert_eq!(stats["keys"]["(key-value API)"], 1, "{stats}");
+
+    let flushed = run(&["cache", "flush", "--prefix", &prefix, "--namespace", "one"]);
+    assert!(flushed.status.success(), "{}", stderr(&flushed));
+    assert_eq!(stdout(&flushed), "flushed 1 namespace(s), 41 key(s)\n");
+    let exists = async |key: &str| {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<i64>(&mut conn.clone())
+            .await
+            .expect("exists")
+            == 1
+    };
+    for key in &keys {
+        let gone = key.starts_with(&format!("{prefix}:t:one:"));
+        assert_eq!(exists(key).await, !gone, "{key}");
+    }
+    let all = run(&["cache", "flush", "--prefix", &prefix]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert_eq!(stdout(&all), "flushed 1 namespace(s), 3 key(s)\n");
+    assert!(
+        exists(&format!("{prefix}:u:mine")).await,
+        "the key-value API's keys stay"
+    );
+}

@@ -77,9 +77,13 @@
 //! (Redis frozen 1 s mid-run, 100 ms probe interval): 0 stale reads out of about
 //! 10,000 checked, inside or outside that window.
 //!
-//! Keys are built on the server from the epoch, so Tabula's cache keys need a single
-//! Redis (with replicas if you like), not Redis Cluster — Redis 7 or later (the
-//! protocol's scripts declare themselves with a Redis 7 shebang).
+//! Redis 7 or later (the protocol's scripts declare themselves with a Redis 7
+//! shebang). On one Redis (with replicas if you like), a protocol step is one script
+//! that builds its keys on the server from the epoch. On a Redis Cluster
+//! ([`CacheService::redis_cluster`]) a script may touch only keys it declares, in one
+//! slot: there a step is two — the namespace's head (epoch, generations, counters), then
+//! each row's key, named from what the head answered — with the same guarantees (see
+//! `cluster.rs` and the README's "Scaling out").
 //!
 //! # Which cache
 //!
@@ -684,6 +688,27 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// The node URLs of `redis+cluster://{nodes}`: `host:port` separated by commas, the
+/// first one's credentials (`user:password@`) applying to every node that names none.
+fn cluster_nodes(nodes: &str) -> Vec<String> {
+    let nodes = nodes.split('/').next().unwrap_or_default();
+    let mut credentials = "";
+    let mut urls = Vec::new();
+    for (i, node) in nodes.split(',').filter(|n| !n.is_empty()).enumerate() {
+        match node.rsplit_once('@') {
+            Some((given, _)) => {
+                if i == 0 {
+                    credentials = given;
+                }
+                urls.push(format!("redis://{node}/"));
+            }
+            None if credentials.is_empty() => urls.push(format!("redis://{node}/")),
+            None => urls.push(format!("redis://{credentials}@{node}/")),
+        }
+    }
+    urls
+}
+
 /// The longest TTL: 100 years (a longer one is refused, not silently cut).
 pub(crate) const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
@@ -779,6 +804,8 @@ impl CacheService {
     /// is down now does not stop the application from starting. A URL
     /// `redis+cluster://host:port,host:port/` names nodes of a Redis Cluster (see
     /// [`redis_cluster`](Self::redis_cluster)); so `REDIS_URL` may name one too.
+    /// Credentials given with the first node (`redis+cluster://:secret@a:7000,b:7001/`)
+    /// apply to every node that names none.
     ///
     /// ```no_run
     /// let cache = tabula::cache::CacheService::redis("redis://127.0.0.1/", Default::default())?;
@@ -788,13 +815,7 @@ impl CacheService {
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn redis(url: &str, config: CacheConfig) -> Result<Self> {
         if let Some(nodes) = url.strip_prefix("redis+cluster://") {
-            let urls: Vec<String> = nodes
-                .trim_end_matches('/')
-                .split(',')
-                .filter(|node| !node.is_empty())
-                .map(|node| format!("redis://{node}/"))
-                .collect();
-            return CacheService::redis_cluster(&urls, config);
+            return CacheService::redis_cluster(&cluster_nodes(nodes), config);
         }
         let backend = RedisBackend::new(url, &config)?;
         CacheService::build(backend, config)
@@ -898,7 +919,7 @@ impl CacheService {
 
     /// Whether this cache is backed by Redis (not in-process).
     pub fn is_redis(&self) -> bool {
-        self.inner.backend.kind() == "redis"
+        matches!(self.inner.backend.kind(), "redis" | "redis-cluster")
     }
 
     /// Whether the circuit breaker currently skips Redis.
@@ -1171,5 +1192,20 @@ impl CacheService {
             self.inner.backend.delete_matching(&pattern),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod cluster_url_tests {
+    use super::cluster_nodes;
+
+    #[test]
+    fn the_first_nodes_credentials_apply_to_the_others() {
+        assert_eq!(
+            cluster_nodes(":pw@a:1,b:2,u:x@c:3/"),
+            ["redis://:pw@a:1/", "redis://:pw@b:2/", "redis://u:x@c:3/"]
+        );
+        assert_eq!(cluster_nodes("a:1,b:2"), ["redis://a:1/", "redis://b:2/"]);
+        assert!(cluster_nodes("/").is_empty());
     }
 }

@@ -806,7 +806,13 @@ impl RedisBackend {
 
 impl Backend for RedisBackend {
     fn kind(&self) -> &'static str {
-        "redis"
+        // A cluster keeps its entries under other names than one server does: the
+        // two are never one cache (`CacheService::same_namespace`).
+        if self.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     fn is_shared(&self) -> bool {
