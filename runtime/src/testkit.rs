@@ -575,6 +575,9 @@ impl Drop for PrivateRedis {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Server>,
+    /// Supervisors of nodes restarted in their folder: kept until the end, since
+    /// letting one go deletes the folder the new server uses.
+    retired: Vec<Server>,
 }
 
 impl RedisCluster {
@@ -583,16 +586,7 @@ impl RedisCluster {
         let cli = redis_cli()?;
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(start_redis_with(None, "--port", |_| {
-                Ok(vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    "nodes.conf".into(),
-                    "--cluster-node-timeout".into(),
-                    "5000".into(),
-                ])
-            })?);
+            nodes.push(start_redis_with(None, "--port", |_| Ok(cluster_args()))?);
         }
         let mut create = Command::new(&cli);
         create.args(["--cluster", "create"]);
@@ -601,9 +595,55 @@ impl RedisCluster {
         }
         create.args(["--cluster-replicas", "0", "--cluster-yes"]);
         run_cli(&mut create, "redis-cli --cluster create")?;
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            retired: Vec::new(),
+        };
         cluster.wait_ok()?;
         Ok(cluster)
+    }
+
+    /// Kills master `index` at once (SIGKILL: nothing saved) and starts it again on its
+    /// port and in its folder: it comes back with its cluster identity and slots, and
+    /// with the data of its last snapshot (`SAVE`) — a server restarted from a backup
+    /// older than the writes since.
+    ///
+    /// ```no_run
+    /// let mut cluster = tabula::testkit::RedisCluster::start()?;
+    /// cluster.restart_from_snapshot(0)?;
+    /// # Ok::<(), tabula::Error>(())
+    /// ```
+    pub fn restart_from_snapshot(&mut self, index: usize) -> Result<()> {
+        let Some(node) = self.nodes.get(index) else {
+            return Err(Error::Config("no such cluster node".into()));
+        };
+        let (port, pid) = (node.port, node.pid);
+        let out = Command::new(redis_cli()?)
+            .args(["-p", &port.to_string(), "CONFIG", "GET", "dir"])
+            .output()
+            .map_err(|e| Error::Config(format!("cannot run redis-cli: {e}")))?;
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Config(format!("no folder from port {port}")))?;
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let server = start_redis_with(Some(port), "--port", |_| {
+            let mut args = cluster_args();
+            args.extend(["--dir".to_owned(), dir.clone()]);
+            Ok(args)
+        })?;
+        let old = std::mem::replace(&mut self.nodes[index], server);
+        self.retired.push(old);
+        self.wait_ok()
     }
 
     /// `redis://127.0.0.1:<port>/` of every master, in start order.
@@ -682,6 +722,19 @@ pub fn redis_cluster_urls() -> Result<Vec<String>> {
         .map_err(|e| Error::Config(e.clone()))
 }
 
+fn cluster_args() -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "5000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn redis_cli() -> Result<PathBuf> {
     find_on_path("redis-cli")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-cli")).filter(|p| p.is_file()))
@@ -724,8 +777,9 @@ fn start_redis_on(fixed_port: Option<u16>) -> Result<Server> {
     start_redis_with(fixed_port, "--port", |_| Ok(Vec::new()))
 }
 
-/// Starts a redis-server; `extra` gets its folder and returns arguments put before
-/// `{port_flag} <port>` (`--port`, or `--tls-port` for a TLS-only server).
+/// Starts a redis-server; `extra` gets its folder and returns arguments put after
+/// `{port_flag} <port>` and the defaults (`--port`, or `--tls-port` for a TLS-only
+/// server), so they win over the defaults.
 fn start_redis_with(
     fixed_port: Option<u16>,
     port_flag: &str,
@@ -746,7 +800,7 @@ fn start_redis_with(
             Some(port) => port,
             None => free_port()?,
         };
-        let mut args: Vec<String> = listen.clone();
+        let mut args: Vec<String> = Vec::new();
         args.extend(
             [
                 port_flag,
@@ -763,6 +817,8 @@ fn start_redis_with(
             .iter()
             .map(|s| s.to_string()),
         );
+        // Last, so that they win over the defaults above.
+        args.extend(listen.iter().cloned());
         match supervise(&redis, &args, &dir, None, port) {
             Ok(server) => return Ok(server),
             Err(e) => last = Some(e),

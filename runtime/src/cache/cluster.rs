@@ -35,6 +35,17 @@
 //! - An invalidation that fails half-way is reported (`Err`), which makes the backend
 //!   dirty and replaces the namespace's epoch (rule 4's later delivery, `redis.rs`).
 //!
+//! # Restarts
+//!
+//! On one Redis, a server that is not the one last talked to (restarted, perhaps from
+//! a snapshot older than the invalidations since, or failed over) makes every
+//! namespace get a new epoch before anything is read (`redis.rs`). On a cluster the
+//! client reconnects to nodes by itself, so the backend asks every master its
+//! `run_id` once per probe interval, before a call: when a `run_id` seen before is no
+//! longer among the masters' — a master restarted, or replaced by its replica — every
+//! namespace this process used gets a new epoch before that call runs. Stale entries a
+//! restarted master brought back are therefore served for at most one probe interval.
+//!
 //! What this costs: a cached read is two round trips (the head, then the rows), a fill
 //! three, a unique finder's read three. A multi-row call runs one script per row, all
 //! in flight together.
@@ -43,7 +54,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{FromRedisValue, RedisError, Script};
 
 use super::Fault;
@@ -479,6 +490,54 @@ impl RedisBackend {
             Ok((key, value, head.leases))
         })
         .await
+    }
+
+    /// Asks every master its `run_id`, at most once per probe interval; a `run_id`
+    /// seen before and gone now (a master restarted or failed over) makes the backend
+    /// dirty, so every namespace gets a new epoch before this call goes on.
+    pub(super) async fn watch_masters(&self, conn: &mut Wire) {
+        let Wire::Cluster(cluster) = conn else {
+            return;
+        };
+        {
+            let Ok(mut watch) = self.masters.lock() else {
+                return;
+            };
+            if watch
+                .0
+                .is_some_and(|at| at.elapsed() < self.probe_interval())
+            {
+                return;
+            }
+            watch.0 = Some(std::time::Instant::now());
+        }
+        let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let Ok(redis::Value::Map(answers)) = cluster.route_command(info, route).await else {
+            return;
+        };
+        let mut ids: Vec<String> = answers
+            .into_iter()
+            .filter_map(|(_, answer)| {
+                let text = reply_bytes(answer)?;
+                let text = String::from_utf8_lossy(&text);
+                let id = text.lines().find_map(|l| l.strip_prefix("run_id:"))?;
+                Some(id.trim().to_owned())
+            })
+            .collect();
+        ids.sort_unstable();
+        let gone = self.masters.lock().is_ok_and(|mut watch| {
+            let gone = watch.1.iter().any(|id| ids.binary_search(id).is_err());
+            watch.1 = ids;
+            gone
+        });
+        if gone {
+            tracing::warn!(
+                "a redis cluster master restarted or failed over: new cache epochs replace the old"
+            );
+            self.mark_dirty();
+        }
     }
 
     /// Deletes every key matching `pattern` on every master of the cluster.

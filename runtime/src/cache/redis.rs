@@ -117,6 +117,9 @@ pub(crate) struct RedisBackend {
     /// failure during a change is never erased by it).
     dirty: AtomicU64,
     probing: AtomicBool,
+    /// On a cluster: when the masters were last asked who they are, and their
+    /// `run_id`s then (see `cluster.rs`, "Restarts").
+    pub(super) masters: Mutex<(Option<std::time::Instant>, Vec<String>)>,
     /// How long a table's registration must be old before it is filled, in ms
     /// (`ARGV[3]` of every script; `0`: no registry). See `CacheConfig::registry_window`.
     registry_wait: String,
@@ -276,11 +279,17 @@ impl RedisBackend {
             epochs: Mutex::default(),
             dirty: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            masters: Mutex::default(),
             registry_wait: config
                 .registry_window
                 .map_or(0, |w| super::registry_wait(w).as_millis())
                 .to_string(),
         })
+    }
+
+    /// The probe interval (how often a cluster's masters are asked who they are).
+    pub(super) fn probe_interval(&self) -> Duration {
+        self.probe_interval
     }
 
     /// `ARGV[3]` of every script: the registry wait in ms (`0`: none).
@@ -451,7 +460,7 @@ impl RedisBackend {
 
     /// Records an invalidation that was not delivered, and makes sure a background
     /// probe delivers it (see the module docs).
-    fn mark_dirty(&self) {
+    pub(super) fn mark_dirty(&self) {
         self.dirty.fetch_add(1, Ordering::AcqRel);
         if self
             .probing
@@ -542,6 +551,7 @@ impl RedisBackend {
         let work = async {
             let Link { mut conn, heard: h } = self.connection().await?;
             let _ = heard.set(h);
+            self.watch_masters(&mut conn).await;
             self.clean(&mut conn).await?;
             body(&mut conn).await.map_err(Fault::Redis)
         };
