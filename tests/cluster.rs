@@ -577,3 +577,61 @@ async fn a_master_restarted_from_an_old_snapshot_serves_nothing_old() {
         "stale rows, of 60 (this process, a new one)"
     );
 }
+
+/// A reader that remembers the names it resolved reads its rows under them while the
+/// head is asked: after a table-wide invalidation by another process (a new
+/// generation: the old entries are all still there) it must not trust them.
+#[tokio::test]
+async fn remembered_names_are_never_trusted_past_a_new_generation() {
+    let urls = tabula::testkit::redis_cluster_urls().expect("cluster");
+    let config = || {
+        CacheConfig::default()
+            .prefix("remembered")
+            .deadline(Duration::from_secs(2))
+    };
+    let (_, url) = common::db_and_url().await;
+    let reader = Db::connect_with(
+        DbConfig::new(url.clone()).cache(CacheService::redis_cluster(&urls, config()).expect("c")),
+    )
+    .await
+    .expect("db");
+    let writer = Db::connect_with(
+        DbConfig::new(url).cache(CacheService::redis_cluster(&urls, config()).expect("c")),
+    )
+    .await
+    .expect("db");
+    let rows = reader
+        .create_many((0..20).map(|i| new_cached(&format!("n{i}"))).collect())
+        .await
+        .expect("seed");
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    for round in 0..3 {
+        // Hits under the remembered names.
+        for _ in 0..2 {
+            assert_eq!(
+                reader.read_many::<Cached>(&ids).await.expect("read").len(),
+                20
+            );
+        }
+        let value = format!("round{round}");
+        writer
+            .with_client(async |c| {
+                c.execute("UPDATE profiles SET avatar_url = $1", &[&value])
+                    .await?;
+                Ok(())
+            })
+            .await
+            .expect("raw update");
+        writer.invalidate_table::<Cached>().await;
+        let seen = reader.read_many::<Cached>(&ids).await.expect("read");
+        let stale = seen
+            .iter()
+            .flatten()
+            .filter(|r| r.avatar_url.as_deref() != Some(value.as_str()))
+            .count();
+        assert_eq!(
+            stale, 0,
+            "round {round}: rows read under names the head no longer gives"
+        );
+    }
+}

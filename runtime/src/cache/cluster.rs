@@ -30,8 +30,7 @@
 //!   taken after the write committed, so its database read sees the write.
 //! - A generation or epoch bumped since a reader's head step leaves that reader
 //!   working on names no later reader resolves: a late fill lands where nobody looks
-//!   (and expires with its TTL). A fill resolves the head again before it stores, so a
-//!   lease taken under an older generation finds nothing to fill under the new one.
+//!   (and expires with its TTL).
 //! - An invalidation that fails half-way is reported (`Err`), which makes the backend
 //!   dirty and replaces the namespace's epoch (rule 4's later delivery, `redis.rs`).
 //!
@@ -46,9 +45,21 @@
 //! namespace this process used gets a new epoch before that call runs. Stale entries a
 //! restarted master brought back are therefore served for at most one probe interval.
 //!
-//! What this costs: a cached read is two round trips (the head, then the rows), a fill
-//! three, a unique finder's read three. A multi-row call runs one script per row, all
-//! in flight together.
+//! # One round trip
+//!
+//! The head's answer changes only when a write bumps a generation or the epoch is
+//! replaced; otherwise each read would ask it the same question first. So a reader
+//! remembers the names it last resolved (per namespace, table and scope counters) and
+//! reads the rows under them *while* it asks the head; it trusts those rows only when
+//! the head answers the same names. Epochs are fresh random values and generations and
+//! counters only grow, so equal names at the head mean they were current when the rows
+//! were read: the read is the same as one that asked the head first. The early read
+//! takes no lease — rule 8's verdict comes with the head — so a miss takes it in a
+//! second step. A fill uses the remembered names too: its lease lives in the row's own
+//! hash, so under names that moved on it finds none and stores nothing.
+//!
+//! What this costs: a cached hit is one round trip (the head and the rows in flight
+//! together), a miss two, a fill one; a write two (the head, then the rows).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -239,8 +250,62 @@ impl RedisBackend {
         })
     }
 
-    /// Rule 2 (and 6 for a scope) on the cluster: one script per row, all in flight
-    /// together.
+    /// The names a reader of `table` (with a scope's `counters`) last resolved, if any.
+    fn guess(&self, ns: &Namespace, table: &str, counters: &[String]) -> Option<Names> {
+        let guesses = self.guesses.lock().ok()?;
+        guesses.get(&names_key(ns, table, counters)).cloned()
+    }
+
+    fn remember(&self, ns: &Namespace, table: &str, counters: &[String], names: &Names) {
+        if let Ok(mut guesses) = self.guesses.lock() {
+            if guesses.len() >= 4096 {
+                guesses.clear(); // names of many scopes' counter sets: start again
+            }
+            guesses.insert(names_key(ns, table, counters), names.clone());
+        }
+    }
+
+    /// Reads `keys` of `get.table` under `names`: one script per row, all in flight
+    /// together; a miss takes the reader's lease when `leases`.
+    async fn rows_at(
+        conn: &mut Wire,
+        ns: &Namespace,
+        get: &RowGet<'_>,
+        names: &Names,
+        leases: bool,
+        keys: &[&String],
+    ) -> Result<Vec<Option<Vec<u8>>>, RedisError> {
+        let lease = millis(get.lease);
+        let leases: &[u8] = if leases { b"1" } else { b"0" };
+        let field = get.scope.map(|scope| scoped_field(scope, &names.counters));
+        let mut args: Vec<&[u8]> = vec![get.token.as_bytes(), &lease, get.shape.as_bytes(), leases];
+        let script: &Script = match &field {
+            Some(field) => {
+                args.push(field.as_bytes());
+                &SCOPED_GET
+            }
+            None => &ROWS_GET,
+        };
+        let answers = try_join_all(keys.iter().map(|key| {
+            let mut conn = conn.clone();
+            let name = row_name(&ns.base, &names.epoch, get.table, &names.generation, key);
+            let args = &args;
+            async move { eval::<redis::Value>(&mut conn, script, &[name.as_str()], args).await }
+        }))
+        .await?;
+        Ok(answers
+            .into_iter()
+            .map(|value| reply_bytes(value).filter(|v| !v.is_empty()))
+            .collect())
+    }
+
+    /// Rule 2 (and 6 for a scope) on the cluster, in one round trip when the names
+    /// this process last resolved still hold: the rows are read under them (taking no
+    /// lease) at the same time as the head is asked, and the answer is used only if
+    /// the head names the same epoch, generation and counters — which only ever grow
+    /// or change to fresh random values, so the names were current when the rows were
+    /// read, exactly as if the head had been asked first. A miss then takes its lease in
+    /// a second step (when rule 8 allows one); names that moved on cost the two steps.
     pub(super) async fn cluster_row_get(
         &self,
         ns: &Namespace,
@@ -256,43 +321,42 @@ impl RedisBackend {
                 register,
                 ..Ask::default()
             };
-            let head = self.head(conn, ns, Mode::Read, &ask).await?;
-            let epoch = head.epoch.as_deref().unwrap_or_default();
-            let g = head.generations.first().map_or("0", String::as_str);
-            let lease = millis(get.lease);
-            let leases: &[u8] = if head.leases { b"1" } else { b"0" };
-            let field = get.scope.map(|scope| scoped_field(scope, &head.counters));
-            let mut args: Vec<&[u8]> =
-                vec![get.token.as_bytes(), &lease, get.shape.as_bytes(), leases];
-            let script: &Script = match &field {
-                Some(field) => {
-                    args.push(field.as_bytes());
-                    &SCOPED_GET
+            let all: Vec<&String> = get.keys.iter().collect();
+            let guess = self.guess(ns, get.table, counters);
+            let (head, early) = match &guess {
+                Some(names) => {
+                    let mut head_conn = conn.clone();
+                    let (head, rows) = futures_util::future::join(
+                        self.head(&mut head_conn, ns, Mode::Read, &ask),
+                        Self::rows_at(conn, ns, get, names, false, &all),
+                    )
+                    .await;
+                    (head?, Some(rows?))
                 }
-                None => &ROWS_GET,
+                None => (self.head(conn, ns, Mode::Read, &ask).await?, None),
             };
-            let answers =
-                try_join_all(
-                    get.keys.iter().map(|key| {
-                        let mut conn = conn.clone();
-                        let name = row_name(&ns.base, epoch, get.table, g, key);
-                        let args = &args;
-                        async move {
-                            eval::<redis::Value>(&mut conn, script, &[name.as_str()], args).await
-                        }
-                    }),
-                )
-                .await?;
-            Ok(answers
-                .into_iter()
-                .map(|value| reply_bytes(value).filter(|v| !v.is_empty()))
-                .collect())
+            let names = Names::of(&head);
+            self.remember(ns, get.table, counters, &names);
+            let mut out = match early {
+                Some(rows) if guess.as_ref() == Some(&names) => rows,
+                _ => return Self::rows_at(conn, ns, get, &names, head.leases, &all).await,
+            };
+            let missed: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
+            if head.leases && !missed.is_empty() {
+                let keys: Vec<&String> = missed.iter().map(|i| &get.keys[*i]).collect();
+                let again = Self::rows_at(conn, ns, get, &names, true, &keys).await?;
+                for (i, value) in missed.into_iter().zip(again) {
+                    out[i] = value;
+                }
+            }
+            Ok(out)
         })
         .await
     }
 
-    /// Rule 3 (and 6) on the cluster: the head is read again, so a lease taken under
-    /// a generation or epoch since replaced finds nothing to fill.
+    /// Rule 3 (and 6) on the cluster, under the names this process last resolved
+    /// (asking the head when it has none): a lease lives in its row's hash, so a fill
+    /// under names that moved on finds no lease and stores nothing.
     pub(super) async fn cluster_row_fill(
         &self,
         ns: &Namespace,
@@ -300,21 +364,26 @@ impl RedisBackend {
     ) -> Result<u64, Fault> {
         self.call(async |conn| {
             let counters: &[String] = fill.scope.map_or(&[], |s| &s.counters);
-            let ask = Ask {
-                tables: vec![fill.table],
-                counters,
-                ..Ask::default()
+            let names = match self.guess(ns, fill.table, counters) {
+                Some(names) => names,
+                None => {
+                    let ask = Ask {
+                        tables: vec![fill.table],
+                        counters,
+                        ..Ask::default()
+                    };
+                    let head = self.head(conn, ns, Mode::Peek, &ask).await?;
+                    if head.epoch.is_none() {
+                        return Ok(0);
+                    }
+                    Names::of(&head)
+                }
             };
-            let head = self.head(conn, ns, Mode::Peek, &ask).await?;
-            let Some(epoch) = head.epoch.as_deref() else {
-                return Ok(0);
-            };
-            let g = head.generations.first().map_or("0", String::as_str);
             let ttl = millis(fill.ttl);
-            let field = fill.scope.map(|scope| scoped_field(scope, &head.counters));
+            let field = fill.scope.map(|scope| scoped_field(scope, &names.counters));
             let filled = try_join_all(fill.entries.iter().map(|(key, value)| {
                 let mut conn = conn.clone();
-                let name = row_name(&ns.base, epoch, fill.table, g, key);
+                let name = row_name(&ns.base, &names.epoch, fill.table, &names.generation, key);
                 let mut args: Vec<&[u8]> = vec![fill.token.as_bytes(), &ttl];
                 let script: &Script = match &field {
                     Some(field) => {
@@ -599,6 +668,37 @@ impl RedisBackend {
         }
         Ok(deleted)
     }
+}
+
+/// The names a head step resolved for one table (and a scope's counters).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(super) struct Names {
+    epoch: String,
+    generation: String,
+    counters: Vec<String>,
+}
+
+impl Names {
+    fn of(head: &Head) -> Names {
+        Names {
+            epoch: head.epoch.clone().unwrap_or_default(),
+            generation: head
+                .generations
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "0".into()),
+            counters: head.counters.clone(),
+        }
+    }
+}
+
+fn names_key(ns: &Namespace, table: &str, counters: &[String]) -> String {
+    let mut key = format!("{}\0{table}", ns.base);
+    for counter in counters {
+        key.push('\0');
+        key.push_str(counter);
+    }
+    key
 }
 
 /// A scope's field in a row's scoped hash: its id, then the counter values the head

@@ -823,11 +823,11 @@ impl CacheService {
 
     /// A cache on a Redis Cluster, given the URL of one or more of its nodes (the
     /// client learns the others, and follows slots as they move). Every protocol
-    /// script touches only keys it declares, in one hash slot: a namespace's epoch,
-    /// table generations and version counters share its slot, and each row's entry,
-    /// lease and scoped copies share a slot of their own, so rows spread over the
-    /// cluster. A cached read costs two round trips (the namespace's head, then the
-    /// rows). No near tier on a cluster yet ([`CacheConfig::near`] is refused).
+    /// script touches one key: a namespace's epoch, table generations and version
+    /// counters are one hash in its slot, and each row's entry, lease and scoped copies
+    /// are one hash in a slot of its own, so rows spread over the cluster. A hit is one round trip (the rows are read under the names last
+    /// resolved while the namespace's head confirms them), a miss two. No near tier on
+    /// a cluster yet ([`CacheConfig::near`] is refused).
     ///
     /// ```no_run
     /// let nodes = ["redis://127.0.0.1:7000/".to_owned(), "redis://127.0.0.1:7001/".to_owned()];

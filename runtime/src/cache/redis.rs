@@ -120,6 +120,9 @@ pub(crate) struct RedisBackend {
     /// On a cluster: when the masters were last asked who they are, and their
     /// `run_id`s then (see `cluster.rs`, "Restarts").
     pub(super) masters: Mutex<(Option<std::time::Instant>, Vec<String>)>,
+    /// On a cluster: the names each reader last resolved, by namespace, table and
+    /// counters (see `cluster.rs`, "One round trip").
+    pub(super) guesses: Mutex<HashMap<String, super::cluster::Names>>,
     /// How long a table's registration must be old before it is filled, in ms
     /// (`ARGV[3]` of every script; `0`: no registry). See `CacheConfig::registry_window`.
     registry_wait: String,
@@ -280,6 +283,7 @@ impl RedisBackend {
             dirty: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             masters: Mutex::default(),
+            guesses: Mutex::default(),
             registry_wait: config
                 .registry_window
                 .map_or(0, |w| super::registry_wait(w).as_millis())
