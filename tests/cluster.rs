@@ -635,3 +635,84 @@ async fn remembered_names_are_never_trusted_past_a_new_generation() {
         );
     }
 }
+
+/// Rule 8 across an epoch replaced after a master restart: a writer W with a registry
+/// window holds a snapshot without the table; a reader R without one has registered
+/// it (so takes no lease for one and a half windows). A master restarts, R's backend
+/// gives the namespace a new epoch — which must carry the registry's mark, or R would
+/// take a lease at once, fill, and W's write (skipping Redis on its snapshot) would
+/// leave R reading the old row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_after_a_restart_keeps_the_registry_wait() {
+    let mut cluster = RedisCluster::start().expect("cluster");
+    let ports = cluster.ports();
+    let config = || {
+        CacheConfig::default()
+            .prefix("window")
+            .namespace("ns")
+            .deadline(Duration::from_secs(1))
+    };
+    let (_, url) = common::db_and_url().await;
+    let connect = async |cache: CacheService| {
+        Db::connect_with(DbConfig::new(url.clone()).cache(cache))
+            .await
+            .expect("db")
+    };
+    let w = connect(
+        CacheService::redis_cluster(
+            &cluster.urls(),
+            config().registry_window(Duration::from_secs(20)),
+        )
+        .expect("cache"),
+    )
+    .await;
+    let r = connect(
+        CacheService::redis_cluster(
+            &cluster.urls(),
+            config().probe_interval(Duration::from_millis(100)),
+        )
+        .expect("cache"),
+    )
+    .await;
+    let other = w.create(new_cached("other")).await.expect("create");
+    let row = w.create(new_cached("watched")).await.expect("create");
+    // W's invalidation starts the epoch with its mark; its snapshot: nothing cached.
+    w.update::<Cached>(other.id, CachedPatch::default())
+        .await
+        .expect("write");
+    // R reads: registers the table, takes no lease.
+    assert!(r.read::<Cached>(row.id).await.expect("read").is_some());
+    let head = "window:t:ns:{window:t:ns}";
+    let head_port = owner(
+        &ports,
+        on_node(ports[0], &["CLUSTER", "KEYSLOT", head]).await,
+    )
+    .await;
+    let epoch: String = on_node(head_port, &["HGET", head, "e"]).await;
+    let victim = ports
+        .iter()
+        .position(|p| *p != head_port)
+        .expect("another master");
+    tokio::task::block_in_place(|| cluster.restart_from_snapshot(victim)).expect("restart");
+    // R notices the restart (its watch runs beside its calls) and renews the epoch.
+    let mut renewed = false;
+    for _ in 0..50 {
+        let _ = r.read::<Cached>(row.id).await;
+        let now: String = on_node(head_port, &["HGET", head, "e"]).await;
+        if now != epoch {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(renewed, "the restart was not noticed: this proves nothing");
+    let _ = r.read::<Cached>(row.id).await;
+    let _ = r.read::<Cached>(row.id).await;
+    let patch = CachedPatch {
+        avatar_url: Some(Some("new".into())),
+        ..Default::default()
+    };
+    w.update::<Cached>(row.id, patch).await.expect("write");
+    let seen = r.read::<Cached>(row.id).await.expect("read").expect("row");
+    assert_eq!(seen.avatar_url.as_deref(), Some("new"));
+}

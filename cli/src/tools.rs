@@ -147,7 +147,9 @@ pub(crate) struct StorageSettings {
 /// Cluster (`redis+cluster://host:port,…`), each by a connection of its own.
 struct Servers {
     masters: Vec<redis::aio::MultiplexedConnection>,
-    cluster: bool,
+    /// On a cluster: a cluster connection, for deletes (it follows `ASK` and `MOVED`
+    /// while a slot moves).
+    cluster: Option<redis::cluster_async::ClusterConnection>,
 }
 
 async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, Failure> {
@@ -165,22 +167,55 @@ async fn redis(url: Option<String>) -> Result<Servers, Failure> {
     let Some(nodes) = url.strip_prefix("redis+cluster://") else {
         return Ok(Servers {
             masters: vec![connect(&url).await?],
-            cluster: false,
+            cluster: None,
         });
     };
-    // The first node answers for the cluster: its masters, each asked on its own.
-    let first = nodes
-        .split(['/', ','])
+    let given: Vec<&str> = nodes
+        .split('/')
         .next()
+        .unwrap_or_default()
+        .split(',')
         .filter(|n| !n.is_empty())
+        .collect();
+    let first = given
+        .first()
         .ok_or_else(|| Failure::setup("a redis+cluster:// URL names no node"))?;
     let credentials = first.rsplit_once('@').map(|(c, _)| format!("{c}@"));
-    let mut seed = connect(&format!("redis://{first}/")).await?;
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut seed)
+    let with_credentials = |node: &str| match (&credentials, node.contains('@')) {
+        (Some(credentials), false) => format!("redis://{credentials}{node}/"),
+        _ => format!("redis://{node}/"),
+    };
+    // The first node that answers tells the cluster's masters; each is asked on its own.
+    let mut nodes = None;
+    let mut last = None;
+    for node in &given {
+        let answer = async {
+            let mut seed = connect(&with_credentials(node)).await?;
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut seed)
+                .await
+                .map_err(redis_failure)
+        };
+        match answer.await {
+            Ok(answer) => {
+                nodes = Some(answer);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(nodes) = nodes else {
+        return Err(last.unwrap_or_else(|| Failure::setup("no cluster node answered")));
+    };
+    let client =
+        redis::cluster::ClusterClientBuilder::new(given.iter().map(|n| with_credentials(n)))
+            .build()
+            .map_err(|e| Failure::setup(format!("invalid redis url: {e}")))?;
+    let cluster = client
+        .get_async_connection()
         .await
-        .map_err(redis_failure)?;
+        .map_err(|e| Failure::setup(format!("cannot connect to the redis cluster: {e}")))?;
     let mut masters = Vec::new();
     for line in nodes.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -195,7 +230,7 @@ async fn redis(url: Option<String>) -> Result<Servers, Failure> {
     }
     Ok(Servers {
         masters,
-        cluster: true,
+        cluster: Some(cluster),
     })
 }
 
@@ -260,10 +295,30 @@ async fn unlink(
     Ok(counts.iter().sum())
 }
 
+/// Unlinks `keys` through the cluster connection, one command a key, all in flight
+/// together; how many existed.
+async fn unlink_cluster(
+    cluster: &mut redis::cluster_async::ClusterConnection,
+    keys: &[String],
+) -> Result<i64, Failure> {
+    let counts = futures_util::future::try_join_all(keys.iter().map(|key| {
+        let mut cluster = cluster.clone();
+        async move {
+            redis::cmd("UNLINK")
+                .arg(key)
+                .query_async::<i64>(&mut cluster)
+                .await
+        }
+    }))
+    .await
+    .map_err(redis_failure)?;
+    Ok(counts.iter().sum())
+}
+
 pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Failure> {
     let Servers {
         mut masters,
-        cluster,
+        mut cluster,
     } = redis(url).await?;
     match command {
         // Answered with the models (see `crate::run`).
@@ -319,7 +374,7 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
             };
             // First the epochs (on a cluster, the namespaces' heads, which hold
             // them): from here on no process reads an old entry.
-            let epoch_pattern = match (&namespace, cluster) {
+            let epoch_pattern = match (&namespace, cluster.is_some()) {
                 (Some(_), false) => format!("{base}:epoch"),
                 (None, false) => format!("{base}*:epoch"),
                 (Some(_), true) => format!("{base}:{{{base}}}"),
@@ -329,7 +384,10 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
             for conn in &mut masters {
                 let mut found = Vec::new();
                 scan(conn, &epoch_pattern, |keys| found.extend(keys)).await?;
-                unlink(conn, &found).await?;
+                match &mut cluster {
+                    Some(cluster) => unlink_cluster(cluster, &found).await?,
+                    None => unlink(conn, &found).await?,
+                };
                 epochs += found.len();
             }
             // Then the keys themselves, to free the memory.
@@ -353,7 +411,10 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
                     .map(|(_, key)| key.clone())
                     .collect();
                 for batch in here.chunks(500) {
-                    deleted += unlink(conn, batch).await?;
+                    deleted += match &mut cluster {
+                        Some(cluster) => unlink_cluster(cluster, batch).await?,
+                        None => unlink(conn, batch).await?,
+                    };
                     bar.inc(batch.len() as u64);
                 }
             }

@@ -703,3 +703,93 @@ async fn cache_stats_and_flush_on_a_cluster() {
         "the key-value API's keys stay"
     );
 }
+
+/// A command to one node of a cluster (not routed).
+async fn on_node<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> T {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node");
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut conn).await.expect("command")
+}
+
+/// `cache flush` on a cluster whose first listed node is down, while one of the
+/// namespace's keys sits on the node importing its slot (mid-migration: only a
+/// command sent with `ASKING` may touch it there): the next node answers, and the
+/// deletes go through a cluster connection that follows `ASK`.
+#[tokio::test]
+async fn cache_flush_on_a_cluster_mid_migration_with_a_node_down() {
+    let cluster = tokio::task::spawn_blocking(tabula::testkit::RedisCluster::start)
+        .await
+        .expect("start")
+        .expect("cluster");
+    let ports = cluster.ports();
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let cluster_url = format!("redis+cluster://127.0.0.1:1,{}/", nodes.join(","));
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("client");
+    let mut conn = client.get_async_connection().await.expect("cluster");
+    let prefix = "mid";
+    let mut keys = vec![format!("{prefix}:t:ns:{{{prefix}:t:ns}}")];
+    for i in 0..30 {
+        keys.push(format!("{prefix}:t:ns:e1:{{{i:x}}}:notes:0:{i}"));
+    }
+    for key in &keys {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .expect("set");
+    }
+    // One row's slot half moved: its key already on the importing node.
+    let moving = &keys[5];
+    let slot: i64 = on_node(ports[0], &["CLUSTER", "KEYSLOT", moving]).await;
+    let mut from = None;
+    for port in &ports {
+        let here: Vec<String> = on_node(*port, &["KEYS", moving]).await;
+        if !here.is_empty() {
+            from = Some(*port);
+        }
+    }
+    let from = from.expect("the key's node");
+    let to = *ports.iter().find(|p| **p != from).expect("another node");
+    let from_id: String = on_node(from, &["CLUSTER", "MYID"]).await;
+    let to_id: String = on_node(to, &["CLUSTER", "MYID"]).await;
+    let s = slot.to_string();
+    let () = on_node(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]).await;
+    let () = on_node(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]).await;
+    let to_port = to.to_string();
+    let _: redis::Value = on_node(
+        from,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &to_port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            moving,
+        ],
+    )
+    .await;
+    let folder = Folder::new("cache-mid");
+    let flushed = Command::new(env!("CARGO_BIN_EXE_tabula"))
+        .args(["cache", "flush", "--prefix", prefix])
+        .current_dir(&folder.0)
+        .env("REDIS_URL", &cluster_url)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run tabula");
+    assert!(flushed.status.success(), "{}", stderr(&flushed));
+    assert_eq!(stdout(&flushed), "flushed 1 namespace(s), 31 key(s)\n");
+    for port in &ports {
+        let left: Vec<String> = on_node(*port, &["KEYS", "mid:*"]).await;
+        assert!(left.is_empty(), "left on {port}: {left:?}");
+    }
+}

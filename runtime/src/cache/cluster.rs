@@ -40,10 +40,13 @@
 //! a snapshot older than the invalidations since, or failed over) makes every
 //! namespace get a new epoch before anything is read (`redis.rs`). On a cluster the
 //! client reconnects to nodes by itself, so the backend asks every master its
-//! `run_id` once per probe interval, before a call: when a `run_id` seen before is no
-//! longer among the masters' — a master restarted, or replaced by its replica — every
-//! namespace this process used gets a new epoch before that call runs. Stale entries a
-//! restarted master brought back are therefore served for at most one probe interval.
+//! `run_id` once per probe interval, in a task beside the calls: when a `run_id`
+//! seen before is no longer among the masters' — a master restarted, or replaced by
+//! its replica — every namespace this process used gets a new epoch before the next
+//! call runs. Stale entries a restarted master brought back are therefore served for
+//! at most about one probe interval, by a process that had talked to the cluster
+//! before (a process started after the restart has nothing to compare with, as on one
+//! Redis). A master that does not answer concludes nothing.
 //!
 //! # One round trip
 //!
@@ -65,6 +68,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
+use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{FromRedisValue, RedisError, Script};
 
@@ -561,52 +565,54 @@ impl RedisBackend {
         .await
     }
 
-    /// Asks every master its `run_id`, at most once per probe interval; a `run_id`
-    /// seen before and gone now (a master restarted or failed over) makes the backend
-    /// dirty, so every namespace gets a new epoch before this call goes on.
-    pub(super) async fn watch_masters(&self, conn: &mut Wire) {
+    /// Starts, unless one runs, the task that asks every master its `run_id` once per
+    /// probe interval, beside the calls (a master that does not answer costs them
+    /// nothing: the question is dropped after one deadline and nothing is concluded
+    /// from it). A `run_id` seen before and gone now (a master restarted or failed
+    /// over) makes the backend dirty, so every namespace gets a new epoch before the
+    /// next call goes on. The task ends with the backend or its runtime.
+    pub(super) fn watch_masters(&self, conn: &Wire) {
         let Wire::Cluster(cluster) = conn else {
             return;
         };
+        if self
+            .watching
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            let Ok(mut watch) = self.masters.lock() else {
-                return;
-            };
-            if watch
-                .0
-                .is_some_and(|at| at.elapsed() < self.probe_interval())
-            {
-                return;
-            }
-            watch.0 = Some(std::time::Instant::now());
+            return;
         }
-        let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-        let mut info = redis::cmd("INFO");
-        info.arg("server");
-        let Ok(redis::Value::Map(answers)) = cluster.route_command(info, route).await else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.watching
+                .store(false, std::sync::atomic::Ordering::Release);
             return;
         };
-        let mut ids: Vec<String> = answers
-            .into_iter()
-            .filter_map(|(_, answer)| {
-                let text = reply_bytes(answer)?;
-                let text = String::from_utf8_lossy(&text);
-                let id = text.lines().find_map(|l| l.strip_prefix("run_id:"))?;
-                Some(id.trim().to_owned())
-            })
-            .collect();
-        ids.sort_unstable();
-        let gone = self.masters.lock().is_ok_and(|mut watch| {
-            let gone = watch.1.iter().any(|id| ids.binary_search(id).is_err());
-            watch.1 = ids;
-            gone
+        let (mut cluster, backend) = (cluster.clone(), self.weak());
+        let (deadline, interval) = (self.deadline(), self.probe_interval());
+        runtime.spawn(async move {
+            // Lets another runtime start a watch when this one ends.
+            let _watching = Watching(backend.clone());
+            loop {
+                let ids = master_ids(&mut cluster, deadline).await;
+                let Some(backend) = backend.upgrade() else {
+                    return;
+                };
+                if let Some(ids) = ids {
+                    let gone = backend.masters.lock().is_ok_and(|mut seen| {
+                        let gone = seen.iter().any(|id| ids.binary_search(id).is_err());
+                        *seen = ids;
+                        gone
+                    });
+                    if gone {
+                        tracing::warn!(
+                            "a redis cluster master restarted or failed over: new cache epochs replace the old"
+                        );
+                        backend.mark_dirty();
+                    }
+                }
+                drop(backend);
+                tokio::time::sleep(interval).await;
+            }
         });
-        if gone {
-            tracing::warn!(
-                "a redis cluster master restarted or failed over: new cache epochs replace the old"
-            );
-            self.mark_dirty();
-        }
     }
 
     /// Deletes every key matching `pattern` on every master of the cluster.
@@ -699,6 +705,42 @@ fn names_key(ns: &Namespace, table: &str, counters: &[String]) -> String {
         key.push_str(counter);
     }
     key
+}
+
+/// Every master's `run_id`, sorted; `None` when the masters did not all answer in
+/// time.
+async fn master_ids(cluster: &mut ClusterConnection, deadline: Duration) -> Option<Vec<String>> {
+    let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let asked = tokio::time::timeout(deadline, cluster.route_command(info, route)).await;
+    let Ok(Ok(redis::Value::Map(answers))) = asked else {
+        return None;
+    };
+    let mut ids: Vec<String> = answers
+        .into_iter()
+        .filter_map(|(_, answer)| {
+            let text = reply_bytes(answer)?;
+            let text = String::from_utf8_lossy(&text);
+            let id = text.lines().find_map(|l| l.strip_prefix("run_id:"))?;
+            Some(id.trim().to_owned())
+        })
+        .collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
+/// Clears the backend's "a watch runs" flag when the watch's task ends.
+struct Watching(std::sync::Weak<RedisBackend>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Some(backend) = self.0.upgrade() {
+            backend
+                .watching
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// A scope's field in a row's scoped hash: its id, then the counter values the head

@@ -81,6 +81,9 @@ fn near_tiers(prefix: &str) -> Vec<Arc<NearTier>> {
         .collect()
 }
 
+static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew.lua")));
+static RENEW_CLUSTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/cluster/renew.lua"))));
 static ROW_GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_get.lua")));
 static ROW_FILL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/row_fill.lua")));
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/invalidate.lua")));
@@ -117,9 +120,11 @@ pub(crate) struct RedisBackend {
     /// failure during a change is never erased by it).
     dirty: AtomicU64,
     probing: AtomicBool,
-    /// On a cluster: when the masters were last asked who they are, and their
-    /// `run_id`s then (see `cluster.rs`, "Restarts").
-    pub(super) masters: Mutex<(Option<std::time::Instant>, Vec<String>)>,
+    /// On a cluster: the masters' `run_id`s when last asked (see `cluster.rs`,
+    /// "Restarts").
+    pub(super) masters: Mutex<Vec<String>>,
+    /// On a cluster: whether the task that watches the masters runs.
+    pub(super) watching: AtomicBool,
     /// On a cluster: the names each reader last resolved, by namespace, table and
     /// counters (see `cluster.rs`, "One round trip").
     pub(super) guesses: Mutex<HashMap<String, super::cluster::Names>>,
@@ -283,12 +288,23 @@ impl RedisBackend {
             dirty: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             masters: Mutex::default(),
+            watching: AtomicBool::new(false),
             guesses: Mutex::default(),
             registry_wait: config
                 .registry_window
                 .map_or(0, |w| super::registry_wait(w).as_millis())
                 .to_string(),
         })
+    }
+
+    /// Itself, for tasks it spawns.
+    pub(super) fn weak(&self) -> Weak<RedisBackend> {
+        self.me.clone()
+    }
+
+    /// The deadline of every call.
+    pub(super) fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The probe interval (how often a cluster's masters are asked who they are).
@@ -510,20 +526,25 @@ impl RedisBackend {
             return Ok(());
         }
         let keys = self.epochs.lock().map(|e| e.clone()).unwrap_or_default();
-        if self.is_cluster() {
-            // Each epoch in its namespace's slot: one command each.
-            for key in &keys {
-                cmd!("HSET", super::cluster::head_of(key), "e", fresh_epoch())
-                    .query_async::<()>(conn)
-                    .await
-                    .map_err(Fault::Redis)?;
-            }
-        } else {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("SET").arg(key).arg(fresh_epoch()).ignore();
-            }
-            pipe.query_async::<()>(conn).await.map_err(Fault::Redis)?;
+        // One script a namespace (on a cluster, each in its namespace's slot); each
+        // carries the registry's mark into the new epoch (`renew.lua`).
+        for key in &keys {
+            let mut renew = match self.is_cluster() {
+                true => {
+                    let mut renew = RENEW_CLUSTER.prepare_invoke();
+                    renew.key(super::cluster::head_of(key));
+                    renew
+                }
+                false => {
+                    let mut renew = RENEW.prepare_invoke();
+                    renew
+                        .key(key)
+                        .arg(key.strip_suffix(":epoch").unwrap_or(key));
+                    renew
+                }
+            };
+            renew.arg(fresh_epoch());
+            renew.invoke_async::<()>(conn).await.map_err(Fault::Redis)?;
         }
         // The connection hears nothing of its own plain commands (NOLOOP).
         if let Some(near) = &self.near {
@@ -555,7 +576,7 @@ impl RedisBackend {
         let work = async {
             let Link { mut conn, heard: h } = self.connection().await?;
             let _ = heard.set(h);
-            self.watch_masters(&mut conn).await;
+            self.watch_masters(&conn);
             self.clean(&mut conn).await?;
             body(&mut conn).await.map_err(Fault::Redis)
         };
