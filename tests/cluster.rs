@@ -716,3 +716,68 @@ async fn a_new_epoch_after_a_restart_keeps_the_registry_wait() {
     let seen = r.read::<Cached>(row.id).await.expect("read").expect("row");
     assert_eq!(seen.avatar_url.as_deref(), Some("new"));
 }
+
+/// A master that holds neither the namespace's head nor the row read is paused
+/// (`CLIENT PAUSE`): reads of the row keep being answered by the cache, and nothing
+/// wipes the namespace (the masters' watch runs beside the calls and concludes
+/// nothing from a master that does not answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_holding_nothing_read_costs_the_reads_nothing() {
+    let cluster = RedisCluster::start().expect("cluster");
+    let ports = cluster.ports();
+    let config = CacheConfig::default()
+        .prefix("paused")
+        .namespace("ns")
+        .deadline(Duration::from_millis(300))
+        .probe_interval(Duration::from_millis(100));
+    let db = db_with(CacheService::redis_cluster(&cluster.urls(), config).expect("cache")).await;
+    let head = "paused:t:ns:{paused:t:ns}";
+    let head_port = owner(
+        &ports,
+        on_node(ports[0], &["CLUSTER", "KEYSLOT", head]).await,
+    )
+    .await;
+    // A row whose key lives on another master than the head's.
+    let mut chosen = None;
+    for i in 0..50 {
+        let row = db
+            .create(new_cached(&format!("p{i}")))
+            .await
+            .expect("create");
+        assert!(db.read::<Cached>(row.id).await.expect("fill").is_some());
+        let pattern = format!("paused:t:ns:*:\"{}\"", row.id);
+        for port in &ports {
+            if *port != head_port && !keys_on(*port, &pattern).await.is_empty() {
+                chosen = Some((row.clone(), *port));
+            }
+        }
+        if chosen.is_some() {
+            break;
+        }
+    }
+    let (row, row_port) = chosen.expect("a row away from the head");
+    let victim = *ports
+        .iter()
+        .find(|p| **p != head_port && **p != row_port)
+        .expect("a third master");
+    let epoch: String = on_node(head_port, &["HGET", head, "e"]).await;
+    poke(&db, row.id, "behind").await;
+    let () = on_node(victim, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    let (mut hits, mut reads) = (0, 0);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        let seen = db.read::<Cached>(row.id).await.expect("read").expect("row");
+        reads += 1;
+        if seen.avatar_url.is_none() {
+            hits += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now: String = on_node(head_port, &["HGET", head, "e"]).await;
+    assert_eq!(
+        hits, reads,
+        "reads the cache did not answer while an unrelated master paused"
+    );
+    assert_eq!(now, epoch, "the namespace was wiped");
+}
