@@ -500,6 +500,18 @@ async fn one_redis_and_a_cluster_with_one_namespace_are_two_caches() {
 /// process or to one started after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_restarted_from_an_old_snapshot_serves_nothing_old() {
+    restarted_head_master(false).await;
+}
+
+/// The same when the cache's first call ran on a runtime that stays alive but is
+/// never driven again (a `block_on` at start-up): the masters' watch started there
+/// misses its beats, and the next call starts another where the work goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_masters_watch_moves_off_a_runtime_no_longer_driven() {
+    restarted_head_master(true).await;
+}
+
+async fn restarted_head_master(first_call_parked: bool) {
     let mut cluster = RedisCluster::start().expect("cluster");
     let ports = cluster.ports();
     let config = || {
@@ -516,6 +528,22 @@ async fn a_master_restarted_from_an_old_snapshot_serves_nothing_old() {
             .expect("db")
     };
     let db = connect(CacheService::redis_cluster(&cluster.urls(), config()).expect("cache")).await;
+    let mut parked = None;
+    if first_call_parked {
+        let first = db.clone();
+        let (runtime, read) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let read = runtime.block_on(first.read::<Cached>(Uuid::new_v4()));
+            (runtime, read.is_ok())
+        })
+        .join()
+        .expect("thread");
+        assert!(read);
+        parked = Some(runtime);
+    }
     let rows = db
         .create_many((0..60).map(|i| new_cached(&format!("r{i}"))).collect())
         .await
@@ -563,6 +591,16 @@ async fn a_master_restarted_from_an_old_snapshot_serves_nothing_old() {
             .filter(|r| r.avatar_url.as_deref() != Some("new"))
             .count()
     };
+    if first_call_parked {
+        // The watch on the parked runtime missed its beats: the next calls start
+        // another within three probe intervals and deadlines.
+        for _ in 0..80 {
+            if stale(db.read_many::<Cached>(&ids).await.expect("read")) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let here = stale(db.read_many::<Cached>(&ids).await.expect("read"));
     let other =
         connect(CacheService::redis_cluster(&cluster.urls(), config()).expect("cache")).await;
@@ -576,6 +614,11 @@ async fn a_master_restarted_from_an_old_snapshot_serves_nothing_old() {
         (0, 0),
         "stale rows, of 60 (this process, a new one)"
     );
+    if let Some(runtime) = parked {
+        std::thread::spawn(move || drop(runtime))
+            .join()
+            .expect("thread");
+    }
 }
 
 /// A reader that remembers the names it resolved reads its rows under them while the
@@ -644,6 +687,19 @@ async fn remembered_names_are_never_trusted_past_a_new_generation() {
 /// leave R reading the old row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_epoch_after_a_restart_keeps_the_registry_wait() {
+    registry_across_a_restart(false).await;
+}
+
+/// The same with the head's own master restarted from a snapshot taken before the
+/// namespace was used: the head comes back empty, mark and all. The writer's backend
+/// notices the restart too: its new epoch carries its own wait, and it trusts no
+/// registry snapshot taken before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_lost_with_its_mark_keeps_the_registry_wait() {
+    registry_across_a_restart(true).await;
+}
+
+async fn registry_across_a_restart(head_master: bool) {
     let mut cluster = RedisCluster::start().expect("cluster");
     let ports = cluster.ports();
     let config = || {
@@ -658,10 +714,21 @@ async fn a_new_epoch_after_a_restart_keeps_the_registry_wait() {
             .await
             .expect("db")
     };
+    let head = "window:t:ns:{window:t:ns}";
+    let head_port = owner(
+        &ports,
+        on_node(ports[0], &["CLUSTER", "KEYSLOT", head]).await,
+    )
+    .await;
+    if head_master {
+        let () = on_node(head_port, &["SAVE"]).await;
+    }
     let w = connect(
         CacheService::redis_cluster(
             &cluster.urls(),
-            config().registry_window(Duration::from_secs(20)),
+            config()
+                .registry_window(Duration::from_secs(20))
+                .probe_interval(Duration::from_millis(100)),
         )
         .expect("cache"),
     )
@@ -682,24 +749,19 @@ async fn a_new_epoch_after_a_restart_keeps_the_registry_wait() {
         .expect("write");
     // R reads: registers the table, takes no lease.
     assert!(r.read::<Cached>(row.id).await.expect("read").is_some());
-    let head = "window:t:ns:{window:t:ns}";
-    let head_port = owner(
-        &ports,
-        on_node(ports[0], &["CLUSTER", "KEYSLOT", head]).await,
-    )
-    .await;
-    let epoch: String = on_node(head_port, &["HGET", head, "e"]).await;
-    let victim = ports
-        .iter()
-        .position(|p| *p != head_port)
-        .expect("another master");
+    let epoch: Option<String> = on_node(head_port, &["HGET", head, "e"]).await;
+    let victim = match head_master {
+        true => ports.iter().position(|p| *p == head_port),
+        false => ports.iter().position(|p| *p != head_port),
+    }
+    .expect("a master");
     tokio::task::block_in_place(|| cluster.restart_from_snapshot(victim)).expect("restart");
     // R notices the restart (its watch runs beside its calls) and renews the epoch.
     let mut renewed = false;
     for _ in 0..50 {
         let _ = r.read::<Cached>(row.id).await;
-        let now: String = on_node(head_port, &["HGET", head, "e"]).await;
-        if now != epoch {
+        let now: Option<String> = on_node(head_port, &["HGET", head, "e"]).await;
+        if now.is_some() && now != epoch {
             renewed = true;
             break;
         }
@@ -708,6 +770,8 @@ async fn a_new_epoch_after_a_restart_keeps_the_registry_wait() {
     assert!(renewed, "the restart was not noticed: this proves nothing");
     let _ = r.read::<Cached>(row.id).await;
     let _ = r.read::<Cached>(row.id).await;
+    // W's watch notices the restart within its probe interval.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let patch = CachedPatch {
         avatar_url: Some(Some("new".into())),
         ..Default::default()

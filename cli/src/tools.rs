@@ -295,6 +295,58 @@ async fn unlink(
     Ok(counts.iter().sum())
 }
 
+/// The registry's mark of a namespace (its longest reader wait, rule 8), from its
+/// epoch key (one Redis) or head (a cluster); `None` when it has none.
+async fn registry_mark(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cluster: bool,
+    key: &str,
+) -> Result<Option<String>, Failure> {
+    let mark: Option<String> = if cluster {
+        // A key of another shape (not a head Tabula wrote) holds no mark.
+        let answer: Option<[Option<String>; 3]> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(&["e", "@", "w"])
+            .query_async(conn)
+            .await
+            .ok();
+        answer.and_then(|[e, at, w]| w.filter(|_| e.is_some() && e == at))
+    } else {
+        let epoch: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .ok()
+            .flatten();
+        match epoch {
+            Some(epoch) => {
+                let base = key.strip_suffix(":epoch").unwrap_or(key);
+                redis::cmd("HGET")
+                    .arg(format!("{base}:{epoch}:reg"))
+                    .arg("")
+                    .query_async(conn)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        }
+    };
+    Ok(mark.filter(|m| m.parse::<u64>().is_ok_and(|m| m > 0)))
+}
+
+/// A fresh epoch: 16 hex digits never used before (the clock's nanoseconds mixed with
+/// a random hasher's key).
+fn fresh_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Unlinks `keys` through the cluster connection, one command a key, all in flight
 /// together; how many existed.
 async fn unlink_cluster(
@@ -381,9 +433,19 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
                 (None, true) => format!("{base}*:{{{base}*}}"),
             };
             let mut epochs = 0;
+            // The registry's marks (rule 8: how long readers wait before they fill),
+            // put back under fresh epochs once the keys are gone — without them a
+            // reader without a registry window would fill at once while a writer with
+            // one may still skip the table.
+            let mut marks = Vec::new();
             for conn in &mut masters {
                 let mut found = Vec::new();
                 scan(conn, &epoch_pattern, |keys| found.extend(keys)).await?;
+                for key in &found {
+                    if let Some(mark) = registry_mark(conn, cluster.is_some(), key).await? {
+                        marks.push((key.clone(), mark));
+                    }
+                }
                 match &mut cluster {
                     Some(cluster) => unlink_cluster(cluster, &found).await?,
                     None => unlink(conn, &found).await?,
@@ -419,6 +481,36 @@ pub(crate) async fn cache(url: Option<String>, command: Cache) -> Result<(), Fai
                 }
             }
             bar.finish_and_clear();
+            for (key, mark) in &marks {
+                let fresh = fresh_epoch();
+                match (&mut cluster, masters.first_mut()) {
+                    (Some(cluster), _) => {
+                        redis::cmd("HSET")
+                            .arg(key)
+                            .arg(&["e", &fresh, "@", &fresh, "w", mark])
+                            .query_async::<i64>(cluster)
+                            .await
+                            .map_err(redis_failure)?;
+                    }
+                    (None, Some(conn)) => {
+                        let base = key.strip_suffix(":epoch").unwrap_or(key);
+                        redis::pipe()
+                            .cmd("SET")
+                            .arg(key)
+                            .arg(&fresh)
+                            .ignore()
+                            .cmd("HSET")
+                            .arg(format!("{base}:{fresh}:reg"))
+                            .arg("")
+                            .arg(mark)
+                            .ignore()
+                            .query_async::<()>(conn)
+                            .await
+                            .map_err(redis_failure)?;
+                    }
+                    (None, None) => {}
+                }
+            }
             println!(
                 "flushed {epochs} namespace(s), {} key(s)",
                 deleted + epochs as i64

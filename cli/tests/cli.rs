@@ -793,3 +793,89 @@ async fn cache_flush_on_a_cluster_mid_migration_with_a_node_down() {
         assert!(left.is_empty(), "left on {port}: {left:?}");
     }
 }
+
+/// `cache flush` keeps a namespace's registry mark (rule 8: how long readers wait
+/// before they fill, set by processes with a registry window): the namespace comes
+/// back under a fresh epoch carrying it, on one Redis and on a cluster. Without it a
+/// reader without a window would fill at once while a writer with one may still skip
+/// the table on its snapshot.
+#[tokio::test]
+async fn cache_flush_keeps_the_registry_mark() {
+    let prefix = format!("mark{}", std::process::id());
+    let folder = Folder::new("cache-mark");
+    let run = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tabula"))
+            .args(["cache", "flush", "--prefix", &prefix, "--namespace", "m"])
+            .current_dir(&folder.0)
+            .env("REDIS_URL", url)
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run tabula")
+    };
+    // One Redis: the epoch key and the epoch's registry.
+    let url = tabula::testkit::redis_url().expect("redis");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let epoch_key = format!("{prefix}:t:m:epoch");
+    let () = redis::cmd("SET")
+        .arg(&epoch_key)
+        .arg("E1")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("{prefix}:t:m:E1:reg"))
+        .arg(&["", "30000", "profiles", "1"])
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let out = run(&url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let epoch: String = redis::cmd("GET")
+        .arg(&epoch_key)
+        .query_async(&mut conn)
+        .await
+        .expect("a fresh epoch");
+    assert_ne!(epoch, "E1");
+    let mark: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}:t:m:{epoch}:reg"))
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(mark.as_deref(), Some("30000"));
+
+    // A cluster: the namespace's head.
+    let urls = tabula::testkit::redis_cluster_urls().expect("redis cluster");
+    let nodes: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let cluster = redis::cluster::ClusterClient::new(urls.clone()).expect("client");
+    let mut conn = cluster.get_async_connection().await.expect("cluster");
+    let head = format!("{prefix}:t:m:{{{prefix}:t:m}}");
+    let _: i64 = redis::cmd("HSET")
+        .arg(&head)
+        .arg(&["e", "E1", "@", "E1", "w", "30000", "g:profiles", "4"])
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let out = run(&format!("redis+cluster://{}/", nodes.join(",")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let [e, at, w]: [Option<String>; 3] = redis::cmd("HMGET")
+        .arg(&head)
+        .arg(&["e", "@", "w"])
+        .query_async(&mut conn)
+        .await
+        .expect("hmget");
+    assert!(e.as_deref().is_some_and(|e| e != "E1"), "{e:?}");
+    assert_eq!(at, e);
+    assert_eq!(w.as_deref(), Some("30000"));
+}

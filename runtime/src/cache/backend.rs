@@ -196,6 +196,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Tells the tier a namespace is in use (Redis replaces its epoch after a lost
     /// invalidation).
     fn register(&self, _namespace: &Namespace) {}
+    /// How many times this tier learned that entries may have been lost or left
+    /// stale (a lost invalidation, a restarted server): a registry snapshot taken
+    /// before the last of them is not trusted (rule 8).
+    fn renewals(&self) -> u64 {
+        0
+    }
 
     /// Rule 2: one value or miss per key, in order.
     fn row_get<'a>(

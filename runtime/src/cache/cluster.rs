@@ -575,19 +575,28 @@ impl RedisBackend {
         let Wire::Cluster(cluster) = conn else {
             return;
         };
+        let (now, interval) = (self.now(), self.probe_interval());
+        let beat = self.watch_beat.load(std::sync::atomic::Ordering::Acquire);
+        // A watch whose runtime is no longer driven (parked, or gone without its task
+        // being dropped) misses its beats: another one starts on this call's runtime.
+        let missed = 3 * (interval + self.deadline()).as_nanos() as u64;
+        let stuck = now.saturating_sub(beat) > missed;
         if self
             .watching
             .swap(true, std::sync::atomic::Ordering::AcqRel)
+            && !stuck
         {
             return;
         }
+        self.watch_beat
+            .store(now, std::sync::atomic::Ordering::Release);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.watching
                 .store(false, std::sync::atomic::Ordering::Release);
             return;
         };
         let (mut cluster, backend) = (cluster.clone(), self.weak());
-        let (deadline, interval) = (self.deadline(), self.probe_interval());
+        let deadline = self.deadline();
         runtime.spawn(async move {
             // Lets another runtime start a watch when this one ends.
             let _watching = Watching(backend.clone());
@@ -596,6 +605,9 @@ impl RedisBackend {
                 let Some(backend) = backend.upgrade() else {
                     return;
                 };
+                backend
+                    .watch_beat
+                    .store(backend.now(), std::sync::atomic::Ordering::Release);
                 if let Some(ids) = ids {
                     let gone = backend.masters.lock().is_ok_and(|mut seen| {
                         let gone = seen.iter().any(|id| ids.binary_search(id).is_err());

@@ -123,8 +123,12 @@ pub(crate) struct RedisBackend {
     /// On a cluster: the masters' `run_id`s when last asked (see `cluster.rs`,
     /// "Restarts").
     pub(super) masters: Mutex<Vec<String>>,
-    /// On a cluster: whether the task that watches the masters runs.
+    /// On a cluster: whether the task that watches the masters runs, and when it last
+    /// did (nanoseconds after `born`; a task on a runtime no longer driven stops).
     pub(super) watching: AtomicBool,
+    pub(super) watch_beat: AtomicU64,
+    /// How many times this backend was made dirty (`Backend::renewals`).
+    renewals: AtomicU64,
     /// On a cluster: the names each reader last resolved, by namespace, table and
     /// counters (see `cluster.rs`, "One round trip").
     pub(super) guesses: Mutex<HashMap<String, super::cluster::Names>>,
@@ -289,6 +293,8 @@ impl RedisBackend {
             probing: AtomicBool::new(false),
             masters: Mutex::default(),
             watching: AtomicBool::new(false),
+            watch_beat: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
             guesses: Mutex::default(),
             registry_wait: config
                 .registry_window
@@ -419,7 +425,7 @@ impl RedisBackend {
     }
 
     /// Nanoseconds since this backend was made.
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.born.elapsed().as_nanos() as u64
     }
 
@@ -481,6 +487,7 @@ impl RedisBackend {
     /// Records an invalidation that was not delivered, and makes sure a background
     /// probe delivers it (see the module docs).
     pub(super) fn mark_dirty(&self) {
+        self.renewals.fetch_add(1, Ordering::AcqRel);
         self.dirty.fetch_add(1, Ordering::AcqRel);
         if self
             .probing
@@ -543,7 +550,7 @@ impl RedisBackend {
                     renew
                 }
             };
-            renew.arg(fresh_epoch());
+            renew.arg(fresh_epoch()).arg(&self.registry_wait);
             renew.invoke_async::<()>(conn).await.map_err(Fault::Redis)?;
         }
         // The connection hears nothing of its own plain commands (NOLOOP).
@@ -866,6 +873,10 @@ impl Backend for RedisBackend {
         if let Some(near) = &self.near {
             near.set_hook(hook);
         }
+    }
+
+    fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Acquire)
     }
 
     fn register(&self, ns: &Namespace) {

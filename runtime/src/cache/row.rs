@@ -42,6 +42,10 @@ pub(crate) struct Registry {
     pub(crate) tables: Arc<std::collections::HashSet<String>>,
     /// When it was asked for (before the request left).
     pub(crate) asked: Instant,
+    /// The tier's [`renewals`](super::backend::Backend::renewals) before it was asked:
+    /// a server restarted (perhaps without the registry's mark) or an invalidation
+    /// lost since, and it is not trusted.
+    pub(crate) renewals: u64,
 }
 
 /// How entries of one kind are cached: their TTL, whether a near tier may answer, and
@@ -338,6 +342,7 @@ impl CacheService {
             return true;
         }
         let started = Instant::now();
+        let renewals = self.inner.backend.renewals();
         let stale = Stale {
             counters,
             generations,
@@ -353,6 +358,7 @@ impl CacheService {
             *known = Some(Registry {
                 tables: Arc::new(tables.into_iter().collect()),
                 asked: started,
+                renewals,
             });
         }
         if !ok {
@@ -404,7 +410,9 @@ impl CacheService {
         let snapshot = window.and_then(|window| {
             let known = self.inner.registry.lock().ok()?;
             let known = known.as_ref()?;
-            (known.asked.elapsed() < window).then(|| known.tables.clone())
+            let current =
+                known.asked.elapsed() < window && known.renewals == self.inner.backend.renewals();
+            current.then(|| known.tables.clone())
         });
         // Without a window (or a snapshot young enough), the writes as they are: no
         // copy on the write path.
