@@ -688,6 +688,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
+#[cfg(feature = "cache")]
 /// The node URLs of `redis+cluster://{nodes}`: `host:port` separated by commas, the
 /// first one's credentials (`user:password@`) applying to every node that names none.
 fn cluster_nodes(nodes: &str) -> Vec<String> {
@@ -1195,7 +1196,7 @@ impl CacheService {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cache"))]
 mod cluster_url_tests {
     use super::cluster_nodes;
 
