@@ -46,7 +46,9 @@
 //! call runs. Stale entries a restarted master brought back are therefore served for
 //! at most about one probe interval, by a process that had talked to the cluster
 //! before (a process started after the restart has nothing to compare with, as on one
-//! Redis). A master that does not answer concludes nothing.
+//! Redis). A master that does not answer concludes nothing. Each new connection asks
+//! the same first (as `check_server` does on one Redis), so what a watch compares with
+//! never depends on when the watch ran.
 //!
 //! # One round trip
 //!
@@ -609,22 +611,28 @@ impl RedisBackend {
                     .watch_beat
                     .store(backend.now(), std::sync::atomic::Ordering::Release);
                 if let Some(ids) = ids {
-                    let gone = backend.masters.lock().is_ok_and(|mut seen| {
-                        let gone = seen.iter().any(|id| ids.binary_search(id).is_err());
-                        *seen = ids;
-                        gone
-                    });
-                    if gone {
-                        tracing::warn!(
-                            "a redis cluster master restarted or failed over: new cache epochs replace the old"
-                        );
-                        backend.mark_dirty();
-                    }
+                    backend.note_masters(ids);
                 }
                 drop(backend);
                 tokio::time::sleep(interval).await;
             }
         });
+    }
+
+    /// The masters' `run_id`s as just asked (by the watch, or when a connection is
+    /// made): one seen before and gone now makes the backend dirty.
+    pub(super) fn note_masters(&self, ids: Vec<String>) {
+        let gone = self.masters.lock().is_ok_and(|mut seen| {
+            let gone = seen.iter().any(|id| ids.binary_search(id).is_err());
+            *seen = ids;
+            gone
+        });
+        if gone {
+            tracing::warn!(
+                "a redis cluster master restarted or failed over: new cache epochs replace the old"
+            );
+            self.mark_dirty();
+        }
     }
 
     /// Deletes every key matching `pattern` on every master of the cluster.
@@ -721,7 +729,10 @@ fn names_key(ns: &Namespace, table: &str, counters: &[String]) -> String {
 
 /// Every master's `run_id`, sorted; `None` when the masters did not all answer in
 /// time.
-async fn master_ids(cluster: &mut ClusterConnection, deadline: Duration) -> Option<Vec<String>> {
+pub(super) async fn master_ids(
+    cluster: &mut ClusterConnection,
+    deadline: Duration,
+) -> Option<Vec<String>> {
     let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
     let mut info = redis::cmd("INFO");
     info.arg("server");

@@ -363,10 +363,14 @@ impl RedisBackend {
                 Wire::One(conn)
             }
             Client::Cluster(client) => {
-                let conn = tokio::time::timeout(self.deadline, client.get_async_connection())
+                let mut conn = tokio::time::timeout(self.deadline, client.get_async_connection())
                     .await
                     .map_err(|_| Fault::Timeout)?
                     .map_err(Fault::Redis)?;
+                // Who the masters are, before anything is read on this connection.
+                if let Some(ids) = super::cluster::master_ids(&mut conn, self.deadline).await {
+                    self.note_masters(ids);
+                }
                 Wire::Cluster(conn)
             }
         };
