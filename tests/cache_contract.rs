@@ -1109,3 +1109,86 @@ async fn a_cascade_within_one_table_and_under_another_spelling_of_its_name_is_in
     assert_eq!(db.read::<Thread>(5).await.expect("read"), None, "reply 5");
     assert_eq!(db.read::<PublicThread>(5).await.expect("read"), None);
 }
+
+/// Rule 8 on one Redis across an epoch replaced after a lost invalidation: a writer W
+/// with a registry window holds a snapshot without the table; a reader R without one
+/// has registered it (so takes no lease for one and a half windows). R loses an
+/// invalidation, and its probe gives the namespace a new epoch — which must carry the
+/// registry's mark, or R would take a lease at once and fill, and W's write (skipping
+/// Redis on its snapshot) would leave R reading the old row.
+#[tokio::test]
+async fn a_new_epoch_after_a_lost_invalidation_keeps_the_registry_wait() {
+    let redis_url = tabula::testkit::redis_url().expect("redis");
+    let redis_port = redis_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("port");
+    let proxy =
+        common::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], redis_port))).await;
+    let prefix = unique_prefix();
+    let config = || {
+        CacheConfig::default()
+            .prefix(&prefix)
+            .namespace("marked")
+            .deadline(Duration::from_millis(300))
+            .probe_interval(Duration::from_millis(100))
+    };
+    let (_, url) = common::db_and_url().await;
+    let w = connect(
+        &url,
+        CacheService::redis(
+            &redis_url,
+            config().registry_window(Duration::from_secs(20)),
+        )
+        .expect("c"),
+    )
+    .await;
+    let r = connect(
+        &url,
+        CacheService::redis(&format!("redis://127.0.0.1:{}/", proxy.port), config()).expect("c"),
+    )
+    .await;
+    let other = profile(&w, "other").await;
+    let row = profile(&w, "old").await;
+    // W's invalidation starts the epoch with its mark; its snapshot: nothing cached.
+    rename(&w, other.id, "other2", "w's first write").await;
+    // R reads: registers the table, takes no lease.
+    assert_eq!(username(&r, row.id).await, "old");
+    let epoch_key = format!("{prefix}:t:marked:epoch");
+    let mut raw = redis::Client::open(redis_url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let epoch: String = redis::cmd("GET")
+        .arg(&epoch_key)
+        .query_async(&mut raw)
+        .await
+        .expect("epoch");
+    // R loses an invalidation (its write's), then its probe renews the epoch.
+    proxy.cut_all();
+    rename(&r, other.id, "other3", "r's write succeeds without redis").await;
+    let mut renewed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now: String = redis::cmd("GET")
+            .arg(&epoch_key)
+            .query_async(&mut raw)
+            .await
+            .expect("epoch");
+        if now != epoch {
+            renewed = true;
+            break;
+        }
+    }
+    assert!(
+        renewed,
+        "the lost invalidation was not delivered: this proves nothing"
+    );
+    let _ = username(&r, row.id).await;
+    let _ = username(&r, row.id).await;
+    rename(&w, row.id, "new", "w's write").await;
+    assert_eq!(username(&r, row.id).await, "new");
+}
