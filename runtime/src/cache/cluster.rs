@@ -86,7 +86,10 @@ fn script(body: &str) -> Script {
 const PRELUDE: &str = include_str!("lua/cluster/prelude.lua");
 
 fn row_script(body: &str) -> Script {
-    Script::new(&format!("#!lua\n{PRELUDE}\n{body}"))
+    // The single server's prelude brings `now_ms` and `live` (its other functions,
+    // which name undeclared keys, are never called here).
+    let shared = super::redis::PRELUDE;
+    Script::new(&format!("#!lua\n{shared}\n{PRELUDE}\n{body}"))
 }
 
 static HEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cluster/head.lua")));

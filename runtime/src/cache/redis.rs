@@ -48,7 +48,7 @@ macro_rules! cmd {
 }
 
 /// The protocol of `backend.rs`, one script a rule, each sharing `prelude.lua`.
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+pub(super) const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 fn script(body: &str) -> Script {
     // The shebang (Redis 7) declares what a flagless script is: one that may write, so

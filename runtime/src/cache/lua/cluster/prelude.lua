@@ -1,24 +1,9 @@
--- Shared by the row scripts of the cluster protocol (see cluster.rs). A row is one
+-- Shared by the row scripts of the cluster protocol (see cluster.rs), after the
+-- single server's prelude (now_ms and live come from there). A row is one
 -- hash (one key, so a slot being migrated moves it whole and a script never meets half
 -- of a row): field 'r' its entry, 'l' its lease, '{scope},{counters}' a user scope's
 -- copy and 'l,{scope},{counters}' that copy's lease. Every field's value is
 -- '{expires ms}|{value}'; the key's own TTL is the longest of them.
-
--- The server's clock in milliseconds.
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- A field's value while it has time left.
-local function live(v, now)
-  if not v then return nil end
-  local bar = string.find(v, '|', 1, true)
-  if not bar then return nil end
-  local expires = tonumber(string.sub(v, 1, bar - 1))
-  if not expires or expires <= now then return nil end
-  return string.sub(v, bar + 1)
-end
 
 -- The milliseconds a field has left (0 when none).
 local function left(v, now)
