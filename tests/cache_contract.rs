@@ -1192,3 +1192,65 @@ async fn a_new_epoch_after_a_lost_invalidation_keeps_the_registry_wait() {
     rename(&w, row.id, "new", "w's write").await;
     assert_eq!(username(&r, row.id).await, "new");
 }
+
+/// Rule 8 when the registry itself is lost (evicted, flushed by hand) while its epoch
+/// survives: a reader without a window finds no mark and fills at once, and a writer
+/// with one skips Redis on its snapshot. The writer's backend asks its namespaces for
+/// their epoch once per probe interval, as every script does: the markless epoch is
+/// replaced (what the reader filled is orphaned) and its snapshot voided, so the
+/// reader reads the write within about one probe interval.
+#[tokio::test]
+async fn a_lost_registry_is_restored_by_the_writer_with_a_window() {
+    let redis_url = tabula::testkit::redis_url().expect("redis");
+    let prefix = unique_prefix();
+    let config = || {
+        CacheConfig::default()
+            .prefix(&prefix)
+            .namespace("kept")
+            .deadline(Duration::from_secs(1))
+            .probe_interval(Duration::from_millis(100))
+    };
+    let (_, url) = common::db_and_url().await;
+    let w = connect(
+        &url,
+        CacheService::redis(
+            &redis_url,
+            config().registry_window(Duration::from_secs(20)),
+        )
+        .expect("c"),
+    )
+    .await;
+    let r = connect(&url, CacheService::redis(&redis_url, config()).expect("c")).await;
+    let other = profile(&w, "other").await;
+    let row = profile(&w, "old").await;
+    rename(&w, other.id, "other2", "w's first write").await;
+    assert_eq!(username(&r, row.id).await, "old");
+    let mut raw = redis::Client::open(redis_url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let epoch: String = redis::cmd("GET")
+        .arg(format!("{prefix}:t:kept:epoch"))
+        .query_async(&mut raw)
+        .await
+        .expect("epoch");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}:t:kept:{epoch}:reg"))
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    // R, finding no mark, fills at once; W's write skips Redis on its snapshot.
+    let _ = username(&r, row.id).await;
+    let _ = username(&r, row.id).await;
+    rename(&w, row.id, "new", "w's write").await;
+    let mut seen = username(&r, row.id).await;
+    for _ in 0..20 {
+        if seen == "new" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = username(&r, row.id).await;
+    }
+    assert_eq!(seen, "new", "still the old row a second after the write");
+}

@@ -845,3 +845,71 @@ async fn a_paused_master_holding_nothing_read_costs_the_reads_nothing() {
     );
     assert_eq!(now, epoch, "the namespace was wiped");
 }
+
+/// The cluster's form of a lost registry: the namespace's head deleted by hand (or
+/// evicted) while two processes work. The writer with a window restores a marked head
+/// within about one probe interval; the reader then reads the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_head_is_restored_by_the_writer_with_a_window() {
+    let urls = tabula::testkit::redis_cluster_urls().expect("cluster");
+    let config = || {
+        CacheConfig::default()
+            .prefix("lost")
+            .namespace(format!("ns{}", std::process::id()))
+            .deadline(Duration::from_secs(1))
+            .probe_interval(Duration::from_millis(100))
+    };
+    let (_, url) = common::db_and_url().await;
+    let connect = async |cache: CacheService| {
+        Db::connect_with(DbConfig::new(url.clone()).cache(cache))
+            .await
+            .expect("db")
+    };
+    let w = connect(
+        CacheService::redis_cluster(&urls, config().registry_window(Duration::from_secs(20)))
+            .expect("cache"),
+    )
+    .await;
+    let r = connect(CacheService::redis_cluster(&urls, config()).expect("cache")).await;
+    let other = w.create(new_cached("other")).await.expect("create");
+    let row = w.create(new_cached("old")).await.expect("create");
+    w.update::<Cached>(other.id, CachedPatch::default())
+        .await
+        .expect("write");
+    assert!(r.read::<Cached>(row.id).await.expect("read").is_some());
+    let ns = format!("ns{}", std::process::id());
+    let head = format!("lost:t:{ns}:{{lost:t:{ns}}}");
+    let client = redis::cluster::ClusterClient::new(urls.clone()).expect("client");
+    let mut raw = client.get_async_connection().await.expect("cluster");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&head)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    assert_eq!(deleted, 1);
+    let _ = r.read::<Cached>(row.id).await;
+    let _ = r.read::<Cached>(row.id).await;
+    let patch = CachedPatch {
+        avatar_url: Some(Some("new".into())),
+        ..Default::default()
+    };
+    w.update::<Cached>(row.id, patch).await.expect("write");
+    let mut seen = None;
+    for _ in 0..20 {
+        seen = r
+            .read::<Cached>(row.id)
+            .await
+            .expect("read")
+            .expect("row")
+            .avatar_url;
+        if seen.as_deref() == Some("new") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("new"),
+        "still the old row a second after the write"
+    );
+}

@@ -60,7 +60,11 @@
 //!    window, taken before it asked; so a writer that skipped a table committed
 //!    before any reader of it took a lease. An epoch whose registry lacks the mark
 //!    (lost, or used only without a window so far) is replaced by the first process
-//!    with a window (rule 4's way of delivering what could not be).
+//!    with a window (rule 4's way of delivering what could not be); a process with a
+//!    window asks each namespace it uses for its epoch once per probe interval, so a
+//!    registry lost while it runs is replaced within one, and a snapshot it took
+//!    before the tier learned of a loss (`Backend::renewals`) is not trusted. A new
+//!    epoch made after a lost invalidation carries the mark.
 //!
 //! Every method's future may be dropped at any point without breaking these rules:
 //! each is one atomic step on the tier.

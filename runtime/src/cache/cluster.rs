@@ -638,6 +638,16 @@ impl RedisBackend {
         }
     }
 
+    /// A namespace's epoch, asked as every head step asks it (an epoch whose registry
+    /// lost its mark is replaced; see `keep_registry` in `redis.rs`).
+    pub(super) async fn cluster_epoch(&self, ns: &Namespace) -> Result<String, Fault> {
+        self.call(async |conn| {
+            let head = self.head(conn, ns, Mode::Read, &Ask::default()).await?;
+            Ok(head.epoch.unwrap_or_default())
+        })
+        .await
+    }
+
     /// Deletes every key matching `pattern` on every master of the cluster.
     pub(super) async fn cluster_delete_matching(&self, pattern: &str) -> Result<u64, Fault> {
         let nodes: String = self

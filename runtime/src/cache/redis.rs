@@ -81,6 +81,7 @@ fn near_tiers(prefix: &str) -> Vec<Arc<NearTier>> {
         .collect()
 }
 
+static TOUCH: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/touch.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew.lua")));
 static RENEW_CLUSTER: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/cluster/renew.lua"))));
@@ -127,8 +128,14 @@ pub(crate) struct RedisBackend {
     /// did (nanoseconds after `born`; a task on a runtime no longer driven stops).
     pub(super) watching: AtomicBool,
     pub(super) watch_beat: AtomicU64,
-    /// How many times this backend was made dirty (`Backend::renewals`).
+    /// How many times this backend was made dirty or saw a namespace's epoch change
+    /// (`Backend::renewals`).
     renewals: AtomicU64,
+    /// With a registry window: whether the task that keeps the registry's mark runs,
+    /// when it last did, and the epoch it last saw per namespace (`keep_registry`).
+    keeping: AtomicBool,
+    keep_beat: AtomicU64,
+    kept_epochs: Mutex<HashMap<String, String>>,
     /// On a cluster: the names each reader last resolved, by namespace, table and
     /// counters (see `cluster.rs`, "One round trip").
     pub(super) guesses: Mutex<HashMap<String, super::cluster::Names>>,
@@ -295,6 +302,9 @@ impl RedisBackend {
             watching: AtomicBool::new(false),
             watch_beat: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
+            keeping: AtomicBool::new(false),
+            keep_beat: AtomicU64::new(0),
+            kept_epochs: Mutex::default(),
             guesses: Mutex::default(),
             registry_wait: config
                 .registry_window
@@ -488,6 +498,76 @@ impl RedisBackend {
         }
     }
 
+    /// With a registry window (rule 8 of `backend.rs`), starts unless one runs the task
+    /// that asks every namespace this process used for its epoch once per probe
+    /// interval, the way every script does (`base()`): a registry that lost its mark —
+    /// Redis restarted or evicted it, a flush — gets a new epoch with this process's
+    /// mark, so readers without a window wait again and what they filled meanwhile is
+    /// orphaned; and an epoch that changed voids this process's registry snapshot
+    /// (`renewals`), so its writes go to Redis again. Without it a writer that skips
+    /// Redis on its snapshot would never learn of the loss. Like the masters' watch, a
+    /// task whose runtime stopped driving it is replaced.
+    fn keep_registry(&self) {
+        if self.registry_wait == "0" {
+            return;
+        }
+        let (now, interval) = (self.now(), self.probe_interval);
+        let beat = self.keep_beat.load(Ordering::Acquire);
+        let stuck = now.saturating_sub(beat) > 3 * (interval + self.deadline).as_nanos() as u64;
+        if self.keeping.swap(true, Ordering::AcqRel) && !stuck {
+            return;
+        }
+        self.keep_beat.store(now, Ordering::Release);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.keeping.store(false, Ordering::Release);
+            return;
+        };
+        let backend = self.me.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(backend) = backend.upgrade() else {
+                    return;
+                };
+                backend.keep_beat.store(backend.now(), Ordering::Release);
+                let keys = backend.epochs.lock().map(|e| e.clone()).unwrap_or_default();
+                for key in keys {
+                    backend.touch(&key).await;
+                }
+            }
+        });
+    }
+
+    /// One namespace's epoch, asked as every script asks it (see `keep_registry`).
+    async fn touch(&self, epoch_key: &str) {
+        let base = epoch_key.strip_suffix(":epoch").unwrap_or(epoch_key);
+        let fresh = fresh_epoch();
+        let epoch: Result<String, Fault> = if self.is_cluster() {
+            self.cluster_epoch(&Namespace::new(base.to_owned())).await
+        } else {
+            self.call(async |conn| {
+                let mut touch = TOUCH.prepare_invoke();
+                touch
+                    .key(epoch_key)
+                    .arg(base)
+                    .arg(&fresh)
+                    .arg(&self.registry_wait);
+                touch.invoke_async(conn).await
+            })
+            .await
+        };
+        let Ok(epoch) = epoch else {
+            return;
+        };
+        let changed = self.kept_epochs.lock().is_ok_and(|mut kept| {
+            let before = kept.insert(epoch_key.to_owned(), epoch.clone());
+            before.is_some_and(|before| before != epoch)
+        });
+        if changed {
+            self.renewals.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Records an invalidation that was not delivered, and makes sure a background
     /// probe delivers it (see the module docs).
     pub(super) fn mark_dirty(&self) {
@@ -588,6 +668,7 @@ impl RedisBackend {
             let Link { mut conn, heard: h } = self.connection().await?;
             let _ = heard.set(h);
             self.watch_masters(&conn);
+            self.keep_registry();
             self.clean(&mut conn).await?;
             body(&mut conn).await.map_err(Fault::Redis)
         };
