@@ -576,7 +576,7 @@ impl RedisBackend {
     /// from it). A `run_id` seen before and gone now (a master restarted or failed
     /// over) makes the backend dirty, so every namespace gets a new epoch before the
     /// next call goes on. The task ends with the backend or its runtime.
-    pub(super) fn watch_masters(&self, conn: &Wire) {
+    pub(super) async fn watch_masters(&self, conn: &Wire) {
         let Wire::Cluster(cluster) = conn else {
             return;
         };
@@ -586,15 +586,22 @@ impl RedisBackend {
         // being dropped) misses its beats: another one starts on this call's runtime.
         let missed = 3 * (interval + self.deadline()).as_nanos() as u64;
         let stuck = now.saturating_sub(beat) > missed;
-        if self
+        let running = self
             .watching
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-            && !stuck
-        {
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if running && !stuck {
             return;
         }
         self.watch_beat
             .store(now, std::sync::atomic::Ordering::Release);
+        if running {
+            // The stalled watch may have missed a restart: this call asks first, so
+            // that what a restarted master brought back is not read by it.
+            let mut asking = cluster.clone();
+            if let Some(ids) = master_ids(&mut asking, self.deadline()).await {
+                self.note_masters(ids);
+            }
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.watching
                 .store(false, std::sync::atomic::Ordering::Release);

@@ -667,7 +667,7 @@ impl RedisBackend {
         let work = async {
             let Link { mut conn, heard: h } = self.connection().await?;
             let _ = heard.set(h);
-            self.watch_masters(&conn);
+            self.watch_masters(&conn).await;
             self.keep_registry();
             self.clean(&mut conn).await?;
             body(&mut conn).await.map_err(Fault::Redis)
