@@ -819,9 +819,31 @@ async fn a_paused_master_holding_nothing_read_costs_the_reads_nothing() {
         .iter()
         .find(|p| **p != head_port && **p != row_port)
         .expect("a third master");
+    // And a row of the paused master's, whose read times out and so replaces the
+    // connection: the new one must not wait on the paused master either.
+    let mut on_victim = None;
+    for i in 0..100 {
+        let other = db
+            .create(new_cached(&format!("v{i}")))
+            .await
+            .expect("create");
+        assert!(db.read::<Cached>(other.id).await.expect("fill").is_some());
+        let pattern = format!("paused:t:ns:*:\"{}\"", other.id);
+        if !keys_on(victim, &pattern).await.is_empty() {
+            on_victim = Some(other);
+            break;
+        }
+    }
+    let on_victim = on_victim.expect("a row on the third master");
     let epoch: String = on_node(head_port, &["HGET", head, "e"]).await;
     poke(&db, row.id, "behind").await;
     let () = on_node(victim, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    let fallback = db
+        .read::<Cached>(on_victim.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(fallback.id, on_victim.id, "answered by PostgreSQL");
     let (mut hits, mut reads) = (0, 0);
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(1200) {

@@ -46,9 +46,9 @@
 //! call runs. Stale entries a restarted master brought back are therefore served for
 //! at most about one probe interval, by a process that had talked to the cluster
 //! before (a process started after the restart has nothing to compare with, as on one
-//! Redis). A master that does not answer concludes nothing. Each new connection asks
-//! the same first (as `check_server` does on one Redis), so what a watch compares with
-//! never depends on when the watch ran.
+//! Redis). A master that does not answer concludes nothing. The first connection asks
+//! the same before anything is read, so what a watch compares with never depends on
+//! when the watch ran.
 //!
 //! # One round trip
 //!
@@ -76,7 +76,7 @@ use redis::{FromRedisValue, RedisError, Script};
 
 use super::Fault;
 use super::backend::{Namespace, RowFill, RowGet, RowPeek, Scoped, Stale, UniqueFound, Versioned};
-use super::redis::{RedisBackend, Wire, reply_bytes, reply_left, reply_text};
+use super::redis::{RedisBackend, Wire, millis, reply_bytes, reply_left, reply_text};
 
 fn script(body: &str) -> Script {
     Script::new(&format!("#!lua\n{body}"))
@@ -181,10 +181,6 @@ async fn eval<T: FromRedisValue>(
         invocation.arg(*arg);
     }
     invocation.invoke_async(conn).await
-}
-
-fn millis(d: Duration) -> Vec<u8> {
-    d.as_millis().to_string().into_bytes()
 }
 
 impl RedisBackend {

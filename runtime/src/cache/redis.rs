@@ -377,8 +377,15 @@ impl RedisBackend {
                     .await
                     .map_err(|_| Fault::Timeout)?
                     .map_err(Fault::Redis)?;
-                // Who the masters are, before anything is read on this connection.
-                if let Some(ids) = super::cluster::master_ids(&mut conn, self.deadline).await {
+                // Who the masters are, before anything is read — once, on the first
+                // connection: the watch compares with it from then on, whenever it runs.
+                // (Not on every new connection: a connection is replaced after a
+                // timeout, and one master that does not answer would then cost every
+                // call its deadline.)
+                let known = self.masters.lock().is_ok_and(|seen| !seen.is_empty());
+                if !known
+                    && let Some(ids) = super::cluster::master_ids(&mut conn, self.deadline).await
+                {
                     self.note_masters(ids);
                 }
                 Wire::Cluster(conn)
@@ -690,7 +697,10 @@ impl RedisBackend {
             // breaker for everyone.
             Err(fault) if fault.is_answer() => self.breaker.success(),
             Err(fault) => {
-                if fault.is_connection_fault() {
+                // A cluster connection keeps one connection per node and mends each
+                // by itself; replacing it whole after one node's timeout would make
+                // every call wait on that node again while a new one is made.
+                if fault.is_connection_fault() && !self.is_cluster() {
                     self.drop_connection();
                 }
                 self.breaker.failure();
@@ -736,7 +746,7 @@ impl RedisBackend {
     }
 }
 
-fn millis(d: Duration) -> Vec<u8> {
+pub(super) fn millis(d: Duration) -> Vec<u8> {
     d.as_millis().to_string().into_bytes()
 }
 
