@@ -586,7 +586,9 @@ impl RedisCluster {
         let cli = redis_cli()?;
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(start_redis_with(None, "--port", |_| Ok(cluster_args()))?);
+            nodes.push(start_redis_with(Some(cluster_port()?), "--port", |_| {
+                Ok(cluster_args())
+            })?);
         }
         let mut create = Command::new(&cli);
         create.args(["--cluster", "create"]);
@@ -720,6 +722,18 @@ pub fn redis_cluster_urls() -> Result<Vec<String>> {
         .as_ref()
         .map(RedisCluster::urls)
         .map_err(|e| Error::Config(e.clone()))
+}
+
+/// A free port for a cluster node: its cluster bus listens on the port + 10,000, so
+/// that must be a port too (below 65,536) and free.
+fn cluster_port() -> Result<u16> {
+    for _ in 0..200 {
+        let port = free_port()?;
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Config("no free port pair for a cluster node".into()))
 }
 
 fn cluster_args() -> Vec<String> {
