@@ -717,12 +717,25 @@ async fn cors_preflight_and_origins() {
 
 /// `@supabase/postgrest-js` (and esbuild, to bundle it for a browser), installed from
 /// the npm registry once per target directory, with the conformance scripts beside it.
+///
+/// Both conformance tests ask for it at once: the first installs while the other waits
+/// (two `npm install` in one directory fail each other), and the install happens in a
+/// directory of this process's own, renamed into place only when complete, so another
+/// test process never sees half of one.
 fn postgrest_js() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("postgrest-js-1.21.4");
+    static INSTALLED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(install_postgrest_js).clone()
+}
+
+fn install_postgrest_js() -> std::path::PathBuf {
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join("postgrest-js-1.21.4");
     if !dir.join("node_modules/.bin/esbuild").exists() {
-        std::fs::create_dir_all(&dir).expect("npm dir");
+        let staging = tmp.join(format!("postgrest-js-1.21.4.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).expect("npm dir");
         std::fs::write(
-            dir.join("package.json"),
+            staging.join("package.json"),
             r#"{"name":"conformance","private":true,"type":"module"}"#,
         )
         .expect("package.json");
@@ -735,10 +748,19 @@ fn postgrest_js() -> std::path::PathBuf {
                 "@supabase/postgrest-js@1.21.4",
                 "esbuild@0.25.0",
             ])
-            .current_dir(&dir)
+            .current_dir(&staging)
             .status()
             .expect("npm (Node.js) is needed: `./tabula setup` installs it");
         assert!(status.success(), "npm install failed");
+        // A half-made directory of an earlier, interrupted run goes; a complete one
+        // another process renamed into place meanwhile stays, and this one goes.
+        if !dir.join("node_modules/.bin/esbuild").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            if std::fs::rename(&staging, &dir).is_err() {
+                assert!(dir.join("node_modules/.bin/esbuild").exists(), "npm dir");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
     }
     for script in [
         "steps.mjs",
