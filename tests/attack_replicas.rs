@@ -99,8 +99,12 @@ async fn paused() -> Resume {
 // ---------------------------------------------------------------------------------
 // 1. The write's WAL position is asked on a connection checked out AFTER the write's
 //    own connection went back to the pool (`note_write(None)`, write.rs:332/366). Tried:
-//    another caller queued for the single connection. HELD: the position query got the
-//    released connection first (bb8 does not hand it to the queued waiter).
+//    another caller queued for the single connection. With bb8 the position query got
+//    the released connection first (it did not hand it to the queued waiter). The pool
+//    of Tabula's own is first come, first served: the position query waits past its
+//    checkout timeout, and the write counts as one whose position is unknown — the
+//    next read asks for it, and reads the primary until it is known (failed with the
+//    stale standby's answer before that).
 // ---------------------------------------------------------------------------------
 #[tokio::test]
 async fn write_floor_survives_a_busy_pool() {

@@ -362,16 +362,6 @@ impl From<tokio_postgres::Error> for Error {
     }
 }
 
-impl From<bb8::RunError<Error>> for Error {
-    fn from(err: bb8::RunError<Error>) -> Self {
-        match err {
-            bb8::RunError::User(e) => e,
-            // bb8 only reports the deadline, not its length; the pool records it.
-            bb8::RunError::TimedOut => Error::PoolTimeout(Duration::ZERO),
-        }
-    }
-}
-
 /// "unknown <kind> `word`; expected one of `a`, `b`" for errors about user input.
 pub(crate) fn unknown_word(kind: &str, word: &str, accepted: &[&str]) -> String {
     let list = accepted

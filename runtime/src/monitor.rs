@@ -63,15 +63,25 @@ pub(crate) fn record_db(
     started: Instant,
     result: &Result<impl Sized>,
 ) {
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::histogram!(
-        DB_OPERATION_SECONDS,
-        "operation" => operation,
-        "table" => table,
-        "outcome" => outcome,
-        "source" => "db"
-    )
-    .record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    match db_key(operation, table, result.is_ok()) {
+        Some(key) => metrics::with_recorder(|recorder| {
+            recorder
+                .register_histogram(key, &DB_METADATA)
+                .record(seconds)
+        }),
+        None => {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::histogram!(
+                DB_OPERATION_SECONDS,
+                "operation" => operation,
+                "table" => table,
+                "outcome" => outcome,
+                "source" => "db"
+            )
+            .record(seconds)
+        }
+    }
     if let Err(error) = result {
         if is_expected(error) {
             tracing::debug!(operation, table, %error, "database operation refused");
@@ -79,6 +89,54 @@ pub(crate) fn record_db(
             tracing::error!(operation, table, %error, "database error");
         }
     }
+}
+
+/// What the `metrics` macros would give the recorder for a database operation.
+static DB_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Keys of [`DB_OPERATION_SECONDS`] built so far, by the addresses of their
+/// operation and table names and the outcome (both names are `'static`: code
+/// constants, one per call site and model).
+type DbKeys = std::collections::HashMap<(usize, usize, usize, usize, bool), &'static metrics::Key>;
+
+/// How many keys [`db_key`] keeps at most: operation and table names are the code's
+/// own, so a handful per model; past the bound, keys are built per call again.
+const DB_KEYS_MAX: usize = 4096;
+
+/// The histogram key of one database operation, built once: the `metrics` macro builds
+/// its key (a list of labels, hashed) on every call, an allocation and a hash per
+/// read, recorder or not. The keys live as long as the process, like the names they
+/// are made of. A pure memo: every handle would build the same key.
+fn db_key(operation: &'static str, table: &'static str, ok: bool) -> Option<&'static metrics::Key> {
+    static KEYS: std::sync::OnceLock<std::sync::RwLock<DbKeys>> = std::sync::OnceLock::new();
+    let id = (
+        operation.as_ptr() as usize,
+        operation.len(),
+        table.as_ptr() as usize,
+        table.len(),
+        ok,
+    );
+    let keys = KEYS.get_or_init(Default::default);
+    if let Some(key) = keys.read().ok()?.get(&id) {
+        return Some(key);
+    }
+    let mut keys = keys.write().ok()?;
+    if keys.len() >= DB_KEYS_MAX {
+        return None;
+    }
+    let outcome = if ok { "ok" } else { "error" };
+    let labels: &'static [metrics::Label] = Box::leak(Box::new([
+        metrics::Label::from_static_parts("operation", operation),
+        metrics::Label::from_static_parts("table", table),
+        metrics::Label::from_static_parts("outcome", outcome),
+        metrics::Label::from_static_parts("source", "db"),
+    ]));
+    let key: &'static metrics::Key = Box::leak(Box::new(metrics::Key::from_static_parts(
+        DB_OPERATION_SECONDS,
+        labels,
+    )));
+    Some(*keys.entry(id).or_insert(key))
 }
 
 /// Errors that are answers the caller is expected to handle (a duplicate, a missing

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
@@ -201,29 +202,10 @@ pub(crate) fn grace(deadline: Duration) -> Duration {
 
 impl Db {
     pub(crate) async fn checkout(&self) -> Result<Pooled> {
-        // A connection whose socket closed while idle is dropped by the pool when it is
-        // returned broken; take another. The bound keeps a dead server from looping us.
-        for _ in 0..=self.shared.config.pool_size {
-            let conn = self
-                .shared
-                .pool
-                .get_owned()
-                .await
-                .map_err(|e| match Error::from(e) {
-                    Error::PoolTimeout(_) => match self.shared.connect_errors.take() {
-                        Some(cause) => Error::Connect(cause),
-                        None => Error::PoolTimeout(self.shared.config.checkout_timeout),
-                    },
-                    other => other,
-                })?;
-            if !conn.is_closed() {
-                let mut conn = conn;
-                // Nothing opens with a pooled connection but what this caller asks for.
-                conn.pending_setup = None;
-                return Ok(conn);
-            }
-        }
-        Err(Error::PoolTimeout(self.shared.config.checkout_timeout))
+        let mut conn = self.shared.pool.get().await?;
+        // Nothing opens with a pooled connection but what this caller asks for.
+        conn.pending_setup = None;
+        Ok(conn)
     }
 
     /// The scoped transaction this handle's statements run in: the handle's own, or
@@ -270,53 +252,57 @@ impl Db {
     ///
     /// `work` is boxed before anything else: the operations' state machines nest, and
     /// would otherwise make every public future (and the stack of a debug build) as
-    /// large as the deepest one.
+    /// large as the deepest one. The reads' small state machines take
+    /// [`Db::timed_inline`] instead, which allocates nothing.
     pub(crate) fn timed<'a, T: 'a>(
         &'a self,
         operation: &'static str,
         table: &'static str,
         work: impl Future<Output = Result<T>> + 'a,
     ) -> impl Future<Output = Result<T>> + 'a {
+        self.timed_inline(operation, table, Box::pin(work))
+    }
+
+    /// [`Db::timed`] without boxing `work` (a user scope's transaction around it is
+    /// boxed: only scoped handles carry it). The future is a struct, not an async
+    /// block: an async block keeps a slot for `work` beside the slot of the future it
+    /// is moved into, doubling every read's future.
+    pub(crate) fn timed_inline<'a, T: 'a>(
+        &'a self,
+        operation: &'static str,
+        table: &'static str,
+        work: impl Future<Output = Result<T>> + 'a,
+    ) -> impl Future<Output = Result<T>> + 'a {
+        let deadline = self.shared.config.statement_timeout;
         let span = tracing::debug_span!("tabula.db", operation, table);
-        if self.scope.is_some() {
-            crate::cache::memo::note_scoped();
+        Timed {
+            operation,
+            table,
+            deadline,
+            started: None,
+            work: tokio::time::timeout(
+                deadline + grace(deadline),
+                self.route(operation, work).instrument(span),
+            ),
         }
-        let work = Box::pin(
-            async move {
-                match &self.scope {
-                    Some(scope)
-                        if self.tx.is_none() && super::scope::current_scoped_tx().is_none() =>
-                    {
-                        self.in_scope(scope, READS.contains(&operation), work).await
-                    }
-                    _ => work.await,
-                }
-            }
-            .instrument(span),
-        );
-        async move {
-            let started = Instant::now();
-            let deadline = self.shared.config.statement_timeout;
-            let result = match tokio::time::timeout(deadline + grace(deadline), work).await {
-                // The server's own deadline: it cancelled the statement, nothing happened.
-                Ok(Err(e)) if e.sqlstate() == Some(crate::error::QUERY_CANCELED) => {
-                    Err(Error::Timeout {
-                        operation,
-                        after: deadline,
-                    })
-                }
-                Ok(result) => result,
-                // No answer at all: the connection was dropped mid-flight (its statement
-                // cancelled, the connection closed). A write may or may not have landed.
-                Err(_) if READS.contains(&operation) => Err(Error::Timeout {
-                    operation,
-                    after: deadline,
-                }),
-                Err(_) => Err(Error::OutcomeUnknown { operation, table }),
-            };
-            monitor::record_db(operation, table, started, &result);
-            result
+    }
+
+    /// `work` as is, or inside a user scope's transaction of its own (see
+    /// [`Db::in_scope`]).
+    fn route<'a, T: 'a, F: Future<Output = Result<T>> + 'a>(
+        &'a self,
+        operation: &'static str,
+        work: F,
+    ) -> Either<std::pin::Pin<Box<impl Future<Output = Result<T>> + 'a>>, F> {
+        let Some(scope) = &self.scope else {
+            return Either::Right(work);
+        };
+        crate::cache::memo::note_scoped();
+        if self.tx.is_some() || super::scope::current_scoped_tx().is_some() {
+            return Either::Right(work);
         }
+        let read = READS.contains(&operation);
+        Either::Left(Box::pin(self.in_scope(scope, read, work)))
     }
 
     /// Runs `work` in a transaction of its own that switched to the scope's role and
@@ -466,7 +452,7 @@ impl Db {
 macro_rules! read_on_conn {
     ($db:expr, $op:expr, $table:expr, |$conn:ident| $body:block) => {{
         let __db = &$db;
-        __db.timed($op, $table, async {
+        __db.timed_inline($op, $table, async {
             let mut __tries = 0;
             let mut __replicas = true;
             loop {
@@ -487,9 +473,15 @@ macro_rules! read_on_conn {
                             let $conn = __primary.get()?;
                             $body
                         };
-                        let __answer = __db
-                            .hedged(__index, __asked, __on_replica, __on_primary)
-                            .await;
+                        // Boxed: only handles with replicas take this branch, and
+                        // its two reads would double every read's future.
+                        let __answer = ::std::boxed::Box::pin(__db.hedged(
+                            __index,
+                            __asked,
+                            __on_replica,
+                            __on_primary,
+                        ))
+                        .await;
                         drop(__guard);
                         __answer
                     }
@@ -515,3 +507,48 @@ macro_rules! read_on_conn {
     }};
 }
 pub(crate) use read_on_conn;
+
+pin_project_lite::pin_project! {
+    /// The future of [`Db::timed_inline`]: `work` under the statement deadline, in a
+    /// span; its outcome recorded when it ends.
+    pub(crate) struct Timed<F> {
+        operation: &'static str,
+        table: &'static str,
+        deadline: Duration,
+        started: Option<Instant>,
+        #[pin]
+        work: tokio::time::Timeout<tracing::instrument::Instrumented<F>>,
+    }
+}
+
+impl<T, F: Future<Output = Result<T>>> Future for Timed<F> {
+    type Output = Result<T>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T>> {
+        let this = self.project();
+        let started = *this.started.get_or_insert_with(Instant::now);
+        let (operation, table, deadline) = (*this.operation, *this.table, *this.deadline);
+        let result = match std::task::ready!(this.work.poll(cx)) {
+            // The server's own deadline: it cancelled the statement, nothing happened.
+            Ok(Err(e)) if e.sqlstate() == Some(crate::error::QUERY_CANCELED) => {
+                Err(Error::Timeout {
+                    operation,
+                    after: deadline,
+                })
+            }
+            Ok(result) => result,
+            // No answer at all: the connection was dropped mid-flight (its statement
+            // cancelled, the connection closed). A write may or may not have landed.
+            Err(_) if READS.contains(&operation) => Err(Error::Timeout {
+                operation,
+                after: deadline,
+            }),
+            Err(_) => Err(Error::OutcomeUnknown { operation, table }),
+        };
+        monitor::record_db(operation, table, started, &result);
+        std::task::Poll::Ready(result)
+    }
+}

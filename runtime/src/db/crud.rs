@@ -127,7 +127,12 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn read<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
-        // Boxed: the cache lookup and the database read nest several state machines.
+        // A table without a cache, or a handle that cannot use it, reads the database
+        // without allocating; the cache lookup and fill nest several state machines,
+        // and are boxed.
+        if M::META.cache_ttl.is_none() || self.tx.is_some() || self.shared.cache.is_none() {
+            return self.read_uncached::<M>(key).await;
+        }
         Box::pin(self.read_through::<M>(key.into())).await
     }
 

@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use crate::cache::CacheService;
 use crate::error::{Error, Result};
-use crate::pool::{LastConnectError, PgManager};
+use crate::pool::{PgManager, Pool};
 
 pub(crate) use conn::{Conn, TxHandle, read_on_conn};
 pub use replica::ConsistencyToken;
@@ -70,7 +70,7 @@ pub(crate) use tx::join_task;
 pub use verify::ModelSet;
 pub(crate) use write::{Invalidation, key_text, names};
 
-type Pooled = bb8::PooledConnection<'static, PgManager>;
+use crate::pool::Pooled;
 
 pub use crate::pool::AfterConnect;
 
@@ -230,33 +230,17 @@ fn manager_for(url: &str, config: &DbConfig) -> Result<PgManager> {
 }
 
 /// A pool of `manager`'s connections with `config`'s sizes and limits.
-fn pool_for(
-    manager: PgManager,
-    config: &DbConfig,
-    checkout_timeout: Duration,
-    connect_errors: &LastConnectError,
-) -> bb8::Pool<PgManager> {
-    // The reaper closes idle and old connections; it must look often enough for
-    // the shortest of the two limits.
-    let reaper = [config.idle_timeout, config.max_lifetime]
-        .into_iter()
-        .flatten()
-        .min()
-        .map_or(Duration::from_secs(30), |d| {
-            (d / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
-        });
-    bb8::Pool::builder()
-        .max_size(config.pool_size)
-        .min_idle(config.min_idle.map(|n| n.min(config.pool_size)))
-        .max_lifetime(config.max_lifetime)
-        .idle_timeout(config.idle_timeout)
-        .reaper_rate(reaper)
-        .connection_timeout(checkout_timeout.max(Duration::from_millis(1)))
-        // Dead sockets are caught by `has_broken` without a round trip per checkout.
-        .test_on_check_out(false)
-        .retry_connection(false)
-        .error_sink(Box::new(connect_errors.clone()))
-        .build_unchecked(manager)
+fn pool_for(manager: PgManager, config: &DbConfig, checkout_timeout: Duration) -> Pool {
+    Pool::new(
+        manager,
+        crate::pool::Settings {
+            max_size: config.pool_size,
+            min_idle: config.min_idle.unwrap_or(0).min(config.pool_size),
+            max_lifetime: config.max_lifetime,
+            idle_timeout: config.idle_timeout,
+            checkout_timeout: checkout_timeout.max(Duration::from_millis(1)),
+        },
+    )
 }
 
 /// The pool settings a URL may carry (see [`DbConfig`]).
@@ -591,7 +575,7 @@ pub struct Db {
 pub(crate) type PolicyPlan = Option<(Arc<[String]>, Arc<str>)>;
 
 pub(crate) struct Shared {
-    pool: bb8::Pool<PgManager>,
+    pool: Pool,
     /// Opens connections outside the pool (to resolve a lost COMMIT).
     manager: PgManager,
     /// The cache as this database sees it (see [`Db::cache`]).
@@ -617,7 +601,6 @@ pub(crate) struct Shared {
     /// The replicas reads may go to (see [`replica`]).
     pub(crate) replicas: Option<replica::Replicas>,
     pub(crate) config: DbConfig,
-    connect_errors: LastConnectError,
 }
 
 impl std::fmt::Debug for Db {
@@ -674,18 +657,16 @@ impl Db {
         let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
-        let mut first = bb8::ManageConnection::connect(&manager)
-            .await
-            .map_err(
-                |e| match e.to_string().contains("unsupported startup parameter") {
-                    // PgBouncer's answer to the statement deadline Tabula sends at connect.
-                    true => Error::Connect(format!(
-                        "{e} — behind a transaction-pooling proxy such as PgBouncer? Add \
+        let mut first = manager.connect().await.map_err(|e| {
+            match e.to_string().contains("unsupported startup parameter") {
+                // PgBouncer's answer to the statement deadline Tabula sends at connect.
+                true => Error::Connect(format!(
+                    "{e} — behind a transaction-pooling proxy such as PgBouncer? Add \
                      `?pgbouncer=true` to the URL (DbConfig::transaction_pooling)"
-                    )),
-                    false => e,
-                },
-            )?;
+                )),
+                false => e,
+            }
+        })?;
         // The cache's view of this database: its entries under the database's identity
         // (or the configured namespace), so two databases never share one. Known also
         // without a cache: a write through this handle must still reach the caches
@@ -696,8 +677,7 @@ impl Db {
             crate::cache::register_for_database(&identity, &bound);
             bound
         });
-        let connect_errors = LastConnectError::default();
-        let pool = pool_for(manager, &config, config.checkout_timeout, &connect_errors);
+        let pool = pool_for(manager, &config, config.checkout_timeout);
         // Hand the connection opened above to the pool instead of wasting it.
         // Replicas are not asked at connect (one that is down is skipped by reads);
         // each is checked on its first connection against what the primary is.
@@ -713,18 +693,13 @@ impl Db {
                         // A replica that cannot be reached soon is left for the
                         // primary: its checkouts wait at most a second.
                         let wait = config.checkout_timeout.min(Duration::from_secs(1));
-                        Ok(pool_for(
-                            manager,
-                            &config,
-                            wait,
-                            &LastConnectError::default(),
-                        ))
+                        Ok(pool_for(manager, &config, wait))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Some(replica::Replicas::new(pools, primary))
             }
         };
-        let _ = pool.add(first);
+        pool.add(first);
         Ok(Db {
             shared: Arc::new(Shared {
                 pool,
@@ -732,7 +707,6 @@ impl Db {
                 config,
                 cache,
                 identity,
-                connect_errors,
                 foreign_keys: std::sync::RwLock::new(None),
                 table_access: std::sync::Mutex::default(),
                 policy_plans: std::sync::Mutex::default(),

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::{Db, Pooled};
 use crate::error::{Error, Result};
-use crate::pool::PgManager;
+use crate::pool::Pool;
 
 /// A position in the primary's write-ahead log: what a replica must have replayed
 /// before it may answer a read of the handle that holds it. Written as PostgreSQL
@@ -91,7 +91,7 @@ const SKIP_UNREACHABLE: Duration = Duration::from_secs(5);
 
 /// One replica's pool and what it last said of its replay.
 pub(crate) struct Replica {
-    pool: bb8::Pool<PgManager>,
+    pool: Pool,
     /// Whether it was found to be a standby of the primary's database (asked on its
     /// first connection): 0 not yet, 1 yes, 2 no — never used.
     checked: std::sync::atomic::AtomicU8,
@@ -123,7 +123,7 @@ pub(crate) struct Replicas {
 }
 
 impl Replicas {
-    pub(crate) fn new(pools: Vec<bb8::Pool<PgManager>>, primary: String) -> Replicas {
+    pub(crate) fn new(pools: Vec<Pool>, primary: String) -> Replicas {
         Replicas {
             abandoned: AtomicU64::new(0),
             covered: AtomicU64::new(0),
@@ -178,10 +178,10 @@ impl Replicas {
     /// A connection to `replica` if it is a standby of the primary's database that has
     /// replayed up to `floor`; an error when it cannot be reached.
     async fn try_replica(&self, replica: &Replica, floor: u64) -> Result<Option<Pooled>> {
-        let mut conn = match replica.pool.get_owned().await {
+        let mut conn = match replica.pool.get().await {
             Ok(conn) if !conn.is_closed() => conn,
             Ok(_) => return Ok(None),
-            Err(e) => return Err(Error::from(e)),
+            Err(e) => return Err(e),
         };
         conn.pending_setup = None;
         match replica.checked.load(Ordering::Acquire) {
@@ -390,8 +390,16 @@ impl Db {
         &self,
         replicas_allowed: bool,
     ) -> Result<(super::Conn, Option<(usize, Instant)>)> {
+        if self.shared.replicas.is_some() && replicas_allowed {
+            // Boxed: a handle without replicas never carries this branch's state.
+            return Box::pin(self.replica_conn()).await;
+        }
+        Ok((self.conn().await?, None))
+    }
+
+    /// [`Db::read_conn`] on a handle with replicas.
+    async fn replica_conn(&self) -> Result<(super::Conn, Option<(usize, Instant)>)> {
         if let Some(replicas) = &self.shared.replicas
-            && replicas_allowed
             && !self.route.primary
             && self.tx.is_none()
             && self.scope.is_none()
@@ -411,6 +419,11 @@ impl Db {
             let abandoned = replicas.abandoned.load(Ordering::Acquire);
             if abandoned > replicas.covered.load(Ordering::Acquire) {
                 self.note_write(None).await;
+                // Still unknown (the pool busy, the primary slow): a write may be
+                // missing from every replica, so the primary answers.
+                if abandoned > replicas.covered.load(Ordering::Acquire) {
+                    return Ok((self.conn().await?, None));
+                }
             }
             let floor = replicas
                 .written
@@ -572,10 +585,16 @@ impl Db {
                 }
             },
             Ok(None) => {}
-            Err(e) => tracing::warn!(
-                error = %e,
-                "the WAL position after a write could not be read: replicas may answer this handle's next reads with older rows"
-            ),
+            Err(e) => {
+                // Counted as a write whose position is unknown, like one abandoned
+                // mid-way: the next read asks again, and reads the primary until the
+                // position is known (see `Db::replica_conn`).
+                replicas.abandoned.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(
+                    error = %e,
+                    "the WAL position after a write could not be read: reads go to the primary until it is"
+                )
+            }
         }
     }
 }

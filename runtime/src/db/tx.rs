@@ -472,7 +472,7 @@ impl Db {
         let mut asked_in_progress = 0u32;
         while tokio::time::Instant::now() < give_up {
             let attempt = tokio::time::timeout_at(give_up, async {
-                let conn = bb8::ManageConnection::connect(&self.shared.manager).await?;
+                let conn = self.shared.manager.connect().await?;
                 loop {
                     let row = conn.client().query_one(XACT_STATUS, &[&xid]).await?;
                     match row.try_get::<_, Option<String>>(0)?.as_deref() {
@@ -539,7 +539,7 @@ impl Db {
     async fn answers(&self) -> bool {
         let deadline = self.shared.config.statement_timeout;
         tokio::time::timeout(deadline, async {
-            let conn = bb8::ManageConnection::connect(&self.shared.manager).await?;
+            let conn = self.shared.manager.connect().await?;
             conn.client().batch_execute("SELECT 1").await?;
             Ok::<_, Error>(())
         })

@@ -709,9 +709,12 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     }
 
     /// Runs the query and returns every row.
-    pub async fn all(self) -> Result<Vec<D::Output>> {
-        let bound = self.bind()?;
-        fetch::<M, D>(&self.db, &bound).await
+    pub fn all(self) -> impl Future<Output = Result<Vec<D::Output>>> + use<M, D> {
+        // Rendered before the future exists: it carries the handle and the bound
+        // statement, not the builder.
+        let bound = self.bind();
+        let db = self.db;
+        async move { fetch::<M, D>(&db, &bound?).await }
     }
 
     /// Caches this query's result for `ttl_seconds` under the table's version counter:

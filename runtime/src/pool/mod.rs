@@ -1,13 +1,11 @@
-//! The connection pool: bb8 with a manager whose connections carry their own
-//! prepared-statement cache.
+//! PostgreSQL connections and their pool (`slots.rs`): each connection carries its
+//! own prepared-statement cache and a "mid-transaction" flag.
 //!
-//! Why bb8 and a manager of our own rather than bb8-postgres or deadpool-postgres: bb8
-//! is already in the tree for Redis (bb8-redis), and owning the manager lets each
-//! connection carry its statement cache and a "mid-transaction" flag. The flag is how a
-//! connection abandoned inside a transaction (an error path, a panic, a dropped future)
-//! is never handed out again: `has_broken` reports it, bb8 closes it, and PostgreSQL
-//! rolls the transaction back when the socket closes. A connection whose socket died is
-//! caught the same way (`Client::is_closed`), without a round trip on every checkout.
+//! The flag is how a connection abandoned inside a transaction (an error path, a
+//! panic, a dropped future) is never handed out again: [`PgConn::release`] reports it,
+//! the pool closes it, and PostgreSQL rolls the transaction back when the socket
+//! closes. A connection whose socket died is caught the same way
+//! (`Client::is_closed`), without a round trip on every checkout.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +17,9 @@ use tokio_postgres::{CancelToken, Client, Row, Statement};
 
 use crate::tls::Connector;
 
+mod slots;
+pub(crate) use slots::{Pool, Pooled, Settings};
+
 use crate::error::{Error, Result};
 use crate::table::Param;
 
@@ -26,6 +27,46 @@ use crate::table::Param;
 /// are few; the bound keeps dynamic SQL (e.g. `IN` lists of many lengths) from growing
 /// the cache without limit.
 const STATEMENT_CACHE_CAPACITY: usize = 256;
+
+/// How the per-connection statement caches hash SQL text: one multiply per 8 bytes.
+/// SipHash (the standard map's) resists flooding, which these maps do not need — the
+/// texts are the process's own statements and a map holds at most
+/// [`STATEMENT_CACHE_CAPACITY`] — and cost a read more than the rest of its lookup.
+type TextHash = std::hash::BuildHasherDefault<TextHasher>;
+
+#[derive(Default)]
+struct TextHasher(u64);
+
+impl TextHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for TextHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Switches a transaction to a user's role and claims. Both are bound parameters, never
 /// spliced into SQL text, so no server setting (`standard_conforming_strings = off`)
@@ -63,12 +104,12 @@ pub(crate) struct PgConn {
     cancel: CancelToken,
     /// How a cancel request reaches the server: as the connection did.
     tls: Connector,
-    statements: HashMap<String, Statement>,
+    statements: HashMap<String, Statement, TextHash>,
     /// Behind a transaction-pooling proxy (PgBouncer, Supavisor): no named statement
     /// outlives a transaction, so statements go unnamed with the parameter types
     /// learned once per SQL text (see [`PgConn::statement`]).
     unnamed: bool,
-    types: HashMap<String, Arc<[Type]>>,
+    types: HashMap<String, Arc<[Type]>, TextHash>,
     /// Set between BEGIN and COMMIT/ROLLBACK; a connection returned with it set is closed.
     pub(crate) in_transaction: bool,
     /// Set while a statement is on its way or its answer is not read yet. A connection
@@ -219,9 +260,57 @@ impl PgConn {
     }
 
     pub(crate) async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        if let Some(statement) = self.ready(sql) {
+            self.in_flight = true;
+            let answer = match &statement {
+                Stmt::Named(s) => self.client.query(s, params).await,
+                Stmt::Unnamed(_) => {
+                    let pairs = typed(params, &statement);
+                    self.client.query_typed(sql, &pairs).await
+                }
+            };
+            let result = self.settle_alone(answer);
+            if !self.forget_stale_plan(sql, &result) {
+                return result;
+            }
+        }
+        Box::pin(self.query_slow(sql, params)).await
+    }
+
+    /// [`PgConn::query`] with its statement to prepare or requests to pipeline.
+    async fn query_slow(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let result = self.query_once(sql, params).await;
         if self.forget_stale_plan(sql, &result) {
             return self.query_once(sql, params).await;
+        }
+        result
+    }
+
+    /// The statement for `sql` when the next call is that statement alone: prepared
+    /// already, and nothing to pipeline around it (no transaction to open, no
+    /// transaction id to ask). The hot path: no lookup but one map probe, no request
+    /// but the statement, and no future of the pipeline's size.
+    fn ready(&self, sql: &str) -> Option<Stmt> {
+        if self.pending_setup.is_some() || (self.in_transaction && self.xid.is_none()) {
+            return None;
+        }
+        match self.unnamed {
+            false => self.statements.get(sql).cloned().map(Stmt::Named),
+            true => self.types.get(sql).cloned().map(Stmt::Unnamed),
+        }
+    }
+
+    /// Records the answer of a statement that travelled alone (see [`PgConn::ready`]).
+    fn settle_alone<T>(
+        &mut self,
+        answer: std::result::Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        self.in_flight = false;
+        let result = answer.map_err(Error::from);
+        if let Err(e) = &result
+            && self.in_transaction
+        {
+            self.failure = Some(e.sqlstate().unwrap_or_default().to_owned());
         }
         result
     }
@@ -249,9 +338,27 @@ impl PgConn {
         params: &[Param<'_>],
         mut decode: impl FnMut(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let result = self.query_decode_once(sql, params, &mut decode).await;
+        if let Some(statement) = self.ready(sql) {
+            self.in_flight = true;
+            let answer = decode_rows(&self.client, sql, &statement, params, &mut decode).await;
+            let result = self.settle_alone(answer).and_then(|decoded| decoded);
+            if !self.forget_stale_plan(sql, &result) {
+                return result;
+            }
+        }
+        Box::pin(self.query_decode_slow(sql, params, &mut decode)).await
+    }
+
+    /// [`PgConn::query_decode`] with its statement to prepare or requests to pipeline.
+    async fn query_decode_slow<T>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: &mut impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let result = self.query_decode_once(sql, params, decode).await;
         if self.forget_stale_plan(sql, &result) {
-            return self.query_decode_once(sql, params, &mut decode).await;
+            return self.query_decode_once(sql, params, decode).await;
         }
         result
     }
@@ -262,38 +369,12 @@ impl PgConn {
         params: &[Param<'_>],
         decode: &mut impl FnMut(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
-        use futures_util::TryStreamExt;
         let statement = self.statement(sql).await?;
         let extras = self.extras(true).await?;
         self.in_flight = true;
-        let mut out = Vec::new();
-        let mut failed: Option<Error> = None;
-        let client = &self.client;
-        let rows = async {
-            let stream = match &statement {
-                Stmt::Named(s) => client.query_raw(s, params.iter().copied()).await?,
-                Stmt::Unnamed(types) => {
-                    let pairs = params.iter().copied().zip(types.iter().cloned());
-                    client.query_typed_raw(sql, pairs).await?
-                }
-            };
-            let mut stream = std::pin::pin!(stream);
-            while let Some(row) = stream.try_next().await? {
-                if failed.is_none() {
-                    match decode(&row) {
-                        Ok(value) => out.push(value),
-                        Err(e) => failed = Some(e),
-                    }
-                }
-            }
-            Ok(())
-        };
-        let outcome = pipelined(client, extras, rows).await;
-        self.settle(outcome)?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        let rows = decode_rows(&self.client, sql, &statement, params, decode);
+        let outcome = pipelined(&self.client, extras, rows).await;
+        self.settle(outcome)?
     }
 
     pub(crate) async fn query_opt(
@@ -301,6 +382,25 @@ impl PgConn {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Option<Row>> {
+        if let Some(statement) = self.ready(sql) {
+            self.in_flight = true;
+            let answer = match &statement {
+                Stmt::Named(s) => self.client.query_opt(s, params).await,
+                Stmt::Unnamed(_) => {
+                    let pairs = typed(params, &statement);
+                    self.client.query_typed_opt(sql, &pairs).await
+                }
+            };
+            let result = self.settle_alone(answer);
+            if !self.forget_stale_plan(sql, &result) {
+                return result;
+            }
+        }
+        Box::pin(self.query_opt_slow(sql, params)).await
+    }
+
+    /// [`PgConn::query_opt`] with its statement to prepare or requests to pipeline.
+    async fn query_opt_slow(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         let result = self.query_opt_once(sql, params).await;
         if self.forget_stale_plan(sql, &result) {
             return self.query_opt_once(sql, params).await;
@@ -534,6 +634,31 @@ pub(crate) async fn query_raw_on(
     }
 }
 
+/// Runs `sql` and decodes each row as it arrives, prepared or unnamed: decoding
+/// overlaps the server sending the rest. A decode failure is the answer once the
+/// statement ended (its rows are drained, the connection stays usable).
+async fn decode_rows<T>(
+    client: &Client,
+    sql: &str,
+    statement: &Stmt,
+    params: &[Param<'_>],
+    decode: &mut impl FnMut(&Row) -> Result<T>,
+) -> std::result::Result<Result<Vec<T>>, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = query_raw_on(client, sql, statement, params).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut decoded = Ok(Vec::new());
+    while let Some(row) = stream.try_next().await? {
+        if let Ok(out) = &mut decoded {
+            match decode(&row) {
+                Ok(value) => out.push(value),
+                Err(e) => decoded = Err(e),
+            }
+        }
+    }
+    Ok(decoded)
+}
+
 /// Parameters paired with their types, for an unnamed statement (nothing, and no
 /// allocation, for a prepared one).
 fn typed<'a>(params: &[Param<'a>], statement: &Stmt) -> Vec<(Param<'a>, Type)> {
@@ -665,7 +790,7 @@ pub type AfterConnect = Arc<
         + Sync,
 >;
 
-/// Opens connections for bb8.
+/// Opens connections.
 #[derive(Clone)]
 pub(crate) struct PgManager {
     pub(crate) config: tokio_postgres::Config,
@@ -717,11 +842,9 @@ impl PgManager {
     }
 }
 
-impl bb8::ManageConnection for PgManager {
-    type Connection = PgConn;
-    type Error = Error;
-
-    async fn connect(&self) -> Result<PgConn> {
+impl PgManager {
+    /// Opens a connection and runs the after-connect hook on it.
+    pub(crate) async fn connect(&self) -> Result<PgConn> {
         let (client, connection) = self.config.connect(crate::tls::copy(&self.tls)).await?;
         // The connection task ends when the socket closes; `Client::is_closed` then
         // reports it and the pool drops the client.
@@ -748,9 +871,9 @@ impl bb8::ManageConnection for PgManager {
             cancel: client.cancel_token(),
             tls: crate::tls::copy(&self.tls),
             client: Arc::new(client),
-            statements: HashMap::new(),
+            statements: HashMap::default(),
             unnamed: self.unnamed,
-            types: HashMap::new(),
+            types: HashMap::default(),
             in_transaction: false,
             in_flight: false,
             discard: false,
@@ -759,50 +882,26 @@ impl bb8::ManageConnection for PgManager {
             failure: None,
         })
     }
+}
 
-    async fn is_valid(&self, conn: &mut PgConn) -> Result<()> {
-        conn.batch("").await
-    }
-
-    fn has_broken(&self, conn: &mut PgConn) -> bool {
-        if conn.in_flight && !conn.client.is_closed() {
+impl PgConn {
+    /// Whether this connection, given back, may serve another caller: not when its
+    /// socket closed, a transaction is open on it, an answer is unread (its statement
+    /// is then cancelled on the server), or its session may hold state Tabula did
+    /// not put there.
+    pub(crate) fn release(&mut self) -> bool {
+        if self.in_flight && !self.client.is_closed() {
             // Nobody will read the answer: stop the statement on the server too.
             cancel_in_background(
-                conn.cancel.clone(),
-                crate::tls::copy(&conn.tls),
-                conn.client.clone(),
+                self.cancel.clone(),
+                crate::tls::copy(&self.tls),
+                self.client.clone(),
             );
         }
         // A setup never sent is client-side only — the server holds nothing of it —
         // but must not reach the next user: a scope armed again behind a one-shot read
         // whose caller went away would open the next statement in that user's role.
-        conn.pending_setup = None;
-        conn.client.is_closed() || conn.in_transaction || conn.in_flight || conn.discard
-    }
-}
-
-/// Keeps the last error bb8 hit while opening a connection. bb8 does not return connect
-/// errors to the caller waiting for a connection — the caller only times out — so the
-/// pool reports this instead of a bare timeout: a wrong password or an unreachable
-/// server is named, not disguised as "pool busy".
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LastConnectError(std::sync::Arc<std::sync::Mutex<Option<String>>>);
-
-impl LastConnectError {
-    pub(crate) fn take(&self) -> Option<String> {
-        self.0.lock().ok()?.take()
-    }
-}
-
-impl bb8::ErrorSink<Error> for LastConnectError {
-    fn sink(&self, error: Error) {
-        tracing::warn!(%error, "cannot open a database connection");
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(error.to_string());
-        }
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<Error>> {
-        Box::new(self.clone())
+        self.pending_setup = None;
+        !(self.client.is_closed() || self.in_transaction || self.in_flight || self.discard)
     }
 }

@@ -1,0 +1,305 @@
+//! The pool itself: at most `pool_size` connections, idle ones kept on a stack.
+//!
+//! Why not bb8 (which Tabula used before): its checkout is a future of 4.4 KB that
+//! always arms a timer, takes a mutex and updates statistics, and a connect error
+//! reaches the caller only as a timeout. Here a checkout that finds an idle connection
+//! is one semaphore permit and one uncontended lock — no timer, no clock, no await
+//! that can suspend; the timer exists only for a caller that must wait. A connect
+//! error is the caller's answer at once.
+//!
+//! The invariant: every connection that exists (idle, handed out, or being opened)
+//! holds one of `permits`' permits or sits on `idle` — so at most `pool_size` exist.
+//! A permit is taken before a connection is handed out or opened, and given back only
+//! after the connection is back on the stack or closed.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::{PgConn, PgManager};
+use crate::error::{Error, Result};
+
+/// The pool's sizes and limits (see `DbConfig`).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) max_size: u32,
+    pub(crate) min_idle: u32,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    /// How long a caller waits for a free connection.
+    pub(crate) checkout_timeout: Duration,
+}
+
+/// A pool of PostgreSQL connections. Cloning shares it.
+#[derive(Clone)]
+pub(crate) struct Pool(Arc<Inner>);
+
+struct Inner {
+    manager: PgManager,
+    settings: Settings,
+    /// One permit per connection that may still exist: a connection handed out or
+    /// being opened holds one (see the module docs).
+    permits: Semaphore,
+    /// Idle connections, the most recently returned on top (it is the warmest, and
+    /// the ones at the bottom age out).
+    idle: Mutex<Vec<Idle>>,
+    /// Connections that exist: idle, handed out, or being opened.
+    open: AtomicU32,
+}
+
+struct Idle {
+    conn: Box<PgConn>,
+    born: Instant,
+    since: Instant,
+}
+
+/// A connection out of the pool; back on the stack (or closed, when it cannot be
+/// trusted: see [`PgConn::release`]) when dropped.
+pub(crate) struct Pooled {
+    /// Boxed: checkouts and returns move a pointer, not the connection's state.
+    conn: Option<Box<PgConn>>,
+    born: Instant,
+    pool: Arc<Inner>,
+}
+
+impl Pool {
+    /// A pool that opens connections when first asked for them (and keeps
+    /// `min_idle` open ahead of demand, from a task next to the caller's runtime).
+    pub(crate) fn new(manager: PgManager, settings: Settings) -> Pool {
+        let inner = Arc::new(Inner {
+            permits: Semaphore::new(settings.max_size as usize),
+            manager,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            open: AtomicU32::new(0),
+        });
+        let needs_reaper = inner.settings.min_idle > 0
+            || inner.settings.idle_timeout.is_some()
+            || inner.settings.max_lifetime.is_some();
+        if needs_reaper && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap(Arc::downgrade(&inner)));
+        }
+        Pool(inner)
+    }
+
+    /// A connection: an idle one, or a new one when none is idle and the pool has
+    /// room; else waits up to the checkout timeout for one to come back.
+    pub(crate) async fn get(&self) -> Result<Pooled> {
+        let inner = &self.0;
+        match inner.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => Box::pin(self.wait()).await?,
+        }
+        // The permit is ours from here: `Held` gives it back on every way out, a
+        // dropped future included.
+        let held = Held(inner);
+        if let Some(idle) = inner.take_idle() {
+            std::mem::forget(held);
+            return Ok(Pooled {
+                conn: Some(idle.conn),
+                born: idle.born,
+                pool: inner.clone(),
+            });
+        }
+        inner.open.fetch_add(1, Ordering::AcqRel);
+        let opened = Opening(inner);
+        let conn = Box::pin(inner.open_one()).await?;
+        std::mem::forget(opened);
+        std::mem::forget(held);
+        Ok(Pooled {
+            conn: Some(Box::new(conn)),
+            born: Instant::now(),
+            pool: inner.clone(),
+        })
+    }
+
+    /// Waits for a permit, up to the checkout timeout.
+    async fn wait(&self) -> Result<()> {
+        let limit = self.0.settings.checkout_timeout;
+        match tokio::time::timeout(limit, self.0.permits.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Error::PoolTimeout(limit)), // never closed
+            Err(_) => Err(Error::PoolTimeout(limit)),
+        }
+    }
+
+    /// Puts a connection opened by hand into the pool (if it has room).
+    pub(crate) fn add(&self, conn: PgConn) {
+        let inner = &self.0;
+        let Ok(permit) = inner.permits.try_acquire() else {
+            return;
+        };
+        permit.forget();
+        inner.open.fetch_add(1, Ordering::AcqRel);
+        drop(Pooled {
+            conn: Some(Box::new(conn)),
+            born: Instant::now(),
+            pool: inner.clone(),
+        });
+    }
+}
+
+impl Inner {
+    /// A new connection, within the checkout timeout (the connect timeout bounds
+    /// each step of opening; this bounds the whole, as a waiting caller's is).
+    async fn open_one(&self) -> Result<PgConn> {
+        let limit = self.settings.checkout_timeout;
+        match tokio::time::timeout(limit, self.manager.connect()).await {
+            Ok(opened) => opened,
+            Err(_) => Err(Error::PoolTimeout(limit)),
+        }
+    }
+
+    /// The top idle connection that is still open; closed ones found on the way are
+    /// dropped.
+    fn take_idle(&self) -> Option<Idle> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            if !idle.conn.is_closed() {
+                return Some(idle);
+            }
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn expired(&self, born: Instant, since: Instant, now: Instant) -> bool {
+        let old = self
+            .settings
+            .max_lifetime
+            .is_some_and(|limit| now.saturating_duration_since(born) >= limit);
+        let unused = self
+            .settings
+            .idle_timeout
+            .is_some_and(|limit| now.saturating_duration_since(since) >= limit);
+        old || unused
+    }
+}
+
+/// A permit taken and not yet attached to a connection: given back if the checkout
+/// ends without one.
+struct Held<'a>(&'a Inner);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.permits.add_permits(1);
+    }
+}
+
+/// A connection being opened: counted as open until it is, or fails.
+struct Opening<'a>(&'a Inner);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        self.conn
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut PgConn {
+        self.conn
+            .as_mut()
+            .expect("a pooled connection is present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let pool = &self.pool;
+        if let Some(mut conn) = self.conn.take() {
+            let now = Instant::now();
+            let reusable = conn.release() && !pool.expired(self.born, now, now);
+            match pool.idle.lock() {
+                Ok(mut idle) if reusable => idle.push(Idle {
+                    conn,
+                    born: self.born,
+                    since: now,
+                }),
+                // Closed: PostgreSQL rolls back whatever it held open.
+                _ => {
+                    pool.open.fetch_sub(1, Ordering::AcqRel);
+                    drop(conn);
+                }
+            }
+        }
+        // Only now: a caller woken by the permit finds the connection on the stack.
+        pool.permits.add_permits(1);
+    }
+}
+
+/// Closes idle connections past their idle timeout or lifetime, and keeps `min_idle`
+/// open, until the pool is dropped.
+async fn reap(pool: Weak<Inner>) {
+    let Some(rate) = pool.upgrade().map(|inner| {
+        let s = &inner.settings;
+        [s.idle_timeout, s.max_lifetime]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::from_secs(30), |d| {
+                (d / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+            })
+    }) else {
+        return;
+    };
+    loop {
+        let Some(inner) = pool.upgrade() else { return };
+        let now = Instant::now();
+        let expired: Vec<Idle> = match inner.idle.lock() {
+            Ok(mut idle) => {
+                let (old, kept) = idle
+                    .drain(..)
+                    .partition(|i| i.conn.is_closed() || inner.expired(i.born, i.since, now));
+                *idle = kept;
+                old
+            }
+            Err(_) => Vec::new(),
+        };
+        inner.open.fetch_sub(expired.len() as u32, Ordering::AcqRel);
+        drop(expired); // closes them, outside the lock
+        fill(&inner).await;
+        drop(inner);
+        tokio::time::sleep(rate).await;
+    }
+}
+
+/// Opens connections until `min_idle` exist (as far as the pool has room).
+async fn fill(inner: &Arc<Inner>) {
+    while inner.open.load(Ordering::Acquire) < inner.settings.min_idle {
+        let Ok(permit) = inner.permits.try_acquire() else {
+            return;
+        };
+        permit.forget();
+        let held = Held(inner);
+        inner.open.fetch_add(1, Ordering::AcqRel);
+        let opened = Opening(inner);
+        match inner.open_one().await {
+            Ok(conn) => {
+                std::mem::forget(opened);
+                std::mem::forget(held);
+                drop(Pooled {
+                    conn: Some(Box::new(conn)),
+                    born: Instant::now(),
+                    pool: inner.clone(),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a database connection ahead of demand");
+                return;
+            }
+        }
+    }
+}
