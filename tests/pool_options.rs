@@ -261,3 +261,117 @@ async fn a_read_on_a_connection_that_died_idle_is_tried_again_and_a_write_is_not
     // The pool recovers for what comes next.
     assert_eq!(common::count_profiles(&db).await, 1);
 }
+
+/// The pool's own accounting (Tabula's pool, no longer bb8's): callers that stop
+/// waiting for a connection — dropped while queued, or while their connection was
+/// being opened — give their place back, so the pool neither shrinks nor grows past
+/// its size. With a permit lost per dropped caller, the last read here would time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_checkouts_give_their_place_back_and_the_size_holds() {
+    let (_, url) = db_and_url().await;
+    let name = format!("size-{}", std::process::id());
+    let db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(2)
+            .application_name(name.clone())
+            .checkout_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .expect("db");
+    // Both connections busy; callers queue behind them and give up.
+    let sleepers: Vec<_> = (0..2)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.with_client(async |c| Ok(c.batch_execute("SELECT pg_sleep(0.3)").await?))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..20 {
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), backend_pid(&db)).await;
+        assert!(gave_up.is_err(), "a queued caller got a busy connection");
+    }
+    for sleeper in sleepers {
+        sleeper.await.expect("join").expect("sleep");
+    }
+    // Callers dropped while a connection of theirs was being opened: a fresh pool
+    // opens one per caller, and each is given up at a different point of opening.
+    let fresh = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(2)
+            .application_name(name.clone()),
+    )
+    .await
+    .expect("db");
+    for step in 0..20u64 {
+        let _ = tokio::time::timeout(Duration::from_micros(step * 150), backend_pid(&fresh)).await;
+    }
+    // Every place is back: as many callers as the pool's size get a connection at
+    // once, and no more connections exist than the two pools' sizes.
+    let both =
+        futures_util::future::join_all((0..2).map(|_| {
+            db.with_client(async |c| Ok(c.batch_execute("SELECT pg_sleep(0.05)").await?))
+        }))
+        .await;
+    assert!(both.iter().all(Result::is_ok), "{both:?}");
+    assert!(
+        fresh
+            .read_uncached::<Profile>(uuid::Uuid::new_v4())
+            .await
+            .is_ok()
+    );
+    let watcher = Db::connect(&url).await.expect("watcher");
+    let open = open_connections(&watcher, &name).await;
+    assert!(
+        open <= 4,
+        "{open} connections open, the two pools hold 2 each"
+    );
+}
+
+/// Under a burst far larger than the pool, the server never sees more connections
+/// than the pool's size, and every caller is served in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_never_opens_more_than_the_pool_size() {
+    let (_, url) = db_and_url().await;
+    let name = format!("burst-{}", std::process::id());
+    let db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(3)
+            .application_name(name.clone())
+            .checkout_timeout(Duration::from_secs(10)),
+    )
+    .await
+    .expect("db");
+    let watcher = Db::connect(&url).await.expect("watcher");
+    let burst = futures_util::future::join_all((0..60).map(|_| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.with_client(async |c| Ok(c.batch_execute("SELECT pg_sleep(0.01)").await?))
+                .await
+        })
+    }));
+    let watch = async {
+        let mut most = 0;
+        for _ in 0..20 {
+            most = most.max(open_connections(&watcher, &name).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        most
+    };
+    let (results, most) = tokio::join!(burst, watch);
+    for result in results {
+        result.expect("join").expect("served");
+    }
+    assert!(
+        most <= 3,
+        "{most} connections open at once, the pool holds 3"
+    );
+    assert!(most >= 1, "the watcher saw no connection at all");
+}
+
+async fn backend_pid(db: &Db) -> tabula::Result<i32> {
+    db.with_client(async |c| Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0)))
+        .await
+}
