@@ -28,45 +28,8 @@ use crate::table::Param;
 /// the cache without limit.
 const STATEMENT_CACHE_CAPACITY: usize = 256;
 
-/// How the per-connection statement caches hash SQL text: one multiply per 8 bytes.
-/// SipHash (the standard map's) resists flooding, which these maps do not need — the
-/// texts are the process's own statements and a map holds at most
-/// [`STATEMENT_CACHE_CAPACITY`] — and cost a read more than the rest of its lookup.
-type TextHash = std::hash::BuildHasherDefault<TextHasher>;
-
-#[derive(Default)]
-struct TextHasher(u64);
-
-impl TextHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl std::hash::Hasher for TextHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// How the per-connection statement caches hash SQL text (see [`crate::sql::FastHash`]).
+type TextHash = crate::sql::FastHash;
 
 /// Switches a transaction to a user's role and claims. Both are bound parameters, never
 /// spliced into SQL text, so no server setting (`standard_conforming_strings = off`)
