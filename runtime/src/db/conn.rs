@@ -426,13 +426,16 @@ impl Db {
                 let raw = tx.as_ref().map(|tx| RawHold::new(tx.shared.clone()));
                 let result = body(pg.client()).await;
                 drop(raw);
-                pg.in_flight = false;
                 if pg.in_transaction {
                     // A plain SET inside a transaction outlives its COMMIT.
                     pg.discard = true;
                 } else {
+                    // Still marked in flight until the reset is done: a caller that
+                    // stops waiting during it leaves a connection that is closed, not
+                    // one without its after-connect settings.
                     pg.reset_session().await;
                 }
+                pg.in_flight = false;
                 // The body may have changed the schema (a foreign key the cache follows).
                 self.forget_schema();
                 result

@@ -467,24 +467,36 @@ impl PgConn {
     /// a one-shot read when `statement` says the call is one statement) the next
     /// statement. Prepares what it needs first, outside any pipeline.
     async fn extras(&mut self, statement: bool) -> Result<Extras> {
-        let mut setup = self.pending_setup.take();
-        if let Some(one_shot) = setup.as_mut().filter(|s| s.one_shot && !statement) {
-            // The raw client or a batch follows: a transaction the caller ends.
-            one_shot.one_shot = false;
-        }
-        let commit = setup.as_ref().filter(|s| s.one_shot).cloned();
-        let scope = match setup.as_ref().and_then(|s| s.scope.clone()) {
-            Some((role, claims)) => Some((self.statement(SET_SCOPE).await?, role, claims)),
-            None => None,
-        };
+        let pending = self.pending_setup.as_ref();
+        // A one-shot read commits behind its statement; before the raw client or a
+        // batch, the caller ends the transaction.
+        let one_shot = pending.is_some_and(|s| s.one_shot && statement);
+        let scoped = pending.is_some_and(|s| s.scope.is_some());
         // Inside a transaction that has not written yet, ask for its id behind every
         // statement: NULL until one of them writes, then kept for the commit protocol.
-        let xid =
-            if (self.in_transaction || setup.is_some()) && self.xid.is_none() && commit.is_none() {
-                Some(self.statement(CURRENT_XID).await?)
-            } else {
-                None
-            };
+        let ask_xid = (self.in_transaction || pending.is_some()) && self.xid.is_none() && !one_shot;
+        // Prepared (or, behind a pooler, described) while the setup is still pending:
+        // a description then runs in a transaction of its own, as a pooler needs.
+        let scope_statement = match scoped {
+            true => Some(self.statement(SET_SCOPE).await?),
+            false => None,
+        };
+        let xid = match ask_xid {
+            true => Some(self.statement(CURRENT_XID).await?),
+            false => None,
+        };
+        let mut setup = self.pending_setup.take();
+        if let Some(setup) = setup.as_mut().filter(|_| !one_shot) {
+            setup.one_shot = false;
+        }
+        let commit = setup.as_ref().filter(|s| s.one_shot).cloned();
+        let scope = match (
+            setup.as_ref().and_then(|s| s.scope.clone()),
+            scope_statement,
+        ) {
+            (Some((role, claims)), Some(set)) => Some((set, role, claims)),
+            _ => None,
+        };
         Ok(Extras {
             // A one-shot read's transaction ends in its own pipeline: the commit
             // protocol's mark (set by `Setup::begin`) is not needed there.
@@ -729,11 +741,18 @@ async fn pipelined<T>(
 
 /// Sends a cancel request for a statement whose answer nobody will read (from a
 /// destructor, so without waiting for it).
-pub(crate) fn cancel_in_background(token: CancelToken, tls: Connector, client: Arc<Client>) {
+/// `after` is dropped once the connection closed (at once without a runtime).
+pub(crate) fn cancel_in_background(
+    token: CancelToken,
+    tls: Connector,
+    client: Arc<Client>,
+    after: impl Send + 'static,
+) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let cancelled = token.cancel_query(tls).await;
             drop(client); // only now may the connection close
+            drop(after);
             if let Err(e) = cancelled {
                 tracing::debug!(error = %e, "cancel request failed");
             }
@@ -808,7 +827,19 @@ impl PgManager {
 impl PgManager {
     /// Opens a connection and runs the after-connect hook on it.
     pub(crate) async fn connect(&self) -> Result<PgConn> {
-        let (client, connection) = self.config.connect(crate::tls::copy(&self.tls)).await?;
+        // The driver's connect timeout bounds opening the socket only; a server that
+        // accepts and never answers the startup would hold the caller for ever.
+        let deadline = self.config.get_connect_timeout().copied();
+        let deadline = deadline.unwrap_or(Duration::from_secs(5));
+        let opening = self.config.connect(crate::tls::copy(&self.tls));
+        let (client, connection) = match tokio::time::timeout(deadline, opening).await {
+            Ok(opened) => opened?,
+            Err(_) => {
+                return Err(Error::Connect(format!(
+                    "the server did not finish the connection's start-up within {deadline:?}"
+                )));
+            }
+        };
         // The connection task ends when the socket closes; `Client::is_closed` then
         // reports it and the pool drops the client.
         tokio::spawn(async move {
@@ -848,17 +879,35 @@ impl PgManager {
 }
 
 impl PgConn {
+    /// Whether a statement's answer is still on its way to nobody.
+    pub(crate) fn unread(&self) -> bool {
+        self.in_flight && !self.client.is_closed()
+    }
+
+    /// Cancels the unread statement and closes the connection once the cancel request
+    /// went out; `place` is dropped only then.
+    pub(crate) fn cancel_and_close(self: Box<Self>, place: impl Send + 'static) {
+        let PgConn {
+            client,
+            cancel,
+            tls,
+            ..
+        } = *self;
+        cancel_in_background(cancel, tls, client, place);
+    }
+
     /// Whether this connection, given back, may serve another caller: not when its
     /// socket closed, a transaction is open on it, an answer is unread (its statement
     /// is then cancelled on the server), or its session may hold state Tabula did
     /// not put there.
     pub(crate) fn release(&mut self) -> bool {
-        if self.in_flight && !self.client.is_closed() {
+        if self.unread() {
             // Nobody will read the answer: stop the statement on the server too.
             cancel_in_background(
                 self.cancel.clone(),
                 crate::tls::copy(&self.tls),
                 self.client.clone(),
+                (),
             );
         }
         // A setup never sent is client-side only — the server holds nothing of it —

@@ -47,6 +47,10 @@ struct Inner {
     idle: Mutex<Vec<Idle>>,
     /// Connections that exist: idle, handed out, or being opened.
     open: AtomicU32,
+    /// Whether a reaper task runs. It lives on the runtime that spawned it; when that
+    /// runtime shuts down the task's guard clears this, and the next checkout (on
+    /// whatever runtime it runs) starts another.
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 struct Idle {
@@ -74,13 +78,9 @@ impl Pool {
             settings,
             idle: Mutex::new(Vec::new()),
             open: AtomicU32::new(0),
+            reaping: std::sync::atomic::AtomicBool::new(false),
         });
-        let needs_reaper = inner.settings.min_idle > 0
-            || inner.settings.idle_timeout.is_some()
-            || inner.settings.max_lifetime.is_some();
-        if needs_reaper && let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(reap(Arc::downgrade(&inner)));
-        }
+        inner.keep_reaper();
         Pool(inner)
     }
 
@@ -88,9 +88,17 @@ impl Pool {
     /// room; else waits up to the checkout timeout for one to come back.
     pub(crate) async fn get(&self) -> Result<Pooled> {
         let inner = &self.0;
+        inner.keep_reaper();
+        // The checkout's one deadline, read from the clock only by a caller that must
+        // wait: waiting for a place and opening a connection share it.
+        let mut deadline = None;
         match inner.permits.try_acquire() {
             Ok(permit) => permit.forget(),
-            Err(_) => Box::pin(self.wait()).await?,
+            Err(_) => {
+                let until = tokio::time::Instant::now() + inner.settings.checkout_timeout;
+                deadline = Some(until);
+                Box::pin(self.wait(until)).await?
+            }
         }
         // The permit is ours from here: `Held` gives it back on every way out, a
         // dropped future included.
@@ -105,7 +113,9 @@ impl Pool {
         }
         inner.open.fetch_add(1, Ordering::AcqRel);
         let opened = Opening(inner);
-        let conn = Box::pin(inner.open_one()).await?;
+        let until = deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + inner.settings.checkout_timeout);
+        let conn = Box::pin(inner.open_one(until)).await?;
         std::mem::forget(opened);
         std::mem::forget(held);
         Ok(Pooled {
@@ -115,10 +125,10 @@ impl Pool {
         })
     }
 
-    /// Waits for a permit, up to the checkout timeout.
-    async fn wait(&self) -> Result<()> {
+    /// Waits for a permit, up to the checkout's deadline.
+    async fn wait(&self, until: tokio::time::Instant) -> Result<()> {
         let limit = self.0.settings.checkout_timeout;
-        match tokio::time::timeout(limit, self.0.permits.acquire()).await {
+        match tokio::time::timeout_at(until, self.0.permits.acquire()).await {
             Ok(Ok(permit)) => {
                 permit.forget();
                 Ok(())
@@ -145,13 +155,38 @@ impl Pool {
 }
 
 impl Inner {
-    /// A new connection, within the checkout timeout (the connect timeout bounds
-    /// each step of opening; this bounds the whole, as a waiting caller's is).
-    async fn open_one(&self) -> Result<PgConn> {
-        let limit = self.settings.checkout_timeout;
-        match tokio::time::timeout(limit, self.manager.connect()).await {
-            Ok(opened) => opened,
-            Err(_) => Err(Error::PoolTimeout(limit)),
+    /// Starts the reaper when none runs and there is work for one (one atomic load on
+    /// the checkout path).
+    fn keep_reaper(self: &Arc<Self>) {
+        let s = &self.settings;
+        let needed = s.min_idle > 0 || s.idle_timeout.is_some() || s.max_lifetime.is_some();
+        if !needed || self.reaping.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let alive = Reaping(Arc::downgrade(self));
+        runtime.spawn(async move {
+            let pool = alive.0.clone();
+            reap(pool).await;
+            drop(alive);
+        });
+    }
+
+    /// A new connection, by the checkout's deadline (which a caller's wait for a
+    /// place shares). A refusal — the server down, a password changed, connections
+    /// to the database not allowed — is [`Error::Connect`]: no connection could be
+    /// opened (not a connection lost, which a read would try again on another).
+    async fn open_one(&self, until: tokio::time::Instant) -> Result<PgConn> {
+        match tokio::time::timeout_at(until, self.manager.connect()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e @ (Error::Connect(_) | Error::PoolTimeout(_)))) => Err(e),
+            Ok(Err(e)) => Err(Error::Connect(e.to_string())),
+            Err(_) => Err(Error::PoolTimeout(self.settings.checkout_timeout)),
         }
     }
 
@@ -220,6 +255,13 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let pool = &self.pool;
         if let Some(mut conn) = self.conn.take() {
+            if conn.unread() {
+                // Its statement is cancelled on the server, and the socket stays open
+                // until the cancel request went out: the connection keeps its place in
+                // the pool until then, so no more than `pool_size` ever exist.
+                conn.cancel_and_close(Place(pool.clone()));
+                return;
+            }
             let now = Instant::now();
             let reusable = conn.release() && !pool.expired(self.born, now, now);
             match pool.idle.lock() {
@@ -240,8 +282,30 @@ impl Drop for Pooled {
     }
 }
 
+/// A closing connection's place in the pool, given back when dropped.
+pub(crate) struct Place(Arc<Inner>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.permits.add_permits(1);
+    }
+}
+
+/// Marks the reaper gone when its task ends or is dropped with its runtime.
+struct Reaping(Weak<Inner>);
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.reaping.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Closes idle connections past their idle timeout or lifetime, and keeps `min_idle`
-/// open, until the pool is dropped.
+/// open (looking at least once a second when it is set: connections the server
+/// killed are replaced within a second), until the pool is dropped.
 async fn reap(pool: Weak<Inner>) {
     let Some(rate) = pool.upgrade().map(|inner| {
         let s = &inner.settings;
@@ -251,6 +315,10 @@ async fn reap(pool: Weak<Inner>) {
             .min()
             .map_or(Duration::from_secs(30), |d| {
                 (d / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+            })
+            .min(match s.min_idle {
+                0 => Duration::MAX,
+                _ => Duration::from_secs(1),
             })
     }) else {
         return;
@@ -286,7 +354,8 @@ async fn fill(inner: &Arc<Inner>) {
         let held = Held(inner);
         inner.open.fetch_add(1, Ordering::AcqRel);
         let opened = Opening(inner);
-        match inner.open_one().await {
+        let until = tokio::time::Instant::now() + inner.settings.checkout_timeout;
+        match inner.open_one(until).await {
             Ok(conn) => {
                 std::mem::forget(opened);
                 std::mem::forget(held);
