@@ -229,6 +229,28 @@ fn monitoring(c: &mut Criterion) {
         let _installed = metrics::set_default_local_recorder(&registry);
         b.iter(sample)
     });
+    // What `Db` records since its keys are built once (`monitor::db_key`): a key of
+    // static parts, handed to the recorder.
+    static LABELS: [metrics::Label; 4] = [
+        metrics::Label::from_static_parts("operation", "read"),
+        metrics::Label::from_static_parts("table", "profiles"),
+        metrics::Label::from_static_parts("outcome", "ok"),
+        metrics::Label::from_static_parts("source", "db"),
+    ];
+    static METADATA: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    let key = metrics::Key::from_static_parts(tabula::monitor::DB_OPERATION_SECONDS, &LABELS);
+    let interned = || {
+        metrics::with_recorder(|r| {
+            r.register_histogram(std::hint::black_box(&key), &METADATA)
+                .record(std::hint::black_box(0.000_1))
+        })
+    };
+    group.bench_function("interned_key_no_recorder", |b| b.iter(interned));
+    group.bench_function("interned_key_with_recorder", |b| {
+        let _installed = metrics::set_default_local_recorder(&registry);
+        b.iter(interned)
+    });
     group.bench_function("span_no_subscriber", |b| {
         b.iter(|| {
             let span = tracing::debug_span!("tabula.db", operation = "read", table = "profiles");
