@@ -98,7 +98,11 @@ static DB_METADATA: metrics::Metadata<'static> =
 /// Keys of [`DB_OPERATION_SECONDS`] built so far, by the addresses of their
 /// operation and table names and the outcome (both names are `'static`: code
 /// constants, one per call site and model).
-type DbKeys = std::collections::HashMap<(usize, usize, usize, usize, bool), &'static metrics::Key>;
+type DbKeys = std::collections::HashMap<
+    (usize, usize, usize, usize, bool),
+    &'static metrics::Key,
+    crate::sql::FastHash,
+>;
 
 /// How many keys [`db_key`] keeps at most: operation and table names are the code's
 /// own, so a handful per model; past the bound, keys are built per call again.
