@@ -380,3 +380,259 @@ async fn a_server_that_never_answers_the_startup_fails_the_connect_in_time() {
         "Db::connect still hanging after {took:?} (connect_timeout 1 s)"
     );
 }
+
+// Round 26: the fixes of round 25, attacked again.
+
+/// Statements of `name`'s sessions still running `marker`.
+async fn running(watcher: &Db, name: &str, marker: &str) -> i64 {
+    let (name, marker) = (name.to_owned(), format!("%{marker}%"));
+    watcher
+        .with_client(async move |c| {
+            Ok(c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND state = 'active' AND query LIKE $2",
+                &[&name, &marker],
+            )
+            .await?
+            .get(0))
+        })
+        .await
+        .expect("running")
+}
+
+mod net {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// `url` with its host and port replaced by a proxy on loopback `port`.
+    pub(super) fn through(url: &str, port: u16) -> String {
+        let config: tokio_postgres::Config = url.parse().expect("url");
+        let user = config.get_user().expect("user").to_owned();
+        let dbname = config.get_dbname().expect("dbname").to_owned();
+        format!("postgres://{user}@127.0.0.1:{port}/{dbname}")
+    }
+
+    /// The loopback address of the PostgreSQL server `url` names.
+    pub(super) fn server_addr(url: &str) -> std::net::SocketAddr {
+        let config: tokio_postgres::Config = url.parse().expect("url");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A TCP proxy to the server; the next `dark` connections it accepts are held open
+    /// and never answered (a server that accepted and hangs: frozen postmaster, a
+    /// load balancer whose backend is gone, a host under swap).
+    pub(super) struct DarkProxy {
+        pub(super) port: u16,
+        pub(super) dark: Arc<AtomicU32>,
+        pub(super) accepted: Arc<AtomicU32>,
+    }
+
+    impl DarkProxy {
+        pub(super) async fn start(target: std::net::SocketAddr) -> DarkProxy {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let dark = Arc::new(AtomicU32::new(0));
+            let accepted = Arc::new(AtomicU32::new(0));
+            let (d, a) = (dark.clone(), accepted.clone());
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((mut client, _)) = listener.accept().await {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let take = d
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if take {
+                        held.push(client);
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+            DarkProxy {
+                port,
+                dark,
+                accepted,
+            }
+        }
+    }
+}
+
+/// A statement given up mid-way keeps its place until its cancel request went out
+/// (round 25). The cancel request opens a new connection to the server, and with
+/// the default `sslmode=prefer` waits for the server's answer to the SSL request —
+/// with no deadline. A server that accepts that connection and never answers
+/// keeps the place taken for ever: a pool of 1 refuses every later caller
+/// (PoolTimeout), long after connect_timeout (1 s) and checkout_timeout (2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_never_answered_gives_the_place_back_within_the_connect_timeout() {
+    let (_, url) = db_and_url().await;
+    let proxy = net::DarkProxy::start(net::server_addr(&url)).await;
+    let db = Db::connect_with(
+        DbConfig::new(net::through(&url, proxy.port))
+            .pool_size(1)
+            .connect_timeout(Duration::from_secs(1))
+            .checkout_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect("db");
+    let p = db.create(new_profile("cancel hang")).await.expect("create");
+    let dark = proxy.dark.clone();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        db.with_client(async move |c| {
+            // The next connection to the server (the cancel request) meets silence.
+            dark.store(1, Ordering::SeqCst);
+            c.batch_execute("SELECT pg_sleep(1) /* r26-cancel-hang */")
+                .await?;
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller gives up");
+    // Well past the connect timeout and the statement itself.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let read = db.read_uncached::<Profile>(p.id).await;
+        outcomes.push(format!(
+            "{:?} after {:?}",
+            read.as_ref().map(|r| r.is_some()),
+            started.elapsed()
+        ));
+    }
+    eprintln!(
+        "reads after the hung cancel: {outcomes:?}; proxy accepted {}",
+        proxy.accepted.load(Ordering::SeqCst)
+    );
+    assert!(
+        outcomes.iter().all(|o| o.starts_with("Ok(true)")),
+        "a pool of 1 stays unusable while a cancel request hangs: {outcomes:?}"
+    );
+}
+
+/// A checkout future dropped on a thread without a tokio runtime (the runtime that
+/// drives the connections is alive): `cancel_in_background` finds no runtime, sends
+/// no cancel, and drops the Place at once. The statement keeps running on the
+/// server, and the pool opens another connection next to it: the server sees 2
+/// sessions of a pool of 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_dropped_off_its_runtime_is_still_cancelled_and_keeps_its_place() {
+    let (_, url) = db_and_url().await;
+    let name = uniq("offrt");
+    let db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(1)
+            .application_name(name.clone()),
+    )
+    .await
+    .expect("db");
+    let watcher = Db::connect(&url).await.expect("watcher");
+    let p = db.create(new_profile("off runtime")).await.expect("create");
+    let mut fut = {
+        let db = db.clone();
+        Box::pin(async move {
+            db.with_client(async |c| {
+                Ok(c.batch_execute("SELECT pg_sleep(3) /* r26-offrt */")
+                    .await?)
+            })
+            .await
+        })
+    };
+    // Drive it until the statement is on the server, without dropping it.
+    let first = tokio::time::timeout(Duration::from_millis(300), &mut fut).await;
+    assert!(first.is_err(), "still running");
+    std::thread::spawn(move || drop(fut))
+        .join()
+        .expect("drop thread");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read = db.read_uncached::<Profile>(p.id).await;
+    let sessions = open_connections(&watcher, &name).await;
+    let still = running(&watcher, &name, "r26-offrt").await;
+    eprintln!("read {read:?}; sessions of the pool {sessions}; statement still running {still}");
+    assert!(
+        sessions <= 1 && still == 0,
+        "pool_size 1: the server sees {sessions} sessions, the abandoned statement running: {still}"
+    );
+}
+
+/// min_idle with connections slower to open than checkout_timeout (a far server,
+/// TLS, a hook): the reaper's fill bounds each connect by checkout_timeout — no
+/// caller waits there — abandons it half-way every second, and min_idle is never
+/// reached, though connect_timeout (5 s) allows the connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_is_filled_when_a_connect_outlasts_the_checkout_timeout() {
+    let (_, url) = db_and_url().await;
+    let name = uniq("slowfill");
+    let db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(4)
+            .min_idle(3)
+            .application_name(name.clone())
+            .checkout_timeout(Duration::from_millis(200))
+            .connect_timeout(Duration::from_secs(5))
+            .after_connect(|c| {
+                Box::pin(async move {
+                    c.batch_execute("SELECT pg_sleep(0.4)").await?;
+                    Ok(())
+                })
+            }),
+    )
+    .await
+    .expect("db");
+    let watcher = Db::connect(&url).await.expect("watcher");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = open_connections(&watcher, &name).await;
+    eprintln!("min_idle 3, after 4 s: {n} connections");
+    drop(db);
+    assert!(
+        n >= 3,
+        "min_idle 3 never reached: {n} connections after 4 s"
+    );
+}
+
+/// The same for a caller that does not wait at all: the pool has room (pool_size 4,
+/// one connection busy), a second caller opens a connection, and the open is cut at
+/// checkout_timeout ("how long to wait for a free connection") rather than
+/// connect_timeout ("how long opening a connection may take"): PoolTimeout with 3
+/// free places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_room_in_the_pool_waits_for_a_slow_connect_not_the_checkout_timeout() {
+    let (_, url) = db_and_url().await;
+    let db = Db::connect_with(
+        DbConfig::new(url.clone())
+            .pool_size(4)
+            .checkout_timeout(Duration::from_millis(200))
+            .connect_timeout(Duration::from_secs(5))
+            .after_connect(|c| {
+                Box::pin(async move {
+                    c.batch_execute("SELECT pg_sleep(0.4)").await?;
+                    Ok(())
+                })
+            }),
+    )
+    .await
+    .expect("db");
+    let p = db.create(new_profile("room")).await.expect("create");
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.with_client(async |c| Ok(c.batch_execute("SELECT pg_sleep(1)").await?))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let read = db.read_uncached::<Profile>(p.id).await;
+    let took = started.elapsed();
+    holder.await.expect("join").expect("holder");
+    eprintln!("read with room in the pool: {read:?} after {took:?}");
+    assert!(matches!(read, Ok(Some(_))), "{read:?} after {took:?}");
+}

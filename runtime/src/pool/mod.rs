@@ -65,6 +65,11 @@ pub(crate) struct PgConn {
     /// Run again after a session reset (see `reset_session`).
     after_connect: Option<AfterConnect>,
     cancel: CancelToken,
+    /// Where a cancel request for this connection goes out: the runtime its driver
+    /// task runs on (the caller that gave up may be on another, or on none), and how
+    /// long it may take (the connect timeout: a server that accepts and never answers
+    /// must not hold the connection's place in the pool).
+    canceller: Canceller,
     /// How a cancel request reaches the server: as the connection did.
     tls: Connector,
     statements: HashMap<String, Statement, TextHash>,
@@ -740,24 +745,35 @@ async fn pipelined<T>(
 }
 
 /// Sends a cancel request for a statement whose answer nobody will read (from a
-/// destructor, so without waiting for it).
-/// `after` is dropped once the connection closed (at once without a runtime).
+/// destructor, so without waiting for it), on the connection's own runtime and within
+/// the connect timeout. `after` is dropped once the connection closed.
 pub(crate) fn cancel_in_background(
+    canceller: &Canceller,
     token: CancelToken,
     tls: Connector,
     client: Arc<Client>,
     after: impl Send + 'static,
 ) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let cancelled = token.cancel_query(tls).await;
-            drop(client); // only now may the connection close
-            drop(after);
-            if let Err(e) = cancelled {
-                tracing::debug!(error = %e, "cancel request failed");
-            }
-        });
-    }
+    let limit = canceller.limit;
+    // On a runtime that shut down, the task is dropped unrun, and with it the client
+    // and `after`: that runtime's connection task is gone too.
+    canceller.runtime.spawn(async move {
+        let cancelled = tokio::time::timeout(limit, token.cancel_query(tls)).await;
+        drop(client); // only now may the connection close
+        drop(after);
+        match cancelled {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cancel request failed"),
+            Err(_) => tracing::debug!("cancel request not answered within {limit:?}"),
+        }
+    });
+}
+
+/// Where and how long a connection's cancel request runs (see `PgConn::canceller`).
+#[derive(Clone)]
+pub(crate) struct Canceller {
+    runtime: tokio::runtime::Handle,
+    limit: Duration,
 }
 
 /// Runs on every new connection before its first use, and again after
@@ -863,6 +879,10 @@ impl PgManager {
         Ok(PgConn {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
+            canceller: Canceller {
+                runtime: tokio::runtime::Handle::current(),
+                limit: deadline,
+            },
             tls: crate::tls::copy(&self.tls),
             client: Arc::new(client),
             statements: HashMap::default(),
@@ -891,9 +911,10 @@ impl PgConn {
             client,
             cancel,
             tls,
+            canceller,
             ..
         } = *self;
-        cancel_in_background(cancel, tls, client, place);
+        cancel_in_background(&canceller, cancel, tls, client, place);
     }
 
     /// Whether this connection, given back, may serve another caller: not when its
@@ -904,6 +925,7 @@ impl PgConn {
         if self.unread() {
             // Nobody will read the answer: stop the statement on the server too.
             cancel_in_background(
+                &self.canceller,
                 self.cancel.clone(),
                 crate::tls::copy(&self.tls),
                 self.client.clone(),

@@ -113,9 +113,7 @@ impl Pool {
         }
         inner.open.fetch_add(1, Ordering::AcqRel);
         let opened = Opening(inner);
-        let until = deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + inner.settings.checkout_timeout);
-        let conn = Box::pin(inner.open_one(until)).await?;
+        let conn = Box::pin(inner.open_one(deadline)).await?;
         std::mem::forget(opened);
         std::mem::forget(held);
         Ok(Pooled {
@@ -177,16 +175,24 @@ impl Inner {
         });
     }
 
-    /// A new connection, by the checkout's deadline (which a caller's wait for a
-    /// place shares). A refusal — the server down, a password changed, connections
+    /// A new connection, by the checkout's deadline when the caller waited for its
+    /// place (waiting and opening share it). A refusal — the server down, a password changed, connections
     /// to the database not allowed — is [`Error::Connect`]: no connection could be
     /// opened (not a connection lost, which a read would try again on another).
-    async fn open_one(&self, until: tokio::time::Instant) -> Result<PgConn> {
-        match tokio::time::timeout_at(until, self.manager.connect()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e @ (Error::Connect(_) | Error::PoolTimeout(_)))) => Err(e),
-            Ok(Err(e)) => Err(Error::Connect(e.to_string())),
-            Err(_) => Err(Error::PoolTimeout(self.settings.checkout_timeout)),
+    async fn open_one(&self, until: Option<tokio::time::Instant>) -> Result<PgConn> {
+        // Opening is bounded by the connect timeout (see `PgManager::connect`); a
+        // caller that waited for its place has the checkout's deadline too.
+        let opened = match until {
+            Some(until) => match tokio::time::timeout_at(until, self.manager.connect()).await {
+                Ok(opened) => opened,
+                Err(_) => return Err(Error::PoolTimeout(self.settings.checkout_timeout)),
+            },
+            None => self.manager.connect().await,
+        };
+        match opened {
+            Ok(conn) => Ok(conn),
+            Err(e @ (Error::Connect(_) | Error::PoolTimeout(_))) => Err(e),
+            Err(e) => Err(Error::Connect(e.to_string())),
         }
     }
 
@@ -354,8 +360,8 @@ async fn fill(inner: &Arc<Inner>) {
         let held = Held(inner);
         inner.open.fetch_add(1, Ordering::AcqRel);
         let opened = Opening(inner);
-        let until = tokio::time::Instant::now() + inner.settings.checkout_timeout;
-        match inner.open_one(until).await {
+        // No caller waits here: the connect timeout alone bounds it.
+        match inner.open_one(None).await {
             Ok(conn) => {
                 std::mem::forget(opened);
                 std::mem::forget(held);
