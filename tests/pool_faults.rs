@@ -10,48 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::sessions::{open_connections, terminate, uniq};
 use common::{Profile, db_and_url, new_profile};
 use tabula::{Db, DbConfig, Error};
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "r25-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Connections open with `application_name` = `name`, as the server counts them.
-async fn open_connections(watcher: &Db, name: &str) -> i64 {
-    let name = name.to_owned();
-    watcher
-        .with_client(async move |c| {
-            Ok(c.query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&name],
-            )
-            .await?
-            .get(0))
-        })
-        .await
-        .expect("count")
-}
-
-async fn terminate(watcher: &Db, name: &str) -> i64 {
-    let name = name.to_owned();
-    watcher
-        .with_client(async move |c| {
-            Ok(c.query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-                &[&name],
-            )
-            .await?
-            .get(0))
-        })
-        .await
-        .expect("terminate")
-}
 
 /// What a session carries that must never reach the next user of a pooled connection.
 async fn session_state(db: &Db) -> (String, Option<String>, bool, String) {
@@ -72,8 +33,8 @@ async fn session_state(db: &Db) -> (String, Option<String>, bool, String) {
 }
 
 /// A connection that cannot be opened at checkout (the database refuses new
-/// connections) is reported promptly, as `Error::Connect` — the variant documented
-/// as "no connection could be opened", and what the bb8 pool reported.
+/// connections) is reported promptly, as `Error::Connect` — "no connection could be
+/// opened" (it was `Error::Connection`, a lost connection, which a read retried).
 #[tokio::test]
 async fn a_connect_refused_at_checkout_is_error_connect_at_once() {
     let (admin_db, url) = db_and_url().await;
@@ -306,11 +267,10 @@ fn a_db_outlives_the_runtime_it_was_opened_on_and_still_reaps() {
     });
 }
 
-/// A connection given up mid-statement (its caller dropped) is closed, and its place
-/// is given back at once — before its socket is closed (the background cancel keeps
-/// the client alive until the cancel request went out) and before the server's
-/// backend is gone. The next caller opens another: the server sees more than
-/// `pool_size` sessions of this pool.
+/// A connection given up mid-statement (its caller dropped) is closed, and keeps its
+/// place until its socket closed (the background cancel keeps the client until the
+/// cancel request went out): the server never sees more than `pool_size` sessions
+/// of the pool (it saw 2 of a pool of 1 when the place went back at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_statement_keeps_its_place_until_its_connection_closed() {
     let (_, url) = db_and_url().await;
@@ -464,12 +424,11 @@ mod net {
     }
 }
 
-/// A statement given up mid-way keeps its place until its cancel request went out
-/// (round 25). The cancel request opens a new connection to the server, and with
-/// the default `sslmode=prefer` waits for the server's answer to the SSL request —
-/// with no deadline. A server that accepts that connection and never answers
-/// keeps the place taken for ever: a pool of 1 refuses every later caller
-/// (PoolTimeout), long after connect_timeout (1 s) and checkout_timeout (2 s).
+/// A statement given up mid-way keeps its place until its cancel request went out.
+/// The cancel request opens a new connection to the server and waits for its answer
+/// to the SSL request; a server that accepts that connection and never answers held
+/// the place for ever (a pool of 1 refused every later caller). The cancel is now
+/// bounded by the connect timeout, and the pool serves again after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_never_answered_gives_the_place_back_within_the_connect_timeout() {
     let (_, url) = db_and_url().await;
@@ -519,10 +478,10 @@ async fn a_cancel_request_never_answered_gives_the_place_back_within_the_connect
 }
 
 /// A checkout future dropped on a thread without a tokio runtime (the runtime that
-/// drives the connections is alive): `cancel_in_background` finds no runtime, sends
-/// no cancel, and drops the Place at once. The statement keeps running on the
-/// server, and the pool opens another connection next to it: the server sees 2
-/// sessions of a pool of 1.
+/// drives the connections is alive): its statement is still cancelled, on the
+/// connection's own runtime, and its place kept until then. Before, no cancel was
+/// sent and the place went back at once: the statement ran on, next to the pool's
+/// new connection (2 sessions of a pool of 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_dropped_off_its_runtime_is_still_cancelled_and_keeps_its_place() {
     let (_, url) = db_and_url().await;
@@ -564,9 +523,9 @@ async fn a_checkout_dropped_off_its_runtime_is_still_cancelled_and_keeps_its_pla
 }
 
 /// min_idle with connections slower to open than checkout_timeout (a far server,
-/// TLS, a hook): the reaper's fill bounds each connect by checkout_timeout — no
-/// caller waits there — abandons it half-way every second, and min_idle is never
-/// reached, though connect_timeout (5 s) allows the connect.
+/// TLS, a hook): the reaper's connects are bounded by connect_timeout, as no caller
+/// waits for them (they were cut at checkout_timeout every second, and min_idle was
+/// never reached).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_idle_is_filled_when_a_connect_outlasts_the_checkout_timeout() {
     let (_, url) = db_and_url().await;
@@ -599,10 +558,9 @@ async fn min_idle_is_filled_when_a_connect_outlasts_the_checkout_timeout() {
 }
 
 /// The same for a caller that does not wait at all: the pool has room (pool_size 4,
-/// one connection busy), a second caller opens a connection, and the open is cut at
-/// checkout_timeout ("how long to wait for a free connection") rather than
-/// connect_timeout ("how long opening a connection may take"): PoolTimeout with 3
-/// free places.
+/// one connection busy), and its connect is bounded by connect_timeout ("how long
+/// opening a connection may take"), not checkout_timeout ("how long to wait for a
+/// free connection"): it was PoolTimeout with 3 free places.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_room_in_the_pool_waits_for_a_slow_connect_not_the_checkout_timeout() {
     let (_, url) = db_and_url().await;

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::sessions::open_connections;
 use common::*;
 use tabula::{Db, DbConfig, Error};
 
@@ -22,22 +23,6 @@ async fn backend(db: &Db) -> (i32, String, String) {
     })
     .await
     .expect("session")
-}
-
-/// Connections open with `application_name` = `name`, as the server counts them.
-async fn open_connections(watcher: &Db, name: &str) -> i64 {
-    let name = name.to_owned();
-    watcher
-        .with_client(async move |c| {
-            Ok(c.query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&name],
-            )
-            .await?
-            .get(0))
-        })
-        .await
-        .expect("count")
 }
 
 #[tokio::test]

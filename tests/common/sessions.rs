@@ -1,0 +1,49 @@
+//! The server's own view of a pool's sessions, for the pool tests: named by
+//! `application_name`, counted and killed through another handle.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tabula::Db;
+
+/// An `application_name` no other test uses.
+pub fn uniq(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Connections open with `application_name` = `name`, as the server counts them.
+pub async fn open_connections(watcher: &Db, name: &str) -> i64 {
+    let name = name.to_owned();
+    watcher
+        .with_client(async move |c| {
+            Ok(c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .await?
+            .get(0))
+        })
+        .await
+        .expect("count")
+}
+
+/// Ends every session with `application_name` = `name`; how many there were.
+pub async fn terminate(watcher: &Db, name: &str) -> i64 {
+    let name = name.to_owned();
+    watcher
+        .with_client(async move |c| {
+            Ok(c.query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1",
+                &[&name],
+            )
+            .await?
+            .get(0))
+        })
+        .await
+        .expect("terminate")
+}
