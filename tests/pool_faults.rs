@@ -594,3 +594,34 @@ async fn a_caller_with_room_in_the_pool_waits_for_a_slow_connect_not_the_checkou
     eprintln!("read with room in the pool: {read:?} after {took:?}");
     assert!(matches!(read, Ok(Some(_))), "{read:?} after {took:?}");
 }
+
+/// Hostile settings through the public fields (the builder clamps them): a pool of
+/// none is refused by name at connect, not a pool that times every call out; a
+/// `min_idle` above the pool's size keeps the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_none_is_refused_and_min_idle_never_outgrows_the_size() {
+    let (_, url) = db_and_url().await;
+    let mut none = DbConfig::new(url.clone());
+    none.pool_size = 0;
+    match Db::connect_with(none).await {
+        Err(Error::Config(message)) => assert!(message.contains("pool_size"), "{message}"),
+        other => panic!("a pool of 0 connections: {other:?}"),
+    }
+    let name = uniq("minbig");
+    let mut greedy = DbConfig::new(url.clone()).application_name(name.clone());
+    greedy.pool_size = 2;
+    greedy.min_idle = Some(50);
+    let db = Db::connect_with(greedy).await.expect("db");
+    let watcher = Db::connect(&url).await.expect("watcher");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let open = open_connections(&watcher, &name).await;
+    assert!(
+        open <= 2,
+        "{open} connections for a pool of 2 asked to keep 50 idle"
+    );
+    assert!(
+        db.read_uncached::<Profile>(uuid::Uuid::new_v4())
+            .await
+            .is_ok()
+    );
+}

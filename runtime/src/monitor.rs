@@ -126,6 +126,10 @@ fn db_key(operation: &'static str, table: &'static str, ok: bool) -> Option<&'st
         return Some(key);
     }
     let mut keys = keys.write().ok()?;
+    // Another caller may have built it meanwhile: only one is kept (and leaked).
+    if let Some(key) = keys.get(&id) {
+        return Some(key);
+    }
     if keys.len() >= DB_KEYS_MAX {
         return None;
     }
@@ -140,7 +144,8 @@ fn db_key(operation: &'static str, table: &'static str, ok: bool) -> Option<&'st
         DB_OPERATION_SECONDS,
         labels,
     )));
-    Some(*keys.entry(id).or_insert(key))
+    keys.insert(id, key);
+    Some(key)
 }
 
 /// Errors that are answers the caller is expected to handle (a duplicate, a missing

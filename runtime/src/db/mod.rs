@@ -653,6 +653,10 @@ impl Db {
         if let Some(e) = &config.url_error {
             return Err(Error::Config(e.clone()));
         }
+        // The field is public: a pool of none would time every call out.
+        if config.pool_size == 0 {
+            return Err(Error::Config("`pool_size` must be at least 1".into()));
+        }
         let manager = manager_for(&config.url, &config)?;
         let spare = manager.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is

@@ -111,16 +111,7 @@ impl Pool {
                 pool: inner.clone(),
             });
         }
-        inner.open.fetch_add(1, Ordering::AcqRel);
-        let opened = Opening(inner);
-        let conn = Box::pin(inner.open_one(deadline)).await?;
-        std::mem::forget(opened);
-        std::mem::forget(held);
-        Ok(Pooled {
-            conn: Some(Box::new(conn)),
-            born: Instant::now(),
-            pool: inner.clone(),
-        })
+        Box::pin(inner.open_into(held, deadline)).await
     }
 
     /// Waits for a permit, up to the checkout's deadline.
@@ -175,10 +166,30 @@ impl Inner {
         });
     }
 
+    /// A new connection in the place `held`, which goes back if opening fails or is
+    /// given up.
+    async fn open_into(
+        self: &Arc<Self>,
+        held: Held<'_>,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Pooled> {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let opened = Opening(self);
+        let conn = self.open_one(until).await?;
+        std::mem::forget(opened);
+        std::mem::forget(held);
+        Ok(Pooled {
+            conn: Some(Box::new(conn)),
+            born: Instant::now(),
+            pool: self.clone(),
+        })
+    }
+
     /// A new connection, by the checkout's deadline when the caller waited for its
-    /// place (waiting and opening share it). A refusal — the server down, a password changed, connections
-    /// to the database not allowed — is [`Error::Connect`]: no connection could be
-    /// opened (not a connection lost, which a read would try again on another).
+    /// place (waiting and opening share it). A refusal — the server down, a password
+    /// changed, connections to the database not allowed — is [`Error::Connect`]: no
+    /// connection could be opened (not a connection lost, which a read would try
+    /// again on another).
     async fn open_one(&self, until: Option<tokio::time::Instant>) -> Result<PgConn> {
         // Opening is bounded by the connect timeout (see `PgManager::connect`); a
         // caller that waited for its place has the checkout's deadline too.
@@ -357,20 +368,9 @@ async fn fill(inner: &Arc<Inner>) {
             return;
         };
         permit.forget();
-        let held = Held(inner);
-        inner.open.fetch_add(1, Ordering::AcqRel);
-        let opened = Opening(inner);
         // No caller waits here: the connect timeout alone bounds it.
-        match inner.open_one(None).await {
-            Ok(conn) => {
-                std::mem::forget(opened);
-                std::mem::forget(held);
-                drop(Pooled {
-                    conn: Some(Box::new(conn)),
-                    born: Instant::now(),
-                    pool: inner.clone(),
-                });
-            }
+        match inner.open_into(Held(inner), None).await {
+            Ok(conn) => drop(conn), // onto the idle stack
             Err(error) => {
                 tracing::warn!(%error, "cannot open a database connection ahead of demand");
                 return;
