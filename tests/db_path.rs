@@ -454,6 +454,33 @@ fn public_futures_stay_small() {
     }
 }
 
+/// A future may be built outside any runtime and handed to one later: building it
+/// reads no clock and arms no timer (a deadline armed at construction panicked here,
+/// with no runtime to register its timer with).
+#[test]
+fn futures_built_outside_a_runtime_run_on_one() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let db = rt.block_on(db());
+    let created = rt
+        .block_on(db.create(new_profile("built-outside")))
+        .expect("create");
+    // Outside `block_on`: no runtime is entered on this thread.
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let read = db.read::<Profile>(created.id);
+    let listed = db.query::<Profile>().all();
+    let uncached = db.read_uncached::<Profile>(created.id);
+    let (read, listed, uncached) = rt.block_on(async { tokio::join!(read, listed, uncached) });
+    assert_eq!(
+        read.expect("read").map(|p| p.username),
+        Some("built-outside".into())
+    );
+    assert_eq!(listed.expect("query").len(), 1);
+    assert!(uncached.expect("read_uncached").is_some());
+}
+
 #[test]
 fn a_create_inside_with_client_fits_a_small_stack() {
     let handle = std::thread::Builder::new()

@@ -6,11 +6,10 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::Either;
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tracing::Instrument;
 
 use super::{Db, Invalidation, Pooled};
 use crate::error::{Error, Result};
@@ -264,31 +263,33 @@ impl Db {
     }
 
     /// [`Db::timed`] without boxing `work` (a user scope's transaction around it is
-    /// boxed: only scoped handles carry it). The future is a struct, not an async
-    /// block: an async block keeps a slot for `work` beside the slot of the future it
-    /// is moved into, doubling every read's future.
+    /// boxed: only scoped handles carry it). The future is one struct holding `work`,
+    /// its timer and its span side by side, not wrappers nested in async blocks: each
+    /// layer would move `work` again when built (an async block also keeps a slot for
+    /// `work` beside the slot of the future it is moved into). The clock is read once,
+    /// for both the deadline and the metric.
+    #[inline(always)]
     pub(crate) fn timed_inline<'a, T: 'a>(
         &'a self,
         operation: &'static str,
         table: &'static str,
         work: impl Future<Output = Result<T>> + 'a,
     ) -> impl Future<Output = Result<T>> + 'a {
-        let deadline = self.shared.config.statement_timeout;
-        let span = tracing::debug_span!("tabula.db", operation, table);
         Timed {
             operation,
             table,
-            deadline,
-            started: None,
-            work: tokio::time::timeout(
-                deadline + grace(deadline),
-                self.route(operation, work).instrument(span),
-            ),
+            deadline: self.shared.config.statement_timeout,
+            span: tracing::debug_span!("tabula.db", operation, table),
+            // Armed on the first poll: a future may be built outside a runtime, and
+            // its deadline counts from when it starts.
+            expires: Expires::Idle,
+            work: self.route(operation, work),
         }
     }
 
     /// `work` as is, or inside a user scope's transaction of its own (see
     /// [`Db::in_scope`]).
+    #[inline(always)]
     fn route<'a, T: 'a, F: Future<Output = Result<T>> + 'a>(
         &'a self,
         operation: &'static str,
@@ -453,9 +454,9 @@ impl Db {
 /// function taking an async closure, so that the returned future stays `Send` for any
 /// caller (async closures called by reference trip a known compiler limitation).
 macro_rules! read_on_conn {
-    ($db:expr, $op:expr, $table:expr, |$conn:ident| $body:block) => {{
-        let __db = &$db;
-        __db.timed_inline($op, $table, async {
+    ($db:expr, $op:expr, $table:expr, $($move:ident)? |$conn:ident| $body:block) => {{
+        let __db: &$crate::Db = &$db;
+        __db.timed_inline($op, $table, async $($move)? {
             let mut __tries = 0;
             let mut __replicas = true;
             loop {
@@ -518,9 +519,24 @@ pin_project_lite::pin_project! {
         operation: &'static str,
         table: &'static str,
         deadline: Duration,
-        started: Option<Instant>,
+        span: tracing::Span,
         #[pin]
-        work: tokio::time::Timeout<tracing::instrument::Instrumented<F>>,
+        expires: Expires,
+        #[pin]
+        work: F,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The deadline of a [`Timed`]: when it started (for the metric) and its timer.
+    #[project = ExpiresProj]
+    enum Expires {
+        Idle,
+        Armed {
+            started: tokio::time::Instant,
+            #[pin]
+            timer: tokio::time::Sleep,
+        },
     }
 }
 
@@ -531,26 +547,48 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<F> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<T>> {
-        let this = self.project();
-        let started = *this.started.get_or_insert_with(Instant::now);
+        let mut this = self.project();
         let (operation, table, deadline) = (*this.operation, *this.table, *this.deadline);
-        let result = match std::task::ready!(this.work.poll(cx)) {
+        if let Expires::Idle = *this.expires {
+            // The clock is read once, for both the deadline and the metric.
+            let started = tokio::time::Instant::now();
+            let timer = tokio::time::sleep_until(started + deadline + grace(deadline));
+            this.expires.set(Expires::Armed { started, timer });
+        }
+        let ExpiresProj::Armed { started, timer } = this.expires.project() else {
+            unreachable!("armed above")
+        };
+        let started = *started;
+        let polled = {
+            let _entered = this.span.enter();
+            this.work.poll(cx)
+        };
+        let result = match polled {
             // The server's own deadline: it cancelled the statement, nothing happened.
-            Ok(Err(e)) if e.sqlstate() == Some(crate::error::QUERY_CANCELED) => {
+            std::task::Poll::Ready(Err(e))
+                if e.sqlstate() == Some(crate::error::QUERY_CANCELED) =>
+            {
                 Err(Error::Timeout {
                     operation,
                     after: deadline,
                 })
             }
-            Ok(result) => result,
-            // No answer at all: the connection was dropped mid-flight (its statement
-            // cancelled, the connection closed). A write may or may not have landed.
-            Err(_) if READS.contains(&operation) => Err(Error::Timeout {
-                operation,
-                after: deadline,
-            }),
-            Err(_) => Err(Error::OutcomeUnknown { operation, table }),
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => {
+                std::task::ready!(timer.poll(cx));
+                // No answer at all: `work` is dropped with this future, which drops the
+                // connection mid-flight (its statement cancelled, the connection
+                // closed). A write may or may not have landed.
+                match READS.contains(&operation) {
+                    true => Err(Error::Timeout {
+                        operation,
+                        after: deadline,
+                    }),
+                    false => Err(Error::OutcomeUnknown { operation, table }),
+                }
+            }
         };
+        let started = started.into_std();
         monitor::record_db(operation, table, started, &result);
         std::task::Poll::Ready(result)
     }

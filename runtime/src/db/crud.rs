@@ -2,6 +2,10 @@
 //! (see [`crate::table`]) and run through [`Db::run`]; writes report what they touched
 //! to the cache through [`Db::write`].
 
+use std::future::Future;
+
+use futures_util::future::Either;
+
 use super::Db;
 use crate::error::{Error, Result};
 use crate::sql::{self, Binder};
@@ -126,14 +130,19 @@ impl Db {
     /// let note: Option<Note> = db.read(7).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn read<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
+    pub fn read<M: Table>(
+        &self,
+        key: impl Into<M::Key>,
+    ) -> impl Future<Output = Result<Option<M>>> + '_ {
+        let key = key.into();
         // A table without a cache, or a handle that cannot use it, reads the database
         // without allocating; the cache lookup and fill nest several state machines,
-        // and are boxed.
+        // and are boxed. Not an `async fn`: each layer would move the read's future
+        // again.
         if M::META.cache_ttl.is_none() || self.tx.is_some() || self.shared.cache.is_none() {
-            return self.read_uncached::<M>(key).await;
+            return Either::Left(self.read_as::<M>("read", key));
         }
-        Box::pin(self.read_through::<M>(key.into())).await
+        Either::Right(Box::pin(self.read_through::<M>(key)))
     }
 
     /// Reads the row with primary key `key` from PostgreSQL, never from the cache: for
@@ -146,24 +155,26 @@ impl Db {
     /// let fresh: Option<Note> = db.read_uncached(7).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn read_uncached<M: Table>(&self, key: impl Into<M::Key>) -> Result<Option<M>> {
-        self.read_as::<M>("read", key.into()).await
+    pub fn read_uncached<M: Table>(
+        &self,
+        key: impl Into<M::Key>,
+    ) -> impl Future<Output = Result<Option<M>>> + '_ {
+        self.read_as::<M>("read", key.into())
     }
 
     /// A read by key recorded as `operation` (the staleness check's own reads are
     /// `verify`, not application reads).
-    pub(crate) async fn read_as<M: Table>(
+    pub(crate) fn read_as<M: Table>(
         &self,
         operation: &'static str,
         key: M::Key,
-    ) -> Result<Option<M>> {
-        crate::db::read_on_conn!(self, operation, M::META.name, |conn| {
+    ) -> impl Future<Output = Result<Option<M>>> + '_ {
+        crate::db::read_on_conn!(*self, operation, M::META.name, move |conn| {
             match conn.query_opt(&M::statements().read, &[&key]).await? {
                 Some(row) => M::from_row(&row).map(Some),
                 None => Ok(None),
             }
         })
-        .await
     }
 
     /// The statement of [`Db::update`], without its cache invalidation.
