@@ -99,9 +99,66 @@ fn cache_events_carry_their_table_and_every_read_its_source() {
         "{text}"
     );
     assert!(
-        has(&text, reads, &[r#"operation="query""#, r#"source="cache""#]),
+        has(&text, reads, &[r#"operation="count""#, r#"source="cache""#]),
         "{text}"
     );
+}
+
+#[derive(Table, Debug, Clone, Serialize, Deserialize)]
+#[table(name = "spelled", schema = "public", cache(ttl = 60))]
+struct Spelled {
+    #[table(primary_key)]
+    id: i64,
+    body: String,
+}
+
+/// A model that spells its schema is one table in the read histogram: the reads the
+/// cache answers carry the labels the database's answers carry (they were
+/// `table="public.spelled"` beside `table="spelled"`, and a cached count was
+/// `operation="query"` beside the database's `"count"`: split on every dashboard).
+#[test]
+fn a_schema_spelled_model_is_one_table_in_the_read_metrics() {
+    let text = render(|runtime| {
+        runtime.block_on(async {
+            let cache = CacheService::in_memory(CacheConfig::default()).expect("memory");
+            let (_, url) = common::db_and_url().await;
+            let db = Db::connect_with(DbConfig::new(url).cache(cache))
+                .await
+                .expect("db");
+            db.execute_batch("CREATE TABLE spelled (id int8 PRIMARY KEY, body text NOT NULL)")
+                .await
+                .expect("table");
+            db.create(NewSpelled {
+                id: 1,
+                body: "b".into(),
+            })
+            .await
+            .expect("create");
+            for _ in 0..3 {
+                db.read::<Spelled>(1).await.expect("read");
+                db.query::<Spelled>()
+                    .cached(60)
+                    .count()
+                    .await
+                    .expect("count");
+            }
+        });
+    });
+    let reads = "tabula_db_operation_seconds_count";
+    for source in ["db", "cache"] {
+        for operation in ["read", "count"] {
+            let source = format!(r#"source="{source}""#);
+            let operation = format!(r#"operation="{operation}""#);
+            assert!(
+                has(&text, reads, &[&source, &operation, r#"table="spelled""#]),
+                "{source} {operation}: {text}"
+            );
+        }
+    }
+    let split = text
+        .lines()
+        .any(|line| line.starts_with(reads) && line.contains("public.spelled"));
+    assert!(!split, "{text}");
 }
 
 /// The staleness check's own reads are `operation="verify"`, not application reads, and

@@ -9,9 +9,11 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 
 /// Histogram, seconds: duration of a database operation, and of a read the cache
-/// answered instead. Labels: `operation`, `table`, `outcome` (`ok` or `error`),
-/// `source` (`db`; `cache` or `near` for an answer from Redis / the in-process
-/// backend, or from a near tier).
+/// answered instead. Labels: `operation`, `table` (the table's name as the model
+/// declares it, without its schema), `outcome` (`ok` or `error`), `source` (`db`;
+/// `cache` or `near` for an answer from Redis / the in-process backend, or from a
+/// near tier). A read the cache answers carries the operation and table the database
+/// path would have recorded for it.
 pub const DB_OPERATION_SECONDS: &str = "tabula_db_operation_seconds";
 
 /// Counter: reads tried again on another connection after theirs turned out dead
@@ -31,7 +33,8 @@ pub const CACHE_OPERATION_SECONDS: &str = "tabula_cache_operation_seconds";
 /// Counter: cache events. Label `event`: `hit`, `miss`, `fill`, `fill_rejected`
 /// (a lease voided by a write), `error`, `invalidation_failed`, `delete`, `too_large`
 /// (a value over the size limit, not cached); label `table`: the table (a row, a
-/// cached query) or the `#[cached]` function the entry belongs to (`-` when none does).
+/// cached query; `schema.table` for a model that names its schema, as the cache's keys
+/// do) or the `#[cached]` function the entry belongs to (`-` when none does).
 /// The near tier's own events (`near_hit`, `near_miss`, `near_eviction`, `near_flush`)
 /// carry no table.
 pub const CACHE_EVENTS: &str = "tabula_cache_events_total";
@@ -64,7 +67,7 @@ pub(crate) fn record_db(
     result: &Result<impl Sized>,
 ) {
     let seconds = started.elapsed().as_secs_f64();
-    match db_key(operation, table, result.is_ok()) {
+    match db_key(operation, table, result.is_ok(), "db") {
         Some(key) => metrics::with_recorder(|recorder| {
             recorder
                 .register_histogram(key, &DB_METADATA)
@@ -99,7 +102,7 @@ static DB_METADATA: metrics::Metadata<'static> =
 /// operation and table names and the outcome (both names are `'static`: code
 /// constants, one per call site and model).
 type DbKeys = std::collections::HashMap<
-    (usize, usize, usize, usize, bool),
+    (usize, usize, usize, usize, bool, usize),
     &'static metrics::Key,
     crate::sql::FastHash,
 >;
@@ -112,7 +115,12 @@ const DB_KEYS_MAX: usize = 4096;
 /// its key (a list of labels, hashed) on every call, an allocation and a hash per
 /// read, recorder or not. The keys live as long as the process, like the names they
 /// are made of. A pure memo: every handle would build the same key.
-fn db_key(operation: &'static str, table: &'static str, ok: bool) -> Option<&'static metrics::Key> {
+fn db_key(
+    operation: &'static str,
+    table: &'static str,
+    ok: bool,
+    source: &'static str,
+) -> Option<&'static metrics::Key> {
     static KEYS: std::sync::OnceLock<std::sync::RwLock<DbKeys>> = std::sync::OnceLock::new();
     let id = (
         operation.as_ptr() as usize,
@@ -120,6 +128,9 @@ fn db_key(operation: &'static str, table: &'static str, ok: bool) -> Option<&'st
         table.as_ptr() as usize,
         table.len(),
         ok,
+        // `db`, `cache` or `near`, told apart by address (two copies of one word make
+        // two equal keys, which a recorder counts as one).
+        source.as_ptr() as usize,
     );
     let keys = KEYS.get_or_init(Default::default);
     if let Some(key) = keys.read().ok()?.get(&id) {
@@ -138,7 +149,7 @@ fn db_key(operation: &'static str, table: &'static str, ok: bool) -> Option<&'st
         metrics::Label::from_static_parts("operation", operation),
         metrics::Label::from_static_parts("table", table),
         metrics::Label::from_static_parts("outcome", outcome),
-        metrics::Label::from_static_parts("source", "db"),
+        metrics::Label::from_static_parts("source", source),
     ]));
     let key: &'static metrics::Key = Box::leak(Box::new(metrics::Key::from_static_parts(
         DB_OPERATION_SECONDS,
@@ -167,18 +178,26 @@ fn is_expected(error: &Error) -> bool {
 /// `near`), so that the database-operation histogram counts every read.
 pub(crate) fn record_cache_answer(
     operation: &'static str,
-    table: &str,
+    table: &'static str,
     started: Instant,
     source: &'static str,
 ) {
-    metrics::histogram!(
-        DB_OPERATION_SECONDS,
-        "operation" => operation,
-        "table" => table.to_owned(),
-        "outcome" => "ok",
-        "source" => source
-    )
-    .record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    match db_key(operation, table, true, source) {
+        Some(key) => metrics::with_recorder(|recorder| {
+            recorder
+                .register_histogram(key, &DB_METADATA)
+                .record(seconds)
+        }),
+        None => metrics::histogram!(
+            DB_OPERATION_SECONDS,
+            "operation" => operation,
+            "table" => table,
+            "outcome" => "ok",
+            "source" => source
+        )
+        .record(seconds),
+    }
 }
 
 /// Records one cache call.

@@ -106,7 +106,7 @@ impl MemoSpec {
     }
 
     fn how(&self) -> super::row::RowCache {
-        super::row::RowCache::shared(Duration::from_secs(self.ttl), true)
+        super::row::RowCache::shared("-", Duration::from_secs(self.ttl), true)
     }
 }
 

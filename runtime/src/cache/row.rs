@@ -52,6 +52,9 @@ pub(crate) struct Registry {
 /// for a user scope's reads, whose copies (rule 6 of `backend.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct RowCache {
+    /// The table as the database path's metrics name it (see [`crate::monitor`]): a
+    /// read the cache answers is recorded under the same label.
+    pub(crate) label: &'static str,
     pub(crate) ttl: Duration,
     pub(crate) near: bool,
     pub(crate) scope: Option<super::backend::Scoped>,
@@ -59,8 +62,9 @@ pub(crate) struct RowCache {
 
 impl RowCache {
     /// Shared entries with this TTL and near-tier choice.
-    pub(crate) fn shared(ttl: Duration, near: bool) -> RowCache {
+    pub(crate) fn shared(label: &'static str, ttl: Duration, near: bool) -> RowCache {
         RowCache {
+            label,
             ttl,
             near,
             scope: None,
@@ -220,7 +224,7 @@ impl CacheService {
                 if hits == keys.len() as u64 && hits > 0 {
                     let near = answered_near.load(std::sync::atomic::Ordering::Relaxed);
                     let source = if near { "near" } else { "cache" };
-                    monitor::record_cache_answer("read", table, started, source);
+                    monitor::record_cache_answer("read", how.label, started, source);
                 }
             }
             None => self.event("error", table, 1),
@@ -269,7 +273,7 @@ impl CacheService {
                 self.event("hit", table, 2);
                 let near = answered_near.load(std::sync::atomic::Ordering::Relaxed);
                 let source = if near { "near" } else { "cache" };
-                monitor::record_cache_answer("read", table, started, source);
+                monitor::record_cache_answer("read", how.label, started, source);
                 UniqueLookup::Both(mapping, row)
             }
             Ok(UniqueFound::Mapping(mapping)) => {

@@ -137,6 +137,7 @@ impl super::Db {
             None => return None,
         };
         let how = RowCache {
+            label: M::META.name,
             ttl: Duration::from_secs(ttl),
             near: M::META.cache_near,
             scope,

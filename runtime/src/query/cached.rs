@@ -57,8 +57,11 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
     /// statement (SQL and values) was answered since the table's last write. Under a
     /// user scope, from that scope's own entries. Inside a transaction, for a locking
     /// read, or without a cache, it is fetched every time.
+    /// `operation`: the one the database path records for this call, so that a read
+    /// the cache answers is counted under it too.
     async fn through<T, F>(
         &self,
+        operation: &'static str,
         bound: &Bound<'static>,
         fetch: impl FnOnce() -> F,
         encode: impl FnOnce(&T) -> Option<Vec<u8>>,
@@ -117,6 +120,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             counters.extend(scoped.counters.iter().cloned());
         }
         let how = crate::cache::row::RowCache::shared(
+            meta.name,
             std::time::Duration::from_secs(self.ttl_seconds),
             meta.cache_near,
         );
@@ -140,7 +144,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
                     claim = cache.claim_refresh(key).await;
                 }
                 if claim.is_none() {
-                    crate::monitor::record_cache_answer("query", &table, started, "cache");
+                    crate::monitor::record_cache_answer(operation, meta.name, started, "cache");
                     return Ok(value);
                 }
                 // Another caller may have refreshed it between this read and the
@@ -192,6 +196,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         let bound = self.query.bind()?;
         let db = self.query.db.clone();
         self.through(
+            "query",
             &bound,
             || fetch::<M, D>(&db, &bound),
             |rows| D::encode_rows(rows),
@@ -229,6 +234,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         let bound = self.query.bind_count(true)?;
         let db = self.query.db.clone();
         self.through(
+            "count",
             &bound,
             || run_count::<M>(&db, &bound),
             |n| Some(n.to_le_bytes().to_vec()),
@@ -250,6 +256,7 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         let resumed = after.is_some();
         let fetched = self
             .through(
+                "page",
                 &bound,
                 || {
                     self.query
