@@ -4,6 +4,15 @@
 //!
 //! Run with `cargo bench --bench crud`. Only the same-run ratios mean anything: single
 //! client latency on small machines swings with CPU idleness.
+//!
+//! `TABULA_BENCH_CPU=0 cargo bench --bench crud` pins the benchmark — and the
+//! PostgreSQL the test kit starts from it, which inherits the pinning — to CPU 0. A
+//! round trip then costs the client's CPU plus the server's, with no wake-up of an
+//! idle core in between: on a small shared machine the raw client's own read by key
+//! swings between ~27 and ~80 µs depending on where the scheduler puts the two
+//! processes, and pinned it holds within a few percent, so ratios of a few percent can
+//! be told apart. Pinned, a ratio weighs the client's extra CPU against the whole
+//! round trip's work on one core.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,7 +100,28 @@ async fn setup(big_table: bool) -> Setup {
     }
 }
 
+/// Pins this process (every thread, and the servers the test kit starts afterwards)
+/// to the CPU named by `TABULA_BENCH_CPU`, once, before anything else runs.
+fn pin_when_asked() {
+    static PINNED: std::sync::Once = std::sync::Once::new();
+    PINNED.call_once(|| {
+        let Ok(cpu) = std::env::var("TABULA_BENCH_CPU") else {
+            return;
+        };
+        let pid = std::process::id().to_string();
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu, &pid])
+            .stdout(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => eprintln!("pinned to CPU {cpu}"),
+            other => panic!("TABULA_BENCH_CPU={cpu}: taskset failed: {other:?}"),
+        }
+    });
+}
+
 fn runtime() -> tokio::runtime::Runtime {
+    pin_when_asked();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,6 +153,18 @@ fn read_by_key(c: &mut Criterion) {
             s.db.read::<Profile>(s.read_id)
                 .await
                 .expect("read")
+                .expect("row")
+        })
+    });
+    // The same read through the query builder: its statement is rendered once per
+    // shape, then found by a shape key computed without rendering.
+    group.bench_function("tabula_query", |b| {
+        b.to_async(&rt).iter(|| async {
+            s.db.query::<Profile>()
+                .filter(Profile::ID.eq(s.read_id))
+                .first()
+                .await
+                .expect("query")
                 .expect("row")
         })
     });
@@ -512,6 +554,41 @@ fn insert_one(c: &mut Criterion) {
     group.finish();
 }
 
+/// 100 rows with every column back, through the same statement: the raw client
+/// binds the three arrays itself.
+fn insert_100(c: &mut Criterion) {
+    let rt = runtime();
+    let s = rt.block_on(setup(false));
+    let stmt = rt
+        .block_on(s.raw.prepare(&format!(
+            "INSERT INTO profiles (user_id, username, avatar_url) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) RETURNING {COLUMNS}"
+        )))
+        .expect("prepare");
+    let mut group = c.benchmark_group("insert_100_rows");
+    group.bench_function("raw", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
+            let users: Vec<Uuid> = rows.iter().map(|p| p.user_id).collect();
+            let names: Vec<&str> = rows.iter().map(|p| p.username.as_str()).collect();
+            let avatars: Vec<Option<&str>> = rows.iter().map(|p| p.avatar_url.as_deref()).collect();
+            let back = s
+                .raw
+                .query(&stmt, &[&users, &names, &avatars])
+                .await
+                .expect("raw");
+            back.iter().map(raw_decode).collect::<Vec<_>>()
+        })
+    });
+    group.bench_function("tabula", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
+            s.db.create_many(rows).await.expect("create_many")
+        })
+    });
+    group.finish();
+}
+
 fn insert_10k(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(false));
@@ -589,6 +666,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = read_by_key, monitoring, page_of_three, scoped_read, load_all, insert_one, insert_10k
+    targets = read_by_key, monitoring, page_of_three, scoped_read, load_all, insert_one, insert_100, insert_10k
 }
 criterion_main!(benches);
