@@ -218,7 +218,12 @@ async fn a_statement_left_running_does_not_delay_the_next_caller() {
             Ok(())
         })
         .await;
-    assert!(matches!(slow, Err(Error::Timeout { .. })), "got {slow:?}");
+    // The caller's own SQL may have committed before the server cancelled it: not a
+    // plain timeout (see `attack_tx.rs`).
+    assert!(
+        matches!(slow, Err(Error::OutcomeUnknown { .. })),
+        "got {slow:?}"
+    );
     let started = Instant::now();
     fast.read::<Profile>(uuid::Uuid::new_v4())
         .await

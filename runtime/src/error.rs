@@ -103,13 +103,15 @@ pub enum Error {
         /// The SQLSTATE of the failure that aborted it, when Tabula saw it.
         sqlstate: Option<String>,
     },
-    /// A write outlived its deadline and no answer came from the server before the
-    /// connection was given up: it may or may not have been applied. Never retried by
-    /// Tabula, and not [transient](Error::is_transient): check before writing again.
-    /// The cache entries it could have touched are invalidated all the same.
-    #[error(
-        "`{operation}` on table `{table}` got no answer within its deadline: it may or may not have been applied"
-    )]
+    /// A write outside a transaction whose answer was lost — no answer within its
+    /// deadline and grace, or its connection closed after the statement went out — or
+    /// the caller's own SQL (`with_client`, `execute_batch`, `sql`) cancelled at its
+    /// deadline after parts of it may have committed: it may or may not have been
+    /// applied. Never retried by Tabula, and not [transient](Error::is_transient):
+    /// check before writing again. The cache entries it could have touched are
+    /// invalidated all the same. (A write still waiting for a connection when its
+    /// deadline passed sent nothing: that is [`Error::Timeout`].)
+    #[error("`{operation}` on table `{table}` got no answer: it may or may not have been applied")]
     OutcomeUnknown {
         /// The write that was cut off.
         operation: &'static str,

@@ -19,10 +19,26 @@ use crate::pool::{PgConn, Setup};
 /// The connection of a transaction; `None` once it committed or rolled back.
 pub(crate) struct TxConn {
     pub(crate) conn: Option<Pooled>,
-    /// Cache invalidations of the transaction's writes, applied after COMMIT.
-    pub(crate) pending: Vec<Invalidation>,
-    /// Tags to drop after COMMIT ([`Db::invalidate_tag`] inside the transaction).
-    pub(crate) pending_tags: Vec<String>,
+}
+
+/// What a transaction tells the caches after COMMIT. Kept beside the connection, not
+/// behind its lock: recording an invalidation never waits for a statement, a stream or
+/// a `with_client` body that holds the connection.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Cache invalidations of the transaction's writes.
+    pub(crate) writes: Vec<Invalidation>,
+    /// Tags to drop ([`Db::invalidate_tag`] inside the transaction).
+    pub(crate) tags: Vec<String>,
+}
+
+/// What [`TxHandle::record`] did with an invalidation.
+pub(crate) enum Recorded<T> {
+    /// Kept for the end of the transaction.
+    Kept,
+    /// The transaction had already ended (a write of a task that outlived its body):
+    /// the caller applies it now.
+    Late(T),
 }
 
 /// What every handle of one transaction shares besides the connection.
@@ -42,6 +58,12 @@ pub(crate) struct TxShared {
     /// Set when raw SQL ran in it (it may have changed the schema): what the handle
     /// read from the catalog is forgotten again when it ends.
     pub(crate) schema_touched: AtomicBool,
+    /// The number of the innermost open savepoint (0: none). A nested handle is used
+    /// only while its own savepoint is the innermost one — not in a later savepoint
+    /// that happens to open at the same depth.
+    pub(crate) current: AtomicU32,
+    /// The invalidations to apply after COMMIT; `None` once the transaction ended.
+    pub(crate) pending: std::sync::Mutex<Option<Pending>>,
 }
 
 /// A handle's link to its transaction: the connection, and the savepoint depth the
@@ -51,18 +73,54 @@ pub(crate) struct TxHandle {
     pub(crate) conn: Arc<Mutex<TxConn>>,
     pub(crate) shared: Arc<TxShared>,
     pub(crate) depth: u32,
+    /// The number of the savepoint this handle belongs to (0 for the transaction).
+    pub(crate) savepoint: u32,
+    /// The user scope the transaction switched to when it began (none: the
+    /// connection's own role). A handle with any other scope may not use it.
+    pub(crate) scope: Option<Arc<crate::auth::Scope>>,
 }
 
 impl TxHandle {
-    pub(crate) fn new(conn: Pooled) -> TxHandle {
+    pub(crate) fn new(conn: Pooled, scope: Option<Arc<crate::auth::Scope>>) -> TxHandle {
+        let shared = TxShared {
+            pending: std::sync::Mutex::new(Some(Pending::default())),
+            ..TxShared::default()
+        };
         TxHandle {
-            conn: Arc::new(Mutex::new(TxConn {
-                conn: Some(conn),
-                pending: Vec::new(),
-                pending_tags: Vec::new(),
-            })),
-            shared: Arc::default(),
+            conn: Arc::new(Mutex::new(TxConn { conn: Some(conn) })),
+            shared: Arc::new(shared),
             depth: 0,
+            savepoint: 0,
+            scope,
+        }
+    }
+
+    /// Keeps `write` for the end of the transaction, or hands it back when the
+    /// transaction already ended.
+    pub(crate) fn record(&self, write: Invalidation) -> Recorded<Invalidation> {
+        let Ok(mut pending) = self.shared.pending.lock() else {
+            return Recorded::Late(write);
+        };
+        match pending.as_mut() {
+            Some(pending) => {
+                pending.writes.push(write);
+                Recorded::Kept
+            }
+            None => Recorded::Late(write),
+        }
+    }
+
+    /// [`record`](Self::record) for a tag.
+    pub(crate) fn record_tag(&self, tag: &str) -> Recorded<String> {
+        let Ok(mut pending) = self.shared.pending.lock() else {
+            return Recorded::Late(tag.to_owned());
+        };
+        match pending.as_mut() {
+            Some(pending) => {
+                pending.tags.push(tag.to_owned());
+                Recorded::Kept
+            }
+            None => Recorded::Late(tag.to_owned()),
         }
     }
 
@@ -109,7 +167,9 @@ impl TxHandle {
     }
 
     fn check_depth(&self) -> Result<()> {
-        if self.shared.depth.load(Ordering::Acquire) != self.depth {
+        if self.shared.depth.load(Ordering::Acquire) != self.depth
+            || self.shared.current.load(Ordering::Acquire) != self.savepoint
+        {
             return Err(Error::Misuse(
                 "this transaction handle was used while a nested transaction (a savepoint) is \
                  open on it; use the nested transaction's handle until it ends"
@@ -119,15 +179,79 @@ impl TxHandle {
         Ok(())
     }
 
-    /// Takes the connection and pending invalidations (and tags) out when the
-    /// transaction ends.
-    pub(crate) async fn take(&self) -> (Option<Pooled>, Vec<Invalidation>, Vec<String>) {
-        let mut state = self.conn.lock().await;
-        (
-            state.conn.take(),
-            std::mem::take(&mut state.pending),
-            std::mem::take(&mut state.pending_tags),
-        )
+    /// Takes the connection out when the transaction ends. Waits for a statement in
+    /// flight (bounded by its deadline), never for a stream or a `with_client` body
+    /// that outlived the transaction's body: the transaction is then abandoned
+    /// (`None`), and its connection is closed — rolling it back — when they let go of
+    /// it.
+    pub(crate) async fn take(&self) -> Option<Pooled> {
+        let held = self.shared.streaming.load(Ordering::Acquire)
+            || self.shared.raw.load(Ordering::Acquire);
+        let state = match self.conn.clone().try_lock_owned() {
+            Ok(state) => Some(state),
+            Err(_) if held => None,
+            Err(_) => Some(self.conn.clone().lock_owned().await),
+        };
+        match state {
+            Some(mut state) => state.conn.take(),
+            None => {
+                self.shared.abandoned.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// The invalidations recorded so far, for a COMMIT whose outcome is being
+    /// resolved; the transaction still records.
+    pub(crate) fn pending_so_far(&self) -> Vec<Invalidation> {
+        self.shared
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.writes.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Stops recording, after COMMIT (or ROLLBACK) came back, and returns everything
+    /// recorded until then — a write of the transaction that finished during COMMIT
+    /// included. A write recorded later is applied by its caller at once.
+    pub(crate) fn finish_pending(&self) -> Pending {
+        self.shared
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
+            .unwrap_or_default()
+    }
+
+    /// Ends the transaction on a way out that cannot wait (a panic, a dropped
+    /// future): it is marked abandoned, and its connection — closed, never pooled,
+    /// while it is in a transaction — is dropped now, or by a task once a statement
+    /// in flight on it lets go. A clone of the handle kept elsewhere (a spawned task)
+    /// can then neither use it nor keep its locks.
+    pub(crate) fn abandon(&self) {
+        self.shared.abandoned.store(true, Ordering::Release);
+        self.finish_pending();
+        match self.conn.clone().try_lock_owned() {
+            Ok(mut state) => drop(state.conn.take()),
+            Err(_) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let conn = self.conn.clone();
+                    runtime.spawn(async move {
+                        drop(conn.lock_owned().await.conn.take());
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Whether a handle's scope is the one its transaction began with.
+fn same_scope(handle: Option<&crate::auth::Scope>, tx: Option<&crate::auth::Scope>) -> bool {
+    match (handle, tx) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b) || a.parts() == b.parts(),
+        _ => false,
     }
 }
 
@@ -194,6 +318,35 @@ const READS: &[&str] = &[
     "query_spec",
 ];
 
+/// Operations that only read beside [`READS`] (those run as one-shot scoped reads):
+/// for telling what a lost answer means, as [`READS`].
+const OTHER_READS: &[&str] = &[
+    "verify",
+    "join",
+    "join_count",
+    "group_by",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count_by",
+    "sum_by",
+    "foreign_keys",
+    "table_access",
+    "policies",
+    "verify_schema",
+];
+
+/// Whether `operation` may have written when its answer is lost.
+fn may_write(operation: &str) -> bool {
+    !READS.contains(&operation) && !OTHER_READS.contains(&operation)
+}
+
+/// Operations that run the caller's SQL or code (several statements, a procedure that
+/// commits as it goes): the server cancelling one at its deadline does not mean nothing
+/// was kept.
+const OPAQUE: &[&str] = &["raw", "execute_batch", "sql"];
+
 /// How long the client waits for an answer beyond the server's own deadline.
 pub(crate) fn grace(deadline: Duration) -> Duration {
     (deadline / 2).clamp(Duration::from_millis(200), Duration::from_secs(5))
@@ -233,6 +386,14 @@ impl Db {
             crate::cache::memo::note_scoped();
         }
         if let Some(tx) = self.current_tx() {
+            if !same_scope(self.scope.as_deref(), tx.scope.as_deref()) {
+                // `tx.as_user(..)`: the transaction runs in the role it began with, and
+                // a statement outside it would escape its ROLLBACK.
+                return Err(Error::Misuse(
+                    "a handle scoped (`as_user` / `as_claims`) inside a transaction cannot use                      that transaction, which runs in the role it began with; scope the handle                      first and open the transaction on it: `db.as_user(id).transaction(..)`"
+                        .into(),
+                ));
+            }
             return Ok(Conn::Tx(tx.acquire().await?));
         }
         if self.scope.is_some() {
@@ -253,13 +414,19 @@ impl Db {
     /// would otherwise make every public future (and the stack of a debug build) as
     /// large as the deepest one. The reads' small state machines take
     /// [`Db::timed_inline`] instead, which allocates nothing.
+    ///
+    /// `work` sets `reached` once it holds a connection: a deadline that passes before
+    /// then sent nothing, and is a plain [`Error::Timeout`] even for a write.
     pub(crate) fn timed<'a, T: 'a>(
         &'a self,
         operation: &'static str,
         table: &'static str,
+        reached: &'a AtomicBool,
         work: impl Future<Output = Result<T>> + 'a,
     ) -> impl Future<Output = Result<T>> + 'a {
-        self.timed_inline(operation, table, Box::pin(work))
+        let mut timed = self.timed_inline(operation, table, Box::pin(work));
+        timed.reached = Some(reached);
+        timed
     }
 
     /// [`Db::timed`] without boxing `work` (a user scope's transaction around it is
@@ -274,10 +441,14 @@ impl Db {
         operation: &'static str,
         table: &'static str,
         work: impl Future<Output = Result<T>> + 'a,
-    ) -> impl Future<Output = Result<T>> + 'a {
+    ) -> Timed<'a, impl Future<Output = Result<T>> + 'a> {
         Timed {
             operation,
             table,
+            // Outside any transaction a write is its own: nothing rolls it back when
+            // its answer is lost.
+            alone: self.tx.is_none() && self.scope.is_none(),
+            reached: None,
             deadline: self.shared.config.statement_timeout,
             span: tracing::debug_span!("tabula.db", operation, table),
             // Armed on the first poll: a future may be built outside a runtime, and
@@ -317,7 +488,7 @@ impl Db {
     /// its own. Writes keep the commit protocol of `db/tx.rs`.
     async fn in_scope<T>(
         &self,
-        scope: &crate::auth::Scope,
+        scope: &Arc<crate::auth::Scope>,
         read: bool,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
@@ -327,14 +498,17 @@ impl Db {
             scope: Some(scope.parts()),
             one_shot: read,
         });
-        let tx = TxHandle::new(conn);
+        let tx = TxHandle::new(conn, Some(scope.clone()));
         let result = super::scope::with_scoped_tx(tx.clone(), work).await;
-        let (conn, _, _) = tx.take().await;
+        let conn = tx.take().await;
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
-            return Err(Error::Misuse("scoped connection taken twice".into()));
+            return Err(Error::Misuse(
+                "the connection of a user-scoped call is still held (a stream or a raw body                  outlived the call); it is closed, rolling the call back, when let go"
+                    .into(),
+            ));
         };
-        let ended = self.end(conn, result.is_ok(), abandoned, &[]).await;
+        let ended = self.end(conn, result.is_ok(), abandoned, &Vec::new).await;
         match (result, ended) {
             (Ok(value), Ok(())) => Ok(value),
             (Ok(_), Err(e)) | (Err(e), _) => Err(e),
@@ -349,8 +523,10 @@ impl Db {
         table: &'static str,
         body: impl AsyncFnOnce(&mut PgConn) -> Result<T>,
     ) -> Result<T> {
-        self.timed(operation, table, async {
+        let reached = AtomicBool::new(false);
+        self.timed(operation, table, &reached, async {
             let mut conn = self.conn().await?;
+            reached.store(true, Ordering::Release);
             body(conn.get()?).await
         })
         .await
@@ -415,21 +591,27 @@ impl Db {
         body: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
     ) -> Result<T> {
         let mark = self.write_mark();
+        let reached = AtomicBool::new(false);
         let result = self
-            .timed("raw", "-", async {
+            .timed("raw", "-", &reached, async {
                 let tx = self.current_tx();
                 let mut conn = self.conn().await?;
+                reached.store(true, Ordering::Release);
                 let pg = conn.get()?;
                 pg.flush_setup().await?;
                 pg.in_flight = true;
                 // While the body holds the connection, any other statement on this
                 // transaction — from this task or another — is refused, not queued forever.
                 let raw = tx.as_ref().map(|tx| RawHold::new(tx.shared.clone()));
-                let result = body(pg.client()).await;
+                let mut result = body(pg.client()).await;
                 drop(raw);
                 if pg.in_transaction {
                     // A plain SET inside a transaction outlives its COMMIT.
                     pg.discard = true;
+                    // The body may have written: the commit protocol needs the id.
+                    if let (Ok(_), Err(e)) = (&result, pg.learn_xid().await) {
+                        result = Err(e);
+                    }
                 } else {
                     // Still marked in flight until the reset is done: a caller that
                     // stops waiting during it leaves a connection that is closed, not
@@ -515,9 +697,13 @@ pub(crate) use read_on_conn;
 pin_project_lite::pin_project! {
     /// The future of [`Db::timed_inline`]: `work` under the statement deadline, in a
     /// span; its outcome recorded when it ends.
-    pub(crate) struct Timed<F> {
+    pub(crate) struct Timed<'a, F> {
         operation: &'static str,
         table: &'static str,
+        // Whether the operation runs outside any transaction.
+        alone: bool,
+        // Set by `work` once it holds a connection (none: not tracked).
+        reached: Option<&'a AtomicBool>,
         deadline: Duration,
         span: tracing::Span,
         #[pin]
@@ -540,7 +726,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<T, F: Future<Output = Result<T>>> Future for Timed<F> {
+impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
     type Output = Result<T>;
 
     fn poll(
@@ -563,28 +749,41 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<F> {
             let _entered = this.span.enter();
             this.work.poll(cx)
         };
+        let may_write = may_write(operation);
         let result = match polled {
-            // The server's own deadline: it cancelled the statement, nothing happened.
+            // The server's own deadline: it cancelled the statement — and with it,
+            // outside a transaction, everything but what the caller's own SQL (a
+            // procedure, several statements) had committed before.
             std::task::Poll::Ready(Err(e))
                 if e.sqlstate() == Some(crate::error::QUERY_CANCELED) =>
             {
-                Err(Error::Timeout {
-                    operation,
-                    after: deadline,
-                })
+                match *this.alone && OPAQUE.contains(&operation) {
+                    true => Err(Error::OutcomeUnknown { operation, table }),
+                    false => Err(Error::Timeout {
+                        operation,
+                        after: deadline,
+                    }),
+                }
+            }
+            // The connection closed before the answer: a write alone may have been
+            // committed by the server all the same.
+            std::task::Poll::Ready(Err(Error::Connection(_))) if may_write && *this.alone => {
+                Err(Error::OutcomeUnknown { operation, table })
             }
             std::task::Poll::Ready(result) => result,
             std::task::Poll::Pending => {
                 std::task::ready!(timer.poll(cx));
                 // No answer at all: `work` is dropped with this future, which drops the
                 // connection mid-flight (its statement cancelled, the connection
-                // closed). A write may or may not have landed.
-                match READS.contains(&operation) {
-                    true => Err(Error::Timeout {
+                // closed). A write may or may not have landed — unless it never held a
+                // connection.
+                let sent = this.reached.is_none_or(|r| r.load(Ordering::Acquire));
+                match may_write && sent {
+                    false => Err(Error::Timeout {
                         operation,
                         after: deadline,
                     }),
-                    false => Err(Error::OutcomeUnknown { operation, table }),
+                    true => Err(Error::OutcomeUnknown { operation, table }),
                 }
             }
         };

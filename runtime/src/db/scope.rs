@@ -27,7 +27,9 @@ impl Db {
     fn scoped(&self, scope: Scope) -> Db {
         Db {
             shared: self.shared.clone(),
-            tx: None,
+            // Bound to the transaction still: its statements are refused there
+            // (`Db::conn`) rather than run outside it, beyond its ROLLBACK.
+            tx: self.tx.clone(),
             scope: Some(Arc::new(scope)),
             route: self.route,
         }

@@ -142,7 +142,10 @@ impl Db {
         Fut: Future<Output = Result<T>>,
     {
         if let Some(tx) = &self.tx {
-            return Box::pin(self.savepoint(tx, body(self.nested(tx)))).await;
+            // Numbered before its handle exists: the handle belongs to this savepoint
+            // alone, not to a later one opened at the same depth.
+            let number = tx.shared.savepoints.fetch_add(1, Ordering::AcqRel) + 1;
+            return Box::pin(self.savepoint(tx, number, body(self.nested(tx, number)))).await;
         }
         let attempts = self.shared.config.transaction_attempts;
         let mut attempt = 0;
@@ -171,12 +174,14 @@ impl Db {
         outcome
     }
 
-    /// The handle a nested transaction's body gets: one savepoint deeper.
-    fn nested(&self, tx: &TxHandle) -> Db {
+    /// The handle a nested transaction's body gets: one savepoint deeper, savepoint
+    /// `number`.
+    fn nested(&self, tx: &TxHandle, number: u32) -> Db {
         Db {
             shared: self.shared.clone(),
             tx: Some(TxHandle {
                 depth: tx.depth + 1,
+                savepoint: number,
                 ..tx.clone()
             }),
             scope: self.scope.clone(),
@@ -191,6 +196,7 @@ impl Db {
     async fn savepoint<T>(
         &self,
         tx: &TxHandle,
+        number: u32,
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         tx.shared
@@ -203,15 +209,15 @@ impl Db {
                         .into(),
                 )
             })?;
+        // The enclosing level's savepoint is the innermost again when this one ends.
+        let parent = tx.shared.current.swap(number, Ordering::AcqRel);
         let guard = SavepointGuard {
             tx: tx.clone(),
+            parent,
             done: false,
         };
-        let inner = self.nested(tx);
-        let name = format!(
-            "tabula_sp_{}",
-            tx.shared.savepoints.fetch_add(1, Ordering::AcqRel) + 1
-        );
+        let inner = self.nested(tx, number);
+        let name = format!("tabula_sp_{number}");
         let opened = inner
             .run("savepoint", "-", async |conn| {
                 conn.batch(&format!("SAVEPOINT {name}")).await
@@ -221,7 +227,14 @@ impl Db {
             guard.finish();
             return Err(e);
         }
-        let result = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+        let mut result = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+        if tx.shared.streaming.load(Ordering::Acquire) {
+            // A stream of the savepoint's handle outlives its body (returned in its
+            // value): it holds the connection RELEASE needs. Dropped here, it lets go;
+            // the savepoint rolls back, as the call cannot be whole.
+            drop(result);
+            result = Ok(Err(stream_outlived_body()));
+        }
         let end = match &result {
             Ok(Ok(_)) => format!("RELEASE SAVEPOINT {name}"),
             _ => format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"),
@@ -238,6 +251,12 @@ impl Db {
                 ended
             })
             .await;
+        if ended.is_err() {
+            // Neither released nor rolled back to: what the savepoint did stays in the
+            // transaction, whatever this call reports, so the transaction can only
+            // roll back.
+            tx.shared.abandoned.store(true, Ordering::Release);
+        }
         guard.finish();
         match (result, ended) {
             (Err(panic), _) => std::panic::resume_unwind(panic),
@@ -264,18 +283,49 @@ impl Db {
             scope: self.scope.as_ref().map(|s| s.parts()),
             one_shot: false,
         });
-        let tx = TxHandle::new(conn);
+        let tx = TxHandle::new(conn, self.scope.clone());
         let handle = Db {
             shared: self.shared.clone(),
             tx: Some(tx.clone()),
             scope: self.scope.clone(),
             route: self.route,
         };
-        let result = body(handle).await;
-        let (conn, pending, tags) = tx.take().await;
+        // A panic in the body, or this future dropped, ends the transaction at once: a
+        // clone of its handle kept elsewhere (a spawned task) can neither use it nor
+        // keep its locks.
+        let abandon = Abandon(Some(tx.clone()));
+        let result = std::panic::AssertUnwindSafe(body(handle))
+            .catch_unwind()
+            .await;
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                drop(abandon);
+                std::panic::resume_unwind(panic)
+            }
+        };
+        let result = match tx.shared.streaming.load(Ordering::Acquire) {
+            // A stream of the transaction outlives its body (returned in its value): it
+            // holds the connection COMMIT needs. Dropped here, it lets go; the
+            // transaction rolls back, as the body's work cannot be whole.
+            true => {
+                drop(result);
+                Err(stream_outlived_body())
+            }
+            false => result,
+        };
+        let conn = tx.take().await;
+        std::mem::forget(abandon);
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
-            return Err(Error::Misuse("transaction connection taken twice".into()));
+            tx.finish_pending();
+            return Err(match result {
+                Err(e) => e,
+                Ok(_) => Error::Misuse(
+                    "a stream or a `with_client` body of this transaction outlived its body                      and holds its connection; the transaction rolls back when they let go"
+                        .into(),
+                ),
+            });
         };
         match result {
             Ok(value) => {
@@ -284,13 +334,16 @@ impl Db {
                 let db = self.clone();
                 let touched = tx.shared.schema_touched.load(Ordering::Acquire);
                 join_task(tokio::spawn(async move {
-                    let outcome = db.end(conn, true, abandoned, &pending).await;
+                    let outcome = db.end(conn, true, abandoned, &|| tx.pending_so_far()).await;
                     if touched {
                         db.forget_schema();
                     }
+                    // Taken after COMMIT came back: a write of the transaction that
+                    // finished meanwhile (another task's) is in it.
+                    let pending = tx.finish_pending();
                     if matches!(&outcome, Ok(()) | Err(Error::CommitOutcomeUnknown)) {
-                        db.apply_invalidation(&pending).await;
-                        for tag in &tags {
+                        db.apply_invalidation(&pending.writes).await;
+                        for tag in &pending.tags {
                             db.drop_tag(tag).await;
                         }
                     }
@@ -300,7 +353,8 @@ impl Db {
                 Ok(value)
             }
             Err(e) => {
-                let _ = self.end(conn, false, abandoned, &[]).await;
+                let _ = self.end(conn, false, abandoned, &Vec::new).await;
+                tx.finish_pending();
                 if tx.shared.schema_touched.load(Ordering::Acquire) {
                     self.forget_schema();
                 }
@@ -315,7 +369,7 @@ impl Db {
         mut conn: Pooled,
         commit: bool,
         abandoned: bool,
-        writes: &[Invalidation],
+        writes: &(dyn Fn() -> Vec<Invalidation> + Sync),
     ) -> Result<()> {
         if conn.pending_setup.take().is_some() {
             // No statement ran: BEGIN was never sent, there is nothing to end.
@@ -437,7 +491,7 @@ impl Db {
         &self,
         conn: Pooled,
         lost: Error,
-        writes: &[Invalidation],
+        writes: &(dyn Fn() -> Vec<Invalidation> + Sync),
     ) -> Result<()> {
         let xid = conn.xid.clone();
         // Closed, never reused (it is still marked in a transaction); the server ends
@@ -459,7 +513,7 @@ impl Db {
             Resolution::Aborted => Err(lost),
             Resolution::Unknown => {
                 tracing::warn!(xid, "commit outcome unknown: the database cannot be asked");
-                self.settle_later(Some(xid), writes.to_vec());
+                self.settle_later(Some(xid), writes());
                 Err(Error::CommitOutcomeUnknown)
             }
         }
@@ -552,12 +606,19 @@ impl Db {
 /// transaction abandoned (it can then only roll back).
 struct SavepointGuard {
     tx: TxHandle,
+    /// The savepoint that is the innermost again once this one ends.
+    parent: u32,
     done: bool,
 }
 
 impl SavepointGuard {
     fn finish(mut self) {
         self.done = true;
+        self.close();
+    }
+
+    fn close(&self) {
+        self.tx.shared.current.store(self.parent, Ordering::Release);
         self.tx.shared.depth.store(self.tx.depth, Ordering::Release);
     }
 }
@@ -566,9 +627,29 @@ impl Drop for SavepointGuard {
     fn drop(&mut self) {
         if !self.done {
             self.tx.shared.abandoned.store(true, Ordering::Release);
-            self.tx.shared.depth.store(self.tx.depth, Ordering::Release);
+            self.close();
         }
     }
+}
+
+/// Ends a transaction whose body panicked or whose future was dropped (see
+/// [`TxHandle::abandon`]); forgotten on the ordinary ways out.
+struct Abandon(Option<TxHandle>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            tx.abandon();
+        }
+    }
+}
+
+/// A stream of a transaction (or savepoint) returned from its body.
+fn stream_outlived_body() -> Error {
+    Error::Misuse(
+        "a stream of this transaction outlived its body (returned in its value); read it          inside the body — the transaction was rolled back"
+            .into(),
+    )
 }
 
 /// Awaits a task that must not be abandoned, passing its panic on.

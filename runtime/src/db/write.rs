@@ -219,7 +219,11 @@ impl Db {
     /// transaction's own writes; otherwise now.
     async fn invalidate_now_or_at_commit(&self, write: Invalidation) {
         match &self.tx {
-            Some(tx) => tx.conn.lock().await.pending.push(write),
+            Some(tx) => {
+                if let super::conn::Recorded::Late(write) = tx.record(write) {
+                    self.apply_invalidation(&[write]).await;
+                }
+            }
             None => self.apply_invalidation(&[write]).await,
         }
     }
@@ -354,8 +358,12 @@ impl Db {
         match &self.tx {
             Some(tx) => {
                 let result = work.await;
-                if let Some(inv) = touched(&result) {
-                    tx.conn.lock().await.pending.push(inv);
+                if let Some(inv) = touched(&result)
+                    && let super::conn::Recorded::Late(inv) = tx.record(inv)
+                {
+                    // A write of a task that outlived the transaction's body, done
+                    // after COMMIT came back: nobody else will tell the caches.
+                    self.apply_invalidation(&[inv]).await;
                 }
                 result
             }
@@ -398,8 +406,9 @@ impl Db {
     pub async fn invalidate_tag(&self, tag: &str) {
         // Inside a transaction: after COMMIT, as the transaction's own writes (a reader
         // before then would cache what COMMIT is about to change).
-        if let Some(tx) = &self.tx {
-            tx.conn.lock().await.pending_tags.push(tag.to_owned());
+        if let Some(tx) = &self.tx
+            && let super::conn::Recorded::Kept = tx.record_tag(tag)
+        {
             return;
         }
         self.drop_tag(tag).await;

@@ -451,6 +451,17 @@ impl PgConn {
         copied
     }
 
+    /// Asks for the transaction's id if it is not known yet: after the raw client ran
+    /// what Tabula cannot see (a `with_client` body may have written), so that a lost
+    /// COMMIT is resolved by the id rather than taken for a transaction that never
+    /// wrote.
+    pub(crate) async fn learn_xid(&mut self) -> Result<()> {
+        if !self.in_transaction || self.xid.is_some() {
+            return Ok(());
+        }
+        self.send_extras().await
+    }
+
     /// Sends any pending setup now (before handing out the raw client).
     pub(crate) async fn flush_setup(&mut self) -> Result<()> {
         if self.pending_setup.is_none() {
