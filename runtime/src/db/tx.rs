@@ -293,7 +293,7 @@ impl Db {
         // A panic in the body, or this future dropped, ends the transaction at once: a
         // clone of its handle kept elsewhere (a spawned task) can neither use it nor
         // keep its locks.
-        let abandon = Abandon(Some(tx.clone()));
+        let mut abandon = Abandon(Some(tx.clone()));
         let result = std::panic::AssertUnwindSafe(body(handle))
             .catch_unwind()
             .await;
@@ -315,7 +315,8 @@ impl Db {
             false => result,
         };
         let conn = tx.take().await;
-        std::mem::forget(abandon);
+        // Disarmed (not forgotten: it holds the handle's references).
+        abandon.0 = None;
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             tx.finish_pending();
@@ -633,7 +634,7 @@ impl Drop for SavepointGuard {
 }
 
 /// Ends a transaction whose body panicked or whose future was dropped (see
-/// [`TxHandle::abandon`]); forgotten on the ordinary ways out.
+/// [`TxHandle::abandon`]); disarmed on the ordinary ways out.
 struct Abandon(Option<TxHandle>);
 
 impl Drop for Abandon {
