@@ -168,6 +168,29 @@ fn read_by_key(c: &mut Criterion) {
                 .expect("row")
         })
     });
+    // The raw client and Tabula in turn, call by call: each sample is the time of the
+    // Tabula reads alone and of the raw reads alone within the same interleaved run,
+    // so drift of the machine between two benchmarks cannot make a ratio.
+    for (name, tabula) in [("interleaved/tabula", true), ("interleaved/raw", false)] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (s, stmt) = (&s, &stmt);
+                async move {
+                    let (mut on_raw, mut on_tabula) = (Duration::ZERO, Duration::ZERO);
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        let row = s.raw.query_opt(stmt, &[&s.read_id]).await.expect("raw");
+                        std::hint::black_box(row.map(|r| raw_decode(&r)));
+                        on_raw += started.elapsed();
+                        let started = Instant::now();
+                        std::hint::black_box(s.db.read::<Profile>(s.read_id).await.expect("read"));
+                        on_tabula += started.elapsed();
+                    }
+                    if tabula { on_tabula } else { on_raw }
+                }
+            })
+        });
+    }
     // The same read with a metrics recorder installed (a registry keyed by name and
     // labels, as exporters keep one): what monitoring costs per call.
     let registry = Registry::default();
@@ -551,6 +574,33 @@ fn insert_one(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { s.db.create(new_profile()).await.expect("create") })
     });
+    // In turn, call by call (see `read_by_key`).
+    for (name, tabula) in [("interleaved/tabula", true), ("interleaved/raw", false)] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (s, stmt) = (&s, &stmt);
+                async move {
+                    let (mut on_raw, mut on_tabula) = (Duration::ZERO, Duration::ZERO);
+                    for _ in 0..iters {
+                        let p = new_profile();
+                        let started = Instant::now();
+                        let row = s
+                            .raw
+                            .query_one(stmt, &[&p.user_id, &p.username, &p.avatar_url])
+                            .await
+                            .expect("raw");
+                        std::hint::black_box(raw_decode(&row));
+                        on_raw += started.elapsed();
+                        let p = new_profile();
+                        let started = Instant::now();
+                        std::hint::black_box(s.db.create(p).await.expect("create"));
+                        on_tabula += started.elapsed();
+                    }
+                    if tabula { on_tabula } else { on_raw }
+                }
+            })
+        });
+    }
     group.finish();
 }
 
