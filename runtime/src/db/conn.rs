@@ -390,7 +390,9 @@ impl Db {
                 // `tx.as_user(..)`: the transaction runs in the role it began with, and
                 // a statement outside it would escape its ROLLBACK.
                 return Err(Error::Misuse(
-                    "a handle scoped (`as_user` / `as_claims`) inside a transaction cannot use                      that transaction, which runs in the role it began with; scope the handle                      first and open the transaction on it: `db.as_user(id).transaction(..)`"
+                    "a handle scoped (`as_user` / `as_claims`) inside a transaction cannot use \
+                     that transaction, which runs in the role it began with; scope the handle \
+                     first and open the transaction on it: `db.as_user(id).transaction(..)`"
                         .into(),
                 ));
             }
@@ -504,7 +506,8 @@ impl Db {
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             return Err(Error::Misuse(
-                "the connection of a user-scoped call is still held (a stream or a raw body                  outlived the call); it is closed, rolling the call back, when let go"
+                "the connection of a user-scoped call is still held (a stream or a raw body \
+                 outlived the call); it is closed, rolling the call back, when let go"
                     .into(),
             ));
         };

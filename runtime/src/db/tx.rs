@@ -323,7 +323,8 @@ impl Db {
             return Err(match result {
                 Err(e) => e,
                 Ok(_) => Error::Misuse(
-                    "a stream or a `with_client` body of this transaction outlived its body                      and holds its connection; the transaction rolls back when they let go"
+                    "a stream or a `with_client` body of this transaction outlived its body \
+                     and holds its connection; the transaction rolls back when they let go"
                         .into(),
                 ),
             });
@@ -648,7 +649,8 @@ impl Drop for Abandon {
 /// A stream of a transaction (or savepoint) returned from its body.
 fn stream_outlived_body() -> Error {
     Error::Misuse(
-        "a stream of this transaction outlived its body (returned in its value); read it          inside the body — the transaction was rolled back"
+        "a stream of this transaction outlived its body (returned in its value); read it \
+         inside the body — the transaction was rolled back"
             .into(),
     )
 }
