@@ -64,6 +64,9 @@ pub(crate) struct TxShared {
     pub(crate) current: AtomicU32,
     /// The invalidations to apply after COMMIT; `None` once the transaction ended.
     pub(crate) pending: std::sync::Mutex<Option<Pending>>,
+    /// Cancels what runs on the transaction's connection when the transaction is
+    /// abandoned while another holder (a clone's statement, a stream) has it.
+    pub(crate) canceller: Option<crate::pool::StatementCanceller>,
 }
 
 /// A handle's link to its transaction: the connection, and the savepoint depth the
@@ -84,6 +87,7 @@ impl TxHandle {
     pub(crate) fn new(conn: Pooled, scope: Option<Arc<crate::auth::Scope>>) -> TxHandle {
         let shared = TxShared {
             pending: std::sync::Mutex::new(Some(Pending::default())),
+            canceller: Some(conn.statement_canceller()),
             ..TxShared::default()
         };
         TxHandle {
@@ -166,7 +170,7 @@ impl TxHandle {
         }
     }
 
-    fn check_depth(&self) -> Result<()> {
+    pub(crate) fn check_depth(&self) -> Result<()> {
         if self.shared.depth.load(Ordering::Acquire) != self.depth
             || self.shared.current.load(Ordering::Acquire) != self.savepoint
         {
@@ -195,7 +199,8 @@ impl TxHandle {
         match state {
             Some(mut state) => state.conn.take(),
             None => {
-                self.shared.abandoned.store(true, Ordering::Release);
+                // Closed (rolling the transaction back) as soon as they let go of it.
+                self.abandon();
                 None
             }
         }
@@ -235,6 +240,12 @@ impl TxHandle {
         match self.conn.clone().try_lock_owned() {
             Ok(mut state) => drop(state.conn.take()),
             Err(_) => {
+                // Whatever holds the connection (a clone's statement waiting on a lock,
+                // a stream, a raw body) is stopped, so the locks go now, not at the
+                // statement's deadline.
+                if let Some(canceller) = &self.shared.canceller {
+                    canceller.cancel();
+                }
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let conn = self.conn.clone();
                     runtime.spawn(async move {
@@ -780,8 +791,10 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
                 // connection mid-flight (its statement cancelled, the connection
                 // closed). A write may or may not have landed — unless it never held a
                 // connection.
+                // Inside a transaction the statement's loss dooms the transaction:
+                // nothing it did is kept.
                 let sent = this.reached.is_none_or(|r| r.load(Ordering::Acquire));
-                match may_write && sent {
+                match may_write && sent && *this.alone {
                     false => Err(Error::Timeout {
                         operation,
                         after: deadline,

@@ -142,6 +142,8 @@ impl Db {
         Fut: Future<Output = Result<T>>,
     {
         if let Some(tx) = &self.tx {
+            // A handle whose savepoint ended opens nothing, in a later savepoint either.
+            tx.check_depth()?;
             // Numbered before its handle exists: the handle belongs to this savepoint
             // alone, not to a later one opened at the same depth.
             let number = tx.shared.savepoints.fetch_add(1, Ordering::AcqRel) + 1;
@@ -209,6 +211,16 @@ impl Db {
                         .into(),
                 )
             })?;
+        // Checked again now that this level is ours: the handle's own savepoint must be
+        // the innermost open one (another opened at this depth meanwhile is not).
+        if tx.shared.current.load(Ordering::Acquire) != tx.savepoint {
+            tx.shared.depth.store(tx.depth, Ordering::Release);
+            return Err(Error::Misuse(
+                "this transaction handle belongs to a savepoint that has ended; use the \
+                 handle of the savepoint that is open"
+                    .into(),
+            ));
+        }
         // The enclosing level's savepoint is the innermost again when this one ends.
         let parent = tx.shared.current.swap(number, Ordering::AcqRel);
         let guard = SavepointGuard {
@@ -314,9 +326,21 @@ impl Db {
             }
             false => result,
         };
-        let conn = tx.take().await;
+        let mut conn = tx.take().await;
         // Disarmed (not forgotten: it holds the handle's references).
         abandon.0 = None;
+        if conn.is_some() && tx.shared.depth.load(Ordering::Acquire) != 0 {
+            // A nested transaction (run by a task the body spawned) is still open: what
+            // it did is neither released nor rolled back, so nothing may commit.
+            tx.abandon();
+            drop(conn.take());
+            tx.finish_pending();
+            return Err(Error::Misuse(
+                "a nested transaction was still open when its transaction's body returned; \
+                 await it inside the body — the transaction was rolled back"
+                    .into(),
+            ));
+        }
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
             tx.finish_pending();

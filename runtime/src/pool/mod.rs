@@ -780,6 +780,44 @@ pub(crate) fn cancel_in_background(
     });
 }
 
+/// What cancels the statement running on a connection from outside it, without
+/// keeping the connection open (it holds no client).
+pub(crate) struct StatementCanceller {
+    canceller: Canceller,
+    token: CancelToken,
+    tls: Connector,
+}
+
+impl StatementCanceller {
+    /// Sends the cancel request in a task of its own, on the connection's runtime and
+    /// within the connect timeout.
+    pub(crate) fn cancel(&self) {
+        let (token, tls, limit) = (
+            self.token.clone(),
+            crate::tls::copy(&self.tls),
+            self.canceller.limit,
+        );
+        self.canceller.runtime.spawn(async move {
+            match tokio::time::timeout(limit, token.cancel_query(tls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "cancel request failed"),
+                Err(_) => tracing::debug!("cancel request not answered within {limit:?}"),
+            }
+        });
+    }
+}
+
+impl PgConn {
+    /// A [`StatementCanceller`] for this connection.
+    pub(crate) fn statement_canceller(&self) -> StatementCanceller {
+        StatementCanceller {
+            canceller: self.canceller.clone(),
+            token: self.cancel.clone(),
+            tls: crate::tls::copy(&self.tls),
+        }
+    }
+}
+
 /// Where and how long a connection's cancel request runs (see `PgConn::canceller`).
 #[derive(Clone)]
 pub(crate) struct Canceller {
