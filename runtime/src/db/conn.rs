@@ -64,9 +64,12 @@ pub(crate) struct TxShared {
     pub(crate) current: AtomicU32,
     /// The invalidations to apply after COMMIT; `None` once the transaction ended.
     pub(crate) pending: std::sync::Mutex<Option<Pending>>,
-    /// Cancels what runs on the transaction's connection when the transaction is
-    /// abandoned while another holder (a clone's statement, a stream) has it.
+    /// Ends the transaction's connection when the transaction is abandoned while
+    /// another holder (a clone's statement, a stream, a raw body) has it.
     pub(crate) canceller: Option<crate::pool::StatementCanceller>,
+    /// Woken when a stream or a raw body takes the connection (see
+    /// [`TxHandle::take`]).
+    pub(crate) held: tokio::sync::Notify,
 }
 
 /// A handle's link to its transaction: the connection, and the savepoint depth the
@@ -189,12 +192,19 @@ impl TxHandle {
     /// (`None`), and its connection is closed — rolling it back — when they let go of
     /// it.
     pub(crate) async fn take(&self) -> Option<Pooled> {
-        let held = self.shared.streaming.load(Ordering::Acquire)
-            || self.shared.raw.load(Ordering::Acquire);
-        let state = match self.conn.clone().try_lock_owned() {
-            Ok(state) => Some(state),
-            Err(_) if held => None,
-            Err(_) => Some(self.conn.clone().lock_owned().await),
+        let state = loop {
+            // Registered before the flags are read: a stream or raw body that takes
+            // the connection from the queue ahead of this call wakes it.
+            let taken = self.shared.held.notified();
+            let held = self.shared.streaming.load(Ordering::Acquire)
+                || self.shared.raw.load(Ordering::Acquire);
+            if held {
+                break None;
+            }
+            tokio::select! {
+                state = self.conn.clone().lock_owned() => break Some(state),
+                () = taken => continue,
+            }
         };
         match state {
             Some(mut state) => state.conn.take(),
@@ -244,7 +254,7 @@ impl TxHandle {
                 // a stream, a raw body) is stopped, so the locks go now, not at the
                 // statement's deadline.
                 if let Some(canceller) = &self.shared.canceller {
-                    canceller.cancel();
+                    canceller.stop();
                 }
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let conn = self.conn.clone();
@@ -273,6 +283,7 @@ struct RawHold(Arc<TxShared>);
 impl RawHold {
     fn new(shared: Arc<TxShared>) -> RawHold {
         shared.raw.store(true, Ordering::Release);
+        shared.held.notify_waiters();
         RawHold(shared)
     }
 }
@@ -387,6 +398,7 @@ impl Db {
         let shared = self.current_tx().map(|tx| tx.shared);
         if let Some(shared) = &shared {
             shared.streaming.store(true, Ordering::Release);
+            shared.held.notify_waiters();
         }
         Streaming(shared)
     }
@@ -459,8 +471,10 @@ impl Db {
             operation,
             table,
             // Outside any transaction a write is its own: nothing rolls it back when
-            // its answer is lost.
-            alone: self.tx.is_none() && self.scope.is_none(),
+            // its answer is lost. A user scope's one-shot call runs in a transaction
+            // of its own, whose COMMIT is under this same deadline.
+            alone: self.tx.is_none() && super::scope::current_scoped_tx().is_none(),
+            autocommit: self.tx.is_none() && self.scope.is_none(),
             reached: None,
             deadline: self.shared.config.statement_timeout,
             span: tracing::debug_span!("tabula.db", operation, table),
@@ -714,8 +728,11 @@ pin_project_lite::pin_project! {
     pub(crate) struct Timed<'a, F> {
         operation: &'static str,
         table: &'static str,
-        // Whether the operation runs outside any transaction.
+        // Whether the operation runs outside any enclosing transaction (its own
+        // COMMIT, if any, is under this deadline).
         alone: bool,
+        // Whether its statements commit one by one (no user scope's transaction).
+        autocommit: bool,
         // Set by `work` once it holds a connection (none: not tracked).
         reached: Option<&'a AtomicBool>,
         deadline: Duration,
@@ -771,7 +788,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
             std::task::Poll::Ready(Err(e))
                 if e.sqlstate() == Some(crate::error::QUERY_CANCELED) =>
             {
-                match *this.alone && OPAQUE.contains(&operation) {
+                match *this.autocommit && OPAQUE.contains(&operation) {
                     true => Err(Error::OutcomeUnknown { operation, table }),
                     false => Err(Error::Timeout {
                         operation,
@@ -781,7 +798,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
             }
             // The connection closed before the answer: a write alone may have been
             // committed by the server all the same.
-            std::task::Poll::Ready(Err(Error::Connection(_))) if may_write && *this.alone => {
+            std::task::Poll::Ready(Err(Error::Connection(_))) if may_write && *this.autocommit => {
                 Err(Error::OutcomeUnknown { operation, table })
             }
             std::task::Poll::Ready(result) => result,

@@ -61,7 +61,7 @@ use crate::cache::CacheService;
 use crate::error::{Error, Result};
 use crate::pool::{PgManager, Pool};
 
-pub(crate) use conn::{Conn, TxHandle, read_on_conn};
+pub(crate) use conn::{Conn, TxHandle, grace, read_on_conn};
 pub use replica::ConsistencyToken;
 pub(crate) use replica::Route;
 pub use tx::Isolation;

@@ -70,6 +70,9 @@ pub(crate) struct PgConn {
     /// long it may take (the connect timeout: a server that accepts and never answers
     /// must not hold the connection's place in the pool).
     canceller: Canceller,
+    /// The task that drives the connection's socket: aborted, it closes the socket
+    /// whoever holds the connection (see [`StatementCanceller::stop`]).
+    driver: tokio::task::AbortHandle,
     /// How a cancel request reaches the server: as the connection did.
     tls: Connector,
     statements: HashMap<String, Statement, TextHash>,
@@ -780,29 +783,37 @@ pub(crate) fn cancel_in_background(
     });
 }
 
-/// What cancels the statement running on a connection from outside it, without
-/// keeping the connection open (it holds no client).
+/// Ends a connection from outside it, whoever holds it, without keeping it open (it
+/// holds no client): for a transaction abandoned while a clone of its handle still
+/// holds the connection (a statement, a stream, a raw body).
 pub(crate) struct StatementCanceller {
     canceller: Canceller,
     token: CancelToken,
     tls: Connector,
+    driver: tokio::task::AbortHandle,
 }
 
 impl StatementCanceller {
-    /// Sends the cancel request in a task of its own, on the connection's runtime and
-    /// within the connect timeout.
-    pub(crate) fn cancel(&self) {
+    /// Cancels the statement running on the connection, then closes its socket: the
+    /// server rolls the transaction back and releases its locks now, not when the
+    /// holder lets go. In a task of its own, on the connection's runtime; the cancel
+    /// request is bounded by the connect timeout, and the socket closes either way.
+    pub(crate) fn stop(&self) {
         let (token, tls, limit) = (
             self.token.clone(),
             crate::tls::copy(&self.tls),
             self.canceller.limit,
         );
+        let driver = self.driver.clone();
         self.canceller.runtime.spawn(async move {
             match tokio::time::timeout(limit, token.cancel_query(tls)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "cancel request failed"),
                 Err(_) => tracing::debug!("cancel request not answered within {limit:?}"),
             }
+            // A backend waiting on a lock notices a closed socket only when its
+            // statement ends: cancelled first, then closed.
+            driver.abort();
         });
     }
 }
@@ -814,6 +825,7 @@ impl PgConn {
             canceller: self.canceller.clone(),
             token: self.cancel.clone(),
             tls: crate::tls::copy(&self.tls),
+            driver: self.driver.clone(),
         }
     }
 }
@@ -907,11 +919,12 @@ impl PgManager {
         };
         // The connection task ends when the socket closes; `Client::is_closed` then
         // reports it and the pool drops the client.
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres connection closed");
             }
-        });
+        })
+        .abort_handle();
         if let Some(hook) = &self.after_connect {
             // The hook is part of opening the connection, and shares its deadline.
             let deadline = self.config.get_connect_timeout().copied();
@@ -928,6 +941,7 @@ impl PgManager {
         Ok(PgConn {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
+            driver,
             canceller: Canceller {
                 runtime: tokio::runtime::Handle::current(),
                 limit: deadline,

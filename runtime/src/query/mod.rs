@@ -812,20 +812,44 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
     pub async fn stream(self) -> Result<RowStream<D::Output>> {
         let bound = self.bind()?;
         let db = &self.db;
-        let mut conn = db.conn().await?;
-        let mark = db.mark_streaming();
-        let pooled = matches!(conn, crate::db::Conn::Pooled(_));
-        let rows = {
-            let pg = conn.get()?;
-            let statement = pg.statement(&bound.sql).await?;
-            pg.flush_setup().await?;
-            let params = bound.params();
-            let rows =
-                crate::pool::query_raw_on(pg.client(), &bound.sql, &statement, &params).await?;
-            // A pooled connection dropped before the stream ends is closed (and its
-            // statement cancelled) rather than handed out with rows still coming.
-            pg.in_flight = pooled;
-            rows
+        let deadline = db.shared.config.statement_timeout;
+        // Opening the stream (the statement prepared, the first answer back) is under
+        // the statement deadline and its grace, as every call is: on a silent network
+        // it is a `Timeout`, its connection closed.
+        let opening = async {
+            let mut conn = db.conn().await?;
+            let mark = db.mark_streaming();
+            let pooled = matches!(conn, crate::db::Conn::Pooled(_));
+            let rows = {
+                let pg = conn.get()?;
+                let statement = pg.statement(&bound.sql).await?;
+                pg.flush_setup().await?;
+                let params = bound.params();
+                // Given up before the answer: the connection is closed (and a
+                // transaction's can only roll back).
+                pg.in_flight = true;
+                let started =
+                    crate::pool::query_raw_on(pg.client(), &bound.sql, &statement, &params).await;
+                // An answer came (rows or an error): the connection is in order.
+                pg.in_flight = false;
+                let rows = started?;
+                // A pooled connection dropped before the stream ends is closed (and
+                // its statement cancelled) rather than handed out with rows still
+                // coming.
+                pg.in_flight = pooled;
+                rows
+            };
+            Ok::<_, Error>((rows, conn, mark))
+        };
+        let limit = deadline + crate::db::grace(deadline);
+        let (rows, conn, mark) = match tokio::time::timeout(limit, opening).await {
+            Ok(opened) => opened?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: "stream",
+                    after: deadline,
+                });
+            }
         };
         let state = (Box::pin(rows), conn, mark);
         let stream = futures_util::stream::unfold(state, |(mut rows, mut conn, mark)| async move {
