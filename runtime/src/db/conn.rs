@@ -267,6 +267,22 @@ impl TxHandle {
     }
 }
 
+impl Db {
+    /// Whether a call of this handle runs outside any enclosing transaction: its
+    /// statements commit on their own or, for a user scope's one-shot call, in a
+    /// transaction of its own whose COMMIT is under the call's deadline — either way
+    /// a lost answer may have committed. (Inside a transaction, a lost answer dooms it.)
+    fn alone(&self) -> bool {
+        self.tx.is_none() && super::scope::current_scoped_tx().is_none()
+    }
+
+    /// Whether a call of this handle commits statement by statement (outside any
+    /// transaction, no user scope's transaction around it).
+    fn autocommit(&self) -> bool {
+        self.tx.is_none() && self.scope.is_none()
+    }
+}
+
 /// Whether a handle's scope is the one its transaction began with.
 fn same_scope(handle: Option<&crate::auth::Scope>, tx: Option<&crate::auth::Scope>) -> bool {
     match (handle, tx) {
@@ -470,11 +486,7 @@ impl Db {
         Timed {
             operation,
             table,
-            // Outside any transaction a write is its own: nothing rolls it back when
-            // its answer is lost. A user scope's one-shot call runs in a transaction
-            // of its own, whose COMMIT is under this same deadline.
-            alone: self.tx.is_none() && super::scope::current_scoped_tx().is_none(),
-            autocommit: self.tx.is_none() && self.scope.is_none(),
+            db: self,
             reached: None,
             deadline: self.shared.config.statement_timeout,
             span: tracing::debug_span!("tabula.db", operation, table),
@@ -728,11 +740,8 @@ pin_project_lite::pin_project! {
     pub(crate) struct Timed<'a, F> {
         operation: &'static str,
         table: &'static str,
-        // Whether the operation runs outside any enclosing transaction (its own
-        // COMMIT, if any, is under this deadline).
-        alone: bool,
-        // Whether its statements commit one by one (no user scope's transaction).
-        autocommit: bool,
+        // The handle, asked only when the call failed (see `Db::alone`).
+        db: &'a Db,
         // Set by `work` once it holds a connection (none: not tracked).
         reached: Option<&'a AtomicBool>,
         deadline: Duration,
@@ -788,7 +797,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
             std::task::Poll::Ready(Err(e))
                 if e.sqlstate() == Some(crate::error::QUERY_CANCELED) =>
             {
-                match *this.autocommit && OPAQUE.contains(&operation) {
+                match this.db.autocommit() && OPAQUE.contains(&operation) {
                     true => Err(Error::OutcomeUnknown { operation, table }),
                     false => Err(Error::Timeout {
                         operation,
@@ -798,7 +807,9 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
             }
             // The connection closed before the answer: a write alone may have been
             // committed by the server all the same.
-            std::task::Poll::Ready(Err(Error::Connection(_))) if may_write && *this.autocommit => {
+            std::task::Poll::Ready(Err(Error::Connection(_)))
+                if may_write && this.db.autocommit() =>
+            {
                 Err(Error::OutcomeUnknown { operation, table })
             }
             std::task::Poll::Ready(result) => result,
@@ -811,7 +822,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
                 // Inside a transaction the statement's loss dooms the transaction:
                 // nothing it did is kept.
                 let sent = this.reached.is_none_or(|r| r.load(Ordering::Acquire));
-                match may_write && sent && *this.alone {
+                match may_write && sent && this.db.alone() {
                     false => Err(Error::Timeout {
                         operation,
                         after: deadline,
