@@ -90,7 +90,7 @@ impl TxHandle {
     pub(crate) fn new(conn: Pooled, scope: Option<Arc<crate::auth::Scope>>) -> TxHandle {
         let shared = TxShared {
             pending: std::sync::Mutex::new(Some(Pending::default())),
-            canceller: Some(conn.statement_canceller()),
+            canceller: conn.stopper(),
             ..TxShared::default()
         };
         TxHandle {
@@ -273,7 +273,7 @@ impl Db {
     /// transaction of its own whose COMMIT is under the call's deadline — either way
     /// a lost answer may have committed. (Inside a transaction, a lost answer dooms it.)
     fn alone(&self) -> bool {
-        self.tx.is_none() && super::scope::current_scoped_tx().is_none()
+        self.tx.is_none() && super::scope::current_scoped_tx(self).is_none()
     }
 
     /// Whether a call of this handle commits statement by statement (outside any
@@ -283,8 +283,21 @@ impl Db {
     }
 }
 
+/// How far a call got, for telling what a deadline that cut it means.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// Set once the call holds a connection (before that, nothing was sent).
+    pub(crate) held: AtomicBool,
+    /// Set when a user scope's one-shot transaction sends its COMMIT (before that,
+    /// closing the connection rolls everything back).
+    pub(crate) committing: AtomicBool,
+}
+
 /// Whether a handle's scope is the one its transaction began with.
-fn same_scope(handle: Option<&crate::auth::Scope>, tx: Option<&crate::auth::Scope>) -> bool {
+pub(crate) fn same_scope(
+    handle: Option<&crate::auth::Scope>,
+    tx: Option<&crate::auth::Scope>,
+) -> bool {
     match (handle, tx) {
         (None, None) => true,
         (Some(a), Some(b)) => std::ptr::eq(a, b) || a.parts() == b.parts(),
@@ -403,7 +416,7 @@ impl Db {
     fn current_tx(&self) -> Option<TxHandle> {
         match (&self.tx, &self.scope) {
             (Some(tx), _) => Some(tx.clone()),
-            (None, Some(_)) => super::scope::current_scoped_tx(),
+            (None, Some(_)) => super::scope::current_scoped_tx(self),
             (None, None) => None,
         }
     }
@@ -456,18 +469,16 @@ impl Db {
     /// large as the deepest one. The reads' small state machines take
     /// [`Db::timed_inline`] instead, which allocates nothing.
     ///
-    /// `work` sets `reached` once it holds a connection: a deadline that passes before
-    /// then sent nothing, and is a plain [`Error::Timeout`] even for a write.
+    /// `progress` says how far the call got, so a deadline tells a write that may
+    /// have landed from one that cannot have (see [`Progress`]).
     pub(crate) fn timed<'a, T: 'a>(
         &'a self,
         operation: &'static str,
         table: &'static str,
-        reached: &'a AtomicBool,
+        progress: &'a Progress,
         work: impl Future<Output = Result<T>> + 'a,
     ) -> impl Future<Output = Result<T>> + 'a {
-        let mut timed = self.timed_inline(operation, table, Box::pin(work));
-        timed.reached = Some(reached);
-        timed
+        self.timed_with(operation, table, Some(progress), Box::pin(work))
     }
 
     /// [`Db::timed`] without boxing `work` (a user scope's transaction around it is
@@ -483,17 +494,28 @@ impl Db {
         table: &'static str,
         work: impl Future<Output = Result<T>> + 'a,
     ) -> Timed<'a, impl Future<Output = Result<T>> + 'a> {
+        self.timed_with(operation, table, None, work)
+    }
+
+    #[inline(always)]
+    fn timed_with<'a, T: 'a>(
+        &'a self,
+        operation: &'static str,
+        table: &'static str,
+        progress: Option<&'a Progress>,
+        work: impl Future<Output = Result<T>> + 'a,
+    ) -> Timed<'a, impl Future<Output = Result<T>> + 'a> {
         Timed {
             operation,
             table,
             db: self,
-            reached: None,
+            progress,
             deadline: self.shared.config.statement_timeout,
             span: tracing::debug_span!("tabula.db", operation, table),
             // Armed on the first poll: a future may be built outside a runtime, and
             // its deadline counts from when it starts.
             expires: Expires::Idle,
-            work: self.route(operation, work),
+            work: self.route(operation, progress, work),
         }
     }
 
@@ -503,17 +525,18 @@ impl Db {
     fn route<'a, T: 'a, F: Future<Output = Result<T>> + 'a>(
         &'a self,
         operation: &'static str,
+        progress: Option<&'a Progress>,
         work: F,
     ) -> Either<std::pin::Pin<Box<impl Future<Output = Result<T>> + 'a>>, F> {
         let Some(scope) = &self.scope else {
             return Either::Right(work);
         };
         crate::cache::memo::note_scoped();
-        if self.tx.is_some() || super::scope::current_scoped_tx().is_some() {
+        if self.tx.is_some() || super::scope::current_scoped_tx(self).is_some() {
             return Either::Right(work);
         }
         let read = READS.contains(&operation);
-        Either::Left(Box::pin(self.in_scope(scope, read, work)))
+        Either::Left(Box::pin(self.in_scope(scope, read, progress, work)))
     }
 
     /// Runs `work` in a transaction of its own that switched to the scope's role and
@@ -529,6 +552,7 @@ impl Db {
         &self,
         scope: &Arc<crate::auth::Scope>,
         read: bool,
+        progress: Option<&Progress>,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let mut conn = self.checkout().await?;
@@ -538,7 +562,7 @@ impl Db {
             one_shot: read,
         });
         let tx = TxHandle::new(conn, Some(scope.clone()));
-        let result = super::scope::with_scoped_tx(tx.clone(), work).await;
+        let result = super::scope::with_scoped_tx(self, tx.clone(), work).await;
         let conn = tx.take().await;
         let abandoned = tx.shared.abandoned.load(Ordering::Acquire);
         let Some(conn) = conn else {
@@ -548,11 +572,28 @@ impl Db {
                     .into(),
             ));
         };
-        let ended = self.end(conn, result.is_ok(), abandoned, &Vec::new).await;
-        match (result, ended) {
-            (Ok(value), Ok(())) => Ok(value),
-            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        let value = match result {
+            Ok(value) => value,
+            Err(e) => {
+                // Refused or failed: nothing can commit. The ROLLBACK runs in a task of
+                // its own, so the caller has the answer now, not after another round
+                // trip that the deadline might cut (and without a runtime, the
+                // connection is closed, which rolls back as well).
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let db = self.clone();
+                    runtime.spawn(async move {
+                        let _ = db.end(conn, false, abandoned, &Vec::new).await;
+                    });
+                }
+                return Err(e);
+            }
+        };
+        if let Some(progress) = progress {
+            // From here the call's own COMMIT may land whatever happens to its answer.
+            progress.committing.store(true, Ordering::Release);
         }
+        self.end(conn, true, abandoned, &Vec::new).await?;
+        Ok(value)
     }
 
     /// Runs `body` on a connection inside a span, under the statement deadline, and
@@ -563,10 +604,10 @@ impl Db {
         table: &'static str,
         body: impl AsyncFnOnce(&mut PgConn) -> Result<T>,
     ) -> Result<T> {
-        let reached = AtomicBool::new(false);
-        self.timed(operation, table, &reached, async {
+        let progress = Progress::default();
+        self.timed(operation, table, &progress, async {
             let mut conn = self.conn().await?;
-            reached.store(true, Ordering::Release);
+            progress.held.store(true, Ordering::Release);
             body(conn.get()?).await
         })
         .await
@@ -631,12 +672,12 @@ impl Db {
         body: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
     ) -> Result<T> {
         let mark = self.write_mark();
-        let reached = AtomicBool::new(false);
+        let progress = Progress::default();
         let result = self
-            .timed("raw", "-", &reached, async {
+            .timed("raw", "-", &progress, async {
                 let tx = self.current_tx();
                 let mut conn = self.conn().await?;
-                reached.store(true, Ordering::Release);
+                progress.held.store(true, Ordering::Release);
                 let pg = conn.get()?;
                 pg.flush_setup().await?;
                 pg.in_flight = true;
@@ -742,8 +783,8 @@ pin_project_lite::pin_project! {
         table: &'static str,
         // The handle, asked only when the call failed (see `Db::alone`).
         db: &'a Db,
-        // Set by `work` once it holds a connection (none: not tracked).
-        reached: Option<&'a AtomicBool>,
+        // How far the call got (none: not tracked).
+        progress: Option<&'a Progress>,
         deadline: Duration,
         span: tracing::Span,
         #[pin]
@@ -821,8 +862,17 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
                 // connection.
                 // Inside a transaction the statement's loss dooms the transaction:
                 // nothing it did is kept.
-                let sent = this.reached.is_none_or(|r| r.load(Ordering::Acquire));
-                match may_write && sent && this.db.alone() {
+                let landed = may_write
+                    && this.db.alone()
+                    && this.progress.is_none_or(|p| {
+                        match this.db.autocommit() {
+                            // A statement on its own: once it holds a connection.
+                            true => p.held.load(Ordering::Acquire),
+                            // A user scope's one-shot transaction: once its COMMIT went out.
+                            false => p.committing.load(Ordering::Acquire),
+                        }
+                    });
+                match landed {
                     false => Err(Error::Timeout {
                         operation,
                         after: deadline,

@@ -11,16 +11,33 @@ use crate::auth::Scope;
 use crate::error::Result;
 
 tokio::task_local! {
-    static SCOPED_TX: TxHandle;
+    /// The one-shot scoped transaction this task runs in, with the handle's database
+    /// (the address of its shared state) it belongs to.
+    static SCOPED_TX: (usize, TxHandle);
 }
 
-/// The scoped transaction this task is running in, if any.
-pub(crate) fn current_scoped_tx() -> Option<TxHandle> {
-    SCOPED_TX.try_with(Clone::clone).ok()
+/// The scoped one-shot transaction this task is running in for `db`: opened by a
+/// handle of the same database with the same scope. Another database's (or another
+/// scope's) call running in the same task is none of this handle's business — a
+/// statement of `db` must not run on its connection.
+pub(crate) fn current_scoped_tx(db: &Db) -> Option<TxHandle> {
+    let owner = Arc::as_ptr(&db.shared) as usize;
+    SCOPED_TX
+        .try_with(|(of, tx)| {
+            (*of == owner && super::conn::same_scope(db.scope.as_deref(), tx.scope.as_deref()))
+                .then(|| tx.clone())
+        })
+        .ok()
+        .flatten()
 }
 
-pub(crate) async fn with_scoped_tx<T>(state: TxHandle, work: impl Future<Output = T>) -> T {
-    SCOPED_TX.scope(state, work).await
+pub(crate) async fn with_scoped_tx<T>(
+    db: &Db,
+    state: TxHandle,
+    work: impl Future<Output = T>,
+) -> T {
+    let owner = Arc::as_ptr(&db.shared) as usize;
+    SCOPED_TX.scope((owner, state), work).await
 }
 
 impl Db {

@@ -73,6 +73,9 @@ pub(crate) struct PgConn {
     /// The task that drives the connection's socket: aborted, it closes the socket
     /// whoever holds the connection (see [`StatementCanceller::stop`]).
     driver: tokio::task::AbortHandle,
+    /// Set when the connection's place in the pool was given back (see
+    /// `slots::SharedPlace`).
+    pub(crate) freed: Arc<std::sync::atomic::AtomicBool>,
     /// How a cancel request reaches the server: as the connection did.
     tls: Connector,
     statements: HashMap<String, Statement, TextHash>,
@@ -791,6 +794,7 @@ pub(crate) struct StatementCanceller {
     token: CancelToken,
     tls: Connector,
     driver: tokio::task::AbortHandle,
+    place: slots::SharedPlace,
 }
 
 impl StatementCanceller {
@@ -804,7 +808,7 @@ impl StatementCanceller {
             crate::tls::copy(&self.tls),
             self.canceller.limit,
         );
-        let driver = self.driver.clone();
+        let (driver, place) = (self.driver.clone(), self.place.clone());
         self.canceller.runtime.spawn(async move {
             match tokio::time::timeout(limit, token.cancel_query(tls)).await {
                 Ok(Ok(())) => {}
@@ -814,18 +818,22 @@ impl StatementCanceller {
             // A backend waiting on a lock notices a closed socket only when its
             // statement ends: cancelled first, then closed.
             driver.abort();
+            // The connection is dead whoever still holds it: its place is the next
+            // caller's.
+            place.give_back();
         });
     }
 }
 
 impl PgConn {
-    /// A [`StatementCanceller`] for this connection.
-    pub(crate) fn statement_canceller(&self) -> StatementCanceller {
+    /// A [`StatementCanceller`] for this connection, which holds `place`.
+    pub(crate) fn statement_canceller(&self, place: slots::SharedPlace) -> StatementCanceller {
         StatementCanceller {
             canceller: self.canceller.clone(),
             token: self.cancel.clone(),
             tls: crate::tls::copy(&self.tls),
             driver: self.driver.clone(),
+            place,
         }
     }
 }
@@ -942,6 +950,7 @@ impl PgManager {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
             driver,
+            freed: Arc::default(),
             canceller: Canceller {
                 runtime: tokio::runtime::Handle::current(),
                 limit: deadline,

@@ -272,6 +272,11 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let pool = &self.pool;
         if let Some(mut conn) = self.conn.take() {
+            if conn.freed.swap(true, Ordering::AcqRel) {
+                // Its place was given back when its socket was closed from outside
+                // (see `SharedPlace`): the connection is dead, and counted no more.
+                return;
+            }
             if conn.unread() {
                 // Its statement is cancelled on the server, and the socket stays open
                 // until the cancel request went out: the connection keeps its place in
@@ -283,7 +288,11 @@ impl Drop for Pooled {
             let reusable = conn.release() && !pool.expired(self.born, now, now);
             match pool.idle.lock() {
                 Ok(mut idle) if reusable => idle.push(Idle {
-                    conn,
+                    conn: {
+                        // Its place is its own again for the next checkout.
+                        conn.freed.store(false, Ordering::Release);
+                        conn
+                    },
                     born: self.born,
                     since: now,
                 }),
@@ -301,6 +310,40 @@ impl Drop for Pooled {
 
 /// A closing connection's place in the pool, given back when dropped.
 pub(crate) struct Place(Arc<Inner>);
+
+/// A connection's place in the pool as a transaction that may be abandoned sees it:
+/// given back once, by whichever comes first — the connection's own return (see
+/// [`Pooled`]'s drop) or [`StatementCanceller::stop`](super::StatementCanceller::stop)
+/// once it closed the socket of a connection something else still holds (a dead
+/// stream kept by an idle task must not keep the place from the next caller).
+#[derive(Clone)]
+pub(crate) struct SharedPlace {
+    pool: Arc<Inner>,
+    freed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SharedPlace {
+    /// Gives the place back, unless it was already.
+    pub(crate) fn give_back(&self) {
+        if !self.freed.swap(true, Ordering::AcqRel) {
+            self.pool.open.fetch_sub(1, Ordering::AcqRel);
+            self.pool.permits.add_permits(1);
+        }
+    }
+}
+
+impl Pooled {
+    /// What ends this connection, and gives its place back, from outside (see
+    /// [`super::StatementCanceller`]).
+    pub(crate) fn stopper(&self) -> Option<super::StatementCanceller> {
+        let conn = self.conn.as_ref()?;
+        let place = SharedPlace {
+            pool: self.pool.clone(),
+            freed: conn.freed.clone(),
+        };
+        Some(conn.statement_canceller(place))
+    }
+}
 
 impl Drop for Place {
     fn drop(&mut self) {
