@@ -873,3 +873,33 @@ async fn an_autocommit_write_whose_answer_is_lost_is_outcome_unknown() {
     assert_eq!(avatar_in_db(&url, p.id).await.as_deref(), Some("landed"));
     assert!(matches!(r, Err(Error::OutcomeUnknown { .. })), "{r:?}");
 }
+
+/// Found by reading while fixing the round's third defect: the one-shot scoped
+/// transaction a task runs in was found by any user-scoped handle, whatever its
+/// database. Inside `db1.as_user(u).with_client(..)`, `db2.as_user(u).read(..)` took
+/// db1's transaction — another database's connection — and was refused as `Misuse`
+/// (that connection was held by the body); it now reads db2 on a call of its own.
+#[tokio::test]
+async fn a_scoped_read_of_another_database_inside_a_scoped_call_reads_its_own_database() {
+    let (db1, _) = db_and_url().await;
+    let (db2, _) = db_and_url().await;
+    let user = uuid::Uuid::new_v4();
+    let theirs = db2
+        .create(common::NewProfile {
+            user_id: user,
+            username: uniq("db2-only"),
+            avatar_url: None,
+        })
+        .await
+        .expect("seed db2");
+    let (inner, outer) = (db2.as_user(user), db1.as_user(user));
+    let found = outer
+        .with_client(async move |_c| inner.read::<Profile>(theirs.id).await)
+        .await
+        .expect("both calls succeed");
+    assert_eq!(
+        found.map(|p| p.username),
+        Some(theirs.username),
+        "the read ran on the other database's connection"
+    );
+}
