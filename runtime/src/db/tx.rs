@@ -141,7 +141,14 @@ impl Db {
         F: FnMut(Db) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        if let Some(tx) = &self.tx {
+        // Inside a user scope's one-shot call of this handle (a scoped `with_client`
+        // body), the call's transaction is this one's enclosing transaction.
+        let enclosing = match &self.tx {
+            Some(tx) => Some(tx.clone()),
+            None if self.scope.is_some() => super::scope::current_scoped_tx(self),
+            None => None,
+        };
+        if let Some(tx) = &enclosing {
             // A handle whose savepoint ended opens nothing, in a later savepoint either.
             tx.check_depth()?;
             // Numbered before its handle exists: the handle belongs to this savepoint

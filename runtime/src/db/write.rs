@@ -372,8 +372,15 @@ impl Db {
                 // The task records the position; a caller that stops waiting first
                 // leaves the next read to ask for it (see `db/replica.rs`).
                 let mark = self.write_mark();
+                // A task does not inherit task-locals: the user scope's one-shot
+                // transaction this call runs in (a scoped `with_client` body's) goes
+                // with it, or the write would run beside it, outside its ROLLBACK.
+                let enclosing = super::scope::current_scoped_tx(self);
                 let result = super::tx::join_task(tokio::spawn(async move {
-                    let result = work.await;
+                    let result = match enclosing {
+                        Some(tx) => super::scope::with_scoped_tx(&db, tx, work).await,
+                        None => work.await,
+                    };
                     // Before the invalidation: a reader that misses after it reads
                     // at least this far (see `db/replica.rs`).
                     db.note_write(None).await;
