@@ -749,6 +749,15 @@ impl Db {
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
     }
+
+    /// Whether this handle's statements would run in a transaction that is not theirs
+    /// to end: its own, or — for a user-scoped handle inside its own call's
+    /// `with_client` body — that call's one-shot transaction (found through a
+    /// task-local, so this is asked on the caller's task, before any spawn).
+    #[cfg(feature = "storage")]
+    pub(crate) fn in_enclosing_transaction(&self) -> bool {
+        self.tx.is_some() || scope::current_scoped_tx(self).is_some()
+    }
 }
 
 #[cfg(test)]

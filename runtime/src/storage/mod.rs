@@ -337,11 +337,15 @@ impl StorageService {
     /// Storage writes run their own transactions, which move bytes when they commit: a
     /// service over a transaction handle would move them at a savepoint that the outer
     /// transaction may still roll back.
+    ///
+    /// Asked on the caller's task before any work is spawned: a user-scoped call's
+    /// transaction is found through a task-local a spawned task does not see.
     fn own_transactions(&self) -> Result<()> {
-        match self.db.in_transaction() {
+        match self.db.in_enclosing_transaction() {
             true => Err(Error::Misuse(
                 "storage writes run their own transactions: use a handle outside a \
-                 transaction (StorageService::through a transaction handle cannot write)"
+                 transaction and outside its own `with_client` body (StorageService::through \
+                 a transaction handle cannot write)"
                     .into(),
             )),
             false => Ok(()),

@@ -17,6 +17,7 @@ impl StorageService {
     /// leave a row whose bytes were deleted.
     #[tracing::instrument(name = "tabula.storage.delete_files", skip_all, fields(bucket = bucket))]
     pub async fn delete_files(&self, bucket: &str, paths: &[&str]) -> Result<u64> {
+        self.own_transactions()?;
         let this = self.clone();
         let bucket = bucket.to_owned();
         let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
@@ -91,6 +92,7 @@ impl StorageService {
         to: &str,
         remove: bool,
     ) -> Result<()> {
+        self.own_transactions()?;
         let this = self.clone();
         let (bucket, from, to) = (bucket.to_owned(), from.to_owned(), to.to_owned());
         crate::db::join_task(tokio::spawn(async move {
