@@ -266,6 +266,12 @@ async fn defect_a_scoped_create_refused_by_a_unique_violation_is_outcome_unknown
     );
     let took = started.elapsed();
     let r = r.expect("the deadline ends the call");
+    // The ROLLBACK now goes out in the background after the answer: wait for the
+    // proxy to have eaten it (the attack's own precondition).
+    let waited = std::time::Instant::now();
+    while proxy.eaten.load(Ordering::SeqCst) == 0 && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         proxy.eaten.load(Ordering::SeqCst) >= 1,
         "the ROLLBACK was sent and lost ({r:?})"

@@ -125,7 +125,9 @@ impl super::Db {
     /// own copies, when the table's policies allow caching them (see `db/policy.rs`).
     async fn row_cache<M: crate::Table>(&self) -> Option<(CacheService, RowCache)> {
         let ttl = M::META.cache_ttl?;
-        if self.tx.is_some() {
+        // Inside a transaction — its own, or a user scope's one-shot call this handle
+        // runs in (its `with_client` body) — a read must see the transaction's writes.
+        if self.tx.is_some() || super::scope::current_scoped_tx(self).is_some() {
             return None;
         }
         let cache = self.shared.cache.clone()?;

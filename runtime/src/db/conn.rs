@@ -592,7 +592,19 @@ impl Db {
             // From here the call's own COMMIT may land whatever happens to its answer.
             progress.committing.store(true, Ordering::Release);
         }
-        self.end(conn, true, abandoned, &Vec::new).await?;
+        let ended = self
+            .end(conn, true, abandoned, &|| tx.pending_so_far())
+            .await;
+        // What was recorded for after COMMIT (an invalidation asked for inside the
+        // call's `with_client` body), once COMMIT came back.
+        let pending = tx.finish_pending();
+        if matches!(&ended, Ok(()) | Err(Error::CommitOutcomeUnknown)) {
+            self.apply_invalidation(&pending.writes).await;
+            for tag in &pending.tags {
+                self.drop_tag(tag).await;
+            }
+        }
+        ended?;
         Ok(value)
     }
 

@@ -64,6 +64,7 @@ use crate::pool::{PgManager, Pool};
 pub(crate) use conn::{Conn, TxHandle, grace, read_on_conn};
 pub use replica::ConsistencyToken;
 pub(crate) use replica::Route;
+pub(crate) use scope::current_scoped_tx;
 pub use tx::Isolation;
 #[cfg(feature = "storage")]
 pub(crate) use tx::join_task;

@@ -218,7 +218,13 @@ impl Db {
     /// An invalidation asked for by hand: inside a transaction after COMMIT, as the
     /// transaction's own writes; otherwise now.
     async fn invalidate_now_or_at_commit(&self, write: Invalidation) {
-        match &self.tx {
+        // A user scope's one-shot call this handle runs in (its `with_client` body)
+        // commits later, as a transaction does.
+        let enclosing = self
+            .tx
+            .clone()
+            .or_else(|| super::scope::current_scoped_tx(self));
+        match &enclosing {
             Some(tx) => {
                 if let super::conn::Recorded::Late(write) = tx.record(write) {
                     self.apply_invalidation(&[write]).await;
@@ -413,7 +419,11 @@ impl Db {
     pub async fn invalidate_tag(&self, tag: &str) {
         // Inside a transaction: after COMMIT, as the transaction's own writes (a reader
         // before then would cache what COMMIT is about to change).
-        if let Some(tx) = &self.tx
+        let enclosing = self
+            .tx
+            .clone()
+            .or_else(|| super::scope::current_scoped_tx(self));
+        if let Some(tx) = &enclosing
             && let super::conn::Recorded::Kept = tx.record_tag(tag)
         {
             return;

@@ -77,9 +77,12 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
         }
         let db = &self.query.db;
         let locking = self.query.lock.is_some();
+        // Inside a user scope's one-shot call of this handle (its `with_client` body),
+        // as inside a transaction: the call's own writes must be seen.
+        let enclosed = crate::db::current_scoped_tx(db).is_some();
         let cache = match (&db.shared.cache, &db.tx) {
             // A locking read is about the rows as they are now: never from a cache.
-            (Some(cache), None) if !locking => cache.clone(),
+            (Some(cache), None) if !locking && !enclosed => cache.clone(),
             _ => return fetch().await,
         };
         let meta = M::META;
