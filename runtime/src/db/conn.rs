@@ -66,7 +66,7 @@ pub(crate) struct TxShared {
     pub(crate) pending: std::sync::Mutex<Option<Pending>>,
     /// Ends the transaction's connection when the transaction is abandoned while
     /// another holder (a clone's statement, a stream, a raw body) has it.
-    pub(crate) canceller: Option<crate::pool::StatementCanceller>,
+    pub(crate) canceller: Option<Arc<crate::pool::StatementCanceller>>,
     /// Woken when a stream or a raw body takes the connection (see
     /// [`TxHandle::take`]).
     pub(crate) held: tokio::sync::Notify,

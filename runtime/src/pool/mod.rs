@@ -76,6 +76,9 @@ pub(crate) struct PgConn {
     /// Set when the connection's place in the pool was given back (see
     /// `slots::SharedPlace`).
     pub(crate) freed: Arc<std::sync::atomic::AtomicBool>,
+    /// This connection's [`StatementCanceller`], built on first need (see
+    /// `Pooled::stopper`).
+    pub(crate) stopper: std::sync::OnceLock<Arc<StatementCanceller>>,
     /// How a cancel request reaches the server: as the connection did.
     tls: Connector,
     statements: HashMap<String, Statement, TextHash>,
@@ -951,6 +954,7 @@ impl PgManager {
             cancel: client.cancel_token(),
             driver,
             freed: Arc::default(),
+            stopper: std::sync::OnceLock::new(),
             canceller: Canceller {
                 runtime: tokio::runtime::Handle::current(),
                 limit: deadline,

@@ -318,16 +318,20 @@ pub(crate) struct Place(Arc<Inner>);
 /// stream kept by an idle task must not keep the place from the next caller).
 #[derive(Clone)]
 pub(crate) struct SharedPlace {
-    pool: Arc<Inner>,
+    // Weak: the connection that keeps this (in its `stopper`) may sit in the pool's
+    // own idle stack, and a strong reference would keep the pool alive for ever.
+    pool: Weak<Inner>,
     freed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SharedPlace {
     /// Gives the place back, unless it was already.
     pub(crate) fn give_back(&self) {
-        if !self.freed.swap(true, Ordering::AcqRel) {
-            self.pool.open.fetch_sub(1, Ordering::AcqRel);
-            self.pool.permits.add_permits(1);
+        if !self.freed.swap(true, Ordering::AcqRel)
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.open.fetch_sub(1, Ordering::AcqRel);
+            pool.permits.add_permits(1);
         }
     }
 }
@@ -335,13 +339,19 @@ impl SharedPlace {
 impl Pooled {
     /// What ends this connection, and gives its place back, from outside (see
     /// [`super::StatementCanceller`]).
-    pub(crate) fn stopper(&self) -> Option<super::StatementCanceller> {
+    ///
+    /// Built once per connection and shared: every transaction and every user-scoped
+    /// call asks for it, and building it clones the cancel token (its host name).
+    pub(crate) fn stopper(&self) -> Option<Arc<super::StatementCanceller>> {
         let conn = self.conn.as_ref()?;
-        let place = SharedPlace {
-            pool: self.pool.clone(),
-            freed: conn.freed.clone(),
-        };
-        Some(conn.statement_canceller(place))
+        let stopper = conn.stopper.get_or_init(|| {
+            let place = SharedPlace {
+                pool: Arc::downgrade(&self.pool),
+                freed: conn.freed.clone(),
+            };
+            Arc::new(conn.statement_canceller(place))
+        });
+        Some(stopper.clone())
     }
 }
 
