@@ -598,8 +598,12 @@ impl Db {
         // What was recorded for after COMMIT (an invalidation asked for inside the
         // call's `with_client` body), once COMMIT came back.
         let pending = tx.finish_pending();
+        // Nothing recorded (every call but a hand-made invalidation inside the call's
+        // `with_client` body): no cache is asked.
         if matches!(&ended, Ok(()) | Err(Error::CommitOutcomeUnknown)) {
-            self.apply_invalidation(&pending.writes).await;
+            if !pending.writes.is_empty() {
+                self.apply_invalidation(&pending.writes).await;
+            }
             for tag in &pending.tags {
                 self.drop_tag(tag).await;
             }
