@@ -252,6 +252,13 @@ impl Error {
         }
     }
 
+    /// A prepared statement that a schema change made stale ("cached plan must not
+    /// change result type", 0A000) or that the server no longer has (26000): it is
+    /// prepared again by its next use, so running it again succeeds.
+    pub(crate) fn is_stale_statement(&self) -> bool {
+        matches!(self, Error::Database { sqlstate, .. } if sqlstate == "0A000" || sqlstate == "26000")
+    }
+
     /// A serialization failure or deadlock, which a transaction retry may resolve.
     pub(crate) fn is_retryable_conflict(&self) -> bool {
         matches!(

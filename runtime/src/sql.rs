@@ -179,7 +179,33 @@ fn marker(i: usize) -> Expr {
 
 /// A value owned by a statement under construction; shared, so a filter can be
 /// rendered more than once (a page query and its count) without copying values.
-pub(crate) type OwnedParam = std::sync::Arc<dyn ToSql + Sync + Send>;
+pub(crate) type OwnedParam = std::sync::Arc<dyn SqlValue>;
+
+/// A value a query binds, with its identity in the query cache: two values of one
+/// column type with the same identity are the same value to PostgreSQL. Every column
+/// type has one — its cache encoding; for a [`CustomColumn`](crate::CustomColumn), the
+/// encoding of the value as stored, so the type's own `Debug` (which may redact)
+/// plays no part.
+#[doc(hidden)]
+pub trait SqlValue: ToSql + Sync + Send {
+    /// Appends this value's identity to `out`.
+    fn identity(&self, out: &mut Vec<u8>);
+}
+
+impl<T: crate::ColumnType> SqlValue for T {
+    fn identity(&self, out: &mut Vec<u8>) {
+        crate::table::CacheCodec::encode(self, out);
+    }
+}
+
+/// A JSON document bound as `jsonb` (`#[table(json)]` fields, in every build).
+impl SqlValue for crate::types::Json<serde_json::Value> {
+    fn identity(&self, out: &mut Vec<u8>) {
+        let text = self.0.to_string();
+        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+}
 
 /// A list of values bound as ONE array parameter (`col = ANY($1)`), whatever its length:
 /// the SQL text does not depend on the length, and no list can exceed the 65,535
@@ -203,6 +229,19 @@ impl ParamList {
 
     pub(crate) fn from_params(values: Vec<OwnedParam>) -> OwnedParam {
         std::sync::Arc::new(ParamList(values))
+    }
+}
+
+impl SqlValue for ParamList {
+    fn identity(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        for value in &self.0 {
+            let at = out.len();
+            out.extend_from_slice(&[0; 8]);
+            value.identity(out);
+            let len = (out.len() - at - 8) as u64;
+            out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+        }
     }
 }
 
@@ -325,15 +364,30 @@ impl Bound<'_> {
         Ok(self)
     }
 
-    /// SHA-256 of the SQL and the values (by their `Debug` form, which is unambiguous
-    /// for every column type): the identity of a query in the query cache.
+    /// SHA-256 of the SQL and the values' identities (see [`SqlValue`]; never a
+    /// value's `Debug`, which a custom column type may write as it likes): the identity
+    /// of a query in the query cache. A value borrowed from the caller (only writes
+    /// bind those, and no write is cached) counts by its `Debug`.
     pub(crate) fn fingerprint(&self) -> String {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
         hash.update(self.sql.as_bytes());
-        for param in self.params() {
-            hash.update([0u8]);
-            hash.update(format!("{param:?}").as_bytes());
+        let mut identity = Vec::new();
+        for o in &self.order {
+            let (Order::Mine(i) | Order::Theirs(i)) = o;
+            identity.clear();
+            match &self.slots[*i] {
+                Slot::Owned(value) => {
+                    identity.push(1);
+                    value.identity(&mut identity);
+                }
+                Slot::Borrowed(value) => {
+                    identity.push(2);
+                    identity.extend_from_slice(format!("{value:?}").as_bytes());
+                }
+            }
+            hash.update((identity.len() as u64).to_le_bytes());
+            hash.update(&identity);
         }
         hash.finalize()
             .iter()
@@ -352,7 +406,7 @@ impl Bound<'_> {
                 };
                 match &self.slots[i] {
                     Slot::Borrowed(p) => *p,
-                    Slot::Owned(b) => &**b as Param<'_>,
+                    Slot::Owned(b) => &**b as &(dyn ToSql + Sync) as Param<'_>,
                 }
             })
             .collect()

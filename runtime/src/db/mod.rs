@@ -677,8 +677,21 @@ impl Db {
         // without a cache: a write through this handle must still reach the caches
         // other handles of the process keep over the same database.
         let identity = first.identity().await?;
+        // A bare table name means another table to sessions whose search paths differ
+        // (tenants in schemas of their own, `DbConfig::after_connect` setting each
+        // one's): their entries keep apart, in a namespace per search path. A write is
+        // still told to every cache of the process over the database (by `identity`).
+        let namespace = match first.name_resolution().await? {
+            None => identity.clone(),
+            Some(schemas) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(schemas.as_bytes());
+                let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                format!("{identity}s{hex}")
+            }
+        };
         let cache = config.cache.as_ref().map(|cache| {
-            let bound = cache.bound(&identity);
+            let bound = cache.bound(&namespace);
             crate::cache::register_for_database(&identity, &bound);
             bound
         });

@@ -161,10 +161,18 @@ impl Db {
         // Dropped before it returns, the transaction may have committed (see
         // `db/replica.rs`); its COMMIT records the position otherwise.
         let mark = self.write_mark();
+        let mut restated = false;
         let outcome = loop {
             attempt += 1;
             let outcome = Box::pin(self.run_transaction_once(isolation, &mut body)).await;
             match outcome {
+                // A statement a schema change made stale doomed this attempt; it is
+                // prepared again by its next use (`PgConn::forget_stale_plan`), so one
+                // more attempt, at once, does not meet it again.
+                Err(e) if e.is_stale_statement() && !restated => {
+                    restated = true;
+                    tracing::debug!(error = %e, "transaction run again after a stale statement");
+                }
                 Err(e) if e.is_retryable_conflict() => {
                     if attempt >= attempts {
                         break Err(Error::Conflict {

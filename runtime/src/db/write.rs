@@ -54,7 +54,17 @@ pub(crate) fn names<M: Table>(keys: &[M::Key]) -> Vec<String> {
 #[derive(Debug, Default)]
 pub(crate) struct Cascades {
     dependents: HashMap<String, Vec<String>>,
+    /// The other names of each table the search path finds by its bare name: `name`
+    /// for `schema.name` and `schema.name` for `name`. Two models may give one table
+    /// both, and their cache entries go by the name each gives.
+    aliases: HashMap<String, String>,
 }
+
+/// The tables the search path finds by their bare names (see [`Cascades::aliases`]).
+const VISIBLE_TABLES: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND pg_table_is_visible(c.oid) \
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 const FOREIGN_KEY_ACTIONS: &str = "SELECT rn.nspname::text, r.relname::text, cn.nspname::text, c.relname::text, \
      to_regclass(quote_ident(r.relname)) IS NOT DISTINCT FROM r.oid, \
@@ -86,7 +96,26 @@ impl Cascades {
             }
             dependents.insert((*parent).to_owned(), seen);
         }
-        Cascades { dependents }
+        Cascades {
+            dependents,
+            aliases: HashMap::new(),
+        }
+    }
+
+    /// Every name a model may give `table` (itself first): with and without its
+    /// schema when the search path finds it by its bare name — and for a table in
+    /// `public`, both whatever the catalog said (see [`super::policy::spellings`]).
+    pub(crate) fn names_of(&self, table: &str) -> Vec<String> {
+        let mut names = vec![table.to_owned()];
+        if let Some(other) = self.aliases.get(table) {
+            names.push(other.clone());
+        }
+        if let Some(bare) = table.strip_prefix("public.")
+            && !names.iter().any(|n| n == bare)
+        {
+            names.push(bare.to_owned());
+        }
+        names
     }
 
     /// The tables a write to `table` can change through foreign keys (itself, too, when
@@ -124,7 +153,14 @@ impl Db {
                         }
                     }
                 }
-                Ok(Cascades::from_edges(edges))
+                let mut cascades = Cascades::from_edges(edges);
+                for row in conn.query(VISIBLE_TABLES, &[]).await? {
+                    let (schema, name): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                    let qualified = format!("{schema}.{name}");
+                    cascades.aliases.insert(name.clone(), qualified.clone());
+                    cascades.aliases.insert(qualified, name);
+                }
+                Ok(cascades)
             })
             .await;
         match loaded {
@@ -247,26 +283,30 @@ impl Db {
         if self.cache().is_none() && memo.is_none() && others.is_empty() {
             return;
         }
-        let cascades = match writes.iter().any(|w| w.cascades) {
-            true => self.cascades().await,
-            false => Arc::default(),
-        };
-        let touched: Vec<Touched> = writes
-            .iter()
-            .map(|w| {
-                let table = w.table.qualified_name();
-                let cascade_to = match w.cascades {
-                    true => cascades.of(&table).to_vec(),
+        // Read once per handle (and again after DDL through it): the foreign keys, and
+        // the other names of each table.
+        let catalog = self.cascades().await;
+        let mut touched: Vec<Touched> = Vec::with_capacity(writes.len());
+        for w in writes {
+            // The entries under every name a model may give the table: another
+            // model over the same table spelled otherwise caches its rows too.
+            for (i, table) in catalog
+                .names_of(&w.table.qualified_name())
+                .into_iter()
+                .enumerate()
+            {
+                let cascade_to = match w.cascades && i == 0 {
+                    true => catalog.of(&table).to_vec(),
                     false => Vec::new(),
                 };
-                Touched {
+                touched.push(Touched {
                     table,
                     keys: w.keys.clone(),
                     every_row: w.every_row,
                     cascade_to,
-                }
-            })
-            .collect();
+                });
+            }
+        }
         if let Some(cache) = self.cache() {
             cache.invalidate_writes(&touched).await;
         }

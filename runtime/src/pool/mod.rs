@@ -160,6 +160,21 @@ impl PgConn {
         ))
     }
 
+    /// How this session finds tables by their bare names: its search path's schemas,
+    /// as resolved (`current_schemas`), after the connection's own setup
+    /// (`DbConfig::after_connect`) ran. `None` for the usual `public` alone.
+    pub(crate) async fn name_resolution(&self) -> Result<Option<String>> {
+        let messages = self
+            .client
+            .simple_query("SELECT array_to_string(current_schemas(false), ',')")
+            .await?;
+        let schemas = messages.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        Ok(schemas.filter(|s| s != "public"))
+    }
+
     /// Opens a transaction with the next statement (see [`Setup`]).
     pub(crate) fn begin(&mut self, setup: Setup) {
         self.in_transaction = true;
@@ -400,17 +415,17 @@ impl PgConn {
     }
 
     /// A cached statement whose plan a schema change invalidated ("cached plan must
-    /// not change result type", 0A000) or that the server dropped (26000) is prepared
-    /// again — once, and only outside a transaction, where the failure did not abort
-    /// anything.
+    /// not change result type", 0A000) or that the server dropped (26000) is
+    /// forgotten, to be prepared again by its next use. `true` when it may be run again
+    /// at once: outside a transaction, where the failure aborted nothing (inside one,
+    /// the transaction is run again; see `Error::is_stale_statement`).
     fn forget_stale_plan<T>(&mut self, sql: &str, result: &Result<T>) -> bool {
-        let stale = matches!(result, Err(crate::Error::Database { sqlstate, .. }) if sqlstate == "0A000" || sqlstate == "26000");
-        if stale && !self.in_transaction {
-            self.statements.remove(sql);
-            self.types.remove(sql);
-            return true;
+        if !matches!(result, Err(e) if e.is_stale_statement()) {
+            return false;
         }
-        false
+        self.statements.remove(sql);
+        self.types.remove(sql);
+        !self.in_transaction
     }
 
     /// Runs statements without parameters (BEGIN, COMMIT, migrations) in one round trip.

@@ -171,11 +171,13 @@ pub(crate) fn shape(node: &Node, shape: &mut Vec<u64>, limit: usize) -> bool {
 }
 
 /// The values `node` binds, in the order [`render`] binds them (pre-order, left to
-/// right).
-pub(crate) fn values(node: &Node, out: &mut Vec<OwnedParam>) {
+/// right), for a template of its shape. The checks of values [`check_depth`] makes
+/// before rendering are made here too: a template skips the rendering, not them.
+pub(crate) fn values(table: &str, node: &Node, out: &mut Vec<OwnedParam>) -> Result<()> {
     let mut stack: Vec<&Node> = Vec::new();
     let mut next = Some(node);
     while let Some(node) = next.take().or_else(|| stack.pop()) {
+        check_value(table, node)?;
         match node {
             Node::Compare(_, _, value) | Node::In(_, value, _) => out.push(value.clone()),
             Node::Between(_, low, high) => out.extend([low.clone(), high.clone()]),
@@ -184,12 +186,26 @@ pub(crate) fn values(node: &Node, out: &mut Vec<OwnedParam>) {
             Node::Not(child) => stack.push(child),
         }
     }
+    Ok(())
+}
+
+/// The check of one node's own value: a LIKE pattern PostgreSQL can read (whether it
+/// would read it depends on the rows and the plan: the answer must not).
+fn check_value(table: &str, node: &Node) -> Result<()> {
+    match node {
+        Node::Compare(_, Op::Like | Op::ILike, pattern) if ends_in_escape(pattern.as_ref()) => {
+            Err(Error::Validation(format!(
+                "a LIKE pattern on `{table}` ends in its escape character `\\` \
+                 (write `\\\\` for a backslash)"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks that `node` renders at most [`MAX_FILTER_DEPTH`] levels deep, walking it with
-/// an explicit stack and stopping at the first path that is too deep — and that every
-/// LIKE pattern in it is one PostgreSQL can read (whether it would read it depends on
-/// the rows and the plan: the answer must not).
+/// an explicit stack and stopping at the first path that is too deep — and the values
+/// in it (see [`check_value`]).
 pub(crate) fn check_depth(table: &str, node: &Node) -> Result<()> {
     // Each entry: a node and the levels above it.
     let mut stack: Vec<(&Node, usize)> = vec![(node, 0)];
@@ -200,14 +216,7 @@ pub(crate) fn check_depth(table: &str, node: &Node) -> Result<()> {
                 "a filter on `{table}` nests deeper than {MAX_FILTER_DEPTH} levels"
             )));
         }
-        if let Node::Compare(_, Op::Like | Op::ILike, pattern) = node
-            && ends_in_escape(pattern.as_ref())
-        {
-            return Err(Error::Validation(format!(
-                "a LIKE pattern on `{table}` ends in its escape character `\\` \
-                 (write `\\\\` for a backslash)"
-            )));
-        }
+        check_value(table, node)?;
         match node {
             Node::Not(child) => stack.push((child, here)),
             Node::And(children) | Node::Or(children) if !children.is_empty() => {

@@ -572,8 +572,9 @@ impl<S: Tables, D: JoinDecode<S>> JoinQuery<S, D> {
             && let Some(template) = rendered.get(join, shape)
         {
             let mut values = Vec::new();
-            for (_, node) in &self.filters {
-                filter::values(node, &mut values);
+            let metas = S::metas();
+            for (table, node) in &self.filters {
+                filter::values(metas[*table].name, node, &mut values)?;
             }
             return Ok(template.bind(values, self.limit, self.offset));
         }

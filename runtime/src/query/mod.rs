@@ -633,7 +633,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         {
             let mut values = Vec::new();
             for node in &self.filters {
-                filter::values(node, &mut values);
+                filter::values(M::META.name, node, &mut values)?;
             }
             return Ok(template.bind(values, limit, offset));
         }

@@ -462,7 +462,7 @@ fn is_infinity(text: &str) -> bool {
 /// A float as `float4in` / `float8in` accept it: the special words, or a decimal
 /// that neither overflows to infinity nor underflows to zero (both are errors in
 /// PostgreSQL, while Rust rounds them silently).
-fn float_is_valid(text: &str, parse: impl Fn(&str) -> Option<f64>) -> bool {
+pub(crate) fn float_is_valid(text: &str, parse: impl Fn(&str) -> Option<f64>) -> bool {
     let word = text
         .strip_prefix(['+', '-'])
         .unwrap_or(text)

@@ -236,8 +236,8 @@ impl<T: Serialize> ToSql for JsonRef<T> {
 /// tokio-postgres's own serde_json support (feature `json`).
 pub(crate) struct Json<T>(pub(crate) T);
 
-/// The value's own `Debug`: the query cache names a query by its parameters' `Debug`
-/// forms, and a `QuerySpec` value is no more secret than any other parameter.
+/// The value's own `Debug` (a `QuerySpec` value is no more secret than any other
+/// parameter); the query cache names it by its text (see `sql::SqlValue`).
 impl<T: fmt::Debug> fmt::Debug for Json<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -56,10 +56,22 @@ pub(super) fn parse_value(
             .as_i64()
             .or_else(|| text.and_then(|t| t.trim().parse().ok()))
     };
-    let float = || {
-        value
-            .as_f64()
-            .or_else(|| text.and_then(|t| t.trim().parse().ok()))
+    // As `float4in` / `float8in` read it: out of range is refused, never rounded to
+    // infinity or zero (see `page::float_is_valid`).
+    let float = |single: bool| {
+        let parse = |t: &str| match single {
+            true => t.parse::<f32>().ok().map(f64::from),
+            false => t.parse::<f64>().ok(),
+        };
+        match text {
+            Some(t) => Some(t.trim())
+                .filter(|t| crate::query::page::float_is_valid(t, parse))
+                .and_then(parse),
+            None => value.as_f64().filter(|v| {
+                let narrowed = *v as f32;
+                !single || (narrowed.is_finite() && (narrowed != 0.0 || *v == 0.0))
+            }),
+        }
     };
     let param: OwnedParam = match column.sql_type {
         "bool" => Arc::new(
@@ -71,8 +83,8 @@ pub(super) fn parse_value(
         "int2" => Arc::new(int().and_then(|v| i16::try_from(v).ok()).ok_or_else(bad)?),
         "int4" => Arc::new(int().and_then(|v| i32::try_from(v).ok()).ok_or_else(bad)?),
         "int8" => Arc::new(int().ok_or_else(bad)?),
-        "float4" => Arc::new(float().ok_or_else(bad)? as f32),
-        "float8" => Arc::new(float().ok_or_else(bad)?),
+        "float4" => Arc::new(float(true).ok_or_else(bad)? as f32),
+        "float8" => Arc::new(float(false).ok_or_else(bad)?),
         "text" => Arc::new(text.ok_or_else(bad)?.to_owned()),
         #[cfg(feature = "uuid")]
         "uuid" => Arc::new(
