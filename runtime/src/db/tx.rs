@@ -87,7 +87,9 @@ impl Db {
     /// returns `Err`, panics or is dropped. `body` receives a `Db` bound to the
     /// transaction. On a serialization failure or deadlock the whole body is run again,
     /// with a growing pause, up to [`DbConfig::transaction_attempts`](crate::DbConfig)
-    /// times — so it should have no side effects outside the database.
+    /// times — and once more, at once, when a schema change made a prepared statement
+    /// stale (it is prepared again) — so it should have no side effects outside the
+    /// database.
     ///
     /// - **Aborted transactions are errors.** If a statement fails and the body
     ///   handles the error and returns `Ok`, PostgreSQL has already aborted the
