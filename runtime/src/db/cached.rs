@@ -156,7 +156,17 @@ impl super::Db {
     /// directly (its writes still invalidate). Asked once per table and connection
     /// configuration (again after DDL through the handle); an error answers no, this
     /// time.
+    ///
+    /// Nor may a handle whose sessions find tables along a search path of their own
+    /// (tenants in schemas of their own, each handle's `DbConfig::after_connect`
+    /// setting its `search_path`) share entries of a model that names its table
+    /// without a schema: the name may mean another table to it than to other
+    /// handles — or, once a schema is created, than it meant before. Give such a
+    /// model its schema (`#[table(schema = "…")]`) to cache it.
     pub(crate) async fn shared_reads_allowed(&self, meta: &'static crate::TableMeta) -> bool {
+        if !self.names_as_others(meta) {
+            return false;
+        }
         // Keyed by the metadata's address (a `static` per model): no allocation on the
         // read path, which asks on every cached read.
         let id = std::ptr::from_ref(meta) as usize;
@@ -185,6 +195,13 @@ impl super::Db {
             }
             Err(_) => false,
         }
+    }
+
+    /// Whether `meta`'s name means to this handle what it means to every handle on
+    /// the database: it carries its schema, or the handle's search path is the
+    /// server's or the database's (see `Db::shared_reads_allowed`).
+    pub(crate) fn names_as_others(&self, meta: &crate::TableMeta) -> bool {
+        meta.schema.is_some() || !self.shared.own_search_path
     }
 
     /// When this hit is in the staleness check's sample: reads the row again from the

@@ -583,6 +583,9 @@ pub(crate) struct Shared {
     pub(crate) cache: Option<CacheService>,
     /// The database's identity (see `PgConn::identity`).
     pub(crate) identity: String,
+    /// Whether this handle's sessions find tables along a search path of their own
+    /// (see `Db::shared_reads_allowed`).
+    pub(crate) own_search_path: bool,
     /// Which tables a write to a table can change through foreign-key actions; read
     /// from the catalog on first need, forgotten after DDL through this handle.
     pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
@@ -677,21 +680,11 @@ impl Db {
         // without a cache: a write through this handle must still reach the caches
         // other handles of the process keep over the same database.
         let identity = first.identity().await?;
-        // A bare table name means another table to sessions whose search paths differ
-        // (tenants in schemas of their own, `DbConfig::after_connect` setting each
-        // one's): their entries keep apart, in a namespace per search path. A write is
-        // still told to every cache of the process over the database (by `identity`).
-        let namespace = match first.name_resolution().await? {
-            None => identity.clone(),
-            Some(schemas) => {
-                use sha2::Digest;
-                let digest = sha2::Sha256::digest(schemas.as_bytes());
-                let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-                format!("{identity}s{hex}")
-            }
-        };
+        // A bare table name may mean another table to this handle than to others on
+        // the database (see `Db::shared_reads_allowed`).
+        let own_search_path = first.own_search_path().await?;
         let cache = config.cache.as_ref().map(|cache| {
-            let bound = cache.bound(&namespace);
+            let bound = cache.bound(&identity);
             crate::cache::register_for_database(&identity, &bound);
             bound
         });
@@ -725,6 +718,7 @@ impl Db {
                 config,
                 cache,
                 identity,
+                own_search_path,
                 foreign_keys: std::sync::RwLock::new(None),
                 table_access: std::sync::Mutex::default(),
                 policy_plans: std::sync::Mutex::default(),

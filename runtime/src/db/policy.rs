@@ -217,6 +217,10 @@ impl Db {
         scope: &Scope,
         meta: &'static crate::TableMeta,
     ) -> Option<Scoped> {
+        // A bare name this handle resolves its own way: see `Db::shared_reads_allowed`.
+        if !self.names_as_others(meta) {
+            return None;
+        }
         let (counters, fingerprint) = self.policy_plan(meta).await?;
         Some(Scoped {
             id: format!("{}{fingerprint}", scope.cache_id()).into(),

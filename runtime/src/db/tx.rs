@@ -163,16 +163,18 @@ impl Db {
         // Dropped before it returns, the transaction may have committed (see
         // `db/replica.rs`); its COMMIT records the position otherwise.
         let mark = self.write_mark();
-        let mut restated = false;
+        // Each run again after a stale statement made a connection forget all of its
+        // statements: as many as there are connections.
+        let mut restated = 0;
         let outcome = loop {
             attempt += 1;
             let outcome = Box::pin(self.run_transaction_once(isolation, &mut body)).await;
             match outcome {
-                // A statement a schema change made stale doomed this attempt; it is
-                // prepared again by its next use (`PgConn::forget_stale_plan`), so one
-                // more attempt, at once, does not meet it again.
-                Err(e) if e.is_stale_statement() && !restated => {
-                    restated = true;
+                // A statement a schema change made stale doomed this attempt; its
+                // connection prepares every statement again (`PgConn::forget_stale_plan`),
+                // so one more attempt there, at once, does not meet it again.
+                Err(e) if e.is_stale_statement() && restated < self.shared.config.pool_size => {
+                    restated += 1;
                     tracing::debug!(error = %e, "transaction run again after a stale statement");
                 }
                 Err(e) if e.is_retryable_conflict() => {

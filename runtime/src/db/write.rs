@@ -103,17 +103,23 @@ impl Cascades {
     }
 
     /// Every name a model may give `table` (itself first): with and without its
-    /// schema when the search path finds it by its bare name — and for a table in
-    /// `public`, both whatever the catalog said (see [`super::policy::spellings`]).
+    /// schema when the search path found it by its bare name as the catalog was read —
+    /// and, whatever the catalog said (a table created since), `schema.name` is also
+    /// `name`, and a bare `name` also `public.name`. Naming a table that is not meant
+    /// only drops entries; missing one would leave them stale.
     pub(crate) fn names_of(&self, table: &str) -> Vec<String> {
         let mut names = vec![table.to_owned()];
+        let mut add = |name: String| {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        };
         if let Some(other) = self.aliases.get(table) {
-            names.push(other.clone());
+            add(other.clone());
         }
-        if let Some(bare) = table.strip_prefix("public.")
-            && !names.iter().any(|n| n == bare)
-        {
-            names.push(bare.to_owned());
+        match table.split_once('.') {
+            Some((_, bare)) => add(bare.to_owned()),
+            None => add(format!("public.{table}")),
         }
         names
     }

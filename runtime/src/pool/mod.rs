@@ -160,19 +160,23 @@ impl PgConn {
         ))
     }
 
-    /// How this session finds tables by their bare names: its search path's schemas,
-    /// as resolved (`current_schemas`), after the connection's own setup
-    /// (`DbConfig::after_connect`) ran. `None` for the usual `public` alone.
-    pub(crate) async fn name_resolution(&self) -> Result<Option<String>> {
+    /// Whether this session finds tables by their bare names along a search path of
+    /// its own: one set for the session (`DbConfig::after_connect`, the URL's
+    /// `options`) or for its role, rather than the server's or the database's, which
+    /// every handle on the database shares.
+    pub(crate) async fn own_search_path(&self) -> Result<bool> {
         let messages = self
             .client
-            .simple_query("SELECT array_to_string(current_schemas(false), ',')")
+            .simple_query("SELECT source FROM pg_settings WHERE name = 'search_path'")
             .await?;
-        let schemas = messages.into_iter().find_map(|m| match m {
+        let source = messages.into_iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
             _ => None,
         });
-        Ok(schemas.filter(|s| s != "public"))
+        Ok(!matches!(
+            source.as_deref(),
+            Some("default" | "configuration file" | "database" | "environment variable")
+        ))
     }
 
     /// Opens a transaction with the next statement (see [`Setup`]).
@@ -262,7 +266,7 @@ impl PgConn {
                 }
             };
             let result = self.settle_alone(answer);
-            if !self.forget_stale_plan(sql, &result) {
+            if !self.forget_stale_plan(&result) {
                 return result;
             }
         }
@@ -272,7 +276,7 @@ impl PgConn {
     /// [`PgConn::query`] with its statement to prepare or requests to pipeline.
     async fn query_slow(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let result = self.query_once(sql, params).await;
-        if self.forget_stale_plan(sql, &result) {
+        if self.forget_stale_plan(&result) {
             return self.query_once(sql, params).await;
         }
         result
@@ -334,7 +338,7 @@ impl PgConn {
             self.in_flight = true;
             let answer = decode_rows(&self.client, sql, &statement, params, &mut decode).await;
             let result = self.settle_alone(answer).and_then(|decoded| decoded);
-            if !self.forget_stale_plan(sql, &result) {
+            if !self.forget_stale_plan(&result) {
                 return result;
             }
         }
@@ -349,7 +353,7 @@ impl PgConn {
         decode: &mut impl FnMut(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
         let result = self.query_decode_once(sql, params, decode).await;
-        if self.forget_stale_plan(sql, &result) {
+        if self.forget_stale_plan(&result) {
             return self.query_decode_once(sql, params, decode).await;
         }
         result
@@ -384,7 +388,7 @@ impl PgConn {
                 }
             };
             let result = self.settle_alone(answer);
-            if !self.forget_stale_plan(sql, &result) {
+            if !self.forget_stale_plan(&result) {
                 return result;
             }
         }
@@ -394,7 +398,7 @@ impl PgConn {
     /// [`PgConn::query_opt`] with its statement to prepare or requests to pipeline.
     async fn query_opt_slow(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         let result = self.query_opt_once(sql, params).await;
-        if self.forget_stale_plan(sql, &result) {
+        if self.forget_stale_plan(&result) {
             return self.query_opt_once(sql, params).await;
         }
         result
@@ -415,16 +419,18 @@ impl PgConn {
     }
 
     /// A cached statement whose plan a schema change invalidated ("cached plan must
-    /// not change result type", 0A000) or that the server dropped (26000) is
-    /// forgotten, to be prepared again by its next use. `true` when it may be run again
-    /// at once: outside a transaction, where the failure aborted nothing (inside one,
-    /// the transaction is run again; see `Error::is_stale_statement`).
-    fn forget_stale_plan<T>(&mut self, sql: &str, result: &Result<T>) -> bool {
+    /// not change result type") or that the server dropped is prepared again by its
+    /// next use — and so is every other statement of the connection: the change that
+    /// made one stale may have made others stale too, and a transaction (which the
+    /// failure doomed) is run again only once (see `Error::is_stale_statement`).
+    /// `true` when it may be run again at once: outside a transaction, where the
+    /// failure aborted nothing.
+    fn forget_stale_plan<T>(&mut self, result: &Result<T>) -> bool {
         if !matches!(result, Err(e) if e.is_stale_statement()) {
             return false;
         }
-        self.statements.remove(sql);
-        self.types.remove(sql);
+        self.statements.clear();
+        self.types.clear();
         !self.in_transaction
     }
 

@@ -67,9 +67,15 @@ pub(super) fn parse_value(
             Some(t) => Some(t.trim())
                 .filter(|t| crate::query::page::float_is_valid(t, parse))
                 .and_then(parse),
-            None => value.as_f64().filter(|v| {
-                let narrowed = *v as f32;
-                !single || (narrowed.is_finite() && (narrowed != 0.0 || *v == 0.0))
+            // A JSON number is the double the JSON parser read (`1e-400` arrived as
+            // 0: send such a value as a string to have PostgreSQL read it). For
+            // `float4`, the double's shortest decimal form is read as PostgreSQL would
+            // read that text, not the double rounded again.
+            None => value.as_f64().and_then(|v| match single {
+                false => Some(v),
+                true => Some(v.to_string())
+                    .filter(|t| crate::query::page::float_is_valid(t, parse))
+                    .and_then(|t| parse(&t)),
             }),
         }
     };
