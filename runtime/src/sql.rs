@@ -154,11 +154,7 @@ pub(crate) fn table_ref(meta: &TableMeta) -> TableRef {
     }
 }
 
-/// `name` as a quoted identifier (`"` doubled), for the rare expression sea-query
-/// cannot build; everywhere else identifiers go through [`Alias`].
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use crate::table::quote_ident;
 
 pub(crate) fn column_idens(meta: &TableMeta) -> Vec<Alias> {
     meta.columns.iter().map(|c| Alias::new(c.name)).collect()
@@ -181,31 +177,7 @@ fn marker(i: usize) -> Expr {
 /// rendered more than once (a page query and its count) without copying values.
 pub(crate) type OwnedParam = std::sync::Arc<dyn SqlValue>;
 
-/// A value a query binds, with its identity in the query cache: two values of one
-/// column type with the same identity are the same value to PostgreSQL. Every column
-/// type has one — its cache encoding; for a [`CustomColumn`](crate::CustomColumn), the
-/// encoding of the value as stored, so the type's own `Debug` (which may redact)
-/// plays no part.
-#[doc(hidden)]
-pub trait SqlValue: ToSql + Sync + Send {
-    /// Appends this value's identity to `out`.
-    fn identity(&self, out: &mut Vec<u8>);
-}
-
-impl<T: crate::ColumnType> SqlValue for T {
-    fn identity(&self, out: &mut Vec<u8>) {
-        crate::table::CacheCodec::encode(self, out);
-    }
-}
-
-/// A JSON document bound as `jsonb` (`#[table(json)]` fields, in every build).
-impl SqlValue for crate::types::Json<serde_json::Value> {
-    fn identity(&self, out: &mut Vec<u8>) {
-        let text = self.0.to_string();
-        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-}
+pub(crate) use crate::types::SqlValue;
 
 /// A list of values bound as ONE array parameter (`col = ANY($1)`), whatever its length:
 /// the SQL text does not depend on the length, and no list can exceed the 65,535
@@ -364,7 +336,7 @@ impl Bound<'_> {
         Ok(self)
     }
 
-    /// SHA-256 of the SQL and the values' identities (see [`SqlValue`]; never a
+    /// SHA-256 of the SQL and the values' identities (see `SqlValue`; never a
     /// value's `Debug`, which a custom column type may write as it likes): the identity
     /// of a query in the query cache. A value borrowed from the caller (only writes
     /// bind those, and no write is cached) counts by its `Debug`.

@@ -391,3 +391,9 @@ column_set_tuples!(
     (A a, B b, C c),
     (A a, B b, C c, D d),
 );
+
+/// `name` as a quoted identifier (`"` doubled), for the rare expression sea-query
+/// cannot build; everywhere else identifiers go through sea-query's `Alias`.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -231,6 +231,32 @@ impl<T: Serialize> ToSql for JsonRef<T> {
     to_sql_checked!();
 }
 
+/// A value a query binds, with its identity in the query cache: two values of one
+/// column type with the same identity are the same value to PostgreSQL. Every column
+/// type has one — its cache encoding; for a [`CustomColumn`](crate::CustomColumn), the
+/// encoding of the value as stored, so the type's own `Debug` (which may redact)
+/// plays no part.
+#[doc(hidden)]
+pub trait SqlValue: ToSql + Sync + Send {
+    /// Appends this value's identity to `out`.
+    fn identity(&self, out: &mut Vec<u8>);
+}
+
+impl<T: ColumnType> SqlValue for T {
+    fn identity(&self, out: &mut Vec<u8>) {
+        crate::table::CacheCodec::encode(self, out);
+    }
+}
+
+/// A JSON document bound as `jsonb` (`#[table(json)]` fields, in every build).
+impl SqlValue for Json<serde_json::Value> {
+    fn identity(&self, out: &mut Vec<u8>) {
+        let text = self.0.to_string();
+        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
 /// An owned JSON value, in and out of `json` / `jsonb` columns through serde_json: what
 /// `#[table(json)]` fields, `QuerySpec` values and `EXPLAIN` plans travel as, whatever
 /// tokio-postgres's own serde_json support (feature `json`).

@@ -80,9 +80,9 @@ pub trait PgEnum: Sized + Send + Sync + 'static {
             .iter()
             .map(|l| format!("'{}'", l.replace('\'', "''")))
             .collect();
-        let name = crate::sql::quote_ident(Self::TYPE_NAME);
+        let name = crate::table::quote_ident(Self::TYPE_NAME);
         let name = match Self::SCHEMA {
-            Some(schema) => format!("{}.{name}", crate::sql::quote_ident(schema)),
+            Some(schema) => format!("{}.{name}", crate::table::quote_ident(schema)),
             None => name,
         };
         format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", "))
