@@ -7,7 +7,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use common::tx::{raw, uniq};
+
 use std::time::Duration;
 
 use common::db_and_url;
@@ -15,23 +16,6 @@ use tabula::storage::{BucketOptions, StorageService, UploadOptions};
 use tabula::{Db, DbConfig, Error};
 
 const KEY: &[u8] = b"test signing key, thirty-two bytes or more";
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "r32-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
 
 async fn objects_named(url: &str, bucket: &str, name: &str) -> i64 {
     raw(url)

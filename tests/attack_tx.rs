@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::tx::{CProfile, CProfilePatch, NewCProfile, count_named, raw, uniq};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -11,35 +13,6 @@ use std::time::Duration;
 use common::{NewProfile, Profile, db_and_url, new_profile};
 use futures_util::StreamExt;
 use tabula::{Db, DbConfig, Error};
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "r27-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
-
-/// Profiles named `name`, counted on a connection of the test's own.
-async fn count_named(url: &str, name: &str) -> i64 {
-    let c = raw(url).await;
-    c.query_one(
-        "SELECT count(*) FROM profiles WHERE username = $1",
-        &[&name],
-    )
-    .await
-    .expect("count")
-    .get(0)
-}
 
 async fn short_deadline(url: &str, deadline: Duration) -> Db {
     Db::connect_with(DbConfig::new(url).statement_timeout(deadline))
@@ -287,23 +260,6 @@ async fn defect_as_user_on_a_transaction_handle_escapes_the_transaction() {
 }
 
 // ---- 6. an autocommit write whose connection closed after the server committed -------
-
-/// The seed's profiles with a row cache.
-#[derive(tabula::Table, Debug, Clone, PartialEq)]
-#[table(name = "profiles", cache(ttl = 300))]
-pub struct CProfile {
-    #[table(primary_key, generated)]
-    pub id: uuid::Uuid,
-    pub user_id: uuid::Uuid,
-    pub username: String,
-    pub avatar_url: Option<String>,
-    #[table(generated)]
-    pub status: String,
-    #[table(generated)]
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    #[table(generated)]
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
 
 /// The username the handle reads for `id` (through its row cache).
 async fn cached_name(db: &Db, id: uuid::Uuid) -> String {

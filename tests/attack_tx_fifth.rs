@@ -5,49 +5,13 @@
 
 mod common;
 
+use common::tx::{cache_for_test, count_named, raw, uniq};
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::db_and_url;
 use tabula::{Db, DbConfig, Error};
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "r31-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
-
-async fn count_named(url: &str, name: &str) -> i64 {
-    let c = raw(url).await;
-    c.query_one(
-        "SELECT count(*) FROM profiles WHERE username = $1",
-        &[&name],
-    )
-    .await
-    .expect("count")
-    .get(0)
-}
-
-fn cache_for_test() -> tabula::CacheService {
-    let redis = tabula::testkit::redis_url().expect("redis");
-    tabula::CacheService::redis(
-        &redis,
-        tabula::CacheConfig::default().prefix(uniq("c").replace('-', "x")),
-    )
-    .expect("cache")
-}
 
 // ---- 1. a scoped write inside the same scoped handle's `with_client` body ---------------
 

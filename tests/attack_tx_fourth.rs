@@ -5,50 +5,15 @@
 
 mod common;
 
+use common::tx::{avatar_in_db, count_named, raw, uniq};
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Profile, db_and_url, new_profile};
 use futures_util::StreamExt;
 use tabula::{Db, DbConfig, Error};
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "r30-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
-
-async fn count_named(url: &str, name: &str) -> i64 {
-    let c = raw(url).await;
-    c.query_one(
-        "SELECT count(*) FROM profiles WHERE username = $1",
-        &[&name],
-    )
-    .await
-    .expect("count")
-    .get(0)
-}
-
-async fn avatar_in_db(url: &str, id: uuid::Uuid) -> Option<String> {
-    raw(url)
-        .await
-        .query_one("SELECT avatar_url FROM profiles WHERE id = $1", &[&id])
-        .await
-        .expect("row")
-        .get(0)
-}
 
 /// Client backends of this test's database (other than `watcher`'s own), and the
 /// newest backend_start among them (microseconds since the epoch).

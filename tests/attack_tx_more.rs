@@ -5,76 +5,17 @@
 
 mod common;
 
+use common::tx::{
+    CProfile, NewCProfile, Slot, avatar_in_db, count_named, patch, raw, row_is_free, slot, take,
+    uniq,
+};
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{NewProfile, Profile, db_and_url, new_profile};
 use futures_util::StreamExt;
 use tabula::{Db, DbConfig, Error};
-
-fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "r28-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
-
-/// Profiles named `name`, counted on a connection of the test's own.
-async fn count_named(url: &str, name: &str) -> i64 {
-    let c = raw(url).await;
-    c.query_one(
-        "SELECT count(*) FROM profiles WHERE username = $1",
-        &[&name],
-    )
-    .await
-    .expect("count")
-    .get(0)
-}
-
-/// Whether another session can lock row `id` of profiles within `patience`.
-async fn row_is_free(url: &str, id: uuid::Uuid, patience: Duration) -> Result<(), String> {
-    let other = raw(url).await;
-    other
-        .batch_execute(&format!("SET lock_timeout = '{}ms'", patience.as_millis()))
-        .await
-        .expect("set");
-    other.batch_execute("BEGIN").await.expect("begin");
-    let r = other
-        .query("SELECT 1 FROM profiles WHERE id = $1 FOR UPDATE", &[&id])
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("{e:?}"));
-    let _ = other.batch_execute("ROLLBACK").await;
-    r
-}
-
-/// The seed's profiles with a row cache.
-#[derive(tabula::Table, Debug, Clone, PartialEq)]
-#[table(name = "profiles", cache(ttl = 300))]
-pub struct CProfile {
-    #[table(primary_key, generated)]
-    pub id: uuid::Uuid,
-    pub user_id: uuid::Uuid,
-    pub username: String,
-    pub avatar_url: Option<String>,
-    #[table(generated)]
-    pub status: String,
-    #[table(generated)]
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    #[table(generated)]
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
 
 async fn cached_db(url: &str, pool: u32, deadline: Duration) -> Db {
     let redis = tabula::testkit::redis_url().expect("redis");
@@ -91,29 +32,6 @@ async fn cached_db(url: &str, pool: u32, deadline: Duration) -> Db {
     )
     .await
     .expect("db")
-}
-
-async fn avatar_in_db(url: &str, id: uuid::Uuid) -> Option<String> {
-    raw(url)
-        .await
-        .query_one("SELECT avatar_url FROM profiles WHERE id = $1", &[&id])
-        .await
-        .expect("row")
-        .get(0)
-}
-
-fn patch(avatar: &str) -> CProfilePatch {
-    CProfilePatch::default().avatar_url(Some(avatar.to_owned()))
-}
-
-type Slot<T> = Arc<std::sync::Mutex<Option<T>>>;
-
-fn slot<T>(v: T) -> Slot<T> {
-    Arc::new(std::sync::Mutex::new(Some(v)))
-}
-
-fn take<T>(s: &Slot<T>) -> T {
-    s.lock().expect("lock").take().expect("taken once")
 }
 
 // ---- 1. a savepoint still running when its transaction's body returns ------------------

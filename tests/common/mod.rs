@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod sessions;
+pub mod tx;
 
 use std::sync::LazyLock;
 

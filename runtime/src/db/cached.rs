@@ -201,7 +201,7 @@ impl super::Db {
     /// the database: it carries its schema, or the handle's search path is the
     /// server's or the database's (see `Db::shared_reads_allowed`).
     pub(crate) fn names_as_others(&self, meta: &crate::TableMeta) -> bool {
-        meta.schema.is_some() || !self.shared.own_search_path
+        meta.schema.is_some() || !self.shared.names.own()
     }
 
     /// When this hit is in the staleness check's sample: reads the row again from the
@@ -377,7 +377,11 @@ impl super::Db {
             None if exact_key::<M>() => Some(absence(&shape, &table, &suffix)),
             None => None,
         };
-        if let Some(value) = value {
+        // A session opened meanwhile may have shown the handle's names to be its own
+        // (see `SessionNames`): what it read is then not shared.
+        if let Some(value) = value
+            && self.names_as_others(M::META)
+        {
             cache
                 .row_fill(&table, &token, &[(suffix, value)], how)
                 .await;
@@ -513,6 +517,7 @@ impl super::Db {
         // costs, also while the cache is unavailable — and, when a lease was taken, the
         // mapping to its key is filled (the row entry fills on its first read by key).
         let row = query().await?;
+        let token = token.filter(|_| self.names_as_others(M::META));
         match (&row, token) {
             (Some(row), Some(token)) => {
                 if let Ok(key) = serde_json::to_vec(row.key()) {
@@ -664,7 +669,9 @@ impl super::Db {
             }
         }
         let filled = match (&cache, &token) {
-            (Some((cache, how)), Some(token)) => cache.row_fill(&table, token, &fills, how).await,
+            (Some((cache, how)), Some(token)) if self.names_as_others(M::META) => {
+                cache.row_fill(&table, token, &fills, how).await
+            }
             _ => 0,
         };
         Ok(ManyRead {

@@ -528,6 +528,12 @@ impl Db {
         progress: Option<&'a Progress>,
         work: F,
     ) -> Either<std::pin::Pin<Box<impl Future<Output = Result<T>> + 'a>>, F> {
+        if self.shared.names.own() {
+            // Its bare table names may mean other tables than another handle's: a
+            // memo whose body reads through it is not shared either (see
+            // `Db::shared_reads_allowed`).
+            crate::cache::memo::note_scoped();
+        }
         let Some(scope) = &self.scope else {
             return Either::Right(work);
         };
@@ -659,13 +665,28 @@ impl Db {
     pub async fn execute_batch(&self, sql: &str) -> Result<()> {
         let mark = self.write_mark();
         let result = self
-            .run("execute_batch", "-", async |conn| conn.batch(sql).await)
+            .run("execute_batch", "-", async |conn| {
+                let done = conn.batch(sql).await;
+                self.learn_names(conn, sql).await;
+                done
+            })
             .await;
         // DDL may have changed the foreign keys the cache follows.
         self.forget_schema();
         self.note_raw_write().await;
         mark.done();
         result
+    }
+
+    /// After the caller's own SQL on `conn`: whether it changed how the session finds
+    /// tables by bare names (`SET search_path`, `set_config`, `SET ROLE`) — asked only
+    /// when the text may have (it mentions `set`). A change keeps the handle out of the
+    /// shared entries of models named without a schema (see `SessionNames`). Not
+    /// answered (an aborted transaction, whose settings are undone anyway): nothing.
+    pub(crate) async fn learn_names(&self, conn: &PgConn, sql: &str) {
+        if sql.to_ascii_lowercase().contains("set") {
+            let _ = self.shared.names.learn(conn.client()).await;
+        }
     }
 
     /// Runs `body` with the raw tokio-postgres client of one pooled connection (or the

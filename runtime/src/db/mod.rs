@@ -583,9 +583,9 @@ pub(crate) struct Shared {
     pub(crate) cache: Option<CacheService>,
     /// The database's identity (see `PgConn::identity`).
     pub(crate) identity: String,
-    /// Whether this handle's sessions find tables along a search path of their own
-    /// (see `Db::shared_reads_allowed`).
-    pub(crate) own_search_path: bool,
+    /// How this handle's sessions find tables by bare names (see
+    /// `Db::shared_reads_allowed`); learned on each connection the pool opens.
+    pub(crate) names: Arc<crate::pool::SessionNames>,
     /// Which tables a write to a table can change through foreign-key actions; read
     /// from the catalog on first need, forgotten after DDL through this handle.
     pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
@@ -663,6 +663,7 @@ impl Db {
         }
         let manager = manager_for(&config.url, &config)?;
         let spare = manager.clone();
+        let names = manager.names.clone();
         // Open one connection by hand first, so that a wrong URL, password or host is
         // reported at once with the server's own words.
         let mut first = manager.connect().await.map_err(|e| {
@@ -680,9 +681,6 @@ impl Db {
         // without a cache: a write through this handle must still reach the caches
         // other handles of the process keep over the same database.
         let identity = first.identity().await?;
-        // A bare table name may mean another table to this handle than to others on
-        // the database (see `Db::shared_reads_allowed`).
-        let own_search_path = first.own_search_path().await?;
         let cache = config.cache.as_ref().map(|cache| {
             let bound = cache.bound(&identity);
             crate::cache::register_for_database(&identity, &bound);
@@ -715,10 +713,10 @@ impl Db {
             shared: Arc::new(Shared {
                 pool,
                 manager: spare,
+                names,
                 config,
                 cache,
                 identity,
-                own_search_path,
                 foreign_keys: std::sync::RwLock::new(None),
                 table_access: std::sync::Mutex::default(),
                 policy_plans: std::sync::Mutex::default(),

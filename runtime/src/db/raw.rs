@@ -62,7 +62,9 @@ impl super::Db {
         let mark = self.write_mark();
         let rows = self
             .run("sql", M::META.name, async |conn| {
-                conn.query_decode(&wrapped, params, M::from_row).await
+                let rows = conn.query_decode(&wrapped, params, M::from_row).await;
+                self.learn_names(conn, text).await;
+                rows
             })
             .await;
         // It may have written (see `db/replica.rs`).
@@ -91,7 +93,11 @@ impl super::Db {
         let text = statement_text(sql)?;
         let mark = self.write_mark();
         let rows = self
-            .run("sql", "-", async |conn| conn.query(text, params).await)
+            .run("sql", "-", async |conn| {
+                let rows = conn.query(text, params).await;
+                self.learn_names(conn, text).await;
+                rows
+            })
             .await;
         // It may have written (see `db/replica.rs`).
         self.note_raw_write().await;

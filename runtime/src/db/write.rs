@@ -105,9 +105,10 @@ impl Cascades {
     /// Every name a model may give `table` (itself first): with and without its
     /// schema when the search path found it by its bare name as the catalog was read —
     /// and, whatever the catalog said (a table created since), `schema.name` is also
-    /// `name`, and a bare `name` also `public.name`. Naming a table that is not meant
+    /// `name`, and a bare `name` also `schema.name` for `public` and every schema of
+    /// the writing handle's search path (`path`). Naming a table that is not meant
     /// only drops entries; missing one would leave them stale.
-    pub(crate) fn names_of(&self, table: &str) -> Vec<String> {
+    pub(crate) fn names_of(&self, table: &str, path: &[String]) -> Vec<String> {
         let mut names = vec![table.to_owned()];
         let mut add = |name: String| {
             if !names.contains(&name) {
@@ -119,7 +120,12 @@ impl Cascades {
         }
         match table.split_once('.') {
             Some((_, bare)) => add(bare.to_owned()),
-            None => add(format!("public.{table}")),
+            None => {
+                add(format!("public.{table}"));
+                for schema in path {
+                    add(format!("{schema}.{table}"));
+                }
+            }
         }
         names
     }
@@ -297,7 +303,7 @@ impl Db {
             // The entries under every name a model may give the table: another
             // model over the same table spelled otherwise caches its rows too.
             for (i, table) in catalog
-                .names_of(&w.table.qualified_name())
+                .names_of(&w.table.qualified_name(), self.shared.names.schemas())
                 .into_iter()
                 .enumerate()
             {

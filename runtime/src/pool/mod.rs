@@ -160,25 +160,6 @@ impl PgConn {
         ))
     }
 
-    /// Whether this session finds tables by their bare names along a search path of
-    /// its own: one set for the session (`DbConfig::after_connect`, the URL's
-    /// `options`) or for its role, rather than the server's or the database's, which
-    /// every handle on the database shares.
-    pub(crate) async fn own_search_path(&self) -> Result<bool> {
-        let messages = self
-            .client
-            .simple_query("SELECT source FROM pg_settings WHERE name = 'search_path'")
-            .await?;
-        let source = messages.into_iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        });
-        Ok(!matches!(
-            source.as_deref(),
-            Some("default" | "configuration file" | "database" | "environment variable")
-        ))
-    }
-
     /// Opens a transaction with the next statement (see [`Setup`]).
     pub(crate) fn begin(&mut self, setup: Setup) {
         self.in_transaction = true;
@@ -425,7 +406,7 @@ impl PgConn {
     /// failure doomed) is run again only once (see `Error::is_stale_statement`).
     /// `true` when it may be run again at once: outside a transaction, where the
     /// failure aborted nothing.
-    fn forget_stale_plan<T>(&mut self, result: &Result<T>) -> bool {
+    pub(crate) fn forget_stale_plan<T>(&mut self, result: &Result<T>) -> bool {
         if !matches!(result, Err(e) if e.is_stale_statement()) {
             return false;
         }
@@ -881,11 +862,93 @@ pub type AfterConnect = Arc<
         + Sync,
 >;
 
+/// How the sessions of one handle find tables by their bare names: learned on every
+/// connection it opens, after its own setup (`DbConfig::after_connect`) ran.
+///
+/// A handle *resolves names as others do* while each of its sessions finds bare
+/// names along a search path every handle on the database shares (the server's or
+/// the database's default, not one set for the session, by the URL or for the role)
+/// that leads to `public` alone — a `"$user"` schema of its role included. Once one
+/// session does otherwise, or differs from the first, the handle never does again (see
+/// `Db::shared_reads_allowed`).
+#[derive(Debug, Default)]
+pub(crate) struct SessionNames {
+    own: std::sync::atomic::AtomicBool,
+    /// The first session's search path as set, and the schemas it lists (`"$user"`
+    /// as the role's name).
+    first: std::sync::OnceLock<(String, Vec<String>)>,
+}
+
+impl SessionNames {
+    /// Whether the handle's sessions find tables along a search path of their own.
+    pub(crate) fn own(&self) -> bool {
+        self.own.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The schemas the handle's search path lists (of its first session), for naming
+    /// every table a bare name may have meant.
+    pub(crate) fn schemas(&self) -> &[String] {
+        self.first
+            .get()
+            .map_or(&[], |(_, schemas)| schemas.as_slice())
+    }
+
+    pub(crate) async fn learn(&self, client: &Client) -> Result<()> {
+        let messages = client
+            .simple_query(
+                "SELECT (SELECT source FROM pg_settings WHERE name = 'search_path'), \
+                 array_to_string(current_schemas(false), ','), \
+                 current_setting('search_path'), current_user::text",
+            )
+            .await?;
+        let Some(row) = messages.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        }) else {
+            self.own.store(true, std::sync::atomic::Ordering::Release);
+            return Ok(());
+        };
+        let field = |i: usize| row.get(i).unwrap_or_default().to_owned();
+        let (source, resolved, setting, user) = (field(0), field(1), field(2), field(3));
+        let shared_source = matches!(
+            source.as_str(),
+            "default" | "configuration file" | "database" | "environment variable"
+        );
+        let first = self.first.get_or_init(|| {
+            let schemas = setting
+                .split(',')
+                .map(|s| {
+                    let s = s.trim();
+                    match s {
+                        "\"$user\"" | "$user" => user.clone(),
+                        quoted
+                            if quoted.len() >= 2
+                                && quoted.starts_with('"')
+                                && quoted.ends_with('"') =>
+                        {
+                            quoted[1..quoted.len() - 1].replace("\"\"", "\"")
+                        }
+                        plain => plain.to_lowercase(),
+                    }
+                })
+                .filter(|s| !s.is_empty())
+                .collect();
+            (setting.clone(), schemas)
+        });
+        if !shared_source || resolved != "public" || first.0 != setting {
+            self.own.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
 /// Opens connections.
 #[derive(Clone)]
 pub(crate) struct PgManager {
     pub(crate) config: tokio_postgres::Config,
     after_connect: Option<AfterConnect>,
+    /// How the sessions of this manager find tables by their bare names.
+    pub(crate) names: Arc<SessionNames>,
     tls: Connector,
     /// Behind a transaction-pooling proxy: statements go unnamed.
     unnamed: bool,
@@ -912,6 +975,7 @@ impl PgManager {
             return PgManager {
                 config,
                 after_connect,
+                names: Arc::default(),
                 tls,
                 unnamed: true,
             };
@@ -927,6 +991,7 @@ impl PgManager {
         PgManager {
             config,
             after_connect,
+            names: Arc::default(),
             tls,
             unnamed: false,
         }
@@ -970,6 +1035,8 @@ impl PgManager {
                 }
             }
         }
+        // How this session finds tables, before anything runs on it.
+        self.names.learn(&client).await?;
         Ok(PgConn {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),

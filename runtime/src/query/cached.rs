@@ -178,8 +178,11 @@ impl<M: Table, D: Decode<M>> CachedQuery<M, D> {
             (Err(_), Some(stale)) => return Ok(stale),
             (Err(e), None) => return Err(e),
         };
+        // Not shared when a session opened meanwhile showed the handle's names to be
+        // its own (see `Db::shared_reads_allowed`).
         if let Some((key, _)) = found
             && let Some(bytes) = encode(&value)
+            && db.names_as_others(meta)
         {
             match stale.is_zero() {
                 true => cache.versioned_fill(&key, &bytes, how.ttl, &table).await,

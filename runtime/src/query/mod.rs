@@ -828,10 +828,23 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
                 // Given up before the answer: the connection is closed (and a
                 // transaction's can only roll back).
                 pg.in_flight = true;
-                let started =
-                    crate::pool::query_raw_on(pg.client(), &bound.sql, &statement, &params).await;
+                let mut started =
+                    crate::pool::query_raw_on(pg.client(), &bound.sql, &statement, &params)
+                        .await
+                        .map_err(Error::from);
                 // An answer came (rows or an error): the connection is in order.
                 pg.in_flight = false;
+                // A statement a schema change made stale: prepared again (inside a
+                // transaction, which it doomed, by the transaction's next run).
+                if pg.forget_stale_plan(&started) {
+                    let statement = pg.statement(&bound.sql).await?;
+                    pg.in_flight = true;
+                    started =
+                        crate::pool::query_raw_on(pg.client(), &bound.sql, &statement, &params)
+                            .await
+                            .map_err(Error::from);
+                    pg.in_flight = false;
+                }
                 let rows = started?;
                 // A pooled connection dropped before the stream ends is closed (and
                 // its statement cancelled) rather than handed out with rows still
