@@ -657,6 +657,11 @@ impl Db {
 
     /// Runs raw SQL statements (no parameters, no results), e.g. for set-up scripts.
     ///
+    /// A session setting it changes (`SET search_path`, `SET ROLE`, `set_config`) does
+    /// not outlive the call: one more round trip reads the session's search path and
+    /// role, and a connection that no longer has its first ones is closed when let go.
+    /// Session settings belong in [`DbConfig::after_connect`](crate::DbConfig::after_connect).
+    ///
     /// ```no_run
     /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
     /// db.execute_batch("CREATE TABLE IF NOT EXISTS t (id int)").await?;
@@ -667,7 +672,7 @@ impl Db {
         let result = self
             .run("execute_batch", "-", async |conn| {
                 let done = conn.batch(sql).await;
-                self.learn_names(conn, sql).await;
+                self.learn_names(conn).await;
                 done
             })
             .await;
@@ -678,14 +683,15 @@ impl Db {
         result
     }
 
-    /// After the caller's own SQL on `conn`: whether it changed how the session finds
-    /// tables by bare names (`SET search_path`, `set_config`, `SET ROLE`) — asked only
-    /// when the text may have (it mentions `set`). A change keeps the handle out of the
-    /// shared entries of models named without a schema (see `SessionNames`). Not
-    /// answered (an aborted transaction, whose settings are undone anyway): nothing.
-    pub(crate) async fn learn_names(&self, conn: &PgConn, sql: &str) {
-        if sql.to_ascii_lowercase().contains("set") {
-            let _ = self.shared.names.learn(conn.client()).await;
+    /// After the caller's own SQL on `conn` (which may have run `SET search_path`,
+    /// `SET ROLE`, `set_config`, a function doing either): a session whose search path
+    /// or role is no longer its first's is closed when let go, never pooled again —
+    /// as `with_client` resets its session — and the handle learns the schemas it
+    /// found (see `SessionNames`). One round trip. Not answered (an aborted
+    /// transaction, whose settings are undone anyway): nothing.
+    pub(crate) async fn learn_names(&self, conn: &mut PgConn) {
+        if let Ok(true) = self.shared.names.learn(conn.client(), false).await {
+            conn.discard = true;
         }
     }
 

@@ -37,6 +37,11 @@ impl super::Db {
     /// writes is not known to the cache: call [`Db::invalidate`](crate::Db::invalidate) or
     /// [`Db::invalidate_table`](crate::Db::invalidate_table) after a write.
     ///
+    /// A session setting it changes (`SET search_path`, `SET ROLE`, `set_config`) does
+    /// not outlive the call: one more round trip reads the session's search path and
+    /// role, and a connection that no longer has its first ones is closed when let go.
+    /// Session settings belong in [`DbConfig::after_connect`](crate::DbConfig::after_connect).
+    ///
     /// ```no_run
     /// # use tabula::{Db, Table};
     /// # #[derive(Table)] pub struct Note { #[table(primary_key, generated)] pub id: i64, pub body: String }
@@ -63,7 +68,7 @@ impl super::Db {
         let rows = self
             .run("sql", M::META.name, async |conn| {
                 let rows = conn.query_decode(&wrapped, params, M::from_row).await;
-                self.learn_names(conn, text).await;
+                self.learn_names(conn).await;
                 rows
             })
             .await;
@@ -76,6 +81,11 @@ impl super::Db {
     /// Runs hand-written SQL and returns the driver's rows, for results no model
     /// describes (aggregates, joins into tuples): `row.try_get::<_, i64>(0)`. Like
     /// [`Db::sql`](crate::Db::sql), it runs under the handle's deadline, transaction and scope.
+    ///
+    /// A session setting it changes (`SET search_path`, `SET ROLE`, `set_config`) does
+    /// not outlive the call: one more round trip reads the session's search path and
+    /// role, and a connection that no longer has its first ones is closed when let go.
+    /// Session settings belong in [`DbConfig::after_connect`](crate::DbConfig::after_connect).
     ///
     /// ```no_run
     /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
@@ -95,7 +105,7 @@ impl super::Db {
         let rows = self
             .run("sql", "-", async |conn| {
                 let rows = conn.query(text, params).await;
-                self.learn_names(conn, text).await;
+                self.learn_names(conn).await;
                 rows
             })
             .await;

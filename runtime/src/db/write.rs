@@ -298,12 +298,13 @@ impl Db {
         // Read once per handle (and again after DDL through it): the foreign keys, and
         // the other names of each table.
         let catalog = self.cascades().await;
+        let schemas = self.shared.names.schemas();
         let mut touched: Vec<Touched> = Vec::with_capacity(writes.len());
         for w in writes {
             // The entries under every name a model may give the table: another
             // model over the same table spelled otherwise caches its rows too.
             for (i, table) in catalog
-                .names_of(&w.table.qualified_name(), self.shared.names.schemas())
+                .names_of(&w.table.qualified_name(), &schemas)
                 .into_iter()
                 .enumerate()
             {

@@ -874,9 +874,11 @@ pub type AfterConnect = Arc<
 #[derive(Debug, Default)]
 pub(crate) struct SessionNames {
     own: std::sync::atomic::AtomicBool,
-    /// The first session's search path as set, and the schemas it lists (`"$user"`
-    /// as the role's name).
-    first: std::sync::OnceLock<(String, Vec<String>)>,
+    /// The first session's search path as set, and its role.
+    first: std::sync::OnceLock<(String, String)>,
+    /// Every schema a bare name may have meant to one of the handle's sessions: those
+    /// their search paths listed (`"$user"` as the role's name), and those they found.
+    schemas: std::sync::Mutex<Vec<String>>,
 }
 
 impl SessionNames {
@@ -885,15 +887,18 @@ impl SessionNames {
         self.own.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The schemas the handle's search path lists (of its first session), for naming
-    /// every table a bare name may have meant.
-    pub(crate) fn schemas(&self) -> &[String] {
-        self.first
-            .get()
-            .map_or(&[], |(_, schemas)| schemas.as_slice())
+    /// Every schema a bare name may have meant to one of the handle's sessions, for
+    /// naming every table a write to a bare name may have touched.
+    pub(crate) fn schemas(&self) -> Vec<String> {
+        self.schemas.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    pub(crate) async fn learn(&self, client: &Client) -> Result<()> {
+    /// Reads how `client`'s session finds tables now; `true` when its search path or
+    /// role is not the first session's. A new session (`opened`) that finds tables
+    /// its own way keeps the handle out of shared entries of bare-named models from
+    /// then on; a session the caller's own SQL changed is closed instead (see
+    /// `Db::learn_names`), so the handle is not marked for it.
+    pub(crate) async fn learn(&self, client: &Client, opened: bool) -> Result<bool> {
         let messages = client
             .simple_query(
                 "SELECT (SELECT source FROM pg_settings WHERE name = 'search_path'), \
@@ -905,8 +910,10 @@ impl SessionNames {
             tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
         }) else {
-            self.own.store(true, std::sync::atomic::Ordering::Release);
-            return Ok(());
+            if opened {
+                self.own.store(true, std::sync::atomic::Ordering::Release);
+            }
+            return Ok(true);
         };
         let field = |i: usize| row.get(i).unwrap_or_default().to_owned();
         let (source, resolved, setting, user) = (field(0), field(1), field(2), field(3));
@@ -914,31 +921,29 @@ impl SessionNames {
             source.as_str(),
             "default" | "configuration file" | "database" | "environment variable"
         );
-        let first = self.first.get_or_init(|| {
-            let schemas = setting
-                .split(',')
-                .map(|s| {
-                    let s = s.trim();
-                    match s {
-                        "\"$user\"" | "$user" => user.clone(),
-                        quoted
-                            if quoted.len() >= 2
-                                && quoted.starts_with('"')
-                                && quoted.ends_with('"') =>
-                        {
-                            quoted[1..quoted.len() - 1].replace("\"\"", "\"")
-                        }
-                        plain => plain.to_lowercase(),
-                    }
-                })
-                .filter(|s| !s.is_empty())
-                .collect();
-            (setting.clone(), schemas)
+        let listed = setting.split(',').map(|s| {
+            let s = s.trim();
+            match s {
+                "\"$user\"" | "$user" => user.clone(),
+                quoted if quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"') => {
+                    quoted[1..quoted.len() - 1].replace("\"\"", "\"")
+                }
+                plain => plain.to_lowercase(),
+            }
         });
-        if !shared_source || resolved != "public" || first.0 != setting {
+        if let Ok(mut schemas) = self.schemas.lock() {
+            for schema in listed.chain(resolved.split(',').map(str::to_owned)) {
+                if !schema.is_empty() && !schemas.contains(&schema) {
+                    schemas.push(schema);
+                }
+            }
+        }
+        let first = self.first.get_or_init(|| (setting.clone(), user.clone()));
+        let changed = first.0 != setting || first.1 != user;
+        if opened && (!shared_source || resolved != "public" || changed) {
             self.own.store(true, std::sync::atomic::Ordering::Release);
         }
-        Ok(())
+        Ok(changed)
     }
 }
 
@@ -1036,7 +1041,7 @@ impl PgManager {
             }
         }
         // How this session finds tables, before anything runs on it.
-        self.names.learn(&client).await?;
+        self.names.learn(&client, true).await?;
         Ok(PgConn {
             after_connect: self.after_connect.clone(),
             cancel: client.cancel_token(),
