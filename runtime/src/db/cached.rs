@@ -8,10 +8,15 @@ use crate::cache::CacheService;
 use crate::cache::row::{Lookup, RowCache, UniqueLookup};
 
 /// Whether the connection's role reads a table as any role filling the cache would:
-/// it may `SELECT` it, and no Row Level Security narrows what it sees.
+/// it may `SELECT` it, no Row Level Security narrows what it sees, and — for a view —
+/// its definition reads no session state (a setting such as `app.tenant` that each
+/// handle's `after_connect` sets, the role), which would make its rows differ from
+/// session to session.
 const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
      AND (NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls \
           OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) \
+     AND (c.relkind <> 'v' OR pg_get_viewdef(c.oid) !~* \
+          '(current_setting|current_user|session_user|current_role|current_schema|pg_backend_pid|inet_client|\\muser\\M)') \
      FROM pg_class c JOIN pg_roles r ON r.rolname = current_user \
      WHERE c.oid = to_regclass($1)";
 

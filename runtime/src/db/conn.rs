@@ -684,14 +684,23 @@ impl Db {
     }
 
     /// After the caller's own SQL on `conn` (which may have run `SET search_path`,
-    /// `SET ROLE`, `set_config`, a function doing either): a session whose search path
-    /// or role is no longer its first's is closed when let go, never pooled again —
-    /// as `with_client` resets its session — and the handle learns the schemas it
-    /// found (see `SessionNames`). One round trip. Not answered (an aborted
-    /// transaction, whose settings are undone anyway): nothing.
+    /// `SET ROLE`, `set_config`, created a temporary table, left a transaction block
+    /// open or aborted, or called a function doing any of these): a session that is
+    /// no longer in its first state is closed when let go, never pooled again — as
+    /// `with_client` resets its session — and the handle learns the schemas it found
+    /// (see `SessionNames`). One round trip, marked in flight: a caller that stops
+    /// waiting during it leaves a connection that is closed. No answer outside a
+    /// transaction of Tabula's (the caller's own block failed): closed too.
     pub(crate) async fn learn_names(&self, conn: &mut PgConn) {
-        if let Ok(true) = self.shared.names.learn(conn.client(), false).await {
-            conn.discard = true;
+        conn.in_flight = true;
+        let learned = self.shared.names.learn(conn.client(), false).await;
+        conn.in_flight = false;
+        match learned {
+            Ok(false) => {}
+            Ok(true) => conn.discard = true,
+            Err(_) if !conn.in_transaction => conn.discard = true,
+            // An aborted transaction of Tabula's: its settings are undone with it.
+            Err(_) => {}
         }
     }
 
@@ -732,6 +741,10 @@ impl Db {
                 if pg.in_transaction {
                     // A plain SET inside a transaction outlives its COMMIT.
                     pg.discard = true;
+                    // A search path set there: the transaction's writes to bare names
+                    // may land in its schemas.
+                    self.learn_names(pg).await;
+                    pg.in_flight = true;
                     // The body may have written: the commit protocol needs the id.
                     if let (Ok(_), Err(e)) = (&result, pg.learn_xid().await) {
                         result = Err(e);

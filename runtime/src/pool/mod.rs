@@ -862,24 +862,47 @@ pub type AfterConnect = Arc<
         + Sync,
 >;
 
-/// How the sessions of one handle find tables by their bare names: learned on every
-/// connection it opens, after its own setup (`DbConfig::after_connect`) ran.
+/// What the sessions of one handle read tables through, learned on every connection
+/// it opens (after its own setup, `DbConfig::after_connect`, ran) and after the
+/// caller's own SQL (see `Db::learn_names`).
 ///
-/// A handle *resolves names as others do* while each of its sessions finds bare
-/// names along a search path every handle on the database shares (the server's or
-/// the database's default, not one set for the session, by the URL or for the role)
-/// that leads to `public` alone — a `"$user"` schema of its role included. Once one
-/// session does otherwise, or differs from the first, the handle never does again (see
-/// `Db::shared_reads_allowed`).
+/// A handle *names tables as others do* while each of its sessions finds bare names
+/// along a search path every handle on the database shares (the server's or the
+/// database's default, not one set for the session, by the URL or for the role) that
+/// leads to `public` alone — a `"$user"` schema of its role, or a temporary table,
+/// included. Once a new session does otherwise, or differs from the first, the handle
+/// never does again (see `Db::shared_reads_allowed`).
 #[derive(Debug, Default)]
 pub(crate) struct SessionNames {
     own: std::sync::atomic::AtomicBool,
-    /// The first session's search path as set, and its role.
-    first: std::sync::OnceLock<(String, String)>,
+    /// The first session's state (see [`Session`]).
+    first: std::sync::OnceLock<Session>,
     /// Every schema a bare name may have meant to one of the handle's sessions: those
     /// their search paths listed (`"$user"` as the role's name), and those they found.
     schemas: std::sync::Mutex<Vec<String>>,
 }
+
+/// What decides which tables a session's statements read: its search path as set,
+/// its role, and the schemas it searches (temporary ones included).
+#[derive(Debug, PartialEq, Eq)]
+struct Session {
+    path: String,
+    role: String,
+    searched: String,
+}
+
+/// Asked with every name qualified, and operators as `OPERATOR(pg_catalog.…)`: a
+/// session may have put its own functions or operators earlier on its search path.
+const SESSION_STATE: &str = "SELECT \
+     (SELECT s.source FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'), \
+     pg_catalog.array_to_string(pg_catalog.current_schemas(true), ','), \
+     pg_catalog.current_setting('search_path'), \
+     current_user::pg_catalog.text, \
+     pg_catalog.statement_timestamp() OPERATOR(pg_catalog.<>) pg_catalog.transaction_timestamp(), \
+     (SELECT pg_catalog.string_agg(pg_catalog.concat(s.name, '=', s.setting), ',' ORDER BY s.name) \
+        FROM pg_catalog.pg_settings s \
+        WHERE pg_catalog.strpos(s.name, '.') OPERATOR(pg_catalog.>) 0 \
+          AND s.source OPERATOR(pg_catalog.=) ANY ('{session,client,user,database user}'))";
 
 impl SessionNames {
     /// Whether the handle's sessions find tables along a search path of their own.
@@ -893,19 +916,13 @@ impl SessionNames {
         self.schemas.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Reads how `client`'s session finds tables now; `true` when its search path or
-    /// role is not the first session's. A new session (`opened`) that finds tables
-    /// its own way keeps the handle out of shared entries of bare-named models from
-    /// then on; a session the caller's own SQL changed is closed instead (see
-    /// `Db::learn_names`), so the handle is not marked for it.
+    /// Reads the state of `client`'s session; `true` when it is not the first
+    /// session's, or the session is inside a transaction block of the caller's own.
+    /// A new session (`opened`) that reads tables its own way marks the handle (see
+    /// the type's docs); a session the caller's own SQL changed is closed instead
+    /// (see `Db::learn_names`), so the handle is not marked for it.
     pub(crate) async fn learn(&self, client: &Client, opened: bool) -> Result<bool> {
-        let messages = client
-            .simple_query(
-                "SELECT (SELECT source FROM pg_settings WHERE name = 'search_path'), \
-                 array_to_string(current_schemas(false), ','), \
-                 current_setting('search_path'), current_user::text",
-            )
-            .await?;
+        let messages = client.simple_query(SESSION_STATE).await?;
         let Some(row) = messages.into_iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
@@ -916,15 +933,21 @@ impl SessionNames {
             return Ok(true);
         };
         let field = |i: usize| row.get(i).unwrap_or_default().to_owned();
-        let (source, resolved, setting, user) = (field(0), field(1), field(2), field(3));
+        let source = field(0);
+        let session = Session {
+            searched: field(1),
+            path: field(2),
+            role: field(3),
+        };
+        let in_block = field(4) == "t";
         let shared_source = matches!(
             source.as_str(),
             "default" | "configuration file" | "database" | "environment variable"
         );
-        let listed = setting.split(',').map(|s| {
+        let listed = session.path.split(',').map(|s| {
             let s = s.trim();
             match s {
-                "\"$user\"" | "$user" => user.clone(),
+                "\"$user\"" | "$user" => session.role.clone(),
                 quoted if quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"') => {
                     quoted[1..quoted.len() - 1].replace("\"\"", "\"")
                 }
@@ -932,15 +955,20 @@ impl SessionNames {
             }
         });
         if let Ok(mut schemas) = self.schemas.lock() {
-            for schema in listed.chain(resolved.split(',').map(str::to_owned)) {
-                if !schema.is_empty() && !schemas.contains(&schema) {
+            for schema in listed.chain(session.searched.split(',').map(str::to_owned)) {
+                if !schema.is_empty() && !schema.starts_with("pg_") && !schemas.contains(&schema) {
                     schemas.push(schema);
                 }
             }
         }
-        let first = self.first.get_or_init(|| (setting.clone(), user.clone()));
-        let changed = first.0 != setting || first.1 != user;
-        if opened && (!shared_source || resolved != "public" || changed) {
+        let searches_public_alone = session.searched == "pg_catalog,public";
+        let first = self.first.get_or_init(|| Session {
+            path: session.path.clone(),
+            role: session.role.clone(),
+            searched: session.searched.clone(),
+        });
+        let changed = *first != session || in_block;
+        if opened && (!shared_source || !searches_public_alone || changed) {
             self.own.store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(changed)
