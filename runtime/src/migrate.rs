@@ -43,6 +43,22 @@ enum Track {
     Builtin,
 }
 
+/// The track's record table, schema-qualified as the session finds it now: a script
+/// may empty or change the search path (`pg_dump` output does), and the run is
+/// recorded after it, in the same session.
+async fn qualified_table(c: &tokio_postgres::Client, track: Track) -> Result<String> {
+    let row = c
+        .query_one(
+            "SELECT pg_catalog.quote_ident(n.nspname), pg_catalog.quote_ident(t.relname) \
+             FROM pg_catalog.pg_class t JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
+             WHERE t.oid = pg_catalog.to_regclass($1)",
+            &[&track.table()],
+        )
+        .await?;
+    let (schema, table): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(format!("{schema}.{table}"))
+}
+
 impl Track {
     fn table(self) -> &'static str {
         match self {
@@ -659,11 +675,12 @@ impl Migrator {
                         )));
                     };
                     check_no_transaction_control(&Migration::new(version, name.clone(), down.clone()))?;
+                    let record = qualified_table(c, track).await?;
                     c.batch_execute(&sealed(down)).await.map_err(|e| {
                         refuse(format!("the down file of `{name}` failed: {}", crate::Error::from(e)))
                     })?;
                     c.execute(
-                        &format!("DELETE FROM {} WHERE version = $1", track.table()),
+                        &format!("DELETE FROM {record} WHERE version = $1"),
                         &[&version],
                     )
                     .await?;
@@ -1065,10 +1082,11 @@ async fn apply(
                             });
                         }
                     }
+                    let record = qualified_table(c, track).await?;
                     c.batch_execute(&sealed(&migration.sql)).await?;
                     c.execute(
                         &format!(
-                            "INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"
+                            "INSERT INTO {record} (version, name, checksum) VALUES ($1, $2, $3)"
                         ),
                         &[&migration.version, &migration.name.as_ref(), checksum],
                     )

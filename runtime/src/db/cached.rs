@@ -8,15 +8,38 @@ use crate::cache::CacheService;
 use crate::cache::row::{Lookup, RowCache, UniqueLookup};
 
 /// Whether the connection's role reads a table as any role filling the cache would:
-/// it may `SELECT` it, no Row Level Security narrows what it sees, and — for a view —
-/// its definition reads no session state (a setting such as `app.tenant` that each
-/// handle's `after_connect` sets, the role), which would make its rows differ from
-/// session to session.
+/// it may `SELECT` it, and no Row Level Security narrows what it sees. For a view,
+/// every relation under it (followed through the views it reads) too: none has Row
+/// Level Security that applies to the view's owner (its policies may read a setting
+/// such as `app.tenant`), no view
+/// among them is `security_invoker` (their tables' policies and grants would apply to
+/// the reading role) or reads session state in its text (`current_setting`, the
+/// role), and none calls a function outside `pg_catalog` (which may read it).
+/// Otherwise its rows may differ from session to session, and it is never shared. A
+/// materialized view's rows are the same for every session.
 const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
      AND (NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls \
           OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) \
-     AND (c.relkind <> 'v' OR pg_get_viewdef(c.oid) !~* \
-          '(current_setting|current_user|session_user|current_role|current_schema|pg_backend_pid|inet_client|\\muser\\M)') \
+     AND (c.relkind <> 'v' OR (WITH RECURSIVE under(oid) AS ( \
+            SELECT c.oid \
+            UNION \
+            SELECT d.refobjid FROM under u \
+            JOIN pg_rewrite w ON w.ev_class = u.oid \
+            JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid \
+                 AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> u.oid) \
+          SELECT bool_and((NOT x.relrowsecurity OR vo.rolsuper OR vo.rolbypassrls \
+                      OR (x.relowner = vo.oid AND NOT x.relforcerowsecurity)) \
+                 AND NOT coalesce(x.reloptions @> ARRAY['security_invoker=true'], false) \
+                 AND NOT coalesce(x.reloptions @> ARRAY['security_invoker=on'], false) \
+                 AND (x.relkind <> 'v' OR pg_get_viewdef(x.oid) !~* \
+                      '(current_setting|current_user|session_user|current_role|current_schema|pg_backend_pid|inet_client|\\muser\\M)') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_rewrite w2 \
+                      JOIN pg_depend f ON f.classid = 'pg_rewrite'::regclass AND f.objid = w2.oid \
+                           AND f.refclassid = 'pg_proc'::regclass \
+                      JOIN pg_proc p ON p.oid = f.refobjid \
+                      WHERE w2.ev_class = x.oid AND p.pronamespace <> 'pg_catalog'::regnamespace)) \
+          FROM under u JOIN pg_class x ON x.oid = u.oid \
+          JOIN pg_roles vo ON vo.oid = c.relowner)) \
      FROM pg_class c JOIN pg_roles r ON r.rolname = current_user \
      WHERE c.oid = to_regclass($1)";
 

@@ -696,8 +696,12 @@ impl Db {
         let learned = self.shared.names.learn(conn.client(), false).await;
         conn.in_flight = false;
         match learned {
-            Ok(false) => {}
-            Ok(true) => conn.discard = true,
+            // Inside a transaction of Tabula's the block is its own.
+            Ok((changed, in_block)) => {
+                if changed || (in_block && !conn.in_transaction) {
+                    conn.discard = true;
+                }
+            }
             Err(_) if !conn.in_transaction => conn.discard = true,
             // An aborted transaction of Tabula's: its settings are undone with it.
             Err(_) => {}

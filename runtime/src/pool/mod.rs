@@ -898,11 +898,7 @@ const SESSION_STATE: &str = "SELECT \
      pg_catalog.array_to_string(pg_catalog.current_schemas(true), ','), \
      pg_catalog.current_setting('search_path'), \
      current_user::pg_catalog.text, \
-     pg_catalog.statement_timestamp() OPERATOR(pg_catalog.<>) pg_catalog.transaction_timestamp(), \
-     (SELECT pg_catalog.string_agg(pg_catalog.concat(s.name, '=', s.setting), ',' ORDER BY s.name) \
-        FROM pg_catalog.pg_settings s \
-        WHERE pg_catalog.strpos(s.name, '.') OPERATOR(pg_catalog.>) 0 \
-          AND s.source OPERATOR(pg_catalog.=) ANY ('{session,client,user,database user}'))";
+     pg_catalog.statement_timestamp() OPERATOR(pg_catalog.<>) pg_catalog.transaction_timestamp()";
 
 impl SessionNames {
     /// Whether the handle's sessions find tables along a search path of their own.
@@ -916,12 +912,12 @@ impl SessionNames {
         self.schemas.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Reads the state of `client`'s session; `true` when it is not the first
-    /// session's, or the session is inside a transaction block of the caller's own.
+    /// Reads the state of `client`'s session: whether it is not the first session's,
+    /// and whether it is inside a transaction block (Tabula's, or the caller's own).
     /// A new session (`opened`) that reads tables its own way marks the handle (see
     /// the type's docs); a session the caller's own SQL changed is closed instead
     /// (see `Db::learn_names`), so the handle is not marked for it.
-    pub(crate) async fn learn(&self, client: &Client, opened: bool) -> Result<bool> {
+    pub(crate) async fn learn(&self, client: &Client, opened: bool) -> Result<(bool, bool)> {
         let messages = client.simple_query(SESSION_STATE).await?;
         let Some(row) = messages.into_iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
@@ -930,7 +926,7 @@ impl SessionNames {
             if opened {
                 self.own.store(true, std::sync::atomic::Ordering::Release);
             }
-            return Ok(true);
+            return Ok((true, false));
         };
         let field = |i: usize| row.get(i).unwrap_or_default().to_owned();
         let source = field(0);
@@ -967,11 +963,11 @@ impl SessionNames {
             role: session.role.clone(),
             searched: session.searched.clone(),
         });
-        let changed = *first != session || in_block;
-        if opened && (!shared_source || !searches_public_alone || changed) {
+        let changed = *first != session;
+        if opened && (!shared_source || !searches_public_alone || changed || in_block) {
             self.own.store(true, std::sync::atomic::Ordering::Release);
         }
-        Ok(changed)
+        Ok((changed, in_block))
     }
 }
 
