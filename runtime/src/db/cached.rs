@@ -11,12 +11,14 @@ use crate::cache::row::{Lookup, RowCache, UniqueLookup};
 /// it may `SELECT` it, and no Row Level Security narrows what it sees. For a view,
 /// every relation under it (followed through the views it reads) too: none has Row
 /// Level Security that applies to the view's owner (its policies may read a setting
-/// such as `app.tenant`), no view
-/// among them is `security_invoker` (their tables' policies and grants would apply to
-/// the reading role) or reads session state in its text (`current_setting`, the
-/// role), and none calls a function outside `pg_catalog` (which may read it).
-/// Otherwise its rows may differ from session to session, and it is never shared. A
-/// materialized view's rows are the same for every session.
+/// such as `app.tenant`), no view among them is `security_invoker` (their tables'
+/// policies and grants would apply to the reading role) or reads session state in its
+/// text (`current_setting`, the
+/// role), none calls a function outside `pg_catalog` (which may read it) — directly
+/// or as an operator — and every view among them has the same owner (or one Row
+/// Level Security never applies to). Otherwise its rows may differ from session to
+/// session, and it is never shared. A materialized view's rows are the same for every
+/// session.
 const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
      AND (NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls \
           OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) \
@@ -33,12 +35,16 @@ const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
                  AND NOT coalesce(x.reloptions @> ARRAY['security_invoker=on'], false) \
                  AND (x.relkind <> 'v' OR pg_get_viewdef(x.oid) !~* \
                       '(current_setting|current_user|session_user|current_role|current_schema|pg_backend_pid|inet_client|\\muser\\M)') \
+                 AND (x.relkind <> 'v' OR x.relowner = c.relowner OR xo.rolsuper OR xo.rolbypassrls) \
                  AND NOT EXISTS (SELECT 1 FROM pg_rewrite w2 \
                       JOIN pg_depend f ON f.classid = 'pg_rewrite'::regclass AND f.objid = w2.oid \
-                           AND f.refclassid = 'pg_proc'::regclass \
-                      JOIN pg_proc p ON p.oid = f.refobjid \
+                      LEFT JOIN pg_operator o ON f.refclassid = 'pg_operator'::regclass \
+                           AND o.oid = f.refobjid \
+                      JOIN pg_proc p ON p.oid = CASE WHEN f.refclassid = 'pg_proc'::regclass \
+                           THEN f.refobjid ELSE o.oprcode::oid END \
                       WHERE w2.ev_class = x.oid AND p.pronamespace <> 'pg_catalog'::regnamespace)) \
           FROM under u JOIN pg_class x ON x.oid = u.oid \
+          JOIN pg_roles xo ON xo.oid = x.relowner \
           JOIN pg_roles vo ON vo.oid = c.relowner)) \
      FROM pg_class c JOIN pg_roles r ON r.rolname = current_user \
      WHERE c.oid = to_regclass($1)";
