@@ -13,12 +13,11 @@ use crate::cache::row::{Lookup, RowCache, UniqueLookup};
 /// Level Security that applies to the view's owner (its policies may read a setting
 /// such as `app.tenant`), no view among them is `security_invoker` (their tables'
 /// policies and grants would apply to the reading role) or reads session state in its
-/// text (`current_setting`, the
-/// role), none calls a function outside `pg_catalog` (which may read it) — directly
-/// or as an operator — and every view among them has the same owner (or one Row
-/// Level Security never applies to). Otherwise its rows may differ from session to
-/// session, and it is never shared. A materialized view's rows are the same for every
-/// session.
+/// text (`current_setting`, the role), none calls a function outside `pg_catalog`
+/// (which may read it) — directly or as an operator — and every view among them has
+/// the same owner (or one Row Level Security never applies to). Otherwise its rows may
+/// differ from session to session, and it is never shared. A materialized view's rows
+/// are the same for every session.
 const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
      AND (NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls \
           OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) \
