@@ -9,44 +9,59 @@ use crate::cache::row::{Lookup, RowCache, UniqueLookup};
 
 /// Whether the connection's role reads a table as any role filling the cache would:
 /// it may `SELECT` it, and no Row Level Security narrows what it sees. For a view,
-/// every relation under it (followed through the views it reads) too: none has Row
-/// Level Security that applies to the view's owner (its policies may read a setting
-/// such as `app.tenant`), no view among them is `security_invoker` (their tables'
-/// policies and grants would apply to the reading role) or reads session state in its
-/// text (`current_setting`, the role), none calls a function outside `pg_catalog`
-/// (which may read it) — directly or as an operator — and every view among them has
-/// the same owner (or one Row Level Security never applies to). Otherwise its rows may
-/// differ from session to session, and it is never shared. A materialized view's rows
-/// are the same for every session.
-const TABLE_ACCESS: &str = "SELECT has_table_privilege(c.oid, 'SELECT') \
+/// whether its rows are the same in every session, for every relation under it
+/// (followed through the views it reads): none has Row Level Security that applies to
+/// the view's owner, none is `security_invoker`, the views among them share one owner
+/// (or one Row Level Security never applies to), none names the role or the schema in
+/// its text (`current_user`, `current_date`, …) or converts through text, and every
+/// function its stored query calls — directly, as an aggregate or window, or through an
+/// operator; read from the rule's node tree, since PostgreSQL records no dependency on
+/// its own functions — is immutable (`nextval` aside): a stable or volatile one may
+/// read the session (`current_setting`, `pg_has_role`, `to_regclass`, `to_char` of a
+/// `timestamptz` under the session's time zone). Otherwise the view is never shared. A
+/// materialized view's rows are the same for every session. Every name is qualified:
+/// the session may have put its own operators earlier on its search path.
+const TABLE_ACCESS: &str = "SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT') \
      AND (NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls \
-          OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)) \
-     AND (c.relkind <> 'v' OR (WITH RECURSIVE under(oid) AS ( \
+          OR (c.relowner OPERATOR(pg_catalog.=) r.oid AND NOT c.relforcerowsecurity)) \
+     AND (c.relkind OPERATOR(pg_catalog.<>) 'v' OR (WITH RECURSIVE under(oid) AS ( \
             SELECT c.oid \
             UNION \
             SELECT d.refobjid FROM under u \
-            JOIN pg_rewrite w ON w.ev_class = u.oid \
-            JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid \
-                 AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> u.oid) \
-          SELECT bool_and((NOT x.relrowsecurity OR vo.rolsuper OR vo.rolbypassrls \
-                      OR (x.relowner = vo.oid AND NOT x.relforcerowsecurity)) \
-                 AND NOT coalesce(x.reloptions @> ARRAY['security_invoker=true'], false) \
-                 AND NOT coalesce(x.reloptions @> ARRAY['security_invoker=on'], false) \
-                 AND (x.relkind <> 'v' OR pg_get_viewdef(x.oid) !~* \
-                      '(current_setting|current_user|session_user|current_role|current_schema|pg_backend_pid|inet_client|\\muser\\M)') \
-                 AND (x.relkind <> 'v' OR x.relowner = c.relowner OR xo.rolsuper OR xo.rolbypassrls) \
-                 AND NOT EXISTS (SELECT 1 FROM pg_rewrite w2 \
-                      JOIN pg_depend f ON f.classid = 'pg_rewrite'::regclass AND f.objid = w2.oid \
-                      LEFT JOIN pg_operator o ON f.refclassid = 'pg_operator'::regclass \
-                           AND o.oid = f.refobjid \
-                      JOIN pg_proc p ON p.oid = CASE WHEN f.refclassid = 'pg_proc'::regclass \
-                           THEN f.refobjid ELSE o.oprcode::oid END \
-                      WHERE w2.ev_class = x.oid AND p.pronamespace <> 'pg_catalog'::regnamespace)) \
-          FROM under u JOIN pg_class x ON x.oid = u.oid \
-          JOIN pg_roles xo ON xo.oid = x.relowner \
-          JOIN pg_roles vo ON vo.oid = c.relowner)) \
-     FROM pg_class c JOIN pg_roles r ON r.rolname = current_user \
-     WHERE c.oid = to_regclass($1)";
+            JOIN pg_catalog.pg_rewrite w ON w.ev_class OPERATOR(pg_catalog.=) u.oid \
+            JOIN pg_catalog.pg_depend d \
+                 ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 AND d.objid OPERATOR(pg_catalog.=) w.oid \
+                 AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                 AND d.refobjid OPERATOR(pg_catalog.<>) u.oid) \
+          SELECT pg_catalog.bool_and( \
+                 (NOT x.relrowsecurity OR vo.rolsuper OR vo.rolbypassrls \
+                      OR (x.relowner OPERATOR(pg_catalog.=) vo.oid AND NOT x.relforcerowsecurity)) \
+                 AND NOT coalesce(x.reloptions OPERATOR(pg_catalog.@>) '{security_invoker=true}'::pg_catalog.text[], false) \
+                 AND NOT coalesce(x.reloptions OPERATOR(pg_catalog.@>) '{security_invoker=on}'::pg_catalog.text[], false) \
+                 AND (x.relkind OPERATOR(pg_catalog.<>) 'v' \
+                      OR x.relowner OPERATOR(pg_catalog.=) c.relowner OR xo.rolsuper OR xo.rolbypassrls) \
+                 AND (x.relkind OPERATOR(pg_catalog.<>) 'v' OR pg_catalog.pg_get_viewdef(x.oid) \
+                      OPERATOR(pg_catalog.!~*) '(current_user|session_user|current_role|current_schema|current_catalog|\\muser\\M)') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w2 \
+                      WHERE w2.ev_class OPERATOR(pg_catalog.=) x.oid \
+                        AND w2.ev_action::pg_catalog.text OPERATOR(pg_catalog.~) '(SQLVALUEFUNCTION|COERCEVIAIO)') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w2 \
+                      CROSS JOIN LATERAL pg_catalog.regexp_matches(w2.ev_action::pg_catalog.text, \
+                           ':(funcid|aggfnoid|winfnoid|opno) ([0-9]+)', 'g') AS m(a) \
+                      LEFT JOIN pg_catalog.pg_operator o ON m.a[1] OPERATOR(pg_catalog.=) 'opno' \
+                           AND o.oid OPERATOR(pg_catalog.=) m.a[2]::pg_catalog.oid \
+                      JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) CASE \
+                           WHEN m.a[1] OPERATOR(pg_catalog.=) 'opno' THEN o.oprcode::pg_catalog.oid \
+                           ELSE m.a[2]::pg_catalog.oid END \
+                      WHERE w2.ev_class OPERATOR(pg_catalog.=) x.oid \
+                        AND p.provolatile OPERATOR(pg_catalog.<>) 'i' \
+                        AND p.oid OPERATOR(pg_catalog.<>) 'pg_catalog.nextval(pg_catalog.regclass)'::pg_catalog.regprocedure)) \
+          FROM under u JOIN pg_catalog.pg_class x ON x.oid OPERATOR(pg_catalog.=) u.oid \
+          JOIN pg_catalog.pg_roles xo ON xo.oid OPERATOR(pg_catalog.=) x.relowner \
+          JOIN pg_catalog.pg_roles vo ON vo.oid OPERATOR(pg_catalog.=) c.relowner)) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) current_user \
+     WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)";
 
 /// What `map` knows of the table whose metadata lives at `id` (answers read once per
 /// table and kept by the metadata's address: no allocation on a read path).
