@@ -255,22 +255,22 @@ impl Error {
     /// A prepared statement that a schema change made stale ("cached plan must not
     /// change result type", 0A000) or that the server no longer has (26000): it is
     /// prepared again by its next use, so running it again succeeds.
-    /// Told by the server's message as well as its SQLSTATE: both codes are general
-    /// (0A000 is any unsupported feature, and a function may raise either), and only
-    /// this case goes away by preparing again.
+    /// Told by the server routine that raised it as well as its SQLSTATE: both codes
+    /// are general (0A000 is any unsupported feature, and a function may raise
+    /// either), and only this case goes away by preparing again. The routine, not the
+    /// message, which a server translates (`lc_messages`).
     pub(crate) fn is_stale_statement(&self) -> bool {
-        match self {
-            Error::Database {
-                sqlstate, message, ..
-            } => match sqlstate.as_str() {
-                "0A000" => message == "cached plan must not change result type",
-                "26000" => {
-                    message.starts_with("prepared statement") && message.ends_with("does not exist")
-                }
-                _ => false,
-            },
-            _ => false,
-        }
+        let Error::Database {
+            sqlstate, source, ..
+        } = self
+        else {
+            return false;
+        };
+        let routine = source.as_db_error().and_then(|e| e.routine());
+        matches!(
+            (sqlstate.as_str(), routine),
+            ("0A000", Some("RevalidateCachedQuery")) | ("26000", Some("FetchPreparedStatement"))
+        )
     }
 
     /// A serialization failure or deadlock, which a transaction retry may resolve.
