@@ -657,10 +657,13 @@ impl Db {
 
     /// Runs raw SQL statements (no parameters, no results), e.g. for set-up scripts.
     ///
-    /// A session setting it changes (`SET search_path`, `SET ROLE`, `set_config`) does
-    /// not outlive the call: one more round trip reads the session's search path and
-    /// role, and a connection that no longer has its first ones is closed when let go.
-    /// Session settings belong in [`DbConfig::after_connect`](crate::DbConfig::after_connect).
+    /// A change it makes to the session's search path or role (`SET search_path`,
+    /// `SET ROLE`, `set_config` of either), a temporary table, or a transaction block
+    /// left open does not outlive the call: one more round trip reads the session's
+    /// state, and a connection no longer in its first state is closed when let go. A
+    /// custom setting (`app.tenant`) it changes is not seen (PostgreSQL lists none) and
+    /// stays on that pooled connection. Session settings belong in
+    /// [`DbConfig::after_connect`](crate::DbConfig::after_connect).
     ///
     /// ```no_run
     /// # async fn run(db: tabula::Db) -> tabula::Result<()> {

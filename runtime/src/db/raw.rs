@@ -37,10 +37,13 @@ impl super::Db {
     /// writes is not known to the cache: call [`Db::invalidate`](crate::Db::invalidate) or
     /// [`Db::invalidate_table`](crate::Db::invalidate_table) after a write.
     ///
-    /// A session setting it changes (`SET search_path`, `SET ROLE`, `set_config`) does
-    /// not outlive the call: one more round trip reads the session's search path and
-    /// role, and a connection that no longer has its first ones is closed when let go.
-    /// Session settings belong in [`DbConfig::after_connect`](crate::DbConfig::after_connect).
+    /// A change it makes to the session's search path or role (`SET search_path`,
+    /// `SET ROLE`, `set_config` of either), a temporary table, or a transaction block
+    /// left open does not outlive the call: one more round trip reads the session's
+    /// state, and a connection no longer in its first state is closed when let go. A
+    /// custom setting (`app.tenant`) it changes is not seen (PostgreSQL lists none) and
+    /// stays on that pooled connection. Session settings belong in
+    /// [`DbConfig::after_connect`](crate::DbConfig::after_connect).
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};
@@ -82,10 +85,13 @@ impl super::Db {
     /// describes (aggregates, joins into tuples): `row.try_get::<_, i64>(0)`. Like
     /// [`Db::sql`](crate::Db::sql), it runs under the handle's deadline, transaction and scope.
     ///
-    /// A session setting it changes (`SET search_path`, `SET ROLE`, `set_config`) does
-    /// not outlive the call: one more round trip reads the session's search path and
-    /// role, and a connection that no longer has its first ones is closed when let go.
-    /// Session settings belong in [`DbConfig::after_connect`](crate::DbConfig::after_connect).
+    /// A change it makes to the session's search path or role (`SET search_path`,
+    /// `SET ROLE`, `set_config` of either), a temporary table, or a transaction block
+    /// left open does not outlive the call: one more round trip reads the session's
+    /// state, and a connection no longer in its first state is closed when let go. A
+    /// custom setting (`app.tenant`) it changes is not seen (PostgreSQL lists none) and
+    /// stays on that pooled connection. Session settings belong in
+    /// [`DbConfig::after_connect`](crate::DbConfig::after_connect).
     ///
     /// ```no_run
     /// # async fn run(db: tabula::Db) -> tabula::Result<()> {
