@@ -128,6 +128,46 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Registers `interleaved/tabula` and `interleaved/raw`: the raw client and Tabula in
+/// turn, call by call (which goes first alternates), each sample the time of one
+/// side's calls alone within the same run — so drift of the machine, or a table
+/// growing under inserts, weighs on both alike and cannot make a ratio.
+fn interleaved<R, T>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    raw: impl AsyncFn() -> R,
+    tabula: impl AsyncFn() -> T,
+) {
+    for (name, tabula_side) in [("interleaved/tabula", true), ("interleaved/raw", false)] {
+        group.bench_function(name, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let (raw, tabula) = (&raw, &tabula);
+                async move {
+                    let (mut on_raw, mut on_tabula) = (Duration::ZERO, Duration::ZERO);
+                    for i in 0..iters {
+                        // Which goes first alternates: the call after another side's
+                        // write pays for some of the server's work on it.
+                        for raw_now in [i % 2 == 0, i % 2 == 1] {
+                            let started = Instant::now();
+                            match raw_now {
+                                true => {
+                                    std::hint::black_box(raw().await);
+                                    on_raw += started.elapsed();
+                                }
+                                false => {
+                                    std::hint::black_box(tabula().await);
+                                    on_tabula += started.elapsed();
+                                }
+                            }
+                        }
+                    }
+                    if tabula_side { on_tabula } else { on_raw }
+                }
+            })
+        });
+    }
+}
+
 fn read_by_key(c: &mut Criterion) {
     let rt = runtime();
     let s = rt.block_on(setup(false));
@@ -168,29 +208,16 @@ fn read_by_key(c: &mut Criterion) {
                 .expect("row")
         })
     });
-    // The raw client and Tabula in turn, call by call: each sample is the time of the
-    // Tabula reads alone and of the raw reads alone within the same interleaved run,
-    // so drift of the machine between two benchmarks cannot make a ratio.
-    for (name, tabula) in [("interleaved/tabula", true), ("interleaved/raw", false)] {
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (s, stmt) = (&s, &stmt);
-                async move {
-                    let (mut on_raw, mut on_tabula) = (Duration::ZERO, Duration::ZERO);
-                    for _ in 0..iters {
-                        let started = Instant::now();
-                        let row = s.raw.query_opt(stmt, &[&s.read_id]).await.expect("raw");
-                        std::hint::black_box(row.map(|r| raw_decode(&r)));
-                        on_raw += started.elapsed();
-                        let started = Instant::now();
-                        std::hint::black_box(s.db.read::<Profile>(s.read_id).await.expect("read"));
-                        on_tabula += started.elapsed();
-                    }
-                    if tabula { on_tabula } else { on_raw }
-                }
-            })
-        });
-    }
+    // The raw client and Tabula in turn, call by call (see `interleaved`).
+    interleaved(
+        &mut group,
+        &rt,
+        async || {
+            let row = s.raw.query_opt(&stmt, &[&s.read_id]).await.expect("raw");
+            row.map(|r| raw_decode(&r))
+        },
+        async || s.db.read::<Profile>(s.read_id).await.expect("read"),
+    );
     // The same read with a metrics recorder installed (a registry keyed by name and
     // labels, as exporters keep one): what monitoring costs per call.
     let registry = Registry::default();
@@ -574,33 +601,21 @@ fn insert_one(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { s.db.create(new_profile()).await.expect("create") })
     });
-    // In turn, call by call (see `read_by_key`).
-    for (name, tabula) in [("interleaved/tabula", true), ("interleaved/raw", false)] {
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (s, stmt) = (&s, &stmt);
-                async move {
-                    let (mut on_raw, mut on_tabula) = (Duration::ZERO, Duration::ZERO);
-                    for _ in 0..iters {
-                        let p = new_profile();
-                        let started = Instant::now();
-                        let row = s
-                            .raw
-                            .query_one(stmt, &[&p.user_id, &p.username, &p.avatar_url])
-                            .await
-                            .expect("raw");
-                        std::hint::black_box(raw_decode(&row));
-                        on_raw += started.elapsed();
-                        let p = new_profile();
-                        let started = Instant::now();
-                        std::hint::black_box(s.db.create(p).await.expect("create"));
-                        on_tabula += started.elapsed();
-                    }
-                    if tabula { on_tabula } else { on_raw }
-                }
-            })
-        });
-    }
+    // In turn, call by call (see `interleaved`).
+    interleaved(
+        &mut group,
+        &rt,
+        async || {
+            let p = new_profile();
+            let row = s
+                .raw
+                .query_one(&stmt, &[&p.user_id, &p.username, &p.avatar_url])
+                .await
+                .expect("raw");
+            raw_decode(&row)
+        },
+        async || s.db.create(new_profile()).await.expect("create"),
+    );
     group.finish();
 }
 
@@ -636,6 +651,28 @@ fn insert_100(c: &mut Criterion) {
             s.db.create_many(rows).await.expect("create_many")
         })
     });
+    // In turn, batch by batch: the table grows under both alike (measured one after
+    // the other, the second runs against a larger table and index).
+    interleaved(
+        &mut group,
+        &rt,
+        async || {
+            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
+            let users: Vec<Uuid> = rows.iter().map(|p| p.user_id).collect();
+            let names: Vec<&str> = rows.iter().map(|p| p.username.as_str()).collect();
+            let avatars: Vec<Option<&str>> = rows.iter().map(|p| p.avatar_url.as_deref()).collect();
+            let back = s
+                .raw
+                .query(&stmt, &[&users, &names, &avatars])
+                .await
+                .expect("raw");
+            back.iter().map(raw_decode).collect::<Vec<_>>()
+        },
+        async || {
+            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
+            s.db.create_many(rows).await.expect("create_many")
+        },
+    );
     group.finish();
 }
 

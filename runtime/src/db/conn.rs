@@ -893,7 +893,6 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
             let _entered = this.span.enter();
             this.work.poll(cx)
         };
-        let may_write = may_write(operation);
         let result = match polled {
             // The server's own deadline: it cancelled the statement — and with it,
             // outside a transaction, everything but what the caller's own SQL (a
@@ -912,7 +911,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
             // The connection closed before the answer: a write alone may have been
             // committed by the server all the same.
             std::task::Poll::Ready(Err(Error::Connection(_)))
-                if may_write && this.db.autocommit() =>
+                if may_write(operation) && this.db.autocommit() =>
             {
                 Err(Error::OutcomeUnknown { operation, table })
             }
@@ -925,7 +924,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Timed<'_, F> {
                 // connection.
                 // Inside a transaction the statement's loss dooms the transaction:
                 // nothing it did is kept.
-                let landed = may_write
+                let landed = may_write(operation)
                     && this.db.alone()
                     && this.progress.is_none_or(|p| {
                         match this.db.autocommit() {

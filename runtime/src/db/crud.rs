@@ -363,6 +363,9 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn create<N: NewRow>(&self, new: N) -> Result<N::Table> {
+        if self.invalidates_nothing() {
+            return self.write_in_place(self.create_now(new)).await;
+        }
         let db = self.clone();
         // The new row's names: a read may have cached that it did not exist.
         self.write::<N::Table, _>(async move { db.create_now(new).await }, |row| {
@@ -386,6 +389,9 @@ impl Db {
     pub async fn create_many<N: NewRow>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
         if rows.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.invalidates_nothing() {
+            return self.write_in_place(self.create_many_now(rows)).await;
         }
         let db = self.clone();
         self.write::<N::Table, _>(async move { db.create_many_now(rows).await }, |rows| {
@@ -440,7 +446,11 @@ impl Db {
         key: impl Into<M::Key>,
         patch: impl Patch<Table = M>,
     ) -> Result<M> {
-        let (db, key) = (self.clone(), key.into());
+        let key = key.into();
+        if self.invalidates_nothing() {
+            return self.write_in_place(self.update_now::<M>(key, patch)).await;
+        }
+        let db = self.clone();
         let touched = vec![key.clone()];
         // The row's own spelling of its key too (see `sql.rs`).
         self.write_touching::<M, _>(
@@ -464,7 +474,14 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn delete<M: Table>(&self, key: impl Into<M::Key>) -> Result<()> {
-        let (db, key) = (self.clone(), key.into());
+        let key = key.into();
+        if self.invalidates_nothing() {
+            return self
+                .write_in_place(self.delete_now::<M>(key))
+                .await
+                .map(|_| ());
+        }
+        let db = self.clone();
         let touched = vec![key.clone()];
         self.write_touching::<M, _>(
             async move { db.delete_now::<M>(key).await },
@@ -544,6 +561,9 @@ impl Db {
                 "upsert into `{}` needs at least one conflict column",
                 meta.name
             )));
+        }
+        if self.invalidates_nothing() {
+            return self.write_in_place(self.upsert_now(new, target)).await;
         }
         let db = self.clone();
         self.write::<N::Table, _>(async move { db.upsert_now(new, target).await }, |row| {

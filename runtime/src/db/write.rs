@@ -331,6 +331,35 @@ impl Db {
         }
     }
 
+    /// Whether a write through this handle has no cache entry to invalidate: no cache
+    /// of this process (the handle's, the global one, another handle's) holds entries
+    /// of its database. Such a write takes [`Db::write_in_place`].
+    pub(crate) fn invalidates_nothing(&self) -> bool {
+        self.shared.cache.is_none()
+            && crate::cache::CacheService::global().is_none()
+            && !crate::cache::has_caches_for_database(&self.shared.identity)
+    }
+
+    /// A write with nothing to invalidate (see [`Db::invalidates_nothing`]), run in
+    /// the caller's task: neither boxed nor moved into a task of its own, as there is
+    /// no invalidation that dropping the caller's future could separate from it. The
+    /// replicas still learn how far it wrote.
+    pub(crate) async fn write_in_place<T>(
+        &self,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if self.scope.is_some() {
+            crate::cache::memo::note_scoped();
+        }
+        let mark = self.write_mark();
+        let result = work.await;
+        if self.tx.is_none() {
+            self.note_write(None).await;
+        }
+        mark.done();
+        result
+    }
+
     /// Runs a write and invalidates what it touched: `rows` gives the row-cache names
     /// of the rows it changed ([`Table::cache_names`], or [`names`] of keys), from its
     /// result. See [`Db::write_touching`].
@@ -386,17 +415,8 @@ impl Db {
         rows: impl FnOnce(&T) -> Vec<String> + Send + 'static,
         every_row: bool,
     ) -> Result<T> {
-        if self.shared.cache.is_none()
-            && crate::cache::CacheService::global().is_none()
-            && !crate::cache::has_caches_for_database(&self.shared.identity)
-        {
-            let mark = self.write_mark();
-            let result = work.await;
-            if self.tx.is_none() {
-                self.note_write(None).await;
-            }
-            mark.done();
-            return result;
+        if self.invalidates_nothing() {
+            return self.write_in_place(work).await;
         }
         let touched = move |result: &Result<T>| -> Option<Invalidation> {
             match result {
