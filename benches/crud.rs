@@ -630,49 +630,28 @@ fn insert_100(c: &mut Criterion) {
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) RETURNING {COLUMNS}"
         )))
         .expect("prepare");
+    let raw = || async {
+        let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
+        let users: Vec<Uuid> = rows.iter().map(|p| p.user_id).collect();
+        let names: Vec<&str> = rows.iter().map(|p| p.username.as_str()).collect();
+        let avatars: Vec<Option<&str>> = rows.iter().map(|p| p.avatar_url.as_deref()).collect();
+        let back = s
+            .raw
+            .query(&stmt, &[&users, &names, &avatars])
+            .await
+            .expect("raw");
+        back.iter().map(raw_decode).collect::<Vec<_>>()
+    };
+    let tabula = || async {
+        let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
+        s.db.create_many(rows).await.expect("create_many")
+    };
     let mut group = c.benchmark_group("insert_100_rows");
-    group.bench_function("raw", |b| {
-        b.to_async(&rt).iter(|| async {
-            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
-            let users: Vec<Uuid> = rows.iter().map(|p| p.user_id).collect();
-            let names: Vec<&str> = rows.iter().map(|p| p.username.as_str()).collect();
-            let avatars: Vec<Option<&str>> = rows.iter().map(|p| p.avatar_url.as_deref()).collect();
-            let back = s
-                .raw
-                .query(&stmt, &[&users, &names, &avatars])
-                .await
-                .expect("raw");
-            back.iter().map(raw_decode).collect::<Vec<_>>()
-        })
-    });
-    group.bench_function("tabula", |b| {
-        b.to_async(&rt).iter(|| async {
-            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
-            s.db.create_many(rows).await.expect("create_many")
-        })
-    });
+    group.bench_function("raw", |b| b.to_async(&rt).iter(raw));
+    group.bench_function("tabula", |b| b.to_async(&rt).iter(tabula));
     // In turn, batch by batch: the table grows under both alike (measured one after
     // the other, the second runs against a larger table and index).
-    interleaved(
-        &mut group,
-        &rt,
-        async || {
-            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
-            let users: Vec<Uuid> = rows.iter().map(|p| p.user_id).collect();
-            let names: Vec<&str> = rows.iter().map(|p| p.username.as_str()).collect();
-            let avatars: Vec<Option<&str>> = rows.iter().map(|p| p.avatar_url.as_deref()).collect();
-            let back = s
-                .raw
-                .query(&stmt, &[&users, &names, &avatars])
-                .await
-                .expect("raw");
-            back.iter().map(raw_decode).collect::<Vec<_>>()
-        },
-        async || {
-            let rows: Vec<NewProfile> = (0..100).map(|_| new_profile()).collect();
-            s.db.create_many(rows).await.expect("create_many")
-        },
-    );
+    interleaved(&mut group, &rt, raw, tabula);
     group.finish();
 }
 
