@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use tabula::query::{QuerySpec, SpecLimits};
-use tabula::{CacheConfig, CacheService, CustomColumn, Db, DbConfig, Error, Filter, Table};
+use tabula::{CacheService, CustomColumn, Db, DbConfig, Error, Filter, Table};
+
+use common::fixtures::{ident, redis};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -49,25 +48,6 @@ async fn items_db() -> Db {
     let db = common::db().await;
     db.execute_batch(ITEMS_DDL).await.expect("items table");
     db
-}
-
-fn unique_prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r34x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
 }
 
 async fn connect_cached(url: &str, cache: CacheService) -> Db {
@@ -293,7 +273,7 @@ async fn holds_battery_of_shapes_matches_raw_sql_both_orders() {
 async fn holds_battery_cached_matches_raw_sql() {
     let (db0, url) = common::db_and_url().await;
     db0.execute_batch(ITEMS_DDL).await.expect("items");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     let all = battery();
     let mut expected = Vec::new();
     for (_, _, cond) in &all {
@@ -512,7 +492,7 @@ async fn defect_cached_query_key_uses_lossy_debug_of_custom_column() {
     )
     .await
     .expect("table");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     let lookup = |key: &str| {
         db.query::<KeyRow>()
             .filter(KeyRow::KEY.eq(ApiKey(key.to_owned())))
@@ -689,7 +669,7 @@ async fn holds_probe_cached_query_is_served_from_cache() {
     )
     .await
     .expect("table");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     let q = || {
         db.query::<KeyRow>()
             .filter(KeyRow::ID.eq(1))
@@ -731,7 +711,7 @@ async fn defect_search_path_tenants_share_cached_rows() {
         ));
     }
     db0.execute_batch(&ddl).await.expect("tenants");
-    let cache = redis(&unique_prefix());
+    let cache = redis(&ident("r34"));
     let tenant = |schema: &'static str| {
         DbConfig::new(&url)
             .cache(cache.clone())
@@ -779,7 +759,7 @@ async fn defect_search_path_tenants_share_cached_rows() {
 /// Two databases sharing one Redis (same prefix) never share a cached query's rows.
 #[tokio::test]
 async fn holds_two_databases_one_redis_never_share_cached_rows() {
-    let prefix = unique_prefix();
+    let prefix = ident("r34");
     let (a0, url_a) = common::db_and_url().await;
     let (b0, url_b) = common::db_and_url().await;
     a0.execute_batch(ITEMS_DDL).await.expect("a");
@@ -841,7 +821,7 @@ async fn holds_scoped_users_never_share_cached_query_rows() {
     ))
     .await
     .expect("notes");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     for _ in 0..2 {
         for (user, want) in [(u1, vec![1_i64, 3]), (u2, vec![2])] {
             let h = db.as_user(user);
@@ -897,7 +877,7 @@ async fn holds_soft_delete_shapes_and_cache_keys() {
     )
     .await
     .expect("soft");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     for pass in 0..2 {
         let live: Vec<i64> = db
             .query::<Soft>()
@@ -1039,7 +1019,7 @@ async fn holds_hostile_sizes() {
 async fn holds_cached_keyset_pages_and_tampered_cursors() {
     let (db0, url) = common::db_and_url().await;
     db0.execute_batch(ITEMS_DDL).await.expect("items");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     let mut seen = Vec::new();
     let mut cursor = None;
     let mut cursors = Vec::new();
@@ -1151,7 +1131,7 @@ struct PubItem {
 async fn defect_write_through_schema_qualified_model_leaves_unqualified_entries_stale() {
     let (db0, url) = common::db_and_url().await;
     db0.execute_batch(ITEMS_DDL).await.expect("items");
-    let db = connect_cached(&url, redis(&unique_prefix())).await;
+    let db = connect_cached(&url, redis(&ident("r34"))).await;
     let cached_b = || async {
         db.query::<Item>()
             .filter(Item::ID.eq(5))

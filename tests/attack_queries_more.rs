@@ -9,11 +9,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tabula::query::{QuerySpec, SpecLimits};
-use tabula::{CacheConfig, CacheService, CustomColumn, Db, DbConfig, Error, Table};
+use tabula::{CustomColumn, Db, DbConfig, Error, Table};
+
+use common::fixtures::{ident, redis};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -33,25 +35,6 @@ CREATE TABLE r35_items (id int8 PRIMARY KEY, a int4 NOT NULL, b text NOT NULL, f
 INSERT INTO r35_items (id, a, b, f)
 SELECT i, i % 7, 'x' || i, i * 0.5 FROM generate_series(1, 20) AS i;
 ";
-
-fn unique_prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r35x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
-}
 
 fn ids(rows: &[Item]) -> Vec<i64> {
     let mut v: Vec<i64> = rows.iter().map(|r| r.id).collect();
@@ -121,7 +104,7 @@ async fn shared_table_across_processes(
 ) -> (Option<String>, Vec<String>) {
     let (db0, url) = common::db_and_url().await;
     db0.execute_batch(SHARED_DDL).await.expect("ddl");
-    let prefix = unique_prefix();
+    let prefix = ident("r35");
     {
         let b1 = Db::connect_with(search_path(&url, b_path).cache(redis(&prefix)))
             .await
@@ -185,7 +168,7 @@ async fn holds_shared_table_across_processes_same_search_path() {
 async fn holds_shared_table_tenants_in_one_process() {
     let (db0, url) = common::db_and_url().await;
     db0.execute_batch(SHARED_DDL).await.expect("ddl");
-    let prefix = unique_prefix();
+    let prefix = ident("r35");
     let b = Db::connect_with(search_path(&url, "tenant_b, public").cache(redis(&prefix)))
         .await
         .expect("b");
@@ -239,7 +222,7 @@ async fn alias_scenario(created_late: bool) -> (String, String) {
     if !created_late {
         db0.execute_batch(table).await.expect("table");
     }
-    let db = Db::connect_with(search_path(&url, "r35x, public").cache(redis(&unique_prefix())))
+    let db = Db::connect_with(search_path(&url, "r35x, public").cache(redis(&ident("r35"))))
         .await
         .expect("db");
     // Any write through the handle: it reads the catalog (foreign keys and aliases).
@@ -284,7 +267,7 @@ async fn alias_scenario(created_late: bool) -> (String, String) {
     bare(db).await
 }
 
-/// The aliases (`Cascades::names_of`, runtime/src/db/write.rs:107) are read from the
+/// The aliases (`WriteCatalog::names_of`, runtime/src/db/write.rs:107) are read from the
 /// catalog once per handle and forgotten only after DDL through that handle
 /// (write.rs:131). A table created afterwards by anyone else — a migration run by
 /// another process, a tenant provisioned at run time — has no alias: a write through
@@ -699,7 +682,7 @@ async fn holds_cached_custom_values_is_in_options_floats() {
     )
     .await
     .expect("users");
-    let db = Db::connect_with(DbConfig::new(&url).cache(redis(&unique_prefix())))
+    let db = Db::connect_with(DbConfig::new(&url).cache(redis(&ident("r35"))))
         .await
         .expect("db");
     let uids = |rows: Vec<User35>| {
@@ -816,7 +799,7 @@ async fn holds_cached_custom_values_is_in_options_floats() {
 async fn defect_namespace_fixed_before_tenant_schema_exists_leaks_rows() {
     let (db0, url) = common::db_and_url().await;
     db0.execute_batch(ITEMS_DDL).await.expect("items");
-    let prefix = unique_prefix();
+    let prefix = ident("r35");
     let tenant = Db::connect_with(search_path(&url, "tenant_c, public").cache(redis(&prefix)))
         .await
         .expect("tenant");

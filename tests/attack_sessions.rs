@@ -9,10 +9,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+
+use common::fixtures::{ident, raw, redis};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "r38_t", cache(ttl = 300))]
@@ -20,33 +21,6 @@ struct BareT {
     #[table(primary_key)]
     id: i64,
     v: String,
-}
-
-fn unique() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r38x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
 }
 
 async fn bare_reads(db: &Db) -> (Option<String>, Vec<String>) {
@@ -102,7 +76,7 @@ async fn temp_table_case(
 ) {
     let (db0, url) = common::db_and_url().await;
     setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r38");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -172,7 +146,7 @@ async fn defect_temp_table_via_sql_rows_fills_shared_entries() {
 async fn defect_cancel_during_learn_pools_changed_session() {
     let (db0, url) = common::db_and_url().await;
     setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r38");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -243,7 +217,7 @@ async fn with_client_then_write(local: bool) -> (String, Option<String>) {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r38");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(2)
@@ -361,7 +335,7 @@ async fn defect_view_filtered_by_session_setting_shared_across_tenants() {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r38");
     let a = Db::connect_with(tenant_setting(&url, &prefix, "a"))
         .await
         .expect("a");
@@ -426,7 +400,7 @@ async fn defect_learn_query_is_shadowed_by_tenant_function() {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r38");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -457,7 +431,7 @@ async fn defect_learn_query_is_shadowed_by_tenant_function() {
 async fn defect_failed_script_with_begin_poisons_pooled_connection() {
     let (db0, url) = common::db_and_url().await;
     setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r38");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -495,7 +469,7 @@ async fn defect_failed_script_with_begin_poisons_pooled_connection() {
 async fn defect_unterminated_begin_fills_shared_cache_with_uncommitted_row() {
     let (db0, url) = common::db_and_url().await;
     setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r38");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -538,7 +512,7 @@ fn near_redis(prefix: &str) -> CacheService {
 async fn holds_invalidate_tag_and_table_reach_other_db_near_tier() {
     let (db0, url) = common::db_and_url().await;
     setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r38");
     let a = Db::connect_with(DbConfig::new(url.clone()).cache(near_redis(&prefix)))
         .await
         .expect("a");

@@ -9,11 +9,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+use tabula::{Db, DbConfig, Table};
+
+use common::fixtures::{ident, raw, redis};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "r36_t", cache(ttl = 300))]
@@ -45,34 +47,7 @@ CREATE TABLE r36_items (id int8 PRIMARY KEY, a int4 NOT NULL, b text NOT NULL);
 INSERT INTO r36_items (id, a, b) SELECT i, i % 7, 'x' || i FROM generate_series(1, 20) AS i;
 ";
 
-fn unique() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r36x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
-}
-
 /// A plain tokio_postgres connection: the independent expectation.
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
-
 async fn raw_v(url: &str, sql: &str) -> Option<String> {
     let c = raw(url).await;
     c.query_opt(sql, &[]).await.expect("raw").map(|r| r.get(0))
@@ -104,7 +79,7 @@ fn both(v: &str) -> (Option<String>, Vec<String>) {
 /// the role's own schema holding `r36_t` (1, 'tenant'). Returns (db0, url, role url, role).
 async fn user_schema_setup(with_schema: bool) -> (Db, String, String, String) {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r36");
     db0.execute_batch(&format!(
         "CREATE TABLE public.r36_t (id int8 PRIMARY KEY, v text NOT NULL);
          INSERT INTO public.r36_t VALUES (1, 'public');
@@ -139,7 +114,7 @@ async fn create_user_schema(db0: &Db, role: &str) {
 #[tokio::test]
 async fn defect_user_schema_role_served_public_rows_from_cache() {
     let (_db0, url, role_url, _role) = user_schema_setup(true).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let admin = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("admin");
@@ -157,7 +132,7 @@ async fn defect_user_schema_role_served_public_rows_from_cache() {
 #[tokio::test]
 async fn defect_user_schema_role_leaks_its_rows_to_other_handles() {
     let (_db0, url, role_url, _role) = user_schema_setup(true).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let user = Db::connect_with(DbConfig::new(role_url.clone()).cache(redis(&prefix)))
         .await
         .expect("user");
@@ -180,7 +155,7 @@ async fn defect_user_schema_role_leaks_its_rows_to_other_handles() {
 #[tokio::test]
 async fn defect_user_schema_created_after_connect_keeps_serving_old_table() {
     let (db0, _url, role_url, role) = user_schema_setup(false).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let user = Db::connect_with(DbConfig::new(role_url.clone()).cache(redis(&prefix)))
         .await
         .expect("user");
@@ -205,7 +180,7 @@ async fn defect_user_schema_created_after_connect_keeps_serving_old_table() {
 #[tokio::test]
 async fn defect_set_role_in_after_connect_shares_user_schema_rows() {
     let (_db0, url, _role_url, role) = user_schema_setup(true).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let admin = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("admin");
@@ -260,7 +235,7 @@ async fn two_schemas(db0: &Db) {
 async fn defect_execute_batch_set_search_path_poisons_shared_entries() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -289,7 +264,7 @@ async fn defect_execute_batch_set_search_path_poisons_shared_entries() {
 async fn defect_sql_set_config_search_path_poisons_shared_entries() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -319,7 +294,7 @@ async fn defect_sql_set_config_search_path_poisons_shared_entries() {
 async fn holds_with_client_set_search_path_is_reset() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -341,7 +316,7 @@ async fn holds_with_client_set_search_path_is_reset() {
 async fn holds_url_options_search_path_is_own() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let sep = if url.contains('?') { '&' } else { '?' };
     let tenant_url = format!("{url}{sep}options=-csearch_path%3Dr36x%2Cpublic");
     let admin = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
@@ -388,7 +363,7 @@ async fn tenant_bare_write(late: bool) -> Option<String> {
     if !late {
         db0.execute_batch(table).await.expect("table");
     }
-    let prefix = unique();
+    let prefix = ident("r36");
     let tenant = Db::connect_with(tenant_config(&url, &prefix))
         .await
         .expect("tenant");
@@ -580,12 +555,12 @@ async fn defect_memo_over_tenant_handle_serves_tenant_rows_to_default_handle() {
     .await
     .expect("rows");
     let tenant = Svc {
-        db: Db::connect_with(tenant_config(&url, &unique()))
+        db: Db::connect_with(tenant_config(&url, &ident("r36")))
             .await
             .expect("tenant"),
     };
     let plain = Svc {
-        db: Db::connect_with(DbConfig::new(url.clone()).cache(redis(&unique())))
+        db: Db::connect_with(DbConfig::new(url.clone()).cache(redis(&ident("r36"))))
             .await
             .expect("plain"),
     };
@@ -798,7 +773,7 @@ async fn holds_transaction_stale_on_every_connection() {
 async fn defect_alter_role_search_path_after_connect_poisons_shared_entries() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let role = unique();
+    let role = ident("r36");
     db0.execute_batch(&format!(
         "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          GRANT USAGE ON SCHEMA r36x TO {role};
@@ -807,7 +782,7 @@ async fn defect_alter_role_search_path_after_connect_poisons_shared_entries() {
     .await
     .expect("role");
     let role_url = url.replacen("postgres@", &format!("{role}@"), 1);
-    let prefix = unique();
+    let prefix = ident("r36");
     let user = Db::connect_with(DbConfig::new(role_url.clone()).cache(redis(&prefix)))
         .await
         .expect("user");
@@ -881,7 +856,7 @@ async fn pub_setup() -> (Db, String, Db) {
     )
     .await
     .expect("ddl");
-    let db = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&unique())))
+    let db = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&ident("r36"))))
         .await
         .expect("db");
     (db0, url, db)
@@ -1014,7 +989,7 @@ async fn defect_alter_database_search_path_splits_sharing_handles() {
         .await
         .expect("ok")[0]
         .get(0);
-    let prefix = unique();
+    let prefix = ident("r36");
     let before = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -1094,7 +1069,7 @@ async fn defect_transaction_stream_stale_statement_fails() {
 async fn holds_tenant_cached_count_exists_page_not_shared() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r36");
     let admin = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("admin");

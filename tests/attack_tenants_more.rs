@@ -11,10 +11,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use tabula::{Db, DbConfig, Table};
 
-use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+use common::fixtures::{ident, raw, redis};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "r37_t", cache(ttl = 300))]
@@ -31,33 +30,6 @@ struct RlsT {
     id: i64,
     owner: String,
     v: String,
-}
-
-fn unique() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r37x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
 }
 
 async fn bare_reads(db: &Db) -> (Option<String>, Vec<String>) {
@@ -114,7 +86,7 @@ async fn function_switch(
 ) {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -174,7 +146,7 @@ async fn defect_function_setting_search_path_via_execute_batch_poisons_shared_en
 async fn defect_do_block_dynamic_search_path_poisons_shared_entries() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -209,7 +181,7 @@ async fn defect_do_block_dynamic_search_path_poisons_shared_entries() {
 /// public.r37_rls with RLS: a role sees only rows it owns. Rows: 1 (postgres, 'admin'),
 /// 2 (role, 'mine'). Returns (url, role).
 async fn rls_setup(db0: &Db) -> String {
-    let role = unique();
+    let role = ident("r37");
     db0.execute_batch(&format!(
         "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          CREATE TABLE public.r37_rls (id int8 PRIMARY KEY, owner text NOT NULL, v text NOT NULL);
@@ -251,7 +223,7 @@ async fn rls_cached_ids(db: &Db) -> Vec<i64> {
 async fn holds_set_role_under_rls_serves_hidden_row_from_cache() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -282,7 +254,7 @@ async fn holds_set_role_under_rls_serves_hidden_row_from_cache() {
 async fn holds_set_role_under_rls_fills_shared_query_for_others() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -320,7 +292,7 @@ async fn holds_set_role_under_rls_fills_shared_query_for_others() {
 async fn holds_set_session_authorization_under_rls_serves_hidden_row() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -352,7 +324,7 @@ async fn holds_set_session_authorization_under_rls_serves_hidden_row() {
 async fn holds_set_local_in_transaction() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -384,7 +356,7 @@ async fn holds_set_local_in_transaction() {
 async fn holds_session_set_inside_transaction_outlives_commit() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -417,7 +389,7 @@ async fn holds_session_set_inside_transaction_outlives_commit() {
 async fn defect_function_setting_search_path_inside_transaction_poisons_shared() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -459,7 +431,7 @@ async fn defect_function_setting_search_path_inside_transaction_poisons_shared()
 async fn defect_sql_rows_set_config_role_under_rls_serves_hidden_row() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -489,7 +461,7 @@ async fn defect_sql_rows_set_config_role_under_rls_serves_hidden_row() {
 async fn holds_sql_rows_set_config_role_under_rls_fills_shared_for_others() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -520,7 +492,7 @@ async fn holds_sql_rows_set_config_role_under_rls_fills_shared_for_others() {
 async fn holds_set_role_on_one_pooled_connection_fills_shared_with_filtered_rows() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(2)
@@ -608,7 +580,7 @@ async fn moved_then_write(via_batch: bool) -> (Option<String>, Option<String>) {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -696,7 +668,7 @@ async fn holds_bare_write_after_execute_batch_path_change_refreshes_schema_model
 async fn defect_sql_rows_set_config_role_under_rls_fills_shared_absence() {
     let (db0, url) = common::db_and_url().await;
     let role = rls_setup(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(1)
@@ -749,7 +721,7 @@ fn tenant_config(url: &str, prefix: &str) -> DbConfig {
 async fn holds_invalidate_table_from_tenant_reaches_schema_model() {
     let (db0, url) = common::db_and_url().await;
     two_schemas(&db0).await;
-    let prefix = unique();
+    let prefix = ident("r37");
     let reader = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("reader");
@@ -801,7 +773,7 @@ async fn holds_tenant_bare_delete_cascade_reaches_schema_child() {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r37");
     let reader = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("reader");
@@ -832,7 +804,7 @@ async fn local_path_then_write(via_batch: bool) -> (Option<String>, Option<Strin
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r37");
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(2)

@@ -8,39 +8,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use tabula::migrate::{Migration, Migrator};
 use tabula::testkit::PgBouncer;
-use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+use tabula::{Db, DbConfig, Table};
 
-fn unique() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r39x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
+use common::fixtures::{ident, raw, redis};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "r39_mine", cache(ttl = 300))]
@@ -100,7 +72,7 @@ async fn two_tenants(
     (Option<String>, Vec<i64>),
     Vec<i64>,
 ) {
-    let prefix = unique();
+    let prefix = ident("r39");
     let a = Db::connect_with(tenant_setting(url, &prefix, "a"))
         .await
         .expect("a");
@@ -146,7 +118,7 @@ async fn defect_view_over_tenant_view_shared_across_tenants() {
 #[tokio::test]
 async fn defect_view_over_forced_rls_table_shared_across_tenants() {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r39");
     db0.execute_batch(&format!(
         "CREATE ROLE {role} NOLOGIN;
          CREATE TABLE r39_items (id int8 PRIMARY KEY, tenant text NOT NULL, v text NOT NULL);
@@ -188,7 +160,7 @@ async fn defect_custom_setting_changed_by_execute_batch_outlives_call() {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r39");
     let a = Db::connect_with(tenant_setting(&url, &prefix, "a").pool_size(1))
         .await
         .expect("a");
@@ -322,7 +294,7 @@ async fn defect_pg_dump_style_migration_is_refused() {
             .await
             .expect("the script runs by hand");
     }
-    let db = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&unique())))
+    let db = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&ident("r39"))))
         .await
         .expect("db");
     let m = Migrator::new(vec![Migration::new(1, "dump", script)]).expect("migrator");
@@ -344,7 +316,7 @@ async fn defect_pg_dump_style_migration_is_refused() {
 async fn holds_migration_setting_search_path_then_cached_reads() {
     let none = Migrator::new(Vec::new()).expect("empty");
     let (_db0, url) = tabula::testkit::database(&none).await.expect("database");
-    let db = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&unique())))
+    let db = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&ident("r39"))))
         .await
         .expect("db");
     let m = Migrator::new(vec![
@@ -372,7 +344,7 @@ async fn holds_execute_batch_ddl_then_cached_reads() {
     let db = Db::connect_with(
         DbConfig::new(url.clone())
             .pool_size(2)
-            .cache(redis(&unique())),
+            .cache(redis(&ident("r39"))),
     )
     .await
     .expect("db");
@@ -402,7 +374,7 @@ async fn holds_pgbouncer_transaction_pooling_batch_and_rows_then_cached_reads() 
         DbConfig::new(via)
             .transaction_pooling(true)
             .pool_size(4)
-            .cache(redis(&unique())),
+            .cache(redis(&ident("r39"))),
     )
     .await
     .expect("through pgbouncer");
@@ -445,7 +417,7 @@ fn as_role(url: &str, prefix: &str, role: String) -> DbConfig {
 #[tokio::test]
 async fn defect_security_invoker_view_over_rls_table_shared_across_roles() {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r39");
     db0.execute_batch(&format!(
         "CREATE ROLE {role} NOLOGIN;
          CREATE TABLE r39_items (id int8 PRIMARY KEY, tenant text NOT NULL, v text NOT NULL);
@@ -457,7 +429,7 @@ async fn defect_security_invoker_view_over_rls_table_shared_across_roles() {
     ))
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r39");
     let admin = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("admin");

@@ -9,37 +9,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use tabula::{Db, DbConfig, Table};
 
-use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
-
-fn unique() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "r40x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
-}
-
-async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
+use common::fixtures::{ident, raw, redis};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "r40_mine", cache(ttl = 300))]
@@ -100,7 +72,7 @@ async fn mine_reads(db: &Db) -> (Option<String>, Vec<i64>) {
 /// Handle A (setup_a) reads first and fills; then handle B (setup_b) reads. Returns
 /// (A's reads, A direct, B's reads, B direct).
 async fn two_sessions(url: &str, setup_a: &str, setup_b: &str) -> [(Option<String>, Vec<i64>); 4] {
-    let prefix = unique();
+    let prefix = ident("r40");
     let a = Db::connect_with(with_setup(url, &prefix, setup_a.to_owned()))
         .await
         .expect("a");
@@ -163,7 +135,7 @@ async fn holds_view_with_user_operator_reading_setting_not_shared_across_tenants
 #[tokio::test]
 async fn holds_inner_view_owned_by_rls_subject_role_not_shared_across_tenants() {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r40");
     db0.execute_batch(&format!(
         "CREATE ROLE {role} NOLOGIN;
          {ITEMS}
@@ -206,7 +178,7 @@ async fn holds_view_with_user_operator_reading_application_name_not_shared() {
 #[tokio::test]
 async fn holds_inner_view_owned_by_rls_subject_role_not_shared_across_application_names() {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r40");
     db0.execute_batch(&format!(
         "CREATE ROLE {role} NOLOGIN;
          {ITEMS}
@@ -235,8 +207,8 @@ async fn holds_inner_view_owned_by_rls_subject_role_not_shared_across_applicatio
 #[tokio::test]
 async fn defect_view_filtered_by_pg_has_role_shared_across_roles() {
     let (db0, url) = common::db_and_url().await;
-    let ra = unique();
-    let rb = unique();
+    let ra = ident("r40");
+    let rb = ident("r40");
     db0.execute_batch(&format!(
         "CREATE ROLE {ra} NOLOGIN; CREATE ROLE {rb} NOLOGIN;
          {ITEMS}
@@ -321,7 +293,7 @@ async fn defect_view_using_to_regclass_shared_across_search_paths() {
     )
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r40");
     let sa = "SET search_path = r40_sa, public".to_owned();
     let sb = "SET search_path = r40_sb, public".to_owned();
     let a = Db::connect_with(with_setup(&url, &prefix, sa.clone()))
@@ -363,7 +335,7 @@ struct Sec {
 #[tokio::test]
 async fn defect_table_access_forged_by_operator_on_session_search_path() {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r40");
     db0.execute_batch(&format!(
         "CREATE ROLE {role} NOLOGIN;
          CREATE TABLE public.r40_sec (id int8 PRIMARY KEY, tenant text NOT NULL, v text NOT NULL);
@@ -389,7 +361,7 @@ async fn defect_table_access_forged_by_operator_on_session_search_path() {
     .await
     .expect("tenant objects");
     let setup_b = format!("SET ROLE {role}; SET search_path = r40_evil, pg_catalog, public");
-    let prefix = unique();
+    let prefix = ident("r40");
     let a = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("a");
@@ -437,7 +409,7 @@ async fn shares(url: &str, setup: &str) -> bool {
         tenant: String,
         v: String,
     }
-    let prefix = unique();
+    let prefix = ident("r40");
     let a = Db::connect_with(with_setup(url, &prefix, setup.replace("TENANT", "a")))
         .await
         .expect("a");
@@ -469,7 +441,7 @@ async fn holds_app_tenant_handles_share_plain_table() {
 #[tokio::test]
 async fn holds_rls_role_on_own_search_path_not_served_hidden_row() {
     let (db0, url) = common::db_and_url().await;
-    let role = unique();
+    let role = ident("r40");
     db0.execute_batch(&format!(
         "CREATE ROLE {role} NOLOGIN;
          CREATE TABLE public.r40_sec (id int8 PRIMARY KEY, tenant text NOT NULL, v text NOT NULL);
@@ -482,7 +454,7 @@ async fn holds_rls_role_on_own_search_path_not_served_hidden_row() {
     .await
     .expect("ddl");
     let setup_b = format!("SET ROLE {role}; SET search_path = r40_evil, pg_catalog, public");
-    let prefix = unique();
+    let prefix = ident("r40");
     let a = Db::connect_with(DbConfig::new(url.clone()).cache(redis(&prefix)))
         .await
         .expect("a");
@@ -526,7 +498,7 @@ async fn holds_plain_table_cached_reads_follow_writes() {
         two_sessions(&url, "SET app.tenant = 'a'", "SET app.tenant = 'b'").await;
     assert_eq!(a_reads, a_direct);
     assert_eq!(b_reads, b_direct);
-    let prefix = unique();
+    let prefix = ident("r40");
     let a = Db::connect_with(with_setup(&url, &prefix, "SET app.tenant = 'a'".into()))
         .await
         .expect("a");
@@ -556,7 +528,7 @@ async fn holds_matview_refresh_invalidates() {
     ))
     .await
     .expect("ddl");
-    let prefix = unique();
+    let prefix = ident("r40");
     let a = Db::connect_with(with_setup(&url, &prefix, "SET app.tenant = 'a'".into()))
         .await
         .expect("a");

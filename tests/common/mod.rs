@@ -2,6 +2,7 @@
 //! test, and the seed's models.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fixtures;
 pub mod http;
 pub mod sessions;
 pub mod tx;

@@ -15,13 +15,7 @@ pub fn uniq(tag: &str) -> String {
     )
 }
 
-pub async fn raw(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connect");
-    tokio::spawn(conn);
-    client
-}
+pub use super::fixtures::raw;
 
 /// Profiles named `name`, counted on a connection of the test's own.
 pub async fn count_named(url: &str, name: &str) -> i64 {

@@ -586,9 +586,9 @@ pub(crate) struct Shared {
     /// How this handle's sessions find tables by bare names (see
     /// `Db::shared_reads_allowed`); learned on each connection the pool opens.
     pub(crate) names: Arc<crate::pool::SessionNames>,
-    /// Which tables a write to a table can change through foreign-key actions; read
-    /// from the catalog on first need, forgotten after DDL through this handle.
-    pub(crate) foreign_keys: std::sync::RwLock<Option<Arc<write::Cascades>>>,
+    /// What a write's invalidation needs from the catalog (foreign-key actions, other
+    /// names of tables); read on first need, forgotten after DDL through this handle.
+    pub(crate) write_catalog: std::sync::RwLock<Option<Arc<write::WriteCatalog>>>,
     /// Per table: whether this connection's role sees exactly the rows any other role
     /// that fills the shared cache sees (see `Db::shared_reads_allowed`).
     /// Keyed by the address of the table's `TableMeta`.
@@ -717,7 +717,7 @@ impl Db {
                 config,
                 cache,
                 identity,
-                foreign_keys: std::sync::RwLock::new(None),
+                write_catalog: std::sync::RwLock::new(None),
                 table_access: std::sync::Mutex::default(),
                 policy_plans: std::sync::Mutex::default(),
                 schema_epoch: std::sync::atomic::AtomicU64::new(0),

@@ -46,13 +46,14 @@ pub(crate) fn names<M: Table>(keys: &[M::Key]) -> Vec<String> {
     keys.iter().map(key_text::<M>).collect()
 }
 
-/// Which tables a write to a table can change through foreign-key actions
-/// (`ON DELETE` / `ON UPDATE` `CASCADE`, `SET NULL`, `SET DEFAULT`), followed
-/// transitively. Read from the catalog, under every name a model may give a table
-/// (`schema.name`, and `name` when the search path finds it so — see
+/// What a write's invalidation needs from the catalog: which tables a write to a
+/// table can change through foreign-key actions (`ON DELETE` / `ON UPDATE`
+/// `CASCADE`, `SET NULL`, `SET DEFAULT`), followed transitively, and the other names
+/// of each table (see [`WriteCatalog::names_of`]). Read under every name a model may
+/// give a table (`schema.name`, and `name` when the search path finds it so — see
 /// [`TableMeta::qualified_name`]).
 #[derive(Debug, Default)]
-pub(crate) struct Cascades {
+pub(crate) struct WriteCatalog {
     dependents: HashMap<String, Vec<String>>,
     /// The other names of each table the search path finds by its bare name: `name`
     /// for `schema.name` and `schema.name` for `name`. Two models may give one table
@@ -60,7 +61,7 @@ pub(crate) struct Cascades {
     aliases: HashMap<String, String>,
 }
 
-/// The tables the search path finds by their bare names (see [`Cascades::aliases`]).
+/// The tables the search path finds by their bare names (see [`WriteCatalog::aliases`]).
 const VISIBLE_TABLES: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
      JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND pg_table_is_visible(c.oid) \
@@ -74,8 +75,8 @@ const FOREIGN_KEY_ACTIONS: &str = "SELECT rn.nspname::text, r.relname::text, cn.
      JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
      WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))";
 
-impl Cascades {
-    fn from_edges(edges: Vec<(String, String)>) -> Cascades {
+impl WriteCatalog {
+    fn from_edges(edges: Vec<(String, String)>) -> WriteCatalog {
         let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
         for (parent, child) in &edges {
             direct.entry(parent).or_default().push(child);
@@ -96,7 +97,7 @@ impl Cascades {
             }
             dependents.insert((*parent).to_owned(), seen);
         }
-        Cascades {
+        WriteCatalog {
             dependents,
             aliases: HashMap::new(),
         }
@@ -138,10 +139,16 @@ impl Cascades {
 }
 
 impl Db {
-    /// The foreign-key actions of this database, read once (and again after DDL run
-    /// through this handle). Unreadable: none, logged.
-    pub(crate) async fn cascades(&self) -> Arc<Cascades> {
-        if let Some(known) = self.shared.foreign_keys.read().ok().and_then(|g| g.clone()) {
+    /// The [`WriteCatalog`] of this database, read once (and again after DDL run
+    /// through this handle). Unreadable: empty, logged.
+    pub(crate) async fn write_catalog(&self) -> Arc<WriteCatalog> {
+        if let Some(known) = self
+            .shared
+            .write_catalog
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+        {
             return known;
         }
         let schema_epoch = self.schema_epoch();
@@ -165,29 +172,29 @@ impl Db {
                         }
                     }
                 }
-                let mut cascades = Cascades::from_edges(edges);
+                let mut catalog = WriteCatalog::from_edges(edges);
                 for row in conn.query(VISIBLE_TABLES, &[]).await? {
                     let (schema, name): (String, String) = (row.try_get(0)?, row.try_get(1)?);
                     let qualified = format!("{schema}.{name}");
-                    cascades.aliases.insert(name.clone(), qualified.clone());
-                    cascades.aliases.insert(qualified, name);
+                    catalog.aliases.insert(name.clone(), qualified.clone());
+                    catalog.aliases.insert(qualified, name);
                 }
-                Ok(cascades)
+                Ok(catalog)
             })
             .await;
         match loaded {
-            Ok(cascades) => {
-                let cascades = Arc::new(cascades);
+            Ok(catalog) => {
+                let catalog = Arc::new(catalog);
                 // Kept unless DDL through the handle ran meanwhile.
-                if let Ok(mut slot) = self.shared.foreign_keys.write()
+                if let Ok(mut slot) = self.shared.write_catalog.write()
                     && self.schema_epoch() == schema_epoch
                 {
-                    *slot = Some(cascades.clone());
+                    *slot = Some(catalog.clone());
                 }
-                cascades
+                catalog
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read foreign keys: cascades are not invalidated");
+                tracing::warn!(error = %e, "cannot read the catalog: foreign-key cascades and other names of tables are not invalidated");
                 Arc::default()
             }
         }
@@ -212,7 +219,7 @@ impl Db {
         self.shared
             .schema_epoch
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        if let Ok(mut slot) = self.shared.foreign_keys.write() {
+        if let Ok(mut slot) = self.shared.write_catalog.write() {
             *slot = None;
         }
         if let Ok(mut access) = self.shared.table_access.lock() {
@@ -297,7 +304,7 @@ impl Db {
         }
         // Read once per handle (and again after DDL through it): the foreign keys, and
         // the other names of each table.
-        let catalog = self.cascades().await;
+        let catalog = self.write_catalog().await;
         let schemas = self.shared.names.schemas();
         let mut touched: Vec<Touched> = Vec::with_capacity(writes.len());
         for w in writes {
