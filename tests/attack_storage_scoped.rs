@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::tx::{raw, uniq};
+use common::fixtures::{raw, uniq};
 
 use std::time::Duration;
 

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::tx::{CProfile, CProfilePatch, NewCProfile, count_named, raw, uniq};
+use common::fixtures::{raw, uniq};
+use common::tx::{CProfile, CProfilePatch, NewCProfile, count_named};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

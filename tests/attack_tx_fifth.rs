@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::tx::{cache_for_test, count_named, raw, uniq};
+use common::fixtures::{raw, uniq};
+use common::tx::{cache_for_test, count_named};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::tx::{avatar_in_db, count_named, raw, uniq};
+use common::fixtures::{raw, uniq};
+use common::tx::{avatar_in_db, count_named};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

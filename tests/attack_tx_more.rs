@@ -5,9 +5,9 @@
 
 mod common;
 
+use common::fixtures::{raw, uniq};
 use common::tx::{
-    CProfile, NewCProfile, Slot, avatar_in_db, count_named, patch, raw, row_is_free, slot, take,
-    uniq,
+    CProfile, NewCProfile, Slot, avatar_in_db, count_named, patch, row_is_free, slot, take,
 };
 
 use std::sync::Arc;

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::fixtures::{raw, uniq};
 use common::tx::{
-    CProfile, NewCProfile, Slot, avatar_in_db, cache_for_test, count_named, patch, raw,
-    row_is_free, slot, take, uniq,
+    CProfile, NewCProfile, Slot, avatar_in_db, cache_for_test, count_named, patch, row_is_free,
+    slot, take,
 };
 
 use std::sync::Arc;

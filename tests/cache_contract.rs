@@ -5,13 +5,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tabula::testkit::PrivateRedis;
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Table, cached};
 use uuid::Uuid;
+
+use common::fixtures::{ident, redis};
 
 #[derive(Table, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[table(name = "profiles", cache(ttl = 300))]
@@ -21,25 +23,6 @@ struct Profile {
     user_id: Uuid,
     username: String,
     avatar_url: Option<String>,
-}
-
-fn unique_prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "c{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn shared_redis(prefix: &str) -> CacheService {
-    CacheService::redis(
-        &tabula::testkit::redis_url().expect("redis"),
-        CacheConfig::default()
-            .prefix(prefix)
-            .deadline(Duration::from_secs(2)),
-    )
-    .expect("cache")
 }
 
 async fn connect(url: &str, cache: CacheService) -> Db {
@@ -99,11 +82,11 @@ async fn insert_profile(db: &Db, id: Uuid, username: &str) {
 
 #[tokio::test]
 async fn two_databases_on_one_redis_with_the_same_prefix_never_share_entries() {
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let (_, url_a) = common::db_and_url().await;
     let (_, url_b) = common::db_and_url().await;
-    let a = connect(&url_a, shared_redis(&prefix)).await;
-    let b = connect(&url_b, shared_redis(&prefix)).await;
+    let a = connect(&url_a, redis(&prefix)).await;
+    let b = connect(&url_b, redis(&prefix)).await;
     let id = Uuid::new_v4();
     insert_profile(&a, id, "tenant-a").await;
     insert_profile(&b, id, "tenant-b").await;
@@ -135,7 +118,7 @@ async fn two_databases_on_one_redis_with_the_same_prefix_never_share_entries() {
 
 #[tokio::test]
 async fn an_explicit_namespace_separates_two_handles_on_one_database() {
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let (db, url) = common::db_and_url().await;
     let id = Uuid::new_v4();
     insert_profile(&db, id, "before").await;
@@ -174,15 +157,15 @@ async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_data
     // Two handles in one process, each with a cache of its own (another prefix); then
     // a writer with no cache at all, beside a reader with one, on both backends.
     let memory =
-        CacheService::in_memory(CacheConfig::default().prefix(unique_prefix())).expect("memory");
+        CacheService::in_memory(CacheConfig::default().prefix(ident("c"))).expect("memory");
     let pairs = [
         (
-            connect(&url, shared_redis(&unique_prefix())).await,
-            connect(&url, shared_redis(&unique_prefix())).await,
+            connect(&url, redis(&ident("c"))).await,
+            connect(&url, redis(&ident("c"))).await,
         ),
         (
             Db::connect(&url).await.expect("uncached"),
-            connect(&url, shared_redis(&unique_prefix())).await,
+            connect(&url, redis(&ident("c"))).await,
         ),
         (
             Db::connect(&url).await.expect("uncached"),
@@ -204,7 +187,7 @@ async fn a_write_through_one_handle_invalidates_another_cache_over_the_same_data
 
 #[tokio::test]
 async fn a_write_whose_answer_is_lost_is_reported_unknown_and_still_invalidated() {
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let (db, url) = common::db_and_url().await;
     let proxy = common::Proxy::start(common::server_addr(&url)).await;
     // The writer reaches PostgreSQL through a link whose answers the test can lose;
@@ -212,11 +195,11 @@ async fn a_write_whose_answer_is_lost_is_reported_unknown_and_still_invalidated(
     let writer = Db::connect_with(
         DbConfig::new(common::through(&url, proxy.port))
             .statement_timeout(Duration::from_millis(300))
-            .cache(shared_redis(&prefix)),
+            .cache(redis(&prefix)),
     )
     .await
     .expect("writer");
-    let reader = connect(&url, shared_redis(&prefix)).await;
+    let reader = connect(&url, redis(&prefix)).await;
     let row = profile(&db, "before").await;
     // The same UPDATE once before the cut, so its statement is prepared on the
     // writer's connection and the next one goes out at once.
@@ -261,8 +244,8 @@ async fn a_write_whose_answer_is_lost_is_reported_unknown_and_still_invalidated(
 
 #[tokio::test]
 async fn user_keys_of_the_cache_service_cannot_reach_tabulas_entries() {
-    let prefix = unique_prefix();
-    let cache = shared_redis(&prefix);
+    let prefix = ident("c");
+    let cache = redis(&prefix);
     let (_, url) = common::db_and_url().await;
     let db = connect(&url, cache.clone()).await;
     let row = profile(&db, "kept").await;
@@ -344,7 +327,7 @@ fn install_memo_cache() -> CacheService {
     static CACHE: std::sync::OnceLock<CacheService> = std::sync::OnceLock::new();
     CACHE
         .get_or_init(|| {
-            let cache = shared_redis(&format!("memo{}", std::process::id()));
+            let cache = redis(&format!("memo{}", std::process::id()));
             cache.install_global();
             cache
         })
@@ -550,7 +533,7 @@ async fn a_write_through_a_handle_with_another_cache_invalidates_the_memos() {
     install_memo_cache();
     let (_, url) = common::db_and_url().await;
     // This handle's cache is not the one `#[cached]` uses.
-    let other = connect(&url, shared_redis(&unique_prefix())).await;
+    let other = connect(&url, redis(&ident("c"))).await;
     let counter = Counter { db: other.clone() };
     assert_eq!(counter.count().await.expect("count"), 0);
     profile(&other, "new").await;
@@ -599,7 +582,7 @@ struct Adopted {
 #[tokio::test]
 async fn a_delete_that_cascades_invalidates_the_rows_and_queries_of_dependent_tables() {
     let (_, url) = common::db_and_url().await;
-    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    let db = connect(&url, redis(&ident("c"))).await;
     db.execute_batch(
         "CREATE TABLE cascade_parents (id bigint PRIMARY KEY, name text NOT NULL);
          CREATE TABLE cascade_children (id bigint PRIMARY KEY,
@@ -686,7 +669,7 @@ async fn a_delete_that_cascades_invalidates_the_rows_and_queries_of_dependent_ta
 #[tokio::test]
 async fn a_foreign_key_added_through_with_client_is_followed() {
     let (_, url) = common::db_and_url().await;
-    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    let db = connect(&url, redis(&ident("c"))).await;
     db.execute_batch(
         "CREATE TABLE cascade_parents (id bigint PRIMARY KEY, name text NOT NULL);
          CREATE TABLE cascade_adopted (id bigint PRIMARY KEY, parent_id bigint);",
@@ -746,7 +729,7 @@ async fn a_foreign_key_added_through_with_client_is_followed() {
 #[tokio::test]
 async fn explicit_invalidation_covers_what_tabula_cannot_see() {
     let (db, url) = common::db_and_url().await;
-    let cached = connect(&url, shared_redis(&unique_prefix())).await;
+    let cached = connect(&url, redis(&ident("c"))).await;
     let id = Uuid::new_v4();
     insert_profile(&db, id, "before").await;
     cached.read::<Profile>(id).await.expect("warm");
@@ -770,7 +753,7 @@ async fn explicit_invalidation_covers_what_tabula_cannot_see() {
 
 #[tokio::test]
 async fn a_value_too_large_to_fill_in_time_never_flushes_other_entries() {
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let (_, url) = common::db_and_url().await;
     let cache = CacheService::redis(
         &tabula::testkit::redis_url().expect("redis"),
@@ -821,7 +804,7 @@ async fn an_idle_writer_delivers_its_lost_invalidation_as_soon_as_redis_answers(
         .expect("port");
     let proxy =
         common::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], redis_port))).await;
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let config = || {
         CacheConfig::default()
             .prefix(&prefix)
@@ -859,7 +842,7 @@ async fn an_idle_writer_delivers_its_lost_invalidation_as_soon_as_redis_answers(
 #[tokio::test]
 async fn epochs_never_repeat_after_redis_loses_its_data() {
     let redis = PrivateRedis::start().expect("redis");
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let config = CacheConfig::default()
         .prefix(&prefix)
         .namespace("e")
@@ -949,7 +932,7 @@ async fn a_read_while_redis_is_paused_costs_exactly_one_query() {
     let cache = CacheService::redis(
         &redis.url(),
         CacheConfig::default()
-            .prefix(unique_prefix())
+            .prefix(ident("c"))
             .deadline(Duration::from_millis(30)),
     )
     .expect("cache");
@@ -1020,7 +1003,7 @@ async fn a_key_written_in_one_spelling_is_not_read_stale_in_another() {
     db.execute_batch("CREATE TABLE padded (code char(4) PRIMARY KEY, version bigint NOT NULL)")
         .await
         .expect("table");
-    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    let db = connect(&url, redis(&ident("c"))).await;
     db.create(NewPadded {
         code: "ab".into(),
         version: 1,
@@ -1082,7 +1065,7 @@ struct PublicThread {
 #[tokio::test]
 async fn a_cascade_within_one_table_and_under_another_spelling_of_its_name_is_invalidated() {
     let (_, url) = common::db_and_url().await;
-    let db = connect(&url, shared_redis(&unique_prefix())).await;
+    let db = connect(&url, redis(&ident("c"))).await;
     db.execute_batch(
         "CREATE TABLE threads (id bigint PRIMARY KEY,
              parent_id bigint REFERENCES threads ON DELETE CASCADE);
@@ -1127,7 +1110,7 @@ async fn a_new_epoch_after_a_lost_invalidation_keeps_the_registry_wait() {
         .expect("port");
     let proxy =
         common::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], redis_port))).await;
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let config = || {
         CacheConfig::default()
             .prefix(&prefix)
@@ -1202,7 +1185,7 @@ async fn a_new_epoch_after_a_lost_invalidation_keeps_the_registry_wait() {
 #[tokio::test]
 async fn a_lost_registry_is_restored_by_the_writer_with_a_window() {
     let redis_url = tabula::testkit::redis_url().expect("redis");
-    let prefix = unique_prefix();
+    let prefix = ident("c");
     let config = || {
         CacheConfig::default()
             .prefix(&prefix)

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sessions::{open_connections, terminate, uniq};
+use common::fixtures::uniq;
+use common::sessions::{open_connections, terminate};
 use common::{Profile, db_and_url, new_profile};
 use tabula::{Db, DbConfig, Error};
 

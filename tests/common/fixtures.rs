@@ -10,12 +10,21 @@ use tabula::{CacheConfig, CacheService};
 /// A name no other test (or test process) uses, fit for an unquoted SQL identifier
 /// and a cache prefix: `tag`, the process id and a counter, joined by `x`.
 pub fn ident(tag: &str) -> String {
+    let (process, n) = next();
+    format!("{tag}x{process}x{n}")
+}
+
+/// A name no other test (or test process) uses, for values and session names:
+/// `t-tag-pid-n`.
+pub fn uniq(tag: &str) -> String {
+    let (process, n) = next();
+    format!("t-{tag}-{process}-{n}")
+}
+
+/// This process's id and a number it has not given before.
+fn next() -> (u32, u64) {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{tag}x{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    (std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The test kit's Redis under `prefix`, with a 2 s deadline (a busy CI machine).

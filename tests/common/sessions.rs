@@ -1,19 +1,7 @@
 //! The server's own view of a pool's sessions, for the pool tests: named by
 //! `application_name`, counted and killed through another handle.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use tabula::Db;
-
-/// An `application_name` no other test uses.
-pub fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "t-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Connections open with `application_name` = `name`, as the server counts them.
 pub async fn open_connections(watcher: &Db, name: &str) -> i64 {

@@ -3,19 +3,9 @@
 //! Tabula, and the seed's profiles with a row cache.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub fn uniq(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "t-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-pub use super::fixtures::raw;
+use super::fixtures::{raw, uniq};
 
 /// Profiles named `name`, counted on a connection of the test's own.
 pub async fn count_named(url: &str, name: &str) -> i64 {
