@@ -1,12 +1,15 @@
 //! Found from outside (round 19): read replicas, attacking round 18's fixes (real primary + hot standby).
 //! Tests named `defect_*` failed before their fix.
 
+mod common;
+
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tabula::migrate::{Migration, Migrator};
-use tabula::testkit::ReplicaSet;
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Table, cached};
+
+use common::replicas::{TURN, paused, set};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "notes")]
@@ -50,13 +53,6 @@ pub struct MidWhere {
     pub body: String,
 }
 
-fn set() -> &'static ReplicaSet {
-    static SET: OnceLock<ReplicaSet> = OnceLock::new();
-    SET.get_or_init(|| ReplicaSet::start().expect("primary and standby"))
-}
-
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn migrator() -> Migrator {
     Migrator::new(vec![Migration::new(
         1,
@@ -99,29 +95,6 @@ async fn plain(name: &str) -> Db {
     Db::connect_with(DbConfig::new(set().primary_url(name)).pool_size(2))
         .await
         .expect("plain")
-}
-
-struct Resume;
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let set = set();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let _ = rt.block_on(set.resume_replay());
-            });
-        });
-    }
-}
-
-async fn paused() -> Resume {
-    set().caught_up().await.expect("caught up");
-    set().pause_replay().await.expect("pause");
-    Resume
 }
 
 async fn whereami(db: &Db) -> String {

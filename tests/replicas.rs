@@ -4,12 +4,14 @@
 //! paused, the cache is never filled from the lagging standby, and a standby that is
 //! down leaves reads to the primary.
 
-use std::sync::OnceLock;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use tabula::migrate::{Migration, Migrator};
-use tabula::testkit::ReplicaSet;
 use tabula::{CacheConfig, CacheService, Db, DbConfig, Table};
+
+use common::replicas::{Resume, TURN, set};
 
 #[derive(Table, Debug, Clone, PartialEq)]
 #[table(name = "notes")]
@@ -26,15 +28,6 @@ pub struct CachedNote {
     pub id: i64,
     pub body: String,
 }
-
-/// One primary and standby for this test binary; the tests take turns (they pause the
-/// standby's replay).
-fn set() -> &'static ReplicaSet {
-    static SET: OnceLock<ReplicaSet> = OnceLock::new();
-    SET.get_or_init(|| ReplicaSet::start().expect("primary and standby"))
-}
-
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn database() -> String {
     let migrator = Migrator::new(vec![Migration::new(
@@ -62,24 +55,6 @@ async fn handle(name: &str, cache: Option<CacheService>) -> Db {
 
 async fn body(db: &Db, id: i64) -> Option<String> {
     db.read::<Note>(id).await.expect("read").map(|n| n.body)
-}
-
-/// Resumes the standby's replay when a test ends, also by a panic.
-struct Resume;
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let set = set();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let _ = rt.block_on(set.resume_replay());
-            });
-        });
-    }
 }
 
 #[tokio::test]

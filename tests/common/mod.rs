@@ -4,6 +4,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod replicas;
 pub mod sessions;
 pub mod tx;
 

@@ -84,3 +84,29 @@ pub fn slot<T>(v: T) -> Slot<T> {
 pub fn take<T>(s: &Slot<T>) -> T {
     s.lock().expect("lock").take().expect("taken once")
 }
+
+/// Waits until some session of this database waits on a lock (a write blocked behind
+/// a row lock the test holds); fails after 8 s.
+pub async fn until_lock_wait(url: &str) {
+    let probe = raw(url).await;
+    let start = std::time::Instant::now();
+    loop {
+        let n: i64 = probe
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("probe")
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "the write never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -364,7 +364,9 @@ impl Db {
     /// ```
     pub async fn create<N: NewRow>(&self, new: N) -> Result<N::Table> {
         if self.invalidates_nothing() {
-            return self.write_in_place(self.create_now(new)).await;
+            return self
+                .write_in_place::<N::Table, _>(self.create_now(new))
+                .await;
         }
         let db = self.clone();
         // The new row's names: a read may have cached that it did not exist.
@@ -391,7 +393,9 @@ impl Db {
             return Ok(Vec::new());
         }
         if self.invalidates_nothing() {
-            return self.write_in_place(self.create_many_now(rows)).await;
+            return self
+                .write_in_place::<N::Table, _>(self.create_many_now(rows))
+                .await;
         }
         let db = self.clone();
         self.write::<N::Table, _>(async move { db.create_many_now(rows).await }, |rows| {
@@ -448,7 +452,9 @@ impl Db {
     ) -> Result<M> {
         let key = key.into();
         if self.invalidates_nothing() {
-            return self.write_in_place(self.update_now::<M>(key, patch)).await;
+            return self
+                .write_in_place::<M, _>(self.update_now::<M>(key, patch))
+                .await;
         }
         let db = self.clone();
         let touched = vec![key.clone()];
@@ -477,7 +483,7 @@ impl Db {
         let key = key.into();
         if self.invalidates_nothing() {
             return self
-                .write_in_place(self.delete_now::<M>(key))
+                .write_in_place::<M, _>(self.delete_now::<M>(key))
                 .await
                 .map(|_| ());
         }
@@ -563,7 +569,9 @@ impl Db {
             )));
         }
         if self.invalidates_nothing() {
-            return self.write_in_place(self.upsert_now(new, target)).await;
+            return self
+                .write_in_place::<N::Table, _>(self.upsert_now(new, target))
+                .await;
         }
         let db = self.clone();
         self.write::<N::Table, _>(async move { db.upsert_now(new, target).await }, |row| {

@@ -607,9 +607,9 @@ impl Db {
     /// then applies `writes` again, so a write that landed late cannot leave a stale
     /// entry behind.
     pub(crate) fn settle_later(&self, xid: Option<String>, writes: Vec<Invalidation>) {
-        if (self.shared.cache.is_none() && crate::cache::CacheService::global().is_none())
-            || writes.is_empty()
-        {
+        // Asked of every cache of the database (another handle's too), as
+        // `apply_invalidation` tells them all.
+        if self.no_cache_holds_database() || writes.is_empty() {
             return;
         }
         let db = self.clone();

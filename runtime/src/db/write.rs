@@ -37,6 +37,33 @@ impl Invalidation {
             cascades: true,
         }
     }
+
+    /// Every row of `M` (and what its foreign keys' actions reach): for a write whose
+    /// rows cannot be named.
+    pub(crate) fn every_row_of<M: Table>() -> Invalidation {
+        Invalidation {
+            every_row: true,
+            ..Invalidation::of::<M>(&[])
+        }
+    }
+}
+
+/// The statement of a [`Db::write_in_place`] while it runs: dropped before it finished
+/// (the caller stopped waiting), the statement may still land, so a cache there is by
+/// then is told again once the server answers (see `Db::settle_later`).
+struct LateCache<'a> {
+    db: &'a Db,
+    running: bool,
+    /// What the statement may have touched.
+    touched: fn() -> Invalidation,
+}
+
+impl Drop for LateCache<'_> {
+    fn drop(&mut self) {
+        if self.running && tokio::runtime::Handle::try_current().is_ok() {
+            self.db.settle_later(None, vec![(self.touched)()]);
+        }
+    }
 }
 
 pub(crate) use crate::table::key_text;
@@ -338,20 +365,35 @@ impl Db {
         }
     }
 
-    /// Whether a write through this handle has no cache entry to invalidate: no cache
-    /// of this process (the handle's, the global one, another handle's) holds entries
-    /// of its database. Such a write takes [`Db::write_in_place`].
-    pub(crate) fn invalidates_nothing(&self) -> bool {
+    /// Whether no cache of this process holds entries of this handle's database (none
+    /// on the handle, no global one, no other handle's), as of now.
+    pub(crate) fn no_cache_holds_database(&self) -> bool {
         self.shared.cache.is_none()
             && crate::cache::CacheService::global().is_none()
             && !crate::cache::has_caches_for_database(&self.shared.identity)
     }
 
-    /// A write with nothing to invalidate (see [`Db::invalidates_nothing`]), run in
-    /// the caller's task: neither boxed nor moved into a task of its own, as there is
-    /// no invalidation that dropping the caller's future could separate from it. The
-    /// replicas still learn how far it wrote.
-    pub(crate) async fn write_in_place<T>(
+    /// Whether a write through this handle may skip naming what it touched: outside a
+    /// transaction, with no cache holding the database (see
+    /// [`Db::no_cache_holds_database`]). Such a write takes [`Db::write_in_place`].
+    /// Inside a transaction every write records what it touched, whatever: COMMIT
+    /// applies it to the caches there are *then* — one made meanwhile may have read
+    /// the rows as they were.
+    pub(crate) fn invalidates_nothing(&self) -> bool {
+        self.tx.is_none() && self.no_cache_holds_database()
+    }
+
+    /// A write outside a transaction with no cache to tell (see
+    /// [`Db::invalidates_nothing`]), run in the caller's task: neither boxed nor moved
+    /// into a task of its own. The replicas still learn how far it wrote.
+    ///
+    /// A cache made while the statement ran (another handle connecting with one) may
+    /// have read the rows of `M` as they were before it: once the statement is done
+    /// — or dropped half-way, when it may still land — a cache there is then loses
+    /// every row and query of `M` it holds (the rows cannot be named: the statement's
+    /// answer is not at hand). Writes that find a cache at the start name their rows
+    /// instead (see [`Db::write_touching`]).
+    pub(crate) async fn write_in_place<M: Table, T>(
         &self,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
@@ -359,11 +401,25 @@ impl Db {
             crate::cache::memo::note_scoped();
         }
         let mark = self.write_mark();
+        let mut late = LateCache {
+            db: self,
+            running: true,
+            touched: Invalidation::every_row_of::<M>,
+        };
         let result = work.await;
-        if self.tx.is_none() {
-            self.note_write(None).await;
-        }
+        late.running = false;
+        self.note_write(None).await;
         mark.done();
+        if matches!(&result, Ok(_) | Err(Error::OutcomeUnknown { .. }))
+            && !self.no_cache_holds_database()
+        {
+            // Before the statement's answer a cache appeared.
+            let all = Invalidation::every_row_of::<M>();
+            self.apply_invalidation(std::slice::from_ref(&all)).await;
+            if result.is_err() {
+                self.settle_later(None, vec![all]);
+            }
+        }
         result
     }
 
@@ -423,7 +479,7 @@ impl Db {
         every_row: bool,
     ) -> Result<T> {
         if self.invalidates_nothing() {
-            return self.write_in_place(work).await;
+            return self.write_in_place::<M, T>(work).await;
         }
         let touched = move |result: &Result<T>| -> Option<Invalidation> {
             match result {
