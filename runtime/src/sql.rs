@@ -41,17 +41,20 @@ impl Statements {
         }
 
         let insert_cols: Vec<Alias> = meta.insert_columns().map(|c| Alias::new(c.name)).collect();
-        let mut insert = Query::insert();
-        insert
+        let mut insert_count = Query::insert();
+        insert_count
             .into_table(table_ref(meta))
-            .columns(insert_cols.clone())
-            .returning(returning_all(meta));
+            .columns(insert_cols.clone());
         if insert_cols.is_empty() {
-            insert.or_default_values();
+            insert_count.or_default_values();
         } else {
             let markers = (0..insert_cols.len()).map(|i| Expr::val(marker_value(i)));
-            insert.values_panic(markers);
+            insert_count.values_panic(markers);
         }
+        let insert = insert_count
+            .clone()
+            .returning(returning_all(meta))
+            .to_owned();
 
         // One array parameter per column: any number of rows in one statement, with no
         // bind-parameter limit. Set-returning functions in one SELECT list advance in
@@ -61,11 +64,14 @@ impl Statements {
             .insert_columns()
             .enumerate()
             .map(|(i, c)| Expr::cust(format!("unnest(${}::{}[])", i + 1, c.sql_type)));
-        let insert_many = Query::insert()
+        let insert_many_count = Query::insert()
             .into_table(table_ref(meta))
             .columns(insert_cols)
             .select_from(Query::select().exprs(unnests).to_owned())
-            .map(|q| q.returning(returning_all(meta)).to_owned());
+            .map(|q| q.to_owned());
+        let insert_many = insert_many_count
+            .as_ref()
+            .map(|q| q.clone().returning(returning_all(meta)).to_owned());
 
         // Deletes return the key as stored: the cache must drop the entry of the row's
         // own spelling of it (a `citext` or `char(n)` key matches other spellings).
@@ -114,24 +120,29 @@ impl Statements {
             )
         };
 
+        // `unnest` takes every dimension apart, so an array column cannot travel as an
+        // array of arrays; an enum's array would have to name the enum's type, which a
+        // text column holding the enum does not have. Such a model inserts its batches
+        // row by row (each value then takes the column's own type), as does one with
+        // no column to insert (all generated).
+        let row_by_row = meta.insert_columns().next().is_none()
+            || meta
+                .insert_columns()
+                .any(|c| c.sql_type.ends_with("[]") || c.sql_type.starts_with('"'));
         Statements {
             copy_in,
             insert_types,
             // Markers were placed in parameter order, so `$n` already lines up.
             read: read.build_postgres().0,
             insert: insert.build_postgres().0,
-            // `unnest` takes every dimension apart, so an array column cannot travel
-            // as an array of arrays; an enum's array would have to name the enum's
-            // type, which a text column holding the enum does not have. Such a model
-            // inserts its batches row by row (each value then takes the column's own
-            // type), as does one with no column to insert (all generated).
-            insert_many: match meta.insert_columns().next().is_none()
-                || meta
-                    .insert_columns()
-                    .any(|c| c.sql_type.ends_with("[]") || c.sql_type.starts_with('"'))
-            {
+            insert_count: insert_count.build_postgres().0,
+            insert_many: match row_by_row {
                 true => String::new(),
                 false => insert_many.map_or_else(|_| String::new(), |q| q.build_postgres().0),
+            },
+            insert_many_count: match row_by_row {
+                true => String::new(),
+                false => insert_many_count.map_or_else(|_| String::new(), |q| q.build_postgres().0),
             },
             delete,
             hard_delete,

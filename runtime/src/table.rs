@@ -31,8 +31,14 @@ pub struct Statements {
     pub(crate) read: String,
     /// `INSERT INTO t (<insertable>) VALUES ($1, …) RETURNING <all>`
     pub(crate) insert: String,
+    /// `insert` without `RETURNING`: what `insert_many` runs where it cannot COPY.
+    /// `RETURNING` would need the right to read the rows (and under Row Level
+    /// Security, a `SELECT` policy that shows them), which an insert alone does not.
+    pub(crate) insert_count: String,
     /// `INSERT INTO t (<insertable>) SELECT * FROM unnest($1::type[], …) RETURNING <all>`
     pub(crate) insert_many: String,
+    /// `insert_many` without `RETURNING` (see `insert_count`).
+    pub(crate) insert_many_count: String,
     /// `DELETE FROM t WHERE pk = $1`, or the soft-delete mark.
     pub(crate) delete: String,
     /// `DELETE FROM t WHERE pk = $1`, whatever the model.

@@ -46,8 +46,22 @@ impl Db {
 
     /// The statement of [`Db::create_many`], without its cache invalidation.
     async fn create_many_now<N: NewRow>(&self, rows: Vec<N>) -> Result<Vec<N::Table>> {
+        self.insert_batch(&rows, true)
+            .await
+            .map(|(_, stored)| stored)
+    }
+
+    /// Inserts `rows` through INSERT, all or none: the count inserted, and — when
+    /// `returning` — the rows as stored, in input order. Without `returning` the
+    /// statements ask for nothing back, so the insert needs no right to read the rows
+    /// (nor, under Row Level Security, a `SELECT` policy that shows them).
+    async fn insert_batch<N: NewRow>(
+        &self,
+        rows: &[N],
+        returning: bool,
+    ) -> Result<(u64, Vec<N::Table>)> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((0, Vec::new()));
         }
         // Several statements (chunks, or one INSERT a row when every column is
         // generated) are all or nothing only inside a transaction.
@@ -57,37 +71,63 @@ impl Db {
             false => rows.len().div_ceil(BATCH_CHUNK_ROWS),
         };
         if statements > 1 && self.tx.is_none() {
-            let rows = &rows;
             return self
-                .transaction(move |tx| async move { tx.insert_chunks(rows).await })
+                .transaction(move |tx| async move { tx.insert_chunks(rows, returning).await })
                 .await;
         }
-        self.insert_chunks(&rows).await
+        self.insert_chunks(rows, returning).await
     }
 
-    async fn insert_chunks<N: NewRow>(&self, rows: &[N]) -> Result<Vec<N::Table>> {
+    async fn insert_chunks<N: NewRow>(
+        &self,
+        rows: &[N],
+        returning: bool,
+    ) -> Result<(u64, Vec<N::Table>)> {
         let meta = N::Table::META;
-        self.run("create_many", meta.name, async |conn| {
+        let operation = if returning {
+            "create_many"
+        } else {
+            "insert_many"
+        };
+        self.run(operation, meta.name, async |conn| {
             let statements = N::Table::statements();
-            let mut out = Vec::with_capacity(rows.len());
-            if statements.insert_many.is_empty() {
+            let (one, many) = match returning {
+                true => (&statements.insert, &statements.insert_many),
+                false => (&statements.insert_count, &statements.insert_many_count),
+            };
+            let mut stored = Vec::with_capacity(if returning { rows.len() } else { 0 });
+            let mut count = 0;
+            if many.is_empty() {
                 // Every column is generated (nothing to put in an array), or one is an
                 // array itself (see `Statements::render`): one INSERT a row.
                 for new in rows {
-                    let row = conn.query_opt(&statements.insert, &new.params()).await?;
-                    out.extend(row.map(|r| N::Table::from_row(&r)).transpose()?);
+                    match returning {
+                        true => {
+                            let row = conn.query_opt(one, &new.params()).await?;
+                            stored.extend(row.map(|r| N::Table::from_row(&r)).transpose()?);
+                        }
+                        false => count += conn.execute(one, &new.params()).await?,
+                    }
                 }
-                return Ok(out);
-            }
-            for chunk in rows.chunks(BATCH_CHUNK_ROWS) {
-                let arrays = N::column_arrays(chunk);
-                let params: Vec<Param<'_>> =
-                    arrays.iter().map(|a| a.as_ref() as Param<'_>).collect();
-                for row in conn.query(&statements.insert_many, &params).await? {
-                    out.push(N::Table::from_row(&row)?);
+            } else {
+                for chunk in rows.chunks(BATCH_CHUNK_ROWS) {
+                    let arrays = N::column_arrays(chunk);
+                    let params: Vec<Param<'_>> =
+                        arrays.iter().map(|a| a.as_ref() as Param<'_>).collect();
+                    match returning {
+                        true => {
+                            for row in conn.query(many, &params).await? {
+                                stored.push(N::Table::from_row(&row)?);
+                            }
+                        }
+                        false => count += conn.execute(many, &params).await?,
+                    }
                 }
             }
-            Ok(out)
+            if returning {
+                count = stored.len() as u64;
+            }
+            Ok((count, stored))
         })
         .await
     }
@@ -104,16 +144,13 @@ impl Db {
             || self.scope.is_some()
             || self.shared.config.transaction_pooling
         {
-            return Ok(self.create_many_now(rows).await?.len() as u64);
+            return Ok(self.insert_batch(&rows, false).await?.0);
         }
         self.run("insert_many", meta.name, async |conn| {
-            let types: Vec<tokio_postgres::types::Type> = conn
-                .prepare(&statements.insert_types)
-                .await?
-                .columns()
-                .iter()
-                .map(|c| c.type_().clone())
-                .collect();
+            // Asked of the server each time, never from the statement cache: a
+            // statement only described, never run, is not made stale by a column
+            // changing type, and COPY would then send values in the old type.
+            let types = conn.column_types(&statements.insert_types).await?;
             conn.copy_in(&statements.copy_in, &types, &rows, |row| row.params())
                 .await
         })
@@ -413,9 +450,11 @@ impl Db {
     /// keys, defaults): it runs one `INSERT … SELECT unnest(…) RETURNING` per 20,000
     /// rows and decodes every row it gets back. `insert_many` streams the rows to
     /// PostgreSQL in its binary format instead and decodes nothing. On a user-scoped
-    /// handle (see [`crate::auth`]) the rows go in through `INSERT`, as PostgreSQL
-    /// allows no `COPY` into a table under Row Level Security; a row the policy refuses
-    /// is then [`Error::PermissionDenied`] and none is inserted.
+    /// handle (see [`crate::auth`]) and behind a transaction pooler the rows go in
+    /// through `INSERT` (PostgreSQL allows no `COPY` into a table under Row Level
+    /// Security), asking nothing back: like `COPY`, it needs only the right to insert,
+    /// and the policy's `INSERT` check decides — a row it refuses is
+    /// [`Error::PermissionDenied`] and none is inserted.
     ///
     /// ```no_run
     /// # use tabula::{Db, Table};

@@ -212,6 +212,24 @@ impl PgConn {
     /// The parameter types of `sql`, from a named statement that lives only inside a
     /// transaction — which a transaction-pooling proxy keeps on one server connection —
     /// and is closed before it ends, so no other client can ever meet its name.
+    /// The types of the columns `sql` returns, asked of the server now — never from
+    /// the statement cache (see `Db::insert_many`: a statement that is only described
+    /// is not told stale when a column changes type).
+    pub(crate) async fn column_types(&mut self, sql: &str) -> Result<Vec<Type>> {
+        let was_in_flight = std::mem::replace(&mut self.in_flight, true);
+        let prepared = self.client.prepare(sql).await;
+        self.in_flight = was_in_flight;
+        match prepared {
+            // Dropping the statement closes it on the server.
+            Ok(statement) => Ok(statement
+                .columns()
+                .iter()
+                .map(|c| c.type_().clone())
+                .collect()),
+            Err(e) => self.settle(Answer::failed(Error::from(e))),
+        }
+    }
+
     async fn describe(&mut self, sql: &str) -> Result<Vec<Type>> {
         // Inside a transaction the server already has open, the statement is pinned.
         let own = !(self.in_transaction && self.pending_setup.is_none());
@@ -303,6 +321,31 @@ impl PgConn {
             Stmt::Unnamed(_) => Either::Right(client.query_typed(sql, &pairs)),
         };
         let outcome = pipelined(client, extras, query).await;
+        self.settle(outcome)
+    }
+
+    /// Runs `sql` for the count of rows it affected (its command tag): for statements
+    /// without `RETURNING`. Pipelined as [`PgConn::query`] is (a scoped one-shot
+    /// transaction's BEGIN and role go with it), and a stale plan is prepared again.
+    pub(crate) async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let result = self.execute_once(sql, params).await;
+        if self.forget_stale_plan(&result) {
+            return self.execute_once(sql, params).await;
+        }
+        result
+    }
+
+    async fn execute_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let statement = self.statement(sql).await?;
+        let extras = self.extras(true).await?;
+        self.in_flight = true;
+        let client = &self.client;
+        let pairs = typed(params, &statement);
+        let execute = match &statement {
+            Stmt::Named(s) => Either::Left(client.execute(s, params)),
+            Stmt::Unnamed(_) => Either::Right(client.execute_typed(sql, &pairs)),
+        };
+        let outcome = pipelined(client, extras, execute).await;
         self.settle(outcome)
     }
 

@@ -242,8 +242,16 @@ pub trait SqlValue: ToSql + Sync + Send {
     fn identity(&self, out: &mut Vec<u8>);
 }
 
+/// NULL and a value never share an identity: a nullable column takes a bare value
+/// (`eq("")`) as well as an `Option` (`eq(None)`), and `""`, `false`, `None` and an
+/// empty list all encode as one zero byte. An `Option` encodes as a tag (0: NULL, 1: a
+/// value) and then its value; a value of a type that is not an `Option` is given the
+/// same tag, so `eq("")` and `eq(Some(""))` — one SQL value — stay one identity.
 impl<T: ColumnType> SqlValue for T {
     fn identity(&self, out: &mut Vec<u8>) {
+        if !T::NULLABLE {
+            out.push(1);
+        }
         crate::table::CacheCodec::encode(self, out);
     }
 }
