@@ -86,12 +86,21 @@ pub(crate) struct WriteCatalog {
     /// for `schema.name` and `schema.name` for `name`. Two models may give one table
     /// both, and their cache entries go by the name each gives.
     aliases: HashMap<String, String>,
+    /// Every table there was when the catalog was read, under every name a model may
+    /// give it: a write to one not among them (created since, by another process's
+    /// migration) reads the catalog again — its foreign keys are in no older copy.
+    known: std::collections::HashSet<String>,
+    /// Names that made this copy be read and were not in it either (a table that does
+    /// not exist, or one a tenant's search path finds): not read again for them.
+    checked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// The tables the search path finds by their bare names (see [`WriteCatalog::aliases`]).
-const VISIBLE_TABLES: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-     JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND pg_table_is_visible(c.oid) \
+/// Every table (view, materialized view, foreign table) outside PostgreSQL's own
+/// schemas, and whether the search path finds it by its bare name (see
+/// [`WriteCatalog::aliases`]).
+const TABLES: &str = "SELECT n.nspname::text, c.relname::text, pg_table_is_visible(c.oid) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
      AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 const FOREIGN_KEY_ACTIONS: &str = "SELECT rn.nspname::text, r.relname::text, cn.nspname::text, c.relname::text, \
@@ -126,7 +135,24 @@ impl WriteCatalog {
         }
         WriteCatalog {
             dependents,
-            aliases: HashMap::new(),
+            ..WriteCatalog::default()
+        }
+    }
+
+    /// Whether `table` was there when this copy was read (or was looked for since).
+    pub(crate) fn knows(&self, table: &str) -> bool {
+        self.known.contains(table)
+            || self
+                .checked
+                .lock()
+                .is_ok_and(|checked| checked.contains(table))
+    }
+
+    /// Notes that this copy was read for `tables`: found or not, they are not a reason
+    /// to read it again.
+    fn looked_for(&self, tables: Vec<String>) {
+        if let Ok(mut checked) = self.checked.lock() {
+            checked.extend(tables);
         }
     }
 
@@ -200,11 +226,16 @@ impl Db {
                     }
                 }
                 let mut catalog = WriteCatalog::from_edges(edges);
-                for row in conn.query(VISIBLE_TABLES, &[]).await? {
+                for row in conn.query(TABLES, &[]).await? {
                     let (schema, name): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                    let visible: bool = row.try_get(2)?;
                     let qualified = format!("{schema}.{name}");
-                    catalog.aliases.insert(name.clone(), qualified.clone());
-                    catalog.aliases.insert(qualified, name);
+                    catalog.known.insert(qualified.clone());
+                    if visible {
+                        catalog.known.insert(name.clone());
+                        catalog.aliases.insert(name.clone(), qualified.clone());
+                        catalog.aliases.insert(qualified, name);
+                    }
                 }
                 Ok(catalog)
             })
@@ -232,6 +263,25 @@ impl Db {
         self.shared
             .schema_epoch
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Tells the handle (and its clones) that the schema may have changed outside it —
+    /// another process ran a migration: what it read from the catalog (the foreign-key
+    /// actions a write's invalidation follows, the other names of tables, whose cached
+    /// rows may be shared, Row Level Security policies) is read again on next need.
+    /// DDL through the handle (its migrations, `execute_batch`) needs no call, nor does
+    /// a table created since: a write to a table the handle's copy does not have reads
+    /// the catalog again. A foreign key added by another process to tables the handle
+    /// already knew needs this call (or a restart) before the cache follows it.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tabula::Db) {
+    /// // After another service migrated the shared database:
+    /// db.schema_changed();
+    /// # }
+    /// ```
+    pub fn schema_changed(&self) {
+        self.forget_schema();
     }
 
     /// Forgets what was read from the catalog — foreign keys, table access, policies
@@ -329,9 +379,21 @@ impl Db {
         if self.cache().is_none() && memo.is_none() && others.is_empty() {
             return;
         }
-        // Read once per handle (and again after DDL through it): the foreign keys, and
-        // the other names of each table.
-        let catalog = self.write_catalog().await;
+        // Read once per handle (and again after DDL through it, or a write to a table
+        // it did not have): the foreign keys, and the other names of each table.
+        let mut catalog = self.write_catalog().await;
+        let unknown: Vec<String> = writes
+            .iter()
+            .map(|w| w.table.qualified_name())
+            .filter(|table| !catalog.knows(table))
+            .collect();
+        if !unknown.is_empty() {
+            if let Ok(mut slot) = self.shared.write_catalog.write() {
+                *slot = None;
+            }
+            catalog = self.write_catalog().await;
+            catalog.looked_for(unknown);
+        }
         let schemas = self.shared.names.schemas();
         let mut touched: Vec<Touched> = Vec::with_capacity(writes.len());
         for w in writes {

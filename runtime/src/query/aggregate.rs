@@ -105,16 +105,7 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         // In a block: sea-query statements are not Send.
         let bound = {
             let mut binder = Binder::default();
-            let mut q = match (self.limit, self.offset) {
-                (None, None) => self.statement(&mut binder, &[], &[], None, None)?,
-                (limit, offset) => {
-                    let all: Vec<usize> = (0..meta.columns.len()).collect();
-                    let rows = self.statement(&mut binder, &all, &self.order, limit, offset)?;
-                    sea_query::Query::select()
-                        .from_subquery(rows, Alias::new("__rows"))
-                        .to_owned()
-                }
-            };
+            let mut q = self.rows_to_aggregate(&mut binder)?;
             if let Some(g) = group {
                 let column = Alias::new(meta.columns[g].name);
                 q.column(column.clone())
@@ -131,6 +122,24 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
             conn.query(&bound.sql, &bound.params()).await
         })
         .await
+    }
+
+    /// `SELECT … FROM` the rows an aggregate covers: the matching rows, or — with a
+    /// limit or an offset — the rows they keep, in the query's order, as a subquery.
+    fn rows_to_aggregate(
+        &self,
+        binder: &mut Binder<'static>,
+    ) -> Result<sea_query::SelectStatement> {
+        match (self.limit, self.offset) {
+            (None, None) => self.statement(binder, &[], &[], None, None),
+            (limit, offset) => {
+                let all: Vec<usize> = (0..M::META.columns.len()).collect();
+                let rows = self.statement(binder, &all, &self.order, limit, offset)?;
+                Ok(sea_query::Query::select()
+                    .from_subquery(rows, Alias::new("__rows"))
+                    .to_owned())
+            }
+        }
     }
 
     fn over<T>(column: &Column<M, T>, template: &str) -> String {
@@ -391,6 +400,10 @@ pub struct GroupQuery<M, G, A = ()> {
     group: Vec<usize>,
     aggregates: Vec<String>,
     having: Vec<Having<M>>,
+    /// How many groups to return and to skip ([`GroupQuery::limit`] / `offset`); the
+    /// query's own limit and offset count rows, before grouping.
+    groups_limit: Option<u64>,
+    groups_offset: Option<u64>,
     _types: PhantomData<fn() -> (G, A)>,
 }
 
@@ -423,6 +436,8 @@ impl<M: Table> Query<M> {
             group: columns.indices(),
             aggregates: Vec::new(),
             having: Vec::new(),
+            groups_limit: None,
+            groups_offset: None,
             _types: PhantomData,
         }
     }
@@ -436,6 +451,8 @@ impl<M: Table, G: Selection<M>> GroupQuery<M, G> {
             group: self.group,
             aggregates: aggregates.sql(),
             having: self.having,
+            groups_limit: self.groups_limit,
+            groups_offset: self.groups_offset,
             _types: PhantomData,
         }
     }
@@ -449,26 +466,30 @@ impl<M: Table, G: Selection<M>, A: Aggregates<M>> GroupQuery<M, G, A> {
         self
     }
 
-    /// Returns at most `n` groups.
+    /// Returns at most `n` groups. (A `limit` on the query before `group_by` counts
+    /// rows: the groups then cover only the rows it keeps, in the query's order.)
     pub fn limit(mut self, n: u64) -> Self {
-        self.query.limit = Some(n);
+        self.groups_limit = Some(n);
         self
     }
 
-    /// Skips the first `n` groups.
+    /// Skips the first `n` groups. (An `offset` on the query before `group_by` counts
+    /// rows, as [`limit`](Self::limit) does.)
     pub fn offset(mut self, n: u64) -> Self {
-        self.query.offset = Some(n);
+        self.groups_offset = Some(n);
         self
     }
 
     /// Every group (after `having`), ordered by the group columns, with its
-    /// aggregates; limit and offset count groups.
+    /// aggregates; this `limit` and `offset` count groups, the query's count rows.
     pub async fn all(self) -> Result<Vec<(G::Output, A::Output)>> {
         let GroupQuery {
             query,
             group,
             aggregates,
             having,
+            groups_limit,
+            groups_offset,
             ..
         } = self;
         query.no_lock("group_by")?;
@@ -476,7 +497,7 @@ impl<M: Table, G: Selection<M>, A: Aggregates<M>> GroupQuery<M, G, A> {
         // In a block: sea-query statements are not Send.
         let bound = {
             let mut binder = Binder::default();
-            let mut q = query.statement(&mut binder, &[], &[], None, None)?;
+            let mut q = query.rows_to_aggregate(&mut binder)?;
             for &g in &group {
                 let column = Alias::new(meta.columns[g].name);
                 q.column(column.clone()).group_by_col(column);
@@ -491,10 +512,10 @@ impl<M: Table, G: Selection<M>, A: Aggregates<M>> GroupQuery<M, G, A> {
             for &g in &group {
                 q.order_by(Alias::new(meta.columns[g].name), Order::Asc);
             }
-            if let Some(n) = query.limit {
+            if let Some(n) = groups_limit {
                 q.limit(n);
             }
-            if let Some(n) = query.offset {
+            if let Some(n) = groups_offset {
                 q.offset(n);
             }
             binder.finish(q).within_limits(meta.name)?

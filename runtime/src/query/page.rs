@@ -322,6 +322,13 @@ impl<M: Table, D: Decode<M>> Query<M, D> {
         values: Option<&[Option<String>]>,
     ) -> Result<Bound<'static>> {
         let meta = M::META;
+        if size == 0 {
+            // A page of none could not say where the next one starts.
+            return Err(Error::Validation(format!(
+                "a page of `{}` holds at least one row (size 0 asked)",
+                meta.name
+            )));
+        }
         let mut binder = Binder::default();
         let mut q = self.statement(
             &mut binder,
@@ -481,32 +488,70 @@ pub(crate) fn float_is_valid(text: &str, parse: impl Fn(&str) -> Option<f64>) ->
     value.is_finite() && (value != 0.0 || !nonzero)
 }
 
-/// `YYYY-MM-DD`, a real date from year 1 to 9999.
+/// A date as PostgreSQL prints it (ISO style): `YYYY-MM-DD`, the year in four to seven
+/// digits (PostgreSQL goes past 9999), and ` BC` after the whole value for years before
+/// the first (`0044-03-15 BC`). A real date of the proleptic Gregorian calendar.
 #[cfg(feature = "chrono")]
 fn date_is_valid(text: &str) -> bool {
-    let b = text.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) {
+    let (text, bc) = before_christ(text);
+    date_part_is_valid(text, bc)
+}
+
+/// The value without its ` BC` suffix, and whether it had one.
+#[cfg(feature = "chrono")]
+fn before_christ(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+/// `YYYY-MM-DD` alone (see [`date_is_valid`]); `bc`: the year counts back.
+#[cfg(feature = "chrono")]
+fn date_part_is_valid(text: &str, bc: bool) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = text.split('-');
+    let (Some(year), Some(month), Some(day), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    if !(4..=7).contains(&year.len()) || month.len() != 2 || day.len() != 2 {
         return false;
     }
-    if !digits(8..10) {
+    if !(digits(year) && digits(month) && digits(day)) {
         return false;
     }
-    let number = |r: std::ops::Range<usize>| text[r].parse::<u32>().unwrap_or(0);
-    let year = i32::try_from(number(0..4)).unwrap_or(0);
-    year >= 1 && chrono::NaiveDate::from_ymd_opt(year, number(5..7), number(8..10)).is_some()
+    let Ok(year) = year.parse::<i32>() else {
+        return false;
+    };
+    // Year 1 BC is the proleptic year 0.
+    let proleptic = if bc { 1 - year } else { year };
+    year >= 1
+        && chrono::NaiveDate::from_ymd_opt(
+            proleptic,
+            month.parse().unwrap_or(0),
+            day.parse().unwrap_or(0),
+        )
+        .is_some()
 }
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}]` and a UTC offset `Z`, `±HH`, `±HH:MM` or
-/// `±HH:MM:SS` (PostgreSQL prints seconds for historical local-mean-time zones).
+/// `±HH:MM:SS` (PostgreSQL prints seconds for historical local-mean-time zones), the
+/// date as [`date_is_valid`] reads it, ` BC` after the whole value.
 #[cfg(feature = "chrono")]
 fn timestamp_is_valid(text: &str) -> bool {
-    let b = text.as_bytes();
-    if b.len() < 20 || !date_is_valid(&text[..10]) || !matches!(b[10], b'T' | b' ') {
+    let (text, bc) = before_christ(text);
+    let Some(at) = text.find(['T', ' ']) else {
+        return false;
+    };
+    let (date, rest) = text.split_at(at);
+    let rest = &rest[1..];
+    if !date_part_is_valid(date, bc) {
         return false;
     }
-    let (time, offset) = match text[11..].find(['Z', '+', '-']) {
-        Some(at) => text[11..].split_at(at),
+    let (time, offset) = match rest.find(['Z', '+', '-']) {
+        Some(at) => rest.split_at(at),
         None => return false,
     };
     let clock_ok = clock_is_valid(time);
@@ -537,11 +582,13 @@ fn clock_is_valid(time: &str) -> bool {
     clock_ok && fraction_ok
 }
 
-/// A `timestamp` (without time zone) in its JSON form: `YYYY-MM-DDTHH:MM:SS[.f]`.
+/// A `timestamp` (without time zone) in its JSON form: `YYYY-MM-DDTHH:MM:SS[.f]`, the
+/// date as [`date_is_valid`] reads it, ` BC` after the whole value.
 #[cfg(feature = "chrono")]
 fn naive_timestamp_is_valid(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.len() >= 19 && date_is_valid(&text[..10]) && b[10] == b'T' && clock_is_valid(&text[11..])
+    let (text, bc) = before_christ(text);
+    text.split_once('T')
+        .is_some_and(|(date, clock)| date_part_is_valid(date, bc) && clock_is_valid(clock))
 }
 
 /// An `inet` as PostgreSQL prints it: an address, and a prefix length it can have.
@@ -566,4 +613,45 @@ fn numeric_is_valid(text: &str) -> bool {
         && digits.len() <= 1_100
         && whole.bytes().all(|c| c.is_ascii_digit())
         && fraction.bytes().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(all(test, feature = "chrono"))]
+mod tests {
+    use super::{date_is_valid, naive_timestamp_is_valid, timestamp_is_valid};
+
+    #[test]
+    fn dates_as_postgresql_prints_them() {
+        for ok in [
+            "2020-02-29",
+            "0001-01-01",
+            "9999-12-31",
+            "10000-01-01",
+            "0044-03-15 BC",
+            "0001-02-29 BC",
+        ] {
+            assert!(date_is_valid(ok), "{ok}");
+        }
+        for bad in [
+            "2021-02-29",
+            "0000-01-01",
+            "20-01-01",
+            "2020-1-01",
+            "12345678-01-01",
+            "2020-01-01 AD",
+            "0002-02-29 BC",
+            "",
+        ] {
+            assert!(!date_is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_past_9999_and_before_christ() {
+        assert!(timestamp_is_valid("10000-01-01T00:00:00+00:00"));
+        assert!(timestamp_is_valid("0044-03-15T12:00:00+00:53:28 BC"));
+        assert!(naive_timestamp_is_valid("10001-06-30T23:59:59.5"));
+        assert!(naive_timestamp_is_valid("0044-03-15T12:00:00 BC"));
+        assert!(!timestamp_is_valid("10000-01-01T25:00:00+00:00"));
+        assert!(!naive_timestamp_is_valid("10000-13-01T00:00:00"));
+    }
 }
