@@ -149,6 +149,8 @@ pub(crate) struct NearTier {
     largest: u64,
     evictions: Evictions,
     meta: RwLock<HashMap<Box<str>, Meta>>,
+    /// How many mirrors `meta` keeps at most (see `install_meta`).
+    max_mirrors: usize,
     log: Mutex<Log>,
     serial: AtomicU64,
     max_age: Option<Duration>,
@@ -221,6 +223,8 @@ impl NearTier {
             largest,
             evictions,
             meta: RwLock::default(),
+            // Twice the entries the budget is expected to hold: a mirror or two each.
+            max_mirrors: (estimated * 2).max(1024),
             log: Mutex::new(Log {
                 seq: 0,
                 floor: 0,
@@ -443,9 +447,14 @@ impl NearTier {
     }
 
     /// Installs (or refreshes) a mirror under the log's lock; its serial.
+    ///
+    /// At most `cap` mirrors are kept: one is installed per memo call's counter and per
+    /// tag, however small the values, so past the bound every mirror but the epochs'
+    /// goes (what was resolved through them is then a miss, and is read again).
     fn install_meta(
         meta: &mut HashMap<Box<str>, Meta>,
         serial: &AtomicU64,
+        cap: usize,
         name: &str,
         value: &str,
         now: Instant,
@@ -456,6 +465,9 @@ impl NearTier {
                 m.serial
             }
             _ => {
+                if meta.len() >= cap && !meta.contains_key(name) {
+                    meta.retain(|mirror, _| mirror.ends_with(":epoch"));
+                }
                 let s = serial.fetch_add(1, Ordering::Relaxed) + 1;
                 meta.insert(
                     name.into(),
@@ -504,8 +516,22 @@ impl NearTier {
         }
         let now = Instant::now();
         let mut meta = self.meta_write();
-        let e = Self::install_meta(&mut meta, &self.serial, &ns.epoch_key, epoch, now);
-        let g = Self::install_meta(&mut meta, &self.serial, &g_name, generation, now);
+        let e = Self::install_meta(
+            &mut meta,
+            &self.serial,
+            self.max_mirrors,
+            &ns.epoch_key,
+            epoch,
+            now,
+        );
+        let g = Self::install_meta(
+            &mut meta,
+            &self.serial,
+            self.max_mirrors,
+            &g_name,
+            generation,
+            now,
+        );
         drop(meta);
         for (name, (_, bytes, left)) in names.into_iter().zip(found) {
             let value = Value {
@@ -618,6 +644,7 @@ impl NearTier {
         let mut serials = vec![Self::install_meta(
             &mut meta,
             &self.serial,
+            self.max_mirrors,
             &ns.epoch_key,
             epoch,
             now,
@@ -626,6 +653,7 @@ impl NearTier {
             serials.push(Self::install_meta(
                 &mut meta,
                 &self.serial,
+                self.max_mirrors,
                 counter,
                 value,
                 now,

@@ -500,9 +500,33 @@ impl RedisBackend {
             conns.retain(|c| c.serial != serial);
             conns.len() != before
         });
-        if current && let Some(near) = &self.near {
+        if !current {
+            return;
+        }
+        if let Some(near) = &self.near {
             near.flush();
         }
+        self.reconnect_soon();
+    }
+
+    /// After a lost connection: one call within a probe interval opens another, which
+    /// asks the server who it is (`check_server`). A server that came back as another
+    /// — restarted, perhaps from an old snapshot — then gets new epochs from this
+    /// process, which knew the old one, before a process started since (which has
+    /// nothing to compare with) reads what the snapshot brought back; waiting for this
+    /// process's next call would leave that to chance.
+    fn reconnect_soon(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.me.clone();
+        let interval = self.probe_interval.max(Duration::from_millis(10));
+        runtime.spawn(async move {
+            tokio::time::sleep(interval).await;
+            if let Some(backend) = backend.upgrade() {
+                let _ = backend.call(async |_| Ok(())).await;
+            }
+        });
     }
 
     /// With a registry window (rule 8 of `backend.rs`), starts unless one runs the task
