@@ -184,10 +184,7 @@ async fn create_v(db: &Db, id: i64, version: i64) {
 }
 
 async fn read(db: &Db, id: i64) -> Option<i64> {
-    db.read::<Item>(id)
-        .await
-        .expect("read")
-        .map(|i| i.version)
+    db.read::<Item>(id).await.expect("read").map(|i| i.version)
 }
 
 async fn bump(db: &Db, id: i64, version: i64) {
@@ -218,7 +215,11 @@ async fn warm(db: &Db, id: i64) {
 async fn heard_more(db: &Db, heard: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while stats(db).invalidations <= heard && stats(db).flushes == 0 {
-        assert!(Instant::now() < deadline, "no push arrived: {:?}", stats(db));
+        assert!(
+            Instant::now() < deadline,
+            "no push arrived: {:?}",
+            stats(db)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     // Pushes come in batches; let the rest of this one land.
@@ -236,7 +237,11 @@ async fn holds_a_near_negative_entry_is_dropped_by_a_create_elsewhere() {
     for _ in 0..6 {
         assert_eq!(read(&a, 7).await, None);
     }
-    assert!(stats(&a).hits > 0, "the absence is served near: {:?}", stats(&a));
+    assert!(
+        stats(&a).hits > 0,
+        "the absence is served near: {:?}",
+        stats(&a)
+    );
     let heard = stats(&a).invalidations;
     b.run("create", 7, 3).await;
     heard_more(&a, heard).await;
@@ -272,12 +277,7 @@ async fn holds_a_near_unique_mapping_follows_a_recode_elsewhere() {
     create_v(&a, 1, 1).await;
     // The new code's absence is cached too.
     for _ in 0..4 {
-        assert!(
-            Item::by_code(&a, "c1-1")
-                .await
-                .expect("by code")
-                .is_some()
-        );
+        assert!(Item::by_code(&a, "c1-1").await.expect("by code").is_some());
         assert!(
             Item::by_code(&a, "new1-2")
                 .await
@@ -403,7 +403,11 @@ async fn holds_a_near_memo_is_dropped_by_a_write_elsewhere() {
     let near = || global.near_stats().expect("near");
     let hits = near().hits;
     assert_eq!(memo_version(&a, 1).await, Some(1));
-    assert!(near().hits > hits, "the memo is answered near: {:?}", near());
+    assert!(
+        near().hits > hits,
+        "the memo is answered near: {:?}",
+        near()
+    );
     let heard = near().invalidations;
     let b = Elsewhere {
         url,
@@ -468,7 +472,11 @@ async fn holds_a_restarted_redis_serves_nothing_old() {
         .await
         .expect("raw");
     let t = Instant::now();
-    assert_eq!(read(&a, 1).await, Some(2), "served near while Redis is down");
+    assert_eq!(
+        read(&a, 1).await,
+        Some(2),
+        "served near while Redis is down"
+    );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     redis.restart().expect("restart");
     for _ in 0..20 {

@@ -88,7 +88,12 @@ async fn defect_near_tier_memory_grows_past_its_budget_with_distinct_memo_calls(
     }
     let out = tokio::task::spawn_blocking(|| {
         std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", "defect_near_tier_memory_grows_past_its_budget_with_distinct_memo_calls", "--nocapture", "--quiet"])
+            .args([
+                "--exact",
+                "defect_near_tier_memory_grows_past_its_budget_with_distinct_memo_calls",
+                "--nocapture",
+                "--quiet",
+            ])
             .env("R44_MEM_CONTROL", "1")
             .output()
             .expect("control")

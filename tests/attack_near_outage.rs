@@ -40,10 +40,7 @@ async fn handle(url: &str, redis: &str, config: CacheConfig) -> Db {
 }
 
 async fn version(db: &Db, id: i64) -> Option<i64> {
-    db.read::<Item>(id)
-        .await
-        .expect("read")
-        .map(|i| i.version)
+    db.read::<Item>(id).await.expect("read").map(|i| i.version)
 }
 
 /// Every key of `redis` with its remaining time: what an RDB snapshot taken now holds.
@@ -229,16 +226,28 @@ async fn holds_a_black_hole_redis_costs_at_most_a_deadline() {
     db.create(NewItem { id: 1, version: 1 })
         .await
         .expect("create");
-    assert!(t.elapsed() < 2 * deadline + slack, "create took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < 2 * deadline + slack,
+        "create took {:?}",
+        t.elapsed()
+    );
     for v in 2..6 {
         let t = Instant::now();
         assert_eq!(version(&db, 1).await, Some(v - 1));
-        assert!(t.elapsed() < deadline + slack, "read took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < deadline + slack,
+            "read took {:?}",
+            t.elapsed()
+        );
         let t = Instant::now();
         db.update::<Item>(1, ItemPatch { version: Some(v) })
             .await
             .expect("update");
-        assert!(t.elapsed() < 2 * deadline + slack, "update took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < 2 * deadline + slack,
+            "update took {:?}",
+            t.elapsed()
+        );
     }
     assert_eq!(version(&db, 1).await, Some(5));
 }
