@@ -207,3 +207,74 @@ async fn defect_recreated_cache_serves_row_older_than_cacheless_write() {
         "re-created cache served the row from before an Ok write"
     );
 }
+
+/// Review of round 41's fix: the caller drops its write while the answer is on its way.
+/// A cacheless handle's `update` waits on a row lock (through a proxy); a cached handle
+/// is created and caches the old row; the proxy loses the server's replies, the lock
+/// goes, the update commits on the server, and only then the caller gives up (drops the
+/// future). Nobody learns the outcome from the caller: the write's drop guard must have
+/// the cache told once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_cacheless_write_that_landed_reaches_a_cache_made_meanwhile() {
+    let (_d, url) = db_and_url().await;
+    let proxy = common::Proxy::start(common::server_addr(&url)).await;
+    let db = plain(&common::through(&url, proxy.port)).await;
+    let row = db.create(new_row()).expect_create().await;
+    let locker = raw(&url).await;
+    locker.batch_execute("BEGIN").await.expect("begin");
+    locker
+        .query(
+            "SELECT 1 FROM profiles WHERE id = $1 FOR UPDATE",
+            &[&row.id],
+        )
+        .await
+        .expect("lock");
+    // Boxed, so that dropping it drops the write (not only a pinned reference to it).
+    let mut update = Box::pin(db.update::<CProfile>(row.id, patch("late")));
+    tokio::select! {
+        done = &mut update => panic!("the update did not wait for the lock: {done:?}"),
+        () = until_lock_wait(&url) => {}
+    }
+    let reader = cached(&url, cache_for_test()).await;
+    let before: Option<CProfile> = reader.read(row.id).await.expect("read before");
+    assert_eq!(
+        before.expect("row").avatar_url,
+        None,
+        "the old row is cached"
+    );
+    proxy.cut_replies();
+    locker.batch_execute("COMMIT").await.expect("release");
+    let probe = raw(&url).await;
+    let landed = async {
+        loop {
+            let v: Option<String> = probe
+                .query_one("SELECT avatar_url FROM profiles WHERE id = $1", &[&row.id])
+                .await
+                .expect("probe")
+                .get(0);
+            if v.as_deref() == Some("late") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        done = &mut update => panic!("an answer came through a cut proxy: {done:?}"),
+        () = landed => {}
+    }
+    // The caller gives up; the write committed all the same.
+    drop(update);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let seen: Option<CProfile> = reader.read(row.id).await.expect("read after");
+        if seen.expect("row").avatar_url.as_deref() == Some("late") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a write that landed after its caller dropped it left the old row in a cache \
+             made while it ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -209,9 +209,6 @@ impl PgConn {
         Ok(Stmt::Unnamed(types))
     }
 
-    /// The parameter types of `sql`, from a named statement that lives only inside a
-    /// transaction — which a transaction-pooling proxy keeps on one server connection —
-    /// and is closed before it ends, so no other client can ever meet its name.
     /// The types of the columns `sql` returns, asked of the server now — never from
     /// the statement cache (see `Db::insert_many`: a statement that is only described
     /// is not told stale when a column changes type).
@@ -230,6 +227,9 @@ impl PgConn {
         }
     }
 
+    /// The parameter types of `sql`, from a named statement that lives only inside a
+    /// transaction — which a transaction-pooling proxy keeps on one server connection —
+    /// and is closed before it ends, so no other client can ever meet its name.
     async fn describe(&mut self, sql: &str) -> Result<Vec<Type>> {
         // Inside a transaction the server already has open, the statement is pinned.
         let own = !(self.in_transaction && self.pending_setup.is_none());
